@@ -1,0 +1,174 @@
+//! Who is calling: the customer a verified credential names, and the port
+//! that verifies credentials.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+/// The customer that owns pipelines. It only ever comes from a verified
+/// credential, never from a request body, query or header.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CustomerId(String);
+
+/// The text was not a usable customer id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("customer id must be 1 to 255 characters with no control characters")]
+pub struct InvalidCustomerId;
+
+impl CustomerId {
+    const MAX_LEN: usize = 255;
+
+    /// Accepts 1 to 255 bytes of text without control characters. The id is
+    /// taken as it is: no trimming or case folding, since it names a tenant.
+    ///
+    /// # Errors
+    /// [`InvalidCustomerId`] for an empty or overlong id, or one holding a
+    /// control character.
+    pub fn parse(raw: &str) -> Result<Self, InvalidCustomerId> {
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || raw.chars().any(char::is_control) {
+            return Err(InvalidCustomerId);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CustomerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The customer the credential names.
+    pub customer: CustomerId,
+    /// The credential's subject (`sub`), when it has one: who acted, for the
+    /// audit trail.
+    pub subject: Option<String>,
+}
+
+impl Caller {
+    /// A caller acting for `customer`, with no subject.
+    pub fn new(customer: CustomerId) -> Self {
+        Self {
+            customer,
+            subject: None,
+        }
+    }
+}
+
+/// Everything a use case knows about the request it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestContext {
+    /// Who is calling; every port call is scoped to this caller's customer.
+    pub caller: Caller,
+    /// The request's correlation id, passed on to backends that take one.
+    pub request_id: Option<String>,
+}
+
+impl RequestContext {
+    /// A context for `caller` without a request id.
+    pub fn new(caller: Caller) -> Self {
+        Self {
+            caller,
+            request_id: None,
+        }
+    }
+
+    /// The customer every port call is scoped to.
+    pub fn customer(&self) -> &CustomerId {
+        &self.caller.customer
+    }
+}
+
+/// Why a credential was refused. Clients only ever learn that it was; the
+/// reason is for the log and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credential was presented.
+    #[error("no credential")]
+    Missing,
+    /// The credential is not a well-formed token.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The signature does not verify with any configured key.
+    #[error("bad signature")]
+    BadSignature,
+    /// The token's algorithm is not the one the key is for (this covers `none`).
+    #[error("refused algorithm")]
+    RefusedAlgorithm,
+    /// `exp` is in the past, or missing.
+    #[error("expired or without exp")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("not yet valid")]
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    #[error("wrong issuer")]
+    WrongIssuer,
+    /// `aud` does not name the configured audience.
+    #[error("wrong audience")]
+    WrongAudience,
+    /// The customer claim is missing, empty or not a usable id.
+    #[error("missing or invalid customer claim")]
+    MissingCustomer,
+    /// No key could be had to verify with (for example the key set is down).
+    #[error("verification keys unavailable: {0}")]
+    KeysUnavailable(String),
+}
+
+impl AuthError {
+    /// A short, fixed label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed(_) => "malformed",
+            Self::BadSignature => "bad_signature",
+            Self::RefusedAlgorithm => "refused_algorithm",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::MissingCustomer => "missing_customer",
+            Self::KeysUnavailable(_) => "keys_unavailable",
+        }
+    }
+}
+
+/// Verifies a caller's credential and says who is calling.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait AuthContext: Send + Sync {
+    /// Verifies a bearer token.
+    ///
+    /// # Errors
+    /// An [`AuthError`] naming why the token was refused: malformed, badly
+    /// signed, of a refused algorithm, expired, not yet valid, for another
+    /// issuer or audience, without a usable customer claim, or unverifiable
+    /// because no key could be had.
+    async fn authenticate(&self, bearer_token: &str) -> Result<Caller, AuthError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customer_ids_are_taken_as_they_are() {
+        assert_eq!(CustomerId::parse("Acme Corp").unwrap().as_str(), "Acme Corp");
+    }
+
+    #[test]
+    fn empty_overlong_and_control_customer_ids_are_refused() {
+        assert_eq!(CustomerId::parse(""), Err(InvalidCustomerId));
+        assert_eq!(CustomerId::parse(&"x".repeat(256)), Err(InvalidCustomerId));
+        assert_eq!(CustomerId::parse("acme\n"), Err(InvalidCustomerId));
+        assert!(CustomerId::parse(&"x".repeat(255)).is_ok());
+    }
+}

@@ -1,0 +1,307 @@
+//! Runs of a pipeline: their ids, statuses and how a listing of them is
+//! paged.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+
+use crate::PipelineId;
+
+/// An instant, in UTC.
+pub type Timestamp = DateTime<Utc>;
+
+/// Formats an instant the way every response does: RFC 3339, UTC written as
+/// `+00:00`, with microseconds (`2024-12-18T10:30:00.000000+00:00`).
+pub fn format_timestamp(at: &Timestamp) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, false)
+}
+
+/// The id of one run of a pipeline, as execute returned it
+/// (`manual__2024-12-18T10:30:00.000000+00:00` for runs Maestro triggers).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(String);
+
+/// The text cannot be a run id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run_id must be 1 to 250 characters with no control characters")]
+pub struct InvalidRunId;
+
+impl RunId {
+    /// Airflow's limit on a DAG run id, which every backend can hold.
+    const MAX_LEN: usize = 250;
+
+    /// Accepts any id a backend may have made: 1 to 250 bytes without
+    /// control characters.
+    ///
+    /// # Errors
+    /// [`InvalidRunId`] for anything else.
+    pub fn parse(raw: &str) -> Result<Self, InvalidRunId> {
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || raw.chars().any(char::is_control) {
+            return Err(InvalidRunId);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id of a run triggered on demand at `at`: `manual__` and the
+    /// instant in RFC 3339 with microseconds, ending in `+00:00`.
+    pub fn manual(at: &Timestamp) -> Self {
+        Self(format!("manual__{}", format_timestamp(at)))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Hands out the instants of a pipeline's manual runs so that their ids are
+/// unique and increasing, even for triggers in the same microsecond.
+///
+/// Keep one per pipeline; each [`ManualRunClock::next`] is at least one
+/// microsecond after the previous one.
+#[derive(Debug, Clone, Default)]
+pub struct ManualRunClock {
+    last: Option<Timestamp>,
+}
+
+impl ManualRunClock {
+    /// The instant and id for a run triggered at `now`: `now` truncated to
+    /// the microsecond, or one microsecond after the previous run when the
+    /// clock has not moved on (or went back).
+    pub fn next(&mut self, now: Timestamp) -> (Timestamp, RunId) {
+        let now = truncate_to_micros(now);
+        let at = match self.last {
+            Some(last) if now <= last => last + TimeDelta::microseconds(1),
+            _ => now,
+        };
+        self.last = Some(at);
+        (at, RunId::manual(&at))
+    }
+}
+
+fn truncate_to_micros(at: Timestamp) -> Timestamp {
+    let micros = at.timestamp_micros();
+    DateTime::from_timestamp_micros(micros).unwrap_or(at)
+}
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    /// Waiting for the pipeline's earlier runs to finish.
+    Queued,
+    /// Executing now; a pipeline has at most one at a time.
+    Running,
+    /// Finished without error.
+    Success,
+    /// Finished with an error; the run's trace says which.
+    Failed,
+}
+
+/// The text is not a run status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("status must be one of QUEUED, RUNNING, SUCCESS, FAILED")]
+pub struct InvalidRunStatus;
+
+impl RunStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Self; 4] = [Self::Queued, Self::Running, Self::Success, Self::Failed];
+
+    /// The upper-case name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "QUEUED",
+            Self::Running => "RUNNING",
+            Self::Success => "SUCCESS",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    /// Parses a status name in any letter case.
+    ///
+    /// # Errors
+    /// [`InvalidRunStatus`] for any other text.
+    pub fn parse(raw: &str) -> Result<Self, InvalidRunStatus> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str().eq_ignore_ascii_case(raw))
+            .ok_or(InvalidRunStatus)
+    }
+
+    /// Whether the run has ended.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Success | Self::Failed)
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One run of a pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// The id execute returned.
+    pub id: RunId,
+    /// The pipeline it is a run of.
+    pub pipeline_id: PipelineId,
+    /// Where it is in its life.
+    pub status: RunStatus,
+    /// When it was triggered.
+    pub created_at: Timestamp,
+    /// When its status last changed.
+    pub updated_at: Timestamp,
+    /// The error text of a failed run.
+    pub trace: Option<String>,
+}
+
+/// Which runs of a pipeline to list: newest first, `offset` skipped, at most
+/// `limit`, optionally only those with one status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunQuery {
+    limit: u32,
+    offset: u64,
+    status: Option<RunStatus>,
+}
+
+/// The paging parameters are out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("limit must be between 1 and {max}", max = RunQuery::MAX_LIMIT)]
+pub struct InvalidRunQuery;
+
+impl RunQuery {
+    /// The page size when none is asked for.
+    pub const DEFAULT_LIMIT: u32 = 100;
+    /// The largest page.
+    pub const MAX_LIMIT: u32 = 1000;
+
+    /// A query with the given paging; `None` takes the defaults (100 runs
+    /// from the newest).
+    ///
+    /// # Errors
+    /// [`InvalidRunQuery`] when `limit` is 0 or over 1000.
+    pub fn new(
+        limit: Option<u32>,
+        offset: Option<u64>,
+        status: Option<RunStatus>,
+    ) -> Result<Self, InvalidRunQuery> {
+        let limit = limit.unwrap_or(Self::DEFAULT_LIMIT);
+        if !(1..=Self::MAX_LIMIT).contains(&limit) {
+            return Err(InvalidRunQuery);
+        }
+        Ok(Self {
+            limit,
+            offset: offset.unwrap_or(0),
+            status,
+        })
+    }
+
+    /// The most runs to return.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// How many matching runs, newest first, to skip.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The only status to return, if any.
+    pub fn status(&self) -> Option<RunStatus> {
+        self.status
+    }
+}
+
+impl Default for RunQuery {
+    fn default() -> Self {
+        Self {
+            limit: Self::DEFAULT_LIMIT,
+            offset: 0,
+            status: None,
+        }
+    }
+}
+
+/// One page of a pipeline's runs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunPage {
+    /// The runs on this page, newest first.
+    pub runs: Vec<Run>,
+    /// How many runs match the query in all pages.
+    pub total: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn at(micros: i64) -> Timestamp {
+        Utc.timestamp_micros(1_734_517_800_000_000 + micros).unwrap()
+    }
+
+    #[test]
+    fn manual_run_ids_have_the_contract_shape() {
+        assert_eq!(
+            RunId::manual(&at(0)).as_str(),
+            "manual__2024-12-18T10:30:00.000000+00:00"
+        );
+    }
+
+    #[test]
+    fn triggers_in_the_same_microsecond_get_distinct_increasing_ids() {
+        let mut clock = ManualRunClock::default();
+        let ids: Vec<RunId> = (0..3).map(|_| clock.next(at(5)).1).collect();
+        assert_eq!(ids[0].as_str(), "manual__2024-12-18T10:30:00.000005+00:00");
+        assert_eq!(ids[1].as_str(), "manual__2024-12-18T10:30:00.000006+00:00");
+        assert_eq!(ids[2].as_str(), "manual__2024-12-18T10:30:00.000007+00:00");
+    }
+
+    #[test]
+    fn a_clock_going_back_never_repeats_an_id() {
+        let mut clock = ManualRunClock::default();
+        let (first, _) = clock.next(at(100));
+        let (second, _) = clock.next(at(50));
+        assert!(second > first);
+    }
+
+    #[test]
+    fn nanoseconds_are_truncated_so_the_id_matches_the_instant() {
+        let mut clock = ManualRunClock::default();
+        let now = at(7) + TimeDelta::nanoseconds(999);
+        let (instant, id) = clock.next(now);
+        assert_eq!(instant, at(7));
+        assert_eq!(id, RunId::manual(&at(7)));
+    }
+
+    #[test]
+    fn statuses_parse_in_any_case() {
+        assert_eq!(RunStatus::parse("success"), Ok(RunStatus::Success));
+        assert_eq!(RunStatus::parse("Running"), Ok(RunStatus::Running));
+        assert_eq!(RunStatus::parse("done"), Err(InvalidRunStatus));
+    }
+
+    #[test]
+    fn run_queries_default_and_bound_the_limit() {
+        assert_eq!(RunQuery::new(None, None, None).unwrap(), RunQuery::default());
+        assert_eq!(RunQuery::new(Some(1000), Some(5), None).unwrap().limit(), 1000);
+        assert_eq!(RunQuery::new(Some(0), None, None), Err(InvalidRunQuery));
+        assert_eq!(RunQuery::new(Some(1001), None, None), Err(InvalidRunQuery));
+    }
+
+    #[test]
+    fn run_ids_refuse_empty_overlong_and_control_text() {
+        assert!(RunId::parse("manual__2024-12-18T10:30:00+00:00").is_ok());
+        assert_eq!(RunId::parse(""), Err(InvalidRunId));
+        assert_eq!(RunId::parse(&"r".repeat(251)), Err(InvalidRunId));
+        assert_eq!(RunId::parse("a\u{0}b"), Err(InvalidRunId));
+    }
+}
