@@ -1,0 +1,1 @@
+//! JWT verification: the [`domain::AuthContext`] the HTTP API uses.
