@@ -1,4 +1,194 @@
 //! Maestro's HTTP API: the axum router, JWT authentication, error mapping,
 //! metrics and the OpenAPI document.
+//!
+//! [`router`] builds the whole API over an [`AppState`]; tests call it in
+//! process, and the `maestro` binary serves it.
 
+use std::{
+    any::Any,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    middleware,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use domain::{AuthContext, PipelineService};
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+mod dto;
+mod error;
+mod extract;
 pub mod jwt;
+mod metrics;
+mod observe;
+mod routes;
+
+pub use metrics::Metrics;
+
+/// What every handler shares: the use cases, the credential verifier and
+/// the metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    service: PipelineService,
+    auth: Arc<dyn AuthContext>,
+    metrics: Metrics,
+    backend: &'static str,
+    draining: AtomicBool,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("backend", &self.inner.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The state of an API serving `service`, verifying callers with `auth`.
+    /// `backend` names the backend in metrics (`memory`, `airflow`, ...).
+    pub fn new(service: PipelineService, auth: Arc<dyn AuthContext>, backend: &'static str) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                service,
+                auth,
+                metrics: Metrics::default(),
+                backend,
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Marks the service as shutting down: `/ready` answers 503 from now on,
+    /// so that load balancers stop sending requests while in-flight ones
+    /// finish.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn service(&self) -> &PipelineService {
+        &self.inner.service
+    }
+
+    pub(crate) fn auth(&self) -> &dyn AuthContext {
+        self.inner.auth.as_ref()
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn backend(&self) -> &'static str {
+        self.inner.backend
+    }
+}
+
+/// The OpenAPI document of the API, generated from the handlers.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Maestro",
+        description = "Trigger, pause and watch your pipelines. Every `/platform/...` route takes `Authorization: Bearer <JWT>`; the customer comes from the token, never from the request.",
+    ),
+    paths(
+        routes::execute,
+        routes::pause,
+        routes::unpause,
+        routes::get_pipeline,
+        routes::list_pipelines,
+        routes::list_runs,
+        routes::get_run,
+        routes::health,
+        routes::ready,
+        routes::metrics,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "pipelines", description = "Trigger, pause and inspect pipelines"),
+        (name = "runs", description = "Watch the runs of a pipeline"),
+        (name = "operations", description = "Health, readiness and metrics; no authentication"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The whole API: the contract's routes, the operational routes, `/docs`
+/// and `/openapi.json`, with JSON answers for every rejection.
+pub fn router(state: AppState) -> Router {
+    let docs = SwaggerUi::new("/docs")
+        .url("/openapi.json", ApiDoc::openapi())
+        // The default validator badge calls a public host; the docs must
+        // work with no internet access.
+        .config(Config::from("/openapi.json").validator_url("none"));
+
+    Router::new()
+        .route("/platform/pipeline/execute", post(routes::execute))
+        .route("/platform/pipeline/pause", post(routes::pause))
+        .route("/platform/pipeline/unpause", post(routes::unpause))
+        .route("/platform/pipelines", get(routes::list_pipelines))
+        .route("/platform/pipeline/{pipeline_id}", get(routes::get_pipeline))
+        .route(
+            "/platform/pipeline/{pipeline_id}/pipeline_run",
+            get(routes::list_runs),
+        )
+        .route(
+            "/platform/pipeline/{pipeline_id}/pipeline_run/{run_id}",
+            get(routes::get_run),
+        )
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .route("/metrics", get(routes::metrics))
+        .merge(docs)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(state.clone(), observe::observe))
+        .with_state(state)
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %message, "handler panicked");
+    error::ApiError::internal().into_response()
+}

@@ -1,0 +1,335 @@
+//! Every error the API answers with, and how domain errors map onto the
+//! contract's statuses, exception types and texts.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use domain::{
+    BackendError, BackendErrorKind, ExecuteError, GetPipelineError, GetRunError,
+    ListPipelinesError, ListRunsError, PauseError, UnpauseError,
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The error envelope every error but a few framework-level ones uses:
+/// `{"detail": {"status": false, "exception_type", "traceback", "data": null}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorEnvelope {
+    detail: ErrorDetail,
+}
+
+/// The inside of the error envelope. Despite its name, `traceback` holds a
+/// human message, never a stack trace.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// Always `false`.
+    status: bool,
+    /// The error's name, which clients branch on (`PipelineNotFound`, ...).
+    exception_type: &'static str,
+    /// The human message, kept to the contract's exact text.
+    traceback: String,
+    /// Always `null`.
+    #[schema(value_type = Option<Object>)]
+    data: Option<()>,
+}
+
+/// A bare `{"detail": "..."}` body, used where the original service's
+/// framework answered so (`pipeline_id is required`, `Not authenticated`,
+/// `Not Found`, `Method Not Allowed`).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PlainDetail {
+    detail: &'static str,
+}
+
+#[derive(Debug)]
+enum Body {
+    Envelope {
+        exception_type: &'static str,
+        traceback: String,
+    },
+    Plain(&'static str),
+}
+
+/// An error answer: a status, a JSON body and the headers that go with it.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: Body,
+    www_authenticate: Option<&'static str>,
+}
+
+impl ApiError {
+    /// An answer with the contract's error envelope.
+    pub(crate) fn envelope(
+        status: StatusCode,
+        exception_type: &'static str,
+        traceback: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            body: Body::Envelope {
+                exception_type,
+                traceback: traceback.into(),
+            },
+            www_authenticate: None,
+        }
+    }
+
+    fn plain(status: StatusCode, detail: &'static str) -> Self {
+        Self {
+            status,
+            body: Body::Plain(detail),
+            www_authenticate: None,
+        }
+    }
+
+    /// 400 `{"detail": "pipeline_id is required"}`: the field is missing,
+    /// null or empty.
+    pub(crate) fn pipeline_id_required() -> Self {
+        Self::plain(StatusCode::BAD_REQUEST, "pipeline_id is required")
+    }
+
+    /// 400 `InvalidPipelineId`.
+    pub(crate) fn invalid_pipeline_id() -> Self {
+        Self::envelope(
+            StatusCode::BAD_REQUEST,
+            "InvalidPipelineId",
+            domain::InvalidPipelineId.to_string(),
+        )
+    }
+
+    /// 400 `InvalidRequestBody`: malformed JSON, not an object, a wrong type.
+    pub(crate) fn invalid_body(message: impl Into<String>) -> Self {
+        Self::envelope(StatusCode::BAD_REQUEST, "InvalidRequestBody", message)
+    }
+
+    /// 400 `InvalidQueryParameter`.
+    pub(crate) fn invalid_query(message: impl Into<String>) -> Self {
+        Self::envelope(StatusCode::BAD_REQUEST, "InvalidQueryParameter", message)
+    }
+
+    /// 400 `InvalidPath`: the path could not be decoded.
+    pub(crate) fn invalid_path() -> Self {
+        Self::envelope(
+            StatusCode::BAD_REQUEST,
+            "InvalidPath",
+            "The request path could not be decoded",
+        )
+    }
+
+    /// 401 `{"detail": "Not authenticated"}`: no bearer credential.
+    pub(crate) fn not_authenticated() -> Self {
+        Self {
+            www_authenticate: Some("Bearer"),
+            ..Self::plain(StatusCode::UNAUTHORIZED, "Not authenticated")
+        }
+    }
+
+    /// 401 `InvalidToken`: a credential that does not verify. Why it failed
+    /// goes to the log, never to the client.
+    pub(crate) fn invalid_token() -> Self {
+        Self {
+            www_authenticate: Some("Bearer error=\"invalid_token\""),
+            ..Self::envelope(
+                StatusCode::UNAUTHORIZED,
+                "InvalidToken",
+                "Could not validate credentials",
+            )
+        }
+    }
+
+    /// 404 `{"detail": "Not Found"}`: no such route.
+    pub(crate) fn route_not_found() -> Self {
+        Self::plain(StatusCode::NOT_FOUND, "Not Found")
+    }
+
+    /// 405 `{"detail": "Method Not Allowed"}`.
+    pub(crate) fn method_not_allowed() -> Self {
+        Self::plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+    }
+
+    /// 413 `PayloadTooLarge`.
+    pub(crate) fn payload_too_large(limit: usize) -> Self {
+        Self::envelope(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            format!("The request body is larger than {limit} bytes"),
+        )
+    }
+
+    /// 415 `UnsupportedMediaType`.
+    pub(crate) fn unsupported_media_type() -> Self {
+        Self::envelope(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "Expected a request with Content-Type: application/json",
+        )
+    }
+
+    /// 500 `InternalError`, for the bugs we did not foresee; the cause is
+    /// logged where it happened.
+    pub(crate) fn internal() -> Self {
+        Self::envelope(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "Internal server error",
+        )
+    }
+
+    fn not_found(message: String) -> Self {
+        Self::envelope(StatusCode::NOT_FOUND, "PipelineNotFound", message)
+    }
+
+    fn bad_request(exception_type: &'static str, message: String) -> Self {
+        Self::envelope(StatusCode::BAD_REQUEST, exception_type, message)
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(err: BackendError) -> Self {
+        // The cause chain names upstream URLs and answers: it goes to the log
+        // only, and the client gets a fixed message for the kind.
+        tracing::error!(error = %ErrorChain(&err), "backend call failed");
+        let (status, exception_type, message) = match err.kind() {
+            BackendErrorKind::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UpstreamUnavailable",
+                "The pipeline backend is unavailable. Retry later.",
+            ),
+            BackendErrorKind::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "UpstreamTimeout",
+                "The pipeline backend did not answer in time. Retry later.",
+            ),
+            BackendErrorKind::Upstream => (
+                StatusCode::BAD_GATEWAY,
+                "UpstreamError",
+                "The pipeline backend answered unexpectedly.",
+            ),
+        };
+        Self::envelope(status, exception_type, message)
+    }
+}
+
+impl From<ExecuteError> for ApiError {
+    fn from(err: ExecuteError) -> Self {
+        let message = err.to_string();
+        match err {
+            ExecuteError::NotFound(_) => Self::not_found(message),
+            ExecuteError::Paused => Self::bad_request("PipelinePaused", message),
+            ExecuteError::QueueFull { .. } => {
+                Self::envelope(StatusCode::TOO_MANY_REQUESTS, "PipelineQueueFull", message)
+            }
+            ExecuteError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<PauseError> for ApiError {
+    fn from(err: PauseError) -> Self {
+        let message = err.to_string();
+        match err {
+            PauseError::NotFound(_) => Self::not_found(message),
+            PauseError::AlreadyPaused => Self::bad_request("PipelineAlreadyPaused", message),
+            PauseError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<UnpauseError> for ApiError {
+    fn from(err: UnpauseError) -> Self {
+        let message = err.to_string();
+        match err {
+            UnpauseError::NotFound(_) => Self::not_found(message),
+            UnpauseError::NotPaused => Self::bad_request("PipelineNotPaused", message),
+            UnpauseError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<GetPipelineError> for ApiError {
+    fn from(err: GetPipelineError) -> Self {
+        let message = err.to_string();
+        match err {
+            GetPipelineError::NotFound(_) => Self::not_found(message),
+            GetPipelineError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<ListPipelinesError> for ApiError {
+    fn from(err: ListPipelinesError) -> Self {
+        match err {
+            ListPipelinesError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<ListRunsError> for ApiError {
+    fn from(err: ListRunsError) -> Self {
+        let message = err.to_string();
+        match err {
+            ListRunsError::NotFound(_) => Self::not_found(message),
+            ListRunsError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<GetRunError> for ApiError {
+    fn from(err: GetRunError) -> Self {
+        let message = err.to_string();
+        match err {
+            GetRunError::PipelineNotFound(_) => Self::not_found(message),
+            GetRunError::RunNotFound { .. } => {
+                Self::envelope(StatusCode::NOT_FOUND, "PipelineRunNotFound", message)
+            }
+            GetRunError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = match self.body {
+            Body::Envelope {
+                exception_type,
+                traceback,
+            } => (
+                self.status,
+                Json(ErrorEnvelope {
+                    detail: ErrorDetail {
+                        status: false,
+                        exception_type,
+                        traceback,
+                        data: None,
+                    },
+                }),
+            )
+                .into_response(),
+            Body::Plain(detail) => (self.status, Json(PlainDetail { detail })).into_response(),
+        };
+        if let Some(challenge) = self.www_authenticate {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        response
+    }
+}
+
+/// Displays an error with its whole cause chain, for the log.
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}

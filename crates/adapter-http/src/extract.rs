@@ -1,0 +1,179 @@
+//! Extractors that turn a request into domain values, answering every
+//! rejection in the contract's JSON shapes rather than axum's plain text.
+
+use axum::{
+    Json,
+    extract::{FromRequest, FromRequestParts, Path, Query, Request, rejection::JsonRejection},
+    http::{StatusCode, header, request::Parts},
+};
+use domain::{PipelineId, RequestContext, RunId, RunQuery, RunStatus};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{AppState, error::ApiError, observe::RequestId};
+
+/// The largest request body accepted, in bytes.
+pub(crate) const BODY_LIMIT: usize = 64 * 1024;
+
+/// The verified caller of a `/platform/...` route, with the request's id:
+/// the [`RequestContext`] the use cases take.
+#[derive(Debug)]
+pub(crate) struct Authenticated(pub(crate) RequestContext);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(token) = bearer_token(parts) else {
+            state.metrics().auth_rejected(domain::AuthError::Missing.reason());
+            return Err(ApiError::not_authenticated());
+        };
+        let caller = state.auth().authenticate(token).await.map_err(|err| {
+            // The reason helps operators and attackers alike: log it, and
+            // tell the client only that the token was refused.
+            tracing::info!(reason = err.reason(), error = %err, "token refused");
+            state.metrics().auth_rejected(err.reason());
+            ApiError::invalid_token()
+        })?;
+        tracing::Span::current().record("customer", caller.customer.as_str());
+        let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
+        Ok(Self(RequestContext { caller, request_id }))
+    }
+}
+
+/// The credential of an `Authorization: Bearer <token>` header, if the
+/// request has one. Any other scheme counts as no credential.
+fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The `pipeline_id` of a JSON body `{"pipeline_id": "..."}`, normalized.
+/// Any other field, `customer_id` included, is ignored.
+#[derive(Debug)]
+pub(crate) struct PipelineIdBody(pub(crate) PipelineId);
+
+impl<S: Send + Sync> FromRequest<S> for PipelineIdBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(body) = Json::<Value>::from_request(req, state)
+            .await
+            .map_err(json_rejection)?;
+        let Value::Object(mut fields) = body else {
+            return Err(ApiError::invalid_body("The request body must be a JSON object"));
+        };
+        match fields.remove("pipeline_id") {
+            None | Some(Value::Null) => Err(ApiError::pipeline_id_required()),
+            Some(Value::String(raw)) if raw.is_empty() => Err(ApiError::pipeline_id_required()),
+            Some(Value::String(raw)) => PipelineId::parse(&raw)
+                .map(Self)
+                .map_err(|_| ApiError::invalid_pipeline_id()),
+            Some(_) => Err(ApiError::invalid_body("pipeline_id must be a string")),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::unsupported_media_type(),
+        JsonRejection::JsonSyntaxError(err) => {
+            ApiError::invalid_body(format!("The request body is not valid JSON: {}", err.body_text()))
+        }
+        JsonRejection::JsonDataError(err) => ApiError::invalid_body(err.body_text()),
+        JsonRejection::BytesRejection(err) if err.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::payload_too_large(BODY_LIMIT)
+        }
+        JsonRejection::BytesRejection(_) => ApiError::invalid_body("The request body could not be read"),
+        _ => ApiError::invalid_body("The request body could not be read"),
+    }
+}
+
+/// The `{pipeline_id}` of a path, normalized.
+#[derive(Debug)]
+pub(crate) struct PipelinePath(pub(crate) PipelineId);
+
+impl<S: Send + Sync> FromRequestParts<S> for PipelinePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::invalid_path())?;
+        let id = PipelineId::parse(&raw).map_err(|_| ApiError::invalid_pipeline_id())?;
+        tracing::Span::current().record("pipeline_id", id.as_str());
+        Ok(Self(id))
+    }
+}
+
+/// The `{pipeline_id}` and percent-decoded `{run_id}` of a path.
+#[derive(Debug)]
+pub(crate) struct RunPath(pub(crate) PipelineId, pub(crate) RunId);
+
+impl<S: Send + Sync> FromRequestParts<S> for RunPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((raw_pipeline, raw_run)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::invalid_path())?;
+        let pipeline = PipelineId::parse(&raw_pipeline).map_err(|_| ApiError::invalid_pipeline_id())?;
+        let run = RunId::parse(&raw_run).map_err(|err| {
+            ApiError::envelope(StatusCode::BAD_REQUEST, "InvalidRunId", err.to_string())
+        })?;
+        let span = tracing::Span::current();
+        span.record("pipeline_id", pipeline.as_str());
+        span.record("run_id", run.as_str());
+        Ok(Self(pipeline, run))
+    }
+}
+
+/// The raw query of a run listing, before it is checked.
+#[derive(Debug, Deserialize)]
+struct RawRunsQuery {
+    limit: Option<String>,
+    offset: Option<String>,
+    status: Option<String>,
+}
+
+/// A checked run listing query: `limit` (1 to 1000, default 100), `offset`
+/// (default 0) and `status` (any letter case).
+#[derive(Debug)]
+pub(crate) struct RunsQuery(pub(crate) RunQuery);
+
+impl<S: Send + Sync> FromRequestParts<S> for RunsQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(raw) = Query::<RawRunsQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::invalid_query("The query string could not be decoded"))?;
+        let limit = raw
+            .limit
+            .map(|limit| limit.parse::<u32>())
+            .transpose()
+            .map_err(|_| limit_error())?;
+        let offset = raw
+            .offset
+            .map(|offset| offset.parse::<u64>())
+            .transpose()
+            .map_err(|_| ApiError::invalid_query("offset must be a non-negative integer"))?;
+        let status = raw
+            .status
+            .map(|status| RunStatus::parse(&status))
+            .transpose()
+            .map_err(|err| ApiError::invalid_query(err.to_string()))?;
+        RunQuery::new(limit, offset, status)
+            .map(Self)
+            .map_err(|_| limit_error())
+    }
+}
+
+fn limit_error() -> ApiError {
+    ApiError::invalid_query(format!(
+        "limit must be an integer between 1 and {}",
+        RunQuery::MAX_LIMIT
+    ))
+}

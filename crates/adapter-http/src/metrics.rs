@@ -1,0 +1,159 @@
+//! Prometheus metrics: requests by route template and status, latency,
+//! runs triggered, refused credentials.
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// The service's metrics, cheap to clone, rendered on `/metrics`.
+///
+/// Every label takes values from a closed set (route templates, not raw
+/// paths; known methods), so the number of series stays bounded whatever
+/// clients send.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    runs_triggered: Family<BackendLabels, Counter>,
+    auth_rejected: Family<ReasonLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to about 3.3 s, doubling.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("maestro");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route template, method and status",
+            requests.clone(),
+        );
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template",
+            latency.clone(),
+        );
+        let runs_triggered = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "runs_triggered",
+            "Pipeline runs triggered, by backend",
+            runs_triggered.clone(),
+        );
+        let auth_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "auth_rejected",
+            "Requests refused for their credential, by reason",
+            auth_rejected.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                latency,
+                runs_triggered,
+                auth_rejected,
+            }),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one answered request and its latency.
+    pub(crate) fn observe_request(&self, route: &str, method: &str, status: u16, latency: Duration) {
+        let method = known_method(method);
+        self.inner
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method,
+                status,
+            })
+            .inc();
+        self.inner
+            .latency
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Counts one run triggered on `backend`.
+    pub(crate) fn run_triggered(&self, backend: &'static str) {
+        self.inner
+            .runs_triggered
+            .get_or_create(&BackendLabels { backend })
+            .inc();
+    }
+
+    /// Counts one request refused for its credential.
+    pub(crate) fn auth_rejected(&self, reason: &'static str) {
+        self.inner
+            .auth_rejected
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// The metrics in the OpenMetrics text format, which Prometheus scrapes.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.inner.registry);
+        out
+    }
+}
+
+fn known_method(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}

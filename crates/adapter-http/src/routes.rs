@@ -1,0 +1,277 @@
+//! The handlers of the contract's routes and the operational ones.
+
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+
+use crate::{
+    AppState,
+    dto::{
+        ActionResponse, ExecuteResponse, PipelineIdRequest, PipelineResponse, PipelineSummaryBody,
+        RunBody, StatusBody,
+    },
+    error::{ApiError, ErrorEnvelope, PlainDetail},
+    extract::{Authenticated, PipelineIdBody, PipelinePath, RunPath, RunsQuery},
+};
+
+/// Trigger an immediate execution of a pipeline, whatever its cron
+/// schedule. While a run of the pipeline is active, the new run waits
+/// `QUEUED` and starts when the earlier ones finish, in order.
+#[utoipa::path(
+    post,
+    path = "/platform/pipeline/execute",
+    tag = "pipelines",
+    request_body = PipelineIdRequest,
+    responses(
+        (status = 200, description = "The run was triggered", body = ExecuteResponse),
+        (status = 400, description = "`PipelinePaused`, `InvalidPipelineId`, `InvalidRequestBody`, or `{\"detail\": \"pipeline_id is required\"}`", body = ErrorEnvelope),
+        (status = 401, description = "No valid bearer token", body = PlainDetail),
+        (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
+        (status = 429, description = "`PipelineQueueFull`: the pipeline's queue is at its bound; nothing was started", body = ErrorEnvelope),
+        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
+        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
+        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn execute(
+    State(state): State<AppState>,
+    Authenticated(ctx): Authenticated,
+    PipelineIdBody(id): PipelineIdBody,
+) -> Result<Json<ExecuteResponse>, ApiError> {
+    tracing::Span::current().record("pipeline_id", id.as_str());
+    let run = state.service().execute(&ctx, &id).await?;
+    tracing::Span::current().record("run_id", run.id.as_str());
+    state.metrics().run_triggered(state.backend());
+    Ok(Json(ExecuteResponse::new(&run)))
+}
+
+/// Pause a pipeline: it refuses executions until unpaused. Running runs
+/// finish.
+#[utoipa::path(
+    post,
+    path = "/platform/pipeline/pause",
+    tag = "pipelines",
+    request_body = PipelineIdRequest,
+    responses(
+        (status = 200, description = "The pipeline is paused", body = ActionResponse),
+        (status = 400, description = "`PipelineAlreadyPaused`, `InvalidPipelineId`, `InvalidRequestBody`, or `pipeline_id is required`", body = ErrorEnvelope),
+        (status = 401, description = "No valid bearer token", body = PlainDetail),
+        (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
+        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
+        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
+        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn pause(
+    State(state): State<AppState>,
+    Authenticated(ctx): Authenticated,
+    PipelineIdBody(id): PipelineIdBody,
+) -> Result<Json<ActionResponse>, ApiError> {
+    tracing::Span::current().record("pipeline_id", id.as_str());
+    state.service().pause(&ctx, &id).await?;
+    Ok(Json(ActionResponse::new("Pipeline paused successfully", &id)))
+}
+
+/// Unpause a pipeline, so that it accepts executions again.
+#[utoipa::path(
+    post,
+    path = "/platform/pipeline/unpause",
+    tag = "pipelines",
+    request_body = PipelineIdRequest,
+    responses(
+        (status = 200, description = "The pipeline is unpaused", body = ActionResponse),
+        (status = 400, description = "`PipelineNotPaused`, `InvalidPipelineId`, `InvalidRequestBody`, or `pipeline_id is required`", body = ErrorEnvelope),
+        (status = 401, description = "No valid bearer token", body = PlainDetail),
+        (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
+        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
+        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
+        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn unpause(
+    State(state): State<AppState>,
+    Authenticated(ctx): Authenticated,
+    PipelineIdBody(id): PipelineIdBody,
+) -> Result<Json<ActionResponse>, ApiError> {
+    tracing::Span::current().record("pipeline_id", id.as_str());
+    state.service().unpause(&ctx, &id).await?;
+    Ok(Json(ActionResponse::new("Pipeline unpaused successfully", &id)))
+}
+
+/// One of the caller's pipelines.
+#[utoipa::path(
+    get,
+    path = "/platform/pipeline/{pipeline_id}",
+    tag = "pipelines",
+    params(("pipeline_id" = String, Path, description = "UUID, hyphenated or underscored")),
+    responses(
+        (status = 200, description = "The pipeline", body = PipelineResponse),
+        (status = 400, description = "`InvalidPipelineId`", body = ErrorEnvelope),
+        (status = 401, description = "No valid bearer token", body = PlainDetail),
+        (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
+        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
+        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
+        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_pipeline(
+    State(state): State<AppState>,
+    Authenticated(ctx): Authenticated,
+    PipelinePath(id): PipelinePath,
+) -> Result<Json<PipelineResponse>, ApiError> {
+    let pipeline = state.service().get_pipeline(&ctx, &id).await?;
+    Ok(Json(PipelineResponse::new(pipeline)))
+}
+
+/// Every pipeline of the caller, as a bare array.
+#[utoipa::path(
+    get,
+    path = "/platform/pipelines",
+    tag = "pipelines",
+    responses(
+        (status = 200, description = "The caller's pipelines, ordered by name", body = [PipelineSummaryBody]),
+        (status = 401, description = "No valid bearer token", body = PlainDetail),
+        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
+        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
+        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_pipelines(
+    State(state): State<AppState>,
+    Authenticated(ctx): Authenticated,
+) -> Result<Json<Vec<PipelineSummaryBody>>, ApiError> {
+    let pipelines = state.service().list_pipelines(&ctx).await?;
+    Ok(Json(pipelines.into_iter().map(Into::into).collect()))
+}
+
+/// The runs of one of the caller's pipelines, newest first, as a bare
+/// array; the number of matching runs is in `X-Total-Count`.
+#[utoipa::path(
+    get,
+    path = "/platform/pipeline/{pipeline_id}/pipeline_run",
+    tag = "runs",
+    params(
+        ("pipeline_id" = String, Path, description = "UUID, hyphenated or underscored"),
+        ("limit" = Option<u32>, Query, description = "At most this many runs, 1 to 1000 (default 100)"),
+        ("offset" = Option<u64>, Query, description = "Skip this many matching runs, newest first (default 0)"),
+        ("status" = Option<String>, Query, description = "Only runs with this status: QUEUED, RUNNING, SUCCESS or FAILED"),
+    ),
+    responses(
+        (status = 200, description = "One page of runs", body = [RunBody],
+            headers(("X-Total-Count" = u64, description = "How many runs match, in all pages"))),
+        (status = 400, description = "`InvalidPipelineId` or `InvalidQueryParameter`", body = ErrorEnvelope),
+        (status = 401, description = "No valid bearer token", body = PlainDetail),
+        (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
+        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
+        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
+        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_runs(
+    State(state): State<AppState>,
+    Authenticated(ctx): Authenticated,
+    PipelinePath(id): PipelinePath,
+    RunsQuery(query): RunsQuery,
+) -> Result<Response, ApiError> {
+    let page = state.service().list_runs(&ctx, &id, &query).await?;
+    let mut headers = HeaderMap::new();
+    headers.insert("x-total-count", HeaderValue::from(page.total));
+    let runs: Vec<RunBody> = page.runs.into_iter().map(Into::into).collect();
+    Ok((headers, Json(runs)).into_response())
+}
+
+/// One run of one of the caller's pipelines. The run id holds `:` and `+`:
+/// percent-encode it.
+#[utoipa::path(
+    get,
+    path = "/platform/pipeline/{pipeline_id}/pipeline_run/{run_id}",
+    tag = "runs",
+    params(
+        ("pipeline_id" = String, Path, description = "UUID, hyphenated or underscored"),
+        ("run_id" = String, Path, description = "The run id execute returned, percent-encoded"),
+    ),
+    responses(
+        (status = 200, description = "The run", body = RunBody),
+        (status = 400, description = "`InvalidPipelineId` or `InvalidRunId`", body = ErrorEnvelope),
+        (status = 401, description = "No valid bearer token", body = PlainDetail),
+        (status = 404, description = "`PipelineNotFound` or `PipelineRunNotFound`", body = ErrorEnvelope),
+        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
+        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
+        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_run(
+    State(state): State<AppState>,
+    Authenticated(ctx): Authenticated,
+    RunPath(id, run_id): RunPath,
+) -> Result<Json<RunBody>, ApiError> {
+    let run = state.service().get_run(&ctx, &id, &run_id).await?;
+    Ok(Json(run.into()))
+}
+
+/// Liveness: the process serves requests.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive", body = StatusBody)))]
+pub(crate) async fn health() -> Json<StatusBody> {
+    Json(StatusBody { status: "ok" })
+}
+
+/// Readiness: the backend answers and the service is not draining.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = StatusBody),
+        (status = 503, description = "The backend does not answer, or the service is shutting down", body = StatusBody),
+    ))]
+pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<StatusBody>) {
+    if state.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(StatusBody { status: "draining" }),
+        );
+    }
+    match state.service().ready().await {
+        Ok(()) => (StatusCode::OK, Json(StatusBody { status: "ready" })),
+        Err(err) => {
+            tracing::warn!(error = %crate::error::ErrorChain(&err), "backend not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(StatusBody {
+                    status: "unavailable",
+                }),
+            )
+        }
+    }
+}
+
+/// The metrics, in the Prometheus (OpenMetrics) text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics().render(),
+    )
+}
+
+/// Answers a route that does not exist.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::route_not_found()
+}
+
+/// Answers a method the route does not have.
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
