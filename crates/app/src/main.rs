@@ -1,1 +1,31 @@
-fn main() {}
+//! `maestro`: serve the API (the default), or mint a development token.
+
+use app::{Cli, Command, ServeConfig};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser as _};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => {
+            println!("{}", app::mint_token(&args)?);
+            Ok(())
+        }
+        Some(Command::Serve(config)) => serve(*config).await,
+        None => {
+            // `maestro` alone serves, with settings from the environment.
+            let matches = Cli::command().get_matches_from(["maestro", "serve"]);
+            let Some(Command::Serve(config)) = Cli::from_arg_matches(&matches)?.command else {
+                unreachable!("`serve` parses as the serve subcommand");
+            };
+            serve(*config).await
+        }
+    }
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    app::init_tracing(config.log_format);
+    app::serve(config, app::shutdown_signal()).await.inspect_err(|err| {
+        tracing::error!(error = format!("{err:#}"), "maestro stopped with an error");
+    })
+}

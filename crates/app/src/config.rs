@@ -1,0 +1,277 @@
+//! The command line and environment of `maestro`: every setting of the
+//! contract's configuration table, as a flag and the same-named variable.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
+
+/// Maestro: a safe HTTP API to trigger, pause and watch your pipelines.
+#[derive(Debug, Parser)]
+#[command(name = "maestro", version, about)]
+pub struct Cli {
+    /// What to do; `serve` when left out.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API.
+    Serve(Box<ServeConfig>),
+    /// Print a signed HS256 token for a customer, for the configured secret.
+    Token(TokenArgs),
+}
+
+/// Which backend serves pipelines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// The embedded in-memory backend (demo data or a fixture file).
+    Memory,
+    /// An upstream Platform-API service.
+    PlatformApi,
+    /// An Apache Airflow 3 cluster (REST API v2).
+    Airflow,
+}
+
+impl Backend {
+    /// The name used in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::PlatformApi => "platform-api",
+            Self::Airflow => "airflow",
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Settings of `maestro serve`.
+#[derive(Debug, Args)]
+pub struct ServeConfig {
+    /// Listen address. Without a configured key the service only listens on
+    /// loopback.
+    #[arg(long, env = "MAESTRO_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Which backend serves pipelines.
+    #[arg(long, env = "MAESTRO_BACKEND", value_enum, default_value = "memory")]
+    pub backend: Backend,
+
+    /// How log lines are written.
+    #[arg(long, env = "MAESTRO_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// How long in-flight requests may take to finish after SIGTERM or
+    /// SIGINT before the process exits anyway, in seconds.
+    #[arg(long, env = "MAESTRO_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+
+    /// The longest a call to the backend may take, in milliseconds.
+    #[arg(long, env = "MAESTRO_UPSTREAM_TIMEOUT_MS", default_value_t = 10_000)]
+    pub upstream_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+
+    #[command(flatten)]
+    pub memory: MemoryArgs,
+
+    #[command(flatten)]
+    pub platform_api: PlatformApiArgs,
+
+    #[command(flatten)]
+    pub airflow: AirflowArgs,
+}
+
+impl ServeConfig {
+    /// The backend call timeout.
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_timeout_ms)
+    }
+}
+
+/// How callers' tokens are verified. With none of the keys set, `serve`
+/// makes a random development secret.
+#[derive(Debug, Args)]
+pub struct JwtArgs {
+    /// Shared secret for HS256 tokens (development, tests), at least 32 bytes.
+    #[arg(long, env = "MAESTRO_JWT_HS256_SECRET", hide_env_values = true, value_parser = secret)]
+    pub jwt_hs256_secret: Option<SecretString>,
+
+    /// A JWKS endpoint with the RS256/ES256 verification keys.
+    #[arg(long, env = "MAESTRO_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// A PEM file with one RS256 or ES256 public key.
+    #[arg(long, env = "MAESTRO_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// When set, tokens must carry this `iss`.
+    #[arg(long, env = "MAESTRO_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, tokens must carry this `aud`.
+    #[arg(long, env = "MAESTRO_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// The claim that names the caller's customer.
+    #[arg(long, env = "MAESTRO_JWT_CUSTOMER_CLAIM", default_value = "customer_id")]
+    pub jwt_customer_claim: String,
+
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "MAESTRO_JWT_LEEWAY_SECONDS", default_value_t = 30)]
+    pub jwt_leeway_seconds: u64,
+}
+
+impl JwtArgs {
+    /// Whether any verification key is configured.
+    pub fn has_key(&self) -> bool {
+        self.jwt_hs256_secret.is_some()
+            || self.jwt_jwks_url.is_some()
+            || self.jwt_public_key_file.is_some()
+    }
+}
+
+/// Settings of the memory backend.
+#[derive(Debug, Args)]
+pub struct MemoryArgs {
+    /// A JSON file `{"pipelines": [PIPELINE, ...]}` to load; the built-in
+    /// demo set when unset.
+    #[arg(long, env = "MAESTRO_MEMORY_FIXTURE")]
+    pub memory_fixture: Option<PathBuf>,
+
+    /// How long a simulated run stays RUNNING before SUCCESS, in seconds
+    /// (fractions allowed); 0 finishes runs at once.
+    #[arg(long, env = "MAESTRO_MEMORY_RUN_SECONDS", default_value_t = 10.0, value_parser = non_negative_seconds)]
+    pub memory_run_seconds: f64,
+
+    /// The most runs a pipeline may have waiting; execute beyond it answers
+    /// 429 `PipelineQueueFull`.
+    #[arg(long, env = "MAESTRO_MEMORY_QUEUE_LIMIT", default_value_t = 1000)]
+    pub memory_queue_limit: usize,
+
+    /// The most finished runs kept per pipeline, newest first.
+    #[arg(long, env = "MAESTRO_MEMORY_HISTORY_LIMIT", default_value_t = 10_000)]
+    pub memory_history_limit: usize,
+}
+
+/// Settings of the Platform-API backend.
+#[derive(Debug, Args)]
+pub struct PlatformApiArgs {
+    /// The Platform-API service's base URL.
+    #[arg(long, env = "MAESTRO_PLATFORM_API_URL")]
+    pub platform_api_url: Option<String>,
+
+    /// The service token sent to Platform-API as a bearer token.
+    #[arg(long, env = "MAESTRO_PLATFORM_API_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub platform_api_token: Option<SecretString>,
+}
+
+/// Settings of the Airflow backend.
+#[derive(Debug, Args)]
+pub struct AirflowArgs {
+    /// The Apache Airflow 3 API server (REST API v2).
+    #[arg(long, env = "MAESTRO_AIRFLOW_URL")]
+    pub airflow_url: Option<String>,
+
+    /// User exchanged, with the password, at Airflow's `/auth/token`.
+    #[arg(long, env = "MAESTRO_AIRFLOW_USERNAME")]
+    pub airflow_username: Option<String>,
+
+    /// Password exchanged, with the user, at Airflow's `/auth/token`.
+    #[arg(long, env = "MAESTRO_AIRFLOW_PASSWORD", hide_env_values = true, value_parser = secret)]
+    pub airflow_password: Option<SecretString>,
+
+    /// A fixed bearer token for Airflow, instead of user and password.
+    #[arg(long, env = "MAESTRO_AIRFLOW_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub airflow_token: Option<SecretString>,
+
+    /// A DAG belongs to the customer named in its tag `<prefix><id>`.
+    #[arg(long, env = "MAESTRO_AIRFLOW_CUSTOMER_TAG_PREFIX", default_value = "customer:")]
+    pub airflow_customer_tag_prefix: String,
+}
+
+/// Settings of `maestro token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The customer the token acts for.
+    #[arg(long)]
+    pub customer: String,
+
+    /// The token's subject (`sub`): who acts.
+    #[arg(long)]
+    pub subject: Option<String>,
+
+    /// How long the token is valid, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_seconds: u64,
+
+    /// The secret to sign with.
+    #[arg(long, env = "MAESTRO_JWT_HS256_SECRET", hide_env_values = true, value_parser = secret)]
+    pub jwt_hs256_secret: Option<SecretString>,
+
+    /// Put this `iss` in the token.
+    #[arg(long, env = "MAESTRO_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Put this `aud` in the token.
+    #[arg(long, env = "MAESTRO_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// The claim that names the customer.
+    #[arg(long, env = "MAESTRO_JWT_CUSTOMER_CLAIM", default_value = "customer_id")]
+    pub jwt_customer_claim: String,
+}
+
+fn secret(raw: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(raw.to_owned()))
+}
+
+fn non_negative_seconds(raw: &str) -> Result<f64, String> {
+    let seconds: f64 = raw.parse().map_err(|_| format!("`{raw}` is not a number of seconds"))?;
+    if seconds.is_finite() && (0.0..=86_400.0 * 365.0).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(format!("`{raw}` must be between 0 and one year"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_arguments_means_serve_with_the_defaults() {
+        let cli = Cli::try_parse_from(["maestro"]).unwrap();
+        assert!(cli.command.is_none());
+        let Command::Serve(config) = Cli::try_parse_from(["maestro", "serve"]).unwrap().command.unwrap() else {
+            panic!("expected serve");
+        };
+        assert_eq!(config.backend, Backend::Memory);
+        assert_eq!(config.upstream_timeout(), Duration::from_secs(10));
+        assert_eq!(config.jwt.jwt_customer_claim, "customer_id");
+        assert_eq!(config.airflow.airflow_customer_tag_prefix, "customer:");
+    }
+
+    #[test]
+    fn negative_run_seconds_are_refused() {
+        assert!(Cli::try_parse_from(["maestro", "serve", "--memory-run-seconds", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["maestro", "serve", "--memory-run-seconds", "0.5"]).is_ok());
+    }
+}

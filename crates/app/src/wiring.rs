@@ -1,0 +1,131 @@
+//! Builds the service from its configuration: the backend the settings
+//! name, the token verifier, and the HTTP API over them.
+
+use std::{sync::Arc, time::Duration};
+
+use adapter_http::{
+    AppState,
+    jwt::{JwtAuth, JwtConfig, JwtKey},
+};
+use adapter_memory::{MemoryBackend, MemoryConfig};
+use anyhow::{Context as _, bail};
+use domain::{CustomerId, Orchestrator, PipelineRepository, PipelineService};
+
+use crate::{
+    Backend, ServeConfig,
+    dev::{DevBanner, random_secret},
+    is_loopback,
+};
+
+/// The service, wired and ready to serve.
+#[derive(Debug)]
+pub struct Built {
+    /// The HTTP API.
+    pub router: axum::Router,
+    /// Its shared state, to start draining on shutdown.
+    pub state: AppState,
+    pub(crate) dev_banner: Option<DevBanner>,
+}
+
+/// Wires the backend, the token verifier and the HTTP API that `config`
+/// describes.
+///
+/// # Errors
+/// When the configuration is unusable: no key on a non-loopback address, an
+/// unreadable key or fixture file, or a backend without its settings.
+pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
+    let (repository, orchestrator, demo) = backend(config)?;
+    let (auth, dev_banner) = auth(config, demo)?;
+    let service = PipelineService::new(repository, orchestrator);
+    let state = AppState::new(service, auth, config.backend.name());
+    Ok(Built {
+        router: adapter_http::router(state.clone()),
+        state,
+        dev_banner,
+    })
+}
+
+/// The demo pipeline the development banner's curl line triggers.
+struct Demo {
+    customer: &'static str,
+    pipeline_id: Option<&'static str>,
+}
+
+type Ports = (Arc<dyn PipelineRepository>, Arc<dyn Orchestrator>, Option<Demo>);
+
+fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
+    match config.backend {
+        Backend::Memory => {
+            let memory = &config.memory;
+            let settings = MemoryConfig {
+                run_duration: Duration::from_secs_f64(memory.memory_run_seconds),
+                queue_limit: memory.memory_queue_limit,
+                history_limit: memory.memory_history_limit,
+            };
+            let (backend, demo) = match &memory.memory_fixture {
+                Some(path) => {
+                    let pipelines = adapter_memory::load_fixture(path)
+                        .with_context(|| format!("cannot load MAESTRO_MEMORY_FIXTURE {}", path.display()))?;
+                    tracing::info!(pipelines = pipelines.len(), fixture = %path.display(), "memory backend loaded");
+                    (MemoryBackend::new(settings, pipelines), None)
+                }
+                None => (
+                    MemoryBackend::demo(settings),
+                    Some(Demo {
+                        customer: adapter_memory::DEMO_CUSTOMER,
+                        pipeline_id: Some(adapter_memory::DEMO_PIPELINE_ID),
+                    }),
+                ),
+            };
+            let backend = Arc::new(backend);
+            Ok((backend.clone(), backend, demo))
+        }
+        Backend::PlatformApi => bail!("the platform-api backend is not available in this build yet"),
+        Backend::Airflow => bail!("the airflow backend is not available in this build yet"),
+    }
+}
+
+fn auth(
+    config: &ServeConfig,
+    demo: Option<Demo>,
+) -> anyhow::Result<(Arc<JwtAuth>, Option<DevBanner>)> {
+    let jwt = &config.jwt;
+    if jwt.jwt_jwks_url.is_some() {
+        bail!("MAESTRO_JWT_JWKS_URL is not supported yet: use MAESTRO_JWT_PUBLIC_KEY_FILE or MAESTRO_JWT_HS256_SECRET");
+    }
+    let (key, dev_banner) = match (&jwt.jwt_hs256_secret, &jwt.jwt_public_key_file) {
+        (Some(_), Some(_)) => {
+            bail!("set only one of MAESTRO_JWT_HS256_SECRET and MAESTRO_JWT_PUBLIC_KEY_FILE")
+        }
+        (Some(secret), None) => (JwtKey::Hs256(secret.clone()), None),
+        (None, Some(path)) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read MAESTRO_JWT_PUBLIC_KEY_FILE {}", path.display()))?;
+            (JwtKey::PublicKeyPem(pem), None)
+        }
+        (None, None) => {
+            // The embedded default: safe only where nobody else can reach it.
+            if !is_loopback(&config.bind) {
+                bail!(
+                    "refusing to listen on {} with a random development secret: configure MAESTRO_JWT_HS256_SECRET, MAESTRO_JWT_PUBLIC_KEY_FILE or MAESTRO_JWT_JWKS_URL, or bind to loopback",
+                    config.bind
+                );
+            }
+            let secret = random_secret();
+            let customer = demo.as_ref().map_or("demo", |demo| demo.customer);
+            let banner = DevBanner::new(
+                &secret,
+                &CustomerId::parse(customer)?,
+                demo.and_then(|demo| demo.pipeline_id.map(str::to_owned)),
+            )?;
+            (JwtKey::Hs256(secret), Some(banner))
+        }
+    };
+    let mut settings = JwtConfig::new(key);
+    settings.issuer.clone_from(&jwt.jwt_issuer);
+    settings.audience.clone_from(&jwt.jwt_audience);
+    settings.customer_claim.clone_from(&jwt.jwt_customer_claim);
+    settings.leeway = Duration::from_secs(jwt.jwt_leeway_seconds);
+    let verifier = JwtAuth::new(settings).context("invalid token verification settings")?;
+    Ok((Arc::new(verifier), dev_banner))
+}

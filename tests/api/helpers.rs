@@ -1,0 +1,201 @@
+//! The `TestApp`: the service started in process on port 0 over a fixture,
+//! with one method per endpoint and token helpers.
+
+use std::{path::PathBuf, sync::OnceLock};
+
+use adapter_http::jwt::mint_hs256;
+use app::{Cli, Command};
+use clap::Parser as _;
+use reqwest::{Client, Response, header::CONTENT_TYPE};
+use serde_json::{Value, json};
+
+/// The secret the test services verify with.
+pub(crate) const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+
+/// Customer `acme`: an active pipeline, a paused one, a scheduled one.
+pub(crate) const ACME: &str = "acme";
+pub(crate) const ACTIVE: &str = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d";
+pub(crate) const PAUSED: &str = "2c44be3a_44e4_4948_8ffc_94d93d9ca1ae";
+pub(crate) const SCHEDULED: &str = "3d55cf4b_55f5_4a59_9aad_a5eaa4adb2bf";
+/// Customer `globex` and its one pipeline.
+pub(crate) const GLOBEX: &str = "globex";
+pub(crate) const GLOBEX_PIPELINE: &str = "4e66d05c_6606_4b6a_8bbe_b6fbb5bec3c0";
+/// A pipeline id nobody has.
+pub(crate) const MISSING: &str = "5f77e16d_7717_4c7b_8ccf_c70cc6cfd4d1";
+
+/// The hyphenated, upper-case spelling of an underscored id.
+pub(crate) fn shouted(id: &str) -> String {
+    id.replace('_', "-").to_uppercase()
+}
+
+/// The fixture every test service loads, written once.
+pub(crate) fn fixture() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let fixture = json!({"pipelines": [
+            {"id": shouted(ACTIVE), "customer_id": ACME, "name": "Load orders",
+             "description": "Loads the day's orders", "cron": null, "status": "active",
+             "created_at": "2024-12-01T09:00:00+00:00", "updated_at": "2024-12-02T09:00:00+00:00",
+             "jobs": [{"name": "extract", "type": "sql"}]},
+            {"id": PAUSED, "customer_id": ACME, "name": "Paused export", "status": "paused"},
+            {"id": SCHEDULED, "customer_id": ACME, "name": "Nightly report", "cron": "0 3 * * *"},
+            {"id": GLOBEX_PIPELINE, "customer_id": GLOBEX, "name": "Globex sync"},
+        ]});
+        let path = std::env::temp_dir().join(format!("maestro-fixture-{}.json", uuid::Uuid::new_v4()));
+        std::fs::write(&path, fixture.to_string()).unwrap();
+        path
+    })
+    .clone()
+}
+
+/// A token for `customer`, valid for an hour.
+pub(crate) fn token(customer: &str) -> String {
+    sign(&json!({"customer_id": customer, "sub": "tester", "exp": now() + 3600}))
+}
+
+/// Signs any claims with the test secret.
+pub(crate) fn sign(claims: &Value) -> String {
+    mint_hs256(SECRET.as_bytes(), claims).unwrap()
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The service, served in process on a free loopback port.
+pub(crate) struct TestApp {
+    pub(crate) base: String,
+    pub(crate) client: Client,
+}
+
+impl TestApp {
+    /// The service over the fixture, with runs that stay RUNNING an hour.
+    pub(crate) async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// The service with extra `maestro serve` flags.
+    pub(crate) async fn spawn_with(extra: &[&str]) -> Self {
+        let fixture = fixture();
+        let mut args = vec![
+            "maestro",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--jwt-hs256-secret",
+            SECRET,
+            "--memory-fixture",
+            fixture.to_str().unwrap(),
+            "--memory-run-seconds",
+            "3600",
+        ];
+        args.extend_from_slice(extra);
+        let Some(Command::Serve(config)) = Cli::try_parse_from(args).unwrap().command else {
+            unreachable!()
+        };
+        let built = app::build(&config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, built.router).await });
+        Self {
+            base: format!("http://{addr}"),
+            client: Client::new(),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `POST path` with a JSON body, as `customer`.
+    pub(crate) async fn post_json(&self, path: &str, customer: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token(customer))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn execute(&self, customer: &str, pipeline_id: &str) -> Response {
+        self.post_json("/platform/pipeline/execute", customer, &json!({"pipeline_id": pipeline_id}))
+            .await
+    }
+
+    pub(crate) async fn pause(&self, customer: &str, pipeline_id: &str) -> Response {
+        self.post_json("/platform/pipeline/pause", customer, &json!({"pipeline_id": pipeline_id}))
+            .await
+    }
+
+    pub(crate) async fn unpause(&self, customer: &str, pipeline_id: &str) -> Response {
+        self.post_json("/platform/pipeline/unpause", customer, &json!({"pipeline_id": pipeline_id}))
+            .await
+    }
+
+    /// `GET path` as `customer`.
+    pub(crate) async fn get(&self, path: &str, customer: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token(customer))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn get_pipeline(&self, customer: &str, pipeline_id: &str) -> Response {
+        self.get(&format!("/platform/pipeline/{pipeline_id}"), customer).await
+    }
+
+    pub(crate) async fn list_pipelines(&self, customer: &str) -> Response {
+        self.get("/platform/pipelines", customer).await
+    }
+
+    pub(crate) async fn list_runs(&self, customer: &str, pipeline_id: &str, query: &str) -> Response {
+        self.get(&format!("/platform/pipeline/{pipeline_id}/pipeline_run{query}"), customer)
+            .await
+    }
+
+    pub(crate) async fn get_run(&self, customer: &str, pipeline_id: &str, run_id: &str) -> Response {
+        let encoded = percent_encoding::utf8_percent_encode(run_id, percent_encoding::NON_ALPHANUMERIC);
+        self.get(&format!("/platform/pipeline/{pipeline_id}/pipeline_run/{encoded}"), customer)
+            .await
+    }
+
+    /// Executes and returns the new run id.
+    pub(crate) async fn run_id_of_execute(&self, customer: &str, pipeline_id: &str) -> String {
+        let response = self.execute(customer, pipeline_id).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        body["data"]["run_id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The status and JSON body of a response, checking that it is JSON.
+pub(crate) async fn json_of(response: Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .map(|value| value.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/json"),
+        "status {status}: content type {content_type:?} is not JSON"
+    );
+    (status, response.json().await.unwrap())
+}
+
+/// The contract's error envelope.
+pub(crate) fn envelope(exception_type: &str, traceback: &str) -> Value {
+    json!({"detail": {"status": false, "exception_type": exception_type, "traceback": traceback, "data": null}})
+}
+
+/// The 404 of a pipeline the caller cannot see.
+pub(crate) fn not_found(pipeline_id: &str) -> Value {
+    envelope("PipelineNotFound", &format!("Pipeline with id {pipeline_id} not found"))
+}

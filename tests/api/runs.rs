@@ -1,0 +1,109 @@
+//! `GET /platform/pipeline/{id}/pipeline_run` and `.../pipeline_run/{run_id}`.
+
+use serde_json::json;
+
+use crate::helpers::{ACME, ACTIVE, GLOBEX, GLOBEX_PIPELINE, TestApp, envelope, json_of, not_found};
+
+#[tokio::test]
+async fn a_run_is_fetched_by_its_percent_encoded_id_with_every_field() {
+    let app = TestApp::spawn().await;
+    let run_id = app.run_id_of_execute(ACME, ACTIVE).await;
+    let (status, run) = json_of(app.get_run(ACME, ACTIVE, &run_id).await).await;
+    assert_eq!(status, 200);
+    let created_at = run["created_at"].as_str().unwrap().to_owned();
+    assert_eq!(
+        run,
+        json!({
+            "pipeline_run_id": run_id,
+            "pipeline_id": ACTIVE,
+            "last_status": "RUNNING",
+            "created_at": created_at,
+            "updated_at": run["updated_at"],
+            "trace": null,
+        })
+    );
+    assert!(created_at.ends_with("+00:00"));
+    assert!(chrono::DateTime::parse_from_rfc3339(&created_at).is_ok());
+    assert_eq!(run_id, format!("manual__{created_at}"));
+}
+
+#[tokio::test]
+async fn a_run_id_sent_without_encoding_is_found_too() {
+    let app = TestApp::spawn().await;
+    let run_id = app.run_id_of_execute(ACME, ACTIVE).await;
+    let response = app
+        .get(&format!("/platform/pipeline/{ACTIVE}/pipeline_run/{run_id}"), ACME)
+        .await;
+    let (status, run) = json_of(response).await;
+    assert_eq!(status, 200);
+    assert_eq!(run["pipeline_run_id"], run_id.as_str());
+}
+
+#[tokio::test]
+async fn an_unknown_run_is_404_pipeline_run_not_found() {
+    let app = TestApp::spawn().await;
+    let (status, body) = json_of(app.get_run(ACME, ACTIVE, "manual__2020-01-01T00:00:00+00:00").await).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        body,
+        envelope(
+            "PipelineRunNotFound",
+            &format!("Pipeline run with id manual__2020-01-01T00:00:00+00:00 not found for pipeline {ACTIVE}")
+        )
+    );
+}
+
+#[tokio::test]
+async fn runs_of_another_customers_pipeline_are_404() {
+    let app = TestApp::spawn().await;
+    let run_id = app.run_id_of_execute(GLOBEX, GLOBEX_PIPELINE).await;
+    let (status, body) = json_of(app.list_runs(ACME, GLOBEX_PIPELINE, "").await).await;
+    assert_eq!(status, 404);
+    assert_eq!(body, not_found(GLOBEX_PIPELINE));
+    let (status, body) = json_of(app.get_run(ACME, GLOBEX_PIPELINE, &run_id).await).await;
+    assert_eq!(status, 404);
+    assert_eq!(body, not_found(GLOBEX_PIPELINE));
+}
+
+#[tokio::test]
+async fn run_lists_page_newest_first_with_the_total_in_a_header() {
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(app.run_id_of_execute(ACME, ACTIVE).await);
+    }
+    ids.reverse(); // newest first
+
+    let response = app.list_runs(ACME, ACTIVE, "?limit=2&offset=1").await;
+    assert_eq!(response.headers()["x-total-count"], "5");
+    let (_, page) = json_of(response).await;
+    let listed: Vec<&str> = page.as_array().unwrap().iter().map(|r| r["pipeline_run_id"].as_str().unwrap()).collect();
+    assert_eq!(listed, [ids[1].as_str(), ids[2].as_str()]);
+
+    let response = app.list_runs(ACME, ACTIVE, "?status=running").await;
+    assert_eq!(response.headers()["x-total-count"], "1");
+    let (_, page) = json_of(response).await;
+    assert_eq!(page[0]["pipeline_run_id"], ids[4].as_str());
+
+    let response = app.list_runs(ACME, ACTIVE, "?status=QUEUED&offset=3").await;
+    assert_eq!(response.headers()["x-total-count"], "4");
+    let (_, page) = json_of(response).await;
+    assert_eq!(page.as_array().unwrap().len(), 1);
+
+    let response = app.list_runs(ACME, ACTIVE, "?offset=99").await;
+    assert_eq!(response.headers()["x-total-count"], "5");
+    let (_, page) = json_of(response).await;
+    assert_eq!(page, json!([]));
+}
+
+#[tokio::test]
+async fn bad_run_list_parameters_are_400_invalid_query_parameter() {
+    let app = TestApp::spawn().await;
+    for query in ["?limit=0", "?limit=1001", "?limit=ten", "?limit=-1", "?offset=-1", "?offset=x", "?status=DONE"] {
+        let (status, body) = json_of(app.list_runs(ACME, ACTIVE, query).await).await;
+        assert_eq!(status, 400, "{query}");
+        assert_eq!(body["detail"]["exception_type"], "InvalidQueryParameter", "{query}");
+    }
+    let (status, _) = json_of(app.list_runs(ACME, ACTIVE, "?limit=1000&offset=0&status=success").await).await;
+    assert_eq!(status, 200);
+}
