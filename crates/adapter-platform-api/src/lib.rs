@@ -1,1 +1,40 @@
-//! placeholder
+//! The Platform-API backend: a forwarding client that implements Maestro's
+//! ports by calling an upstream pipeline platform over HTTP.
+//!
+//! The upstream contract it speaks is `docs/backends/platform-api.md`. In
+//! short: the public request with the normalized pipeline id and the caller's
+//! customer id added, a bearer service token, the request id passed on, and
+//! the same `{"status", "data"}` and `{"detail": {...}}` envelopes back.
+//!
+//! Upstream refusals keep their meaning (`PipelineNotFound` stays not-found,
+//! and so on); anything else the upstream does becomes a
+//! [`domain::BackendError`] of the right kind, whose context is for the log
+//! and never holds the service token. Reads are retried on connection
+//! failures and 502/503; writes never are. Every call, retries included, is
+//! bounded by the configured timeout.
+//!
+//! One backend serves both ports:
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use adapter_platform_api::{PlatformApiBackend, PlatformApiConfig};
+//!
+//! let backend = Arc::new(PlatformApiBackend::new(PlatformApiConfig {
+//!     base_url: "https://platform.internal".to_owned(),
+//!     token: "s3rv1ce-t0ken".into(),
+//!     timeout: PlatformApiConfig::DEFAULT_TIMEOUT,
+//! })?);
+//! let service = domain::PipelineService::new(backend.clone(), backend);
+//! # let _ = service;
+//! # Ok::<(), adapter_platform_api::ConfigError>(())
+//! ```
+
+mod backend;
+mod client;
+mod config;
+mod retry;
+mod wire;
+
+pub use backend::PlatformApiBackend;
+pub use config::{ConfigError, PlatformApiConfig};

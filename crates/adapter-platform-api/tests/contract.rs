@@ -1,0 +1,1256 @@
+//! Contract tests of the Platform-API backend against a wiremock upstream:
+//! the exact request of every route, and what every kind of upstream answer
+//! becomes (`docs/backends/platform-api.md`).
+
+use std::error::Error;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use adapter_platform_api::{ConfigError, PlatformApiBackend, PlatformApiConfig};
+use domain::{
+    BackendErrorKind, Caller, CustomerId, LookupError, Orchestrator, PipelineId,
+    PipelineRepository, PipelineStatus, RequestContext, RunId, RunLookupError, RunQuery, RunStatus,
+    RunsError, SetPausedError, TriggerError,
+};
+use serde_json::{Value, json};
+use wiremock::matchers::{any, method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const TOKEN: &str = "s3rv1ce-t0ken-7Hq2xZ";
+const CUSTOMER: &str = "acme";
+const REQUEST_ID: &str = "req-7f3a";
+/// The id as a client may send it; the upstream must only see the normal form.
+const RAW_ID: &str = "1B33AD2F-33D3-4837-9EEB-83C82C8B909D";
+const ID: &str = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d";
+const RUN_ID: &str = "manual__2024-12-18T10:30:00.000000+00:00";
+const ENCODED_RUN_ID: &str = "manual__2024-12-18T10%3A30%3A00.000000%2B00%3A00";
+
+/// Long enough for any answer of a local mock, even on a busy machine.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// The short timeout of the slow-upstream tests.
+const SHORT_TIMEOUT: Duration = Duration::from_millis(200);
+/// What a call may take beyond its timeout: scheduling, not waiting.
+const MARGIN: Duration = Duration::from_millis(800);
+
+fn backend_at(base_url: &str, timeout: Duration) -> PlatformApiBackend {
+    PlatformApiBackend::new(PlatformApiConfig {
+        base_url: base_url.to_owned(),
+        token: TOKEN.into(),
+        timeout,
+    })
+    .expect("valid settings")
+}
+
+fn backend(server: &MockServer) -> PlatformApiBackend {
+    backend_at(&server.uri(), TIMEOUT)
+}
+
+fn ctx_for(customer: &str, request_id: Option<&str>) -> RequestContext {
+    RequestContext {
+        caller: Caller::new(CustomerId::parse(customer).unwrap()),
+        request_id: request_id.map(str::to_owned),
+    }
+}
+
+fn ctx() -> RequestContext {
+    ctx_for(CUSTOMER, Some(REQUEST_ID))
+}
+
+fn id() -> PipelineId {
+    PipelineId::parse(RAW_ID).unwrap()
+}
+
+fn run_id() -> RunId {
+    RunId::parse(RUN_ID).unwrap()
+}
+
+fn success(data: Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({"status": true, "data": data}))
+}
+
+fn refusal(status: u16, exception_type: &str) -> ResponseTemplate {
+    refusal_with_data(status, exception_type, Value::Null)
+}
+
+fn refusal_with_data(status: u16, exception_type: &str, data: Value) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(json!({
+        "detail": {
+            "status": false,
+            "exception_type": exception_type,
+            "traceback": "upstream message",
+            "data": data
+        }
+    }))
+}
+
+fn pipeline_json() -> Value {
+    json!({
+        "id": ID,
+        "customer_id": CUSTOMER,
+        "name": "Daily sales",
+        "description": "Loads yesterday's sales",
+        "cron": "0 3 * * *",
+        "status": "paused",
+        "created_at": "2024-11-02T09:00:00.000000+00:00",
+        "updated_at": "2024-12-01T17:45:12.250000+00:00",
+        "jobs": [{"name": "extract", "type": "sql", "nested": {"retries": 3}}]
+    })
+}
+
+fn summary_json(pipeline_id: &str, customer: &str, name: &str, last_status: Value) -> Value {
+    json!({
+        "pipeline_id": pipeline_id,
+        "customer_id": customer,
+        "name": name,
+        "description": "",
+        "cron": null,
+        "status": "active",
+        "created_at": "2024-11-02T09:00:00Z",
+        "updated_at": "2024-11-02T09:00:00Z",
+        "last_status": last_status,
+        "jobs": []
+    })
+}
+
+fn run_json(run_id: &str, status: &str) -> Value {
+    json!({
+        "pipeline_run_id": run_id,
+        "pipeline_id": ID,
+        "last_status": status,
+        "created_at": "2024-12-18T10:30:00.000000+00:00",
+        "updated_at": "2024-12-18T10:34:51.870000+00:00",
+        "trace": if status == "FAILED" { json!("job load failed") } else { Value::Null }
+    })
+}
+
+fn triggered_json() -> Value {
+    json!({
+        "message": "Pipeline execution triggered successfully",
+        "pipeline_id": ID,
+        "run_id": RUN_ID,
+        "last_status": "RUNNING",
+        "created_at": "2024-12-18T10:30:00.000000+00:00",
+        "updated_at": "2024-12-18T10:30:00.000000+00:00"
+    })
+}
+
+async fn answer_everything_with(server: &MockServer, template: ResponseTemplate) {
+    Mock::given(any())
+        .respond_with(template)
+        .mount(server)
+        .await;
+}
+
+async fn requests(server: &MockServer) -> Vec<Request> {
+    server
+        .received_requests()
+        .await
+        .expect("request recording is on")
+}
+
+async fn the_one_request(server: &MockServer) -> Request {
+    let mut received = requests(server).await;
+    assert_eq!(
+        received.len(),
+        1,
+        "expected exactly one request, got {received:?}"
+    );
+    received.remove(0)
+}
+
+fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request
+        .headers
+        .get(name)
+        .map(|value| value.to_str().expect("ASCII header"))
+}
+
+/// The headers of every pipeline route for [`ctx`].
+fn assert_pipeline_route_headers(request: &Request) {
+    assert_eq!(
+        header(request, "authorization"),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+    assert_eq!(header(request, "x-request-id"), Some(REQUEST_ID));
+    assert_eq!(header(request, "x-customer-id"), Some(CUSTOMER));
+    assert_eq!(header(request, "accept"), Some("application/json"));
+    assert!(
+        header(request, "user-agent").is_some_and(|agent| agent.starts_with("maestro/")),
+        "{:?}",
+        header(request, "user-agent")
+    );
+}
+
+fn assert_write(request: &Request, route: &str) {
+    assert_eq!(request.method.as_str(), "POST");
+    assert_eq!(request.url.path(), route);
+    assert_eq!(request.url.query(), None);
+    assert_pipeline_route_headers(request);
+    assert_eq!(header(request, "content-type"), Some("application/json"));
+    let body: Value = request.body_json().expect("a JSON body");
+    assert_eq!(body, json!({"pipeline_id": ID, "customer_id": CUSTOMER}));
+}
+
+fn assert_read(request: &Request, route: &str) {
+    assert_eq!(request.method.as_str(), "GET");
+    assert_eq!(request.url.path(), route);
+    assert_pipeline_route_headers(request);
+    assert_eq!(header(request, "content-type"), None);
+    assert!(request.body.is_empty());
+}
+
+// --- The exact requests ---
+
+#[tokio::test]
+async fn execute_posts_the_normalized_id_and_the_customer_with_token_request_id_and_json() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, success(triggered_json())).await;
+
+    backend(&server).trigger(&ctx(), &id()).await.unwrap();
+
+    assert_write(&the_one_request(&server).await, "/pipeline/execute");
+}
+
+#[tokio::test]
+async fn pause_and_unpause_post_the_same_body_to_their_own_routes() {
+    for (paused, route) in [(true, "/pipeline/pause"), (false, "/pipeline/unpause")] {
+        let server = MockServer::start().await;
+        answer_everything_with(
+            &server,
+            success(json!({"message": "ok", "pipeline_id": ID})),
+        )
+        .await;
+
+        backend(&server)
+            .set_paused(&ctx(), &id(), paused)
+            .await
+            .unwrap();
+
+        assert_write(&the_one_request(&server).await, route);
+    }
+}
+
+#[tokio::test]
+async fn get_reads_the_pipeline_route_with_the_normalized_id_and_no_body() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, success(pipeline_json())).await;
+
+    backend(&server).get(&ctx(), &id()).await.unwrap();
+
+    let request = the_one_request(&server).await;
+    assert_read(&request, &format!("/pipeline/{ID}"));
+    assert_eq!(request.url.query(), None);
+}
+
+#[tokio::test]
+async fn list_reads_the_pipelines_route() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, success(json!([]))).await;
+
+    backend(&server).list(&ctx()).await.unwrap();
+
+    let request = the_one_request(&server).await;
+    assert_read(&request, "/pipelines");
+    assert_eq!(request.url.query(), None);
+}
+
+#[tokio::test]
+async fn list_runs_sends_limit_offset_and_the_status_only_when_filtering() {
+    let server = MockServer::start().await;
+    answer_everything_with(
+        &server,
+        success(json!([])).insert_header("X-Total-Count", "0"),
+    )
+    .await;
+    let backend = backend(&server);
+
+    let filtered = RunQuery::new(Some(2), Some(40), Some(RunStatus::Success)).unwrap();
+    backend.list_runs(&ctx(), &id(), &filtered).await.unwrap();
+    backend
+        .list_runs(&ctx(), &id(), &RunQuery::default())
+        .await
+        .unwrap();
+
+    let received = requests(&server).await;
+    assert_eq!(received.len(), 2);
+    for request in &received {
+        assert_read(request, &format!("/pipeline/{ID}/pipeline_run"));
+    }
+    assert_eq!(
+        received[0].url.query(),
+        Some("limit=2&offset=40&status=SUCCESS")
+    );
+    assert_eq!(received[1].url.query(), Some("limit=100&offset=0"));
+}
+
+#[tokio::test]
+async fn get_run_percent_encodes_the_run_id_in_the_path() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, success(run_json(RUN_ID, "SUCCESS"))).await;
+
+    backend(&server)
+        .get_run(&ctx(), &id(), &run_id())
+        .await
+        .unwrap();
+
+    let request = the_one_request(&server).await;
+    assert_read(
+        &request,
+        &format!("/pipeline/{ID}/pipeline_run/{ENCODED_RUN_ID}"),
+    );
+    assert_eq!(request.url.query(), None);
+}
+
+#[tokio::test]
+async fn health_gets_the_health_route_with_the_token_a_fresh_request_id_and_no_customer() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, ResponseTemplate::new(200)).await;
+
+    backend(&server).health().await.unwrap();
+
+    let request = the_one_request(&server).await;
+    assert_eq!(request.method.as_str(), "GET");
+    assert_eq!(request.url.path(), "/health");
+    assert_eq!(
+        header(&request, "authorization"),
+        Some(&*format!("Bearer {TOKEN}"))
+    );
+    assert_eq!(header(&request, "x-customer-id"), None);
+    let request_id = header(&request, "x-request-id").expect("a request id");
+    assert_eq!(
+        uuid::Uuid::parse_str(request_id).unwrap().get_version_num(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn a_uuid_v4_request_id_is_generated_for_each_call_when_the_client_sent_none() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(success(pipeline_json()))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(success(triggered_json()))
+        .mount(&server)
+        .await;
+    let backend = backend(&server);
+    let anonymous = ctx_for(CUSTOMER, None);
+
+    backend.get(&anonymous, &id()).await.unwrap();
+    backend.trigger(&anonymous, &id()).await.unwrap();
+
+    let ids: Vec<String> = requests(&server)
+        .await
+        .iter()
+        .map(|request| {
+            header(request, "x-request-id")
+                .expect("a request id")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 2);
+    for request_id in &ids {
+        assert_eq!(
+            uuid::Uuid::parse_str(request_id).unwrap().get_version_num(),
+            4
+        );
+    }
+    assert_ne!(ids[0], ids[1]);
+}
+
+#[tokio::test]
+async fn routes_go_below_the_base_urls_path_with_or_without_a_trailing_slash() {
+    for suffix in ["/platform/v1", "/platform/v1/"] {
+        let server = MockServer::start().await;
+        answer_everything_with(&server, success(triggered_json())).await;
+        let backend = backend_at(&format!("{}{suffix}", server.uri()), TIMEOUT);
+
+        backend.trigger(&ctx(), &id()).await.unwrap();
+
+        assert_eq!(
+            the_one_request(&server).await.url.path(),
+            "/platform/v1/pipeline/execute"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_customer_id_beyond_plain_ascii_is_percent_encoded_in_the_header_and_plain_in_the_body() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, success(json!({}))).await;
+
+    let customer = "São Paulo 100%";
+    backend(&server)
+        .set_paused(&ctx_for(customer, None), &id(), true)
+        .await
+        .unwrap();
+
+    let request = the_one_request(&server).await;
+    assert_eq!(
+        header(&request, "x-customer-id"),
+        Some("S%C3%A3o%20Paulo%20100%25")
+    );
+    let body: Value = request.body_json().unwrap();
+    assert_eq!(body["customer_id"], customer);
+}
+
+#[tokio::test]
+async fn a_request_id_that_cannot_be_a_header_is_replaced_by_a_generated_one() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, success(pipeline_json())).await;
+
+    backend(&server)
+        .get(&ctx_for(CUSTOMER, Some("bad\nid")), &id())
+        .await
+        .unwrap();
+
+    let request = the_one_request(&server).await;
+    let request_id = header(&request, "x-request-id").expect("a request id");
+    assert!(uuid::Uuid::parse_str(request_id).is_ok(), "{request_id}");
+}
+
+// --- Successes ---
+
+#[tokio::test]
+async fn execute_returns_the_run_the_upstream_started() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, success(triggered_json())).await;
+
+    let run = backend(&server).trigger(&ctx(), &id()).await.unwrap();
+
+    assert_eq!(run.id, run_id());
+    assert_eq!(run.pipeline_id.as_str(), ID);
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(
+        domain::format_timestamp(&run.created_at),
+        "2024-12-18T10:30:00.000000+00:00"
+    );
+    assert_eq!(run.trace, None);
+}
+
+#[tokio::test]
+async fn execute_accepts_the_public_answer_alone_as_a_queued_run() {
+    let server = MockServer::start().await;
+    answer_everything_with(
+        &server,
+        success(json!({"message": "Pipeline execution triggered successfully", "pipeline_id": ID, "run_id": RUN_ID})),
+    )
+    .await;
+
+    let before = chrono::Utc::now();
+    let run = backend(&server).trigger(&ctx(), &id()).await.unwrap();
+
+    assert_eq!(run.id, run_id());
+    assert_eq!(run.status, RunStatus::Queued);
+    assert!(run.created_at >= before && run.created_at <= chrono::Utc::now());
+}
+
+#[tokio::test]
+async fn get_returns_the_pipeline_with_its_jobs_untouched() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, success(pipeline_json())).await;
+
+    let pipeline = backend(&server).get(&ctx(), &id()).await.unwrap();
+
+    assert_eq!(pipeline.id.as_str(), ID);
+    assert_eq!(pipeline.customer_id.as_str(), CUSTOMER);
+    assert_eq!(pipeline.name, "Daily sales");
+    assert_eq!(pipeline.cron.as_deref(), Some("0 3 * * *"));
+    assert_eq!(pipeline.status, PipelineStatus::Paused);
+    assert_eq!(
+        pipeline.jobs,
+        pipeline_json()["jobs"].as_array().unwrap().clone()
+    );
+    assert_eq!(
+        domain::format_timestamp(&pipeline.updated_at),
+        "2024-12-01T17:45:12.250000+00:00"
+    );
+}
+
+#[tokio::test]
+async fn list_returns_every_summary_with_its_last_status() {
+    let server = MockServer::start().await;
+    let other_id = "00000000_0000_4000_8000_000000000001";
+    answer_everything_with(
+        &server,
+        success(json!([
+            summary_json(ID, CUSTOMER, "b", json!("FAILED")),
+            summary_json(other_id, CUSTOMER, "a", Value::Null),
+        ])),
+    )
+    .await;
+
+    let summaries = backend(&server).list(&ctx()).await.unwrap();
+
+    assert_eq!(summaries.len(), 2);
+    assert_eq!(summaries[0].pipeline.id.as_str(), ID);
+    assert_eq!(summaries[0].last_status, Some(RunStatus::Failed));
+    assert_eq!(summaries[1].pipeline.id.as_str(), other_id);
+    assert_eq!(summaries[1].last_status, None);
+}
+
+#[tokio::test]
+async fn list_runs_returns_the_page_and_the_total_from_x_total_count() {
+    let server = MockServer::start().await;
+    answer_everything_with(
+        &server,
+        success(json!([
+            run_json(RUN_ID, "FAILED"),
+            run_json("scheduled__2024-12-18T03:00:00+00:00", "SUCCESS")
+        ]))
+        .insert_header("X-Total-Count", "41"),
+    )
+    .await;
+
+    let page = backend(&server)
+        .list_runs(&ctx(), &id(), &RunQuery::new(Some(2), None, None).unwrap())
+        .await
+        .unwrap();
+
+    assert_eq!(page.total, 41);
+    assert_eq!(page.runs.len(), 2);
+    assert_eq!(page.runs[0].id, run_id());
+    assert_eq!(page.runs[0].status, RunStatus::Failed);
+    assert_eq!(page.runs[0].trace.as_deref(), Some("job load failed"));
+    assert_eq!(page.runs[1].status, RunStatus::Success);
+}
+
+#[tokio::test]
+async fn get_run_returns_the_run() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, success(run_json(RUN_ID, "QUEUED"))).await;
+
+    let run = backend(&server)
+        .get_run(&ctx(), &id(), &run_id())
+        .await
+        .unwrap();
+
+    assert_eq!(run.id, run_id());
+    assert_eq!(run.pipeline_id.as_str(), ID);
+    assert_eq!(run.status, RunStatus::Queued);
+}
+
+#[tokio::test]
+async fn health_is_ready_on_any_2xx_whatever_the_body() {
+    for template in [
+        ResponseTemplate::new(200).set_body_json(json!({"status": true, "data": {"status": "ok"}})),
+        ResponseTemplate::new(204),
+        ResponseTemplate::new(200).set_body_string("OK"),
+    ] {
+        let server = MockServer::start().await;
+        answer_everything_with(&server, template).await;
+        backend(&server).health().await.unwrap();
+    }
+}
+
+// --- What each upstream answer becomes, route by route ---
+
+/// The backend's routes, to run one scenario against all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Execute,
+    Pause,
+    Unpause,
+    Get,
+    List,
+    Runs,
+    Run,
+    Health,
+}
+
+const ROUTES: [Route; 8] = [
+    Route::Execute,
+    Route::Pause,
+    Route::Unpause,
+    Route::Get,
+    Route::List,
+    Route::Runs,
+    Route::Run,
+    Route::Health,
+];
+
+impl Route {
+    fn is_read(self) -> bool {
+        matches!(self, Self::Get | Self::List | Self::Runs | Self::Run)
+    }
+
+    /// A success the route accepts.
+    fn success(self) -> ResponseTemplate {
+        match self {
+            Self::Execute => success(triggered_json()),
+            Self::Pause | Self::Unpause => success(json!({"pipeline_id": ID})),
+            Self::Get => success(pipeline_json()),
+            Self::List => success(json!([summary_json(ID, CUSTOMER, "n", Value::Null)])),
+            Self::Runs => {
+                success(json!([run_json(RUN_ID, "RUNNING")])).insert_header("X-Total-Count", "1")
+            }
+            Self::Run => success(run_json(RUN_ID, "RUNNING")),
+            Self::Health => ResponseTemplate::new(200),
+        }
+    }
+}
+
+/// What a call came to, comparable across routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Done,
+    NotFound,
+    Paused,
+    QueueFull(usize),
+    Unchanged,
+    RunNotFound,
+    Backend(BackendErrorKind),
+}
+
+/// A call's outcome, and its error written out in full (Display and Debug of
+/// the error and of each of its sources) when it failed.
+struct Called {
+    outcome: Outcome,
+    text: String,
+}
+
+fn written_out(err: &(dyn Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut current = Some(err);
+    while let Some(err) = current {
+        text.push_str(&format!("{err}\n{err:?}\n"));
+        current = err.source();
+    }
+    text
+}
+
+async fn call(backend: &PlatformApiBackend, route: Route) -> Called {
+    let ctx = ctx();
+    let id = id();
+    let (outcome, text) = match route {
+        Route::Execute => match backend.trigger(&ctx, &id).await {
+            Ok(_) => (Outcome::Done, String::new()),
+            Err(err) => (
+                match &err {
+                    TriggerError::NotFound => Outcome::NotFound,
+                    TriggerError::Paused => Outcome::Paused,
+                    TriggerError::QueueFull { limit } => Outcome::QueueFull(*limit),
+                    TriggerError::Backend(err) => Outcome::Backend(err.kind()),
+                },
+                written_out(&err),
+            ),
+        },
+        Route::Pause | Route::Unpause => {
+            match backend.set_paused(&ctx, &id, route == Route::Pause).await {
+                Ok(()) => (Outcome::Done, String::new()),
+                Err(err) => (
+                    match &err {
+                        SetPausedError::NotFound => Outcome::NotFound,
+                        SetPausedError::Unchanged => Outcome::Unchanged,
+                        SetPausedError::Backend(err) => Outcome::Backend(err.kind()),
+                    },
+                    written_out(&err),
+                ),
+            }
+        }
+        Route::Get => match backend.get(&ctx, &id).await {
+            Ok(_) => (Outcome::Done, String::new()),
+            Err(err) => (
+                match &err {
+                    LookupError::NotFound => Outcome::NotFound,
+                    LookupError::Backend(err) => Outcome::Backend(err.kind()),
+                },
+                written_out(&err),
+            ),
+        },
+        Route::List => match backend.list(&ctx).await {
+            Ok(_) => (Outcome::Done, String::new()),
+            Err(err) => (Outcome::Backend(err.kind()), written_out(&err)),
+        },
+        Route::Runs => match backend.list_runs(&ctx, &id, &RunQuery::default()).await {
+            Ok(_) => (Outcome::Done, String::new()),
+            Err(err) => (
+                match &err {
+                    RunsError::NotFound => Outcome::NotFound,
+                    RunsError::Backend(err) => Outcome::Backend(err.kind()),
+                },
+                written_out(&err),
+            ),
+        },
+        Route::Run => match backend.get_run(&ctx, &id, &run_id()).await {
+            Ok(_) => (Outcome::Done, String::new()),
+            Err(err) => (
+                match &err {
+                    RunLookupError::PipelineNotFound => Outcome::NotFound,
+                    RunLookupError::RunNotFound => Outcome::RunNotFound,
+                    RunLookupError::Backend(err) => Outcome::Backend(err.kind()),
+                },
+                written_out(&err),
+            ),
+        },
+        Route::Health => match backend.health().await {
+            Ok(()) => (Outcome::Done, String::new()),
+            Err(err) => (Outcome::Backend(err.kind()), written_out(&err)),
+        },
+    };
+    Called { outcome, text }
+}
+
+/// Runs `route` against a fresh upstream that answers everything with
+/// `template`, and returns the outcome and how many requests were made.
+async fn against(route: Route, template: ResponseTemplate) -> (Called, usize) {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, template).await;
+    let called = call(&backend(&server), route).await;
+    (called, requests(&server).await.len())
+}
+
+const UPSTREAM: Outcome = Outcome::Backend(BackendErrorKind::Upstream);
+
+#[tokio::test]
+async fn every_route_succeeds_on_its_documented_answer() {
+    for route in ROUTES {
+        let (called, _) = against(route, route.success()).await;
+        assert_eq!(called.outcome, Outcome::Done, "{route:?}: {}", called.text);
+    }
+}
+
+#[tokio::test]
+async fn each_contract_refusal_becomes_its_domain_error() {
+    let cases = [
+        (Route::Execute, 404, "PipelineNotFound", Outcome::NotFound),
+        (Route::Execute, 400, "PipelinePaused", Outcome::Paused),
+        (Route::Pause, 404, "PipelineNotFound", Outcome::NotFound),
+        (
+            Route::Pause,
+            400,
+            "PipelineAlreadyPaused",
+            Outcome::Unchanged,
+        ),
+        (Route::Unpause, 404, "PipelineNotFound", Outcome::NotFound),
+        (Route::Unpause, 400, "PipelineNotPaused", Outcome::Unchanged),
+        (Route::Get, 404, "PipelineNotFound", Outcome::NotFound),
+        (Route::Runs, 404, "PipelineNotFound", Outcome::NotFound),
+        (Route::Run, 404, "PipelineNotFound", Outcome::NotFound),
+        (Route::Run, 404, "PipelineRunNotFound", Outcome::RunNotFound),
+    ];
+    for (route, status, exception_type, expected) in cases {
+        let (called, requests) = against(route, refusal(status, exception_type)).await;
+        assert_eq!(
+            called.outcome, expected,
+            "{route:?} {exception_type}: {}",
+            called.text
+        );
+        assert_eq!(
+            requests, 1,
+            "{route:?}: a refusal is an answer, not retried"
+        );
+    }
+}
+
+#[tokio::test]
+async fn queue_full_carries_the_upstreams_limit_or_zero_when_it_gives_none() {
+    let (called, requests) = against(
+        Route::Execute,
+        refusal_with_data(429, "PipelineQueueFull", json!({"limit": 1000})),
+    )
+    .await;
+    assert_eq!(called.outcome, Outcome::QueueFull(1000));
+    assert_eq!(requests, 1);
+
+    let (called, _) = against(Route::Execute, refusal(429, "PipelineQueueFull")).await;
+    assert_eq!(called.outcome, Outcome::QueueFull(0));
+}
+
+#[tokio::test]
+async fn a_refusal_the_route_cannot_answer_is_an_upstream_error() {
+    let cases = [
+        (Route::Execute, 400, "PipelineAlreadyPaused"),
+        (Route::Execute, 404, "PipelineRunNotFound"),
+        (Route::Pause, 400, "PipelineNotPaused"),
+        (Route::Pause, 400, "PipelinePaused"),
+        (Route::Unpause, 400, "PipelineAlreadyPaused"),
+        (Route::Unpause, 429, "PipelineQueueFull"),
+        (Route::Get, 400, "PipelinePaused"),
+        (Route::Get, 404, "PipelineRunNotFound"),
+        (Route::List, 404, "PipelineNotFound"),
+        (Route::Runs, 404, "PipelineRunNotFound"),
+        (Route::Run, 400, "PipelinePaused"),
+    ];
+    for (route, status, exception_type) in cases {
+        let (called, _) = against(route, refusal(status, exception_type)).await;
+        assert_eq!(called.outcome, UPSTREAM, "{route:?} {exception_type}");
+        assert!(
+            called.text.contains(exception_type),
+            "the log names it: {}",
+            called.text
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_exception_type_is_an_upstream_error_on_every_route() {
+    for route in ROUTES {
+        let (called, _) = against(route, refusal(400, "ValidationError")).await;
+        assert_eq!(called.outcome, UPSTREAM, "{route:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_5xx_is_an_upstream_error_on_every_route_and_the_log_names_the_route() {
+    for route in ROUTES {
+        let template = refusal(500, "PipelineNotFound");
+        let (called, _) = against(route, template).await;
+        assert_eq!(called.outcome, UPSTREAM, "{route:?}");
+        assert!(called.text.contains("Platform-API"), "{}", called.text);
+        assert!(called.text.contains("500"), "{}", called.text);
+    }
+    let (called, _) = against(Route::Execute, ResponseTemplate::new(500)).await;
+    assert!(
+        called.text.contains("POST /pipeline/execute"),
+        "{}",
+        called.text
+    );
+}
+
+#[tokio::test]
+async fn a_garbage_body_is_an_upstream_error_on_every_route_but_health() {
+    for route in ROUTES.into_iter().filter(|route| *route != Route::Health) {
+        for template in [
+            ResponseTemplate::new(200).set_body_string("<html>It works!</html>"),
+            ResponseTemplate::new(200),
+            ResponseTemplate::new(200).set_body_json(json!([1, 2, 3])),
+            ResponseTemplate::new(404).set_body_string("Not Found"),
+            ResponseTemplate::new(400).set_body_json(json!({"detail": "pipeline_id is required"})),
+        ] {
+            let (called, _) = against(route, template).await;
+            assert_eq!(called.outcome, UPSTREAM, "{route:?}: {}", called.text);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_success_envelope_with_status_false_is_an_upstream_error() {
+    for route in ROUTES.into_iter().filter(|route| *route != Route::Health) {
+        let template =
+            ResponseTemplate::new(200).set_body_json(json!({"status": false, "data": null}));
+        let (called, _) = against(route, template).await;
+        assert_eq!(called.outcome, UPSTREAM, "{route:?}");
+    }
+}
+
+#[tokio::test]
+async fn data_of_the_wrong_shape_is_an_upstream_error() {
+    let mut no_name = pipeline_json();
+    no_name.as_object_mut().unwrap().remove("name");
+    let mut naive_time = run_json(RUN_ID, "SUCCESS");
+    naive_time["created_at"] = json!("2024-12-18T10:30:00");
+    let mut bad_status = summary_json(ID, CUSTOMER, "n", Value::Null);
+    bad_status["status"] = json!("stopped");
+    let cases = [
+        (Route::Execute, success(json!({"pipeline_id": ID}))),
+        (
+            Route::Execute,
+            success(json!({"pipeline_id": "not-a-uuid", "run_id": RUN_ID})),
+        ),
+        (Route::Get, success(no_name)),
+        (Route::Get, success(json!([pipeline_json()]))),
+        (Route::List, success(json!([bad_status]))),
+        (Route::List, success(pipeline_json())),
+        (
+            Route::Runs,
+            success(json!([naive_time.clone()])).insert_header("X-Total-Count", "1"),
+        ),
+        (Route::Run, success(naive_time)),
+        (
+            Route::Run,
+            success(json!({"pipeline_run_id": "", "pipeline_id": ID})),
+        ),
+    ];
+    for (route, template) in cases {
+        let (called, _) = against(route, template).await;
+        assert_eq!(called.outcome, UPSTREAM, "{route:?}");
+        assert!(called.text.contains("malformed answer"), "{}", called.text);
+    }
+}
+
+#[tokio::test]
+async fn a_run_list_without_a_usable_x_total_count_is_an_upstream_error() {
+    for total in [None, Some("many"), Some("-1")] {
+        let mut template = success(json!([]));
+        if let Some(total) = total {
+            template = template.insert_header("X-Total-Count", total);
+        }
+        let (called, _) = against(Route::Runs, template).await;
+        assert_eq!(called.outcome, UPSTREAM, "{total:?}");
+        assert!(called.text.contains("X-Total-Count"), "{}", called.text);
+    }
+}
+
+#[tokio::test]
+async fn a_refused_service_token_is_an_upstream_error_that_says_so() {
+    for status in [401, 403] {
+        for route in ROUTES {
+            let (called, _) = against(route, refusal(status, "NotAuthenticated")).await;
+            assert_eq!(called.outcome, UPSTREAM, "{route:?}");
+            assert!(
+                called.text.contains("refused the service token"),
+                "{}",
+                called.text
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed() {
+    let server = MockServer::start().await;
+    Mock::given(path("/elsewhere"))
+        .respond_with(Route::Get.success())
+        .expect(0)
+        .mount(&server)
+        .await;
+    Mock::given(any())
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("Location", format!("{}/elsewhere", server.uri())),
+        )
+        .mount(&server)
+        .await;
+
+    for route in [Route::Get, Route::Execute] {
+        let called = call(&backend(&server), route).await;
+        assert_eq!(called.outcome, UPSTREAM, "{route:?}");
+        assert!(called.text.contains("302"), "{}", called.text);
+    }
+}
+
+#[tokio::test]
+async fn an_answer_over_32_mib_is_an_upstream_error() {
+    let body = vec![b' '; 32 * 1024 * 1024 + 1];
+    let (called, _) = against(
+        Route::Get,
+        ResponseTemplate::new(200).set_body_raw(body, "application/json"),
+    )
+    .await;
+    assert_eq!(called.outcome, UPSTREAM);
+    assert!(called.text.contains("bytes"), "{}", called.text);
+}
+
+#[tokio::test]
+async fn another_customers_pipeline_looks_like_a_missing_one() {
+    let mut foreign = pipeline_json();
+    foreign["customer_id"] = json!("globex");
+    let (called, _) = against(Route::Get, success(foreign)).await;
+    assert_eq!(called.outcome, Outcome::NotFound);
+}
+
+#[tokio::test]
+async fn other_customers_pipelines_are_left_out_of_the_list() {
+    let server = MockServer::start().await;
+    answer_everything_with(
+        &server,
+        success(json!([
+            summary_json(ID, CUSTOMER, "mine", Value::Null),
+            summary_json(
+                "00000000_0000_4000_8000_000000000002",
+                "globex",
+                "theirs",
+                Value::Null
+            ),
+        ])),
+    )
+    .await;
+
+    let summaries = backend(&server).list(&ctx()).await.unwrap();
+
+    assert_eq!(summaries.len(), 1);
+    assert_eq!(summaries[0].pipeline.name, "mine");
+}
+
+// --- Transport failures ---
+
+/// A local port that nothing listens on.
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    port
+}
+
+#[tokio::test]
+async fn a_closed_port_is_unavailable_on_every_route_and_fails_fast() {
+    let backend = backend_at(&format!("http://127.0.0.1:{}", closed_port()), TIMEOUT);
+    for route in ROUTES {
+        let started = Instant::now();
+        let called = call(&backend, route).await;
+        assert_eq!(
+            called.outcome,
+            Outcome::Backend(BackendErrorKind::Unavailable),
+            "{route:?}: {}",
+            called.text
+        );
+        // Reads retry, but their waits add up to well under the timeout.
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "{route:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_a_timeout_within_the_configured_time_on_every_route() {
+    let server = MockServer::start().await;
+    answer_everything_with(
+        &server,
+        ResponseTemplate::new(200).set_delay(Duration::from_secs(10)),
+    )
+    .await;
+    let backend = backend_at(&server.uri(), SHORT_TIMEOUT);
+    for route in ROUTES {
+        let started = Instant::now();
+        let called = call(&backend, route).await;
+        let elapsed = started.elapsed();
+        assert_eq!(
+            called.outcome,
+            Outcome::Backend(BackendErrorKind::Timeout),
+            "{route:?}: {}",
+            called.text
+        );
+        assert!(
+            elapsed >= SHORT_TIMEOUT,
+            "{route:?} gave up early, after {elapsed:?}"
+        );
+        assert!(
+            elapsed < SHORT_TIMEOUT + MARGIN,
+            "{route:?} took {elapsed:?}"
+        );
+    }
+}
+
+// --- Retries ---
+
+/// An upstream that answers `first` once, then `then`.
+async fn flaky(first: ResponseTemplate, then: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(first)
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(any()).respond_with(then).mount(&server).await;
+    server
+}
+
+#[tokio::test]
+async fn every_read_is_retried_after_a_502_or_503_and_then_succeeds() {
+    for status in [502, 503] {
+        for route in ROUTES.into_iter().filter(|route| route.is_read()) {
+            let server = flaky(ResponseTemplate::new(status), route.success()).await;
+            let called = call(&backend(&server), route).await;
+            assert_eq!(
+                called.outcome,
+                Outcome::Done,
+                "{route:?} after {status}: {}",
+                called.text
+            );
+            assert_eq!(requests(&server).await.len(), 2, "{route:?} after {status}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_retried_read_carries_the_same_request_id_each_time() {
+    let server = flaky(ResponseTemplate::new(503), Route::Get.success()).await;
+    let anonymous = ctx_for(CUSTOMER, None);
+
+    backend(&server).get(&anonymous, &id()).await.unwrap();
+
+    let received = requests(&server).await;
+    assert_eq!(received.len(), 2);
+    assert_eq!(
+        header(&received[0], "x-request-id"),
+        header(&received[1], "x-request-id")
+    );
+}
+
+#[tokio::test]
+async fn a_read_gives_up_after_three_retries_with_the_last_failure() {
+    let (called, requests) = against(Route::Get, ResponseTemplate::new(503)).await;
+    assert_eq!(called.outcome, UPSTREAM);
+    assert!(called.text.contains("503"), "{}", called.text);
+    assert_eq!(requests, 4);
+}
+
+#[tokio::test]
+async fn a_read_is_not_retried_after_a_500_or_a_504() {
+    for status in [500, 504] {
+        let (called, requests) = against(Route::Runs, ResponseTemplate::new(status)).await;
+        assert_eq!(called.outcome, UPSTREAM);
+        assert_eq!(requests, 1, "{status}");
+    }
+}
+
+#[tokio::test]
+async fn writes_and_health_are_never_retried() {
+    for route in [Route::Execute, Route::Pause, Route::Unpause, Route::Health] {
+        for status in [502, 503] {
+            let (called, requests) = against(route, ResponseTemplate::new(status)).await;
+            assert_eq!(called.outcome, UPSTREAM, "{route:?} {status}");
+            assert_eq!(requests, 1, "{route:?} {status}: sent exactly once");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_write_that_timed_out_is_not_sent_again() {
+    let server = MockServer::start().await;
+    answer_everything_with(
+        &server,
+        ResponseTemplate::new(503).set_delay(Duration::from_secs(10)),
+    )
+    .await;
+
+    let called = call(&backend_at(&server.uri(), SHORT_TIMEOUT), Route::Execute).await;
+
+    assert_eq!(called.outcome, Outcome::Backend(BackendErrorKind::Timeout));
+    assert_eq!(requests(&server).await.len(), 1);
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_one_deadline_of_the_call() {
+    let server = MockServer::start().await;
+    // Each answer takes half the timeout, so at most two attempts fit.
+    answer_everything_with(
+        &server,
+        ResponseTemplate::new(503).set_delay(SHORT_TIMEOUT / 2 + Duration::from_millis(20)),
+    )
+    .await;
+
+    let started = Instant::now();
+    let called = call(&backend_at(&server.uri(), SHORT_TIMEOUT), Route::Get).await;
+    let elapsed = started.elapsed();
+
+    assert!(
+        matches!(
+            called.outcome,
+            Outcome::Backend(BackendErrorKind::Timeout | BackendErrorKind::Upstream)
+        ),
+        "{:?}",
+        called.outcome
+    );
+    assert!(elapsed < SHORT_TIMEOUT + MARGIN, "took {elapsed:?}");
+    assert!(requests(&server).await.len() <= 2);
+}
+
+// --- The token ---
+
+#[tokio::test]
+async fn the_token_never_appears_in_an_error_even_when_the_upstream_echoes_it() {
+    let echo = format!("you sent Authorization: Bearer {TOKEN}");
+    let echoing_templates = || {
+        [
+            ResponseTemplate::new(500).set_body_string(echo.clone()),
+            ResponseTemplate::new(401).set_body_json(json!({"headers": {"authorization": format!("Bearer {TOKEN}")}})),
+            ResponseTemplate::new(200).set_body_string(echo.clone()),
+            ResponseTemplate::new(200).set_body_json(json!({"status": true, "data": echo.clone()})),
+            ResponseTemplate::new(400).set_body_json(json!({
+                "detail": {"status": false, "exception_type": echo.clone(), "traceback": echo.clone(), "data": null}
+            })),
+        ]
+    };
+    let mut texts = Vec::new();
+    for route in ROUTES {
+        for template in echoing_templates() {
+            let (called, _) = against(route, template).await;
+            if called.outcome == Outcome::Done {
+                // Health reads no body, pause and unpause no `data`.
+                assert!(
+                    matches!(route, Route::Health | Route::Pause | Route::Unpause),
+                    "{route:?}"
+                );
+            } else {
+                texts.push(called.text);
+            }
+        }
+    }
+    let unreachable = backend_at(&format!("http://127.0.0.1:{}", closed_port()), TIMEOUT);
+    texts.push(call(&unreachable, Route::Execute).await.text);
+    let server = MockServer::start().await;
+    answer_everything_with(
+        &server,
+        ResponseTemplate::new(200).set_delay(Duration::from_secs(10)),
+    )
+    .await;
+    texts.push(
+        call(&backend_at(&server.uri(), SHORT_TIMEOUT), Route::Get)
+            .await
+            .text,
+    );
+
+    assert!(texts.len() > 30, "{}", texts.len());
+    for text in texts {
+        assert!(!text.is_empty());
+        assert!(!text.contains(TOKEN), "the token leaked into: {text}");
+    }
+}
+
+#[test]
+fn debug_output_of_the_backend_and_its_settings_hides_the_token() {
+    let config = PlatformApiConfig {
+        base_url: "https://platform.internal/api".to_owned(),
+        token: TOKEN.into(),
+        timeout: TIMEOUT,
+    };
+    let config_text = format!("{config:?}");
+    let backend_text = format!("{:?}", PlatformApiBackend::new(config).unwrap());
+    for text in [config_text, backend_text] {
+        assert!(!text.contains(TOKEN), "{text}");
+    }
+}
+
+// --- Settings ---
+
+#[test]
+fn unusable_settings_are_refused_without_echoing_the_token() {
+    let attempt = |base_url: &str, token: &str, timeout: Duration| {
+        PlatformApiBackend::new(PlatformApiConfig {
+            base_url: base_url.to_owned(),
+            token: token.into(),
+            timeout,
+        })
+    };
+    let good = "https://platform.internal";
+    for base_url in ["platform.internal", "not a url", ""] {
+        assert!(
+            matches!(
+                attempt(base_url, TOKEN, TIMEOUT),
+                Err(ConfigError::InvalidUrl(_))
+            ),
+            "{base_url}"
+        );
+    }
+    for base_url in [
+        "ftp://platform.internal",
+        "https://user:pass@platform.internal",
+        "https://platform.internal/?x=1",
+        "https://platform.internal/#top",
+        "unix:/run/platform.sock",
+    ] {
+        assert!(
+            matches!(
+                attempt(base_url, TOKEN, TIMEOUT),
+                Err(ConfigError::UnsupportedUrl)
+            ),
+            "{base_url}"
+        );
+    }
+    for token in ["", "two words", "line\nbreak", "t\u{f6}ken"] {
+        let err = attempt(good, token, TIMEOUT).unwrap_err();
+        assert!(matches!(err, ConfigError::InvalidToken), "{token:?}");
+        assert!(token.is_empty() || !format!("{err} {err:?}").contains(token));
+    }
+    assert!(matches!(
+        attempt(good, TOKEN, Duration::ZERO),
+        Err(ConfigError::ZeroTimeout)
+    ));
+    assert!(attempt("http://127.0.0.1:8080/platform/", TOKEN, TIMEOUT).is_ok());
+}
