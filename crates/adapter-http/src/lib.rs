@@ -30,9 +30,12 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 mod dto;
 mod error;
 mod extract;
+mod instrument;
+pub mod jwks;
 pub mod jwt;
 mod metrics;
 mod observe;
+pub mod ratelimit;
 mod routes;
 
 pub use metrics::Metrics;
@@ -62,13 +65,21 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// The state of an API serving `service`, verifying callers with `auth`.
-    /// `backend` names the backend in metrics (`memory`, `airflow`, ...).
-    pub fn new(service: PipelineService, auth: Arc<dyn AuthContext>, backend: &'static str) -> Self {
+    /// `backend` names the backend in metrics (`memory`, `airflow`, ...);
+    /// `metrics` is where they are counted (wrap the ports with
+    /// [`Metrics::instrument_repository`] and
+    /// [`Metrics::instrument_orchestrator`] to count backend calls too).
+    pub fn new(
+        service: PipelineService,
+        auth: Arc<dyn AuthContext>,
+        backend: &'static str,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 service,
                 auth,
-                metrics: Metrics::default(),
+                metrics,
                 backend,
                 draining: AtomicBool::new(false),
             }),
@@ -162,7 +173,10 @@ pub fn router(state: AppState) -> Router {
         .route("/platform/pipeline/pause", post(routes::pause))
         .route("/platform/pipeline/unpause", post(routes::unpause))
         .route("/platform/pipelines", get(routes::list_pipelines))
-        .route("/platform/pipeline/{pipeline_id}", get(routes::get_pipeline))
+        .route(
+            "/platform/pipeline/{pipeline_id}",
+            get(routes::get_pipeline),
+        )
         .route(
             "/platform/pipeline/{pipeline_id}/pipeline_run",
             get(routes::list_runs),
@@ -179,7 +193,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(middleware::from_fn_with_state(state.clone(), observe::observe))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }
 

@@ -31,6 +31,17 @@ struct BackendLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendCallLabels {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -52,6 +63,9 @@ struct Inner {
     latency: Family<RouteLabels, Histogram>,
     runs_triggered: Family<BackendLabels, Counter>,
     auth_rejected: Family<ReasonLabels, Counter>,
+    rate_limited: Counter,
+    backend_calls: Family<BackendCallLabels, Counter>,
+    backend_latency: Family<OperationLabels, Histogram>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -88,6 +102,26 @@ impl Default for Metrics {
             "Requests refused for their credential, by reason",
             auth_rejected.clone(),
         );
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by the per-customer rate limit",
+            rate_limited.clone(),
+        );
+        let backend_calls = Family::<BackendCallLabels, Counter>::default();
+        registry.register(
+            "backend_calls",
+            "Calls to the backend, by operation and outcome",
+            backend_calls.clone(),
+        );
+        let backend_latency = Family::<OperationLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "backend_call_duration_seconds",
+            "Time a backend call took, by operation",
+            backend_latency.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -95,6 +129,9 @@ impl Default for Metrics {
                 latency,
                 runs_triggered,
                 auth_rejected,
+                rate_limited,
+                backend_calls,
+                backend_latency,
             }),
         }
     }
@@ -102,7 +139,13 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts one answered request and its latency.
-    pub(crate) fn observe_request(&self, route: &str, method: &str, status: u16, latency: Duration) {
+    pub(crate) fn observe_request(
+        &self,
+        route: &str,
+        method: &str,
+        status: u16,
+        latency: Duration,
+    ) {
         let method = known_method(method);
         self.inner
             .requests
@@ -134,6 +177,28 @@ impl Metrics {
             .auth_rejected
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Counts one request refused by the rate limit.
+    pub(crate) fn rate_limited(&self) {
+        self.inner.rate_limited.inc();
+    }
+
+    /// Counts one backend call and its duration.
+    pub(crate) fn observe_backend_call(
+        &self,
+        operation: &'static str,
+        outcome: &'static str,
+        latency: Duration,
+    ) {
+        self.inner
+            .backend_calls
+            .get_or_create(&BackendCallLabels { operation, outcome })
+            .inc();
+        self.inner
+            .backend_latency
+            .get_or_create(&OperationLabels { operation })
+            .observe(latency.as_secs_f64());
     }
 
     /// The metrics in the OpenMetrics text format, which Prometheus scrapes.

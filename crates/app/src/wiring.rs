@@ -4,10 +4,11 @@
 use std::{sync::Arc, time::Duration};
 
 use adapter_http::{
-    AppState,
+    AppState, Metrics,
     jwt::{JwtAuth, JwtConfig, JwtKey},
 };
 use adapter_memory::{MemoryBackend, MemoryConfig};
+use adapter_platform_api::{PlatformApiBackend, PlatformApiConfig};
 use anyhow::{Context as _, bail};
 use domain::{CustomerId, Orchestrator, PipelineRepository, PipelineService};
 
@@ -36,8 +37,12 @@ pub struct Built {
 pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
     let (repository, orchestrator, demo) = backend(config)?;
     let (auth, dev_banner) = auth(config, demo)?;
-    let service = PipelineService::new(repository, orchestrator);
-    let state = AppState::new(service, auth, config.backend.name());
+    let metrics = Metrics::default();
+    let service = PipelineService::new(
+        metrics.instrument_repository(repository),
+        metrics.instrument_orchestrator(orchestrator),
+    );
+    let state = AppState::new(service, auth, config.backend.name(), metrics);
     Ok(Built {
         router: adapter_http::router(state.clone()),
         state,
@@ -51,7 +56,11 @@ struct Demo {
     pipeline_id: Option<&'static str>,
 }
 
-type Ports = (Arc<dyn PipelineRepository>, Arc<dyn Orchestrator>, Option<Demo>);
+type Ports = (
+    Arc<dyn PipelineRepository>,
+    Arc<dyn Orchestrator>,
+    Option<Demo>,
+);
 
 fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
     match config.backend {
@@ -64,8 +73,9 @@ fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
             };
             let (backend, demo) = match &memory.memory_fixture {
                 Some(path) => {
-                    let pipelines = adapter_memory::load_fixture(path)
-                        .with_context(|| format!("cannot load MAESTRO_MEMORY_FIXTURE {}", path.display()))?;
+                    let pipelines = adapter_memory::load_fixture(path).with_context(|| {
+                        format!("cannot load MAESTRO_MEMORY_FIXTURE {}", path.display())
+                    })?;
                     tracing::info!(pipelines = pipelines.len(), fixture = %path.display(), "memory backend loaded");
                     (MemoryBackend::new(settings, pipelines), None)
                 }
@@ -80,7 +90,24 @@ fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
             let backend = Arc::new(backend);
             Ok((backend.clone(), backend, demo))
         }
-        Backend::PlatformApi => bail!("the platform-api backend is not available in this build yet"),
+        Backend::PlatformApi => {
+            let settings = &config.platform_api;
+            let (Some(base_url), Some(token)) =
+                (&settings.platform_api_url, &settings.platform_api_token)
+            else {
+                bail!(
+                    "the platform-api backend needs MAESTRO_PLATFORM_API_URL and MAESTRO_PLATFORM_API_TOKEN"
+                );
+            };
+            let backend = PlatformApiBackend::new(PlatformApiConfig {
+                base_url: base_url.clone(),
+                token: token.clone(),
+                timeout: config.upstream_timeout(),
+            })
+            .context("invalid Platform-API settings")?;
+            let backend = Arc::new(backend);
+            Ok((backend.clone(), backend, None))
+        }
         Backend::Airflow => bail!("the airflow backend is not available in this build yet"),
     }
 }
@@ -91,7 +118,9 @@ fn auth(
 ) -> anyhow::Result<(Arc<JwtAuth>, Option<DevBanner>)> {
     let jwt = &config.jwt;
     if jwt.jwt_jwks_url.is_some() {
-        bail!("MAESTRO_JWT_JWKS_URL is not supported yet: use MAESTRO_JWT_PUBLIC_KEY_FILE or MAESTRO_JWT_HS256_SECRET");
+        bail!(
+            "MAESTRO_JWT_JWKS_URL is not supported yet: use MAESTRO_JWT_PUBLIC_KEY_FILE or MAESTRO_JWT_HS256_SECRET"
+        );
     }
     let (key, dev_banner) = match (&jwt.jwt_hs256_secret, &jwt.jwt_public_key_file) {
         (Some(_), Some(_)) => {
@@ -99,8 +128,9 @@ fn auth(
         }
         (Some(secret), None) => (JwtKey::Hs256(secret.clone()), None),
         (None, Some(path)) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("cannot read MAESTRO_JWT_PUBLIC_KEY_FILE {}", path.display()))?;
+            let pem = std::fs::read(path).with_context(|| {
+                format!("cannot read MAESTRO_JWT_PUBLIC_KEY_FILE {}", path.display())
+            })?;
             (JwtKey::PublicKeyPem(pem), None)
         }
         (None, None) => {

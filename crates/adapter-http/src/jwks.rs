@@ -1,0 +1,1 @@
+//! Verification keys from a JWKS endpoint, selected by `kid`, cached and refreshed.

@@ -1,0 +1,1 @@
+//! Per-customer rate limits.
