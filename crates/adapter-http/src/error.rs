@@ -311,9 +311,10 @@ impl IntoResponse for ApiError {
             Body::Plain(detail) => (self.status, Json(PlainDetail { detail })).into_response(),
         };
         if let Some(challenge) = self.www_authenticate {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response
     }

@@ -25,7 +25,9 @@ impl FromRequestParts<AppState> for Authenticated {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Some(token) = bearer_token(parts) else {
-            state.metrics().auth_rejected(domain::AuthError::Missing.reason());
+            state
+                .metrics()
+                .auth_rejected(domain::AuthError::Missing.reason());
             return Err(ApiError::not_authenticated());
         };
         let caller = state.auth().authenticate(token).await.map_err(|err| {
@@ -63,7 +65,9 @@ impl<S: Send + Sync> FromRequest<S> for PipelineIdBody {
             .await
             .map_err(json_rejection)?;
         let Value::Object(mut fields) = body else {
-            return Err(ApiError::invalid_body("The request body must be a JSON object"));
+            return Err(ApiError::invalid_body(
+                "The request body must be a JSON object",
+            ));
         };
         match fields.remove("pipeline_id") {
             None | Some(Value::Null) => Err(ApiError::pipeline_id_required()),
@@ -79,14 +83,17 @@ impl<S: Send + Sync> FromRequest<S> for PipelineIdBody {
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::unsupported_media_type(),
-        JsonRejection::JsonSyntaxError(err) => {
-            ApiError::invalid_body(format!("The request body is not valid JSON: {}", err.body_text()))
-        }
+        JsonRejection::JsonSyntaxError(err) => ApiError::invalid_body(format!(
+            "The request body is not valid JSON: {}",
+            err.body_text()
+        )),
         JsonRejection::JsonDataError(err) => ApiError::invalid_body(err.body_text()),
         JsonRejection::BytesRejection(err) if err.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::payload_too_large(BODY_LIMIT)
         }
-        JsonRejection::BytesRejection(_) => ApiError::invalid_body("The request body could not be read"),
+        JsonRejection::BytesRejection(_) => {
+            ApiError::invalid_body("The request body could not be read")
+        }
         _ => ApiError::invalid_body("The request body could not be read"),
     }
 }
@@ -116,10 +123,12 @@ impl<S: Send + Sync> FromRequestParts<S> for RunPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path((raw_pipeline, raw_run)) = Path::<(String, String)>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::invalid_path())?;
-        let pipeline = PipelineId::parse(&raw_pipeline).map_err(|_| ApiError::invalid_pipeline_id())?;
+        let Path((raw_pipeline, raw_run)) =
+            Path::<(String, String)>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::invalid_path())?;
+        let pipeline =
+            PipelineId::parse(&raw_pipeline).map_err(|_| ApiError::invalid_pipeline_id())?;
         let run = RunId::parse(&raw_run).map_err(|err| {
             ApiError::envelope(StatusCode::BAD_REQUEST, "InvalidRunId", err.to_string())
         })?;

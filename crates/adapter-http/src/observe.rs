@@ -42,7 +42,11 @@ impl RequestId {
 
 /// Wraps a request in its span, logs it once when answered, counts it, and
 /// echoes its request id.
-pub(crate) async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn observe(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let request_id = RequestId::from_request(&req);
     // Route templates, not raw paths, so that labels and log fields stay a

@@ -74,7 +74,10 @@ pub(crate) async fn pause(
 ) -> Result<Json<ActionResponse>, ApiError> {
     tracing::Span::current().record("pipeline_id", id.as_str());
     state.service().pause(&ctx, &id).await?;
-    Ok(Json(ActionResponse::new("Pipeline paused successfully", &id)))
+    Ok(Json(ActionResponse::new(
+        "Pipeline paused successfully",
+        &id,
+    )))
 }
 
 /// Unpause a pipeline, so that it accepts executions again.
@@ -101,7 +104,10 @@ pub(crate) async fn unpause(
 ) -> Result<Json<ActionResponse>, ApiError> {
     tracing::Span::current().record("pipeline_id", id.as_str());
     state.service().unpause(&ctx, &id).await?;
-    Ok(Json(ActionResponse::new("Pipeline unpaused successfully", &id)))
+    Ok(Json(ActionResponse::new(
+        "Pipeline unpaused successfully",
+        &id,
+    )))
 }
 
 /// One of the caller's pipelines.

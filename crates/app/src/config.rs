@@ -125,7 +125,11 @@ pub struct JwtArgs {
     pub jwt_audience: Option<String>,
 
     /// The claim that names the caller's customer.
-    #[arg(long, env = "MAESTRO_JWT_CUSTOMER_CLAIM", default_value = "customer_id")]
+    #[arg(
+        long,
+        env = "MAESTRO_JWT_CUSTOMER_CLAIM",
+        default_value = "customer_id"
+    )]
     pub jwt_customer_claim: String,
 
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
@@ -197,7 +201,11 @@ pub struct AirflowArgs {
     pub airflow_token: Option<SecretString>,
 
     /// A DAG belongs to the customer named in its tag `<prefix><id>`.
-    #[arg(long, env = "MAESTRO_AIRFLOW_CUSTOMER_TAG_PREFIX", default_value = "customer:")]
+    #[arg(
+        long,
+        env = "MAESTRO_AIRFLOW_CUSTOMER_TAG_PREFIX",
+        default_value = "customer:"
+    )]
     pub airflow_customer_tag_prefix: String,
 }
 
@@ -229,7 +237,11 @@ pub struct TokenArgs {
     pub jwt_audience: Option<String>,
 
     /// The claim that names the customer.
-    #[arg(long, env = "MAESTRO_JWT_CUSTOMER_CLAIM", default_value = "customer_id")]
+    #[arg(
+        long,
+        env = "MAESTRO_JWT_CUSTOMER_CLAIM",
+        default_value = "customer_id"
+    )]
     pub jwt_customer_claim: String,
 }
 
@@ -238,7 +250,9 @@ fn secret(raw: &str) -> Result<SecretString, String> {
 }
 
 fn non_negative_seconds(raw: &str) -> Result<f64, String> {
-    let seconds: f64 = raw.parse().map_err(|_| format!("`{raw}` is not a number of seconds"))?;
+    let seconds: f64 = raw
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a number of seconds"))?;
     if seconds.is_finite() && (0.0..=86_400.0 * 365.0).contains(&seconds) {
         Ok(seconds)
     } else {
@@ -260,7 +274,11 @@ mod tests {
     fn no_arguments_means_serve_with_the_defaults() {
         let cli = Cli::try_parse_from(["maestro"]).unwrap();
         assert!(cli.command.is_none());
-        let Command::Serve(config) = Cli::try_parse_from(["maestro", "serve"]).unwrap().command.unwrap() else {
+        let Command::Serve(config) = Cli::try_parse_from(["maestro", "serve"])
+            .unwrap()
+            .command
+            .unwrap()
+        else {
             panic!("expected serve");
         };
         assert_eq!(config.backend, Backend::Memory);

@@ -58,7 +58,9 @@ impl DevBanner {
         } = self;
         println!();
         println!("Maestro is running on its embedded default, with a random development secret.");
-        println!("It listens on loopback only. A token for customer `{customer}`, valid for 24 hours:");
+        println!(
+            "It listens on loopback only. A token for customer `{customer}`, valid for 24 hours:"
+        );
         println!();
         println!("  export TOKEN={token}");
         println!();

@@ -25,7 +25,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     app::init_tracing(config.log_format);
-    app::serve(config, app::shutdown_signal()).await.inspect_err(|err| {
-        tracing::error!(error = format!("{err:#}"), "maestro stopped with an error");
-    })
+    app::serve(config, app::shutdown_signal())
+        .await
+        .inspect_err(|err| {
+            tracing::error!(error = format!("{err:#}"), "maestro stopped with an error");
+        })
 }

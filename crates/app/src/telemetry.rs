@@ -13,7 +13,8 @@ pub fn init_tracing(format: LogFormat) {
     // A second initialisation (in tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json()
+        LogFormat::Json => builder
+            .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
