@@ -161,7 +161,10 @@ mod tests {
 
     #[test]
     fn customer_ids_are_taken_as_they_are() {
-        assert_eq!(CustomerId::parse("Acme Corp").unwrap().as_str(), "Acme Corp");
+        assert_eq!(
+            CustomerId::parse("Acme Corp").unwrap().as_str(),
+            "Acme Corp"
+        );
     }
 
     #[test]

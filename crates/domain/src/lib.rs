@@ -29,8 +29,8 @@ pub use ports::{
     TriggerError,
 };
 pub use run::{
-    InvalidRunId, InvalidRunQuery, InvalidRunStatus, ManualRunClock, Run, RunId, RunPage,
-    RunQuery, RunStatus, Timestamp, format_timestamp,
+    InvalidRunId, InvalidRunQuery, InvalidRunStatus, ManualRunClock, Run, RunId, RunPage, RunQuery,
+    RunStatus, Timestamp, format_timestamp,
 };
 pub use service::{
     ExecuteError, GetPipelineError, GetRunError, ListPipelinesError, ListRunsError, PauseError,

@@ -208,7 +208,11 @@ mod tests {
                         canonical.push('_');
                     }
                     let lower = char::from_digit(u32::from(digit), 16).unwrap();
-                    raw.push(if upper { lower.to_ascii_uppercase() } else { lower });
+                    raw.push(if upper {
+                        lower.to_ascii_uppercase()
+                    } else {
+                        lower
+                    });
                     canonical.push(lower);
                 }
                 (raw, canonical)

@@ -245,7 +245,8 @@ mod tests {
     use super::*;
 
     fn at(micros: i64) -> Timestamp {
-        Utc.timestamp_micros(1_734_517_800_000_000 + micros).unwrap()
+        Utc.timestamp_micros(1_734_517_800_000_000 + micros)
+            .unwrap()
     }
 
     #[test]
@@ -291,8 +292,14 @@ mod tests {
 
     #[test]
     fn run_queries_default_and_bound_the_limit() {
-        assert_eq!(RunQuery::new(None, None, None).unwrap(), RunQuery::default());
-        assert_eq!(RunQuery::new(Some(1000), Some(5), None).unwrap().limit(), 1000);
+        assert_eq!(
+            RunQuery::new(None, None, None).unwrap(),
+            RunQuery::default()
+        );
+        assert_eq!(
+            RunQuery::new(Some(1000), Some(5), None).unwrap().limit(),
+            1000
+        );
         assert_eq!(RunQuery::new(Some(0), None, None), Err(InvalidRunQuery));
         assert_eq!(RunQuery::new(Some(1001), None, None), Err(InvalidRunQuery));
     }

@@ -22,7 +22,9 @@ pub enum ExecuteError {
     #[error("Cannot execute paused pipeline. Use /pipeline/unpause first.")]
     Paused,
     /// The pipeline's queue is at its bound.
-    #[error("Pipeline queue is full ({limit} runs waiting). Retry when earlier runs have finished.")]
+    #[error(
+        "Pipeline queue is full ({limit} runs waiting). Retry when earlier runs have finished."
+    )]
     QueueFull {
         /// The bound that was reached.
         limit: usize,
@@ -127,7 +129,10 @@ impl std::fmt::Debug for PipelineService {
 impl PipelineService {
     /// The use cases over a repository and an orchestrator (often one
     /// backend implementing both).
-    pub fn new(pipelines: Arc<dyn PipelineRepository>, orchestrator: Arc<dyn Orchestrator>) -> Self {
+    pub fn new(
+        pipelines: Arc<dyn PipelineRepository>,
+        orchestrator: Arc<dyn Orchestrator>,
+    ) -> Self {
         Self {
             pipelines,
             orchestrator,
@@ -139,13 +144,21 @@ impl PipelineService {
     ///
     /// # Errors
     /// See [`ExecuteError`].
-    pub async fn execute(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Run, ExecuteError> {
-        let run = self.orchestrator.trigger(ctx, id).await.map_err(|err| match err {
-            TriggerError::NotFound => ExecuteError::NotFound(id.clone()),
-            TriggerError::Paused => ExecuteError::Paused,
-            TriggerError::QueueFull { limit } => ExecuteError::QueueFull { limit },
-            TriggerError::Backend(err) => ExecuteError::Backend(err),
-        })?;
+    pub async fn execute(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+    ) -> Result<Run, ExecuteError> {
+        let run = self
+            .orchestrator
+            .trigger(ctx, id)
+            .await
+            .map_err(|err| match err {
+                TriggerError::NotFound => ExecuteError::NotFound(id.clone()),
+                TriggerError::Paused => ExecuteError::Paused,
+                TriggerError::QueueFull { limit } => ExecuteError::QueueFull { limit },
+                TriggerError::Backend(err) => ExecuteError::Backend(err),
+            })?;
         if run.pipeline_id != *id {
             return Err(ExecuteError::Backend(BackendError::upstream(format!(
                 "trigger of {id} answered with a run of {}",
@@ -160,11 +173,14 @@ impl PipelineService {
     /// # Errors
     /// See [`PauseError`].
     pub async fn pause(&self, ctx: &RequestContext, id: &PipelineId) -> Result<(), PauseError> {
-        self.pipelines.set_paused(ctx, id, true).await.map_err(|err| match err {
-            SetPausedError::NotFound => PauseError::NotFound(id.clone()),
-            SetPausedError::Unchanged => PauseError::AlreadyPaused,
-            SetPausedError::Backend(err) => PauseError::Backend(err),
-        })
+        self.pipelines
+            .set_paused(ctx, id, true)
+            .await
+            .map_err(|err| match err {
+                SetPausedError::NotFound => PauseError::NotFound(id.clone()),
+                SetPausedError::Unchanged => PauseError::AlreadyPaused,
+                SetPausedError::Backend(err) => PauseError::Backend(err),
+            })
     }
 
     /// Unpauses the caller's pipeline, so that it accepts executions again.
@@ -172,11 +188,14 @@ impl PipelineService {
     /// # Errors
     /// See [`UnpauseError`].
     pub async fn unpause(&self, ctx: &RequestContext, id: &PipelineId) -> Result<(), UnpauseError> {
-        self.pipelines.set_paused(ctx, id, false).await.map_err(|err| match err {
-            SetPausedError::NotFound => UnpauseError::NotFound(id.clone()),
-            SetPausedError::Unchanged => UnpauseError::NotPaused,
-            SetPausedError::Backend(err) => UnpauseError::Backend(err),
-        })
+        self.pipelines
+            .set_paused(ctx, id, false)
+            .await
+            .map_err(|err| match err {
+                SetPausedError::NotFound => UnpauseError::NotFound(id.clone()),
+                SetPausedError::Unchanged => UnpauseError::NotPaused,
+                SetPausedError::Backend(err) => UnpauseError::Backend(err),
+            })
     }
 
     /// The caller's pipeline.
@@ -207,7 +226,11 @@ impl PipelineService {
         &self,
         ctx: &RequestContext,
     ) -> Result<Vec<PipelineSummary>, ListPipelinesError> {
-        let mut pipelines = self.pipelines.list(ctx).await.map_err(ListPipelinesError::Backend)?;
+        let mut pipelines = self
+            .pipelines
+            .list(ctx)
+            .await
+            .map_err(ListPipelinesError::Backend)?;
         pipelines.retain(|summary| summary.pipeline.customer_id == *ctx.customer());
         pipelines.sort_by(|a, b| {
             (&a.pipeline.name, &a.pipeline.id).cmp(&(&b.pipeline.name, &b.pipeline.id))
@@ -226,12 +249,17 @@ impl PipelineService {
         id: &PipelineId,
         query: &RunQuery,
     ) -> Result<RunPage, ListRunsError> {
-        let mut page = self.orchestrator.list_runs(ctx, id, query).await.map_err(|err| match err {
-            RunsError::NotFound => ListRunsError::NotFound(id.clone()),
-            RunsError::Backend(err) => ListRunsError::Backend(err),
-        })?;
+        let mut page =
+            self.orchestrator
+                .list_runs(ctx, id, query)
+                .await
+                .map_err(|err| match err {
+                    RunsError::NotFound => ListRunsError::NotFound(id.clone()),
+                    RunsError::Backend(err) => ListRunsError::Backend(err),
+                })?;
         page.runs.retain(|run| run.pipeline_id == *id);
-        page.runs.truncate(usize::try_from(query.limit()).unwrap_or(usize::MAX));
+        page.runs
+            .truncate(usize::try_from(query.limit()).unwrap_or(usize::MAX));
         Ok(page)
     }
 

@@ -72,7 +72,10 @@ async fn execute_triggers_a_run_scoped_to_the_callers_customer() {
         .times(1)
         .returning(|_, _| Ok(run(ID, RunStatus::Running)));
 
-    let run = with_orchestrator(orchestrator).execute(&ctx("acme"), &id()).await.unwrap();
+    let run = with_orchestrator(orchestrator)
+        .execute(&ctx("acme"), &id())
+        .await
+        .unwrap();
 
     assert_eq!(run.id.as_str(), "manual__2024-12-18T10:30:00.000000+00:00");
 }
@@ -80,8 +83,14 @@ async fn execute_triggers_a_run_scoped_to_the_callers_customer() {
 #[tokio::test]
 async fn execute_reports_each_refusal_with_the_contract_text() {
     let cases: [(fn() -> TriggerError, &str); 3] = [
-        (|| TriggerError::NotFound, "Pipeline with id 1b33ad2f_33d3_4837_9eeb_83c82c8b909d not found"),
-        (|| TriggerError::Paused, "Cannot execute paused pipeline. Use /pipeline/unpause first."),
+        (
+            || TriggerError::NotFound,
+            "Pipeline with id 1b33ad2f_33d3_4837_9eeb_83c82c8b909d not found",
+        ),
+        (
+            || TriggerError::Paused,
+            "Cannot execute paused pipeline. Use /pipeline/unpause first.",
+        ),
         (
             || TriggerError::QueueFull { limit: 3 },
             "Pipeline queue is full (3 runs waiting). Retry when earlier runs have finished.",
@@ -89,8 +98,13 @@ async fn execute_reports_each_refusal_with_the_contract_text() {
     ];
     for (error, text) in cases {
         let mut orchestrator = MockOrchestrator::new();
-        orchestrator.expect_trigger().returning(move |_, _| Err(error()));
-        let err = with_orchestrator(orchestrator).execute(&ctx("acme"), &id()).await.unwrap_err();
+        orchestrator
+            .expect_trigger()
+            .returning(move |_, _| Err(error()));
+        let err = with_orchestrator(orchestrator)
+            .execute(&ctx("acme"), &id())
+            .await
+            .unwrap_err();
         assert_eq!(err.to_string(), text);
     }
 }
@@ -101,15 +115,25 @@ async fn execute_passes_backend_failures_through_with_their_kind() {
     orchestrator
         .expect_trigger()
         .returning(|_, _| Err(BackendError::timeout("slow").into()));
-    let err = with_orchestrator(orchestrator).execute(&ctx("acme"), &id()).await.unwrap_err();
-    assert!(matches!(err, ExecuteError::Backend(e) if e.kind() == crate::BackendErrorKind::Timeout));
+    let err = with_orchestrator(orchestrator)
+        .execute(&ctx("acme"), &id())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ExecuteError::Backend(e) if e.kind() == crate::BackendErrorKind::Timeout)
+    );
 }
 
 #[tokio::test]
 async fn execute_refuses_a_run_of_another_pipeline_from_a_faulty_backend() {
     let mut orchestrator = MockOrchestrator::new();
-    orchestrator.expect_trigger().returning(|_, _| Ok(run(OTHER_ID, RunStatus::Queued)));
-    let err = with_orchestrator(orchestrator).execute(&ctx("acme"), &id()).await.unwrap_err();
+    orchestrator
+        .expect_trigger()
+        .returning(|_, _| Ok(run(OTHER_ID, RunStatus::Queued)));
+    let err = with_orchestrator(orchestrator)
+        .execute(&ctx("acme"), &id())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ExecuteError::Backend(_)));
 }
 
@@ -123,8 +147,12 @@ async fn pause_sets_paused_and_maps_an_unchanged_pipeline_to_already_paused() {
     with_repo(repo).pause(&ctx("acme"), &id()).await.unwrap();
 
     let mut repo = MockPipelineRepository::new();
-    repo.expect_set_paused().returning(|_, _, _| Err(SetPausedError::Unchanged));
-    let err = with_repo(repo).pause(&ctx("acme"), &id()).await.unwrap_err();
+    repo.expect_set_paused()
+        .returning(|_, _, _| Err(SetPausedError::Unchanged));
+    let err = with_repo(repo)
+        .pause(&ctx("acme"), &id())
+        .await
+        .unwrap_err();
     assert_eq!(err.to_string(), "Pipeline is already paused");
 }
 
@@ -138,18 +166,27 @@ async fn unpause_clears_paused_and_maps_an_unchanged_pipeline_to_not_paused() {
     with_repo(repo).unpause(&ctx("acme"), &id()).await.unwrap();
 
     let mut repo = MockPipelineRepository::new();
-    repo.expect_set_paused().returning(|_, _, _| Err(SetPausedError::Unchanged));
-    let err = with_repo(repo).unpause(&ctx("acme"), &id()).await.unwrap_err();
+    repo.expect_set_paused()
+        .returning(|_, _, _| Err(SetPausedError::Unchanged));
+    let err = with_repo(repo)
+        .unpause(&ctx("acme"), &id())
+        .await
+        .unwrap_err();
     assert_eq!(err.to_string(), "Pipeline is not paused");
 }
 
 #[tokio::test]
 async fn pause_and_unpause_of_an_invisible_pipeline_are_not_found() {
     let mut repo = MockPipelineRepository::new();
-    repo.expect_set_paused().returning(|_, _, _| Err(SetPausedError::NotFound));
+    repo.expect_set_paused()
+        .returning(|_, _, _| Err(SetPausedError::NotFound));
     let service = with_repo(repo);
-    assert!(matches!(service.pause(&ctx("acme"), &id()).await, Err(PauseError::NotFound(p)) if p == id()));
-    assert!(matches!(service.unpause(&ctx("acme"), &id()).await, Err(UnpauseError::NotFound(p)) if p == id()));
+    assert!(
+        matches!(service.pause(&ctx("acme"), &id()).await, Err(PauseError::NotFound(p)) if p == id())
+    );
+    assert!(
+        matches!(service.unpause(&ctx("acme"), &id()).await, Err(UnpauseError::NotFound(p)) if p == id())
+    );
 }
 
 #[tokio::test]
@@ -158,29 +195,38 @@ async fn get_pipeline_returns_the_callers_pipeline() {
     repo.expect_get()
         .withf(|ctx, pipeline| ctx.customer().as_str() == "acme" && pipeline.as_str() == ID)
         .returning(|_, _| Ok(pipeline("acme", ID)));
-    let found = with_repo(repo).get_pipeline(&ctx("acme"), &id()).await.unwrap();
+    let found = with_repo(repo)
+        .get_pipeline(&ctx("acme"), &id())
+        .await
+        .unwrap();
     assert_eq!(found, pipeline("acme", ID));
 }
 
 #[tokio::test]
 async fn get_pipeline_hides_another_customers_pipeline_even_from_a_faulty_backend() {
     let mut repo = MockPipelineRepository::new();
-    repo.expect_get().returning(|_, _| Ok(pipeline("globex", ID)));
-    let err = with_repo(repo).get_pipeline(&ctx("acme"), &id()).await.unwrap_err();
+    repo.expect_get()
+        .returning(|_, _| Ok(pipeline("globex", ID)));
+    let err = with_repo(repo)
+        .get_pipeline(&ctx("acme"), &id())
+        .await
+        .unwrap_err();
     assert_eq!(err.to_string(), format!("Pipeline with id {ID} not found"));
 }
 
 #[tokio::test]
 async fn get_pipeline_maps_not_found_and_backend_failures() {
     let mut repo = MockPipelineRepository::new();
-    repo.expect_get().returning(|_, _| Err(LookupError::NotFound));
+    repo.expect_get()
+        .returning(|_, _| Err(LookupError::NotFound));
     assert!(matches!(
         with_repo(repo).get_pipeline(&ctx("acme"), &id()).await,
         Err(GetPipelineError::NotFound(_))
     ));
 
     let mut repo = MockPipelineRepository::new();
-    repo.expect_get().returning(|_, _| Err(BackendError::unavailable("down").into()));
+    repo.expect_get()
+        .returning(|_, _| Err(BackendError::unavailable("down").into()));
     assert!(matches!(
         with_repo(repo).get_pipeline(&ctx("acme"), &id()).await,
         Err(GetPipelineError::Backend(_))
@@ -259,7 +305,9 @@ async fn list_runs_never_returns_more_than_the_limit_nor_foreign_runs() {
 #[tokio::test]
 async fn list_runs_of_an_invisible_pipeline_is_not_found() {
     let mut orchestrator = MockOrchestrator::new();
-    orchestrator.expect_list_runs().returning(|_, _, _| Err(RunsError::NotFound));
+    orchestrator
+        .expect_list_runs()
+        .returning(|_, _, _| Err(RunsError::NotFound));
     let err = with_orchestrator(orchestrator)
         .list_runs(&ctx("acme"), &id(), &RunQuery::default())
         .await
@@ -283,7 +331,9 @@ async fn get_run_returns_the_run_and_tells_a_missing_run_from_a_missing_pipeline
     assert_eq!(found.status, RunStatus::Success);
 
     let mut orchestrator = MockOrchestrator::new();
-    orchestrator.expect_get_run().returning(|_, _, _| Err(RunLookupError::RunNotFound));
+    orchestrator
+        .expect_get_run()
+        .returning(|_, _, _| Err(RunLookupError::RunNotFound));
     let err = with_orchestrator(orchestrator)
         .get_run(&ctx("acme"), &id(), &wanted)
         .await
@@ -294,7 +344,9 @@ async fn get_run_returns_the_run_and_tells_a_missing_run_from_a_missing_pipeline
     );
 
     let mut orchestrator = MockOrchestrator::new();
-    orchestrator.expect_get_run().returning(|_, _, _| Err(RunLookupError::PipelineNotFound));
+    orchestrator
+        .expect_get_run()
+        .returning(|_, _, _| Err(RunLookupError::PipelineNotFound));
     let err = with_orchestrator(orchestrator)
         .get_run(&ctx("acme"), &id(), &wanted)
         .await
@@ -305,7 +357,9 @@ async fn get_run_returns_the_run_and_tells_a_missing_run_from_a_missing_pipeline
 #[tokio::test]
 async fn get_run_hides_a_run_of_another_pipeline_from_a_faulty_backend() {
     let mut orchestrator = MockOrchestrator::new();
-    orchestrator.expect_get_run().returning(|_, _, _| Ok(run(OTHER_ID, RunStatus::Success)));
+    orchestrator
+        .expect_get_run()
+        .returning(|_, _, _| Ok(run(OTHER_ID, RunStatus::Success)));
     let err = with_orchestrator(orchestrator)
         .get_run(&ctx("acme"), &id(), &RunId::manual(&at()))
         .await
