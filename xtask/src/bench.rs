@@ -1,9 +1,520 @@
-//! `cargo xtask bench`: measures the service against a bare baseline.
+//! `cargo xtask bench`: loads the release `maestro` and a bare axum
+//! baseline with the same requests in one run, and reports both, their
+//! ratios, the service's memory, and the issue's targets.
+//!
+//! Both servers run as child processes of a release build of this xtask,
+//! one after the other, so that each has the machine to itself apart from
+//! the load generator, and both are loaded over the same loopback
+//! connections by the same generator (see `docs/performance.md`).
+
+use std::{
+    env,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use hyper::{
+    HeaderMap, Method,
+    header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue},
+};
+use serde::Serialize;
+use tempfile::NamedTempFile;
+use uuid::Uuid;
+
+use crate::{
+    load::{self, LoadSpec, RequestTemplate},
+    process::{ChildGuard, free_local_addr, resident_set_size},
+};
+
+mod baseline;
+mod report;
+
+/// The customer the bench's pipeline belongs to and its token names.
+const BENCH_CUSTOMER: &str = "bench";
+
+/// How long a server may take to answer `GET /health` after it starts.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct Args {}
+pub(crate) struct Args {
+    /// The backend the service runs on.
+    #[arg(long, value_enum, default_value_t = Backend::Memory)]
+    backend: Backend,
 
-pub(crate) fn run(_args: &Args) -> anyhow::Result<()> {
-    anyhow::bail!("not written yet")
+    /// Concurrent keep-alive connections, one load worker each.
+    #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    connections: usize,
+
+    /// Measured requests per target (the service, then the baseline),
+    /// spread over the connections.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    requests: u64,
+
+    /// Requests per target before measuring, on the same connections.
+    #[arg(long, default_value_t = 5_000)]
+    warmup: u64,
+
+    /// Only report: exit 0 even when a target is missed.
+    #[arg(long)]
+    no_check: bool,
+
+    /// A release `maestro` to load instead of building one. The bench sets
+    /// it when it re-runs itself from a release build.
+    #[arg(long, hide = true)]
+    maestro_bin: Option<PathBuf>,
+}
+
+/// Options of the hidden `bench-baseline` command.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BaselineArgs {
+    /// The address to listen on.
+    #[arg(long)]
+    bind: SocketAddr,
+}
+
+/// The backends the service can be benchmarked on. Each knows how to set
+/// the service up; only the memory backend exists so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Backend {
+    /// The embedded memory backend, with runs that finish at once.
+    Memory,
+}
+
+/// A backend made ready for one run: the service's environment for it, and
+/// the files that environment points to, kept until the run ends.
+#[derive(Debug)]
+struct BackendSetup {
+    env: Vec<(&'static str, String)>,
+    _files: Vec<NamedTempFile>,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+        }
+    }
+
+    /// Prepares the backend so that `pipeline` exists for [`BENCH_CUSTOMER`].
+    fn prepare(self, pipeline: Uuid) -> anyhow::Result<BackendSetup> {
+        match self {
+            Self::Memory => {
+                let fixture = memory_fixture(pipeline)?;
+                let path = fixture.path().to_string_lossy().into_owned();
+                Ok(BackendSetup {
+                    env: vec![
+                        ("MAESTRO_BACKEND", "memory".to_owned()),
+                        // Runs finish at once, so executes never queue up
+                        // behind one another and the queue limit is never hit.
+                        ("MAESTRO_MEMORY_RUN_SECONDS", "0".to_owned()),
+                        ("MAESTRO_MEMORY_FIXTURE", path),
+                    ],
+                    _files: vec![fixture],
+                })
+            }
+        }
+    }
+}
+
+/// A fixture file with the one pipeline the bench executes.
+fn memory_fixture(pipeline: Uuid) -> anyhow::Result<NamedTempFile> {
+    let fixture = tempfile::Builder::new()
+        .prefix("maestro-bench-")
+        .suffix(".json")
+        .tempfile()
+        .context("cannot create the fixture file")?;
+    let json = serde_json::json!({"pipelines": [{
+        "id": pipeline.hyphenated().to_string(),
+        "customer_id": BENCH_CUSTOMER,
+        "name": "bench",
+    }]});
+    serde_json::to_writer(fixture.as_file(), &json).context("cannot write the fixture file")?;
+    Ok(fixture)
+}
+
+/// Runs `cargo xtask bench`.
+///
+/// # Errors
+/// When building, starting or loading a server fails, or, without
+/// `--no-check`, when a target is missed.
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    let maestro = match &args.maestro_bin {
+        Some(path) => path.clone(),
+        None => {
+            let built = build_release()?;
+            if cfg!(debug_assertions) {
+                // `cargo xtask` runs a debug build. A debug load generator
+                // and baseline would be the bottleneck and flatter the
+                // service, so the release build of this very command takes
+                // over.
+                return rerun(&built.xtask, &built.maestro);
+            }
+            built.maestro
+        }
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let results = runtime.block_on(measure(args, &maestro))?;
+    let checks = report::checks(&results);
+    println!();
+    print!("{}", report::text(&results, &checks));
+    println!();
+    println!("For docs/performance.md:");
+    println!();
+    print!("{}", report::markdown(&results, &checks));
+
+    let missed = checks.iter().filter(|check| !check.passed).count();
+    if missed > 0 && !args.no_check {
+        bail!("{missed} of {} targets missed", checks.len());
+    }
+    Ok(())
+}
+
+/// Runs the baseline server until stdin closes: the bench holds the other
+/// end, so the baseline never outlives it, even when the bench is killed.
+///
+/// # Errors
+/// When the address cannot be bound or serving fails.
+pub(crate) fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    // The same multi-threaded runtime as `#[tokio::main]` gives `maestro`.
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.bind)
+            .await
+            .with_context(|| format!("cannot bind {}", args.bind))?;
+        baseline::serve(listener)
+            .await
+            .context("the baseline stopped")
+    })
+}
+
+/// The release binaries the bench needs.
+#[derive(Debug)]
+struct Built {
+    maestro: PathBuf,
+    xtask: PathBuf,
+}
+
+/// Builds `maestro` and this xtask in release, and finds the binaries in
+/// Cargo's own report, wherever the target directory is.
+fn build_release() -> anyhow::Result<Built> {
+    println!("== building maestro and xtask in release");
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(crate::project_root())
+        .args(["build", "--release", "-p", "app", "-p", "xtask", "--bins"])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo build")?;
+    if !output.status.success() {
+        bail!("cargo build --release failed ({})", output.status);
+    }
+    let messages = String::from_utf8_lossy(&output.stdout);
+    let find = |name: &str| {
+        executable(&messages, name)
+            .with_context(|| format!("cargo build did not report a `{name}` executable"))
+    };
+    Ok(Built {
+        maestro: find("maestro")?,
+        xtask: find("xtask")?,
+    })
+}
+
+/// The executable Cargo reported for binary target `name` in its JSON
+/// messages.
+fn executable(messages: &str, name: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| message["target"]["name"] == name)
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+}
+
+/// Runs this bench again from the release `xtask`, with the same options,
+/// and exits with its status.
+fn rerun(xtask: &Path, maestro: &Path) -> anyhow::Result<()> {
+    let status = Command::new(xtask)
+        .args(env::args_os().skip(1))
+        .arg("--maestro-bin")
+        .arg(maestro)
+        .status()
+        .with_context(|| format!("cannot run {}", xtask.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        // The release run has said what went wrong; only its status is left.
+        std::process::exit(status.code().unwrap_or(1))
+    }
+}
+
+/// Loads the baseline, then the service, and gathers the figures.
+async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<report::Results> {
+    let pipeline = Uuid::new_v4();
+    let secret = random_secret();
+    let token = mint_token(&secret, BENCH_CUSTOMER, unix_now()?)?;
+    let request = execute_request(&token, pipeline)?;
+    let spec = |addr| LoadSpec {
+        addr,
+        connections: args.connections,
+        requests: args.requests,
+        warmup: args.warmup,
+        request: request.clone(),
+    };
+    let plan = format!(
+        "{} warm-up + {} requests over {} connections",
+        report::thousands(args.warmup),
+        report::thousands(args.requests),
+        args.connections
+    );
+
+    // The baseline's guard drops at the end of this block: it is stopped
+    // before the service starts, so the two never share the CPUs.
+    let baseline = {
+        let addr = free_local_addr()?;
+        let mut command = Command::new(env::current_exe().context("cannot find this xtask")?);
+        command
+            .args(["bench-baseline", "--bind", &addr.to_string()])
+            .stdin(Stdio::piped());
+        let mut server = ChildGuard::spawn("the baseline", &mut command)?;
+        server.wait_until_healthy(addr, STARTUP_TIMEOUT).await?;
+        println!("== baseline (bare axum) on {addr}: {plan}");
+        load::run(&spec(addr)).await?
+    };
+
+    let setup = args.backend.prepare(pipeline)?;
+    let addr = free_local_addr()?;
+    let mut command = Command::new(maestro);
+    command.arg("serve");
+    // Settings from the caller's environment must not change what is
+    // measured: only the bench's own reach the service.
+    for (name, _) in env::vars_os() {
+        if name.to_string_lossy().starts_with("MAESTRO_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("MAESTRO_BIND", addr.to_string())
+        .env("MAESTRO_JWT_HS256_SECRET", &secret)
+        .env("RUST_LOG", "warn")
+        .envs(setup.env.iter().map(|(name, value)| (name, value)))
+        .stdin(Stdio::null());
+    let mut server = ChildGuard::spawn("maestro", &mut command)?;
+    server.wait_until_healthy(addr, STARTUP_TIMEOUT).await?;
+    let service_rss_idle = resident_set_size(server.id()).ok();
+    println!(
+        "== maestro ({} backend) on {addr}: {plan}",
+        args.backend.name()
+    );
+    let service = load::run(&spec(addr)).await?;
+    let service_rss_after = match resident_set_size(server.id()) {
+        Ok(bytes) => Some(bytes),
+        Err(err) => {
+            eprintln!("warning: {err:#}");
+            None
+        }
+    };
+    drop(server);
+    drop(setup);
+
+    report_first_problem("maestro", &service);
+    report_first_problem("the baseline", &baseline);
+    Ok(report::Results {
+        settings: report::Settings {
+            backend: args.backend.name(),
+            connections: args.connections,
+            requests: args.requests,
+            warmup: args.warmup,
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        },
+        service: report::Summary::new(&service, args.requests),
+        baseline: report::Summary::new(&baseline, args.requests),
+        service_rss_idle,
+        service_rss_after,
+    })
+}
+
+/// Says which statuses and which transport error a target answered with,
+/// since the summary only counts them.
+fn report_first_problem(name: &str, report: &load::LoadReport) {
+    if !report.failures_by_status.is_empty() {
+        eprintln!(
+            "{name} answered non-2xx statuses: {:?}",
+            report.failures_by_status
+        );
+    }
+    if let Some(err) = &report.first_transport_error {
+        eprintln!("{name}: first transport error: {err}");
+    }
+}
+
+/// 64 hex digits from two v4 UUIDs: 244 random bits, well over the 32
+/// bytes the service asks of an HS256 secret.
+fn random_secret() -> String {
+    format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+}
+
+fn unix_now() -> anyhow::Result<u64> {
+    Ok(SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs())
+}
+
+/// The claims of the bench's token.
+#[derive(Debug, Serialize)]
+struct Claims<'a> {
+    customer_id: &'a str,
+    sub: &'a str,
+    exp: u64,
+}
+
+/// An HS256 token for `customer`, valid for an hour from `now`.
+fn mint_token(secret: &str, customer: &str, now: u64) -> anyhow::Result<String> {
+    let claims = Claims {
+        customer_id: customer,
+        sub: customer,
+        exp: now + 3600,
+    };
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())
+        .context("the bench secret is not an HS256 key")?;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &key,
+    )
+    .context("cannot sign the bench token")
+}
+
+/// `POST /platform/pipeline/execute` for `pipeline` with `token`. The
+/// baseline gets the very same request and ignores the token.
+fn execute_request(token: &str, pipeline: Uuid) -> anyhow::Result<RequestTemplate> {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token is not a header value")?,
+    );
+    let body =
+        serde_json::to_vec(&serde_json::json!({"pipeline_id": pipeline.hyphenated().to_string()}))
+            .context("cannot write the execute body")?;
+    Ok(RequestTemplate {
+        method: Method::POST,
+        path: baseline::EXECUTE_PATH.to_owned(),
+        headers,
+        body: Bytes::from(body),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+    #[test]
+    fn the_token_is_hs256_for_the_customer_and_expires_in_an_hour() {
+        let secret = random_secret();
+        let now = unix_now().expect("clock");
+        let token = mint_token(&secret, "bench", now).expect("signed");
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let decoded = jsonwebtoken::decode::<serde_json::Value>(
+            &token,
+            &DecodingKey::from_secret(secret.as_bytes()).expect("key"),
+            &validation,
+        )
+        .expect("verifies with the same secret");
+        assert_eq!(decoded.header.alg, Algorithm::HS256);
+        assert_eq!(
+            decoded.claims,
+            serde_json::json!({"customer_id": "bench", "sub": "bench", "exp": now + 3600})
+        );
+        let other = random_secret();
+        assert!(
+            jsonwebtoken::decode::<serde_json::Value>(
+                &token,
+                &DecodingKey::from_secret(other.as_bytes()).expect("key"),
+                &validation,
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn secrets_are_long_and_never_repeat() {
+        let (first, second) = (random_secret(), random_secret());
+        assert_eq!(first.len(), 64);
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn the_execute_request_carries_the_hyphenated_id_and_the_bearer_token() {
+        let pipeline = Uuid::new_v4();
+        let request = execute_request("t0k3n", pipeline).expect("request");
+        assert_eq!(request.method, Method::POST);
+        assert_eq!(request.path, "/platform/pipeline/execute");
+        assert_eq!(request.headers[AUTHORIZATION], "Bearer t0k3n");
+        assert_eq!(request.headers[CONTENT_TYPE], "application/json");
+        let body: serde_json::Value = serde_json::from_slice(&request.body).expect("JSON");
+        assert_eq!(
+            body,
+            serde_json::json!({"pipeline_id": pipeline.hyphenated().to_string()})
+        );
+    }
+
+    #[test]
+    fn the_memory_fixture_holds_the_one_pipeline_of_the_bench_customer() {
+        let pipeline = Uuid::new_v4();
+        let setup = Backend::Memory.prepare(pipeline).expect("prepared");
+        let env: std::collections::HashMap<_, _> = setup.env.iter().cloned().collect();
+        assert_eq!(env["MAESTRO_BACKEND"], "memory");
+        assert_eq!(env["MAESTRO_MEMORY_RUN_SECONDS"], "0");
+        let text = std::fs::read_to_string(&env["MAESTRO_MEMORY_FIXTURE"]).expect("fixture exists");
+        let fixture: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(
+            fixture,
+            serde_json::json!({"pipelines": [{
+                "id": pipeline.hyphenated().to_string(),
+                "customer_id": "bench",
+                "name": "bench",
+            }]})
+        );
+        let path = env["MAESTRO_MEMORY_FIXTURE"].clone();
+        drop(setup);
+        assert!(
+            !Path::new(&path).exists(),
+            "the fixture is removed with the setup"
+        );
+    }
+
+    #[test]
+    fn executables_are_found_in_cargos_json_messages() {
+        let messages = [
+            r#"{"reason":"compiler-artifact","target":{"name":"serde","kind":["lib"]},"executable":null}"#,
+            "not json: a stray line",
+            r#"{"reason":"compiler-artifact","target":{"name":"maestro","kind":["bin"]},"executable":"/t/release/maestro"}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+        ]
+        .join("\n");
+        assert_eq!(
+            executable(&messages, "maestro"),
+            Some(PathBuf::from("/t/release/maestro"))
+        );
+        assert_eq!(executable(&messages, "serde"), None);
+        assert_eq!(executable(&messages, "xtask"), None);
+    }
 }

@@ -1,8 +1,15 @@
 //! Project automation, run as `cargo xtask <command>`.
 
+use std::path::{Path, PathBuf};
+
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod e2e_airflow;
+mod load;
+mod process;
+#[cfg(test)]
+mod tidy;
 
 #[derive(Debug, Parser)]
 #[command(about = "Maestro's project automation")]
@@ -15,10 +22,27 @@ struct Cli {
 enum Command {
     /// Load the service and a bare baseline in one run, and report both.
     Bench(bench::Args),
+    /// Serve the bare axum baseline of `bench` until stdin closes (the
+    /// bench starts it as a child process).
+    #[command(hide = true)]
+    BenchBaseline(bench::BaselineArgs),
+    /// Run the Airflow backend's end-to-end tests against a real Apache
+    /// Airflow 3, installed into target/ and stopped afterwards.
+    E2eAirflow(e2e_airflow::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(args) => bench::run(&args),
+        Command::BenchBaseline(args) => bench::run_baseline(&args),
+        Command::E2eAirflow(args) => e2e_airflow::run(&args),
     }
+}
+
+/// The workspace root: the folder above `xtask/`.
+pub(crate) fn project_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map_or_else(|| manifest_dir.to_owned(), Path::to_owned)
 }

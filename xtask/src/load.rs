@@ -1,0 +1,408 @@
+//! A closed-loop HTTP/1.1 load generator: a fixed number of keep-alive
+//! connections, one worker each, every worker sending its next request as
+//! soon as the previous answer has been read, with each request's latency
+//! recorded in an HDR histogram.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::{
+    HeaderMap, Method, Request, StatusCode,
+    client::conn::http1::{self, SendRequest},
+    header::{HOST, HeaderValue},
+};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, sync::Barrier};
+
+/// The longest one request may take before it counts as a transport error.
+/// Generous: it only exists so that a server that stops answering ends the
+/// run instead of hanging it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest latency the histogram holds, in microseconds (a minute);
+/// anything slower is recorded as a minute.
+const MAX_LATENCY_MICROS: u64 = 60_000_000;
+
+/// Why one request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TransportError {
+    /// The TCP connection could not be opened.
+    #[error("cannot connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The HTTP exchange failed: handshake, request, or reading the body.
+    #[error("HTTP exchange failed: {0}")]
+    Http(#[from] hyper::Error),
+    /// No answer within [`REQUEST_TIMEOUT`].
+    #[error("no answer within {}s", REQUEST_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+/// One request, sent again and again: built once, cloned cheaply (the
+/// header values and body are reference-counted).
+#[derive(Debug, Clone)]
+pub(crate) struct RequestTemplate {
+    /// The method, e.g. `POST`.
+    pub(crate) method: Method,
+    /// The path and query, e.g. `/platform/pipeline/execute`.
+    pub(crate) path: String,
+    /// Headers besides `Host` and `Content-Length`, which are added per
+    /// connection and per body.
+    pub(crate) headers: HeaderMap,
+    /// The body; empty for none.
+    pub(crate) body: Bytes,
+}
+
+impl RequestTemplate {
+    fn build(&self, host: &HeaderValue) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        // A path that does not parse as a URI is a bug of the caller's
+        // template; it then goes out as `/` and the answers show it.
+        *request.uri_mut() = self.path.parse().unwrap_or_default();
+        *request.headers_mut() = self.headers.clone();
+        request.headers_mut().insert(HOST, host.clone());
+        request
+    }
+}
+
+/// What to send, where, and how much.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadSpec {
+    /// The server.
+    pub(crate) addr: SocketAddr,
+    /// Concurrent connections, one worker each; at least 1.
+    pub(crate) connections: usize,
+    /// Requests in the measured phase, spread evenly over the connections.
+    pub(crate) requests: u64,
+    /// Requests before the measured phase, on the same connections, not
+    /// recorded: they warm up the server's allocator, caches and the
+    /// connections themselves.
+    pub(crate) warmup: u64,
+    /// The request every worker sends.
+    pub(crate) request: RequestTemplate,
+}
+
+/// The measured phase's outcome.
+#[derive(Debug)]
+pub(crate) struct LoadReport {
+    /// From the first worker starting its measured phase to the last one
+    /// finishing it.
+    pub(crate) elapsed: Duration,
+    /// Latency of every answered request, in microseconds, whatever its
+    /// status.
+    pub(crate) latency: Histogram<u64>,
+    /// Answers with a 2xx status.
+    pub(crate) successes: u64,
+    /// Answers with any other status, by status.
+    pub(crate) failures_by_status: BTreeMap<u16, u64>,
+    /// Requests that got no answer.
+    pub(crate) transport_errors: u64,
+    /// The first transport error, to say what went wrong.
+    pub(crate) first_transport_error: Option<String>,
+}
+
+impl LoadReport {
+    /// Requests that got an answer, whatever its status.
+    pub(crate) fn answered(&self) -> u64 {
+        self.latency.len()
+    }
+
+    /// Answers with a status other than 2xx.
+    pub(crate) fn non_2xx(&self) -> u64 {
+        self.failures_by_status.values().sum()
+    }
+
+    /// Answered requests per second over the measured phase.
+    pub(crate) fn requests_per_second(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            self.answered() as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// What one worker saw in its measured phase.
+#[derive(Debug)]
+struct WorkerReport {
+    started: Instant,
+    finished: Instant,
+    latency: Histogram<u64>,
+    successes: u64,
+    failures_by_status: BTreeMap<u16, u64>,
+    transport_errors: u64,
+    first_transport_error: Option<String>,
+}
+
+fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, 3)
+        .map_err(|err| anyhow::anyhow!("cannot create a latency histogram: {err:?}"))
+}
+
+/// This worker's share of `total` when `total` is spread over `workers`:
+/// the remainder goes one each to the first workers.
+fn share(total: u64, workers: usize, index: usize) -> u64 {
+    let workers = workers as u64;
+    let index = index as u64;
+    total / workers + u64::from(index < total % workers)
+}
+
+/// Runs the warm-up and then the measured phase of `spec`, and reports the
+/// measured phase.
+///
+/// # Errors
+/// Only when the run itself breaks (a worker task panics); requests that
+/// fail are counted in the report instead.
+pub(crate) async fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
+    anyhow::ensure!(spec.connections > 0, "at least one connection is needed");
+    let template = Arc::new(spec.request.clone());
+    // Every worker finishes its warm-up before any starts measuring, so the
+    // measured phase never overlaps warm-up traffic.
+    let barrier = Arc::new(Barrier::new(spec.connections));
+    let mut workers = Vec::with_capacity(spec.connections);
+    for index in 0..spec.connections {
+        let worker = Worker {
+            addr: spec.addr,
+            template: Arc::clone(&template),
+            warmup: share(spec.warmup, spec.connections, index),
+            requests: share(spec.requests, spec.connections, index),
+            latency: new_histogram()?,
+        };
+        workers.push(tokio::spawn(worker.run(Arc::clone(&barrier))));
+    }
+
+    let mut report = LoadReport {
+        elapsed: Duration::ZERO,
+        latency: new_histogram()?,
+        successes: 0,
+        failures_by_status: BTreeMap::new(),
+        transport_errors: 0,
+        first_transport_error: None,
+    };
+    let mut window: Option<(Instant, Instant)> = None;
+    for worker in workers {
+        let worker = worker.await.context("a load worker panicked")?;
+        window = Some(match window {
+            None => (worker.started, worker.finished),
+            Some((started, finished)) => {
+                (started.min(worker.started), finished.max(worker.finished))
+            }
+        });
+        report
+            .latency
+            .add(&worker.latency)
+            .map_err(|err| anyhow::anyhow!("cannot merge latency histograms: {err:?}"))?;
+        report.successes += worker.successes;
+        for (status, count) in worker.failures_by_status {
+            *report.failures_by_status.entry(status).or_default() += count;
+        }
+        report.transport_errors += worker.transport_errors;
+        if report.first_transport_error.is_none() {
+            report.first_transport_error = worker.first_transport_error;
+        }
+    }
+    if let Some((started, finished)) = window {
+        report.elapsed = finished.duration_since(started);
+    }
+    Ok(report)
+}
+
+/// One connection's worth of load.
+#[derive(Debug)]
+struct Worker {
+    addr: SocketAddr,
+    template: Arc<RequestTemplate>,
+    warmup: u64,
+    requests: u64,
+    latency: Histogram<u64>,
+}
+
+impl Worker {
+    async fn run(mut self, barrier: Arc<Barrier>) -> WorkerReport {
+        let host = host_header(self.addr);
+        let mut connection = None;
+        for _ in 0..self.warmup {
+            // Warm-up answers are not judged; failures show in the
+            // measured phase, which uses the same connection.
+            let _ = exchange(&mut connection, self.addr, &self.template, &host).await;
+        }
+        barrier.wait().await;
+
+        let mut successes = 0;
+        let mut failures_by_status = BTreeMap::new();
+        let mut transport_errors = 0;
+        let mut first_transport_error = None;
+        let started = Instant::now();
+        for _ in 0..self.requests {
+            let sent = Instant::now();
+            match exchange(&mut connection, self.addr, &self.template, &host).await {
+                Ok(status) => {
+                    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    self.latency.saturating_record(micros);
+                    if status.is_success() {
+                        successes += 1;
+                    } else {
+                        *failures_by_status.entry(status.as_u16()).or_default() += 1;
+                    }
+                }
+                Err(err) => {
+                    transport_errors += 1;
+                    first_transport_error.get_or_insert_with(|| err.to_string());
+                }
+            }
+        }
+        WorkerReport {
+            started,
+            finished: Instant::now(),
+            latency: self.latency,
+            successes,
+            failures_by_status,
+            transport_errors,
+            first_transport_error,
+        }
+    }
+}
+
+fn host_header(addr: SocketAddr) -> HeaderValue {
+    // A socket address always makes a valid header value.
+    HeaderValue::from_str(&addr.to_string()).unwrap_or(HeaderValue::from_static("localhost"))
+}
+
+/// Opens a connection and starts driving it in the background.
+async fn connect<B>(addr: SocketAddr) -> Result<SendRequest<B>, TransportError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(TransportError::Connect)?;
+    // Requests are small and latency is what is measured: do not let
+    // Nagle's algorithm hold them back.
+    stream.set_nodelay(true).map_err(TransportError::Connect)?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        // The connection ends with an error when the server closes it; the
+        // next request on it reports that, so there is nothing to add here.
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// Sends one request on `connection` (opening one first if there is none
+/// or the server closed it) and reads the whole answer. After a failure the
+/// connection is dropped, and the next request opens a new one.
+async fn exchange(
+    connection: &mut Option<SendRequest<Full<Bytes>>>,
+    addr: SocketAddr,
+    template: &RequestTemplate,
+    host: &HeaderValue,
+) -> Result<StatusCode, TransportError> {
+    let attempt = async {
+        let mut sender = match connection.take() {
+            Some(sender) if !sender.is_closed() => sender,
+            _ => connect(addr).await?,
+        };
+        sender.ready().await?;
+        let response = sender.send_request(template.build(host)).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        Ok((sender, status))
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
+        Ok(Ok((sender, status))) => {
+            *connection = Some(sender);
+            Ok(status)
+        }
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(TransportError::Timeout),
+    }
+}
+
+/// The status of one `GET path` on a fresh connection, for readiness
+/// checks.
+pub(crate) async fn get_status(addr: SocketAddr, path: &str) -> Result<StatusCode, TransportError> {
+    let attempt = async {
+        let mut sender = connect::<Empty<Bytes>>(addr).await?;
+        sender.ready().await?;
+        let mut request = Request::new(Empty::new());
+        *request.uri_mut() = path.parse().unwrap_or_default();
+        request.headers_mut().insert(HOST, host_header(addr));
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        Ok(status)
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .unwrap_or(Err(TransportError::Timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_shared_out_evenly_with_the_remainder_first() {
+        let shares: Vec<u64> = (0..3).map(|index| share(10, 3, index)).collect();
+        assert_eq!(shares, [4, 3, 3]);
+        assert_eq!(
+            (0..32).map(|index| share(200_000, 32, index)).sum::<u64>(),
+            200_000
+        );
+        assert_eq!(
+            (0..4).map(|index| share(2, 4, index)).collect::<Vec<_>>(),
+            [1, 1, 0, 0]
+        );
+    }
+
+    #[test]
+    fn the_template_adds_host_and_keeps_method_path_headers_and_body() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-test", HeaderValue::from_static("yes"));
+        let template = RequestTemplate {
+            method: Method::POST,
+            path: "/a/b?c=d".to_owned(),
+            headers,
+            body: Bytes::from_static(b"{}"),
+        };
+        let request = template.build(&HeaderValue::from_static("127.0.0.1:9"));
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri(), "/a/b?c=d");
+        assert_eq!(request.headers()["x-test"], "yes");
+        assert_eq!(request.headers()[HOST], "127.0.0.1:9");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_not_there_counts_as_transport_errors() {
+        let addr = crate::process::free_local_addr().expect("a free port");
+        let spec = LoadSpec {
+            addr,
+            connections: 2,
+            requests: 6,
+            warmup: 0,
+            request: RequestTemplate {
+                method: Method::GET,
+                path: "/".to_owned(),
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+            },
+        };
+        let report = run(&spec).await.expect("the run completes");
+        assert_eq!(report.transport_errors, 6);
+        assert_eq!(report.answered(), 0);
+        assert_eq!(report.successes, 0);
+        let first = report.first_transport_error.expect("an error is kept");
+        assert!(first.starts_with("cannot connect"), "{first}");
+    }
+}
