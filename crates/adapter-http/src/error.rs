@@ -58,6 +58,7 @@ pub(crate) struct ApiError {
     status: StatusCode,
     body: Body,
     www_authenticate: Option<&'static str>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -74,6 +75,7 @@ impl ApiError {
                 traceback: traceback.into(),
             },
             www_authenticate: None,
+            retry_after: None,
         }
     }
 
@@ -82,6 +84,7 @@ impl ApiError {
             status,
             body: Body::Plain(detail),
             www_authenticate: None,
+            retry_after: None,
         }
     }
 
@@ -136,6 +139,18 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED,
                 "InvalidToken",
                 "Could not validate credentials",
+            )
+        }
+    }
+
+    /// 429 `RateLimited`, with `Retry-After` in whole seconds.
+    pub(crate) fn rate_limited(retry_after_seconds: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_seconds),
+            ..Self::envelope(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RateLimited",
+                format!("Too many requests. Retry after {retry_after_seconds} s."),
             )
         }
     }
@@ -310,6 +325,11 @@ impl IntoResponse for ApiError {
                 .into_response(),
             Body::Plain(detail) => (self.status, Json(PlainDetail { detail })).into_response(),
         };
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Some(challenge) = self.www_authenticate {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

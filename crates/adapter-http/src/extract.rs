@@ -38,6 +38,14 @@ impl FromRequestParts<AppState> for Authenticated {
             ApiError::invalid_token()
         })?;
         tracing::Span::current().record("customer", caller.customer.as_str());
+        if let Some(limiter) = state.rate_limiter() {
+            // After authentication, so that the limit is the verified
+            // customer's: one customer's flood never spends another's quota.
+            limiter.check(&caller.customer).map_err(|refused| {
+                state.metrics().rate_limited();
+                ApiError::rate_limited(refused.as_secs())
+            })?;
+        }
         let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
         Ok(Self(RequestContext { caller, request_id }))
     }

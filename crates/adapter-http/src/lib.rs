@@ -53,6 +53,7 @@ struct Inner {
     metrics: Metrics,
     backend: &'static str,
     draining: AtomicBool,
+    rate_limiter: Option<ratelimit::RateLimiter>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -82,6 +83,23 @@ impl AppState {
                 metrics,
                 backend,
                 draining: AtomicBool::new(false),
+                rate_limiter: None,
+            }),
+        }
+    }
+
+    /// The same state, with every customer's requests limited by `limiter`.
+    #[must_use]
+    pub fn with_rate_limiter(self, limiter: ratelimit::RateLimiter) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                service: inner.service.clone(),
+                auth: inner.auth.clone(),
+                metrics: inner.metrics.clone(),
+                backend: inner.backend,
+                draining: AtomicBool::new(self.is_draining()),
+                rate_limiter: Some(limiter),
             }),
         }
     }
@@ -103,6 +121,10 @@ impl AppState {
 
     pub(crate) fn auth(&self) -> &dyn AuthContext {
         self.inner.auth.as_ref()
+    }
+
+    pub(crate) fn rate_limiter(&self) -> Option<&ratelimit::RateLimiter> {
+        self.inner.rate_limiter.as_ref()
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
-use adapter_http::{AppState, Metrics, router};
+use adapter_http::{
+    AppState, Metrics,
+    ratelimit::{RateLimitConfig, RateLimiter},
+    router,
+};
 use axum::{
     body::Body,
     http::{Request, StatusCode},
@@ -93,7 +97,8 @@ async fn ready_is_503_while_draining_without_asking_the_backend() {
 
 #[tokio::test]
 async fn backend_failures_map_to_502_503_504_with_fixed_messages() {
-    let cases: [(fn() -> BackendError, StatusCode, &str); 3] = [
+    type Case = (fn() -> BackendError, StatusCode, &'static str);
+    let cases: [Case; 3] = [
         (
             || BackendError::unavailable(LEAK),
             StatusCode::SERVICE_UNAVAILABLE,
@@ -156,4 +161,64 @@ async fn backend_calls_are_counted_by_operation_and_outcome() {
         !text.contains("maestro_runs_triggered_total{"),
         "a failed execute triggered nothing"
     );
+}
+
+/// A state whose verifier takes the bearer token to be the customer id, and
+/// whose backend lists no pipelines, limited to 60 requests a minute with a
+/// burst of 2.
+fn limited_state() -> AppState {
+    let mut auth = MockAuthContext::new();
+    auth.expect_authenticate()
+        .returning(|token| Ok(Caller::new(CustomerId::parse(token).unwrap())));
+    let mut repository = MockPipelineRepository::new();
+    repository.expect_list().returning(|_| Ok(Vec::new()));
+    let service = PipelineService::new(Arc::new(repository), Arc::new(MockOrchestrator::new()));
+    let limit = RateLimitConfig::new(60, Some(2)).unwrap();
+    AppState::new(service, Arc::new(auth), "mock", Metrics::default())
+        .with_rate_limiter(RateLimiter::new(limit))
+}
+
+fn list_as(customer: &str) -> Request<Body> {
+    Request::get("/platform/pipelines")
+        .header("authorization", format!("Bearer {customer}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_customer_over_its_rate_limit_gets_429_with_retry_after_and_others_do_not() {
+    let app = router(limited_state());
+    for _ in 0..2 {
+        let response = app.clone().oneshot(list_as("acme")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let response = app.clone().oneshot(list_as("acme")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["detail"]["exception_type"], "RateLimited");
+    assert_eq!(body["detail"]["status"], false);
+
+    // Another customer's quota is untouched.
+    let response = app.clone().oneshot(list_as("globex")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // A second later the bucket has one request again.
+    tokio::time::advance(std::time::Duration::from_secs(1)).await;
+    let response = app.clone().oneshot(list_as("acme")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let response = app.oneshot(get("/metrics")).await.unwrap();
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("maestro_rate_limited_total 1"), "{text}");
 }

@@ -80,6 +80,16 @@ pub struct ServeConfig {
     #[arg(long, env = "MAESTRO_UPSTREAM_TIMEOUT_MS", default_value_t = 10_000)]
     pub upstream_timeout_ms: u64,
 
+    /// Requests per minute each customer may make; unset turns rate
+    /// limits off.
+    #[arg(long, env = "MAESTRO_RATE_LIMIT_PER_MINUTE")]
+    pub rate_limit_per_minute: Option<u32>,
+
+    /// Requests a customer may make at once after a quiet period; default
+    /// one minute's worth.
+    #[arg(long, env = "MAESTRO_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+
     #[command(flatten)]
     pub jwt: JwtArgs,
 

@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 use adapter_http::{
     AppState, Metrics,
     jwt::{JwtAuth, JwtConfig, JwtKey},
+    ratelimit::{RateLimitConfig, RateLimiter},
 };
 use adapter_memory::{MemoryBackend, MemoryConfig};
 use adapter_platform_api::{PlatformApiBackend, PlatformApiConfig};
@@ -42,7 +43,13 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
         metrics.instrument_repository(repository),
         metrics.instrument_orchestrator(orchestrator),
     );
-    let state = AppState::new(service, auth, config.backend.name(), metrics);
+    let mut state = AppState::new(service, auth, config.backend.name(), metrics);
+    if let Some(limit) =
+        RateLimitConfig::from_settings(config.rate_limit_per_minute, config.rate_limit_burst)
+            .context("invalid rate-limit settings")?
+    {
+        state = state.with_rate_limiter(RateLimiter::new(limit));
+    }
     Ok(Built {
         router: adapter_http::router(state.clone()),
         state,
