@@ -122,6 +122,24 @@ pub struct JwtArgs {
     #[arg(long, env = "MAESTRO_JWT_JWKS_URL")]
     pub jwt_jwks_url: Option<String>,
 
+    /// An OIDC issuer URL: its `/.well-known/openid-configuration` names the
+    /// JWKS endpoint (instead of `MAESTRO_JWT_JWKS_URL`).
+    #[arg(long, env = "MAESTRO_JWT_OIDC_ISSUER_URL")]
+    pub jwt_oidc_issuer_url: Option<String>,
+
+    /// How often the JWKS is fetched again in the background, in seconds.
+    #[arg(long, env = "MAESTRO_JWT_JWKS_REFRESH_SECONDS", default_value_t = 300)]
+    pub jwt_jwks_refresh_seconds: u64,
+
+    /// The shortest time between two JWKS fetches caused by tokens naming
+    /// an unknown `kid`, in seconds.
+    #[arg(
+        long,
+        env = "MAESTRO_JWT_JWKS_MIN_REFETCH_SECONDS",
+        default_value_t = 30
+    )]
+    pub jwt_jwks_min_refetch_seconds: u64,
+
     /// A PEM file with one RS256 or ES256 public key.
     #[arg(long, env = "MAESTRO_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
@@ -152,6 +170,7 @@ impl JwtArgs {
     pub fn has_key(&self) -> bool {
         self.jwt_hs256_secret.is_some()
             || self.jwt_jwks_url.is_some()
+            || self.jwt_oidc_issuer_url.is_some()
             || self.jwt_public_key_file.is_some()
     }
 }

@@ -5,13 +5,14 @@ use std::{sync::Arc, time::Duration};
 
 use adapter_http::{
     AppState, Metrics,
+    jwks::{JwksAuth, JwksConfig, JwksSource},
     jwt::{JwtAuth, JwtConfig, JwtKey},
     ratelimit::{RateLimitConfig, RateLimiter},
 };
 use adapter_memory::{MemoryBackend, MemoryConfig};
 use adapter_platform_api::{PlatformApiBackend, PlatformApiConfig};
 use anyhow::{Context as _, bail};
-use domain::{CustomerId, Orchestrator, PipelineRepository, PipelineService};
+use domain::{AuthContext, CustomerId, Orchestrator, PipelineRepository, PipelineService};
 
 use crate::{
     Backend, ServeConfig,
@@ -122,18 +123,40 @@ fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
 fn auth(
     config: &ServeConfig,
     demo: Option<Demo>,
-) -> anyhow::Result<(Arc<JwtAuth>, Option<DevBanner>)> {
+) -> anyhow::Result<(Arc<dyn AuthContext>, Option<DevBanner>)> {
     let jwt = &config.jwt;
-    if jwt.jwt_jwks_url.is_some() {
+    let configured = [
+        jwt.jwt_hs256_secret.is_some(),
+        jwt.jwt_public_key_file.is_some(),
+        jwt.jwt_jwks_url.is_some(),
+        jwt.jwt_oidc_issuer_url.is_some(),
+    ];
+    if configured.iter().filter(|set| **set).count() > 1 {
         bail!(
-            "MAESTRO_JWT_JWKS_URL is not supported yet: use MAESTRO_JWT_PUBLIC_KEY_FILE or MAESTRO_JWT_HS256_SECRET"
+            "set only one of MAESTRO_JWT_HS256_SECRET, MAESTRO_JWT_PUBLIC_KEY_FILE, MAESTRO_JWT_JWKS_URL and MAESTRO_JWT_OIDC_ISSUER_URL"
         );
     }
+    let jwks_source = match (&jwt.jwt_jwks_url, &jwt.jwt_oidc_issuer_url) {
+        (Some(url), _) => Some(JwksSource::Url(url.clone())),
+        (None, Some(issuer)) => Some(JwksSource::Discovery(issuer.clone())),
+        (None, None) => None,
+    };
+    if let Some(source) = jwks_source {
+        let mut settings = JwksConfig::new(source);
+        settings.issuer.clone_from(&jwt.jwt_issuer);
+        settings.audience.clone_from(&jwt.jwt_audience);
+        settings.customer_claim.clone_from(&jwt.jwt_customer_claim);
+        settings.leeway = Duration::from_secs(jwt.jwt_leeway_seconds);
+        settings.refresh_interval = Duration::from_secs(jwt.jwt_jwks_refresh_seconds);
+        settings.min_refetch_interval = Duration::from_secs(jwt.jwt_jwks_min_refetch_seconds);
+        let verifier = JwksAuth::new(settings).context("invalid JWKS settings")?;
+        // Fetches at once, then on its interval, for the life of the
+        // process; a JWKS endpoint that is down only delays acceptance.
+        verifier.spawn_refresher();
+        return Ok((Arc::new(verifier), None));
+    }
     let (key, dev_banner) = match (&jwt.jwt_hs256_secret, &jwt.jwt_public_key_file) {
-        (Some(_), Some(_)) => {
-            bail!("set only one of MAESTRO_JWT_HS256_SECRET and MAESTRO_JWT_PUBLIC_KEY_FILE")
-        }
-        (Some(secret), None) => (JwtKey::Hs256(secret.clone()), None),
+        (Some(secret), _) => (JwtKey::Hs256(secret.clone()), None),
         (None, Some(path)) => {
             let pem = std::fs::read(path).with_context(|| {
                 format!("cannot read MAESTRO_JWT_PUBLIC_KEY_FILE {}", path.display())
