@@ -183,40 +183,13 @@ impl JwtAuth {
             JwtKey::PublicKeyPem(pem) => public_key(provider, pem)?,
         };
 
-        if config.customer_claim.is_empty() {
-            return Err(JwtConfigError::Empty("customer claim"));
-        }
-        if config.leeway > MAX_LEEWAY {
-            return Err(JwtConfigError::LeewayTooLong(config.leeway));
-        }
-
-        let mut validation = Validation::new(algorithm);
-        let mut required = vec!["exp"];
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.leeway = config.leeway.as_secs();
-        match &config.issuer {
-            Some(issuer) if issuer.is_empty() => return Err(JwtConfigError::Empty("issuer")),
-            Some(issuer) => {
-                validation.set_issuer(&[issuer]);
-                required.push("iss");
-            }
-            None => {}
-        }
-        match &config.audience {
-            Some(audience) if audience.is_empty() => {
-                return Err(JwtConfigError::Empty("audience"));
-            }
-            Some(audience) => {
-                validation.set_audience(&[audience]);
-                required.push("aud");
-            }
-            // jsonwebtoken refuses any token carrying `aud` when no audience
-            // is expected; with none configured the claim is simply not ours
-            // to judge.
-            None => validation.validate_aud = false,
-        }
-        validation.set_required_spec_claims(&required);
+        let validation = claims_validation(
+            algorithm,
+            &config.customer_claim,
+            config.issuer.as_deref(),
+            config.audience.as_deref(),
+            config.leeway,
+        )?;
 
         Ok(Self {
             algorithm,
@@ -232,14 +205,7 @@ impl JwtAuth {
     }
 
     fn verify(&self, token: &str) -> Result<Caller, AuthError> {
-        if token.is_empty() {
-            return Err(AuthError::Malformed("empty token".to_owned()));
-        }
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(AuthError::Malformed(format!(
-                "token longer than {MAX_TOKEN_BYTES} bytes"
-            )));
-        }
+        check_token_size(token)?;
         // jsonwebtoken cannot even parse a header naming an algorithm it does
         // not know (`none`), so the header is read here first: any `alg`
         // other than the key's is refused as such, not as garbage.
@@ -257,6 +223,55 @@ impl AuthContext for JwtAuth {
     async fn authenticate(&self, bearer_token: &str) -> Result<Caller, AuthError> {
         self.verify(bearer_token)
     }
+}
+
+/// Checks the claim settings every verifier shares (customer claim, issuer,
+/// audience, leeway) and builds the validation that pins `algorithm`: `exp`
+/// required, `exp` and `nbf` checked with the leeway, and `iss` and `aud`
+/// required and checked when configured.
+pub(crate) fn claims_validation(
+    algorithm: Algorithm,
+    customer_claim: &str,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+    leeway: Duration,
+) -> Result<Validation, JwtConfigError> {
+    if customer_claim.is_empty() {
+        return Err(JwtConfigError::Empty("customer claim"));
+    }
+    if leeway > MAX_LEEWAY {
+        return Err(JwtConfigError::LeewayTooLong(leeway));
+    }
+
+    let mut validation = Validation::new(algorithm);
+    let mut required = vec!["exp"];
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.leeway = leeway.as_secs();
+    match issuer {
+        Some("") => return Err(JwtConfigError::Empty("issuer")),
+        Some(issuer) => {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        None => {}
+    }
+    match audience {
+        Some("") => {
+            return Err(JwtConfigError::Empty("audience"));
+        }
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        // jsonwebtoken refuses any token carrying `aud` when no audience
+        // is expected; with none configured the claim is simply not ours
+        // to judge.
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+
+    Ok(validation)
 }
 
 /// Reads a PEM public key and works out its algorithm.
@@ -299,7 +314,7 @@ fn public_key(
 }
 
 /// The number of significant bits of a big-endian unsigned integer.
-fn bit_length(be_bytes: &[u8]) -> usize {
+pub(crate) fn bit_length(be_bytes: &[u8]) -> usize {
     let significant = be_bytes
         .iter()
         .position(|byte| *byte != 0)
@@ -320,8 +335,21 @@ fn algorithm_name(algorithm: Algorithm) -> &'static str {
     }
 }
 
+/// Refuses an empty token, and one too long to be worth decoding.
+pub(crate) fn check_token_size(token: &str) -> Result<(), AuthError> {
+    if token.is_empty() {
+        return Err(AuthError::Malformed("empty token".to_owned()));
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthError::Malformed(format!(
+            "token longer than {MAX_TOKEN_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// The `alg` of a compact JWS's header, read without trusting anything else.
-fn header_algorithm(token: &str) -> Result<String, AuthError> {
+pub(crate) fn header_algorithm(token: &str) -> Result<String, AuthError> {
     #[derive(Deserialize)]
     struct AlgOnly {
         alg: String,
@@ -346,7 +374,7 @@ fn header_algorithm(token: &str) -> Result<String, AuthError> {
 
 /// Translates jsonwebtoken's refusal into the domain's reason. Messages are
 /// fixed texts: a malformed token's content has no place in a log line.
-fn auth_error(err: jsonwebtoken::errors::Error) -> AuthError {
+pub(crate) fn auth_error(err: jsonwebtoken::errors::Error) -> AuthError {
     let malformed = |what: &str| AuthError::Malformed(what.to_owned());
     match err.kind() {
         ErrorKind::InvalidToken => malformed("not a usable JWS"),
@@ -373,7 +401,8 @@ fn auth_error(err: jsonwebtoken::errors::Error) -> AuthError {
         ErrorKind::Base64(_) => malformed("a part is not base64url"),
         ErrorKind::Json(_) => malformed("a part is not the expected JSON"),
         ErrorKind::Utf8(_) => malformed("a part is not UTF-8"),
-        // Only the key can cause these, and JwtAuth::new has checked it.
+        // Only the key can cause these, and the verifiers check their keys
+        // when they load them.
         ErrorKind::InvalidEcdsaKey
         | ErrorKind::InvalidEddsaKey
         | ErrorKind::InvalidRsaKey(_)
@@ -384,7 +413,9 @@ fn auth_error(err: jsonwebtoken::errors::Error) -> AuthError {
     }
 }
 
-fn caller_from_claims(
+/// The caller a verified token's claims name: the customer from
+/// `customer_claim`, the subject from `sub`.
+pub(crate) fn caller_from_claims(
     claims: &Map<String, Value>,
     customer_claim: &str,
 ) -> Result<Caller, AuthError> {

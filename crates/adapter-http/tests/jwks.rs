@@ -1,0 +1,733 @@
+//! The JWKS verifier against a key set served by a local wiremock server:
+//! RS256 and ES256 by `kid`, rotation without a restart, bounded refetches,
+//! issuer and audience, algorithm confusion, and an endpoint that is down at
+//! start.
+//!
+//! Time: the refetch limit and the refresher run on tokio's clock. The fetches
+//! go over real sockets to a server on another thread, and a paused tokio
+//! clock jumps ahead to the next timer whenever the runtime waits on a
+//! socket, which would fire the fetch timeout at random. So the clock is only
+//! paused to jump it forward ([`pass`]) and is running again before any
+//! request is sent; nothing here sleeps to let an interval elapse.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use adapter_http::jwks::{JwksAuth, JwksConfig, JwksFetchError, JwksSource};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use domain::{AuthContext, AuthError, Caller, CustomerId};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const RSA_PRIVATE: &[u8] = include_bytes!("fixtures/rsa_private.pem");
+const RSA_PUBLIC: &[u8] = include_bytes!("fixtures/rsa_public.pem");
+const RSA2_PRIVATE: &[u8] = include_bytes!("fixtures/rsa2_private.pem");
+const EC_PRIVATE: &[u8] = include_bytes!("fixtures/ec_p256_private.pem");
+const RSA_JWK: &str = include_str!("fixtures/rsa_public.jwk.json");
+const RSA2_JWK: &str = include_str!("fixtures/rsa2_public.jwk.json");
+const EC_JWK: &str = include_str!("fixtures/ec_p256_public.jwk.json");
+
+const ISSUER: &str = "https://idp.example";
+const AUDIENCE: &str = "maestro";
+const MIN_REFETCH: Duration = Duration::from_secs(30);
+const REFRESH: Duration = Duration::from_secs(300);
+
+// ---- Keys and tokens ------------------------------------------------------
+
+/// The public JWK of a fixture, with `kid` and any other members added.
+fn jwk(fixture: &str, kid: &str, extra: Value) -> Value {
+    let mut key: Value = serde_json::from_str(fixture).expect("fixture JSON");
+    key["kid"] = json!(kid);
+    for (name, value) in extra.as_object().expect("an object") {
+        key[name] = value.clone();
+    }
+    key
+}
+
+fn set(keys: &[Value]) -> Value {
+    json!({ "keys": keys })
+}
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+/// A valid token's claims: customer, subject, issuer, audience, an hour.
+fn claims() -> Value {
+    json!({
+        "customer_id": "acme",
+        "sub": "user-1",
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "exp": now() + 3600,
+    })
+}
+
+fn without(mut claims: Value, name: &str) -> Value {
+    claims.as_object_mut().expect("an object").remove(name);
+    claims
+}
+
+fn with(mut claims: Value, name: &str, value: Value) -> Value {
+    claims[name] = value;
+    claims
+}
+
+fn sign(algorithm: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(algorithm);
+    header.kid = kid.map(str::to_owned);
+    encode(&header, claims, key).expect("signed")
+}
+
+fn rsa_token(kid: &str, claims: &Value) -> String {
+    let key = EncodingKey::from_rsa_pem(RSA_PRIVATE).expect("RSA key");
+    sign(Algorithm::RS256, &key, Some(kid), claims)
+}
+
+fn rsa2_token(kid: &str, claims: &Value) -> String {
+    let key = EncodingKey::from_rsa_pem(RSA2_PRIVATE).expect("second RSA key");
+    sign(Algorithm::RS256, &key, Some(kid), claims)
+}
+
+fn ec_token(kid: &str, claims: &Value) -> String {
+    let key = EncodingKey::from_ec_pem(EC_PRIVATE).expect("EC key");
+    sign(Algorithm::ES256, &key, Some(kid), claims)
+}
+
+/// An HS256 token keyed with `secret`, as an attacker who knows a public key
+/// would make it.
+fn hs_token(secret: &[u8], kid: &str, claims: &Value) -> String {
+    let key = EncodingKey::from_secret(secret).expect("HMAC key");
+    sign(Algorithm::HS256, &key, Some(kid), claims)
+}
+
+fn acme() -> Caller {
+    Caller {
+        customer: CustomerId::parse("acme").expect("valid id"),
+        subject: Some("user-1".to_owned()),
+    }
+}
+
+// ---- The identity provider and the verifier --------------------------------
+
+/// A local identity provider serving a key set at `/jwks`.
+struct Idp {
+    server: MockServer,
+}
+
+impl Idp {
+    async fn serving(keys: Value) -> Self {
+        let idp = Self {
+            server: MockServer::start().await,
+        };
+        idp.serve(keys).await;
+        idp
+    }
+
+    /// Replaces whatever was served by `keys`.
+    async fn serve(&self, keys: Value) {
+        self.answer(ResponseTemplate::new(200).set_body_json(keys))
+            .await;
+    }
+
+    /// Replaces whatever was served by `response`.
+    async fn answer(&self, response: ResponseTemplate) {
+        self.server.reset().await;
+        Mock::given(method("GET"))
+            .and(path("/jwks"))
+            .respond_with(response)
+            .mount(&self.server)
+            .await;
+    }
+
+    fn url(&self) -> String {
+        format!("{}/jwks", self.server.uri())
+    }
+
+    /// The key-set requests the server has seen since the last reset.
+    async fn fetches(&self) -> usize {
+        self.server
+            .received_requests()
+            .await
+            .expect("recording is on")
+            .iter()
+            .filter(|request| request.url.path() == "/jwks")
+            .count()
+    }
+}
+
+fn config(url: String) -> JwksConfig {
+    JwksConfig {
+        issuer: Some(ISSUER.to_owned()),
+        audience: Some(AUDIENCE.to_owned()),
+        refresh_interval: REFRESH,
+        min_refetch_interval: MIN_REFETCH,
+        timeout: Duration::from_secs(5),
+        ..JwksConfig::new(JwksSource::Url(url))
+    }
+}
+
+fn verifier(url: String) -> JwksAuth {
+    JwksAuth::new(config(url)).expect("valid configuration")
+}
+
+/// A verifier that has fetched the set once.
+async fn loaded(idp: &Idp) -> JwksAuth {
+    let auth = verifier(idp.url());
+    auth.refresh_now().await.expect("the set is served");
+    auth
+}
+
+/// Jumps tokio's clock forward by `duration`. The clock runs again when this
+/// returns, so the sockets that follow see ordinary time.
+async fn pass(duration: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(duration).await;
+    tokio::time::resume();
+}
+
+/// Waits, in real time, for a background fetch to finish: it talks to the
+/// server over a socket, so it takes however long the socket takes.
+async fn until_fetched(auth: &JwksAuth, count: u64) {
+    for _ in 0..500 {
+        if auth.fetch_count() >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "waited 5 s for fetch {count}; {} happened",
+        auth.fetch_count()
+    );
+}
+
+// ---- Acceptance ------------------------------------------------------------
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_are_verified_with_the_key_their_kid_names() {
+    let idp = Idp::serving(set(&[
+        jwk(RSA_JWK, "rsa-1", json!({"alg": "RS256", "use": "sig"})),
+        jwk(EC_JWK, "ec-1", json!({})),
+        jwk(RSA2_JWK, "rsa-2", json!({})),
+    ]))
+    .await;
+    let auth = loaded(&idp).await;
+    assert_eq!(auth.key_count(), 3);
+
+    assert_eq!(
+        auth.authenticate(&rsa_token("rsa-1", &claims())).await,
+        Ok(acme())
+    );
+    assert_eq!(
+        auth.authenticate(&ec_token("ec-1", &claims())).await,
+        Ok(acme())
+    );
+    assert_eq!(
+        auth.authenticate(&rsa2_token("rsa-2", &claims())).await,
+        Ok(acme())
+    );
+    // The right algorithm under another key's kid: the kid decides the key.
+    assert_eq!(
+        auth.authenticate(&rsa2_token("rsa-1", &claims())).await,
+        Err(AuthError::BadSignature)
+    );
+    assert_eq!(auth.fetch_count(), 1, "known kids need no fetch");
+}
+
+#[tokio::test]
+async fn the_first_token_fetches_the_set_when_no_refresh_has_run() {
+    let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
+    let auth = verifier(idp.url());
+    assert_eq!(auth.fetch_count(), 0, "nothing is fetched at construction");
+
+    assert_eq!(
+        auth.authenticate(&rsa_token("rsa-1", &claims())).await,
+        Ok(acme())
+    );
+    assert_eq!(auth.fetch_count(), 1);
+    assert_eq!(idp.fetches().await, 1);
+}
+
+#[tokio::test]
+async fn a_token_without_a_kid_is_refused_as_malformed_without_a_fetch() {
+    let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
+    let auth = loaded(&idp).await;
+    let key = EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap();
+    for token in [
+        sign(Algorithm::RS256, &key, None, &claims()),
+        sign(Algorithm::RS256, &key, Some(""), &claims()),
+    ] {
+        assert!(matches!(
+            auth.authenticate(&token).await,
+            Err(AuthError::Malformed(_))
+        ));
+    }
+    assert_eq!(idp.fetches().await, 1);
+}
+
+#[tokio::test]
+async fn the_customer_claim_and_token_lifetime_rules_apply() {
+    let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
+    let auth = loaded(&idp).await;
+    let refused = |claims: Value| {
+        let auth = auth.clone();
+        async move { auth.authenticate(&rsa_token("rsa-1", &claims)).await }
+    };
+    assert_eq!(
+        refused(without(claims(), "customer_id")).await,
+        Err(AuthError::MissingCustomer)
+    );
+    assert_eq!(
+        refused(with(claims(), "exp", json!(now() - 3600))).await,
+        Err(AuthError::Expired)
+    );
+    assert_eq!(
+        refused(with(claims(), "nbf", json!(now() + 3600))).await,
+        Err(AuthError::NotYetValid)
+    );
+    // Within the default 30 s leeway, for clock skew.
+    assert_eq!(
+        refused(with(claims(), "exp", json!(now() - 10))).await,
+        Ok(acme())
+    );
+}
+
+// ---- Issuer and audience ---------------------------------------------------
+
+#[tokio::test]
+async fn a_wrong_or_missing_issuer_or_audience_is_refused() {
+    let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+    let auth = loaded(&idp).await;
+    let check = |claims: Value| {
+        let auth = auth.clone();
+        async move { auth.authenticate(&ec_token("ec-1", &claims)).await }
+    };
+
+    assert_eq!(
+        check(with(claims(), "iss", json!("https://evil.example"))).await,
+        Err(AuthError::WrongIssuer)
+    );
+    assert_eq!(
+        check(without(claims(), "iss")).await,
+        Err(AuthError::WrongIssuer)
+    );
+    assert_eq!(
+        check(with(claims(), "aud", json!("another-service"))).await,
+        Err(AuthError::WrongAudience)
+    );
+    assert_eq!(
+        check(without(claims(), "aud")).await,
+        Err(AuthError::WrongAudience),
+        "aud is required once an audience is configured"
+    );
+    assert_eq!(
+        check(with(claims(), "aud", json!(["another-service", AUDIENCE]))).await,
+        Ok(acme()),
+        "an aud array naming us is fine"
+    );
+}
+
+#[tokio::test]
+async fn without_a_configured_audience_aud_is_not_looked_at() {
+    let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+    let auth = JwksAuth::new(JwksConfig {
+        audience: None,
+        ..config(idp.url())
+    })
+    .unwrap();
+    for claims in [
+        without(claims(), "aud"),
+        with(claims(), "aud", json!("anyone")),
+    ] {
+        assert_eq!(
+            auth.authenticate(&ec_token("ec-1", &claims)).await,
+            Ok(acme())
+        );
+    }
+}
+
+// ---- Algorithm confusion ---------------------------------------------------
+
+#[tokio::test]
+async fn hs256_tokens_keyed_with_public_key_bytes_are_refused_without_a_fetch() {
+    let rsa: Value = serde_json::from_str(RSA_JWK).unwrap();
+    let n = URL_SAFE_NO_PAD
+        .decode(rsa["n"].as_str().unwrap())
+        .expect("n is base64url");
+    let idp = Idp::serving(set(&[
+        jwk(RSA_JWK, "rsa-1", json!({})),
+        // A symmetric key published in the set, with its own kid: never used.
+        json!({"kty": "oct", "kid": "hmac", "alg": "HS256", "k": URL_SAFE_NO_PAD.encode(RSA_PUBLIC)}),
+    ]))
+    .await;
+    let auth = loaded(&idp).await;
+    assert_eq!(auth.key_count(), 1, "the oct key is skipped");
+
+    for secret in [RSA_PUBLIC, n.as_slice(), RSA_JWK.as_bytes()] {
+        for kid in ["rsa-1", "hmac", "made-up"] {
+            assert_eq!(
+                auth.authenticate(&hs_token(secret, kid, &claims())).await,
+                Err(AuthError::RefusedAlgorithm),
+                "kid {kid}"
+            );
+        }
+    }
+    // alg none and other algorithms are refused before any key lookup.
+    let b64 = |value: Value| URL_SAFE_NO_PAD.encode(value.to_string());
+    for alg in ["none", "RS512", "PS256", "ES384", "EdDSA"] {
+        let token = format!(
+            "{}.{}.",
+            b64(json!({"alg": alg, "kid": "rsa-1"})),
+            b64(claims())
+        );
+        assert_eq!(
+            auth.authenticate(&token).await,
+            Err(AuthError::RefusedAlgorithm),
+            "{alg}"
+        );
+    }
+    assert_eq!(idp.fetches().await, 1, "refused algorithms cause no fetch");
+}
+
+#[tokio::test]
+async fn a_token_whose_alg_differs_from_its_keys_is_refused() {
+    let idp = Idp::serving(set(&[
+        jwk(RSA_JWK, "rsa-1", json!({})),
+        jwk(EC_JWK, "ec-1", json!({})),
+    ]))
+    .await;
+    let auth = loaded(&idp).await;
+
+    // RS256 with the kid of an EC key, ES256 with the kid of an RSA key.
+    assert_eq!(
+        auth.authenticate(&rsa_token("ec-1", &claims())).await,
+        Err(AuthError::RefusedAlgorithm)
+    );
+    assert_eq!(
+        auth.authenticate(&ec_token("rsa-1", &claims())).await,
+        Err(AuthError::RefusedAlgorithm)
+    );
+}
+
+#[tokio::test]
+async fn keys_whose_declared_alg_or_curve_disagrees_with_them_are_never_used() {
+    let idp = Idp::serving(set(&[
+        jwk(RSA_JWK, "pss", json!({"alg": "PS256"})),
+        jwk(RSA_JWK, "enc", json!({"use": "enc"})),
+        jwk(EC_JWK, "ec-as-rsa", json!({"alg": "RS256"})),
+        // The P-256 point labelled P-384: the label is obeyed, not guessed.
+        jwk(EC_JWK, "p384", json!({"crv": "P-384"})),
+        jwk(EC_JWK, "ec-1", json!({})),
+    ]))
+    .await;
+    let auth = loaded(&idp).await;
+    assert_eq!(auth.key_count(), 1);
+
+    for token in [
+        rsa_token("pss", &claims()),
+        rsa_token("enc", &claims()),
+        ec_token("ec-as-rsa", &claims()),
+        ec_token("p384", &claims()),
+    ] {
+        assert_eq!(
+            auth.authenticate(&token).await,
+            Err(AuthError::BadSignature)
+        );
+    }
+    assert_eq!(
+        auth.authenticate(&ec_token("ec-1", &claims())).await,
+        Ok(acme())
+    );
+}
+
+// ---- Rotation --------------------------------------------------------------
+
+#[tokio::test]
+async fn a_rotated_in_key_is_accepted_after_an_unknown_kid_refetch() {
+    let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
+    let auth = loaded(&idp).await;
+    assert_eq!(
+        auth.authenticate(&rsa_token("rsa-1", &claims())).await,
+        Ok(acme())
+    );
+
+    // The provider publishes its next key alongside the current one.
+    idp.serve(set(&[
+        jwk(RSA_JWK, "rsa-1", json!({})),
+        jwk(RSA2_JWK, "rsa-2", json!({})),
+    ]))
+    .await;
+    let rotated = rsa2_token("rsa-2", &claims());
+
+    // Within the minimum interval of the last fetch, nothing is fetched.
+    assert_eq!(
+        auth.authenticate(&rotated).await,
+        Err(AuthError::BadSignature)
+    );
+    assert_eq!(idp.fetches().await, 0);
+
+    pass(MIN_REFETCH).await;
+    assert_eq!(auth.authenticate(&rotated).await, Ok(acme()));
+    assert_eq!(idp.fetches().await, 1);
+    assert_eq!(auth.fetch_count(), 2);
+    // The old key still works while it is published.
+    assert_eq!(
+        auth.authenticate(&rsa_token("rsa-1", &claims())).await,
+        Ok(acme())
+    );
+}
+
+#[tokio::test]
+async fn a_withdrawn_key_is_refused_after_the_background_refresh() {
+    let idp = Idp::serving(set(&[
+        jwk(RSA_JWK, "rsa-1", json!({})),
+        jwk(RSA2_JWK, "rsa-2", json!({})),
+    ]))
+    .await;
+    let auth = verifier(idp.url());
+    let refresher = auth.spawn_refresher();
+    until_fetched(&auth, 1).await;
+    let old = rsa_token("rsa-1", &claims());
+    let new = rsa2_token("rsa-2", &claims());
+    assert_eq!(auth.authenticate(&old).await, Ok(acme()));
+
+    idp.serve(set(&[jwk(RSA2_JWK, "rsa-2", json!({}))])).await;
+    // Cached until the refresh: the refresher has not run again yet.
+    assert_eq!(auth.authenticate(&old).await, Ok(acme()));
+    assert_eq!(auth.fetch_count(), 1);
+
+    pass(REFRESH).await;
+    until_fetched(&auth, 2).await;
+    assert_eq!(auth.authenticate(&old).await, Err(AuthError::BadSignature));
+    assert_eq!(auth.authenticate(&new).await, Ok(acme()));
+    assert_eq!(auth.fetch_count(), 2, "the refused kid did not refetch");
+    refresher.abort();
+}
+
+#[tokio::test]
+async fn the_refresher_ends_when_the_verifier_is_dropped() {
+    let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
+    let auth = verifier(idp.url());
+    let refresher = auth.spawn_refresher();
+    until_fetched(&auth, 1).await;
+    drop(auth);
+    pass(REFRESH).await;
+    tokio::time::timeout(Duration::from_secs(5), refresher)
+        .await
+        .expect("the refresher ended")
+        .expect("without a panic");
+    assert_eq!(idp.fetches().await, 1);
+}
+
+// ---- Unknown kids ----------------------------------------------------------
+
+#[tokio::test]
+async fn a_flood_of_unknown_kids_causes_at_most_one_fetch_per_interval() {
+    let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
+    let auth = loaded(&idp).await;
+
+    // One real signature under made-up kids: what an attacker can send
+    // cheaply, and signing three hundred RSA tokens would slow the test down.
+    let signed = rsa_token("rsa-1", &claims());
+    let (_header, rest) = signed.split_once('.').expect("a JWS");
+    let flood = |round: u32| {
+        let mut requests = JoinSet::new();
+        for i in 0..100 {
+            let auth = auth.clone();
+            let header =
+                json!({"alg": "RS256", "typ": "JWT", "kid": format!("made-up-{round}-{i}")});
+            let token = format!("{}.{rest}", URL_SAFE_NO_PAD.encode(header.to_string()));
+            requests.spawn(async move { auth.authenticate(&token).await });
+        }
+        requests
+    };
+
+    // Within the interval of the first fetch: no fetch at all.
+    for result in flood(1).join_all().await {
+        assert_eq!(result, Err(AuthError::BadSignature));
+    }
+    assert_eq!(idp.fetches().await, 1);
+
+    // After it: the concurrent requests share one fetch.
+    pass(MIN_REFETCH).await;
+    for result in flood(2).join_all().await {
+        assert_eq!(result, Err(AuthError::BadSignature));
+    }
+    assert_eq!(idp.fetches().await, 2);
+    assert_eq!(auth.fetch_count(), 2);
+
+    // And the ones that follow it wait for the next interval.
+    for result in flood(3).join_all().await {
+        assert_eq!(result, Err(AuthError::BadSignature));
+    }
+    assert_eq!(idp.fetches().await, 2);
+    // A known kid is still accepted throughout.
+    assert_eq!(
+        auth.authenticate(&rsa_token("rsa-1", &claims())).await,
+        Ok(acme())
+    );
+}
+
+// ---- The endpoint down at start ---------------------------------------------
+
+#[tokio::test]
+async fn tokens_are_refused_while_the_endpoint_answers_503_and_accepted_once_it_recovers() {
+    let idp = Idp::serving(set(&[])).await;
+    idp.answer(ResponseTemplate::new(503)).await;
+    let auth = verifier(idp.url());
+    let refresher = auth.spawn_refresher();
+    until_fetched(&auth, 1).await;
+
+    let token = ec_token("ec-1", &claims());
+    match auth.authenticate(&token).await {
+        Err(AuthError::KeysUnavailable(reason)) => {
+            assert!(reason.contains("503"), "{reason}");
+        }
+        other => panic!("expected KeysUnavailable, got {other:?}"),
+    }
+
+    idp.serve(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+    // The refresher retries a failed fetch after the minimum interval.
+    pass(MIN_REFETCH).await;
+    until_fetched(&auth, 2).await;
+    assert_eq!(auth.authenticate(&token).await, Ok(acme()));
+    refresher.abort();
+}
+
+#[tokio::test]
+async fn tokens_are_refused_while_nothing_listens_and_accepted_once_a_server_does() {
+    // A bound socket that accepts nothing yet: connections wait in its
+    // backlog, so the fetch runs into the timeout, until wiremock takes the
+    // socket over.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    let auth = JwksAuth::new(JwksConfig {
+        timeout: Duration::from_millis(200),
+        ..config(url)
+    })
+    .expect("the verifier starts while the endpoint is down");
+
+    assert_eq!(
+        auth.refresh_now().await,
+        Err(JwksFetchError::Timeout {
+            endpoint: "JWKS endpoint"
+        })
+    );
+    let token = rsa_token("rsa-1", &claims());
+    match auth.authenticate(&token).await {
+        Err(AuthError::KeysUnavailable(reason)) => {
+            assert!(reason.contains("did not answer"), "{reason}");
+        }
+        other => panic!("expected KeysUnavailable, got {other:?}"),
+    }
+
+    let server = MockServer::builder().listener(listener).start().await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(set(&[jwk(
+            RSA_JWK,
+            "rsa-1",
+            json!({}),
+        )])))
+        .mount(&server)
+        .await;
+    // The token's own unknown kid triggers the fetch once the interval is over.
+    pass(MIN_REFETCH).await;
+    assert_eq!(auth.authenticate(&token).await, Ok(acme()));
+}
+
+#[tokio::test]
+async fn a_refused_connection_leaves_the_verifier_without_keys() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        listener.local_addr().unwrap().port()
+    };
+    let auth = verifier(format!("http://127.0.0.1:{port}/jwks"));
+    assert!(matches!(
+        auth.refresh_now().await,
+        Err(JwksFetchError::Unreachable { .. })
+    ));
+    assert!(matches!(
+        auth.authenticate(&rsa_token("rsa-1", &claims())).await,
+        Err(AuthError::KeysUnavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_keys_already_fetched() {
+    let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
+    let auth = loaded(&idp).await;
+    for broken in [
+        ResponseTemplate::new(500),
+        ResponseTemplate::new(200).set_body_string("<html>maintenance</html>"),
+        ResponseTemplate::new(200).set_body_json(set(&[])),
+        ResponseTemplate::new(200).set_body_bytes(vec![b' '; 2 * 1024 * 1024]),
+    ] {
+        idp.answer(broken).await;
+        assert!(auth.refresh_now().await.is_err());
+        assert_eq!(
+            auth.authenticate(&rsa_token("rsa-1", &claims())).await,
+            Ok(acme())
+        );
+    }
+    assert_eq!(auth.fetch_count(), 5);
+}
+
+// ---- OIDC discovery --------------------------------------------------------
+
+#[tokio::test]
+async fn discovery_finds_the_key_set_through_the_issuers_configuration() {
+    let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+    let issuer = format!("{}/realms/acme", idp.server.uri());
+    Mock::given(method("GET"))
+        .and(path("/realms/acme/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": issuer,
+            "jwks_uri": idp.url(),
+        })))
+        .mount(&idp.server)
+        .await;
+    let auth = JwksAuth::new(JwksConfig {
+        source: JwksSource::Discovery(format!("{issuer}/")),
+        issuer: Some(issuer.clone()),
+        ..config(String::new())
+    })
+    .unwrap();
+
+    let token = ec_token("ec-1", &with(claims(), "iss", json!(issuer)));
+    assert_eq!(auth.authenticate(&token).await, Ok(acme()));
+    assert_eq!(auth.refresh_now().await, Ok(1));
+    let requests = idp.server.received_requests().await.unwrap();
+    let discoveries = requests
+        .iter()
+        .filter(|request| request.url.path().ends_with("openid-configuration"))
+        .count();
+    assert_eq!(discoveries, 1, "the jwks_uri is kept between fetches");
+    assert_eq!(idp.fetches().await, 2);
+}
+
+#[tokio::test]
+async fn a_discovery_document_for_another_issuer_is_refused() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": "https://evil.example",
+            "jwks_uri": format!("{}/jwks", server.uri()),
+        })))
+        .mount(&server)
+        .await;
+    let auth = JwksAuth::new(JwksConfig {
+        source: JwksSource::Discovery(server.uri()),
+        ..config(String::new())
+    })
+    .unwrap();
+    assert_eq!(
+        auth.refresh_now().await,
+        Err(JwksFetchError::BadDiscovery("names another issuer"))
+    );
+}
