@@ -5,19 +5,35 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use reqwest::{StatusCode, header::WWW_AUTHENTICATE};
 use serde_json::{Value, json};
 
-use crate::helpers::{ACME, ACTIVE, SECRET, TestApp, envelope, json_of, now, sign};
+use crate::helpers::{
+    ACME, ACTIVE, Backend, SECRET, TestApp, envelope, json_of, now, on_each_backend, sign,
+};
 
 const PROTECTED: &[(&str, &str)] = &[
     ("POST", "/platform/pipeline/execute"),
     ("POST", "/platform/pipeline/pause"),
     ("POST", "/platform/pipeline/unpause"),
     ("GET", "/platform/pipelines"),
-    ("GET", "/platform/pipeline/1b33ad2f_33d3_4837_9eeb_83c82c8b909d"),
-    ("GET", "/platform/pipeline/1b33ad2f_33d3_4837_9eeb_83c82c8b909d/pipeline_run"),
-    ("GET", "/platform/pipeline/1b33ad2f_33d3_4837_9eeb_83c82c8b909d/pipeline_run/manual__x"),
+    (
+        "GET",
+        "/platform/pipeline/1b33ad2f_33d3_4837_9eeb_83c82c8b909d",
+    ),
+    (
+        "GET",
+        "/platform/pipeline/1b33ad2f_33d3_4837_9eeb_83c82c8b909d/pipeline_run",
+    ),
+    (
+        "GET",
+        "/platform/pipeline/1b33ad2f_33d3_4837_9eeb_83c82c8b909d/pipeline_run/manual__x",
+    ),
 ];
 
-async fn send(app: &TestApp, method: &str, path: &str, authorization: Option<&str>) -> reqwest::Response {
+async fn send(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> reqwest::Response {
     let mut request = app
         .client
         .request(method.parse().unwrap(), app.url(path))
@@ -28,23 +44,36 @@ async fn send(app: &TestApp, method: &str, path: &str, authorization: Option<&st
     request.send().await.unwrap()
 }
 
-#[tokio::test]
-async fn every_platform_route_without_a_token_is_401_not_authenticated_with_a_bearer_challenge() {
-    let app = TestApp::spawn().await;
+on_each_backend!(
+    every_platform_route_without_a_token_is_401_not_authenticated_with_a_bearer_challenge
+);
+async fn every_platform_route_without_a_token_is_401_not_authenticated_with_a_bearer_challenge(
+    backend: Backend,
+) {
+    let app = TestApp::spawn_on(backend).await;
     for (method, path) in PROTECTED {
         let response = send(&app, method, path, None).await;
-        assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer", "{method} {path}");
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            "Bearer",
+            "{method} {path}"
+        );
         let (status, body) = json_of(response).await;
         assert_eq!(status, 401, "{method} {path}");
-        assert_eq!(body, json!({"detail": "Not authenticated"}), "{method} {path}");
+        assert_eq!(
+            body,
+            json!({"detail": "Not authenticated"}),
+            "{method} {path}"
+        );
     }
 }
 
-#[tokio::test]
-async fn the_basic_scheme_and_an_empty_bearer_count_as_no_token() {
-    let app = TestApp::spawn().await;
+on_each_backend!(the_basic_scheme_and_an_empty_bearer_count_as_no_token);
+async fn the_basic_scheme_and_an_empty_bearer_count_as_no_token(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     for header in ["Basic YWRtaW46YWRtaW4=", "Bearer", "Bearer ", "Token abc"] {
-        let (status, body) = json_of(send(&app, "GET", "/platform/pipelines", Some(header)).await).await;
+        let (status, body) =
+            json_of(send(&app, "GET", "/platform/pipelines", Some(header)).await).await;
         assert_eq!(status, 401, "{header}");
         assert_eq!(body, json!({"detail": "Not authenticated"}), "{header}");
     }
@@ -57,9 +86,16 @@ fn refused() -> Value {
 async fn assert_refused(app: &TestApp, token: &str, case: &str) {
     for (method, path) in PROTECTED {
         let response = send(app, method, path, Some(&format!("Bearer {token}"))).await;
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{case}: {method} {path}");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{case}: {method} {path}"
+        );
         assert!(
-            response.headers()[WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"),
+            response.headers()[WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"),
             "{case}"
         );
         let text = response.text().await.unwrap();
@@ -77,19 +113,23 @@ fn unsigned(header: &Value, claims: &Value) -> String {
     )
 }
 
-#[tokio::test]
-async fn bad_tokens_are_refused_with_401_and_no_reason() {
-    let app = TestApp::spawn().await;
+on_each_backend!(bad_tokens_are_refused_with_401_and_no_reason);
+async fn bad_tokens_are_refused_with_401_and_no_reason(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let valid_claims = json!({"customer_id": ACME, "exp": now() + 3600});
     let valid = sign(&valid_claims);
-    let wrong_key = adapter_http::jwt::mint_hs256(b"another-secret-that-is-long-enough-too", &valid_claims).unwrap();
+    let wrong_key =
+        adapter_http::jwt::mint_hs256(b"another-secret-that-is-long-enough-too", &valid_claims)
+            .unwrap();
     let expired = sign(&json!({"customer_id": ACME, "exp": now() - 3600}));
-    let not_yet_valid = sign(&json!({"customer_id": ACME, "exp": now() + 7200, "nbf": now() + 3600}));
+    let not_yet_valid =
+        sign(&json!({"customer_id": ACME, "exp": now() + 7200, "nbf": now() + 3600}));
     let without_exp = sign(&json!({"customer_id": ACME}));
     let alg_none = unsigned(&json!({"alg": "none", "typ": "JWT"}), &valid_claims);
     let tampered = {
         let parts: Vec<&str> = valid.split('.').collect();
-        let forged = URL_SAFE_NO_PAD.encode(json!({"customer_id": "globex", "exp": now() + 3600}).to_string());
+        let forged = URL_SAFE_NO_PAD
+            .encode(json!({"customer_id": "globex", "exp": now() + 3600}).to_string());
         format!("{}.{forged}.{}", parts[0], parts[2])
     };
     let without_customer = sign(&json!({"sub": "someone", "exp": now() + 3600}));
@@ -113,29 +153,65 @@ async fn bad_tokens_are_refused_with_401_and_no_reason() {
         assert_refused(&app, token, case).await;
     }
     // The control: the same service accepts the untampered token.
-    let response = send(&app, "GET", "/platform/pipelines", Some(&format!("Bearer {valid}"))).await;
+    let response = send(
+        &app,
+        "GET",
+        "/platform/pipelines",
+        Some(&format!("Bearer {valid}")),
+    )
+    .await;
     assert_eq!(response.status(), 200);
 }
 
-#[tokio::test]
-async fn the_secret_never_appears_in_any_answer() {
-    let app = TestApp::spawn().await;
+on_each_backend!(the_secret_never_appears_in_any_answer);
+async fn the_secret_never_appears_in_any_answer(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     for path in ["/openapi.json", "/metrics", "/health", "/ready", "/nowhere"] {
-        let text = app.client.get(app.url(path)).send().await.unwrap().text().await.unwrap();
+        let text = app
+            .client
+            .get(app.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(!text.contains(SECRET), "{path}");
     }
 }
 
-#[tokio::test]
-async fn issuer_and_audience_are_required_when_configured() {
-    let app = TestApp::spawn_with(&["--jwt-issuer", "https://id.example", "--jwt-audience", "maestro"]).await;
-    let good = sign(&json!({"customer_id": ACME, "exp": now() + 3600, "iss": "https://id.example", "aud": "maestro"}));
-    let response = send(&app, "GET", "/platform/pipelines", Some(&format!("Bearer {good}"))).await;
+on_each_backend!(issuer_and_audience_are_required_when_configured);
+async fn issuer_and_audience_are_required_when_configured(backend: Backend) {
+    let app = TestApp::spawn_on_with(
+        backend,
+        &[
+            "--jwt-issuer",
+            "https://id.example",
+            "--jwt-audience",
+            "maestro",
+        ],
+    )
+    .await;
+    let good = sign(
+        &json!({"customer_id": ACME, "exp": now() + 3600, "iss": "https://id.example", "aud": "maestro"}),
+    );
+    let response = send(
+        &app,
+        "GET",
+        "/platform/pipelines",
+        Some(&format!("Bearer {good}")),
+    )
+    .await;
     assert_eq!(response.status(), 200);
 
-    let wrong_issuer = sign(&json!({"customer_id": ACME, "exp": now() + 3600, "iss": "https://evil.example", "aud": "maestro"}));
-    let wrong_audience = sign(&json!({"customer_id": ACME, "exp": now() + 3600, "iss": "https://id.example", "aud": "other"}));
-    let no_audience = sign(&json!({"customer_id": ACME, "exp": now() + 3600, "iss": "https://id.example"}));
+    let wrong_issuer = sign(
+        &json!({"customer_id": ACME, "exp": now() + 3600, "iss": "https://evil.example", "aud": "maestro"}),
+    );
+    let wrong_audience = sign(
+        &json!({"customer_id": ACME, "exp": now() + 3600, "iss": "https://id.example", "aud": "other"}),
+    );
+    let no_audience =
+        sign(&json!({"customer_id": ACME, "exp": now() + 3600, "iss": "https://id.example"}));
     for (case, token) in [
         ("wrong issuer", wrong_issuer),
         ("wrong audience", wrong_audience),
@@ -145,15 +221,26 @@ async fn issuer_and_audience_are_required_when_configured() {
     }
 }
 
-#[tokio::test]
-async fn the_customer_claim_name_is_configurable() {
-    let app = TestApp::spawn_with(&["--jwt-customer-claim", "tenant"]).await;
+on_each_backend!(the_customer_claim_name_is_configurable);
+async fn the_customer_claim_name_is_configurable(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, &["--jwt-customer-claim", "tenant"]).await;
     let token = sign(&json!({"tenant": ACME, "exp": now() + 3600}));
-    let response = send(&app, "GET", "/platform/pipelines", Some(&format!("Bearer {token}"))).await;
+    let response = send(
+        &app,
+        "GET",
+        "/platform/pipelines",
+        Some(&format!("Bearer {token}")),
+    )
+    .await;
     let (status, body) = json_of(response).await;
     assert_eq!(status, 200);
     assert_eq!(body.as_array().unwrap().len(), 3);
 
     let default_claim = sign(&json!({"customer_id": ACME, "exp": now() + 3600}));
-    assert_refused(&app, &default_claim, "default claim name when another is configured").await;
+    assert_refused(
+        &app,
+        &default_claim,
+        "default claim name when another is configured",
+    )
+    .await;
 }

@@ -1,5 +1,7 @@
-//! The `TestApp`: the service started in process on port 0 over a fixture,
-//! with one method per endpoint and token helpers.
+//! The `TestApp`: the service on port 0 over a fixture, either on the
+//! memory backend in process or as the real `maestro` binary in front of a
+//! fake Platform-API upstream, with one method per endpoint and token
+//! helpers; and `on_each_backend!`, which runs one contract test on both.
 
 use std::{path::PathBuf, sync::OnceLock};
 
@@ -8,6 +10,11 @@ use app::{Cli, Command};
 use clap::Parser as _;
 use reqwest::{Client, Response, header::CONTENT_TYPE};
 use serde_json::{Value, json};
+
+use crate::{
+    fake_platform::{self, FakePlatform, SERVICE_TOKEN},
+    maestro::Maestro,
+};
 
 /// The secret the test services verify with.
 pub(crate) const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
@@ -41,7 +48,8 @@ pub(crate) fn fixture() -> PathBuf {
             {"id": SCHEDULED, "customer_id": ACME, "name": "Nightly report", "cron": "0 3 * * *"},
             {"id": GLOBEX_PIPELINE, "customer_id": GLOBEX, "name": "Globex sync"},
         ]});
-        let path = std::env::temp_dir().join(format!("maestro-fixture-{}.json", uuid::Uuid::new_v4()));
+        let path =
+            std::env::temp_dir().join(format!("maestro-fixture-{}.json", uuid::Uuid::new_v4()));
         std::fs::write(&path, fixture.to_string()).unwrap();
         path
     })
@@ -66,16 +74,72 @@ pub(crate) fn now() -> u64 {
         .as_secs()
 }
 
-/// The service, served in process on a free loopback port.
+/// Turns `async fn name(backend: Backend)` into two tests, `name::on_memory`
+/// and `name::on_platform_api`: the same body, so the same assertions, on
+/// each backend. Written just above the function, where `#[tokio::test]`
+/// would be; a `#[tokio::test(...)]` attribute may come first to choose the
+/// runtime.
+macro_rules! on_each_backend {
+    ($case:ident) => {
+        on_each_backend!(
+            #[tokio::test]
+            $case
+        );
+    };
+    (#[$test:meta] $case:ident) => {
+        mod $case {
+            #[$test]
+            async fn on_memory() {
+                super::$case(crate::helpers::Backend::Memory).await;
+            }
+
+            #[$test]
+            async fn on_platform_api() {
+                super::$case(crate::helpers::Backend::PlatformApi).await;
+            }
+        }
+    };
+}
+pub(crate) use on_each_backend;
+
+/// The backend a [`TestApp`] serves the contract from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// The memory backend, the service served in process.
+    Memory,
+    /// The real `maestro` binary with `MAESTRO_BACKEND=platform-api`, in
+    /// front of [`FakePlatform`] over the same fixture.
+    PlatformApi,
+}
+
+/// The service on a free loopback port.
 pub(crate) struct TestApp {
     pub(crate) base: String,
     pub(crate) client: Client,
+    /// The binary, on the Platform-API backend; dropping it kills it.
+    maestro: Option<Maestro>,
+    /// The fake upstream, when the binary is in front of it.
+    upstream: Option<FakePlatform>,
 }
 
 impl TestApp {
     /// The service over the fixture, with runs that stay RUNNING an hour.
     pub(crate) async fn spawn() -> Self {
         Self::spawn_with(&[]).await
+    }
+
+    /// The service on `backend`, as [`TestApp::spawn`] makes it.
+    pub(crate) async fn spawn_on(backend: Backend) -> Self {
+        Self::spawn_on_with(backend, &[]).await
+    }
+
+    /// The service on `backend` with extra `maestro serve` flags, as
+    /// [`TestApp::spawn_with`] and [`TestApp::spawn_platform_api`] take them.
+    pub(crate) async fn spawn_on_with(backend: Backend, extra: &[&str]) -> Self {
+        match backend {
+            Backend::Memory => Self::spawn_with(extra).await,
+            Backend::PlatformApi => Self::spawn_platform_api(extra).await,
+        }
     }
 
     /// The service with extra `maestro serve` flags.
@@ -104,7 +168,79 @@ impl TestApp {
         Self {
             base: format!("http://{addr}"),
             client: Client::new(),
+            maestro: None,
+            upstream: None,
         }
+    }
+
+    /// The real `maestro` binary as the gateway to a fake Platform-API
+    /// upstream over the fixture, with extra `maestro serve` flags.
+    ///
+    /// The upstream is a memory backend with the settings [`TestApp::spawn`]
+    /// uses, so the memory flags among `extra` (`--memory-queue-limit`) set
+    /// up the upstream rather than the binary.
+    pub(crate) async fn spawn_platform_api(extra: &[&str]) -> Self {
+        let mut queue_limit = adapter_memory::MemoryConfig::DEFAULT_QUEUE_LIMIT;
+        let mut flags = Vec::new();
+        let mut extra = extra.iter().copied();
+        while let Some(flag) = extra.next() {
+            match flag {
+                "--memory-queue-limit" => queue_limit = extra.next().unwrap().parse().unwrap(),
+                other if other.starts_with("--memory-") => {
+                    panic!("{other} has no upstream equivalent here")
+                }
+                other => flags.push(other.to_owned()),
+            }
+        }
+        let upstream = FakePlatform::start(fake_platform::memory_config(queue_limit)).await;
+        let mut app = Self::gateway(upstream.url(), flags, Vec::new()).await;
+        app.upstream = Some(upstream);
+        app
+    }
+
+    /// The real `maestro` binary as the gateway to the upstream at `url`,
+    /// with the fake's service token, extra `maestro serve` flags and extra
+    /// settings.
+    pub(crate) async fn gateway(
+        url: String,
+        flags: Vec<String>,
+        env: Vec<(&'static str, String)>,
+    ) -> Self {
+        // Starting a process and reading its output block: off the runtime.
+        let (maestro, addr) = tokio::task::spawn_blocking(move || {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> = env
+                .iter()
+                .map(|(name, value)| (*name, value.as_str()))
+                .collect();
+            let maestro = Maestro::start_platform_api(&url, SERVICE_TOKEN, &flags, &env);
+            let addr = maestro.addr();
+            (maestro, addr)
+        })
+        .await
+        .unwrap();
+        Self {
+            base: format!("http://{addr}"),
+            client: Client::new(),
+            maestro: Some(maestro),
+            upstream: None,
+        }
+    }
+
+    /// The fake upstream; panics unless the app is in front of it.
+    pub(crate) fn upstream(&self) -> &FakePlatform {
+        self.upstream
+            .as_ref()
+            .expect("a TestApp in front of the fake upstream")
+    }
+
+    /// Stops the binary with SIGTERM, waits until it exits and returns all
+    /// it wrote; panics on the memory backend.
+    pub(crate) fn stop(&mut self) -> String {
+        let maestro = self.maestro.as_mut().expect("a TestApp running the binary");
+        maestro.terminate();
+        assert!(maestro.wait_exit().success());
+        maestro.all_output()
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -123,18 +259,30 @@ impl TestApp {
     }
 
     pub(crate) async fn execute(&self, customer: &str, pipeline_id: &str) -> Response {
-        self.post_json("/platform/pipeline/execute", customer, &json!({"pipeline_id": pipeline_id}))
-            .await
+        self.post_json(
+            "/platform/pipeline/execute",
+            customer,
+            &json!({"pipeline_id": pipeline_id}),
+        )
+        .await
     }
 
     pub(crate) async fn pause(&self, customer: &str, pipeline_id: &str) -> Response {
-        self.post_json("/platform/pipeline/pause", customer, &json!({"pipeline_id": pipeline_id}))
-            .await
+        self.post_json(
+            "/platform/pipeline/pause",
+            customer,
+            &json!({"pipeline_id": pipeline_id}),
+        )
+        .await
     }
 
     pub(crate) async fn unpause(&self, customer: &str, pipeline_id: &str) -> Response {
-        self.post_json("/platform/pipeline/unpause", customer, &json!({"pipeline_id": pipeline_id}))
-            .await
+        self.post_json(
+            "/platform/pipeline/unpause",
+            customer,
+            &json!({"pipeline_id": pipeline_id}),
+        )
+        .await
     }
 
     /// `GET path` as `customer`.
@@ -148,22 +296,40 @@ impl TestApp {
     }
 
     pub(crate) async fn get_pipeline(&self, customer: &str, pipeline_id: &str) -> Response {
-        self.get(&format!("/platform/pipeline/{pipeline_id}"), customer).await
+        self.get(&format!("/platform/pipeline/{pipeline_id}"), customer)
+            .await
     }
 
     pub(crate) async fn list_pipelines(&self, customer: &str) -> Response {
         self.get("/platform/pipelines", customer).await
     }
 
-    pub(crate) async fn list_runs(&self, customer: &str, pipeline_id: &str, query: &str) -> Response {
-        self.get(&format!("/platform/pipeline/{pipeline_id}/pipeline_run{query}"), customer)
-            .await
+    pub(crate) async fn list_runs(
+        &self,
+        customer: &str,
+        pipeline_id: &str,
+        query: &str,
+    ) -> Response {
+        self.get(
+            &format!("/platform/pipeline/{pipeline_id}/pipeline_run{query}"),
+            customer,
+        )
+        .await
     }
 
-    pub(crate) async fn get_run(&self, customer: &str, pipeline_id: &str, run_id: &str) -> Response {
-        let encoded = percent_encoding::utf8_percent_encode(run_id, percent_encoding::NON_ALPHANUMERIC);
-        self.get(&format!("/platform/pipeline/{pipeline_id}/pipeline_run/{encoded}"), customer)
-            .await
+    pub(crate) async fn get_run(
+        &self,
+        customer: &str,
+        pipeline_id: &str,
+        run_id: &str,
+    ) -> Response {
+        let encoded =
+            percent_encoding::utf8_percent_encode(run_id, percent_encoding::NON_ALPHANUMERIC);
+        self.get(
+            &format!("/platform/pipeline/{pipeline_id}/pipeline_run/{encoded}"),
+            customer,
+        )
+        .await
     }
 
     /// Executes and returns the new run id.
@@ -197,5 +363,8 @@ pub(crate) fn envelope(exception_type: &str, traceback: &str) -> Value {
 
 /// The 404 of a pipeline the caller cannot see.
 pub(crate) fn not_found(pipeline_id: &str) -> Value {
-    envelope("PipelineNotFound", &format!("Pipeline with id {pipeline_id} not found"))
+    envelope(
+        "PipelineNotFound",
+        &format!("Pipeline with id {pipeline_id} not found"),
+    )
 }

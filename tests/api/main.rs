@@ -1,13 +1,17 @@
 //! Black-box tests of the whole service: the HTTP contract on the memory
-//! backend, through the router served in process on port 0, and through
-//! the real `maestro` binary.
+//! backend, through the router served in process on port 0, and the same
+//! contract through the real `maestro` binary on the Platform-API backend,
+//! in front of a faithful fake upstream.
 
 mod auth;
 mod binary;
 mod errors;
 mod execute;
+mod fake_platform;
 mod helpers;
+mod maestro;
 mod operations;
 mod pause;
 mod pipelines;
+mod platform_api;
 mod runs;

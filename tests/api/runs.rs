@@ -2,11 +2,14 @@
 
 use serde_json::json;
 
-use crate::helpers::{ACME, ACTIVE, GLOBEX, GLOBEX_PIPELINE, TestApp, envelope, json_of, not_found};
+use crate::helpers::{
+    ACME, ACTIVE, Backend, GLOBEX, GLOBEX_PIPELINE, TestApp, envelope, json_of, not_found,
+    on_each_backend,
+};
 
-#[tokio::test]
-async fn a_run_is_fetched_by_its_percent_encoded_id_with_every_field() {
-    let app = TestApp::spawn().await;
+on_each_backend!(a_run_is_fetched_by_its_percent_encoded_id_with_every_field);
+async fn a_run_is_fetched_by_its_percent_encoded_id_with_every_field(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let run_id = app.run_id_of_execute(ACME, ACTIVE).await;
     let (status, run) = json_of(app.get_run(ACME, ACTIVE, &run_id).await).await;
     assert_eq!(status, 200);
@@ -27,35 +30,44 @@ async fn a_run_is_fetched_by_its_percent_encoded_id_with_every_field() {
     assert_eq!(run_id, format!("manual__{created_at}"));
 }
 
-#[tokio::test]
-async fn a_run_id_sent_without_encoding_is_found_too() {
-    let app = TestApp::spawn().await;
+on_each_backend!(a_run_id_sent_without_encoding_is_found_too);
+async fn a_run_id_sent_without_encoding_is_found_too(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let run_id = app.run_id_of_execute(ACME, ACTIVE).await;
     let response = app
-        .get(&format!("/platform/pipeline/{ACTIVE}/pipeline_run/{run_id}"), ACME)
+        .get(
+            &format!("/platform/pipeline/{ACTIVE}/pipeline_run/{run_id}"),
+            ACME,
+        )
         .await;
     let (status, run) = json_of(response).await;
     assert_eq!(status, 200);
     assert_eq!(run["pipeline_run_id"], run_id.as_str());
 }
 
-#[tokio::test]
-async fn an_unknown_run_is_404_pipeline_run_not_found() {
-    let app = TestApp::spawn().await;
-    let (status, body) = json_of(app.get_run(ACME, ACTIVE, "manual__2020-01-01T00:00:00+00:00").await).await;
+on_each_backend!(an_unknown_run_is_404_pipeline_run_not_found);
+async fn an_unknown_run_is_404_pipeline_run_not_found(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
+    let (status, body) = json_of(
+        app.get_run(ACME, ACTIVE, "manual__2020-01-01T00:00:00+00:00")
+            .await,
+    )
+    .await;
     assert_eq!(status, 404);
     assert_eq!(
         body,
         envelope(
             "PipelineRunNotFound",
-            &format!("Pipeline run with id manual__2020-01-01T00:00:00+00:00 not found for pipeline {ACTIVE}")
+            &format!(
+                "Pipeline run with id manual__2020-01-01T00:00:00+00:00 not found for pipeline {ACTIVE}"
+            )
         )
     );
 }
 
-#[tokio::test]
-async fn runs_of_another_customers_pipeline_are_404() {
-    let app = TestApp::spawn().await;
+on_each_backend!(runs_of_another_customers_pipeline_are_404);
+async fn runs_of_another_customers_pipeline_are_404(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let run_id = app.run_id_of_execute(GLOBEX, GLOBEX_PIPELINE).await;
     let (status, body) = json_of(app.list_runs(ACME, GLOBEX_PIPELINE, "").await).await;
     assert_eq!(status, 404);
@@ -65,9 +77,9 @@ async fn runs_of_another_customers_pipeline_are_404() {
     assert_eq!(body, not_found(GLOBEX_PIPELINE));
 }
 
-#[tokio::test]
-async fn run_lists_page_newest_first_with_the_total_in_a_header() {
-    let app = TestApp::spawn().await;
+on_each_backend!(run_lists_page_newest_first_with_the_total_in_a_header);
+async fn run_lists_page_newest_first_with_the_total_in_a_header(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(app.run_id_of_execute(ACME, ACTIVE).await);
@@ -77,7 +89,12 @@ async fn run_lists_page_newest_first_with_the_total_in_a_header() {
     let response = app.list_runs(ACME, ACTIVE, "?limit=2&offset=1").await;
     assert_eq!(response.headers()["x-total-count"], "5");
     let (_, page) = json_of(response).await;
-    let listed: Vec<&str> = page.as_array().unwrap().iter().map(|r| r["pipeline_run_id"].as_str().unwrap()).collect();
+    let listed: Vec<&str> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["pipeline_run_id"].as_str().unwrap())
+        .collect();
     assert_eq!(listed, [ids[1].as_str(), ids[2].as_str()]);
 
     let response = app.list_runs(ACME, ACTIVE, "?status=running").await;
@@ -96,14 +113,29 @@ async fn run_lists_page_newest_first_with_the_total_in_a_header() {
     assert_eq!(page, json!([]));
 }
 
-#[tokio::test]
-async fn bad_run_list_parameters_are_400_invalid_query_parameter() {
-    let app = TestApp::spawn().await;
-    for query in ["?limit=0", "?limit=1001", "?limit=ten", "?limit=-1", "?offset=-1", "?offset=x", "?status=DONE"] {
+on_each_backend!(bad_run_list_parameters_are_400_invalid_query_parameter);
+async fn bad_run_list_parameters_are_400_invalid_query_parameter(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
+    for query in [
+        "?limit=0",
+        "?limit=1001",
+        "?limit=ten",
+        "?limit=-1",
+        "?offset=-1",
+        "?offset=x",
+        "?status=DONE",
+    ] {
         let (status, body) = json_of(app.list_runs(ACME, ACTIVE, query).await).await;
         assert_eq!(status, 400, "{query}");
-        assert_eq!(body["detail"]["exception_type"], "InvalidQueryParameter", "{query}");
+        assert_eq!(
+            body["detail"]["exception_type"], "InvalidQueryParameter",
+            "{query}"
+        );
     }
-    let (status, _) = json_of(app.list_runs(ACME, ACTIVE, "?limit=1000&offset=0&status=success").await).await;
+    let (status, _) = json_of(
+        app.list_runs(ACME, ACTIVE, "?limit=1000&offset=0&status=success")
+            .await,
+    )
+    .await;
     assert_eq!(status, 200);
 }

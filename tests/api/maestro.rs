@@ -1,0 +1,191 @@
+//! The real `maestro` binary as a child process: started with a given
+//! environment, its output lines collected as they come, killed on drop.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::helpers::{SECRET, fixture};
+
+/// The binary Cargo built for these tests.
+pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_maestro");
+
+/// How long to wait for a line of output or for the process to exit before
+/// the test fails instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Both output streams, one line an entry, and a signal for each new line,
+/// so that waiting for a line needs no polling.
+#[derive(Default)]
+struct Output {
+    lines: Mutex<Streams>,
+    grown: Condvar,
+}
+
+#[derive(Default)]
+struct Streams {
+    stdout: Vec<String>,
+    stderr: Vec<String>,
+}
+
+/// A running `maestro` whose output lines are collected as they come.
+pub(crate) struct Maestro {
+    pub(crate) child: Child,
+    output: Arc<Output>,
+}
+
+fn collect(
+    stream: impl std::io::Read + Send + 'static,
+    output: Arc<Output>,
+    pick: fn(&mut Streams) -> &mut Vec<String>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            pick(&mut output.lines.lock().unwrap()).push(line);
+            output.grown.notify_all();
+        }
+    });
+}
+
+impl Maestro {
+    /// Starts `maestro serve` with only the given environment.
+    pub(crate) fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with_args(&[], env)
+    }
+
+    /// Starts `maestro serve` with these flags and only the given environment.
+    pub(crate) fn start_with_args(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(BINARY);
+        command
+            .arg("serve")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let output = Arc::new(Output::default());
+        collect(child.stdout.take().unwrap(), output.clone(), |streams| {
+            &mut streams.stdout
+        });
+        collect(child.stderr.take().unwrap(), output.clone(), |streams| {
+            &mut streams.stderr
+        });
+        Self { child, output }
+    }
+
+    /// Starts the binary on port 0 over the test fixture, logging JSON.
+    pub(crate) fn start_with_fixture() -> Self {
+        let fixture = fixture();
+        Self::start(&[
+            ("MAESTRO_BIND", "127.0.0.1:0"),
+            ("MAESTRO_JWT_HS256_SECRET", SECRET),
+            ("MAESTRO_MEMORY_FIXTURE", fixture.to_str().unwrap()),
+            ("MAESTRO_MEMORY_RUN_SECONDS", "3600"),
+            ("MAESTRO_LOG_FORMAT", "json"),
+        ])
+    }
+
+    /// Starts the binary on port 0 as the gateway to a Platform-API upstream
+    /// at `url`, verifying the test tokens and logging JSON; `args` are more
+    /// `maestro serve` flags, `env` more settings.
+    pub(crate) fn start_platform_api(
+        url: &str,
+        service_token: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut all = vec![
+            ("MAESTRO_BIND", "127.0.0.1:0"),
+            ("MAESTRO_BACKEND", "platform-api"),
+            ("MAESTRO_PLATFORM_API_URL", url),
+            ("MAESTRO_PLATFORM_API_TOKEN", service_token),
+            ("MAESTRO_JWT_HS256_SECRET", SECRET),
+            ("MAESTRO_LOG_FORMAT", "json"),
+        ];
+        all.extend_from_slice(env);
+        Self::start_with_args(args, &all)
+    }
+
+    /// Waits for a line of standard error or output satisfying `find`.
+    pub(crate) fn wait_for<T>(&self, mut find: impl FnMut(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + PATIENCE;
+        let mut streams = self.output.lines.lock().unwrap();
+        loop {
+            let found = streams
+                .stderr
+                .iter()
+                .chain(&streams.stdout)
+                .find_map(|line| find(line));
+            if let Some(found) = found {
+                return found;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no such line; stderr: {:?}; stdout: {:?}",
+                streams.stderr,
+                streams.stdout
+            );
+            streams = self.output.grown.wait_timeout(streams, left).unwrap().0;
+        }
+    }
+
+    /// The address from the JSON "listening" log line.
+    pub(crate) fn addr(&self) -> String {
+        self.wait_for(|line| {
+            let event: Value = serde_json::from_str(line).ok()?;
+            (event["message"] == "listening").then(|| event["addr"].as_str().unwrap().to_owned())
+        })
+    }
+
+    pub(crate) fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    pub(crate) fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub(crate) fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "maestro did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Standard error so far, one line a line.
+    pub(crate) fn stderr(&self) -> String {
+        self.output.lines.lock().unwrap().stderr.join("\n")
+    }
+
+    pub(crate) fn all_output(&self) -> String {
+        let streams = self.output.lines.lock().unwrap();
+        let mut all = streams.stderr.join("\n");
+        all.push('\n');
+        all.push_str(&streams.stdout.join("\n"));
+        all
+    }
+}
+
+impl Drop for Maestro {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
