@@ -5,13 +5,13 @@ use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{ACME, ACTIVE, SECRET, token},
+    helpers::{ACME, ACTIVE, SECRET, fixture, token},
     maestro::{BINARY, Maestro},
 };
 
@@ -144,15 +144,12 @@ async fn maestro_token_mints_a_token_the_service_accepts() {
     assert!(!without_secret.status.success());
 }
 
-#[test]
-fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
-    let mut maestro = Maestro::start_with_fixture();
-    let addr = maestro.addr();
+/// Opens a connection and sends an execute whose body is cut short: the
+/// request is in flight until the rest is written.
+fn start_slow_execute(addr: &str) -> (TcpStream, String) {
     let body = json!({"pipeline_id": ACTIVE}).to_string();
     let (head, tail) = body.split_at(10);
-
-    // A request whose body is still arriving when the signal comes.
-    let mut stream = TcpStream::connect(&addr).unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
     write!(
         stream,
         "POST /platform/pipeline/execute HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{head}",
@@ -161,20 +158,16 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     )
     .unwrap();
     stream.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    maestro.terminate();
-    maestro.wait_for(|line| line.contains("shutting down").then_some(()));
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        maestro.child.try_wait().unwrap().is_none(),
-        "exited with a request in flight"
-    );
+    (stream, tail.to_owned())
+}
 
+/// Writes the rest of a slow request and reads its whole answer.
+fn finish_slow_execute(mut stream: TcpStream, tail: &str) -> String {
     stream.write_all(tail.as_bytes()).unwrap();
-    let mut answer = Vec::new();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let mut answer = Vec::new();
     let mut buffer = [0u8; 4096];
     while !String::from_utf8_lossy(&answer).contains("run_id") {
         let read = stream.read(&mut buffer).unwrap();
@@ -185,10 +178,65 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
         );
         answer.extend_from_slice(&buffer[..read]);
     }
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    drop(stream);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn sigterm_lets_every_in_flight_request_finish_then_exits_zero() {
+    let mut maestro = Maestro::start_with_fixture();
+    let addr = maestro.addr();
+    let slow: Vec<_> = (0..8).map(|_| start_slow_execute(&addr)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    maestro.terminate();
+    maestro.wait_for(|line| line.contains("shutting down").then_some(()));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        maestro.child.try_wait().unwrap().is_none(),
+        "exited with requests in flight"
+    );
+
+    let mut run_ids = std::collections::HashSet::new();
+    for (stream, tail) in slow {
+        let answer = finish_slow_execute(stream, &tail);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+        let body: Value = serde_json::from_str(body).unwrap();
+        run_ids.insert(body["data"]["run_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        run_ids.len(),
+        8,
+        "every accepted request started its own run"
+    );
 
     let status = maestro.wait_exit();
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn after_the_grace_period_the_process_exits_even_with_a_request_stuck() {
+    let fixture = fixture();
+    let mut maestro = Maestro::start(&[
+        ("MAESTRO_BIND", "127.0.0.1:0"),
+        ("MAESTRO_JWT_HS256_SECRET", SECRET),
+        ("MAESTRO_MEMORY_FIXTURE", fixture.to_str().unwrap()),
+        ("MAESTRO_LOG_FORMAT", "json"),
+        ("MAESTRO_SHUTDOWN_GRACE_SECONDS", "1"),
+    ]);
+    let addr = maestro.addr();
+    let (_stuck, _never_sent) = start_slow_execute(&addr);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let signalled = Instant::now();
+    maestro.terminate();
+    let status = maestro.wait_exit();
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after {took:?}, before the grace period"
+    );
+    assert!(took < Duration::from_secs(10), "exited after {took:?}");
+    assert!(maestro.stderr().contains("grace period over"));
 }
