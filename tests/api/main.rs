@@ -9,6 +9,7 @@ mod errors;
 mod execute;
 mod fake_platform;
 mod helpers;
+mod jwks;
 mod maestro;
 mod operations;
 mod pause;

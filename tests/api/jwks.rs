@@ -1,0 +1,106 @@
+//! The real binary verifying RS256 tokens against a JWKS endpoint: keys by
+//! `kid`, and an endpoint that is down at start coming up later.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{method, path},
+};
+
+use crate::{
+    helpers::{ACME, fixture, now},
+    maestro::Maestro,
+};
+
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../adapter-http/tests/fixtures"
+);
+
+fn key_set() -> Value {
+    let jwk = std::fs::read_to_string(format!("{FIXTURES}/rsa_public.jwk.json")).unwrap();
+    let mut jwk: Value = serde_json::from_str(&jwk).unwrap();
+    jwk["kid"] = json!("key-1");
+    jwk["alg"] = json!("RS256");
+    jwk["use"] = json!("sig");
+    json!({"keys": [jwk]})
+}
+
+fn rs256_token(kid: &str) -> String {
+    let pem = std::fs::read(format!("{FIXTURES}/rsa_private.pem")).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    let claims = json!({"customer_id": ACME, "sub": "idp-user", "exp": now() + 600});
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+fn start(jwks_url: &str) -> Maestro {
+    let fixture = fixture();
+    Maestro::start(&[
+        ("MAESTRO_BIND", "127.0.0.1:0"),
+        ("MAESTRO_JWT_JWKS_URL", jwks_url),
+        ("MAESTRO_JWT_JWKS_MIN_REFETCH_SECONDS", "1"),
+        ("MAESTRO_MEMORY_FIXTURE", fixture.to_str().unwrap()),
+        ("MAESTRO_LOG_FORMAT", "json"),
+    ])
+}
+
+async fn list_status(base: &str, token: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{base}/platform/pipelines"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn the_binary_accepts_rs256_tokens_whose_kid_is_in_the_key_set() {
+    let idp = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/jwks.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(key_set()))
+        .mount(&idp)
+        .await;
+    let maestro = start(&format!("{}/jwks.json", idp.uri()));
+    let base = format!("http://{}", maestro.addr());
+
+    assert_eq!(list_status(&base, &rs256_token("key-1")).await, 200);
+    assert_eq!(list_status(&base, &rs256_token("made-up")).await, 401);
+}
+
+#[tokio::test]
+async fn a_key_set_down_at_start_refuses_tokens_until_it_answers() {
+    let idp = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/jwks.json"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&idp)
+        .await;
+    let maestro = start(&format!("{}/jwks.json", idp.uri()));
+    let base = format!("http://{}", maestro.addr());
+    let token = rs256_token("key-1");
+
+    assert_eq!(list_status(&base, &token).await, 401);
+    let health = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(health.status(), 200, "the service runs without its keys");
+
+    idp.reset().await;
+    Mock::given(method("GET"))
+        .and(path("/jwks.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(key_set()))
+        .mount(&idp)
+        .await;
+    // A refused token may fetch again once the refetch interval (1 s) is over.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(list_status(&base, &token).await, 200);
+    assert!(
+        maestro.stderr().contains("keys_unavailable"),
+        "the reason is logged"
+    );
+}
