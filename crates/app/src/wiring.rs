@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
 use adapter_http::{
     AppState, Metrics,
     jwks::{JwksAuth, JwksConfig, JwksSource},
@@ -116,7 +117,34 @@ fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
             let backend = Arc::new(backend);
             Ok((backend.clone(), backend, None))
         }
-        Backend::Airflow => bail!("the airflow backend is not available in this build yet"),
+        Backend::Airflow => {
+            let settings = &config.airflow;
+            let Some(url) = &settings.airflow_url else {
+                bail!("the airflow backend needs MAESTRO_AIRFLOW_URL");
+            };
+            let auth = match (
+                &settings.airflow_token,
+                &settings.airflow_username,
+                &settings.airflow_password,
+            ) {
+                (Some(token), None, None) => AirflowAuth::Token(token.clone()),
+                (None, Some(username), Some(password)) => AirflowAuth::Credentials {
+                    username: username.clone(),
+                    password: password.clone(),
+                },
+                _ => bail!(
+                    "the airflow backend needs either MAESTRO_AIRFLOW_TOKEN, or MAESTRO_AIRFLOW_USERNAME and MAESTRO_AIRFLOW_PASSWORD"
+                ),
+            };
+            let mut airflow = AirflowConfig::new(url.clone(), auth);
+            airflow
+                .customer_tag_prefix
+                .clone_from(&settings.airflow_customer_tag_prefix);
+            airflow.timeout = config.upstream_timeout();
+            let backend =
+                Arc::new(AirflowBackend::new(airflow).context("invalid Airflow settings")?);
+            Ok((backend.clone(), backend, None))
+        }
     }
 }
 

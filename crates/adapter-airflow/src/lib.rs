@@ -1,0 +1,612 @@
+//! Maestro's Apache Airflow backend: pipelines are DAGs and runs are DAG
+//! runs, reached over Airflow 3's REST API v2 (`/api/v2/...`).
+//!
+//! A DAG is a pipeline of customer `acme` when its `dag_id` is a UUID in
+//! the normal underscored lower-case form and it carries exactly one tag
+//! `customer:acme` (the prefix is configurable). Every other DAG is visible
+//! to no one, and looks exactly like a missing one.
+//!
+//! [`AirflowBackend`] implements both [`PipelineRepository`] and
+//! [`Orchestrator`]. Every call of a port is bounded, all its requests to
+//! Airflow included, by the configured timeout. `docs/backends/airflow.md`
+//! tells an operator how to set it up.
+//!
+//! ```no_run
+//! use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
+//!
+//! let config = AirflowConfig::new(
+//!     "http://127.0.0.1:8080",
+//!     AirflowAuth::Credentials {
+//!         username: "maestro".to_owned(),
+//!         password: "secret".to_owned().into(),
+//!     },
+//! );
+//! let backend = AirflowBackend::new(config)?;
+//! # Ok::<(), adapter_airflow::ConfigError>(())
+//! ```
+
+mod client;
+mod config;
+mod token;
+mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::{
+    BackendError, BackendErrorKind, LookupError, ManualRunClock, Orchestrator, PipelineId,
+    PipelineRepository, PipelineSummary, RequestContext, Run, RunId, RunLookupError, RunPage,
+    RunQuery, RunStatus, RunsError, SetPausedError, TriggerError,
+};
+use reqwest::{Method, StatusCode};
+
+pub use config::{
+    AirflowAuth, AirflowConfig, ConfigError, DEFAULT_CUSTOMER_TAG_PREFIX, DEFAULT_TIMEOUT,
+};
+
+use client::{Answer, Call, Http, segment};
+use token::Tokens;
+use wire::{Dag, DagPage, DagRun, DagRunPage, Health, airflow_state};
+
+/// The page size asked of Airflow. Airflow caps it at its
+/// `[api] maximum_page_limit` (100 by default) and Maestro pages on by
+/// what it got, so a larger cap on the Airflow side means fewer requests.
+const PAGE_LIMIT: u32 = 1000;
+
+/// How many run ids a trigger tries when its ids turn out to be taken by
+/// runs it did not make (another Maestro instance triggering the same
+/// pipeline in the same microsecond).
+const RUN_ID_ATTEMPTS: usize = 3;
+
+/// The Airflow backend. Cheap to share behind an `Arc`: it holds one pooled
+/// HTTP client and one token cache for all requests.
+pub struct AirflowBackend {
+    http: Http,
+    prefix: String,
+    timeout: Duration,
+    /// One clock per pipeline so that run ids are unique and increasing per
+    /// pipeline. A std mutex: it is held only to step a clock, never across
+    /// an `.await`.
+    clocks: Mutex<HashMap<PipelineId, ManualRunClock>>,
+}
+
+impl std::fmt::Debug for AirflowBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AirflowBackend")
+            .field("url", &self.http.base())
+            .field("customer_tag_prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AirflowBackend {
+    /// A backend for the Airflow the config names. Nothing is sent until
+    /// the first call.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the settings cannot work: a URL that is not
+    /// absolute `http(s)` or carries credentials, an empty or unsendable
+    /// token, an empty username, password or tag prefix, a zero timeout, or
+    /// an HTTP client that cannot be built.
+    pub fn new(config: AirflowConfig) -> Result<Self, ConfigError> {
+        let base = config.validate()?;
+        let tokens = match config.auth {
+            AirflowAuth::Token(token) => {
+                Tokens::fixed(&token).map_err(|_| ConfigError::InvalidToken)?
+            }
+            AirflowAuth::Credentials { username, password } => {
+                Tokens::exchanged(username, password)
+            }
+        };
+        let http = Http::new(base, tokens, config.timeout).map_err(ConfigError::Client)?;
+        Ok(Self {
+            http,
+            prefix: config.customer_tag_prefix,
+            timeout: config.timeout,
+            clocks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs one port call under the configured timeout, so that the caller
+    /// gets an answer in time however many requests the call makes.
+    async fn within<T, E: From<BackendError>>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::timeout(format!(
+                "{what}: Airflow did not finish within {:?}",
+                self.timeout
+            ))
+            .into()),
+        }
+    }
+
+    /// The DAG behind `id` when the caller may see it; `None` when it is
+    /// missing or not the caller's.
+    async fn visible_dag(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        details: bool,
+    ) -> Result<Option<Dag>, BackendError> {
+        let mut path = format!("/api/v2/dags/{}", segment(id.as_str()));
+        if details {
+            path.push_str("/details");
+        }
+        let answer = self
+            .http
+            .send(&Call::new(Method::GET, path, request_id(ctx)))
+            .await?;
+        match answer.status {
+            StatusCode::OK => {
+                let dag: Dag = answer.json()?;
+                let visible = dag.visible_to(&self.prefix, ctx.customer()).as_ref() == Some(id);
+                if !visible {
+                    tracing::debug!(
+                        request_id = ctx.request_id.as_deref(),
+                        dag_id = %dag.dag_id,
+                        "the DAG exists but is not a pipeline of the caller's customer"
+                    );
+                }
+                Ok(visible.then_some(dag))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(answer.unexpected()),
+        }
+    }
+
+    /// Every DAG with `tag`, optionally only those whose newest run is in
+    /// `last_state`, following Airflow's pages to the end.
+    async fn dags_tagged(
+        &self,
+        ctx: &RequestContext,
+        tag: &str,
+        last_state: Option<&'static str>,
+    ) -> Result<Vec<Dag>, BackendError> {
+        let mut dags: Vec<Dag> = Vec::new();
+        loop {
+            let mut call = Call::new(Method::GET, "/api/v2/dags".to_owned(), request_id(ctx))
+                .query("tags", tag)
+                .query("order_by", "dag_id")
+                .query("limit", PAGE_LIMIT)
+                .query("offset", dags.len());
+            if let Some(state) = last_state {
+                call = call.query("last_dag_run_state", state);
+            }
+            let answer = self.http.send(&call).await?;
+            if answer.status != StatusCode::OK {
+                return Err(answer.unexpected());
+            }
+            let page: DagPage = answer.json()?;
+            let received = page.dags.len();
+            dags.extend(page.dags);
+            if received == 0 || dags.len() as u64 >= page.total_entries {
+                return Ok(dags);
+            }
+        }
+    }
+
+    /// One DAG run of the pipeline; `None` when Airflow has no such run (or
+    /// no such DAG).
+    async fn dag_run(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        run_id: &str,
+    ) -> Result<Option<DagRun>, BackendError> {
+        let path = format!(
+            "/api/v2/dags/{}/dagRuns/{}",
+            segment(id.as_str()),
+            segment(run_id)
+        );
+        let answer = self
+            .http
+            .send(&Call::new(Method::GET, path, request_id(ctx)))
+            .await?;
+        match answer.status {
+            StatusCode::OK => {
+                let run: DagRun = answer.json()?;
+                if run.dag_run_id != run_id || run.dag_id != id.as_str() {
+                    return Err(BackendError::upstream(format!(
+                        "GET DAG run {run_id} of {id}: Airflow answered with another run"
+                    )));
+                }
+                Ok(Some(run))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(answer.unexpected()),
+        }
+    }
+
+    /// One page of the pipeline's runs, newest (most recently created)
+    /// first, following Airflow's pages until the page is full; `None` when
+    /// Airflow has no such DAG.
+    async fn run_page(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        query: &RunQuery,
+    ) -> Result<Option<RunPage>, BackendError> {
+        let limit = query.limit() as usize;
+        let path = format!("/api/v2/dags/{}/dagRuns", segment(id.as_str()));
+        let mut runs: Vec<Run> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut offset = query.offset();
+        let mut total = None;
+        while runs.len() < limit {
+            let mut call = Call::new(Method::GET, path.clone(), request_id(ctx))
+                .query("limit", limit - runs.len())
+                .query("offset", offset)
+                .query("order_by", "-id");
+            if let Some(status) = query.status() {
+                call = call.query("state", airflow_state(status));
+            }
+            let answer = self.http.send(&call).await?;
+            match answer.status {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND => return Ok(None),
+                _ => return Err(answer.unexpected()),
+            }
+            let page: DagRunPage = answer.json()?;
+            let received = page.dag_runs.len();
+            offset += received as u64;
+            total = page.total_entries.or(total);
+            for run in page.dag_runs {
+                // A run created between two pages shifts the later page by
+                // one; skip what the earlier page already had.
+                if seen.insert(run.dag_run_id.clone()) {
+                    runs.push(run.into_run(id.clone())?);
+                }
+            }
+            if received == 0 || total.is_some_and(|total| offset >= total) {
+                break;
+            }
+        }
+        Ok(Some(RunPage {
+            runs,
+            total: total.unwrap_or(offset),
+        }))
+    }
+
+    /// The next run id of the pipeline.
+    fn next_run_id(&self, id: &PipelineId) -> RunId {
+        let mut clocks = self
+            .clocks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        clocks
+            .entry(id.clone())
+            .or_default()
+            .next(chrono::Utc::now())
+            .1
+    }
+
+    /// Sends a trigger, and sends it once more when the answer was lost on
+    /// the way (the connection broke, or a proxy answered 502, 503 or 504):
+    /// the first one may have created the run, and the second then gets a
+    /// 409 for the same run id, which the caller recognizes as its own.
+    async fn send_trigger(&self, call: &Call<'_>) -> Result<Answer, BackendError> {
+        let lost = match self.http.send(call).await {
+            Ok(answer)
+                if !matches!(
+                    answer.status,
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                ) =>
+            {
+                return Ok(answer);
+            }
+            Ok(answer) => answer.unexpected(),
+            Err(err) if err.kind() == BackendErrorKind::Unavailable => err,
+            Err(err) => return Err(err),
+        };
+        tracing::warn!(
+            request_id = call.request_id(),
+            error = %lost,
+            "the trigger's answer was lost; sending it again with the same run id"
+        );
+        self.http.send(call).await
+    }
+
+    async fn trigger_visible(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+    ) -> Result<Run, TriggerError> {
+        let dag = self
+            .visible_dag(ctx, id, false)
+            .await?
+            .ok_or(TriggerError::NotFound)?;
+        if dag.is_paused {
+            return Err(TriggerError::Paused);
+        }
+        // Marks the runs this trigger makes, so that a 409 can tell our own
+        // run (an earlier attempt whose answer was lost) from another
+        // trigger's run that happens to have the same id.
+        let trigger_id = uuid::Uuid::new_v4().to_string();
+        let conf = serde_json::json!({
+            "maestro": {
+                "customer_id": ctx.customer().as_str(),
+                "sub": ctx.caller.subject,
+                "request_id": ctx.request_id,
+                "trigger_id": trigger_id,
+            }
+        });
+        let path = format!("/api/v2/dags/{}/dagRuns", segment(id.as_str()));
+        for _ in 0..RUN_ID_ATTEMPTS {
+            let run_id = self.next_run_id(id);
+            let call =
+                Call::new(Method::POST, path.clone(), request_id(ctx)).json(serde_json::json!({
+                    "dag_run_id": run_id.as_str(),
+                    "logical_date": null,
+                    "conf": conf,
+                }));
+            let answer = self.send_trigger(&call).await?;
+            match answer.status {
+                StatusCode::OK | StatusCode::CREATED => {
+                    let run: DagRun = answer.json()?;
+                    if run.dag_run_id != run_id.as_str() {
+                        return Err(BackendError::upstream(format!(
+                            "POST DAG run {run_id} of {id}: Airflow answered with another run"
+                        ))
+                        .into());
+                    }
+                    return Ok(run.into_run(id.clone())?);
+                }
+                StatusCode::NOT_FOUND => return Err(TriggerError::NotFound),
+                StatusCode::CONFLICT => match self.dag_run(ctx, id, run_id.as_str()).await? {
+                    Some(run) if run.trigger_id() == Some(trigger_id.as_str()) => {
+                        return Ok(run.into_run(id.clone())?);
+                    }
+                    _ => tracing::warn!(
+                        request_id = ctx.request_id.as_deref(),
+                        %run_id,
+                        "the run id is taken by another trigger; taking the next one"
+                    ),
+                },
+                _ => return Err(answer.unexpected().into()),
+            }
+        }
+        Err(BackendError::upstream(format!(
+            "POST DAG run of {id}: {RUN_ID_ATTEMPTS} run ids in a row were taken"
+        ))
+        .into())
+    }
+
+    async fn set_paused_visible(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        paused: bool,
+    ) -> Result<(), SetPausedError> {
+        let dag = self
+            .visible_dag(ctx, id, false)
+            .await?
+            .ok_or(SetPausedError::NotFound)?;
+        if dag.is_paused == paused {
+            return Err(SetPausedError::Unchanged);
+        }
+        let call = Call::new(
+            Method::PATCH,
+            format!("/api/v2/dags/{}", segment(id.as_str())),
+            request_id(ctx),
+        )
+        .query("update_mask", "is_paused")
+        .json(serde_json::json!({ "is_paused": paused }));
+        let answer = self.http.send(&call).await?;
+        match answer.status {
+            StatusCode::OK => {
+                let dag: Dag = answer.json()?;
+                if dag.is_paused != paused {
+                    return Err(BackendError::upstream(format!(
+                        "{}: Airflow did not change is_paused",
+                        call.what()
+                    ))
+                    .into());
+                }
+                Ok(())
+            }
+            StatusCode::NOT_FOUND => Err(SetPausedError::NotFound),
+            _ => Err(answer.unexpected().into()),
+        }
+    }
+}
+
+fn request_id(ctx: &RequestContext) -> Option<&str> {
+    ctx.request_id.as_deref()
+}
+
+#[async_trait]
+impl PipelineRepository for AirflowBackend {
+    async fn get(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+    ) -> Result<domain::Pipeline, LookupError> {
+        self.within("get pipeline", async {
+            let dag = self
+                .visible_dag(ctx, id, true)
+                .await?
+                .ok_or(LookupError::NotFound)?;
+            Ok(dag.into_pipeline(id.clone(), ctx.customer().clone()))
+        })
+        .await
+    }
+
+    /// Lists with Airflow's tag filter, page by page. The newest run's
+    /// status comes in four more listings, filtered with Airflow's
+    /// `last_dag_run_state` (the state of each DAG's most recently created
+    /// run), made at the same time: a handful of requests per page of DAGs,
+    /// never one per DAG.
+    async fn list(&self, ctx: &RequestContext) -> Result<Vec<PipelineSummary>, BackendError> {
+        self.within("list pipelines", async {
+            let tag = format!("{}{}", self.prefix, ctx.customer());
+            let (dags, queued, running, success, failed) = tokio::try_join!(
+                self.dags_tagged(ctx, &tag, None),
+                self.dags_tagged(ctx, &tag, Some("queued")),
+                self.dags_tagged(ctx, &tag, Some("running")),
+                self.dags_tagged(ctx, &tag, Some("success")),
+                self.dags_tagged(ctx, &tag, Some("failed")),
+            )?;
+            // A run that moves on while the listings are made may show up
+            // under two states; the later state in a run's life wins.
+            let mut last_status = HashMap::new();
+            for (status, listed) in [
+                (RunStatus::Queued, queued),
+                (RunStatus::Running, running),
+                (RunStatus::Success, success),
+                (RunStatus::Failed, failed),
+            ] {
+                for dag in listed {
+                    last_status.insert(dag.dag_id, status);
+                }
+            }
+            let mut seen = HashSet::new();
+            Ok(dags
+                .into_iter()
+                .filter_map(|dag| {
+                    let id = dag.visible_to(&self.prefix, ctx.customer())?;
+                    if !seen.insert(id.clone()) {
+                        return None;
+                    }
+                    let last_status = last_status.get(&dag.dag_id).copied();
+                    Some(PipelineSummary {
+                        pipeline: dag.into_pipeline(id, ctx.customer().clone()),
+                        last_status,
+                    })
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn set_paused(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        paused: bool,
+    ) -> Result<(), SetPausedError> {
+        let what = if paused {
+            "pause pipeline"
+        } else {
+            "unpause pipeline"
+        };
+        self.within(what, self.set_paused_visible(ctx, id, paused))
+            .await
+    }
+}
+
+#[async_trait]
+impl Orchestrator for AirflowBackend {
+    async fn trigger(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Run, TriggerError> {
+        self.within("trigger", self.trigger_visible(ctx, id)).await
+    }
+
+    async fn list_runs(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        query: &RunQuery,
+    ) -> Result<RunPage, RunsError> {
+        self.within("list runs", async {
+            // Both at once: the runs are thrown away unless the DAG turns
+            // out to be the caller's.
+            let (dag, page) = tokio::join!(
+                self.visible_dag(ctx, id, false),
+                self.run_page(ctx, id, query)
+            );
+            if dag?.is_none() {
+                return Err(RunsError::NotFound);
+            }
+            page?.ok_or(RunsError::NotFound)
+        })
+        .await
+    }
+
+    async fn get_run(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        run_id: &RunId,
+    ) -> Result<Run, RunLookupError> {
+        self.within("get run", async {
+            let (dag, run) = tokio::join!(
+                self.visible_dag(ctx, id, false),
+                self.dag_run(ctx, id, run_id.as_str())
+            );
+            if dag?.is_none() {
+                return Err(RunLookupError::PipelineNotFound);
+            }
+            let run = run?.ok_or(RunLookupError::RunNotFound)?;
+            Ok(run.into_run(id.clone())?)
+        })
+        .await
+    }
+
+    /// Asks Airflow's `/api/v2/monitor/health`, which needs no token: ready
+    /// when it answers and reports its metadata database healthy.
+    async fn health(&self) -> Result<(), BackendError> {
+        self.within("health", async {
+            let call = Call::new(Method::GET, "/api/v2/monitor/health".to_owned(), None);
+            let answer = self.http.send_anonymous(&call).await?;
+            if answer.status != StatusCode::OK {
+                return Err(answer.unexpected());
+            }
+            let health: Health = answer.json()?;
+            match health.metadatabase.status.as_deref() {
+                Some("healthy") => Ok(()),
+                _ => Err(BackendError::upstream(
+                    "GET /api/v2/monitor/health: Airflow reports its metadata database unhealthy",
+                )),
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_that_cannot_be_a_header_is_refused_at_construction() {
+        let config = AirflowConfig::new(
+            "http://127.0.0.1:8080",
+            AirflowAuth::Token("abc\ndef".to_owned().into()),
+        );
+        assert!(matches!(
+            AirflowBackend::new(config),
+            Err(ConfigError::InvalidToken)
+        ));
+    }
+
+    #[test]
+    fn debug_output_names_the_airflow_but_no_secret() {
+        let config = AirflowConfig::new(
+            "http://127.0.0.1:8080/",
+            AirflowAuth::Token("s3cr3t-token".to_owned().into()),
+        );
+        let debug = format!("{:?}", AirflowBackend::new(config).unwrap());
+        assert!(debug.contains("http://127.0.0.1:8080"));
+        assert!(!debug.contains("s3cr3t-token"));
+    }
+
+    #[test]
+    fn run_ids_of_one_pipeline_increase_even_within_a_microsecond() {
+        let backend = AirflowBackend::new(AirflowConfig::new(
+            "http://127.0.0.1:8080",
+            AirflowAuth::Token("t".to_owned().into()),
+        ))
+        .unwrap();
+        let pipeline = PipelineId::parse("1b33ad2f_33d3_4837_9eeb_83c82c8b909d").unwrap();
+        let ids: Vec<RunId> = (0..100).map(|_| backend.next_run_id(&pipeline)).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+}

@@ -1,0 +1,354 @@
+//! Bearer tokens for Airflow: a fixed one, or one exchanged for a username
+//! and password at `/auth/token`, cached, renewed before it expires, and
+//! renewed once for all the requests that need a new one at the same time.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use domain::BackendError;
+use reqwest::header::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::client::{read_body, transport_error};
+
+/// The longest a token is kept back from its expiry; shorter-lived tokens
+/// are renewed after nine tenths of their life.
+const MAX_RENEWAL_MARGIN: Duration = Duration::from_secs(60);
+
+/// A token to send, and which generation of the cache it came from, so
+/// that a request it fails for can ask for exactly that token to be
+/// replaced.
+#[derive(Debug, Clone)]
+pub(crate) struct Bearer {
+    /// `Bearer <token>`, marked sensitive so that it never prints.
+    pub(crate) header: HeaderValue,
+    /// Which token this is; a fixed token is always generation 0.
+    pub(crate) generation: u64,
+}
+
+/// Where tokens come from.
+#[derive(Debug)]
+pub(crate) enum Tokens {
+    /// One token for the process's life.
+    Fixed(HeaderValue),
+    /// Tokens exchanged for the credentials, cached.
+    Exchanged {
+        username: String,
+        password: SecretString,
+        /// An async mutex on purpose: whoever finds the token missing or
+        /// stale holds it across the exchange, so that concurrent requests
+        /// wait for that one exchange instead of each starting their own.
+        cache: tokio::sync::Mutex<Cache>,
+    },
+}
+
+/// The token in use, if any.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    current: Option<Cached>,
+    generations: u64,
+}
+
+#[derive(Debug)]
+struct Cached {
+    bearer: Bearer,
+    /// When to stop using it; `None` for a token whose expiry is unknown,
+    /// which is used until Airflow rejects it.
+    renew_at: Option<Instant>,
+}
+
+impl Cached {
+    fn is_fresh(&self, now: Instant) -> bool {
+        self.renew_at.is_none_or(|renew_at| now < renew_at)
+    }
+}
+
+/// How to reach `/auth/token`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Endpoint<'a> {
+    pub(crate) client: &'a reqwest::Client,
+    pub(crate) base: &'a str,
+    pub(crate) request_id: Option<&'a str>,
+}
+
+impl Tokens {
+    /// A fixed token.
+    pub(crate) fn fixed(token: &SecretString) -> Result<Self, BackendError> {
+        Ok(Self::Fixed(bearer_header(token.expose_secret())?))
+    }
+
+    /// Tokens exchanged for these credentials.
+    pub(crate) fn exchanged(username: String, password: SecretString) -> Self {
+        Self::Exchanged {
+            username,
+            password,
+            cache: tokio::sync::Mutex::new(Cache::default()),
+        }
+    }
+
+    /// Whether a rejected token can be replaced by a new one.
+    pub(crate) fn renewable(&self) -> bool {
+        matches!(self, Self::Exchanged { .. })
+    }
+
+    /// The token to send now: the cached one while it is fresh, otherwise a
+    /// new one.
+    pub(crate) async fn bearer(&self, endpoint: Endpoint<'_>) -> Result<Bearer, BackendError> {
+        match self {
+            Self::Fixed(header) => Ok(Bearer {
+                header: header.clone(),
+                generation: 0,
+            }),
+            Self::Exchanged {
+                username,
+                password,
+                cache,
+            } => {
+                let mut cache = cache.lock().await;
+                if let Some(cached) = &cache.current
+                    && cached.is_fresh(Instant::now())
+                {
+                    return Ok(cached.bearer.clone());
+                }
+                cache.replace(endpoint, username, password).await
+            }
+        }
+    }
+
+    /// A replacement for the token of generation `rejected`, which Airflow
+    /// refused. When another request already replaced it, that newer token
+    /// is returned and no exchange is made. `None` for a fixed token.
+    pub(crate) async fn renew(
+        &self,
+        rejected: u64,
+        endpoint: Endpoint<'_>,
+    ) -> Result<Option<Bearer>, BackendError> {
+        match self {
+            Self::Fixed(_) => Ok(None),
+            Self::Exchanged {
+                username,
+                password,
+                cache,
+            } => {
+                let mut cache = cache.lock().await;
+                if let Some(cached) = &cache.current
+                    && cached.bearer.generation != rejected
+                    && cached.is_fresh(Instant::now())
+                {
+                    return Ok(Some(cached.bearer.clone()));
+                }
+                cache.replace(endpoint, username, password).await.map(Some)
+            }
+        }
+    }
+}
+
+impl Cache {
+    async fn replace(
+        &mut self,
+        endpoint: Endpoint<'_>,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<Bearer, BackendError> {
+        // Forget the old token first: if the exchange fails, the next request
+        // tries again instead of sending a token known to be stale.
+        self.current = None;
+        let issued = exchange(endpoint, username, password).await?;
+        self.generations += 1;
+        let bearer = Bearer {
+            header: issued.header,
+            generation: self.generations,
+        };
+        self.current = Some(Cached {
+            bearer: bearer.clone(),
+            renew_at: issued
+                .lifetime
+                .map(|life| Instant::now() + renew_after(life)),
+        });
+        tracing::debug!(
+            generation = bearer.generation,
+            "exchanged credentials for an Airflow token"
+        );
+        Ok(bearer)
+    }
+}
+
+/// How long into its life a token is renewed: a minute before it expires,
+/// or after nine tenths of its life for tokens shorter than ten minutes.
+pub(crate) fn renew_after(lifetime: Duration) -> Duration {
+    lifetime.saturating_sub(MAX_RENEWAL_MARGIN.min(lifetime / 10))
+}
+
+struct Issued {
+    header: HeaderValue,
+    lifetime: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<f64>,
+}
+
+async fn exchange(
+    endpoint: Endpoint<'_>,
+    username: &str,
+    password: &SecretString,
+) -> Result<Issued, BackendError> {
+    const WHAT: &str = "POST /auth/token";
+    let mut request = endpoint
+        .client
+        .post(format!("{}/auth/token", endpoint.base))
+        .json(&serde_json::json!({
+            "username": username,
+            "password": password.expose_secret(),
+        }));
+    if let Some(id) = endpoint.request_id {
+        request = request.header("x-request-id", id);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|err| transport_error(err, WHAT))?;
+    let status = response.status();
+    // The body is never logged: Airflow's validation errors echo the
+    // request, password included.
+    let body = read_body(response, WHAT).await?;
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(BackendError::upstream(format!(
+            "{WHAT}: Airflow refused the configured username and password ({status})"
+        )));
+    }
+    if !status.is_success() {
+        return Err(BackendError::upstream(format!("{WHAT}: answered {status}")));
+    }
+    let answer: TokenAnswer = serde_json::from_slice(&body)
+        .map_err(|_| BackendError::upstream(format!("{WHAT}: the answer is not a token")))?;
+    let lifetime = answer
+        .expires_in
+        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+        .map(Duration::from_secs_f64)
+        .or_else(|| jwt_lifetime(&answer.access_token, SystemTime::now()));
+    Ok(Issued {
+        header: bearer_header(&answer.access_token)?,
+        lifetime,
+    })
+}
+
+/// `Bearer <token>` as a sensitive header value.
+fn bearer_header(token: &str) -> Result<HeaderValue, BackendError> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(BackendError::upstream("the Airflow token is empty"));
+    }
+    let mut header = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        BackendError::upstream("the Airflow token holds characters a header cannot")
+    })?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+/// How long a JWT has left at `now`, read from its `exp` claim without
+/// verifying it: Maestro only needs to know when to ask for a new one, and
+/// Airflow checks the signature. `None` when the token is not a JWT or has
+/// no `exp`.
+pub(crate) fn jwt_lifetime(token: &str, now: SystemTime) -> Option<Duration> {
+    let payload = token.split('.').nth(1)?;
+    let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    let exp = claims.get("exp")?.as_f64()?;
+    if !exp.is_finite() {
+        return None;
+    }
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    Some(Duration::from_secs_f64((exp - now).max(0.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(claims: &serde_json::Value) -> String {
+        format!(
+            "eyJhbGciOiJIUzUxMiJ9.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    }
+
+    fn at(seconds: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn the_lifetime_comes_from_the_exp_claim() {
+        let token = jwt(&serde_json::json!({"sub": "admin", "exp": 1_000_000 + 86_400}));
+        assert_eq!(
+            jwt_lifetime(&token, at(1_000_000)),
+            Some(Duration::from_secs(86_400))
+        );
+    }
+
+    #[test]
+    fn an_expired_token_has_no_life_left() {
+        let token = jwt(&serde_json::json!({"exp": 10}));
+        assert_eq!(jwt_lifetime(&token, at(100)), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn tokens_without_a_readable_exp_have_no_known_lifetime() {
+        assert_eq!(jwt_lifetime("opaque-token", at(0)), None);
+        assert_eq!(jwt_lifetime("a.!!!.c", at(0)), None);
+        assert_eq!(
+            jwt_lifetime(&jwt(&serde_json::json!({"sub": "x"})), at(0)),
+            None
+        );
+        assert_eq!(
+            jwt_lifetime(&jwt(&serde_json::json!({"exp": "soon"})), at(0)),
+            None
+        );
+    }
+
+    #[test]
+    fn long_tokens_are_renewed_a_minute_early_and_short_ones_at_nine_tenths() {
+        assert_eq!(
+            renew_after(Duration::from_secs(86_400)),
+            Duration::from_secs(86_340)
+        );
+        assert_eq!(
+            renew_after(Duration::from_secs(100)),
+            Duration::from_secs(90)
+        );
+        assert_eq!(renew_after(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_cached_token_is_fresh_until_its_renewal_time() {
+        let now = Instant::now();
+        let cached = Cached {
+            bearer: Bearer {
+                header: HeaderValue::from_static("Bearer t"),
+                generation: 1,
+            },
+            renew_at: Some(now + Duration::from_secs(5)),
+        };
+        assert!(cached.is_fresh(now));
+        assert!(cached.is_fresh(now + Duration::from_secs(4)));
+        assert!(!cached.is_fresh(now + Duration::from_secs(5)));
+        let unknown = Cached {
+            renew_at: None,
+            ..cached
+        };
+        assert!(unknown.is_fresh(now + Duration::from_secs(1_000_000)));
+    }
+
+    #[test]
+    fn the_bearer_header_is_sensitive_and_hides_in_debug_output() {
+        let header = bearer_header("secret-token").unwrap();
+        assert!(header.is_sensitive());
+        assert!(!format!("{header:?}").contains("secret-token"));
+    }
+}

@@ -1,0 +1,584 @@
+//! A fake Airflow 3 on wiremock, answering like the real one (the shapes
+//! come from Airflow 3.3's OpenAPI document and its answers), and helpers
+//! to call every port of the backend in one uniform way.
+
+// Each test binary includes this module and uses a part of it.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
+use domain::{
+    BackendErrorKind, Caller, CustomerId, LookupError, Orchestrator, PipelineId,
+    PipelineRepository, RequestContext, RunId, RunLookupError, RunQuery, RunsError, SetPausedError,
+    TriggerError,
+};
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+/// Acme's pipeline.
+pub const ACME_DAG: &str = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d";
+/// Globex's pipeline.
+pub const GLOBEX_DAG: &str = "2c44be3a_44e4_4948_8ffc_94d93d9c0a1e";
+/// A DAG with no customer tag.
+pub const UNTAGGED_DAG: &str = "3d55cf4b_55f5_4a59_9aad_a5ea4eab1b2f";
+/// A run of Acme's pipeline.
+pub const RUN_ID: &str = "manual__2024-12-18T10:30:00.000000+00:00";
+/// The same run id as it travels in a path.
+pub const RUN_ID_IN_PATH: &str = "manual__2024-12-18T10%3A30%3A00.000000%2B00%3A00";
+/// The fixed token most tests use.
+pub const FIXED_TOKEN: &str = "fixed-token-3f9a";
+/// The password the credential tests use.
+pub const PASSWORD: &str = "pa55-w0rd-7c1e";
+
+pub fn ctx(customer: &str) -> RequestContext {
+    RequestContext {
+        caller: Caller {
+            customer: CustomerId::parse(customer).unwrap(),
+            subject: Some("alice".to_owned()),
+        },
+        request_id: Some("req-42".to_owned()),
+    }
+}
+
+pub fn id(raw: &str) -> PipelineId {
+    PipelineId::parse(raw).unwrap()
+}
+
+pub fn run_id() -> RunId {
+    RunId::parse(RUN_ID).unwrap()
+}
+
+/// A backend with a fixed token.
+pub fn backend(uri: &str) -> AirflowBackend {
+    backend_with(
+        uri,
+        AirflowAuth::Token(FIXED_TOKEN.into()),
+        Duration::from_secs(5),
+    )
+}
+
+/// A backend that exchanges `admin` and [`PASSWORD`] for tokens.
+pub fn backend_with_credentials(uri: &str) -> AirflowBackend {
+    backend_with(uri, credentials(), Duration::from_secs(5))
+}
+
+pub fn credentials() -> AirflowAuth {
+    AirflowAuth::Credentials {
+        username: "admin".to_owned(),
+        password: PASSWORD.into(),
+    }
+}
+
+pub fn backend_with(uri: &str, auth: AirflowAuth, timeout: Duration) -> AirflowBackend {
+    let mut config = AirflowConfig::new(uri, auth);
+    config.timeout = timeout;
+    AirflowBackend::new(config).unwrap()
+}
+
+/// A DAG as `GET /api/v2/dags/{dag_id}/details` answers it.
+pub fn dag(dag_id: &str, tags: &[&str], paused: bool) -> Value {
+    json!({
+        "dag_id": dag_id,
+        "dag_display_name": format!("DAG {dag_id}"),
+        "is_paused": paused,
+        "is_stale": false,
+        "last_parsed_time": "2026-11-29T08:56:31.828257Z",
+        "last_parse_duration": 0.42,
+        "last_expired": null,
+        "bundle_name": "dags-folder",
+        "bundle_version": null,
+        "relative_fileloc": "pipelines.py",
+        "fileloc": "/opt/airflow/dags/pipelines.py",
+        "description": "Loads the orders",
+        "timetable_summary": "0 3 * * *",
+        "timetable_description": "At 03:00",
+        "timetable_partitioned": false,
+        "timetable_periodic": true,
+        "tags": tags.iter().map(|name| json!({"name": name, "dag_id": dag_id, "dag_display_name": dag_id})).collect::<Vec<_>>(),
+        "max_active_tasks": 16,
+        "max_active_runs": 1,
+        "max_consecutive_failed_dag_runs": 0,
+        "has_task_concurrency_limits": false,
+        "has_import_errors": false,
+        "next_dagrun_logical_date": null,
+        "next_dagrun_data_interval_start": null,
+        "next_dagrun_data_interval_end": null,
+        "next_dagrun_run_after": null,
+        "allowed_run_types": null,
+        "owners": ["airflow"],
+        "is_backfillable": true,
+        "file_token": "eyJidW5kbGVfbmFtZSI6ImRhZ3MtZm9sZGVyIn0",
+        "catchup": false,
+        "start_date": "2024-01-01T00:00:00Z",
+        "timezone": "UTC",
+        "latest_dag_version": {
+            "id": "01a22685-2e4c-7a7c-9500-c1ca1f0bcf64",
+            "version_number": 2,
+            "dag_id": dag_id,
+            "bundle_name": "dags-folder",
+            "bundle_version": null,
+            "created_at": "2026-11-29T08:56:32.071165Z",
+            "bundle_url": null
+        }
+    })
+}
+
+/// Acme's DAG, unpaused.
+pub fn acme_dag() -> Value {
+    dag(ACME_DAG, &["customer:acme", "team:data"], false)
+}
+
+/// A DAG run as Airflow answers it.
+pub fn dag_run(dag_id: &str, run_id: &str, state: &str, conf: Value) -> Value {
+    let finished = matches!(state, "success" | "failed");
+    json!({
+        "dag_run_id": run_id,
+        "dag_id": dag_id,
+        "logical_date": null,
+        "queued_at": "2026-11-29T08:57:18.579337Z",
+        "start_date": if state == "queued" { Value::Null } else { json!("2026-11-29T08:57:30.000000Z") },
+        "end_date": if finished { json!("2026-11-29T08:57:33.000000Z") } else { Value::Null },
+        "duration": null,
+        "data_interval_start": null,
+        "data_interval_end": null,
+        "run_after": "2026-11-29T08:57:18.539852Z",
+        "last_scheduling_decision": null,
+        "run_type": "manual",
+        "state": state,
+        "triggered_by": "rest_api",
+        "triggering_user_name": "admin",
+        "conf": conf,
+        "note": null,
+        "dag_versions": [],
+        "bundle_version": null,
+        "dag_display_name": dag_id,
+        "partition_key": null,
+        "partition_date": null
+    })
+}
+
+/// A query parameter of a recorded request.
+pub fn query(request: &Request, name: &str) -> Option<String> {
+    request
+        .url
+        .query_pairs()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+fn number(request: &Request, name: &str, default: usize) -> usize {
+    query(request, name).map_or(default, |value| value.parse().unwrap())
+}
+
+/// A fake Airflow.
+pub struct Fake {
+    pub server: MockServer,
+}
+
+impl Fake {
+    pub async fn start() -> Self {
+        Self {
+            server: MockServer::start().await,
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        self.server.uri()
+    }
+
+    /// A fake that answers every call of every port for Acme's unpaused
+    /// DAG.
+    pub async fn happy() -> Self {
+        let fake = Self::start().await;
+        fake.mount_dag(acme_dag()).await;
+        fake.mount_dag(dag(GLOBEX_DAG, &["customer:globex"], false))
+            .await;
+        fake.mount_dag(dag(UNTAGGED_DAG, &[], false)).await;
+        fake.mount_dag_list(vec![
+            (acme_dag(), Some("success")),
+            (dag(GLOBEX_DAG, &["customer:globex"], false), None),
+            (dag(UNTAGGED_DAG, &[], false), Some("failed")),
+        ])
+        .await;
+        fake.mount_runs(
+            ACME_DAG,
+            vec![
+                dag_run(
+                    ACME_DAG,
+                    "manual__2024-12-18T10:32:00.000000+00:00",
+                    "running",
+                    json!({}),
+                ),
+                dag_run(
+                    ACME_DAG,
+                    "manual__2024-12-18T10:31:00.000000+00:00",
+                    "failed",
+                    json!({}),
+                ),
+                dag_run(ACME_DAG, RUN_ID, "success", json!({})),
+            ],
+        )
+        .await;
+        fake.mount_run(ACME_DAG, dag_run(ACME_DAG, RUN_ID, "success", json!({})))
+            .await;
+        fake.mount_trigger_echo(ACME_DAG).await;
+        fake.mount_patch_echo(acme_dag()).await;
+        fake.mount_health("healthy").await;
+        fake
+    }
+
+    /// `GET /api/v2/dags/{dag_id}` and its `/details`.
+    pub async fn mount_dag(&self, dag: Value) {
+        let dag_id = dag["dag_id"].as_str().unwrap().to_owned();
+        for suffix in ["", "/details"] {
+            Mock::given(method("GET"))
+                .and(path(format!("/api/v2/dags/{dag_id}{suffix}")))
+                .respond_with(ResponseTemplate::new(200).set_body_json(dag.clone()))
+                .mount(&self.server)
+                .await;
+        }
+    }
+
+    /// `GET /api/v2/dags`, paged like Airflow (at most 100 a page), with
+    /// `last_dag_run_state` filtering on the state paired with each DAG.
+    pub async fn mount_dag_list(&self, dags: Vec<(Value, Option<&'static str>)>) {
+        Mock::given(method("GET"))
+            .and(path("/api/v2/dags"))
+            .respond_with(move |request: &Request| {
+                let state = query(request, "last_dag_run_state");
+                let matching: Vec<&Value> = dags
+                    .iter()
+                    .filter(|(_, last)| state.is_none() || state.as_deref() == *last)
+                    .map(|(dag, _)| dag)
+                    .collect();
+                let offset = number(request, "offset", 0);
+                let limit = number(request, "limit", 50).min(100);
+                let page: Vec<&Value> = matching.iter().skip(offset).take(limit).copied().collect();
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"dags": page, "total_entries": matching.len()}))
+            })
+            .mount(&self.server)
+            .await;
+    }
+
+    /// `GET /api/v2/dags/{dag_id}/dagRuns`, paged like Airflow (at most 100
+    /// a page) over `runs` (newest first), filtering on `state`.
+    pub async fn mount_runs(&self, dag_id: &str, runs: Vec<Value>) {
+        Mock::given(method("GET"))
+            .and(path(format!("/api/v2/dags/{dag_id}/dagRuns")))
+            .respond_with(move |request: &Request| {
+                let states: Vec<String> = request
+                    .url
+                    .query_pairs()
+                    .filter(|(key, _)| key == "state")
+                    .map(|(_, value)| value.into_owned())
+                    .collect();
+                let matching: Vec<&Value> = runs
+                    .iter()
+                    .filter(|run| {
+                        states.is_empty()
+                            || states.iter().any(|state| run["state"] == state.as_str())
+                    })
+                    .collect();
+                let offset = number(request, "offset", 0);
+                let limit = number(request, "limit", 50).min(100);
+                let page: Vec<&Value> = matching.iter().skip(offset).take(limit).copied().collect();
+                ResponseTemplate::new(200).set_body_json(json!({
+                    "dag_runs": page,
+                    "total_entries": matching.len(),
+                    "total_entries_limit": null,
+                    "next_cursor": null,
+                    "previous_cursor": null
+                }))
+            })
+            .mount(&self.server)
+            .await;
+    }
+
+    /// `GET /api/v2/dags/{dag_id}/dagRuns/{dag_run_id}` for one run.
+    pub async fn mount_run(&self, dag_id: &str, run: Value) {
+        let encoded = run["dag_run_id"]
+            .as_str()
+            .unwrap()
+            .replace(':', "%3A")
+            .replace('+', "%2B");
+        Mock::given(method("GET"))
+            .and(path(format!("/api/v2/dags/{dag_id}/dagRuns/{encoded}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(run))
+            .mount(&self.server)
+            .await;
+    }
+
+    /// `POST /api/v2/dags/{dag_id}/dagRuns`, creating a queued run with the
+    /// posted id and conf.
+    pub async fn mount_trigger_echo(&self, dag_id: &str) {
+        let dag_id = dag_id.to_owned();
+        Mock::given(method("POST"))
+            .and(path(format!("/api/v2/dags/{dag_id}/dagRuns")))
+            .respond_with(move |request: &Request| {
+                let body: Value = serde_json::from_slice(&request.body).unwrap();
+                ResponseTemplate::new(200).set_body_json(dag_run(
+                    &dag_id,
+                    body["dag_run_id"].as_str().unwrap(),
+                    "queued",
+                    body["conf"].clone(),
+                ))
+            })
+            .mount(&self.server)
+            .await;
+    }
+
+    /// `PATCH /api/v2/dags/{dag_id}`, answering the DAG with the posted
+    /// `is_paused`.
+    pub async fn mount_patch_echo(&self, dag: Value) {
+        let dag_id = dag["dag_id"].as_str().unwrap().to_owned();
+        Mock::given(method("PATCH"))
+            .and(path(format!("/api/v2/dags/{dag_id}")))
+            .respond_with(move |request: &Request| {
+                let body: Value = serde_json::from_slice(&request.body).unwrap();
+                let mut dag = dag.clone();
+                dag["is_paused"] = body["is_paused"].clone();
+                ResponseTemplate::new(200).set_body_json(dag)
+            })
+            .mount(&self.server)
+            .await;
+    }
+
+    /// `GET /api/v2/monitor/health` reporting the metadata database's
+    /// status.
+    pub async fn mount_health(&self, status: &str) {
+        Mock::given(method("GET"))
+            .and(path("/api/v2/monitor/health"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "metadatabase": {"status": status},
+                "scheduler": {"status": "healthy", "latest_scheduler_heartbeat": "2026-11-29T08:56:35.433898+00:00"},
+                "triggerer": {"status": "healthy", "latest_triggerer_heartbeat": null},
+                "dag_processor": {"status": "healthy", "latest_dag_processor_heartbeat": null}
+            })))
+            .mount(&self.server)
+            .await;
+    }
+
+    /// `POST /auth/token` handing out `token-1`, `token-2`, … in turn,
+    /// after `delay`. Returns the count of exchanges.
+    pub async fn mount_token_sequence(&self, delay: Duration) -> Arc<AtomicUsize> {
+        let issued = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&issued);
+        Mock::given(method("POST"))
+            .and(path("/auth/token"))
+            .respond_with(move |_: &Request| {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                ResponseTemplate::new(201)
+                    .set_body_json(json!({"access_token": format!("token-{n}")}))
+                    .set_delay(delay)
+            })
+            .mount(&self.server)
+            .await;
+        issued
+    }
+
+    /// Overrides `endpoint` with `response`, ahead of every other mock.
+    pub async fn fail(&self, endpoint: Endpoint, response: ResponseTemplate) {
+        let (verb, pattern) = endpoint.route();
+        Mock::given(method(verb))
+            .and(path_regex(pattern))
+            .respond_with(response)
+            .with_priority(1)
+            .mount(&self.server)
+            .await;
+    }
+
+    /// The requests received for `endpoint`.
+    pub async fn requests(&self, endpoint: Endpoint) -> Vec<Request> {
+        self.server
+            .received_requests()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|request| endpoint.matches(request))
+            .collect()
+    }
+}
+
+/// An Airflow endpoint the backend calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    DagGet,
+    DagDetails,
+    DagList,
+    DagPatch,
+    RunPost,
+    RunList,
+    RunGet,
+    Health,
+    Token,
+}
+
+impl Endpoint {
+    /// Whether `request` went to this endpoint.
+    pub fn matches(self, request: &Request) -> bool {
+        let (verb, pattern) = self.route();
+        let pattern = pattern.trim_start_matches('^').trim_end_matches('$');
+        let path = request.url.path();
+        let path_matches = match pattern.strip_suffix("/.+") {
+            Some(prefix) => path
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|rest| !rest.is_empty()),
+            None => path == pattern,
+        };
+        request.method.as_str() == verb && path_matches
+    }
+
+    fn route(self) -> (&'static str, &'static str) {
+        match self {
+            Self::DagGet => ("GET", "^/api/v2/dags/1b33ad2f_33d3_4837_9eeb_83c82c8b909d$"),
+            Self::DagDetails => (
+                "GET",
+                "^/api/v2/dags/1b33ad2f_33d3_4837_9eeb_83c82c8b909d/details$",
+            ),
+            Self::DagList => ("GET", "^/api/v2/dags$"),
+            Self::DagPatch => (
+                "PATCH",
+                "^/api/v2/dags/1b33ad2f_33d3_4837_9eeb_83c82c8b909d$",
+            ),
+            Self::RunPost => (
+                "POST",
+                "^/api/v2/dags/1b33ad2f_33d3_4837_9eeb_83c82c8b909d/dagRuns$",
+            ),
+            Self::RunList => (
+                "GET",
+                "^/api/v2/dags/1b33ad2f_33d3_4837_9eeb_83c82c8b909d/dagRuns$",
+            ),
+            Self::RunGet => (
+                "GET",
+                "^/api/v2/dags/1b33ad2f_33d3_4837_9eeb_83c82c8b909d/dagRuns/.+$",
+            ),
+            Self::Health => ("GET", "^/api/v2/monitor/health$"),
+            Self::Token => ("POST", "^/auth/token$"),
+        }
+    }
+}
+
+/// A call of a port, on Acme's pipeline as Acme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Get,
+    List,
+    Pause,
+    Unpause,
+    Trigger,
+    ListRuns,
+    GetRun,
+    Health,
+}
+
+/// Every call, with the Airflow endpoints it reaches on the happy path.
+pub const CALLS: [(Op, &[Endpoint]); 7] = [
+    (Op::Get, &[Endpoint::DagDetails]),
+    (Op::List, &[Endpoint::DagList]),
+    (Op::Pause, &[Endpoint::DagGet, Endpoint::DagPatch]),
+    (Op::Trigger, &[Endpoint::DagGet, Endpoint::RunPost]),
+    (Op::ListRuns, &[Endpoint::DagGet, Endpoint::RunList]),
+    (Op::GetRun, &[Endpoint::DagGet, Endpoint::RunGet]),
+    (Op::Health, &[Endpoint::Health]),
+];
+
+/// How a call ended, whatever its error type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    NotFound,
+    RunNotFound,
+    Paused,
+    Unchanged,
+    Failed(BackendErrorKind),
+}
+
+/// Performs `op` as `customer` on `pipeline`.
+pub async fn perform_on(
+    backend: &AirflowBackend,
+    op: Op,
+    customer: &str,
+    pipeline: &str,
+) -> Outcome {
+    let ctx = ctx(customer);
+    let pipeline = id(pipeline);
+    match op {
+        Op::Get => match backend.get(&ctx, &pipeline).await {
+            Ok(_) => Outcome::Done,
+            Err(LookupError::NotFound) => Outcome::NotFound,
+            Err(LookupError::Backend(err)) => Outcome::Failed(err.kind()),
+        },
+        Op::List => match backend.list(&ctx).await {
+            Ok(_) => Outcome::Done,
+            Err(err) => Outcome::Failed(err.kind()),
+        },
+        Op::Pause | Op::Unpause => match backend.set_paused(&ctx, &pipeline, op == Op::Pause).await
+        {
+            Ok(()) => Outcome::Done,
+            Err(SetPausedError::NotFound) => Outcome::NotFound,
+            Err(SetPausedError::Unchanged) => Outcome::Unchanged,
+            Err(SetPausedError::Backend(err)) => Outcome::Failed(err.kind()),
+        },
+        Op::Trigger => match backend.trigger(&ctx, &pipeline).await {
+            Ok(_) => Outcome::Done,
+            Err(TriggerError::NotFound) => Outcome::NotFound,
+            Err(TriggerError::Paused) => Outcome::Paused,
+            Err(TriggerError::QueueFull { .. }) => panic!("Airflow has no queue bound"),
+            Err(TriggerError::Backend(err)) => Outcome::Failed(err.kind()),
+        },
+        Op::ListRuns => match backend
+            .list_runs(&ctx, &pipeline, &RunQuery::default())
+            .await
+        {
+            Ok(_) => Outcome::Done,
+            Err(RunsError::NotFound) => Outcome::NotFound,
+            Err(RunsError::Backend(err)) => Outcome::Failed(err.kind()),
+        },
+        Op::GetRun => match backend.get_run(&ctx, &pipeline, &run_id()).await {
+            Ok(_) => Outcome::Done,
+            Err(RunLookupError::PipelineNotFound) => Outcome::NotFound,
+            Err(RunLookupError::RunNotFound) => Outcome::RunNotFound,
+            Err(RunLookupError::Backend(err)) => Outcome::Failed(err.kind()),
+        },
+        Op::Health => match backend.health().await {
+            Ok(()) => Outcome::Done,
+            Err(err) => Outcome::Failed(err.kind()),
+        },
+    }
+}
+
+/// Performs `op` as Acme on Acme's pipeline.
+pub async fn perform(backend: &AirflowBackend, op: Op) -> Outcome {
+    perform_on(backend, op, "acme", ACME_DAG).await
+}
+
+/// A port that is bound by nobody, so connections to it are refused.
+pub fn closed_port_uri() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// A JWT whose `exp` is `seconds` from now (unsigned: the backend only
+/// reads it).
+pub fn jwt_expiring_in(seconds: i64) -> String {
+    use base64::Engine as _;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = json!({"sub": "admin", "exp": now + seconds});
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        engine.encode(r#"{"alg":"HS512","typ":"JWT"}"#),
+        engine.encode(claims.to_string())
+    )
+}

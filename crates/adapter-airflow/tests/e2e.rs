@@ -1,0 +1,648 @@
+//! End-to-end tests of the Airflow backend against a real Apache Airflow 3,
+//! checked through Airflow's own API.
+//!
+//! They need the Airflow that `cargo xtask e2e-airflow` starts with the
+//! DAGs of `tests/airflow/dags/`, and read where it is from the
+//! environment:
+//! - `MAESTRO_E2E_AIRFLOW_URL`, `MAESTRO_E2E_AIRFLOW_USERNAME`,
+//!   `MAESTRO_E2E_AIRFLOW_PASSWORD`;
+//! - `MAESTRO_E2E_AIRFLOW_PGID`, the process group of `airflow standalone`,
+//!   which the last test freezes and then kills.
+//!
+//! The harness runs them one at a time, and
+//! `airflow_stopped_mid_test_gives_timeouts_then_unavailable` on its own
+//! after the others, since it leaves no Airflow behind.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
+use domain::{
+    BackendErrorKind, Caller, CustomerId, LookupError, Orchestrator, PipelineId,
+    PipelineRepository, PipelineStatus, RequestContext, RunId, RunLookupError, RunQuery, RunStatus,
+    RunsError, SetPausedError, TriggerError,
+};
+use serde_json::Value;
+
+// The DAGs of tests/airflow/dags/maestro_e2e.py.
+const ACME_ORDERS: &str = "9f362da2_da3e_4051_82af_ad4b98242de3";
+const ACME_NIGHTLY: &str = "cbcf20a2_85e8_45d5_bdb6_4ac87657d9c4";
+const ACME_TOGGLE: &str = "d946c383_8024_4991_8ff5_d614a0148c05";
+const GLOBEX_FAILING: &str = "e01bd70b_d3a3_4c9d_b21c_13fd23a61210";
+const GLOBEX_OK: &str = "aa87333e_4d68_49cf_9995_a8f84fe46fa0";
+const UNTAGGED: &str = "ca6e944a_7223_4685_ab23_ab1767fbb112";
+const TWO_CUSTOMERS: &str = "8c10f96b_c651_4d6e_8e5a_34c2ceadcec6";
+const NOT_A_UUID: &str = "acme_nightly_export";
+const HYPHENATED: &str = "ca5e64f3-e10d-4f1f-80f7-1821e7cd6029";
+const ALL_DAGS: [&str; 9] = [
+    ACME_ORDERS,
+    ACME_NIGHTLY,
+    ACME_TOGGLE,
+    GLOBEX_FAILING,
+    GLOBEX_OK,
+    UNTAGGED,
+    TWO_CUSTOMERS,
+    NOT_A_UUID,
+    HYPHENATED,
+];
+
+/// What a call may take over the timeout: scheduling on a busy machine.
+const SLACK: Duration = Duration::from_millis(500);
+
+/// How long a run of the test DAGs may take to finish, queueing included.
+const RUN_DEADLINE: Duration = Duration::from_secs(180);
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; run cargo xtask e2e-airflow"))
+}
+
+fn backend_with_timeout(timeout: Duration) -> AirflowBackend {
+    let mut config = AirflowConfig::new(
+        env("MAESTRO_E2E_AIRFLOW_URL"),
+        AirflowAuth::Credentials {
+            username: env("MAESTRO_E2E_AIRFLOW_USERNAME"),
+            password: env("MAESTRO_E2E_AIRFLOW_PASSWORD").into(),
+        },
+    );
+    config.timeout = timeout;
+    AirflowBackend::new(config).unwrap()
+}
+
+/// A backend with a generous timeout: `airflow standalone` on SQLite can
+/// stall for half a minute while a task starts on a busy machine, and
+/// these tests are about what Airflow does, not how fast.
+fn backend() -> AirflowBackend {
+    backend_with_timeout(Duration::from_secs(90))
+}
+
+fn ctx(customer: &str) -> RequestContext {
+    RequestContext {
+        caller: Caller {
+            customer: CustomerId::parse(customer).unwrap(),
+            subject: Some(format!("{customer}-user")),
+        },
+        request_id: Some("e2e-request".to_owned()),
+    }
+}
+
+fn id(raw: &str) -> PipelineId {
+    PipelineId::parse(raw).unwrap()
+}
+
+/// Airflow's own API, to check what the backend did.
+struct Airflow {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Airflow {
+    async fn connect() -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .unwrap();
+        let url = env("MAESTRO_E2E_AIRFLOW_URL")
+            .trim_end_matches('/')
+            .to_owned();
+        let answer: Value = client
+            .post(format!("{url}/auth/token"))
+            .json(&serde_json::json!({
+                "username": env("MAESTRO_E2E_AIRFLOW_USERNAME"),
+                "password": env("MAESTRO_E2E_AIRFLOW_PASSWORD"),
+            }))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let airflow = Self {
+            client,
+            url,
+            token: answer["access_token"].as_str().unwrap().to_owned(),
+        };
+        airflow.wait_for_dags().await;
+        airflow
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The DAG processor parses the DAG files after the API answers; wait
+    /// until every test DAG is known.
+    async fn wait_for_dags(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let dags = self.get("/api/v2/dags?limit=100").await;
+            let known: HashSet<&str> = dags["dags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|dag| dag["dag_id"].as_str())
+                .collect();
+            if ALL_DAGS.iter().all(|dag| known.contains(dag)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test DAGs were not parsed: {known:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn is_paused(&self, dag_id: &str) -> bool {
+        self.get(&format!("/api/v2/dags/{dag_id}")).await["is_paused"]
+            .as_bool()
+            .unwrap()
+    }
+
+    async fn set_paused(&self, dag_id: &str, paused: bool) {
+        self.client
+            .patch(format!("{}/api/v2/dags/{dag_id}", self.url))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({ "is_paused": paused }))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+
+    /// The DAG's latest 100 runs, oldest first.
+    async fn runs(&self, dag_id: &str) -> Vec<Value> {
+        let page = self
+            .get(&format!(
+                "/api/v2/dags/{dag_id}/dagRuns?order_by=-id&limit=100"
+            ))
+            .await;
+        let mut runs = page["dag_runs"].as_array().unwrap().clone();
+        runs.reverse();
+        runs
+    }
+
+    /// How many runs the DAG has.
+    async fn run_count(&self, dag_id: &str) -> u64 {
+        self.get(&format!("/api/v2/dags/{dag_id}/dagRuns?limit=1"))
+            .await["total_entries"]
+            .as_u64()
+            .unwrap()
+    }
+
+    async fn run(&self, dag_id: &str, run_id: &RunId) -> Value {
+        let encoded = run_id.as_str().replace(':', "%3A").replace('+', "%2B");
+        self.get(&format!("/api/v2/dags/{dag_id}/dagRuns/{encoded}"))
+            .await
+    }
+
+    /// Waits until the run has finished, and returns Airflow's view of it.
+    async fn wait_until_finished(&self, dag_id: &str, run_id: &RunId) -> Value {
+        let deadline = Instant::now() + RUN_DEADLINE;
+        loop {
+            let run = self.run(dag_id, run_id).await;
+            if matches!(run["state"].as_str(), Some("success" | "failed")) {
+                return run;
+            }
+            assert!(Instant::now() < deadline, "{run_id} did not finish: {run}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+fn run_ids(runs: &[Value]) -> Vec<String> {
+    runs.iter()
+        .map(|run| run["dag_run_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn each_customer_lists_exactly_its_dags() {
+    let airflow = Airflow::connect().await;
+    let backend = backend();
+
+    let listed = |customer: &'static str| {
+        let backend = &backend;
+        async move {
+            let mut ids: Vec<String> = backend
+                .list(&ctx(customer))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|summary| summary.pipeline.id.as_str().to_owned())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut acme = vec![ACME_ORDERS, ACME_NIGHTLY, ACME_TOGGLE];
+    acme.sort_unstable();
+    let mut globex = vec![GLOBEX_FAILING, GLOBEX_OK];
+    globex.sort_unstable();
+    assert_eq!(listed("acme").await, acme);
+    assert_eq!(listed("globex").await, globex);
+    assert!(listed("initech").await.is_empty());
+
+    // Airflow itself has more DAGs tagged for acme: the ones Maestro must
+    // not show.
+    let tagged = airflow
+        .get("/api/v2/dags?tags=customer:acme&limit=100")
+        .await;
+    let tagged: HashSet<&str> = tagged["dags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|dag| dag["dag_id"].as_str())
+        .collect();
+    for hidden in [TWO_CUSTOMERS, NOT_A_UUID, HYPHENATED] {
+        assert!(tagged.contains(hidden), "{hidden} should exist in Airflow");
+    }
+
+    let nightly = backend.get(&ctx("acme"), &id(ACME_NIGHTLY)).await.unwrap();
+    assert_eq!(nightly.cron.as_deref(), Some("0 3 * * *"));
+    assert_eq!(nightly.description, "Acme: the nightly report");
+    assert_eq!(nightly.customer_id.as_str(), "acme");
+    let orders = backend.get(&ctx("acme"), &id(ACME_ORDERS)).await.unwrap();
+    assert_eq!(orders.cron, None);
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn other_customers_untagged_doubly_tagged_and_missing_dags_are_all_not_found() {
+    let _airflow = Airflow::connect().await;
+    let backend = backend();
+    let acme = ctx("acme");
+
+    for (customer, dag) in [
+        ("globex", ACME_ORDERS),
+        ("acme", GLOBEX_OK),
+        ("acme", UNTAGGED),
+        ("acme", TWO_CUSTOMERS),
+        ("globex", TWO_CUSTOMERS),
+        ("acme", HYPHENATED),
+        ("acme", "00000000_0000_4000_8000_000000000000"),
+    ] {
+        let ctx = ctx(customer);
+        let pipeline = id(dag);
+        assert!(
+            matches!(
+                backend.get(&ctx, &pipeline).await,
+                Err(LookupError::NotFound)
+            ),
+            "get {dag} as {customer}"
+        );
+        assert!(matches!(
+            backend.trigger(&ctx, &pipeline).await,
+            Err(TriggerError::NotFound)
+        ));
+        assert!(matches!(
+            backend.set_paused(&ctx, &pipeline, false).await,
+            Err(SetPausedError::NotFound)
+        ));
+        assert!(matches!(
+            backend
+                .list_runs(&ctx, &pipeline, &RunQuery::default())
+                .await,
+            Err(RunsError::NotFound)
+        ));
+        let run = RunId::parse("manual__2024-12-18T10:30:00+00:00").unwrap();
+        assert!(matches!(
+            backend.get_run(&ctx, &pipeline, &run).await,
+            Err(RunLookupError::PipelineNotFound)
+        ));
+    }
+    assert!(backend.get(&acme, &id(ACME_ORDERS)).await.is_ok());
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn a_paused_pipeline_is_refused_and_no_run_reaches_airflow() {
+    let airflow = Airflow::connect().await;
+    let backend = backend();
+    airflow.set_paused(ACME_NIGHTLY, true).await;
+    let before = airflow.run_count(ACME_NIGHTLY).await;
+
+    let result = backend.trigger(&ctx("acme"), &id(ACME_NIGHTLY)).await;
+
+    assert!(matches!(result, Err(TriggerError::Paused)), "{result:?}");
+    assert_eq!(airflow.run_count(ACME_NIGHTLY).await, before);
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn pause_and_unpause_reach_airflow() {
+    let airflow = Airflow::connect().await;
+    let backend = backend();
+    let acme = ctx("acme");
+    let toggle = id(ACME_TOGGLE);
+    airflow.set_paused(ACME_TOGGLE, true).await;
+
+    backend.set_paused(&acme, &toggle, false).await.unwrap();
+    assert!(!airflow.is_paused(ACME_TOGGLE).await);
+    assert_eq!(
+        backend.get(&acme, &toggle).await.unwrap().status,
+        PipelineStatus::Active
+    );
+    assert!(matches!(
+        backend.set_paused(&acme, &toggle, false).await,
+        Err(SetPausedError::Unchanged)
+    ));
+
+    backend.set_paused(&acme, &toggle, true).await.unwrap();
+    assert!(airflow.is_paused(ACME_TOGGLE).await);
+    assert_eq!(
+        backend.get(&acme, &toggle).await.unwrap().status,
+        PipelineStatus::Paused
+    );
+    assert!(matches!(
+        backend.set_paused(&acme, &toggle, true).await,
+        Err(SetPausedError::Unchanged)
+    ));
+
+    // Another customer's pause does not reach Airflow.
+    assert!(matches!(
+        backend.set_paused(&ctx("globex"), &toggle, false).await,
+        Err(SetPausedError::NotFound)
+    ));
+    assert!(airflow.is_paused(ACME_TOGGLE).await);
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn three_executes_give_three_dag_runs_with_the_returned_ids_that_succeed_in_order() {
+    let airflow = Airflow::connect().await;
+    let backend = backend();
+    let acme = ctx("acme");
+    let orders = id(ACME_ORDERS);
+    airflow.set_paused(ACME_ORDERS, false).await;
+    let before: HashSet<String> = run_ids(&airflow.runs(ACME_ORDERS).await)
+        .into_iter()
+        .collect();
+
+    let mut triggered = Vec::new();
+    for _ in 0..3 {
+        let run = backend.trigger(&acme, &orders).await.unwrap();
+        assert!(matches!(run.status, RunStatus::Queued | RunStatus::Running));
+        assert!(run.id.as_str().starts_with("manual__") && run.id.as_str().ends_with("+00:00"));
+        triggered.push(run.id);
+    }
+    assert!(triggered.windows(2).all(|pair| pair[0] < pair[1]));
+
+    // Airflow has exactly these three new runs, with the caller in conf.
+    let new: Vec<String> = run_ids(&airflow.runs(ACME_ORDERS).await)
+        .into_iter()
+        .filter(|run| !before.contains(run))
+        .collect();
+    let returned: Vec<String> = triggered.iter().map(|id| id.as_str().to_owned()).collect();
+    assert_eq!(new, returned);
+
+    let mut finished = Vec::new();
+    for run_id in &triggered {
+        let run = airflow.wait_until_finished(ACME_ORDERS, run_id).await;
+        assert_eq!(run["state"], "success", "{run}");
+        assert_eq!(run["conf"]["maestro"]["customer_id"], "acme");
+        assert_eq!(run["conf"]["maestro"]["sub"], "acme-user");
+        assert!(run["logical_date"].is_null());
+        finished.push(run);
+    }
+    // max_active_runs=1: each run started after the one before it ended.
+    for pair in finished.windows(2) {
+        let ended = pair[0]["end_date"].as_str().unwrap();
+        let started = pair[1]["start_date"].as_str().unwrap();
+        assert!(ended <= started, "{ended} then {started}");
+    }
+    for run_id in &triggered {
+        let run = backend.get_run(&acme, &orders, run_id).await.unwrap();
+        assert_eq!(run.status, RunStatus::Success);
+        assert_eq!(run.trace, None);
+    }
+    airflow.set_paused(ACME_ORDERS, true).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn a_failing_dag_shows_failed_with_a_trace() {
+    let airflow = Airflow::connect().await;
+    let backend = backend();
+    let globex = ctx("globex");
+    let failing = id(GLOBEX_FAILING);
+    airflow.set_paused(GLOBEX_FAILING, false).await;
+
+    let run = backend.trigger(&globex, &failing).await.unwrap();
+    let seen = airflow.wait_until_finished(GLOBEX_FAILING, &run.id).await;
+
+    assert_eq!(seen["state"], "failed");
+    let run = backend.get_run(&globex, &failing, &run.id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.trace.is_some());
+    let listed = backend.list(&globex).await.unwrap();
+    let summary = listed
+        .iter()
+        .find(|summary| summary.pipeline.id == failing)
+        .unwrap();
+    assert_eq!(summary.last_status, Some(RunStatus::Failed));
+    airflow.set_paused(GLOBEX_FAILING, true).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn runs_are_listed_newest_first_paginated_filtered_and_fetched_by_id() {
+    let airflow = Airflow::connect().await;
+    let backend = backend();
+    let globex = ctx("globex");
+    let pipeline = id(GLOBEX_OK);
+    airflow.set_paused(GLOBEX_OK, false).await;
+
+    let mut triggered = Vec::new();
+    for _ in 0..3 {
+        triggered.push(backend.trigger(&globex, &pipeline).await.unwrap().id);
+    }
+    for run_id in &triggered {
+        airflow.wait_until_finished(GLOBEX_OK, run_id).await;
+    }
+    let total = airflow.run_count(GLOBEX_OK).await;
+    let newest_first: Vec<RunId> = triggered.iter().rev().cloned().collect();
+
+    let first = backend
+        .list_runs(
+            &globex,
+            &pipeline,
+            &RunQuery::new(Some(2), None, None).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.total, total);
+    let first_ids: Vec<RunId> = first.runs.iter().map(|run| run.id.clone()).collect();
+    assert_eq!(first_ids, newest_first[..2]);
+
+    let second = backend
+        .list_runs(
+            &globex,
+            &pipeline,
+            &RunQuery::new(Some(2), Some(2), None).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.runs[0].id, newest_first[2]);
+    assert_eq!(second.total, total);
+
+    let succeeded = backend
+        .list_runs(
+            &globex,
+            &pipeline,
+            &RunQuery::new(Some(1000), None, Some(RunStatus::Success)).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        succeeded
+            .runs
+            .iter()
+            .all(|run| run.status == RunStatus::Success)
+    );
+    assert_eq!(succeeded.total, total);
+    let failed = backend
+        .list_runs(
+            &globex,
+            &pipeline,
+            &RunQuery::new(None, None, Some(RunStatus::Failed)).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.total, 0);
+    assert!(failed.runs.is_empty());
+
+    // The id holds ':' and '+', which travel percent-encoded.
+    let fetched = backend
+        .get_run(&globex, &pipeline, &triggered[1])
+        .await
+        .unwrap();
+    assert_eq!(fetched.id, triggered[1]);
+    assert_eq!(fetched.status, RunStatus::Success);
+    let unknown = RunId::parse("manual__1999-01-01T00:00:00.000000+00:00").unwrap();
+    assert!(matches!(
+        backend.get_run(&globex, &pipeline, &unknown).await,
+        Err(RunLookupError::RunNotFound)
+    ));
+
+    let listed = backend.list(&globex).await.unwrap();
+    let summary = listed
+        .iter()
+        .find(|summary| summary.pipeline.id == pipeline)
+        .unwrap();
+    assert_eq!(summary.last_status, Some(RunStatus::Success));
+    airflow.set_paused(GLOBEX_OK, true).await;
+}
+
+fn signal_airflow(signal: &str) {
+    let group = format!("-{}", env("MAESTRO_E2E_AIRFLOW_PGID"));
+    let status = Command::new("kill")
+        .args([signal, "--", &group])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {group}");
+}
+
+/// Runs `call`, and returns the kind of its backend failure (`None` for a
+/// success) and how long it took.
+async fn timed<T, E>(
+    call: impl Future<Output = Result<T, E>>,
+    kind: impl Fn(E) -> Option<BackendErrorKind>,
+) -> (Option<BackendErrorKind>, Duration) {
+    let started = Instant::now();
+    let result = call.await;
+    (result.err().and_then(kind), started.elapsed())
+}
+
+/// Every port call, with the kind of its failure and how long it took.
+async fn failures(
+    backend: &AirflowBackend,
+) -> Vec<(&'static str, Option<BackendErrorKind>, Duration)> {
+    let acme = ctx("acme");
+    let orders = id(ACME_ORDERS);
+    let run = RunId::parse("manual__2024-12-18T10:30:00+00:00").unwrap();
+    let mut failures = Vec::new();
+    let (kind, took) = timed(backend.get(&acme, &orders), |err| match err {
+        LookupError::Backend(err) => Some(err.kind()),
+        LookupError::NotFound => None,
+    })
+    .await;
+    failures.push(("get", kind, took));
+    let (kind, took) = timed(backend.list(&acme), |err| Some(err.kind())).await;
+    failures.push(("list", kind, took));
+    let (kind, took) = timed(backend.set_paused(&acme, &orders, true), |err| match err {
+        SetPausedError::Backend(err) => Some(err.kind()),
+        SetPausedError::NotFound | SetPausedError::Unchanged => None,
+    })
+    .await;
+    failures.push(("pause", kind, took));
+    let (kind, took) = timed(backend.trigger(&acme, &orders), |err| match err {
+        TriggerError::Backend(err) => Some(err.kind()),
+        _ => None,
+    })
+    .await;
+    failures.push(("trigger", kind, took));
+    let (kind, took) = timed(
+        backend.list_runs(&acme, &orders, &RunQuery::default()),
+        |err| match err {
+            RunsError::Backend(err) => Some(err.kind()),
+            RunsError::NotFound => None,
+        },
+    )
+    .await;
+    failures.push(("list runs", kind, took));
+    let (kind, took) = timed(backend.get_run(&acme, &orders, &run), |err| match err {
+        RunLookupError::Backend(err) => Some(err.kind()),
+        _ => None,
+    })
+    .await;
+    failures.push(("get run", kind, took));
+    let (kind, took) = timed(backend.health(), |err| Some(err.kind())).await;
+    failures.push(("health", kind, took));
+    failures
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn airflow_stopped_mid_test_gives_timeouts_then_unavailable() {
+    let _airflow = Airflow::connect().await;
+    let timeout = Duration::from_secs(1);
+    let backend = backend_with_timeout(timeout);
+    backend.health().await.unwrap();
+    backend.get(&ctx("acme"), &id(ACME_ORDERS)).await.unwrap();
+
+    // Frozen: connections are accepted by the kernel, and nothing answers.
+    signal_airflow("-STOP");
+    for (call, kind, took) in failures(&backend).await {
+        assert_eq!(kind, Some(BackendErrorKind::Timeout), "{call}");
+        assert!(took < timeout + SLACK, "{call} took {took:?}");
+    }
+
+    // Gone: connections are refused.
+    signal_airflow("-KILL");
+    let url = env("MAESTRO_E2E_AIRFLOW_URL");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{url}/api/v2/version")).await.is_ok() {
+        assert!(Instant::now() < deadline, "Airflow still answers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (call, kind, took) in failures(&backend).await {
+        assert_eq!(kind, Some(BackendErrorKind::Unavailable), "{call}");
+        assert!(took < timeout + SLACK, "{call} took {took:?}");
+    }
+}
