@@ -3,12 +3,14 @@
 //! contract through the real `maestro` binary on the Platform-API backend,
 //! in front of a faithful fake upstream.
 
+mod airflow_e2e;
 mod auth;
 mod binary;
 mod errors;
 mod execute;
 mod fake_platform;
 mod helpers;
+mod idempotency;
 mod jwks;
 mod maestro;
 mod operations;

@@ -19,7 +19,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use domain::{AuthContext, PipelineService};
+use domain::{AuthContext, Idempotency, PipelineService};
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::{
     Modify, OpenApi,
@@ -30,6 +30,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 mod dto;
 mod error;
 mod extract;
+mod idempotency;
 mod instrument;
 pub mod jwks;
 pub mod jwt;
@@ -54,6 +55,7 @@ struct Inner {
     backend: &'static str,
     draining: AtomicBool,
     rate_limiter: Option<ratelimit::RateLimiter>,
+    idempotency: Idempotency,
 }
 
 impl std::fmt::Debug for AppState {
@@ -69,12 +71,15 @@ impl AppState {
     /// `backend` names the backend in metrics (`memory`, `airflow`, ...);
     /// `metrics` is where they are counted (wrap the ports with
     /// [`Metrics::instrument_repository`] and
-    /// [`Metrics::instrument_orchestrator`] to count backend calls too).
+    /// [`Metrics::instrument_orchestrator`] to count backend calls too);
+    /// `idempotency` keeps the answers of executes sent with an
+    /// `Idempotency-Key`.
     pub fn new(
         service: PipelineService,
         auth: Arc<dyn AuthContext>,
         backend: &'static str,
         metrics: Metrics,
+        idempotency: Idempotency,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -84,6 +89,7 @@ impl AppState {
                 backend,
                 draining: AtomicBool::new(false),
                 rate_limiter: None,
+                idempotency,
             }),
         }
     }
@@ -100,6 +106,7 @@ impl AppState {
                 backend: inner.backend,
                 draining: AtomicBool::new(self.is_draining()),
                 rate_limiter: Some(limiter),
+                idempotency: inner.idempotency.clone(),
             }),
         }
     }
@@ -121,6 +128,10 @@ impl AppState {
 
     pub(crate) fn auth(&self) -> &dyn AuthContext {
         self.inner.auth.as_ref()
+    }
+
+    pub(crate) fn idempotency(&self) -> &Idempotency {
+        &self.inner.idempotency
     }
 
     pub(crate) fn rate_limiter(&self) -> Option<&ratelimit::RateLimiter> {

@@ -15,7 +15,30 @@ use crate::{
     },
     error::{ApiError, ErrorEnvelope, PlainDetail},
     extract::{Authenticated, PipelineIdBody, PipelinePath, RunPath, RunsQuery},
+    idempotency::{self, IdempotencyKeyHeader},
 };
+
+/// The answers every `/platform/...` route may give: a refused credential,
+/// the rate limit, and the backend failing.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only documents the answers; `ApiError` produces them.
+pub(crate) enum CommonFailures {
+    /// `{"detail": "Not authenticated"}` without a token; `InvalidToken` for a bad one.
+    #[response(status = 401)]
+    Unauthorized(PlainDetail),
+    /// `RateLimited`, with `Retry-After`, when rate limits are configured.
+    #[response(status = 429)]
+    RateLimited(ErrorEnvelope),
+    /// `UpstreamError`: the backend answered unexpectedly.
+    #[response(status = 502)]
+    Upstream(ErrorEnvelope),
+    /// `UpstreamUnavailable`: the backend cannot be reached.
+    #[response(status = 503)]
+    Unavailable(ErrorEnvelope),
+    /// `UpstreamTimeout`: the backend did not answer in time.
+    #[response(status = 504)]
+    Timeout(ErrorEnvelope),
+}
 
 /// Trigger an immediate execution of a pipeline, whatever its cron
 /// schedule. While a run of the pipeline is active, the new run waits
@@ -25,28 +48,33 @@ use crate::{
     path = "/platform/pipeline/execute",
     tag = "pipelines",
     request_body = PipelineIdRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A repeat with the same key and pipeline within the retention window (24 h by default) gets the first answer again, with `Idempotent-Replayed: true`, and starts nothing. See docs/idempotency.md.")),
     responses(
-        (status = 200, description = "The run was triggered", body = ExecuteResponse),
-        (status = 400, description = "`PipelinePaused`, `InvalidPipelineId`, `InvalidRequestBody`, or `{\"detail\": \"pipeline_id is required\"}`", body = ErrorEnvelope),
-        (status = 401, description = "No valid bearer token", body = PlainDetail),
+        (status = 200, description = "The run was triggered (or, with `Idempotent-Replayed: true`, the first answer to this key)", body = ExecuteResponse,
+            headers(("Idempotent-Replayed" = String, description = "`true` on an answer given again"))),
+        (status = 400, description = "`PipelinePaused`, `InvalidPipelineId`, `InvalidRequestBody`, `InvalidIdempotencyKey`, or `{\"detail\": \"pipeline_id is required\"}`", body = ErrorEnvelope),
+        (status = 409, description = "`IdempotencyKeyInProgress`: the first request with this key is still running; retry after `Retry-After`", body = ErrorEnvelope),
+        (status = 422, description = "`IdempotencyKeyReused`: the key was used for another pipeline", body = ErrorEnvelope),
         (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
-        (status = 429, description = "`PipelineQueueFull`: the pipeline's queue is at its bound; nothing was started", body = ErrorEnvelope),
-        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
-        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
-        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+        CommonFailures,
+        (status = 429, description = "`PipelineQueueFull`: the pipeline's queue is at its bound, nothing was started; or `RateLimited`, with `Retry-After`", body = ErrorEnvelope),
     ),
     security(("bearer" = []))
 )]
 pub(crate) async fn execute(
     State(state): State<AppState>,
     Authenticated(ctx): Authenticated,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     PipelineIdBody(id): PipelineIdBody,
-) -> Result<Json<ExecuteResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     tracing::Span::current().record("pipeline_id", id.as_str());
+    if let Some(key) = key {
+        return Ok(idempotency::execute_once(&state, ctx, id, key).await);
+    }
     let run = state.service().execute(&ctx, &id).await?;
     tracing::Span::current().record("run_id", run.id.as_str());
     state.metrics().run_triggered(state.backend());
-    Ok(Json(ExecuteResponse::new(&run)))
+    Ok(Json(ExecuteResponse::new(&run)).into_response())
 }
 
 /// Pause a pipeline: it refuses executions until unpaused. Running runs
@@ -59,11 +87,8 @@ pub(crate) async fn execute(
     responses(
         (status = 200, description = "The pipeline is paused", body = ActionResponse),
         (status = 400, description = "`PipelineAlreadyPaused`, `InvalidPipelineId`, `InvalidRequestBody`, or `pipeline_id is required`", body = ErrorEnvelope),
-        (status = 401, description = "No valid bearer token", body = PlainDetail),
         (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
-        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
-        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
-        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+        CommonFailures,
     ),
     security(("bearer" = []))
 )]
@@ -89,11 +114,8 @@ pub(crate) async fn pause(
     responses(
         (status = 200, description = "The pipeline is unpaused", body = ActionResponse),
         (status = 400, description = "`PipelineNotPaused`, `InvalidPipelineId`, `InvalidRequestBody`, or `pipeline_id is required`", body = ErrorEnvelope),
-        (status = 401, description = "No valid bearer token", body = PlainDetail),
         (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
-        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
-        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
-        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+        CommonFailures,
     ),
     security(("bearer" = []))
 )]
@@ -119,11 +141,8 @@ pub(crate) async fn unpause(
     responses(
         (status = 200, description = "The pipeline", body = PipelineResponse),
         (status = 400, description = "`InvalidPipelineId`", body = ErrorEnvelope),
-        (status = 401, description = "No valid bearer token", body = PlainDetail),
         (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
-        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
-        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
-        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+        CommonFailures,
     ),
     security(("bearer" = []))
 )]
@@ -143,10 +162,7 @@ pub(crate) async fn get_pipeline(
     tag = "pipelines",
     responses(
         (status = 200, description = "The caller's pipelines, ordered by name", body = [PipelineSummaryBody]),
-        (status = 401, description = "No valid bearer token", body = PlainDetail),
-        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
-        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
-        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+        CommonFailures,
     ),
     security(("bearer" = []))
 )]
@@ -174,11 +190,8 @@ pub(crate) async fn list_pipelines(
         (status = 200, description = "One page of runs", body = [RunBody],
             headers(("X-Total-Count" = u64, description = "How many runs match, in all pages"))),
         (status = 400, description = "`InvalidPipelineId` or `InvalidQueryParameter`", body = ErrorEnvelope),
-        (status = 401, description = "No valid bearer token", body = PlainDetail),
         (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
-        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
-        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
-        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+        CommonFailures,
     ),
     security(("bearer" = []))
 )]
@@ -208,11 +221,8 @@ pub(crate) async fn list_runs(
     responses(
         (status = 200, description = "The run", body = RunBody),
         (status = 400, description = "`InvalidPipelineId` or `InvalidRunId`", body = ErrorEnvelope),
-        (status = 401, description = "No valid bearer token", body = PlainDetail),
         (status = 404, description = "`PipelineNotFound` or `PipelineRunNotFound`", body = ErrorEnvelope),
-        (status = 502, description = "`UpstreamError`", body = ErrorEnvelope),
-        (status = 503, description = "`UpstreamUnavailable`", body = ErrorEnvelope),
-        (status = 504, description = "`UpstreamTimeout`", body = ErrorEnvelope),
+        CommonFailures,
     ),
     security(("bearer" = []))
 )]

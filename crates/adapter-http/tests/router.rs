@@ -13,8 +13,8 @@ use axum::{
     http::{Request, StatusCode},
 };
 use domain::{
-    BackendError, Caller, CustomerId, MockAuthContext, MockOrchestrator, MockPipelineRepository,
-    PipelineService, TriggerError,
+    BackendError, Caller, CustomerId, Idempotency, IdempotencyConfig, MockAuthContext,
+    MockIdempotencyStore, MockOrchestrator, MockPipelineRepository, PipelineService, TriggerError,
 };
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
@@ -29,12 +29,27 @@ fn auth() -> MockAuthContext {
     auth
 }
 
+/// Execute's idempotency over a store that is never reached: these tests
+/// send no `Idempotency-Key`.
+fn idempotency() -> Idempotency {
+    Idempotency::new(
+        Arc::new(MockIdempotencyStore::new()),
+        IdempotencyConfig::default(),
+    )
+}
+
 fn state(orchestrator: MockOrchestrator) -> AppState {
     let service = PipelineService::new(
         Arc::new(MockPipelineRepository::new()),
         Arc::new(orchestrator),
     );
-    AppState::new(service, Arc::new(auth()), "mock", Metrics::default())
+    AppState::new(
+        service,
+        Arc::new(auth()),
+        "mock",
+        Metrics::default(),
+        idempotency(),
+    )
 }
 
 async fn call(state: AppState, request: Request<Body>) -> (StatusCode, Value) {
@@ -137,7 +152,7 @@ async fn backend_calls_are_counted_by_operation_and_outcome() {
         .returning(|_, _| Err(TriggerError::Backend(BackendError::timeout("slow"))));
     let orchestrator = metrics.instrument_orchestrator(Arc::new(orchestrator));
     let service = PipelineService::new(Arc::new(MockPipelineRepository::new()), orchestrator);
-    let state = AppState::new(service, Arc::new(auth()), "mock", metrics);
+    let state = AppState::new(service, Arc::new(auth()), "mock", metrics, idempotency());
     let app = router(state);
     let response = app.clone().oneshot(execute()).await.unwrap();
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
@@ -174,8 +189,14 @@ fn limited_state() -> AppState {
     repository.expect_list().returning(|_| Ok(Vec::new()));
     let service = PipelineService::new(Arc::new(repository), Arc::new(MockOrchestrator::new()));
     let limit = RateLimitConfig::new(60, Some(2)).unwrap();
-    AppState::new(service, Arc::new(auth), "mock", Metrics::default())
-        .with_rate_limiter(RateLimiter::new(limit))
+    AppState::new(
+        service,
+        Arc::new(auth),
+        "mock",
+        Metrics::default(),
+        idempotency(),
+    )
+    .with_rate_limiter(RateLimiter::new(limit))
 }
 
 fn list_as(customer: &str) -> Request<Body> {

@@ -34,6 +34,7 @@ mod backend;
 mod clock;
 mod demo;
 mod fixture;
+mod idempotency;
 mod state;
 
 use std::time::Duration;
@@ -44,6 +45,7 @@ pub use demo::{
     DEMO_SCHEDULED_PIPELINE_ID, demo_pipelines,
 };
 pub use fixture::{FixtureError, PipelineAt, load_fixture, parse_fixture};
+pub use idempotency::MemoryIdempotencyStore;
 
 /// How the memory backend simulates runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

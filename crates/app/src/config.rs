@@ -90,6 +90,16 @@ pub struct ServeConfig {
     #[arg(long, env = "MAESTRO_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
 
+    /// How long the answer to an execute with an `Idempotency-Key` is given
+    /// again to repeats: seconds, or a number with `s`, `m`, `h` or `d`.
+    #[arg(long, env = "MAESTRO_IDEMPOTENCY_TTL", default_value = "24h", value_parser = duration)]
+    pub idempotency_ttl: Duration,
+
+    /// A Redis server (`redis://host:port/db`) that keeps `Idempotency-Key`
+    /// answers for every instance; unset keeps them in this process only.
+    #[arg(long, env = "MAESTRO_REDIS_URL", hide_env_values = true, value_parser = secret)]
+    pub redis_url: Option<SecretString>,
+
     #[command(flatten)]
     pub jwt: JwtArgs,
 
@@ -278,6 +288,28 @@ fn secret(raw: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(raw.to_owned()))
 }
 
+/// Parses `90`, `90s`, `15m`, `24h` or `7d`.
+fn duration(raw: &str) -> Result<Duration, String> {
+    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => raw.split_at(at),
+        None => (raw, "s"),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a duration such as 90s, 15m, 24h or 7d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{raw}` has an unknown unit: use s, m, h or d")),
+    };
+    match number.checked_mul(unit) {
+        Some(0) | None => Err(format!("`{raw}` must be more than zero and at most years")),
+        Some(seconds) => Ok(Duration::from_secs(seconds)),
+    }
+}
+
 fn non_negative_seconds(raw: &str) -> Result<f64, String> {
     let seconds: f64 = raw
         .parse()
@@ -314,6 +346,17 @@ mod tests {
         assert_eq!(config.upstream_timeout(), Duration::from_secs(10));
         assert_eq!(config.jwt.jwt_customer_claim, "customer_id");
         assert_eq!(config.airflow.airflow_customer_tag_prefix, "customer:");
+    }
+
+    #[test]
+    fn idempotency_ttls_take_a_unit() {
+        assert_eq!(duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(duration("7d"), Ok(Duration::from_secs(604_800)));
+        for bad in ["", "0", "h", "10w", "-5s", "1.5h"] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

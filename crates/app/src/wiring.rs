@@ -10,10 +10,14 @@ use adapter_http::{
     jwt::{JwtAuth, JwtConfig, JwtKey},
     ratelimit::{RateLimitConfig, RateLimiter},
 };
-use adapter_memory::{MemoryBackend, MemoryConfig};
+use adapter_memory::{MemoryBackend, MemoryConfig, MemoryIdempotencyStore};
 use adapter_platform_api::{PlatformApiBackend, PlatformApiConfig};
+use adapter_redis::{RedisConfig, RedisIdempotencyStore};
 use anyhow::{Context as _, bail};
-use domain::{AuthContext, CustomerId, Orchestrator, PipelineRepository, PipelineService};
+use domain::{
+    AuthContext, CustomerId, Idempotency, IdempotencyConfig, IdempotencyStore, Orchestrator,
+    PipelineRepository, PipelineService,
+};
 
 use crate::{
     Backend, ServeConfig,
@@ -45,7 +49,8 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
         metrics.instrument_repository(repository),
         metrics.instrument_orchestrator(orchestrator),
     );
-    let mut state = AppState::new(service, auth, config.backend.name(), metrics);
+    let idempotency = idempotency(config).await?;
+    let mut state = AppState::new(service, auth, config.backend.name(), metrics, idempotency);
     if let Some(limit) =
         RateLimitConfig::from_settings(config.rate_limit_per_minute, config.rate_limit_burst)
             .context("invalid rate-limit settings")?
@@ -57,6 +62,28 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
         state,
         dev_banner,
     })
+}
+
+/// Where `Idempotency-Key` answers are kept: Redis when configured, shared
+/// by every instance; this process's memory otherwise.
+async fn idempotency(config: &ServeConfig) -> anyhow::Result<Idempotency> {
+    let store: Arc<dyn IdempotencyStore> = match &config.redis_url {
+        Some(url) => Arc::new(
+            RedisIdempotencyStore::connect(&RedisConfig::new(url.clone()))
+                .await
+                .context("cannot use MAESTRO_REDIS_URL")?,
+        ),
+        None => Arc::new(MemoryIdempotencyStore::default()),
+    };
+    Ok(Idempotency::new(
+        store,
+        IdempotencyConfig {
+            retention: config.idempotency_ttl,
+            // A claim must outlast the slowest execute: the backend's
+            // timeout, with room for the retry a lost answer allows.
+            in_flight: config.upstream_timeout() * 2 + Duration::from_secs(5),
+        },
+    ))
 }
 
 /// The demo pipeline the development banner's curl line triggers.

@@ -16,6 +16,7 @@
 
 mod auth;
 mod error;
+mod idempotency;
 mod pipeline;
 mod ports;
 mod run;
@@ -23,6 +24,10 @@ mod service;
 
 pub use auth::{AuthContext, AuthError, Caller, CustomerId, InvalidCustomerId, RequestContext};
 pub use error::{BackendError, BackendErrorKind};
+pub use idempotency::{
+    Claim, Completion, Idempotency, IdempotencyConfig, IdempotencyError, IdempotencyKey,
+    IdempotencyStore, Idempotent, InvalidIdempotencyKey, Lease, StoreError, StoredOutcome,
+};
 pub use pipeline::{InvalidPipelineId, Pipeline, PipelineId, PipelineStatus, PipelineSummary};
 pub use ports::{
     LookupError, Orchestrator, PipelineRepository, RunLookupError, RunsError, SetPausedError,
@@ -39,5 +44,7 @@ pub use service::{
 
 #[cfg(any(test, feature = "mock"))]
 pub use auth::MockAuthContext;
+#[cfg(any(test, feature = "mock"))]
+pub use idempotency::MockIdempotencyStore;
 #[cfg(any(test, feature = "mock"))]
 pub use ports::{MockOrchestrator, MockPipelineRepository};

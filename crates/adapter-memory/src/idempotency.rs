@@ -1,0 +1,504 @@
+//! The in-memory idempotency store: the default for a single Maestro
+//! instance, bounded and expiring, on tokio's clock.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use domain::{
+    Claim, CustomerId, IdempotencyKey, IdempotencyStore, Lease, StoreError, StoredOutcome,
+};
+use tokio::time::Instant;
+
+/// One customer's key.
+type Scope = (CustomerId, IdempotencyKey);
+
+/// Keeps claims and outcomes of idempotency keys in this process.
+///
+/// Entries expire on tokio's clock, so tests move them with
+/// `tokio::time::pause()` and `tokio::time::advance()`. The store holds at
+/// most [`MemoryIdempotencyStore::max_entries`]: expired entries go first;
+/// when all are live, the kept outcome closest to its expiry is forgotten
+/// early (a cache's trade: a very late retry of that key would run again).
+/// Claims in flight are never evicted; a claim that finds the store full of
+/// them fails rather than break a running request's promise.
+///
+/// Cheap to clone: clones share the entries. Instances do not: several
+/// Maestro instances need a shared store (Redis).
+#[derive(Debug, Clone)]
+pub struct MemoryIdempotencyStore {
+    state: Arc<Mutex<State>>,
+    max_entries: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<Scope, Entry>,
+    /// Every entry by its expiry, so that the expired and the soonest to
+    /// expire are found without a scan. The sequence number tells apart
+    /// entries that expire at the same instant.
+    by_expiry: BTreeMap<(Instant, u64), Scope>,
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    fingerprint: String,
+    status: Status,
+    expires_at: Instant,
+    seq: u64,
+}
+
+#[derive(Debug)]
+enum Status {
+    InFlight { lease: Lease },
+    Done(StoredOutcome),
+}
+
+impl MemoryIdempotencyStore {
+    /// The default [`MemoryIdempotencyStore::max_entries`]: with bodies of
+    /// a few hundred bytes, some tens of megabytes at most.
+    pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+
+    /// An empty store holding at most `max_entries` (at least one).
+    pub fn new(max_entries: usize) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State::default())),
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    /// The most entries the store holds.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    /// How many entries the store holds now, expired ones not yet dropped
+    /// included.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether the store holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A std mutex, not tokio's: no method awaits while holding it, and
+        // every critical section is a few map operations. A panic while
+        // holding it leaves the maps consistent (each change is a single
+        // insert or remove pair), so a poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Default for MemoryIdempotencyStore {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_MAX_ENTRIES)
+    }
+}
+
+impl State {
+    fn insert(&mut self, scope: Scope, fingerprint: String, status: Status, expires_at: Instant) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_expiry.insert((expires_at, seq), scope.clone());
+        let entry = Entry {
+            fingerprint,
+            status,
+            expires_at,
+            seq,
+        };
+        if let Some(old) = self.entries.insert(scope, entry) {
+            self.by_expiry.remove(&(old.expires_at, old.seq));
+        }
+    }
+
+    fn remove(&mut self, scope: &Scope) {
+        if let Some(old) = self.entries.remove(scope) {
+            self.by_expiry.remove(&(old.expires_at, old.seq));
+        }
+    }
+
+    /// Drops every entry expired at `now`.
+    fn purge(&mut self, now: Instant) {
+        while let Some(entry) = self.by_expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let scope = entry.remove();
+            self.entries.remove(&scope);
+        }
+    }
+
+    /// Makes room for one entry: forgets the kept outcome closest to its
+    /// expiry. False when only claims in flight are left.
+    fn evict_one_outcome(&mut self) -> bool {
+        let victim = self.by_expiry.values().find(|scope| {
+            self.entries
+                .get(*scope)
+                .is_some_and(|entry| matches!(entry.status, Status::Done(_)))
+        });
+        match victim.cloned() {
+            Some(scope) => {
+                self.remove(&scope);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The fingerprint of the live claim on `scope`, if `lease` still holds
+    /// it.
+    fn held(&self, scope: &Scope, lease: &Lease, now: Instant) -> Option<&str> {
+        self.entries
+            .get(scope)
+            .filter(|entry| {
+                entry.expires_at > now
+                    && matches!(&entry.status, Status::InFlight { lease: held } if held == lease)
+            })
+            .map(|entry| entry.fingerprint.as_str())
+    }
+}
+
+/// `now + ttl`, or some 30 years on for a ttl too long to add (the same
+/// stand-in for "never" that tokio uses).
+fn deadline(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .or_else(|| now.checked_add(Duration::from_secs(30 * 365 * 24 * 60 * 60)))
+        .unwrap_or(now)
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryIdempotencyStore {
+    async fn claim(
+        &self,
+        scope: &CustomerId,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        in_flight: Duration,
+    ) -> Result<Claim, StoreError> {
+        let now = Instant::now();
+        let scope = (scope.clone(), key.clone());
+        let mut state = self.lock();
+        state.purge(now);
+        if let Some(entry) = state.entries.get(&scope) {
+            if entry.fingerprint != fingerprint {
+                return Ok(Claim::Mismatch);
+            }
+            return Ok(match &entry.status {
+                Status::InFlight { .. } => Claim::InFlight,
+                Status::Done(outcome) => Claim::Done(outcome.clone()),
+            });
+        }
+        if state.entries.len() >= self.max_entries && !state.evict_one_outcome() {
+            return Err(StoreError::failed(format!(
+                "the in-memory idempotency store is full: {} requests with keys in flight",
+                state.entries.len()
+            )));
+        }
+        let lease = Lease::new(state.next_seq.to_string());
+        state.insert(
+            scope,
+            fingerprint.to_owned(),
+            Status::InFlight {
+                lease: lease.clone(),
+            },
+            deadline(now, in_flight),
+        );
+        Ok(Claim::Acquired(lease))
+    }
+
+    async fn complete(
+        &self,
+        scope: &CustomerId,
+        key: &IdempotencyKey,
+        lease: &Lease,
+        outcome: &StoredOutcome,
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let scope = (scope.clone(), key.clone());
+        let mut state = self.lock();
+        let Some(fingerprint) = state.held(&scope, lease, now).map(str::to_owned) else {
+            return Err(StoreError::ClaimLost);
+        };
+        state.insert(
+            scope,
+            fingerprint,
+            Status::Done(outcome.clone()),
+            deadline(now, retention),
+        );
+        Ok(())
+    }
+
+    async fn release(
+        &self,
+        scope: &CustomerId,
+        key: &IdempotencyKey,
+        lease: &Lease,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let scope = (scope.clone(), key.clone());
+        let mut state = self.lock();
+        if state.held(&scope, lease, now).is_none() {
+            return Err(StoreError::ClaimLost);
+        }
+        state.remove(&scope);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IN_FLIGHT: Duration = Duration::from_secs(30);
+    const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+    fn customer(name: &str) -> CustomerId {
+        CustomerId::parse(name).unwrap()
+    }
+
+    fn key(raw: &str) -> IdempotencyKey {
+        IdempotencyKey::parse(raw).unwrap()
+    }
+
+    fn ok(body: &str) -> StoredOutcome {
+        StoredOutcome {
+            status: 200,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    async fn acquire(store: &MemoryIdempotencyStore, who: &str, raw: &str) -> Lease {
+        match store
+            .claim(&customer(who), &key(raw), "p1", IN_FLIGHT)
+            .await
+            .unwrap()
+        {
+            Claim::Acquired(lease) => lease,
+            other => panic!("expected a claim, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claimed_key_is_in_flight_then_done_with_its_outcome() {
+        let store = MemoryIdempotencyStore::default();
+        let lease = acquire(&store, "acme", "k").await;
+        let again = store
+            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
+            .await;
+        assert_eq!(again.unwrap(), Claim::InFlight);
+
+        store
+            .complete(
+                &customer("acme"),
+                &key("k"),
+                &lease,
+                &ok("first"),
+                RETENTION,
+            )
+            .await
+            .unwrap();
+        let again = store
+            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
+            .await;
+        assert_eq!(again.unwrap(), Claim::Done(ok("first")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_fingerprint_is_a_mismatch_in_flight_and_done() {
+        let store = MemoryIdempotencyStore::default();
+        let lease = acquire(&store, "acme", "k").await;
+        let other = store
+            .claim(&customer("acme"), &key("k"), "p2", IN_FLIGHT)
+            .await;
+        assert_eq!(other.unwrap(), Claim::Mismatch);
+
+        store
+            .complete(
+                &customer("acme"),
+                &key("k"),
+                &lease,
+                &ok("first"),
+                RETENTION,
+            )
+            .await
+            .unwrap();
+        let other = store
+            .claim(&customer("acme"), &key("k"), "p2", IN_FLIGHT)
+            .await;
+        assert_eq!(other.unwrap(), Claim::Mismatch);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_are_scoped_to_their_customer() {
+        let store = MemoryIdempotencyStore::default();
+        acquire(&store, "acme", "k").await;
+        acquire(&store, "globex", "k").await;
+        assert_eq!(store.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_expires_so_a_lost_request_never_locks_its_key() {
+        let store = MemoryIdempotencyStore::default();
+        let lost = acquire(&store, "acme", "k").await;
+
+        tokio::time::advance(IN_FLIGHT - Duration::from_millis(1)).await;
+        let again = store
+            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
+            .await;
+        assert_eq!(again.unwrap(), Claim::InFlight);
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let retry = acquire(&store, "acme", "k").await;
+        assert_ne!(retry, lost);
+
+        // The lost request finishing late must not overwrite the retry's
+        // claim, nor drop it.
+        let late = store
+            .complete(&customer("acme"), &key("k"), &lost, &ok("late"), RETENTION)
+            .await;
+        assert!(matches!(late, Err(StoreError::ClaimLost)));
+        let late = store.release(&customer("acme"), &key("k"), &lost).await;
+        assert!(matches!(late, Err(StoreError::ClaimLost)));
+        let again = store
+            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
+            .await;
+        assert_eq!(again.unwrap(), Claim::InFlight);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outcome_is_kept_for_the_retention_and_no_longer() {
+        let store = MemoryIdempotencyStore::default();
+        let lease = acquire(&store, "acme", "k").await;
+        store
+            .complete(
+                &customer("acme"),
+                &key("k"),
+                &lease,
+                &ok("first"),
+                RETENTION,
+            )
+            .await
+            .unwrap();
+
+        tokio::time::advance(RETENTION - Duration::from_millis(1)).await;
+        let again = store
+            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
+            .await;
+        assert_eq!(again.unwrap(), Claim::Done(ok("first")));
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        acquire(&store, "acme", "k").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_claim_frees_the_key_at_once() {
+        let store = MemoryIdempotencyStore::default();
+        let lease = acquire(&store, "acme", "k").await;
+        store
+            .release(&customer("acme"), &key("k"), &lease)
+            .await
+            .unwrap();
+        assert!(store.is_empty());
+        acquire(&store, "acme", "k").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_entries_are_dropped_before_anything_is_evicted() {
+        let store = MemoryIdempotencyStore::new(2);
+        let first = acquire(&store, "acme", "a").await;
+        store
+            .complete(
+                &customer("acme"),
+                &key("a"),
+                &first,
+                &ok("a"),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        acquire(&store, "acme", "b").await;
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        acquire(&store, "acme", "c").await;
+        assert_eq!(store.len(), 2);
+        // "b" is still in flight: it was not the one that made room.
+        let b = store
+            .claim(&customer("acme"), &key("b"), "p1", IN_FLIGHT)
+            .await;
+        assert_eq!(b.unwrap(), Claim::InFlight);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_forgets_the_outcome_closest_to_expiry_and_never_a_claim() {
+        let store = MemoryIdempotencyStore::new(3);
+        for (raw, retention) in [("short", 10), ("long", 20)] {
+            let lease = acquire(&store, "acme", raw).await;
+            store
+                .complete(
+                    &customer("acme"),
+                    &key(raw),
+                    &lease,
+                    &ok(raw),
+                    Duration::from_secs(retention),
+                )
+                .await
+                .unwrap();
+        }
+        acquire(&store, "acme", "running").await;
+
+        acquire(&store, "acme", "new").await;
+        assert_eq!(store.len(), 3);
+        let short = store
+            .claim(&customer("acme"), &key("short"), "p1", IN_FLIGHT)
+            .await;
+        assert!(
+            matches!(short.unwrap(), Claim::Acquired(_)),
+            "short was evicted, so it is free"
+        );
+        // Claiming "short" again evicted "long", the last outcome left.
+        let long = store
+            .claim(&customer("acme"), &key("long"), "p1", IN_FLIGHT)
+            .await;
+        assert!(
+            matches!(long, Err(StoreError::Failed { .. })),
+            "only claims in flight are left"
+        );
+        let running = store
+            .claim(&customer("acme"), &key("running"), "p1", IN_FLIGHT)
+            .await;
+        assert_eq!(running.unwrap(), Claim::InFlight);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn of_many_concurrent_claims_of_one_key_exactly_one_is_acquired() {
+        let store = MemoryIdempotencyStore::default();
+        let claims = (0..200).map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
+                    .await
+                    .unwrap()
+            })
+        });
+        let mut acquired = 0;
+        for claim in claims.collect::<Vec<_>>() {
+            match claim.await.unwrap() {
+                Claim::Acquired(_) => acquired += 1,
+                Claim::InFlight => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(acquired, 1);
+    }
+}

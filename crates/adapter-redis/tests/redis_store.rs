@@ -1,0 +1,413 @@
+//! The Redis idempotency store against a real `redis-server`: claims,
+//! replays, mismatches, claims in flight, expiry after a lost request, and
+//! many concurrent claims through separate connections, as from several
+//! Maestro instances.
+//!
+//! These need a server, so they are ignored by default:
+//!
+//! ```text
+//! export MAESTRO_TEST_REDIS_URL="$(scripts/redis-test-server.sh)"
+//! cargo test -p adapter-redis -- --ignored
+//! ```
+//!
+//! Every test uses its own random key prefix, so tests can share the server
+//! and run in parallel.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use adapter_redis::{ConnectError, RedisConfig, RedisIdempotencyStore};
+use domain::{
+    Claim, Completion, CustomerId, Idempotency, IdempotencyConfig, IdempotencyError,
+    IdempotencyKey, IdempotencyStore, Idempotent, Lease, StoreError, StoredOutcome,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+};
+
+const IN_FLIGHT: Duration = Duration::from_secs(30);
+const RETENTION: Duration = Duration::from_secs(60);
+
+fn url() -> String {
+    std::env::var("MAESTRO_TEST_REDIS_URL")
+        .expect("MAESTRO_TEST_REDIS_URL names the test server: run scripts/redis-test-server.sh")
+}
+
+fn config() -> RedisConfig {
+    RedisConfig {
+        key_prefix: format!("maestro-test:{}:", uuid::Uuid::new_v4().simple()),
+        ..RedisConfig::new(url())
+    }
+}
+
+async fn store(config: &RedisConfig) -> RedisIdempotencyStore {
+    RedisIdempotencyStore::connect(config).await.unwrap()
+}
+
+fn acme() -> CustomerId {
+    CustomerId::parse("acme").unwrap()
+}
+
+fn key(raw: &str) -> IdempotencyKey {
+    IdempotencyKey::parse(raw).unwrap()
+}
+
+fn outcome(status: u16, body: &str) -> StoredOutcome {
+    StoredOutcome {
+        status,
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+async fn acquire(
+    store: &RedisIdempotencyStore,
+    customer: &CustomerId,
+    raw: &str,
+    in_flight: Duration,
+) -> Lease {
+    match store
+        .claim(customer, &key(raw), "p1", in_flight)
+        .await
+        .unwrap()
+    {
+        Claim::Acquired(lease) => lease,
+        other => panic!("expected a claim, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_claimed_key_is_in_flight_then_replays_its_outcome() {
+    let store = store(&config()).await;
+    let lease = acquire(&store, &acme(), "k", IN_FLIGHT).await;
+    assert_eq!(
+        store
+            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
+            .await
+            .unwrap(),
+        Claim::InFlight
+    );
+
+    let first = outcome(200, r#"{"status":true,"data":{"run_id":"manual__1"}}"#);
+    store
+        .complete(&acme(), &key("k"), &lease, &first, RETENTION)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
+            .await
+            .unwrap(),
+        Claim::Done(first)
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn another_fingerprint_is_a_mismatch_in_flight_and_done() {
+    let store = store(&config()).await;
+    let lease = acquire(&store, &acme(), "k", IN_FLIGHT).await;
+    assert_eq!(
+        store
+            .claim(&acme(), &key("k"), "p2", IN_FLIGHT)
+            .await
+            .unwrap(),
+        Claim::Mismatch
+    );
+
+    store
+        .complete(
+            &acme(),
+            &key("k"),
+            &lease,
+            &outcome(404, "missing"),
+            RETENTION,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim(&acme(), &key("k"), "p2", IN_FLIGHT)
+            .await
+            .unwrap(),
+        Claim::Mismatch
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn keys_are_scoped_to_their_customer() {
+    let store = store(&config()).await;
+    acquire(&store, &acme(), "k", IN_FLIGHT).await;
+    acquire(
+        &store,
+        &CustomerId::parse("globex").unwrap(),
+        "k",
+        IN_FLIGHT,
+    )
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_released_claim_frees_the_key_at_once() {
+    let store = store(&config()).await;
+    let lease = acquire(&store, &acme(), "k", IN_FLIGHT).await;
+    store.release(&acme(), &key("k"), &lease).await.unwrap();
+    acquire(&store, &acme(), "k", IN_FLIGHT).await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_claim_lost_with_its_instance_expires_and_the_late_request_cannot_overwrite_the_retry() {
+    let config = config();
+    // The instance that claims dies before it records anything.
+    let crashed = store(&config).await;
+    let lost = acquire(&crashed, &acme(), "k", Duration::from_millis(400)).await;
+    drop(crashed);
+
+    let survivor = store(&config).await;
+    assert_eq!(
+        survivor
+            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
+            .await
+            .unwrap(),
+        Claim::InFlight
+    );
+    // Redis keeps time itself, so this waits for real, briefly.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let retry = acquire(&survivor, &acme(), "k", IN_FLIGHT).await;
+
+    let late = survivor
+        .complete(&acme(), &key("k"), &lost, &outcome(200, "late"), RETENTION)
+        .await;
+    assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
+    let late = survivor.release(&acme(), &key("k"), &lost).await;
+    assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
+
+    survivor
+        .complete(
+            &acme(),
+            &key("k"),
+            &retry,
+            &outcome(200, "retry"),
+            RETENTION,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        survivor
+            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
+            .await
+            .unwrap(),
+        Claim::Done(outcome(200, "retry"))
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_kept_outcome_expires_after_its_retention() {
+    let store = store(&config()).await;
+    let lease = acquire(&store, &acme(), "k", IN_FLIGHT).await;
+    store
+        .complete(
+            &acme(),
+            &key("k"),
+            &lease,
+            &outcome(200, "first"),
+            Duration::from_millis(400),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
+            .await
+            .unwrap(),
+        Claim::Done(_)
+    ));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    acquire(&store, &acme(), "k", IN_FLIGHT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn of_many_concurrent_claims_from_several_instances_exactly_one_is_acquired() {
+    let config = config();
+    // Four connections stand for four Maestro instances.
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        instances.push(store(&config).await);
+    }
+    let claims: Vec<_> = (0..200)
+        .map(|n| {
+            let store = instances[n % instances.len()].clone();
+            tokio::spawn(async move {
+                store
+                    .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut acquired = 0;
+    for claim in claims {
+        match claim.await.unwrap() {
+            Claim::Acquired(_) => acquired += 1,
+            Claim::InFlight => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(acquired, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn the_use_case_over_redis_runs_a_key_once_across_instances() {
+    use std::sync::atomic::AtomicUsize;
+
+    let config = config();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let store: Arc<dyn IdempotencyStore> = Arc::new(store(&config).await);
+        instances.push(Idempotency::new(store, IdempotencyConfig::default()));
+    }
+    let requests: Vec<_> = (0..100)
+        .map(|n| {
+            let idempotency = instances[n % 2].clone();
+            let runs = runs.clone();
+            tokio::spawn(async move {
+                let work = async {
+                    let run = runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Completion::Final(outcome(200, &format!("run {run}")))
+                };
+                idempotency.run(&acme(), &key("k"), "p1", work).await
+            })
+        })
+        .collect();
+    let mut fresh = 0;
+    for request in requests {
+        match request.await.unwrap() {
+            Ok(Idempotent::Ran {
+                record_error: None,
+                outcome,
+            }) => {
+                fresh += 1;
+                assert_eq!(outcome, self::outcome(200, "run 0"));
+            }
+            Ok(Idempotent::Replayed(outcome)) => assert_eq!(outcome, self::outcome(200, "run 0")),
+            Err(IdempotencyError::InFlight) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(fresh, 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A TCP proxy to the test server that can stop passing bytes on, to stand
+/// for a Redis that hangs (a network partition, a server stuck on disk).
+async fn hanging_proxy() -> (String, Arc<AtomicBool>) {
+    let upstream = url()
+        .strip_prefix("redis://")
+        .expect("a redis:// URL")
+        .trim_end_matches('/')
+        .to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let hung = Arc::new(AtomicBool::new(false));
+    let flag = hung.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(&upstream).await.unwrap();
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pass_on(client_read, server_write, flag.clone()));
+            tokio::spawn(pass_on(server_read, client_write, flag.clone()));
+        }
+    });
+    (format!("redis://{address}"), hung)
+}
+
+async fn pass_on(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, hung: Arc<AtomicBool>) {
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else {
+            return;
+        };
+        if read == 0 {
+            return;
+        }
+        if hung.load(Ordering::SeqCst) {
+            // Hold both sockets open and answer nothing, ever.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_hanging_server_fails_each_operation_within_the_timeout() {
+    let (proxied, hung) = hanging_proxy().await;
+    let config = RedisConfig {
+        timeout: Duration::from_millis(300),
+        ..RedisConfig {
+            url: RedisConfig::new(proxied).url,
+            ..config()
+        }
+    };
+    let store = store(&config).await;
+    let lease = acquire(&store, &acme(), "k", IN_FLIGHT).await;
+
+    hung.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let claim = store.claim(&acme(), &key("other"), "p1", IN_FLIGHT).await;
+    assert!(matches!(claim, Err(StoreError::Failed { .. })), "{claim:?}");
+    let complete = store
+        .complete(&acme(), &key("k"), &lease, &outcome(200, "x"), RETENTION)
+        .await;
+    assert!(
+        matches!(complete, Err(StoreError::Failed { .. })),
+        "{complete:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_answer_fails_at_connect() {
+    let mut config = RedisConfig::new("redis://127.0.0.1:1");
+    config.connect_timeout = Duration::from_millis(300);
+    let err = RedisIdempotencyStore::connect(&config).await.unwrap_err();
+    assert!(matches!(err, ConnectError::Connect(_)), "{err:?}");
+    assert!(!err.to_string().contains("127.0.0.1"), "{err}");
+}
+
+#[tokio::test]
+async fn a_tls_or_malformed_url_is_refused_before_any_connection() {
+    let err = RedisIdempotencyStore::connect(&RedisConfig::new("rediss://:hunter2@cache:6380"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::TlsUnsupported), "{err:?}");
+    let err = RedisIdempotencyStore::connect(&RedisConfig::new("http://:hunter2@cache"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::InvalidUrl), "{err:?}");
+    assert!(!err.to_string().contains("hunter2"));
+}
