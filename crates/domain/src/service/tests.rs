@@ -82,7 +82,8 @@ async fn execute_triggers_a_run_scoped_to_the_callers_customer() {
 
 #[tokio::test]
 async fn execute_reports_each_refusal_with_the_contract_text() {
-    let cases: [(fn() -> TriggerError, &str); 3] = [
+    type Case = (fn() -> TriggerError, &'static str);
+    let cases: [Case; 3] = [
         (
             || TriggerError::NotFound,
             "Pipeline with id 1b33ad2f_33d3_4837_9eeb_83c82c8b909d not found",
