@@ -43,6 +43,19 @@ pub(crate) enum CommonFailures {
 /// Trigger an immediate execution of a pipeline, whatever its cron
 /// schedule. While a run of the pipeline is active, the new run waits
 /// `QUEUED` and starts when the earlier ones finish, in order.
+///
+/// With an `Idempotency-Key` header (scoped to the customer), a client can
+/// retry safely:
+///
+/// | request with a key | answer |
+/// | --- | --- |
+/// | first | runs; a 200 or a final refusal (404, 400 paused) is kept for `MAESTRO_IDEMPOTENCY_TTL` (24 h) |
+/// | repeat, same pipeline, answer kept | the kept status and body, with `Idempotent-Replayed: true`; nothing runs |
+/// | repeat, same pipeline, first still in flight | 409 `IdempotencyKeyInProgress`, `Retry-After`; nothing runs |
+/// | repeat, another pipeline | 422 `IdempotencyKeyReused`; nothing runs |
+/// | first answered 5xx or 429 | not kept: the next request with the key runs |
+/// | key not 1 to 255 visible ASCII characters | 400 `InvalidIdempotencyKey` |
+/// | key store unavailable | 503 `IdempotencyStoreUnavailable`; nothing runs |
 #[utoipa::path(
     post,
     path = "/platform/pipeline/execute",
