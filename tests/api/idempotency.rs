@@ -168,7 +168,7 @@ async fn concurrent_executes(apps: &[Arc<TestApp>], count: usize) -> HashSet<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_executes_with_one_key_start_exactly_one_run() {
     let app = Arc::new(TestApp::spawn().await);
-    let run_ids = concurrent_executes(&[app.clone()], 200).await;
+    let run_ids = concurrent_executes(std::slice::from_ref(&app), 200).await;
     assert_eq!(run_ids.len(), 1, "every 200 is the one stored answer");
     assert_eq!(run_count(&app, ACME, ACTIVE).await, "1");
 }

@@ -3,6 +3,7 @@
 //! contract through the real `maestro` binary on the Platform-API backend,
 //! in front of a faithful fake upstream.
 
+mod airflow_e2e;
 mod auth;
 mod binary;
 mod errors;

@@ -30,7 +30,9 @@ use crate::{
     process::{ChildGuard, free_local_addr, resident_set_size},
 };
 
+mod airflow;
 mod baseline;
+mod idempotency;
 mod report;
 
 /// The customer the bench's pipeline belongs to and its token names.
@@ -59,6 +61,30 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 5_000)]
     warmup: u64,
 
+    /// With `--backend airflow`: measured requests per endpoint, straight
+    /// to Airflow and through Maestro alike.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    airflow_requests: u64,
+
+    /// With `--backend airflow`: requests per endpoint before measuring.
+    #[arg(long, default_value_t = 100)]
+    airflow_warmup: u64,
+
+    /// With `--backend airflow`: concurrent keep-alive connections.
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    airflow_connections: usize,
+
+    /// With the memory backend: skip the `Idempotency-Key` runs (without
+    /// keys, then a fresh key per request on the memory store and on a
+    /// throwaway Redis), which otherwise follow the baseline comparison.
+    #[arg(long)]
+    no_idempotency: bool,
+
+    /// Measured requests per `Idempotency-Key` run. The memory store keeps
+    /// 100,000 keys, so warm-up plus these stay under it by default.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    idempotency_requests: u64,
+
     /// Only report: exit 0 even when a target is missed.
     #[arg(long)]
     no_check: bool,
@@ -77,12 +103,15 @@ pub(crate) struct BaselineArgs {
     bind: SocketAddr,
 }
 
-/// The backends the service can be benchmarked on. Each knows how to set
-/// the service up; only the memory backend exists so far.
+/// The backends the service can be benchmarked on. The memory backend is
+/// set up here; the Airflow bench, which measures against Airflow itself
+/// rather than a bare baseline, is `bench/airflow.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Backend {
     /// The embedded memory backend, with runs that finish at once.
     Memory,
+    /// A real Apache Airflow 3, started by the e2e harness.
+    Airflow,
 }
 
 /// A backend made ready for one run: the service's environment for it, and
@@ -97,6 +126,7 @@ impl Backend {
     fn name(self) -> &'static str {
         match self {
             Self::Memory => "memory",
+            Self::Airflow => "airflow",
         }
     }
 
@@ -117,6 +147,7 @@ impl Backend {
                     _files: vec![fixture],
                 })
             }
+            Self::Airflow => bail!("the Airflow bench sets up its own backend"),
         }
     }
 }
@@ -158,18 +189,24 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         }
     };
 
+    if args.backend == Backend::Airflow {
+        return airflow::run(args, &maestro);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
     let results = runtime.block_on(measure(args, &maestro))?;
-    let checks = report::checks(&results);
+    let mut checks = report::checks(&results);
     println!();
     print!("{}", report::text(&results, &checks));
     println!();
     println!("For docs/performance.md:");
     println!();
     print!("{}", report::markdown(&results, &checks));
+    if !args.no_idempotency {
+        checks.extend(idempotency::run(&runtime, args, &maestro)?);
+    }
 
     let missed = checks.iter().filter(|check| !check.passed).count();
     if missed > 0 && !args.no_check {
@@ -297,21 +334,7 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<report::Results>
 
     let setup = args.backend.prepare(pipeline)?;
     let addr = free_local_addr()?;
-    let mut command = Command::new(maestro);
-    command.arg("serve");
-    // Settings from the caller's environment must not change what is
-    // measured: only the bench's own reach the service.
-    for (name, _) in env::vars_os() {
-        if name.to_string_lossy().starts_with("MAESTRO_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .env("MAESTRO_BIND", addr.to_string())
-        .env("MAESTRO_JWT_HS256_SECRET", &secret)
-        .env("RUST_LOG", "warn")
-        .envs(setup.env.iter().map(|(name, value)| (name, value)))
-        .stdin(Stdio::null());
+    let mut command = maestro_command(maestro, addr, &secret, &setup.env);
     let mut server = ChildGuard::spawn("maestro", &mut command)?;
     server.wait_until_healthy(addr, STARTUP_TIMEOUT).await?;
     let service_rss_idle = resident_set_size(server.id()).ok();
@@ -345,6 +368,32 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<report::Results>
         service_rss_idle,
         service_rss_after,
     })
+}
+
+/// `maestro serve` on `addr` with the bench's secret and `env`, and nothing
+/// else of the caller's `MAESTRO_*` settings.
+fn maestro_command(
+    maestro: &Path,
+    addr: SocketAddr,
+    secret: &str,
+    env: &[(&'static str, String)],
+) -> Command {
+    let mut command = Command::new(maestro);
+    command.arg("serve");
+    // Settings from the caller's environment must not change what is
+    // measured: only the bench's own reach the service.
+    for (name, _) in env::vars_os() {
+        if name.to_string_lossy().starts_with("MAESTRO_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("MAESTRO_BIND", addr.to_string())
+        .env("MAESTRO_JWT_HS256_SECRET", secret)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(name, value)| (name, value)))
+        .stdin(Stdio::null());
+    command
 }
 
 /// Says which statuses and which transport error a target answered with,

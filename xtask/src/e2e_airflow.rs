@@ -4,17 +4,19 @@
 //! The steps: install `apache-airflow` into a venv under `target/` unless
 //! it is there already; start `airflow standalone` (SQLite, LocalExecutor)
 //! on a free loopback port with a fresh home under `target/` and the DAGs
-//! of `tests/airflow/dags/`; wait until it is healthy; run
-//! `crates/adapter-airflow/tests/e2e.rs` against it. Airflow runs in its
-//! own process group, which is killed on every way out: success, failure,
-//! panic and Ctrl-C.
+//! of `tests/airflow/dags/`; wait until it is healthy; run the adapter's
+//! tests (`crates/adapter-airflow/tests/e2e.rs`) and then the black-box
+//! tests of the `maestro` binary (`tests/api/airflow_e2e.rs`) against it.
+//! Airflow runs in its own process group, which is killed on every way
+//! out: success, failure, panic and Ctrl-C. `cargo xtask bench --backend
+//! airflow` starts Airflow with the same functions.
 
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -22,18 +24,49 @@ use anyhow::{Context as _, bail};
 /// The Airflow release the tests are written against.
 const AIRFLOW_VERSION: &str = "3.3.2";
 
-/// The test that stops Airflow; it runs alone, after all the others.
-const STOPPING_TEST: &str = "airflow_stopped_mid_test_gives_timeouts_then_unavailable";
-
 /// The Airflow account the tests use, with the simple auth manager's
 /// `USER` role: read everything, and edit DAGs and DAG runs. That the tests
 /// pass with it shows that Maestro needs no more. Airflow generates its
 /// password.
-const USERNAME: &str = "maestro";
+pub(crate) const USERNAME: &str = "maestro";
 
 /// The accounts Airflow is started with: the tests' one, and an admin for
 /// looking around with `--keep-running`.
 const USERS: &str = "maestro:user,admin:admin";
+
+/// One test binary of the e2e tests, and the test in it that stops
+/// Airflow, which runs alone after all the others.
+struct Suite {
+    /// How the reports call it.
+    name: &'static str,
+    /// The package and test target, as `cargo test` takes them.
+    package: &'static str,
+    target: &'static str,
+    /// A filter that picks the suite's tests out of the test binary, or
+    /// `""` for all of its ignored tests.
+    filter: &'static str,
+    stopping: &'static str,
+}
+
+/// The adapter's own tests, then the `maestro` binary's through its HTTP
+/// API. Their stopping tests run in the opposite order: the binary's only
+/// freezes Airflow and thaws it again; the adapter's kills it.
+const SUITES: [Suite; 2] = [
+    Suite {
+        name: "adapter e2e",
+        package: "adapter-airflow",
+        target: "e2e",
+        filter: "",
+        stopping: "airflow_stopped_mid_test_gives_timeouts_then_unavailable",
+    },
+    Suite {
+        name: "api e2e",
+        package: "app",
+        target: "api",
+        filter: "airflow_e2e::",
+        stopping: "airflow_e2e::airflow_stopped_mid_test_gives_504_within_the_timeout_and_ready_503",
+    },
+];
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -43,23 +76,42 @@ pub(crate) struct Args {
     /// How long Airflow may take to become healthy, in seconds.
     #[arg(long, default_value_t = 300)]
     startup_timeout: u64,
-    /// Leave out the test that stops Airflow, and keep Airflow running
+    /// Leave out the tests that stop Airflow, and keep Airflow running
     /// until Enter is pressed, to look at it by hand.
     #[arg(long)]
     keep_running: bool,
 }
 
-pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    let started = Instant::now();
+/// An `airflow standalone` started on a free loopback port with a fresh
+/// home and the repository's test DAGs, healthy, with the password of
+/// [`USERNAME`]. Dropping it stops Airflow.
+pub(crate) struct Started {
+    pub(crate) airflow: Airflow,
+    pub(crate) url: String,
+    pub(crate) port: u16,
+    pub(crate) home: PathBuf,
+    pub(crate) password: String,
+}
+
+/// Makes the venv if needed, starts Airflow with a fresh home at
+/// `target/<home_name>`, and runs `while_booting` (a build, say) while
+/// Airflow boots, then waits until Airflow is healthy. Ctrl-C stops
+/// Airflow from then on.
+pub(crate) fn start(
+    python: &str,
+    home_name: &str,
+    startup_timeout: Duration,
+    while_booting: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Started> {
     let root = crate::project_root();
     let target = root.join("target");
     let venv = target.join("airflow-venv");
-    let home = target.join("airflow-e2e-home");
+    let home = target.join(home_name);
     let dags = root.join("tests").join("airflow").join("dags");
 
     let step = Instant::now();
-    ensure_venv(&args.python, &venv)?;
-    println!("e2e-airflow: venv ready in {:.0?}", step.elapsed());
+    ensure_venv(python, &venv)?;
+    println!("airflow: venv ready in {:.0?}", step.elapsed());
 
     if home.exists() {
         fs::remove_dir_all(&home)
@@ -73,60 +125,111 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let step = Instant::now();
     let mut airflow = Airflow::start(&venv, &home, &dags, port)?;
     println!(
-        "e2e-airflow: airflow standalone started on {url} (process group {}, log {})",
+        "airflow: standalone started on {url} (process group {}, log {})",
         airflow.pgid,
         airflow.log.display()
     );
     stop_on_ctrl_c(airflow.pgid);
 
+    let ready = (|| {
+        while_booting()?;
+        airflow.wait_until_healthy(port, startup_timeout)?;
+        println!("airflow: healthy after {:.0?}", step.elapsed());
+        read_password(&home)
+    })();
+    match ready {
+        Ok(password) => Ok(Started {
+            airflow,
+            url,
+            port,
+            home,
+            password,
+        }),
+        Err(err) => {
+            airflow.stop();
+            airflow.print_log_tail(60);
+            Err(err)
+        }
+    }
+}
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let root = crate::project_root();
+
     // Build the tests while Airflow boots.
-    let build = cargo_test(&root, &[], &[]).arg("--no-run").status();
-    let built = build.context("cannot run cargo")?.success();
+    let build = || {
+        for suite in &SUITES {
+            let built = cargo_test(&root, suite, &[], None)
+                .arg("--no-run")
+                .status()
+                .context("cannot run cargo")?;
+            if !built.success() {
+                bail!("the {} tests did not build", suite.name);
+            }
+        }
+        Ok(())
+    };
+    let mut up = start(
+        &args.python,
+        "airflow-e2e-home",
+        Duration::from_secs(args.startup_timeout),
+        build,
+    )?;
+    let url = up.url.clone();
 
     let outcome = (|| {
-        if !built {
-            bail!("the e2e tests did not build");
-        }
-        airflow.wait_until_healthy(port, Duration::from_secs(args.startup_timeout))?;
-        println!("e2e-airflow: airflow healthy after {:.0?}", step.elapsed());
-        let password = read_password(&home)?;
         let env = [
             ("MAESTRO_E2E_AIRFLOW_URL", url.clone()),
             ("MAESTRO_E2E_AIRFLOW_USERNAME", USERNAME.to_owned()),
-            ("MAESTRO_E2E_AIRFLOW_PASSWORD", password),
-            ("MAESTRO_E2E_AIRFLOW_PGID", airflow.pgid.to_string()),
+            ("MAESTRO_E2E_AIRFLOW_PASSWORD", up.password.clone()),
+            ("MAESTRO_E2E_AIRFLOW_PGID", up.airflow.pgid.to_string()),
         ];
 
-        let step = Instant::now();
-        let others = cargo_test(&root, &env, &["--skip", STOPPING_TEST])
-            .status()
-            .context("cannot run cargo")?;
-        println!("e2e-airflow: e2e tests ran in {:.0?}", step.elapsed());
+        let mut failed = Vec::new();
+        for suite in &SUITES {
+            let step = Instant::now();
+            let status = cargo_test(&root, suite, &env, Some(&["--skip", suite.stopping]))
+                .status()
+                .context("cannot run cargo")?;
+            println!(
+                "e2e-airflow: {} tests ran in {:.0?} ({status})",
+                suite.name,
+                step.elapsed()
+            );
+            if !status.success() {
+                failed.push(suite.name);
+            }
+        }
         if args.keep_running {
             println!(
                 "e2e-airflow: Airflow stays up at {url} (admin / password in {}); press Enter to stop it",
-                home.join("simple_auth_manager_passwords.json.generated")
+                up.home
+                    .join("simple_auth_manager_passwords.json.generated")
                     .display()
             );
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
         } else {
-            let stopping = cargo_test(&root, &env, &["--exact", STOPPING_TEST])
-                .status()
-                .context("cannot run cargo")?;
-            if !stopping.success() {
-                bail!("the test that stops Airflow failed");
+            for suite in SUITES.iter().rev() {
+                let status: ExitStatus =
+                    cargo_test(&root, suite, &env, Some(&["--exact", suite.stopping]))
+                        .status()
+                        .context("cannot run cargo")?;
+                if !status.success() {
+                    failed.push(suite.stopping);
+                }
             }
         }
-        if !others.success() {
-            bail!("e2e tests failed");
+        if !failed.is_empty() {
+            bail!("e2e tests failed: {}", failed.join(", "));
         }
         Ok(())
     })();
 
-    airflow.stop();
+    up.airflow.stop();
     if outcome.is_err() {
-        airflow.print_log_tail(60);
+        up.airflow.print_log_tail(60);
     }
     println!("e2e-airflow: done in {:.0?}", started.elapsed());
     outcome
@@ -135,13 +238,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
 /// Makes the venv and installs Airflow into it, unless a finished install
 /// of this version is there. A marker file written last tells a finished
 /// install from one that was interrupted.
-fn ensure_venv(python: &str, venv: &Path) -> anyhow::Result<()> {
+pub(crate) fn ensure_venv(python: &str, venv: &Path) -> anyhow::Result<()> {
     let marker = venv.join(format!(".maestro-apache-airflow-{AIRFLOW_VERSION}"));
     if marker.exists() {
         return Ok(());
     }
     if !venv.join("bin").join("python").exists() {
-        println!("e2e-airflow: creating the venv {}", venv.display());
+        println!("airflow: creating the venv {}", venv.display());
         let status = Command::new(python)
             .args(["-m", "venv"])
             .arg(venv)
@@ -151,7 +254,7 @@ fn ensure_venv(python: &str, venv: &Path) -> anyhow::Result<()> {
             bail!("{python} -m venv {} failed ({status})", venv.display());
         }
     }
-    println!("e2e-airflow: installing apache-airflow=={AIRFLOW_VERSION} (about a minute)");
+    println!("airflow: installing apache-airflow=={AIRFLOW_VERSION} (about a minute)");
     // Without Airflow's constraints file, which lives on GitHub: plain pip
     // resolution of this one pinned release works, and keeps the install
     // to PyPI alone.
@@ -172,24 +275,38 @@ fn ensure_venv(python: &str, venv: &Path) -> anyhow::Result<()> {
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener =
         TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free port")?;
     Ok(listener.local_addr()?.port())
 }
 
-/// `cargo test -p adapter-airflow --test e2e -- --ignored --test-threads=1`
-/// with `env` set and `filters` after the harness arguments.
-fn cargo_test(root: &Path, env: &[(&str, String)], filters: &[&str]) -> Command {
+/// `cargo test -p <package> --test <target>`, and with `env` set,
+/// `-- --ignored --test-threads=1 <filter> <extra>`.
+fn cargo_test(
+    root: &Path,
+    suite: &Suite,
+    env: &[(&str, String)],
+    extra: Option<&[&str]>,
+) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    command
-        .current_dir(root)
-        .args(["test", "--quiet", "-p", "adapter-airflow", "--test", "e2e"]);
-    if !filters.is_empty() || !env.is_empty() {
-        command
-            .args(["--", "--ignored", "--test-threads=1"])
-            .args(filters);
+    command.current_dir(root).args([
+        "test",
+        "--quiet",
+        "-p",
+        suite.package,
+        "--test",
+        suite.target,
+    ]);
+    if let Some(extra) = extra {
+        command.args(["--", "--ignored", "--test-threads=1"]);
+        // `--exact` names the one test in full; the filter would be a
+        // second name that matches nothing.
+        if !suite.filter.is_empty() && !extra.contains(&"--exact") {
+            command.arg(suite.filter);
+        }
+        command.args(extra);
     }
     for (name, value) in env {
         command.env(name, value);
@@ -198,7 +315,7 @@ fn cargo_test(root: &Path, env: &[(&str, String)], filters: &[&str]) -> Command 
 }
 
 /// The generated password of [`USERNAME`].
-fn read_password(home: &Path) -> anyhow::Result<String> {
+pub(crate) fn read_password(home: &Path) -> anyhow::Result<String> {
     let file = home.join("simple_auth_manager_passwords.json.generated");
     let text =
         fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -213,7 +330,7 @@ fn read_password(home: &Path) -> anyhow::Result<String> {
 /// Kills Airflow's process group on Ctrl-C: it is in a group of its own,
 /// so the terminal's interrupt does not reach it, and the guard's drop
 /// does not run when the process is interrupted.
-fn stop_on_ctrl_c(pgid: u32) {
+pub(crate) fn stop_on_ctrl_c(pgid: u32) {
     std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -222,7 +339,7 @@ fn stop_on_ctrl_c(pgid: u32) {
             return;
         };
         if runtime.block_on(tokio::signal::ctrl_c()).is_ok() {
-            eprintln!("e2e-airflow: interrupted; stopping Airflow");
+            eprintln!("airflow: interrupted; stopping Airflow");
             signal_group(pgid, "-KILL");
             std::process::exit(130);
         }
@@ -242,15 +359,15 @@ fn signal_group(pgid: u32, signal: &str) -> bool {
 /// `airflow standalone`, in a process group of its own so that all of its
 /// processes (API server, scheduler, DAG processor, triggerer, workers) can
 /// be stopped together.
-struct Airflow {
+pub(crate) struct Airflow {
     child: Child,
-    pgid: u32,
-    log: PathBuf,
+    pub(crate) pgid: u32,
+    pub(crate) log: PathBuf,
     stopped: bool,
 }
 
 impl Airflow {
-    fn start(venv: &Path, home: &Path, dags: &Path, port: u16) -> anyhow::Result<Self> {
+    pub(crate) fn start(venv: &Path, home: &Path, dags: &Path, port: u16) -> anyhow::Result<Self> {
         let bin = venv.join("bin");
         let log = home.join("standalone.log");
         let output =
@@ -313,7 +430,11 @@ impl Airflow {
 
     /// Waits until `/api/v2/monitor/health` reports the metadata database
     /// and the scheduler healthy.
-    fn wait_until_healthy(&mut self, port: u16, timeout: Duration) -> anyhow::Result<()> {
+    pub(crate) fn wait_until_healthy(
+        &mut self,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         loop {
@@ -334,7 +455,7 @@ impl Airflow {
     }
 
     /// Stops every process of the group: politely, then not.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if self.stopped {
             return;
         }
@@ -358,7 +479,7 @@ impl Airflow {
         }
     }
 
-    fn print_log_tail(&self, lines: usize) {
+    pub(crate) fn print_log_tail(&self, lines: usize) {
         let Ok(text) = fs::read_to_string(&self.log) else {
             return;
         };

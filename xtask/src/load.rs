@@ -17,7 +17,7 @@ use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::{
     HeaderMap, Method, Request, StatusCode,
     client::conn::http1::{self, SendRequest},
-    header::{HOST, HeaderValue},
+    header::{HOST, HeaderName, HeaderValue},
 };
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, sync::Barrier};
@@ -61,7 +61,13 @@ pub(crate) struct RequestTemplate {
 }
 
 impl RequestTemplate {
-    fn build(&self, host: &HeaderValue) -> Request<Full<Bytes>> {
+    /// The request to send, with `unique`, when given, added as one more
+    /// header.
+    fn build(
+        &self,
+        host: &HeaderValue,
+        unique: Option<(HeaderName, HeaderValue)>,
+    ) -> Request<Full<Bytes>> {
         let mut request = Request::new(Full::new(self.body.clone()));
         *request.method_mut() = self.method.clone();
         // A path that does not parse as a URI is a bug of the caller's
@@ -69,7 +75,45 @@ impl RequestTemplate {
         *request.uri_mut() = self.path.parse().unwrap_or_default();
         *request.headers_mut() = self.headers.clone();
         request.headers_mut().insert(HOST, host.clone());
+        if let Some((name, value)) = unique {
+            request.headers_mut().insert(name, value);
+        }
         request
+    }
+}
+
+/// A header whose value differs on every request of a run, warm-up
+/// included: `{run}-{worker}-{seq}`, e.g. a fresh `Idempotency-Key` per
+/// request.
+///
+/// It sits beside the [`RequestTemplate`] rather than in it, so that a
+/// plain run builds its requests exactly as before and pays nothing for it.
+#[derive(Debug, Clone)]
+pub(crate) struct UniqueHeader {
+    /// The header's name.
+    pub(crate) name: HeaderName,
+    /// What sets this run's values apart from any other run's; visible
+    /// ASCII without spaces, so that every value is a valid header value.
+    pub(crate) run: String,
+}
+
+impl UniqueHeader {
+    /// A header named `name` with a fresh random run part (a v4 UUID, so
+    /// that the values look like the keys clients send).
+    pub(crate) fn fresh(name: HeaderName) -> Self {
+        Self {
+            name,
+            run: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    /// The value for request `seq` of worker `worker`.
+    fn value(&self, worker: usize, seq: u64) -> HeaderValue {
+        let value = format!("{}-{worker}-{seq}", self.run);
+        // `run` is visible ASCII by contract and the rest is digits and
+        // dashes; should a caller break that, the request goes without the
+        // header and the answers show it.
+        HeaderValue::try_from(value).unwrap_or(HeaderValue::from_static(""))
     }
 }
 
@@ -163,6 +207,25 @@ fn share(total: u64, workers: usize, index: usize) -> u64 {
 /// Only when the run itself breaks (a worker task panics); requests that
 /// fail are counted in the report instead.
 pub(crate) async fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
+    run_with(spec, None).await
+}
+
+/// [`run`], with `unique` added to every request with a value no other
+/// request of the run has.
+///
+/// # Errors
+/// As [`run`].
+pub(crate) async fn run_with_unique_header(
+    spec: &LoadSpec,
+    unique: &UniqueHeader,
+) -> anyhow::Result<LoadReport> {
+    run_with(spec, Some(Arc::new(unique.clone()))).await
+}
+
+async fn run_with(
+    spec: &LoadSpec,
+    unique: Option<Arc<UniqueHeader>>,
+) -> anyhow::Result<LoadReport> {
     anyhow::ensure!(spec.connections > 0, "at least one connection is needed");
     let template = Arc::new(spec.request.clone());
     // Every worker finishes its warm-up before any starts measuring, so the
@@ -172,7 +235,10 @@ pub(crate) async fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
     for index in 0..spec.connections {
         let worker = Worker {
             addr: spec.addr,
+            index,
             template: Arc::clone(&template),
+            unique: unique.clone(),
+            sent: 0,
             warmup: share(spec.warmup, spec.connections, index),
             requests: share(spec.requests, spec.connections, index),
             latency: new_histogram()?,
@@ -220,20 +286,35 @@ pub(crate) async fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
 #[derive(Debug)]
 struct Worker {
     addr: SocketAddr,
+    /// This worker's number, part of its unique header values.
+    index: usize,
     template: Arc<RequestTemplate>,
+    unique: Option<Arc<UniqueHeader>>,
+    /// Requests sent so far, warm-up included: the next unique value's
+    /// sequence number.
+    sent: u64,
     warmup: u64,
     requests: u64,
     latency: Histogram<u64>,
 }
 
 impl Worker {
+    /// The next request's unique header, if the run has one.
+    fn next_unique(&mut self) -> Option<(HeaderName, HeaderValue)> {
+        let unique = self.unique.as_ref()?;
+        let value = unique.value(self.index, self.sent);
+        self.sent += 1;
+        Some((unique.name.clone(), value))
+    }
+
     async fn run(mut self, barrier: Arc<Barrier>) -> WorkerReport {
         let host = host_header(self.addr);
         let mut connection = None;
         for _ in 0..self.warmup {
+            let unique = self.next_unique();
             // Warm-up answers are not judged; failures show in the
             // measured phase, which uses the same connection.
-            let _ = exchange(&mut connection, self.addr, &self.template, &host).await;
+            let _ = exchange(&mut connection, self.addr, &self.template, &host, unique).await;
         }
         barrier.wait().await;
 
@@ -243,8 +324,11 @@ impl Worker {
         let mut first_transport_error = None;
         let started = Instant::now();
         for _ in 0..self.requests {
+            // Made before the clock starts: the generator's own work is not
+            // the server's latency.
+            let unique = self.next_unique();
             let sent = Instant::now();
-            match exchange(&mut connection, self.addr, &self.template, &host).await {
+            match exchange(&mut connection, self.addr, &self.template, &host, unique).await {
                 Ok(status) => {
                     let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                     self.latency.saturating_record(micros);
@@ -307,6 +391,7 @@ async fn exchange(
     addr: SocketAddr,
     template: &RequestTemplate,
     host: &HeaderValue,
+    unique: Option<(HeaderName, HeaderValue)>,
 ) -> Result<StatusCode, TransportError> {
     let attempt = async {
         let mut sender = match connection.take() {
@@ -314,7 +399,7 @@ async fn exchange(
             _ => connect(addr).await?,
         };
         sender.ready().await?;
-        let response = sender.send_request(template.build(host)).await?;
+        let response = sender.send_request(template.build(host, unique)).await?;
         let status = response.status();
         response.into_body().collect().await?;
         Ok((sender, status))
@@ -327,6 +412,27 @@ async fn exchange(
         Ok(Err(err)) => Err(err),
         Err(_) => Err(TransportError::Timeout),
     }
+}
+
+/// Sends `template` once on a fresh connection and gives back the answer's
+/// status and headers, for checks around a run.
+pub(crate) async fn send_once(
+    addr: SocketAddr,
+    template: &RequestTemplate,
+) -> Result<(StatusCode, HeaderMap), TransportError> {
+    let attempt = async {
+        let mut sender = connect::<Full<Bytes>>(addr).await?;
+        sender.ready().await?;
+        let response = sender
+            .send_request(template.build(&host_header(addr), None))
+            .await?;
+        let (parts, body) = response.into_parts();
+        body.collect().await?;
+        Ok((parts.status, parts.headers))
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, attempt)
+        .await
+        .unwrap_or(Err(TransportError::Timeout))
 }
 
 /// The status of one `GET path` on a fresh connection, for readiness
@@ -376,11 +482,123 @@ mod tests {
             headers,
             body: Bytes::from_static(b"{}"),
         };
-        let request = template.build(&HeaderValue::from_static("127.0.0.1:9"));
+        let request = template.build(&HeaderValue::from_static("127.0.0.1:9"), None);
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri(), "/a/b?c=d");
         assert_eq!(request.headers()["x-test"], "yes");
         assert_eq!(request.headers()[HOST], "127.0.0.1:9");
+        assert_eq!(request.headers().len(), 2, "nothing else is added");
+    }
+
+    #[test]
+    fn unique_values_join_the_run_the_worker_and_the_sequence_number() {
+        let unique = UniqueHeader {
+            name: HeaderName::from_static("idempotency-key"),
+            run: "r1".to_owned(),
+        };
+        assert_eq!(unique.value(0, 0), "r1-0-0");
+        assert_eq!(unique.value(12, 3_456), "r1-12-3456");
+        // Worker 1's request 11 and worker 11's request 1 must not meet.
+        assert_ne!(unique.value(1, 11), unique.value(11, 1));
+        let fresh = UniqueHeader::fresh(HeaderName::from_static("idempotency-key"));
+        assert_eq!(fresh.run.len(), 32);
+        assert_ne!(
+            fresh.run,
+            UniqueHeader::fresh(fresh.name.clone()).run,
+            "every run has its own values"
+        );
+    }
+
+    #[test]
+    fn the_unique_header_is_added_beside_the_templates_own() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-test", HeaderValue::from_static("yes"));
+        let template = RequestTemplate {
+            method: Method::POST,
+            path: "/".to_owned(),
+            headers,
+            body: Bytes::new(),
+        };
+        let name = HeaderName::from_static("idempotency-key");
+        let request = template.build(
+            &HeaderValue::from_static("127.0.0.1:9"),
+            Some((name.clone(), HeaderValue::from_static("k-0-0"))),
+        );
+        assert_eq!(request.headers()[&name], "k-0-0");
+        assert_eq!(request.headers()["x-test"], "yes");
+        assert!(
+            !template.headers.contains_key(&name),
+            "the template is unchanged"
+        );
+    }
+
+    /// A server that answers 200 to everything and keeps every value of
+    /// `Idempotency-Key` it sees, in arrival order.
+    async fn recording_server() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorder = Arc::clone(&seen);
+        let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+            let recorder = Arc::clone(&recorder);
+            async move {
+                let key = headers
+                    .get("idempotency-key")
+                    .map_or("<none>", |value| value.to_str().unwrap_or("<not text>"))
+                    .to_owned();
+                recorder.lock().expect("not poisoned").push(key);
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, seen)
+    }
+
+    fn get_root(addr: SocketAddr) -> LoadSpec {
+        LoadSpec {
+            addr,
+            connections: 4,
+            requests: 203,
+            warmup: 10,
+            request: RequestTemplate {
+                method: Method::GET,
+                path: "/".to_owned(),
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn every_request_of_a_run_carries_its_own_unique_value_across_workers() {
+        let (addr, seen) = recording_server().await;
+        let unique = UniqueHeader::fresh(HeaderName::from_static("idempotency-key"));
+        let report = run_with_unique_header(&get_root(addr), &unique)
+            .await
+            .expect("the run completes");
+        assert_eq!(report.successes, 203, "{report:?}");
+        let seen = seen.lock().expect("not poisoned").clone();
+        assert_eq!(seen.len(), 213, "warm-up and measured requests");
+        let distinct: std::collections::HashSet<&String> = seen.iter().collect();
+        assert_eq!(distinct.len(), seen.len(), "no value repeats: {seen:?}");
+        let prefix = format!("{}-", unique.run);
+        assert!(seen.iter().all(|key| key.starts_with(&prefix)), "{seen:?}");
+        let workers: std::collections::HashSet<&str> = seen
+            .iter()
+            .filter_map(|key| key[prefix.len()..].split('-').next())
+            .collect();
+        assert_eq!(workers, ["0", "1", "2", "3"].into_iter().collect());
+    }
+
+    #[tokio::test]
+    async fn a_plain_run_sends_no_unique_header() {
+        let (addr, seen) = recording_server().await;
+        let report = run(&get_root(addr)).await.expect("the run completes");
+        assert_eq!(report.successes, 203, "{report:?}");
+        let seen = seen.lock().expect("not poisoned").clone();
+        assert_eq!(seen.len(), 213);
+        assert!(seen.iter().all(|key| key == "<none>"), "{seen:?}");
     }
 
     #[tokio::test]

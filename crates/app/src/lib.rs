@@ -12,6 +12,7 @@ mod wiring;
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
 pub use config::{Backend, Cli, Command, LogFormat, ServeConfig, TokenArgs};
@@ -53,6 +54,13 @@ async fn run(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
+    // Answers are small and latency matters more than packet count: send
+    // each write at once rather than wait on Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!(

@@ -53,11 +53,12 @@ impl Summary {
     }
 
     /// Whether every request got a 2xx answer.
-    fn all_2xx(&self) -> bool {
+    pub(crate) fn all_2xx(&self) -> bool {
         self.answered == self.requests && self.non_2xx == 0 && self.transport_errors == 0
     }
 
-    fn one_line(&self) -> String {
+    /// Throughput, latencies and failures on one line.
+    pub(crate) fn one_line(&self) -> String {
         format!(
             "{} req/s, p50 {}, p99 {}, max {}, non-2xx {}, transport errors {}",
             thousands(self.requests_per_second.round() as u64),
@@ -286,11 +287,13 @@ pub(crate) fn markdown(results: &Results, checks: &[Check]) -> String {
     out
 }
 
-fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
+/// `numerator / denominator`, when the denominator is positive.
+pub(crate) fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
     (denominator > 0.0).then(|| numerator / denominator)
 }
 
-fn failures(summary: &Summary) -> String {
+/// Non-2xx and unanswered requests of `summary`, in words.
+pub(crate) fn failures(summary: &Summary) -> String {
     let unanswered = summary.requests.saturating_sub(summary.answered);
     format!(
         "{} non-2xx, {} unanswered",
@@ -299,15 +302,18 @@ fn failures(summary: &Summary) -> String {
     )
 }
 
-fn times(ratio: f64) -> String {
+/// A ratio as `0.83x`.
+pub(crate) fn times(ratio: f64) -> String {
     format!("{ratio:.2}x")
 }
 
-fn optional_times(ratio: Option<f64>) -> String {
+/// A ratio as `0.83x`, or `n/a`.
+pub(crate) fn optional_times(ratio: Option<f64>) -> String {
     ratio.map_or_else(|| "n/a".to_owned(), times)
 }
 
-fn millis(duration: Duration) -> String {
+/// A duration as `1.25 ms`.
+pub(crate) fn millis(duration: Duration) -> String {
     format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
 }
 

@@ -1,0 +1,812 @@
+//! End-to-end tests of the real `maestro` binary on the Airflow backend,
+//! against a real Apache Airflow 3: every request goes through Maestro's
+//! HTTP API, and every effect is checked through Airflow's own API.
+//!
+//! They need the Airflow that `cargo xtask e2e-airflow` starts with the
+//! DAGs of `tests/airflow/dags/`, and read where it is from the
+//! environment the harness sets:
+//! - `MAESTRO_E2E_AIRFLOW_URL`, `MAESTRO_E2E_AIRFLOW_USERNAME`,
+//!   `MAESTRO_E2E_AIRFLOW_PASSWORD`;
+//! - `MAESTRO_E2E_AIRFLOW_PGID`, the process group of `airflow standalone`,
+//!   which the last test freezes and thaws again.
+//!
+//! The harness runs them one at a time, after the adapter's own e2e tests,
+//! and [`airflow_stopped_mid_test_gives_504_within_the_timeout_and_ready_503`]
+//! on its own after the others, since it stops Airflow for a while.
+
+use std::collections::{BTreeSet, HashSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{SECRET, token};
+use crate::maestro::Maestro;
+
+// The DAGs of tests/airflow/dags/maestro_e2e.py.
+const ACME_ORDERS: &str = "9f362da2_da3e_4051_82af_ad4b98242de3";
+const ACME_NIGHTLY: &str = "cbcf20a2_85e8_45d5_bdb6_4ac87657d9c4";
+const ACME_TOGGLE: &str = "d946c383_8024_4991_8ff5_d614a0148c05";
+const GLOBEX_FAILING: &str = "e01bd70b_d3a3_4c9d_b21c_13fd23a61210";
+const GLOBEX_OK: &str = "aa87333e_4d68_49cf_9995_a8f84fe46fa0";
+const UNTAGGED: &str = "ca6e944a_7223_4685_ab23_ab1767fbb112";
+const TWO_CUSTOMERS: &str = "8c10f96b_c651_4d6e_8e5a_34c2ceadcec6";
+const NOT_A_UUID: &str = "acme_nightly_export";
+const HYPHENATED: &str = "ca5e64f3-e10d-4f1f-80f7-1821e7cd6029";
+const ALL_DAGS: [&str; 9] = [
+    ACME_ORDERS,
+    ACME_NIGHTLY,
+    ACME_TOGGLE,
+    GLOBEX_FAILING,
+    GLOBEX_OK,
+    UNTAGGED,
+    TWO_CUSTOMERS,
+    NOT_A_UUID,
+    HYPHENATED,
+];
+
+/// Maestro's upstream timeout for the tests about behaviour: `airflow
+/// standalone` on SQLite can stall for half a minute while a task starts
+/// on a busy machine, and these tests are about what happens, not how fast.
+const PATIENT_TIMEOUT_MS: &str = "90000";
+
+/// How long a run of the test DAGs may take to finish, queueing included.
+const RUN_DEADLINE: Duration = Duration::from_secs(180);
+
+/// What a call may take over the timeout: scheduling on a busy machine.
+const SLACK: Duration = Duration::from_millis(750);
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; run cargo xtask e2e-airflow"))
+}
+
+/// A run id as it travels in a path: `:` and `+` percent-encoded.
+fn encoded(run_id: &str) -> String {
+    utf8_percent_encode(run_id, NON_ALPHANUMERIC).to_string()
+}
+
+/// The real `maestro` binary on the Airflow backend, as the test's
+/// Airflow account, verifying the test tokens.
+struct Gateway {
+    _maestro: Maestro,
+    url: String,
+    client: Client,
+}
+
+impl Gateway {
+    fn start(timeout_ms: &str) -> Self {
+        let airflow_url = env("MAESTRO_E2E_AIRFLOW_URL");
+        let username = env("MAESTRO_E2E_AIRFLOW_USERNAME");
+        let password = env("MAESTRO_E2E_AIRFLOW_PASSWORD");
+        let maestro = Maestro::start(&[
+            ("MAESTRO_BIND", "127.0.0.1:0"),
+            ("MAESTRO_BACKEND", "airflow"),
+            ("MAESTRO_AIRFLOW_URL", &airflow_url),
+            ("MAESTRO_AIRFLOW_USERNAME", &username),
+            ("MAESTRO_AIRFLOW_PASSWORD", &password),
+            ("MAESTRO_UPSTREAM_TIMEOUT_MS", timeout_ms),
+            ("MAESTRO_JWT_HS256_SECRET", SECRET),
+            ("MAESTRO_LOG_FORMAT", "json"),
+        ]);
+        let url = format!("http://{}", maestro.addr());
+        Self {
+            _maestro: maestro,
+            url,
+            // Longer than any timeout of Maestro's: Maestro answers first.
+            client: Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn get(&self, customer: &str, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token(customer))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn post(&self, customer: &str, path: &str, pipeline: &str) -> Response {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token(customer))
+            .json(&json!({ "pipeline_id": pipeline }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn ready(&self) -> StatusCode {
+        self.client
+            .get(format!("{}/ready", self.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    /// The ids of the customer's pipelines, as `GET /platform/pipelines`
+    /// lists them.
+    async fn pipeline_ids(&self, customer: &str) -> BTreeSet<String> {
+        let response = self.get(customer, "/platform/pipelines").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let listed: Value = response.json().await.unwrap();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|summary| {
+                assert_eq!(summary["customer_id"], customer, "{summary}");
+                summary["pipeline_id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    /// Executes the pipeline and returns the run id Maestro answered with.
+    async fn execute(&self, customer: &str, pipeline: &str) -> String {
+        let response = self
+            .post(customer, "/platform/pipeline/execute", pipeline)
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], true);
+        assert_eq!(
+            body["data"]["message"],
+            "Pipeline execution triggered successfully"
+        );
+        assert_eq!(body["data"]["pipeline_id"], pipeline);
+        let run_id = body["data"]["run_id"].as_str().unwrap().to_owned();
+        assert!(
+            run_id.starts_with("manual__") && run_id.ends_with("+00:00"),
+            "{run_id}"
+        );
+        run_id
+    }
+
+    /// `GET .../pipeline_run/{run_id}`, the id percent-encoded.
+    async fn run(&self, customer: &str, pipeline: &str, run_id: &str) -> (StatusCode, Value) {
+        let response = self
+            .get(
+                customer,
+                &format!(
+                    "/platform/pipeline/{pipeline}/pipeline_run/{}",
+                    encoded(run_id)
+                ),
+            )
+            .await;
+        (response.status(), response.json().await.unwrap())
+    }
+
+    /// Polls Maestro's run endpoint until the run has finished, and returns
+    /// the finished run.
+    async fn wait_until_finished(&self, customer: &str, pipeline: &str, run_id: &str) -> Value {
+        let deadline = Instant::now() + RUN_DEADLINE;
+        loop {
+            let (status, run) = self.run(customer, pipeline, run_id).await;
+            assert_eq!(status, StatusCode::OK, "{run}");
+            if matches!(run["last_status"].as_str(), Some("SUCCESS" | "FAILED")) {
+                return run;
+            }
+            assert!(
+                matches!(run["last_status"].as_str(), Some("QUEUED" | "RUNNING")),
+                "{run}"
+            );
+            assert!(Instant::now() < deadline, "{run_id} did not finish: {run}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// A page of runs and its `X-Total-Count`.
+    async fn runs(&self, customer: &str, pipeline: &str, query: &str) -> (Vec<Value>, u64) {
+        let response = self
+            .get(
+                customer,
+                &format!("/platform/pipeline/{pipeline}/pipeline_run?{query}"),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let total = response.headers()["x-total-count"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let runs: Value = response.json().await.unwrap();
+        (runs.as_array().unwrap().clone(), total)
+    }
+}
+
+/// Asserts the error envelope of `response`: its status, exception type and
+/// message.
+async fn assert_error(response: Response, status: StatusCode, exception: &str, message: &str) {
+    assert_eq!(response.status(), status);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["detail"]["status"], false, "{body}");
+    assert_eq!(body["detail"]["exception_type"], exception, "{body}");
+    assert_eq!(body["detail"]["traceback"], message, "{body}");
+}
+
+fn run_ids(runs: &[Value], field: &str) -> Vec<String> {
+    runs.iter()
+        .map(|run| run[field].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Airflow's own API, to check what Maestro did.
+struct Airflow {
+    client: Client,
+    url: String,
+    token: String,
+}
+
+impl Airflow {
+    async fn connect() -> Self {
+        let client = Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .unwrap();
+        let url = env("MAESTRO_E2E_AIRFLOW_URL")
+            .trim_end_matches('/')
+            .to_owned();
+        let answer: Value = client
+            .post(format!("{url}/auth/token"))
+            .json(&json!({
+                "username": env("MAESTRO_E2E_AIRFLOW_USERNAME"),
+                "password": env("MAESTRO_E2E_AIRFLOW_PASSWORD"),
+            }))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let airflow = Self {
+            client,
+            url,
+            token: answer["access_token"].as_str().unwrap().to_owned(),
+        };
+        airflow.wait_for_dags().await;
+        airflow
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The DAG processor parses the DAG files after the API answers; wait
+    /// until every test DAG is known.
+    async fn wait_for_dags(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let dags = self.get("/api/v2/dags?limit=100").await;
+            let known: HashSet<&str> = dags["dags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|dag| dag["dag_id"].as_str())
+                .collect();
+            if ALL_DAGS.iter().all(|dag| known.contains(dag)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test DAGs were not parsed: {known:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn is_paused(&self, dag_id: &str) -> bool {
+        self.get(&format!("/api/v2/dags/{dag_id}")).await["is_paused"]
+            .as_bool()
+            .unwrap()
+    }
+
+    async fn set_paused(&self, dag_id: &str, paused: bool) {
+        self.client
+            .patch(format!("{}/api/v2/dags/{dag_id}", self.url))
+            .bearer_auth(&self.token)
+            .json(&json!({ "is_paused": paused }))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+
+    /// The DAG's latest 100 runs, oldest first.
+    async fn runs(&self, dag_id: &str) -> Vec<Value> {
+        let page = self
+            .get(&format!(
+                "/api/v2/dags/{dag_id}/dagRuns?order_by=-id&limit=100"
+            ))
+            .await;
+        let mut runs = page["dag_runs"].as_array().unwrap().clone();
+        runs.reverse();
+        runs
+    }
+
+    /// How many runs the DAG has.
+    async fn run_count(&self, dag_id: &str) -> u64 {
+        self.get(&format!("/api/v2/dags/{dag_id}/dagRuns?limit=1"))
+            .await["total_entries"]
+            .as_u64()
+            .unwrap()
+    }
+
+    async fn run(&self, dag_id: &str, run_id: &str) -> Value {
+        self.get(&format!(
+            "/api/v2/dags/{dag_id}/dagRuns/{}",
+            encoded(run_id)
+        ))
+        .await
+    }
+
+    /// The ids of the DAGs Airflow has tagged for `customer`.
+    async fn tagged(&self, customer: &str) -> BTreeSet<String> {
+        let dags = self
+            .get(&format!("/api/v2/dags?tags=customer:{customer}&limit=100"))
+            .await;
+        dags["dags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|dag| dag["dag_id"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|&id| id.to_owned()).collect()
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn each_customer_sees_exactly_its_dags_and_another_customers_dag_is_not_found() {
+    let airflow = Airflow::connect().await;
+    let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
+
+    assert_eq!(
+        maestro.pipeline_ids("acme").await,
+        set(&[ACME_ORDERS, ACME_NIGHTLY, ACME_TOGGLE])
+    );
+    assert_eq!(
+        maestro.pipeline_ids("globex").await,
+        set(&[GLOBEX_FAILING, GLOBEX_OK])
+    );
+    assert!(maestro.pipeline_ids("initech").await.is_empty());
+
+    // Airflow tags more DAGs for acme than Maestro shows: the doubly
+    // tagged one, and the ones whose dag_id is not an underscored UUID.
+    let tagged = airflow.tagged("acme").await;
+    for hidden in [TWO_CUSTOMERS, NOT_A_UUID, HYPHENATED] {
+        assert!(tagged.contains(hidden), "{hidden} should exist in Airflow");
+    }
+
+    // Another customer's DAG, an untagged one and a doubly tagged one look
+    // exactly like a missing one.
+    for (customer, dag) in [
+        ("acme", GLOBEX_OK),
+        ("globex", ACME_ORDERS),
+        ("acme", UNTAGGED),
+        ("acme", TWO_CUSTOMERS),
+        ("globex", TWO_CUSTOMERS),
+        ("acme", "00000000_0000_4000_8000_000000000000"),
+    ] {
+        assert_error(
+            maestro
+                .get(customer, &format!("/platform/pipeline/{dag}"))
+                .await,
+            StatusCode::NOT_FOUND,
+            "PipelineNotFound",
+            &format!("Pipeline with id {dag} not found"),
+        )
+        .await;
+        assert_error(
+            maestro
+                .post(customer, "/platform/pipeline/execute", dag)
+                .await,
+            StatusCode::NOT_FOUND,
+            "PipelineNotFound",
+            &format!("Pipeline with id {dag} not found"),
+        )
+        .await;
+    }
+
+    // One's own DAG, asked for hyphenated and in upper case, answers in
+    // the normal form with what Airflow has.
+    let shouted = ACME_NIGHTLY.replace('_', "-").to_uppercase();
+    let response = maestro
+        .get("acme", &format!("/platform/pipeline/{shouted}"))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let pipeline = &body["data"];
+    assert_eq!(pipeline["id"], ACME_NIGHTLY);
+    assert_eq!(pipeline["customer_id"], "acme");
+    assert_eq!(pipeline["cron"], "0 3 * * *");
+    assert_eq!(pipeline["description"], "Acme: the nightly report");
+    let dag = airflow.get(&format!("/api/v2/dags/{ACME_NIGHTLY}")).await;
+    let expected = if dag["is_paused"] == true {
+        "paused"
+    } else {
+        "active"
+    };
+    assert_eq!(pipeline["status"], expected);
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn a_paused_pipeline_is_refused_with_400_and_no_dag_run_reaches_airflow() {
+    let airflow = Airflow::connect().await;
+    let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
+    airflow.set_paused(ACME_NIGHTLY, true).await;
+    let before = airflow.run_count(ACME_NIGHTLY).await;
+
+    assert_error(
+        maestro
+            .post("acme", "/platform/pipeline/execute", ACME_NIGHTLY)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "PipelinePaused",
+        "Cannot execute paused pipeline. Use /pipeline/unpause first.",
+    )
+    .await;
+
+    assert_eq!(airflow.run_count(ACME_NIGHTLY).await, before);
+    assert!(airflow.is_paused(ACME_NIGHTLY).await);
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn unpause_and_pause_through_maestro_reach_airflow() {
+    let airflow = Airflow::connect().await;
+    let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
+    airflow.set_paused(ACME_TOGGLE, true).await;
+
+    let response = maestro
+        .post("acme", "/platform/pipeline/unpause", ACME_TOGGLE)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"status": true, "data": {
+            "message": "Pipeline unpaused successfully", "pipeline_id": ACME_TOGGLE}})
+    );
+    assert!(!airflow.is_paused(ACME_TOGGLE).await);
+    let shown: Value = maestro
+        .get("acme", &format!("/platform/pipeline/{ACME_TOGGLE}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["data"]["status"], "active");
+    assert_error(
+        maestro
+            .post("acme", "/platform/pipeline/unpause", ACME_TOGGLE)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "PipelineNotPaused",
+        "Pipeline is not paused",
+    )
+    .await;
+
+    let response = maestro
+        .post("acme", "/platform/pipeline/pause", ACME_TOGGLE)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"status": true, "data": {
+            "message": "Pipeline paused successfully", "pipeline_id": ACME_TOGGLE}})
+    );
+    assert!(airflow.is_paused(ACME_TOGGLE).await);
+    let shown: Value = maestro
+        .get("acme", &format!("/platform/pipeline/{ACME_TOGGLE}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["data"]["status"], "paused");
+    assert_error(
+        maestro
+            .post("acme", "/platform/pipeline/pause", ACME_TOGGLE)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "PipelineAlreadyPaused",
+        "Pipeline is already paused",
+    )
+    .await;
+
+    // Another customer's unpause does not reach Airflow.
+    assert_error(
+        maestro
+            .post("globex", "/platform/pipeline/unpause", ACME_TOGGLE)
+            .await,
+        StatusCode::NOT_FOUND,
+        "PipelineNotFound",
+        &format!("Pipeline with id {ACME_TOGGLE} not found"),
+    )
+    .await;
+    assert!(airflow.is_paused(ACME_TOGGLE).await);
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn three_executes_give_three_dag_runs_with_exactly_the_returned_ids_that_succeed_in_order() {
+    let airflow = Airflow::connect().await;
+    let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
+    airflow.set_paused(ACME_ORDERS, false).await;
+    let before: HashSet<String> = run_ids(&airflow.runs(ACME_ORDERS).await, "dag_run_id")
+        .into_iter()
+        .collect();
+
+    let mut returned = Vec::new();
+    for _ in 0..3 {
+        returned.push(maestro.execute("acme", ACME_ORDERS).await);
+    }
+    assert!(returned.windows(2).all(|pair| pair[0] < pair[1]));
+
+    // Airflow has exactly these three new runs, triggered for the caller.
+    let new: Vec<String> = run_ids(&airflow.runs(ACME_ORDERS).await, "dag_run_id")
+        .into_iter()
+        .filter(|run| !before.contains(run))
+        .collect();
+    assert_eq!(new, returned);
+
+    for run_id in &returned {
+        let run = maestro
+            .wait_until_finished("acme", ACME_ORDERS, run_id)
+            .await;
+        assert_eq!(run["last_status"], "SUCCESS", "{run}");
+        assert_eq!(run["pipeline_run_id"], run_id.as_str());
+        assert_eq!(run["pipeline_id"], ACME_ORDERS);
+        assert!(run["trace"].is_null(), "{run}");
+    }
+    let mut seen = Vec::new();
+    for run_id in &returned {
+        let run = airflow.run(ACME_ORDERS, run_id).await;
+        assert_eq!(run["state"], "success", "{run}");
+        assert_eq!(run["conf"]["maestro"]["customer_id"], "acme");
+        assert_eq!(run["conf"]["maestro"]["sub"], "tester");
+        assert!(run["logical_date"].is_null(), "{run}");
+        seen.push(run);
+    }
+    // max_active_runs=1: each run started after the one before it ended.
+    for pair in seen.windows(2) {
+        let ended = pair[0]["end_date"].as_str().unwrap();
+        let started = pair[1]["start_date"].as_str().unwrap();
+        assert!(ended <= started, "{ended} then {started}");
+    }
+    airflow.set_paused(ACME_ORDERS, true).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn a_failing_dag_shows_failed_with_a_trace() {
+    let airflow = Airflow::connect().await;
+    let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
+    airflow.set_paused(GLOBEX_FAILING, false).await;
+
+    let run_id = maestro.execute("globex", GLOBEX_FAILING).await;
+    let run = maestro
+        .wait_until_finished("globex", GLOBEX_FAILING, &run_id)
+        .await;
+
+    assert_eq!(run["last_status"], "FAILED", "{run}");
+    assert!(
+        run["trace"].as_str().is_some_and(|trace| !trace.is_empty()),
+        "{run}"
+    );
+    assert_eq!(
+        airflow.run(GLOBEX_FAILING, &run_id).await["state"],
+        "failed"
+    );
+    let listed: Value = maestro
+        .get("globex", "/platform/pipelines")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let summary = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|summary| summary["pipeline_id"] == GLOBEX_FAILING)
+        .unwrap();
+    assert_eq!(summary["last_status"], "FAILED", "{summary}");
+    airflow.set_paused(GLOBEX_FAILING, true).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn runs_are_listed_paginated_filtered_and_fetched_by_percent_encoded_id() {
+    let airflow = Airflow::connect().await;
+    let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
+    airflow.set_paused(GLOBEX_OK, false).await;
+
+    let mut returned = Vec::new();
+    for _ in 0..3 {
+        returned.push(maestro.execute("globex", GLOBEX_OK).await);
+    }
+    for run_id in &returned {
+        maestro
+            .wait_until_finished("globex", GLOBEX_OK, run_id)
+            .await;
+    }
+    let total = airflow.run_count(GLOBEX_OK).await;
+    assert!(total >= 3);
+    let newest_first: Vec<String> = returned.iter().rev().cloned().collect();
+
+    let (first, first_total) = maestro.runs("globex", GLOBEX_OK, "limit=2").await;
+    assert_eq!(first_total, total);
+    assert_eq!(run_ids(&first, "pipeline_run_id"), newest_first[..2]);
+    let (second, second_total) = maestro.runs("globex", GLOBEX_OK, "limit=2&offset=2").await;
+    assert_eq!(second_total, total);
+    assert_eq!(second[0]["pipeline_run_id"], newest_first[2].as_str());
+    assert!(second.len() <= 2);
+
+    // Every run of the DAG, as Airflow lists it, newest first.
+    let (all, _) = maestro.runs("globex", GLOBEX_OK, "limit=1000").await;
+    let mut in_airflow = run_ids(&airflow.runs(GLOBEX_OK).await, "dag_run_id");
+    in_airflow.reverse();
+    assert_eq!(run_ids(&all, "pipeline_run_id"), in_airflow);
+
+    let (succeeded, succeeded_total) = maestro
+        .runs("globex", GLOBEX_OK, "status=SUCCESS&limit=1000")
+        .await;
+    assert!(succeeded.iter().all(|run| run["last_status"] == "SUCCESS"));
+    assert_eq!(succeeded_total, total);
+    let (failed, failed_total) = maestro.runs("globex", GLOBEX_OK, "status=FAILED").await;
+    assert!(failed.is_empty());
+    assert_eq!(failed_total, 0);
+
+    // The id holds ':' and '+', which travel percent-encoded.
+    let (status, fetched) = maestro.run("globex", GLOBEX_OK, &returned[1]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fetched["pipeline_run_id"], returned[1].as_str());
+    assert_eq!(fetched["pipeline_id"], GLOBEX_OK);
+    assert_eq!(fetched["last_status"], "SUCCESS");
+    assert!(fetched["trace"].is_null());
+    let (status, missing) = maestro
+        .run(
+            "globex",
+            GLOBEX_OK,
+            "manual__1999-01-01T00:00:00.000000+00:00",
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(missing["detail"]["exception_type"], "PipelineRunNotFound");
+    // Another customer cannot read the run.
+    let (status, hidden) = maestro.run("acme", GLOBEX_OK, &returned[1]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(hidden["detail"]["exception_type"], "PipelineNotFound");
+    airflow.set_paused(GLOBEX_OK, true).await;
+}
+
+/// Sends `signal` to Airflow's whole process group.
+fn signal_airflow(signal: &str) {
+    let group = format!("-{}", env("MAESTRO_E2E_AIRFLOW_PGID"));
+    let status = Command::new("kill")
+        .args([signal, "--", &group])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {group}");
+}
+
+/// Freezes Airflow, and thaws it again when dropped, also when the test
+/// fails half-way: the adapter's stopping test runs after this one.
+struct Frozen;
+
+impl Frozen {
+    fn airflow() -> Self {
+        signal_airflow("-STOP");
+        Self
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let group = format!("-{}", env("MAESTRO_E2E_AIRFLOW_PGID"));
+        let _ = Command::new("kill").args(["-CONT", "--", &group]).status();
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn airflow_stopped_mid_test_gives_504_within_the_timeout_and_ready_503() {
+    let airflow = Airflow::connect().await;
+    let timeout = Duration::from_secs(2);
+    let maestro = Gateway::start("2000");
+    assert_eq!(maestro.ready().await, StatusCode::OK);
+    let response = maestro
+        .get("acme", &format!("/platform/pipeline/{ACME_ORDERS}"))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let runs_path = format!("/platform/pipeline/{ACME_ORDERS}/pipeline_run");
+    let run_path = format!(
+        "{runs_path}/{}",
+        encoded("manual__2024-12-18T10:30:00+00:00")
+    );
+
+    let paused = airflow.is_paused(ACME_ORDERS).await;
+    let run_count = airflow.run_count(ACME_ORDERS).await;
+
+    // Frozen: the kernel still accepts connections, and nothing answers.
+    let frozen = Frozen::airflow();
+    let airflow_url = env("MAESTRO_E2E_AIRFLOW_URL");
+    let calls = [
+        ("GET", format!("/platform/pipeline/{ACME_ORDERS}")),
+        ("GET", "/platform/pipelines".to_owned()),
+        ("GET", runs_path),
+        ("GET", run_path),
+        ("POST", "/platform/pipeline/execute".to_owned()),
+        ("POST", "/platform/pipeline/pause".to_owned()),
+        ("POST", "/platform/pipeline/unpause".to_owned()),
+    ];
+    for (method, path) in calls {
+        let started = Instant::now();
+        let response = if method == "GET" {
+            maestro.get("acme", &path).await
+        } else {
+            maestro.post("acme", &path, ACME_ORDERS).await
+        };
+        let took = started.elapsed();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert!(
+            matches!(
+                status,
+                StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+            ),
+            "{method} {path}: {status} {body}"
+        );
+        assert!(took < timeout + SLACK, "{method} {path} took {took:?}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        let exception = body["detail"]["exception_type"].as_str().unwrap();
+        assert!(
+            matches!(exception, "UpstreamUnavailable" | "UpstreamTimeout"),
+            "{method} {path}: {body}"
+        );
+        // Nothing of Airflow's address reaches the client.
+        assert!(!body.to_string().contains(&airflow_url), "{body}");
+        assert!(!body.to_string().contains("/api/v2"), "{body}");
+    }
+    let started = Instant::now();
+    assert_eq!(maestro.ready().await, StatusCode::SERVICE_UNAVAILABLE);
+    let took = started.elapsed();
+    assert!(took < timeout + SLACK, "/ready took {took:?}");
+
+    // Thawed: Maestro is ready again without a restart, and none of the
+    // refused calls changed anything in Airflow.
+    drop(frozen);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while maestro.ready().await != StatusCode::OK {
+        assert!(Instant::now() < deadline, "Maestro did not become ready");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let response = maestro
+        .get("acme", &format!("/platform/pipeline/{ACME_ORDERS}"))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(airflow.is_paused(ACME_ORDERS).await, paused);
+    assert_eq!(airflow.run_count(ACME_ORDERS).await, run_count);
+}
