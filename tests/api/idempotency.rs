@@ -136,12 +136,13 @@ async fn an_invalid_key_is_400_invalid_idempotency_key_and_starts_nothing() {
 
 /// Sends `count` executes with one key at once to the given gateways, in
 /// turn, and checks that every answer is the one stored 200 or a 409.
-async fn concurrent_executes(apps: &[Arc<TestApp>], count: usize) -> HashSet<String> {
+async fn concurrent_executes(apps: &[Arc<TestApp>], key: &str, count: usize) -> HashSet<String> {
     let tasks: Vec<_> = (0..count)
         .map(|i| {
             let app = apps[i % apps.len()].clone();
+            let key = key.to_owned();
             tokio::spawn(async move {
-                let response = execute_with_key(&app, ACME, ACTIVE, "same-key").await;
+                let response = execute_with_key(&app, ACME, ACTIVE, &key).await;
                 let retry_after = response.headers().get("retry-after").cloned();
                 let (status, body) = json_of(response).await;
                 (status, body, retry_after)
@@ -168,7 +169,7 @@ async fn concurrent_executes(apps: &[Arc<TestApp>], count: usize) -> HashSet<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_executes_with_one_key_start_exactly_one_run() {
     let app = Arc::new(TestApp::spawn().await);
-    let run_ids = concurrent_executes(std::slice::from_ref(&app), 200).await;
+    let run_ids = concurrent_executes(std::slice::from_ref(&app), "same-key", 200).await;
     assert_eq!(run_ids.len(), 1, "every 200 is the one stored answer");
     assert_eq!(run_count(&app, ACME, ACTIVE).await, "1");
 }
@@ -182,7 +183,9 @@ async fn two_instances_sharing_redis_start_exactly_one_run_for_one_key() {
     let first = Arc::new(TestApp::gateway(upstream.url(), Vec::new(), env.clone()).await);
     let second = Arc::new(TestApp::gateway(upstream.url(), Vec::new(), env).await);
 
-    let run_ids = concurrent_executes(&[first.clone(), second.clone()], 200).await;
+    // A key of its own, since the Redis server may outlive one test run.
+    let key = format!("shared-{}", uuid::Uuid::new_v4());
+    let run_ids = concurrent_executes(&[first.clone(), second.clone()], &key, 200).await;
     assert_eq!(run_ids.len(), 1, "both instances answer with the one run");
     assert_eq!(run_count(&first, ACME, ACTIVE).await, "1");
     let triggers = upstream
@@ -194,7 +197,7 @@ async fn two_instances_sharing_redis_start_exactly_one_run_for_one_key() {
     assert_eq!(triggers, 1, "the upstream saw exactly one execute");
 
     // A replay from the other instance after the fact.
-    let again = execute_with_key(&second, ACME, ACTIVE, "same-key").await;
+    let again = execute_with_key(&second, ACME, ACTIVE, &key).await;
     assert!(replayed(&again));
     let body: Value = again.json().await.unwrap();
     assert!(run_ids.contains(body["data"]["run_id"].as_str().unwrap()));
