@@ -12,6 +12,10 @@ pub const DEFAULT_CUSTOMER_TAG_PREFIX: &str = "customer:";
 /// The longest a call may take when no timeout is configured.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a DAG read unpaused is trusted to stay so, for triggers, when
+/// nothing else is configured.
+pub const DEFAULT_DAG_CACHE_TTL: Duration = Duration::from_secs(1);
+
 /// The settings of the Airflow backend.
 #[derive(Debug, Clone)]
 pub struct AirflowConfig {
@@ -28,6 +32,13 @@ pub struct AirflowConfig {
     /// The longest one call of the backend may take, all its requests to
     /// Airflow included (`MAESTRO_UPSTREAM_TIMEOUT_MS`).
     pub timeout: Duration,
+    /// How long a DAG read unpaused and owned by the caller's customer is
+    /// taken to still be so, sparing a trigger the read before it posts the
+    /// run (`MAESTRO_AIRFLOW_DAG_CACHE_MS`, default 1 s). Only that answer is
+    /// kept, and this backend's own pause drops it at once; a pause made
+    /// elsewhere is seen within this time. Zero reads the DAG before every
+    /// trigger.
+    pub dag_cache_ttl: Duration,
 }
 
 impl AirflowConfig {
@@ -39,6 +50,7 @@ impl AirflowConfig {
             auth,
             customer_tag_prefix: DEFAULT_CUSTOMER_TAG_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
+            dag_cache_ttl: DEFAULT_DAG_CACHE_TTL,
         }
     }
 }

@@ -28,11 +28,12 @@
 mod client;
 mod config;
 mod token;
+mod triggerable;
 mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use domain::{
@@ -43,11 +44,13 @@ use domain::{
 use reqwest::{Method, StatusCode};
 
 pub use config::{
-    AirflowAuth, AirflowConfig, ConfigError, DEFAULT_CUSTOMER_TAG_PREFIX, DEFAULT_TIMEOUT,
+    AirflowAuth, AirflowConfig, ConfigError, DEFAULT_CUSTOMER_TAG_PREFIX, DEFAULT_DAG_CACHE_TTL,
+    DEFAULT_TIMEOUT,
 };
 
 use client::{Answer, Call, Http, segment};
 use token::Tokens;
+use triggerable::Triggerable;
 use wire::{Dag, DagPage, DagRun, DagRunPage, Health, airflow_state};
 
 /// The page size asked of Airflow. Airflow caps it at its
@@ -70,6 +73,9 @@ pub struct AirflowBackend {
     /// pipeline. A std mutex: it is held only to step a clock, never across
     /// an `.await`.
     clocks: Mutex<HashMap<PipelineId, ManualRunClock>>,
+    /// DAGs recently read unpaused and owned by a customer, which a trigger
+    /// need not read again.
+    triggerable: Triggerable,
 }
 
 impl std::fmt::Debug for AirflowBackend {
@@ -78,6 +84,7 @@ impl std::fmt::Debug for AirflowBackend {
             .field("url", &self.http.base())
             .field("customer_tag_prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("triggerable", &self.triggerable)
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +114,7 @@ impl AirflowBackend {
             prefix: config.customer_tag_prefix,
             timeout: config.timeout,
             clocks: Mutex::new(HashMap::new()),
+            triggerable: Triggerable::new(config.dag_cache_ttl),
         })
     }
 
@@ -139,6 +147,7 @@ impl AirflowBackend {
         if details {
             path.push_str("/details");
         }
+        let start = self.triggerable.read_start();
         let answer = self
             .http
             .send(&Call::new(Method::GET, path, request_id(ctx)))
@@ -147,6 +156,12 @@ impl AirflowBackend {
             StatusCode::OK => {
                 let dag: Dag = answer.json()?;
                 let visible = dag.visible_to(&self.prefix, ctx.customer()).as_ref() == Some(id);
+                self.triggerable.observe(
+                    id,
+                    start,
+                    (visible && !dag.is_paused).then(|| ctx.customer().clone()),
+                    Instant::now(),
+                );
                 if !visible {
                     tracing::debug!(
                         request_id = ctx.request_id.as_deref(),
@@ -156,7 +171,10 @@ impl AirflowBackend {
                 }
                 Ok(visible.then_some(dag))
             }
-            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::NOT_FOUND => {
+                self.triggerable.forget(id);
+                Ok(None)
+            }
             _ => Err(answer.unexpected()),
         }
     }
@@ -320,12 +338,17 @@ impl AirflowBackend {
         ctx: &RequestContext,
         id: &PipelineId,
     ) -> Result<Run, TriggerError> {
-        let dag = self
-            .visible_dag(ctx, id, false)
-            .await?
-            .ok_or(TriggerError::NotFound)?;
-        if dag.is_paused {
-            return Err(TriggerError::Paused);
+        // A paused DAG is refused before anything is sent, from a read of
+        // the DAG made now or, for one seen triggerable moments ago, that
+        // read (see `triggerable`).
+        if !self.triggerable.admits(id, ctx.customer(), Instant::now()) {
+            let dag = self
+                .visible_dag(ctx, id, false)
+                .await?
+                .ok_or(TriggerError::NotFound)?;
+            if dag.is_paused {
+                return Err(TriggerError::Paused);
+            }
         }
         // Marks the runs this trigger makes, so that a 409 can tell our own
         // run (an earlier attempt whose answer was lost) from another
@@ -360,7 +383,10 @@ impl AirflowBackend {
                     }
                     return Ok(run.into_run(id.clone())?);
                 }
-                StatusCode::NOT_FOUND => return Err(TriggerError::NotFound),
+                StatusCode::NOT_FOUND => {
+                    self.triggerable.forget(id);
+                    return Err(TriggerError::NotFound);
+                }
                 StatusCode::CONFLICT => match self.dag_run(ctx, id, run_id.as_str()).await? {
                     Some(run) if run.trigger_id() == Some(trigger_id.as_str()) => {
                         return Ok(run.into_run(id.clone())?);
@@ -393,6 +419,12 @@ impl AirflowBackend {
         if dag.is_paused == paused {
             return Err(SetPausedError::Unchanged);
         }
+        // From the moment a pause is sent, this backend's triggers read the
+        // DAG again, whatever the answer turns out to be.
+        if paused {
+            self.triggerable.pausing(id);
+        }
+        let start = self.triggerable.read_start();
         let call = Call::new(
             Method::PATCH,
             format!("/api/v2/dags/{}", segment(id.as_str())),
@@ -410,6 +442,18 @@ impl AirflowBackend {
                         call.what()
                     ))
                     .into());
+                }
+                if paused {
+                    // Again now that it took: a read that raced the pause
+                    // may have found the DAG still unpaused.
+                    self.triggerable.pausing(id);
+                } else {
+                    self.triggerable.observe(
+                        id,
+                        start,
+                        Some(ctx.customer().clone()),
+                        Instant::now(),
+                    );
                 }
                 Ok(())
             }

@@ -246,6 +246,11 @@ pub struct AirflowArgs {
         default_value = "customer:"
     )]
     pub airflow_customer_tag_prefix: String,
+
+    /// How long, in milliseconds, a DAG read unpaused is trusted to stay so
+    /// before a trigger reads it again; 0 reads it before every trigger.
+    #[arg(long, env = "MAESTRO_AIRFLOW_DAG_CACHE_MS", default_value_t = 1_000)]
+    pub airflow_dag_cache_ms: u64,
 }
 
 /// Settings of `maestro token`.
@@ -346,6 +351,10 @@ mod tests {
         assert_eq!(config.upstream_timeout(), Duration::from_secs(10));
         assert_eq!(config.jwt.jwt_customer_claim, "customer_id");
         assert_eq!(config.airflow.airflow_customer_tag_prefix, "customer:");
+        assert_eq!(
+            Duration::from_millis(config.airflow.airflow_dag_cache_ms),
+            adapter_airflow::DEFAULT_DAG_CACHE_TTL
+        );
     }
 
     #[test]

@@ -168,6 +168,7 @@ fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
                 .customer_tag_prefix
                 .clone_from(&settings.airflow_customer_tag_prefix);
             airflow.timeout = config.upstream_timeout();
+            airflow.dag_cache_ttl = Duration::from_millis(settings.airflow_dag_cache_ms);
             let backend =
                 Arc::new(AirflowBackend::new(airflow).context("invalid Airflow settings")?);
             Ok((backend.clone(), backend, None))

@@ -79,6 +79,13 @@ pub fn backend_with(uri: &str, auth: AirflowAuth, timeout: Duration) -> AirflowB
     AirflowBackend::new(config).unwrap()
 }
 
+/// A backend with a fixed token that trusts a DAG read unpaused for `ttl`.
+pub fn backend_with_dag_cache(uri: &str, ttl: Duration) -> AirflowBackend {
+    let mut config = AirflowConfig::new(uri, AirflowAuth::Token(FIXED_TOKEN.into()));
+    config.dag_cache_ttl = ttl;
+    AirflowBackend::new(config).unwrap()
+}
+
 /// A DAG as `GET /api/v2/dags/{dag_id}/details` answers it.
 pub fn dag(dag_id: &str, tags: &[&str], paused: bool) -> Value {
     json!({
@@ -330,6 +337,37 @@ impl Fake {
             })
             .mount(&self.server)
             .await;
+    }
+
+    /// `GET /api/v2/dags/{dag_id}` (and `/details`) and `PATCH` of it over
+    /// one DAG that both share, like Airflow's database: a PATCH changes
+    /// what the next GET answers. The test changes it through the handle,
+    /// as someone using Airflow directly would.
+    pub async fn mount_live_dag(&self, dag: Value) -> Arc<std::sync::Mutex<Value>> {
+        let dag_id = dag["dag_id"].as_str().unwrap().to_owned();
+        let live = Arc::new(std::sync::Mutex::new(dag));
+        for suffix in ["", "/details"] {
+            let read = Arc::clone(&live);
+            Mock::given(method("GET"))
+                .and(path(format!("/api/v2/dags/{dag_id}{suffix}")))
+                .respond_with(move |_: &Request| {
+                    ResponseTemplate::new(200).set_body_json(read.lock().unwrap().clone())
+                })
+                .mount(&self.server)
+                .await;
+        }
+        let write = Arc::clone(&live);
+        Mock::given(method("PATCH"))
+            .and(path(format!("/api/v2/dags/{dag_id}")))
+            .respond_with(move |request: &Request| {
+                let body: Value = serde_json::from_slice(&request.body).unwrap();
+                let mut dag = write.lock().unwrap();
+                dag["is_paused"] = body["is_paused"].clone();
+                ResponseTemplate::new(200).set_body_json(dag.clone())
+            })
+            .mount(&self.server)
+            .await;
+        live
     }
 
     /// `PATCH /api/v2/dags/{dag_id}`, answering the DAG with the posted
