@@ -4,6 +4,7 @@
 //! in front of a faithful fake upstream.
 
 mod airflow_e2e;
+mod airflow_retry;
 mod auth;
 mod binary;
 mod errors;

@@ -37,9 +37,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use domain::{
-    BackendError, BackendErrorKind, LookupError, ManualRunClock, Orchestrator, PipelineId,
-    PipelineRepository, PipelineSummary, RequestContext, Run, RunId, RunLookupError, RunPage,
-    RunQuery, RunStatus, RunsError, SetPausedError, TriggerError,
+    BackendError, BackendErrorKind, CustomerId, IdempotencyKey, LookupError, ManualRunClock,
+    Orchestrator, PipelineId, PipelineRepository, PipelineSummary, RequestContext, Run, RunId,
+    RunLookupError, RunPage, RunQuery, RunStatus, RunsError, SetPausedError, Timestamp,
+    TriggerError, TriggerOptions,
 };
 use reqwest::{Method, StatusCode};
 
@@ -57,6 +58,9 @@ use wire::{Dag, DagPage, DagRun, DagRunPage, Health, airflow_state};
 /// `[api] maximum_page_limit` (100 by default) and Maestro pages on by
 /// what it got, so a larger cap on the Airflow side means fewer requests.
 const PAGE_LIMIT: u32 = 1000;
+
+/// How many of the newest runs that mention a mark are looked at.
+const MARKED_RUNS_LIMIT: u32 = 10;
 
 /// How many run ids a trigger tries when its ids turn out to be taken by
 /// runs it did not make (another Maestro instance triggering the same
@@ -333,15 +337,81 @@ impl AirflowBackend {
         self.http.send(call).await
     }
 
+    /// The newest run of the pipeline marked with `trigger_id` and made at
+    /// `since` or later, if any: the run of an earlier attempt of the same
+    /// idempotent trigger.
+    async fn marked_run(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        trigger_id: &str,
+        since: Timestamp,
+    ) -> Result<Option<DagRun>, BackendError> {
+        let call = Call::new(
+            Method::GET,
+            format!("/api/v2/dags/{}/dagRuns", segment(id.as_str())),
+            request_id(ctx),
+        )
+        .query("conf_contains", trigger_id)
+        .query("order_by", "-id")
+        // A few, not one: a run whose conf merely quotes the mark must not
+        // hide the run that carries it.
+        .query("limit", MARKED_RUNS_LIMIT);
+        let answer = self.http.send(&call).await?;
+        match answer.status {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(answer.unexpected()),
+        }
+        let page: DagRunPage = answer.json()?;
+        // `conf_contains` matches the text anywhere in the conf: only our
+        // own mark counts.
+        Ok(page.dag_runs.into_iter().find(|run| {
+            run.dag_id == id.as_str()
+                && run.trigger_id() == Some(trigger_id)
+                && run.run_after >= since
+        }))
+    }
+
     async fn trigger_visible(
         &self,
         ctx: &RequestContext,
         id: &PipelineId,
+        options: &TriggerOptions,
     ) -> Result<Run, TriggerError> {
-        // A paused DAG is refused before anything is sent, from a read of
-        // the DAG made now or, for one seen triggerable moments ago, that
-        // read (see `triggerable`).
-        if !self.triggerable.admits(id, ctx.customer(), Instant::now()) {
+        // Marks the runs this trigger makes, so that a 409 can tell our own
+        // run (an earlier attempt whose answer was lost) from another
+        // trigger's run that happens to have the same id. With an
+        // idempotency key, every trigger with the key has the same mark, so
+        // that a retry can find the run of an attempt that failed.
+        let trigger_id = match &options.idempotency_key {
+            Some(key) => keyed_trigger_id(ctx.customer(), key),
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        if let Some(since) = options.retry_since {
+            // An earlier attempt failed, and may have made the run: look
+            // for it while the DAG is read. The run is the answer even if
+            // the DAG was paused since, as it was the earlier attempt's.
+            let (dag, earlier) = tokio::join!(
+                self.visible_dag(ctx, id, false),
+                self.marked_run(ctx, id, &trigger_id, since)
+            );
+            let dag = dag?.ok_or(TriggerError::NotFound)?;
+            if let Some(run) = earlier? {
+                tracing::info!(
+                    request_id = ctx.request_id.as_deref(),
+                    run_id = %run.dag_run_id,
+                    "a failed attempt with this idempotency key had made the run; answering with it"
+                );
+                return Ok(run.into_run(id.clone())?);
+            }
+            if dag.is_paused {
+                return Err(TriggerError::Paused);
+            }
+        } else if !self.triggerable.admits(id, ctx.customer(), Instant::now()) {
+            // A paused DAG is refused before anything is sent, from a read
+            // of the DAG made now or, for one seen triggerable moments ago,
+            // that read (see `triggerable`).
             let dag = self
                 .visible_dag(ctx, id, false)
                 .await?
@@ -350,10 +420,6 @@ impl AirflowBackend {
                 return Err(TriggerError::Paused);
             }
         }
-        // Marks the runs this trigger makes, so that a 409 can tell our own
-        // run (an earlier attempt whose answer was lost) from another
-        // trigger's run that happens to have the same id.
-        let trigger_id = uuid::Uuid::new_v4().to_string();
         let conf = serde_json::json!({
             "maestro": {
                 "customer_id": ctx.customer().as_str(),
@@ -463,6 +529,20 @@ impl AirflowBackend {
     }
 }
 
+/// The namespace of the marks of idempotent triggers (a UUID v5
+/// namespace: the mark is a UUID v5 of the customer and the key in it).
+const TRIGGER_NAMESPACE: uuid::Uuid = uuid::uuid!("5d0c7a3e-8f4b-4c2a-9e61-3b7f0d9a2c15");
+
+/// The mark of every trigger of `customer` with `key`: stable across
+/// attempts and instances, distinct per customer and key, and telling
+/// nothing of the key to whoever reads the run in Airflow.
+fn keyed_trigger_id(customer: &CustomerId, key: &IdempotencyKey) -> String {
+    // The customer's length first, so that no customer and key can spell
+    // another pair.
+    let name = format!("{}:{}:{}", customer.as_str().len(), customer, key);
+    uuid::Uuid::new_v5(&TRIGGER_NAMESPACE, name.as_bytes()).to_string()
+}
+
 fn request_id(ctx: &RequestContext) -> Option<&str> {
     ctx.request_id.as_deref()
 }
@@ -550,7 +630,21 @@ impl PipelineRepository for AirflowBackend {
 #[async_trait]
 impl Orchestrator for AirflowBackend {
     async fn trigger(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Run, TriggerError> {
-        self.within("trigger", self.trigger_visible(ctx, id)).await
+        self.trigger_with(ctx, id, &TriggerOptions::default()).await
+    }
+
+    /// With an idempotency key, the run's `conf` carries a mark derived
+    /// from the customer and the key, the same for every attempt; a retry
+    /// after a failed attempt first looks for a run with that mark
+    /// (Airflow's `conf_contains`) and answers with it when it exists.
+    async fn trigger_with(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        options: &TriggerOptions,
+    ) -> Result<Run, TriggerError> {
+        self.within("trigger", self.trigger_visible(ctx, id, options))
+            .await
     }
 
     async fn list_runs(

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use domain::{
     BackendError, BackendErrorKind, LookupError, Orchestrator, Pipeline, PipelineId,
     PipelineRepository, PipelineSummary, RequestContext, Run, RunId, RunLookupError, RunPage,
-    RunQuery, RunsError, SetPausedError, TriggerError,
+    RunQuery, RunsError, SetPausedError, TriggerError, TriggerOptions,
 };
 
 use crate::Metrics;
@@ -157,6 +157,16 @@ impl Orchestrator for Instrumented<dyn Orchestrator> {
         self.measure("execute", self.inner.trigger(ctx, id)).await
     }
 
+    async fn trigger_with(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        options: &TriggerOptions,
+    ) -> Result<Run, TriggerError> {
+        self.measure("execute", self.inner.trigger_with(ctx, id, options))
+            .await
+    }
+
     async fn list_runs(
         &self,
         ctx: &RequestContext,
@@ -179,5 +189,49 @@ impl Orchestrator for Instrumented<dyn Orchestrator> {
 
     async fn health(&self) -> Result<(), BackendError> {
         self.measure("health", self.inner.health()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use domain::{Caller, CustomerId, IdempotencyKey, MockOrchestrator, RunStatus};
+    use mockall::predicate::{always, eq};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_measured_orchestrator_passes_trigger_options_on_and_counts_the_call() {
+        let options = TriggerOptions {
+            idempotency_key: Some(IdempotencyKey::parse("order-42").unwrap()),
+            retry_since: Some(Utc::now()),
+        };
+        let id = PipelineId::parse("1b33ad2f_33d3_4837_9eeb_83c82c8b909d").unwrap();
+        let run = Run {
+            id: RunId::manual(&Utc::now()),
+            pipeline_id: id.clone(),
+            status: RunStatus::Running,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            trace: None,
+        };
+        let mut inner = MockOrchestrator::new();
+        inner.expect_trigger().never();
+        inner
+            .expect_trigger_with()
+            .with(always(), eq(id.clone()), eq(options.clone()))
+            .times(1)
+            .returning(move |_, _, _| Ok(run.clone()));
+        let metrics = Metrics::default();
+        let measured = metrics.instrument_orchestrator(Arc::new(inner));
+        let ctx = RequestContext::new(Caller::new(CustomerId::parse("acme").unwrap()));
+
+        measured.trigger_with(&ctx, &id, &options).await.unwrap();
+
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"maestro_backend_calls_total{operation="execute",outcome="ok"} 1"#),
+            "{text}"
+        );
     }
 }

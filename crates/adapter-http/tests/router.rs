@@ -133,8 +133,8 @@ async fn backend_failures_map_to_502_503_504_with_fixed_messages() {
     for (error, expected, exception_type) in cases {
         let mut orchestrator = MockOrchestrator::new();
         orchestrator
-            .expect_trigger()
-            .returning(move |_, _| Err(TriggerError::Backend(error())));
+            .expect_trigger_with()
+            .returning(move |_, _, _| Err(TriggerError::Backend(error())));
         let (status, body) = call(state(orchestrator), execute()).await;
         assert_eq!(status, expected);
         assert_eq!(body["detail"]["exception_type"], exception_type);
@@ -148,8 +148,8 @@ async fn backend_calls_are_counted_by_operation_and_outcome() {
     let metrics = Metrics::default();
     let mut orchestrator = MockOrchestrator::new();
     orchestrator
-        .expect_trigger()
-        .returning(|_, _| Err(TriggerError::Backend(BackendError::timeout("slow"))));
+        .expect_trigger_with()
+        .returning(|_, _, _| Err(TriggerError::Backend(BackendError::timeout("slow"))));
     let orchestrator = metrics.instrument_orchestrator(Arc::new(orchestrator));
     let service = PipelineService::new(Arc::new(MockPipelineRepository::new()), orchestrator);
     let state = AppState::new(service, Arc::new(auth()), "mock", metrics, idempotency());

@@ -16,15 +16,17 @@ use tokio::time::Instant;
 /// One customer's key.
 type Scope = (CustomerId, IdempotencyKey);
 
-/// Keeps claims and outcomes of idempotency keys in this process.
+/// Keeps claims, outcomes and notes of failed attempts of idempotency keys
+/// in this process.
 ///
 /// Entries expire on tokio's clock, so tests move them with
 /// `tokio::time::pause()` and `tokio::time::advance()`. The store holds at
-/// most [`MemoryIdempotencyStore::max_entries`]: expired entries go first;
-/// when all are live, the kept outcome closest to its expiry is forgotten
-/// early (a cache's trade: a very late retry of that key would run again).
-/// Claims in flight are never evicted; a claim that finds the store full of
-/// them fails rather than break a running request's promise.
+/// most [`MemoryIdempotencyStore::max_entries`], every kind of entry
+/// counted: expired entries go first; when all are live, the kept outcome
+/// or failed attempt closest to its expiry is forgotten early (a cache's
+/// trade: a very late retry of that key would run again, as a first
+/// attempt). Claims in flight are never evicted; a claim that finds the
+/// store full of them fails rather than break a running request's promise.
 ///
 /// Cheap to clone: clones share the entries. Instances do not: several
 /// Maestro instances need a shared store (Redis).
@@ -54,8 +56,14 @@ struct Entry {
 
 #[derive(Debug)]
 enum Status {
-    InFlight { lease: Lease },
+    InFlight {
+        lease: Lease,
+    },
     Done(StoredOutcome),
+    /// A request with the key failed in a way that invites a retry and gave
+    /// up its claim: the next claim with the same fingerprint takes the key
+    /// over as a retry.
+    Failed,
 }
 
 impl MemoryIdempotencyStore {
@@ -137,13 +145,14 @@ impl State {
         }
     }
 
-    /// Makes room for one entry: forgets the kept outcome closest to its
-    /// expiry. False when only claims in flight are left.
-    fn evict_one_outcome(&mut self) -> bool {
+    /// Makes room for one entry: forgets the kept outcome or failed
+    /// attempt closest to its expiry. False when only claims in flight are
+    /// left.
+    fn evict_one(&mut self) -> bool {
         let victim = self.by_expiry.values().find(|scope| {
             self.entries
                 .get(*scope)
-                .is_some_and(|entry| matches!(entry.status, Status::Done(_)))
+                .is_some_and(|entry| matches!(entry.status, Status::Done(_) | Status::Failed))
         });
         match victim.cloned() {
             Some(scope) => {
@@ -188,16 +197,20 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         let scope = (scope.clone(), key.clone());
         let mut state = self.lock();
         state.purge(now);
-        if let Some(entry) = state.entries.get(&scope) {
-            if entry.fingerprint != fingerprint {
-                return Ok(Claim::Mismatch);
-            }
-            return Ok(match &entry.status {
-                Status::InFlight { .. } => Claim::InFlight,
-                Status::Done(outcome) => Claim::Done(outcome.clone()),
-            });
-        }
-        if state.entries.len() >= self.max_entries && !state.evict_one_outcome() {
+        let retry = match state.entries.get(&scope) {
+            None => false,
+            Some(entry) if entry.fingerprint != fingerprint => return Ok(Claim::Mismatch),
+            Some(entry) => match &entry.status {
+                Status::InFlight { .. } => return Ok(Claim::InFlight),
+                Status::Done(outcome) => return Ok(Claim::Done(outcome.clone())),
+                // Taken over under the lock, so of concurrent retries only
+                // the first finds the failed attempt; the others find its
+                // claim.
+                Status::Failed => true,
+            },
+        };
+        // A takeover replaces its entry, so only a new key needs room.
+        if !retry && state.entries.len() >= self.max_entries && !state.evict_one() {
             return Err(StoreError::failed(format!(
                 "the in-memory idempotency store is full: {} requests with keys in flight",
                 state.entries.len()
@@ -212,7 +225,11 @@ impl IdempotencyStore for MemoryIdempotencyStore {
             },
             deadline(now, in_flight),
         );
-        Ok(Claim::Acquired(lease))
+        Ok(if retry {
+            Claim::Retry(lease)
+        } else {
+            Claim::Acquired(lease)
+        })
     }
 
     async fn complete(
@@ -243,14 +260,15 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         scope: &CustomerId,
         key: &IdempotencyKey,
         lease: &Lease,
+        retention: Duration,
     ) -> Result<(), StoreError> {
         let now = Instant::now();
         let scope = (scope.clone(), key.clone());
         let mut state = self.lock();
-        if state.held(&scope, lease, now).is_none() {
+        let Some(fingerprint) = state.held(&scope, lease, now).map(str::to_owned) else {
             return Err(StoreError::ClaimLost);
-        }
-        state.remove(&scope);
+        };
+        state.insert(scope, fingerprint, Status::Failed, deadline(now, retention));
         Ok(())
     }
 }
@@ -367,7 +385,9 @@ mod tests {
             .complete(&customer("acme"), &key("k"), &lost, &ok("late"), RETENTION)
             .await;
         assert!(matches!(late, Err(StoreError::ClaimLost)));
-        let late = store.release(&customer("acme"), &key("k"), &lost).await;
+        let late = store
+            .release(&customer("acme"), &key("k"), &lost, RETENTION)
+            .await;
         assert!(matches!(late, Err(StoreError::ClaimLost)));
         let again = store
             .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
@@ -400,16 +420,162 @@ mod tests {
         acquire(&store, "acme", "k").await;
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_released_claim_frees_the_key_at_once() {
-        let store = MemoryIdempotencyStore::default();
-        let lease = acquire(&store, "acme", "k").await;
+    async fn fail(store: &MemoryIdempotencyStore, raw: &str, retention: Duration) {
+        let lease = acquire(store, "acme", raw).await;
         store
-            .release(&customer("acme"), &key("k"), &lease)
+            .release(&customer("acme"), &key(raw), &lease, retention)
             .await
             .unwrap();
-        assert!(store.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once() {
+        let store = MemoryIdempotencyStore::default();
+        let first = acquire(&store, "acme", "k").await;
+        store
+            .release(&customer("acme"), &key("k"), &first, RETENTION)
+            .await
+            .unwrap();
+        assert_eq!(store.len(), 1, "the failed attempt is noted");
+
+        let retry = match store
+            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
+            .await
+            .unwrap()
+        {
+            Claim::Retry(lease) => lease,
+            other => panic!("expected a retry, got {other:?}"),
+        };
+        assert_ne!(retry, first);
+        let again = store
+            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
+            .await;
+        assert_eq!(again.unwrap(), Claim::InFlight, "the retry holds the key");
+
+        // The first attempt's lease no longer acts; the retry's does.
+        let late = store
+            .complete(&customer("acme"), &key("k"), &first, &ok("late"), RETENTION)
+            .await;
+        assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
+        store
+            .complete(
+                &customer("acme"),
+                &key("k"),
+                &retry,
+                &ok("retry"),
+                RETENTION,
+            )
+            .await
+            .unwrap();
+        let again = store
+            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
+            .await;
+        assert_eq!(again.unwrap(), Claim::Done(ok("retry")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own() {
+        let store = MemoryIdempotencyStore::default();
+        fail(&store, "k", RETENTION).await;
+
+        let other = store
+            .claim(&customer("acme"), &key("k"), "p2", IN_FLIGHT)
+            .await;
+        assert_eq!(other.unwrap(), Claim::Mismatch);
+        let same = store
+            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
+            .await;
+        assert!(matches!(same.unwrap(), Claim::Retry(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_attempt_is_noted_for_the_retention_and_no_longer() {
+        let store = MemoryIdempotencyStore::default();
+        let retention = Duration::from_secs(60);
+        fail(&store, "k", retention).await;
+
+        // A claim with another fingerprint reads the note without using it.
+        tokio::time::advance(retention - Duration::from_millis(1)).await;
+        let other = store
+            .claim(&customer("acme"), &key("k"), "p2", IN_FLIGHT)
+            .await;
+        assert_eq!(other.unwrap(), Claim::Mismatch);
+
+        tokio::time::advance(Duration::from_millis(1)).await;
         acquire(&store, "acme", "k").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_holds_the_key_for_the_claims_own_expiry_not_the_retention() {
+        let store = MemoryIdempotencyStore::default();
+        fail(&store, "k", RETENTION).await;
+        let in_flight = Duration::from_secs(5);
+        let retry = store
+            .claim(&customer("acme"), &key("k"), "p1", in_flight)
+            .await;
+        assert!(matches!(retry.unwrap(), Claim::Retry(_)));
+
+        tokio::time::advance(in_flight - Duration::from_millis(1)).await;
+        let again = store
+            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
+            .await;
+        assert_eq!(again.unwrap(), Claim::InFlight);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        acquire(&store, "acme", "k").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_by_a_lost_lease_writes_nothing() {
+        let store = MemoryIdempotencyStore::default();
+        let expired = acquire(&store, "acme", "k").await;
+        tokio::time::advance(IN_FLIGHT).await;
+        let late = store
+            .release(&customer("acme"), &key("k"), &expired, RETENTION)
+            .await;
+        assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
+        // No failed attempt was noted: the key is plainly free.
+        let done = acquire(&store, "acme", "k").await;
+
+        store
+            .complete(&customer("acme"), &key("k"), &done, &ok("done"), RETENTION)
+            .await
+            .unwrap();
+        let late = store
+            .release(&customer("acme"), &key("k"), &done, RETENTION)
+            .await;
+        assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
+        let again = store
+            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
+            .await;
+        assert_eq!(again.unwrap(), Claim::Done(ok("done")));
+
+        // Nor is a failed attempt released twice.
+        let lease = acquire(&store, "acme", "other").await;
+        store
+            .release(&customer("acme"), &key("other"), &lease, RETENTION)
+            .await
+            .unwrap();
+        let twice = store
+            .release(&customer("acme"), &key("other"), &lease, RETENTION)
+            .await;
+        assert!(matches!(twice, Err(StoreError::ClaimLost)), "{twice:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_attempts_count_toward_the_bound_and_are_evicted_before_claims() {
+        let store = MemoryIdempotencyStore::new(2);
+        fail(&store, "failed", RETENTION).await;
+        acquire(&store, "acme", "running").await;
+
+        acquire(&store, "acme", "new").await;
+        assert_eq!(store.len(), 2);
+        let failed = store
+            .claim(&customer("acme"), &key("failed"), "p1", IN_FLIGHT)
+            .await;
+        assert!(
+            matches!(failed, Err(StoreError::Failed { .. })),
+            "the note was evicted to make room, and only claims are left: {failed:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -500,5 +666,31 @@ mod tests {
             }
         }
         assert_eq!(acquired, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_many_concurrent_claims_of_a_failed_attempt_exactly_one_retries() {
+        let store = MemoryIdempotencyStore::default();
+        fail(&store, "k", RETENTION).await;
+        let claims: Vec<_> = (0..200)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut retries = 0;
+        for claim in claims {
+            match claim.await.unwrap() {
+                Claim::Retry(_) => retries += 1,
+                Claim::InFlight => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(retries, 1);
     }
 }

@@ -5,10 +5,14 @@
 //! is one `SET key claim NX PX in_flight`: Redis lets exactly one of many
 //! concurrent claims through, whichever instance sends it, and the claim
 //! expires on its own if the instance dies before it records an outcome.
-//! Recording (`complete`) and releasing are small Lua scripts that act only
-//! while the key still holds this request's claim, so a request that
-//! outlived its claim never overwrites the request that claimed the key
-//! after it.
+//! Recording an outcome (`complete`) and noting a failed attempt
+//! (`release`) replace the claim with one small Lua compare-and-set that
+//! acts only while the key still holds this request's claim, so a request
+//! that outlived its claim never overwrites the request that claimed the
+//! key after it. A claim refused by the note of a failed attempt with its
+//! fingerprint takes the key over with the same compare-and-set, from
+//! exactly the note it read, so that of concurrent retries exactly one
+//! wins and is told that an earlier attempt failed.
 //!
 //! Keys are `<prefix><customer in hex>:<key>`: the customer is hex-encoded
 //! so that no customer id can forge another customer's keys, and so that

@@ -1,5 +1,6 @@
-//! What one key holds in Redis: a claim in flight or a kept outcome, as a
-//! small JSON document that an operator can read with `redis-cli GET`.
+//! What one key holds in Redis: a claim in flight, a kept outcome or the
+//! note of a failed attempt, as a small JSON document that an operator can
+//! read with `redis-cli GET`.
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use domain::StoredOutcome;
@@ -18,6 +19,10 @@ pub(crate) enum Record {
         status: u16,
         body: String,
     },
+    /// A request with the key failed in a way that invites a retry and gave
+    /// up its claim: the next claim with the same fingerprint takes the key
+    /// over as a retry.
+    Failed { fingerprint: String },
 }
 
 /// A stored value could not be read back.
@@ -43,9 +48,18 @@ impl Record {
         }
     }
 
+    /// The note that an attempt for `fingerprint` failed.
+    pub(crate) fn failed(fingerprint: &str) -> Self {
+        Self::Failed {
+            fingerprint: fingerprint.to_owned(),
+        }
+    }
+
     pub(crate) fn fingerprint(&self) -> &str {
         match self {
-            Self::InFlight { fingerprint, .. } | Self::Done { fingerprint, .. } => fingerprint,
+            Self::InFlight { fingerprint, .. }
+            | Self::Done { fingerprint, .. }
+            | Self::Failed { fingerprint } => fingerprint,
         }
     }
 
@@ -60,10 +74,11 @@ impl Record {
         serde_json::from_str(text).map_err(|err| UnreadableRecord(err.into()))
     }
 
-    /// The outcome of a done record; `None` for a claim.
+    /// The outcome of a done record; `None` for a claim or a failed
+    /// attempt.
     pub(crate) fn outcome(&self) -> Result<Option<StoredOutcome>, UnreadableRecord> {
         match self {
-            Self::InFlight { .. } => Ok(None),
+            Self::InFlight { .. } | Self::Failed { .. } => Ok(None),
             Self::Done { status, body, .. } => {
                 let body = STANDARD
                     .decode(body)
@@ -116,6 +131,16 @@ mod tests {
             record.encode(),
             r#"{"state":"done","fingerprint":"p1","status":200,"body":"e30="}"#
         );
+    }
+
+    #[test]
+    fn a_failed_attempt_reads_back_with_its_fingerprint_and_no_outcome() {
+        let record = Record::failed("p1");
+        assert_eq!(record.encode(), r#"{"state":"failed","fingerprint":"p1"}"#);
+        let back = Record::decode(&record.encode()).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(back.fingerprint(), "p1");
+        assert_eq!(back.outcome().unwrap(), None);
     }
 
     #[test]

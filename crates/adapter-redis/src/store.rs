@@ -1,5 +1,7 @@
 //! The idempotency store over Redis: an atomic `SET NX PX` claim, and
-//! outcomes recorded only by the request that holds the claim.
+//! outcomes and failed attempts recorded only by the request that holds
+//! the claim. A failed attempt is taken over by its retry with the same
+//! compare-and-set, so that exactly one retry wins it.
 
 use std::{fmt, future::Future, sync::LazyLock, time::Duration};
 
@@ -15,23 +17,15 @@ use redis::{
 use crate::{ConnectError, RedisConfig, record::Record};
 
 /// Replaces the value with ARGV[2], kept ARGV[3] ms, only while it is still
-/// exactly ARGV[1] (the caller's claim). Returns 1 if it did, 0 if not.
-static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+/// exactly ARGV[1]. Returns 1 if it did, 0 if not. The one compare-and-set
+/// behind every write after the claim: a claim replaced by its outcome
+/// (complete) or by the note of its failure (release), and that note
+/// replaced by the claim of its retry (takeover).
+static REPLACE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('GET', KEYS[1]) == ARGV[1] then
             redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
             return 1
-          end
-          return 0",
-    )
-});
-
-/// Deletes the key only while its value is still exactly ARGV[1] (the
-/// caller's claim). Returns 1 if it did, 0 if not.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
-            return redis.call('DEL', KEYS[1])
           end
           return 0",
     )
@@ -43,13 +37,15 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
 const RECONNECT_RETRIES: usize = 2;
 const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 
-/// How often a claim retries when the key vanishes between a refused
-/// `SET NX` and the `GET` that reads what refused it (it expired or was
-/// released meanwhile). Past that the key is contended: in flight.
+/// How often a claim tries again when the key changes between a refused
+/// `SET NX` and what follows: it vanished before the `GET` (it expired),
+/// or the failed attempt that the `GET` read was gone before the takeover
+/// (another retry took it over, or it expired). Past that the key is
+/// contended: in flight.
 const CLAIM_ATTEMPTS: usize = 3;
 
-/// Claims and outcomes of idempotency keys in Redis, shared by every Maestro
-/// instance that uses the same server and key prefix.
+/// Claims, outcomes and failed attempts of idempotency keys in Redis, shared
+/// by every Maestro instance that uses the same server and key prefix.
 ///
 /// Cheap to clone: clones share one multiplexed connection, which
 /// reconnects on its own after a failure (the command that saw the failure
@@ -203,8 +199,8 @@ impl RedisIdempotencyStore {
                 .await
                 .map_err(|err| failed("GET", err))?;
             let Some(current) = current else {
-                // Gone between the two commands: expired or released. Try
-                // to claim it again.
+                // Gone between the two commands: it expired. Try to claim
+                // it again.
                 continue;
             };
             let unreadable =
@@ -213,40 +209,71 @@ impl RedisIdempotencyStore {
             if record.fingerprint() != fingerprint {
                 return Ok(Claim::Mismatch);
             }
-            return Ok(match record.outcome().map_err(unreadable)? {
-                Some(outcome) => Claim::Done(outcome),
-                None => Claim::InFlight,
-            });
+            if let Some(outcome) = record.outcome().map_err(unreadable)? {
+                return Ok(Claim::Done(outcome));
+            }
+            if !matches!(record, Record::Failed { .. }) {
+                return Ok(Claim::InFlight);
+            }
+            // A failed attempt: replace exactly the note read with this
+            // claim, so that of concurrent retries only one wins it.
+            if self
+                .replace("EVALSHA takeover", redis_key, &current, &claim, in_flight)
+                .await?
+            {
+                return Ok(Claim::Retry(Lease::new(claim)));
+            }
+            // Someone else's retry took it over, or it expired: look again.
         }
         Ok(Claim::InFlight)
     }
 
-    /// Runs `script` on the key with the claim and `args`; whether it acted
-    /// (the key still held the claim).
-    async fn while_claimed(
+    /// Sets the key to `new`, kept `ttl`, only while it holds exactly
+    /// `expected`; whether it did.
+    async fn replace(
         &self,
-        script: &Script,
         what: &str,
-        redis_key: String,
-        lease: &Lease,
-        args: &[String],
-    ) -> Result<(), StoreError> {
+        redis_key: &str,
+        expected: &str,
+        new: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
-        let mut invocation = script.key(redis_key);
-        invocation.arg(lease.as_str());
-        for arg in args {
-            invocation.arg(arg);
-        }
-        let acted: i64 = invocation
+        let mut invocation = REPLACE.key(redis_key);
+        invocation.arg(expected).arg(new).arg(millis(ttl));
+        let replaced: i64 = invocation
             .invoke_async(&mut connection)
             .await
             .map_err(|err| failed(what, err))?;
-        if acted == 1 {
+        Ok(replaced == 1)
+    }
+
+    /// Replaces the claim that `lease` proves with `record`, kept `ttl`;
+    /// [`StoreError::ClaimLost`] when the key no longer holds that claim.
+    async fn replace_claim(
+        &self,
+        what: &str,
+        redis_key: &str,
+        lease: &Lease,
+        record: &Record,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if self
+            .replace(what, redis_key, lease.as_str(), &record.encode(), ttl)
+            .await?
+        {
             Ok(())
         } else {
             Err(StoreError::ClaimLost)
         }
     }
+}
+
+/// The claim a lease of this store holds: the claim as stored, which names
+/// the fingerprint.
+fn claim_of(lease: &Lease) -> Result<Record, StoreError> {
+    Record::decode(lease.as_str())
+        .map_err(|err| StoreError::failed("a lease of another store").with_source(err))
 }
 
 #[async_trait]
@@ -271,15 +298,11 @@ impl IdempotencyStore for RedisIdempotencyStore {
         outcome: &StoredOutcome,
         retention: Duration,
     ) -> Result<(), StoreError> {
-        // The lease is the claim as stored: it names the fingerprint.
-        let claim = Record::decode(lease.as_str())
-            .map_err(|err| StoreError::failed("a lease of another store").with_source(err))?;
-        let done = Record::done(claim.fingerprint(), outcome).encode();
-        let args = [done, millis(retention).to_string()];
+        let done = Record::done(claim_of(lease)?.fingerprint(), outcome);
         let redis_key = self.redis_key(scope, key);
         self.within(
             "complete",
-            self.while_claimed(&COMPLETE, "EVALSHA complete", redis_key, lease, &args),
+            self.replace_claim("EVALSHA complete", &redis_key, lease, &done, retention),
         )
         .await
     }
@@ -289,11 +312,13 @@ impl IdempotencyStore for RedisIdempotencyStore {
         scope: &CustomerId,
         key: &IdempotencyKey,
         lease: &Lease,
+        retention: Duration,
     ) -> Result<(), StoreError> {
+        let failed = Record::failed(claim_of(lease)?.fingerprint());
         let redis_key = self.redis_key(scope, key);
         self.within(
             "release",
-            self.while_claimed(&RELEASE, "EVALSHA release", redis_key, lease, &[]),
+            self.replace_claim("EVALSHA release", &redis_key, lease, &failed, retention),
         )
         .await
     }

@@ -1,7 +1,8 @@
 //! The Redis idempotency store against a real `redis-server`: claims,
-//! replays, mismatches, claims in flight, expiry after a lost request, and
-//! many concurrent claims through separate connections, as from several
-//! Maestro instances.
+//! replays, mismatches, claims in flight, failed attempts and their
+//! retries, expiry after a lost request, and many concurrent claims and
+//! retries through separate connections, as from several Maestro
+//! instances.
 //!
 //! These need a server, so they are ignored by default:
 //!
@@ -23,7 +24,7 @@ use std::{
 
 use adapter_redis::{ConnectError, RedisConfig, RedisIdempotencyStore};
 use domain::{
-    Claim, Completion, CustomerId, Idempotency, IdempotencyConfig, IdempotencyError,
+    Attempt, Claim, Completion, CustomerId, Idempotency, IdempotencyConfig, IdempotencyError,
     IdempotencyKey, IdempotencyStore, Idempotent, Lease, StoreError, StoredOutcome,
 };
 use tokio::{
@@ -157,13 +158,189 @@ async fn keys_are_scoped_to_their_customer() {
     .await;
 }
 
+/// Claims `raw` of acme and releases it, as after a 5xx: the key then
+/// holds the note of a failed attempt, kept `retention`.
+async fn fail(store: &RedisIdempotencyStore, raw: &str, retention: Duration) {
+    let lease = acquire(store, &acme(), raw, IN_FLIGHT).await;
+    store
+        .release(&acme(), &key(raw), &lease, retention)
+        .await
+        .unwrap();
+}
+
+async fn retry(store: &RedisIdempotencyStore, raw: &str) -> Lease {
+    match store
+        .claim(&acme(), &key(raw), "p1", IN_FLIGHT)
+        .await
+        .unwrap()
+    {
+        Claim::Retry(lease) => lease,
+        other => panic!("expected a retry, got {other:?}"),
+    }
+}
+
+/// A raw connection to the test server, to read what a key holds.
+async fn raw_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 #[ignore = "needs redis-server: scripts/redis-test-server.sh"]
-async fn a_released_claim_frees_the_key_at_once() {
+async fn a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once() {
     let store = store(&config()).await;
-    let lease = acquire(&store, &acme(), "k", IN_FLIGHT).await;
-    store.release(&acme(), &key("k"), &lease).await.unwrap();
+    let first = acquire(&store, &acme(), "k", IN_FLIGHT).await;
+    store
+        .release(&acme(), &key("k"), &first, RETENTION)
+        .await
+        .unwrap();
+
+    let retry = retry(&store, "k").await;
+    assert_ne!(retry, first);
+    assert_eq!(
+        store
+            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
+            .await
+            .unwrap(),
+        Claim::InFlight,
+        "the retry holds the key"
+    );
+
+    // The first attempt's lease no longer acts; the retry's does.
+    let late = store
+        .complete(&acme(), &key("k"), &first, &outcome(200, "late"), RETENTION)
+        .await;
+    assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
+    store
+        .complete(
+            &acme(),
+            &key("k"),
+            &retry,
+            &outcome(200, "retry"),
+            RETENTION,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
+            .await
+            .unwrap(),
+        Claim::Done(outcome(200, "retry"))
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_failed_attempt_is_kept_as_readable_json_for_the_retention() {
+    let config = config();
+    let store = store(&config).await;
+    fail(&store, "k", RETENTION).await;
+
+    let mut raw = raw_connection().await;
+    let redis_key = format!("{}61636d65:k", config.key_prefix);
+    let value: String = redis::cmd("GET")
+        .arg(&redis_key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(value, r#"{"state":"failed","fingerprint":"p1"}"#);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&redis_key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let retention = i64::try_from(RETENTION.as_millis()).unwrap();
+    assert!(
+        (retention - 5_000..=retention).contains(&ttl),
+        "ttl {ttl} ms"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own() {
+    let store = store(&config()).await;
+    fail(&store, "k", RETENTION).await;
+    assert_eq!(
+        store
+            .claim(&acme(), &key("k"), "p2", IN_FLIGHT)
+            .await
+            .unwrap(),
+        Claim::Mismatch
+    );
+    retry(&store, "k").await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_failed_attempt_is_noted_for_the_retention_and_no_longer() {
+    let store = store(&config()).await;
+    fail(&store, "k", Duration::from_millis(200)).await;
+    assert_eq!(
+        store
+            .claim(&acme(), &key("k"), "p2", IN_FLIGHT)
+            .await
+            .unwrap(),
+        Claim::Mismatch
+    );
+    // Redis keeps time itself, so this waits for real, briefly.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     acquire(&store, &acme(), "k", IN_FLIGHT).await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_retry_holds_the_key_for_the_claims_own_expiry_not_the_retention() {
+    let store = store(&config()).await;
+    fail(&store, "k", RETENTION).await;
+    let retry = store
+        .claim(&acme(), &key("k"), "p1", Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(matches!(retry, Claim::Retry(_)), "{retry:?}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    acquire(&store, &acme(), "k", IN_FLIGHT).await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_release_by_a_lost_lease_writes_nothing() {
+    let store = store(&config()).await;
+    let expired = acquire(&store, &acme(), "k", Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let late = store.release(&acme(), &key("k"), &expired, RETENTION).await;
+    assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
+    // No failed attempt was noted: the key is plainly free.
+    let done = acquire(&store, &acme(), "k", IN_FLIGHT).await;
+
+    store
+        .complete(&acme(), &key("k"), &done, &outcome(200, "done"), RETENTION)
+        .await
+        .unwrap();
+    let late = store.release(&acme(), &key("k"), &done, RETENTION).await;
+    assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
+    assert_eq!(
+        store
+            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
+            .await
+            .unwrap(),
+        Claim::Done(outcome(200, "done"))
+    );
+
+    // Nor is a failed attempt released twice.
+    let lease = acquire(&store, &acme(), "other", IN_FLIGHT).await;
+    store
+        .release(&acme(), &key("other"), &lease, RETENTION)
+        .await
+        .unwrap();
+    let twice = store
+        .release(&acme(), &key("other"), &lease, RETENTION)
+        .await;
+    assert!(matches!(twice, Err(StoreError::ClaimLost)), "{twice:?}");
 }
 
 #[tokio::test]
@@ -191,7 +368,7 @@ async fn a_claim_lost_with_its_instance_expires_and_the_late_request_cannot_over
         .complete(&acme(), &key("k"), &lost, &outcome(200, "late"), RETENTION)
         .await;
     assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
-    let late = survivor.release(&acme(), &key("k"), &lost).await;
+    let late = survivor.release(&acme(), &key("k"), &lost, RETENTION).await;
     assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
 
     survivor
@@ -272,6 +449,38 @@ async fn of_many_concurrent_claims_from_several_instances_exactly_one_is_acquire
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn of_many_concurrent_claims_of_a_failed_attempt_from_several_instances_exactly_one_retries()
+{
+    let config = config();
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        instances.push(store(&config).await);
+    }
+    fail(&instances[0], "k", RETENTION).await;
+    let claims: Vec<_> = (0..200)
+        .map(|n| {
+            let store = instances[n % instances.len()].clone();
+            tokio::spawn(async move {
+                store
+                    .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut retries = 0;
+    for claim in claims {
+        match claim.await.unwrap() {
+            Claim::Retry(_) => retries += 1,
+            Claim::InFlight => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(retries, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
 async fn the_use_case_over_redis_runs_a_key_once_across_instances() {
     use std::sync::atomic::AtomicUsize;
 
@@ -287,7 +496,8 @@ async fn the_use_case_over_redis_runs_a_key_once_across_instances() {
             let idempotency = instances[n % 2].clone();
             let runs = runs.clone();
             tokio::spawn(async move {
-                let work = async {
+                let work = |attempt| async move {
+                    assert_eq!(attempt, Attempt::First);
                     let run = runs.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     Completion::Final(outcome(200, &format!("run {run}")))
@@ -313,6 +523,35 @@ async fn the_use_case_over_redis_runs_a_key_once_across_instances() {
     }
     assert_eq!(fresh, 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn the_use_case_over_redis_tells_the_retry_of_a_failed_request_so() {
+    let config = config();
+    let store: Arc<dyn IdempotencyStore> = Arc::new(store(&config).await);
+    let idempotency = Idempotency::new(store, IdempotencyConfig::default());
+    let attempts = std::sync::Mutex::new(Vec::new());
+    for answer in [503, 200] {
+        let ran = idempotency
+            .run(&acme(), &key("k"), "p1", |attempt| {
+                attempts.lock().unwrap().push(attempt);
+                async move {
+                    if answer == 503 {
+                        Completion::Transient(outcome(503, "upstream failed"))
+                    } else {
+                        Completion::Final(outcome(200, "run"))
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(&ran, Idempotent::Ran { outcome, record_error: None } if outcome.status == answer),
+            "{ran:?}"
+        );
+    }
+    assert_eq!(*attempts.lock().unwrap(), [Attempt::First, Attempt::Retry]);
 }
 
 /// A TCP proxy to the test server that can stop passing bytes on, to stand

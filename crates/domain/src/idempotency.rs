@@ -9,14 +9,17 @@
 //! | the store holds for the customer and key | the request |
 //! | --- | --- |
 //! | nothing (or only something expired) | runs, and its final outcome is kept for the retention |
+//! | a failure, same fingerprint | runs again, told that an earlier attempt failed ([`Attempt::Retry`]) |
 //! | an outcome, same fingerprint | gets that outcome again, runs nothing |
 //! | a claim, same fingerprint | is refused as in flight, runs nothing |
 //! | anything, another fingerprint | is refused as a reused key, runs nothing |
 //!
 //! A transient outcome (one that tells the client to retry, such as a
 //! backend failure) is not kept: the claim is released so that the retry
-//! runs. Claims expire, so a process that dies between the claim and the
-//! record never locks a key for good.
+//! runs. What is kept instead is that an attempt failed, so that the retry
+//! can look for what the failed attempt may have done (a run whose answer
+//! was lost) rather than do it twice. Claims expire, so a process that dies
+//! between the claim and the record never locks a key for good.
 //!
 //! Outcomes are opaque to the domain: a status and a body, which the
 //! adapter facing clients writes and replays.
@@ -25,7 +28,12 @@ use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
-use crate::{CustomerId, ExecuteError, PipelineId, PipelineService, RequestContext, Run};
+use chrono::{DateTime, Utc};
+
+use crate::{
+    CustomerId, ExecuteError, PipelineId, PipelineService, RequestContext, Run, Timestamp,
+    TriggerOptions,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -125,6 +133,11 @@ pub enum Claim {
     /// Nothing was there: the key is now claimed by this request, until the
     /// claim is completed, released or expires.
     Acquired(Lease),
+    /// An earlier request with the key and the same fingerprint failed in a
+    /// way that invites a retry, and was released. The key is now claimed
+    /// by this request, as with [`Claim::Acquired`]; the earlier request
+    /// may have done part of its work.
+    Retry(Lease),
     /// Another request with the key and the same fingerprint holds the
     /// claim.
     InFlight,
@@ -216,8 +229,10 @@ pub trait IdempotencyStore: Send + Sync {
         retention: Duration,
     ) -> Result<(), StoreError>;
 
-    /// Drops the claim that `lease` proves, so that a retry with the key
-    /// runs.
+    /// Gives up the claim that `lease` proves after an outcome that invites
+    /// a retry, and notes for `retention` that an attempt failed: the next
+    /// claim of the key with the same fingerprint is then [`Claim::Retry`],
+    /// one with another fingerprint [`Claim::Mismatch`].
     ///
     /// # Errors
     /// [`StoreError::ClaimLost`] when the claim is no longer the lease's;
@@ -228,7 +243,18 @@ pub trait IdempotencyStore: Send + Sync {
         scope: &CustomerId,
         key: &IdempotencyKey,
         lease: &Lease,
+        retention: Duration,
     ) -> Result<(), StoreError>;
+}
+
+/// Whether a request that holds a key's claim is the first to try it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// No earlier request with the key ran (within the retention).
+    First,
+    /// An earlier request with the key failed in a way that invited a
+    /// retry; it may have done part of its work.
+    Retry,
 }
 
 /// How long claims and outcomes are kept.
@@ -328,12 +354,22 @@ impl Idempotency {
         self.config
     }
 
+    /// The earliest instant a failed attempt still noted in the store can
+    /// have run: the retention back from now.
+    fn retry_since(&self) -> Timestamp {
+        let retention =
+            chrono::Duration::from_std(self.config.retention).unwrap_or(chrono::Duration::MAX);
+        Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+
     /// Runs `work` for the request with `key` of `scope`, unless a request
     /// with the key ran or runs already. `fingerprint` says what the request
     /// asks for; a repeat must ask for the same.
     ///
-    /// `work` is polled only when the claim is acquired. It should be run to
-    /// its end: a request dropped halfway keeps its claim until the claim
+    /// `work` is called, and polled, only when the claim is acquired, with
+    /// whether an earlier attempt failed. It should be run to its end: a request dropped halfway keeps its claim until the claim
     /// expires, since whether it did anything is unknown.
     ///
     /// # Errors
@@ -341,14 +377,15 @@ impl Idempotency {
     /// runs; [`IdempotencyError::KeyReused`] when the key was used with
     /// another fingerprint; [`IdempotencyError::Store`] when the store fails
     /// before anything ran. In none of these cases did `work` run.
-    pub async fn run<F>(
+    pub async fn run<W, F>(
         &self,
         scope: &CustomerId,
         key: &IdempotencyKey,
         fingerprint: &str,
-        work: F,
+        work: W,
     ) -> Result<Idempotent, IdempotencyError>
     where
+        W: FnOnce(Attempt) -> F,
         F: Future<Output = Completion>,
     {
         let claim = self
@@ -356,13 +393,14 @@ impl Idempotency {
             .claim(scope, key, fingerprint, self.config.in_flight)
             .await
             .map_err(IdempotencyError::Store)?;
-        let lease = match claim {
-            Claim::Acquired(lease) => lease,
+        let (lease, attempt) = match claim {
+            Claim::Acquired(lease) => (lease, Attempt::First),
+            Claim::Retry(lease) => (lease, Attempt::Retry),
             Claim::Done(outcome) => return Ok(Idempotent::Replayed(outcome)),
             Claim::InFlight => return Err(IdempotencyError::InFlight),
             Claim::Mismatch => return Err(IdempotencyError::KeyReused),
         };
-        let (outcome, recorded) = match work.await {
+        let (outcome, recorded) = match work(attempt).await {
             Completion::Final(outcome) => {
                 let recorded = self
                     .store
@@ -371,7 +409,11 @@ impl Idempotency {
                 (outcome, recorded)
             }
             Completion::Transient(outcome) => {
-                (outcome, self.store.release(scope, key, &lease).await)
+                let released = self
+                    .store
+                    .release(scope, key, &lease, self.config.retention)
+                    .await;
+                (outcome, released)
             }
         };
         Ok(Idempotent::Ran {
@@ -387,7 +429,10 @@ impl Idempotency {
     ///
     /// A run, a missing pipeline and a paused one are final and kept; a
     /// full queue and a backend failure invite a retry and are not, nor is
-    /// any answer that `render` gives a 5xx status.
+    /// any answer that `render` gives a 5xx status. The trigger carries the
+    /// key, and on a retry says so, so that a backend that can find the run
+    /// of a failed attempt answers with it instead of starting another
+    /// (see [`crate::Orchestrator::trigger_with`]).
     ///
     /// # Errors
     /// As [`Idempotency::run`]; in every case nothing was executed.
@@ -403,8 +448,12 @@ impl Idempotency {
         R: FnOnce(Result<Run, ExecuteError>) -> Fut,
         Fut: Future<Output = StoredOutcome>,
     {
-        self.run(ctx.customer(), key, id.as_str(), async {
-            let result = service.execute(ctx, id).await;
+        self.run(ctx.customer(), key, id.as_str(), |attempt| async move {
+            let options = TriggerOptions {
+                idempotency_key: Some(key.clone()),
+                retry_since: (attempt == Attempt::Retry).then(|| self.retry_since()),
+            };
+            let result = service.execute_with(ctx, id, &options).await;
             let last = is_final(&result);
             let outcome = render(result).await;
             // A render that failed may answer a run with a server error:
@@ -530,7 +579,7 @@ mod tests {
         store.expect_release().never();
 
         let ran = idempotency(store)
-            .run(&acme(), &key(), "p1", async {
+            .run(&acme(), &key(), "p1", |_| async {
                 Completion::Final(outcome(200))
             })
             .await
@@ -550,12 +599,17 @@ mod tests {
         store.expect_complete().never();
         store
             .expect_release()
-            .with(eq(acme()), eq(key()), eq(Lease::new("l1")))
+            .with(
+                eq(acme()),
+                eq(key()),
+                eq(Lease::new("l1")),
+                eq(IdempotencyConfig::DEFAULT_RETENTION),
+            )
             .times(1)
-            .returning(|_, _, _| Ok(()));
+            .returning(|_, _, _, _| Ok(()));
 
         let ran = idempotency(store)
-            .run(&acme(), &key(), "p1", async {
+            .run(&acme(), &key(), "p1", |_| async {
                 Completion::Transient(outcome(503))
             })
             .await
@@ -563,6 +617,35 @@ mod tests {
         assert!(
             matches!(ran, Idempotent::Ran { outcome: o, record_error: None } if o.status == 503)
         );
+    }
+
+    #[tokio::test]
+    async fn a_claim_after_a_failed_attempt_runs_the_work_told_so() {
+        for (claim, expected) in [
+            (Claim::Acquired(Lease::new("l1")), Attempt::First),
+            (Claim::Retry(Lease::new("l1")), Attempt::Retry),
+        ] {
+            let mut store = MockIdempotencyStore::new();
+            store
+                .expect_claim()
+                .times(1)
+                .returning(move |_, _, _, _| Ok(claim.clone()));
+            store
+                .expect_complete()
+                .with(always(), always(), eq(Lease::new("l1")), always(), always())
+                .times(1)
+                .returning(|_, _, _, _, _| Ok(()));
+            let told = std::sync::Mutex::new(None);
+
+            idempotency(store)
+                .run(&acme(), &key(), "p1", |attempt| {
+                    *told.lock().unwrap() = Some(attempt);
+                    async { Completion::Final(outcome(200)) }
+                })
+                .await
+                .unwrap();
+            assert_eq!(*told.lock().unwrap(), Some(expected));
+        }
     }
 
     #[tokio::test]
@@ -574,7 +657,7 @@ mod tests {
         let runs = AtomicUsize::new(0);
 
         let replayed = idempotency(store)
-            .run(&acme(), &key(), "p1", async {
+            .run(&acme(), &key(), "p1", |_| async {
                 runs.fetch_add(1, Ordering::SeqCst);
                 Completion::Final(outcome(200))
             })
@@ -602,7 +685,7 @@ mod tests {
             let runs = AtomicUsize::new(0);
 
             let err = idempotency(store)
-                .run(&acme(), &key(), "p1", async {
+                .run(&acme(), &key(), "p1", |_| async {
                     runs.fetch_add(1, Ordering::SeqCst);
                     Completion::Final(outcome(200))
                 })
@@ -630,7 +713,7 @@ mod tests {
             .returning(|_, _, _, _, _| Err(StoreError::ClaimLost));
 
         let ran = idempotency(store)
-            .run(&acme(), &key(), "p1", async {
+            .run(&acme(), &key(), "p1", |_| async {
                 Completion::Final(outcome(200))
             })
             .await
@@ -658,9 +741,9 @@ mod tests {
     ) -> PipelineService {
         let mut orchestrator = MockOrchestrator::new();
         orchestrator
-            .expect_trigger()
+            .expect_trigger_with()
             .times(1)
-            .returning(move |_, _| trigger());
+            .returning(move |_, _, _| trigger());
         PipelineService::new(
             Arc::new(MockPipelineRepository::new()),
             Arc::new(orchestrator),
@@ -714,13 +797,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn execute_gives_the_trigger_the_key_and_whether_an_attempt_failed_before() {
+        let retention = IdempotencyConfig::DEFAULT_RETENTION;
+        for (claim, retry) in [
+            (Claim::Acquired(Lease::new("l1")), false),
+            (Claim::Retry(Lease::new("l1")), true),
+        ] {
+            let before = Utc::now() - chrono::Duration::from_std(retention).unwrap();
+            let mut store = MockIdempotencyStore::new();
+            store
+                .expect_claim()
+                .returning(move |_, _, _, _| Ok(claim.clone()));
+            store.expect_complete().returning(|_, _, _, _, _| Ok(()));
+            let mut orchestrator = MockOrchestrator::new();
+            orchestrator
+                .expect_trigger_with()
+                .withf(move |_, _, options| {
+                    options.idempotency_key == Some(key())
+                        && options.retry_since.is_some() == retry
+                        && options.retry_since.is_none_or(|since| {
+                            since >= before && since <= Utc::now() - chrono::Duration::hours(23)
+                        })
+                })
+                .times(1)
+                .returning(|_, _, _| Ok(a_run()));
+            let service = PipelineService::new(
+                Arc::new(MockPipelineRepository::new()),
+                Arc::new(orchestrator),
+            );
+            let ctx = RequestContext::new(Caller::new(acme()));
+            let id = PipelineId::parse(PIPELINE).unwrap();
+
+            let ran = idempotency(store)
+                .execute(&service, &ctx, &id, &key(), render)
+                .await
+                .unwrap();
+            assert!(matches!(ran, Idempotent::Ran { outcome: o, .. } if o.status == 200));
+        }
+    }
+
+    #[tokio::test]
     async fn a_run_rendered_as_a_server_error_is_not_kept() {
         let mut store = MockIdempotencyStore::new();
         store
             .expect_claim()
             .returning(|_, _, _, _| Ok(Claim::Acquired(Lease::new("l1"))));
         store.expect_complete().never();
-        store.expect_release().times(1).returning(|_, _, _| Ok(()));
+        store
+            .expect_release()
+            .times(1)
+            .returning(|_, _, _, _| Ok(()));
         let ctx = RequestContext::new(Caller::new(acme()));
         let id = PipelineId::parse(PIPELINE).unwrap();
 
@@ -759,7 +885,7 @@ mod tests {
             store
                 .expect_release()
                 .times(usize::from(!kept))
-                .returning(|_, _, _| Ok(()));
+                .returning(|_, _, _, _| Ok(()));
             let ctx = RequestContext::new(Caller::new(acme()));
             let id = PipelineId::parse(PIPELINE).unwrap();
 

@@ -25,13 +25,13 @@ mod service;
 pub use auth::{AuthContext, AuthError, Caller, CustomerId, InvalidCustomerId, RequestContext};
 pub use error::{BackendError, BackendErrorKind};
 pub use idempotency::{
-    Claim, Completion, Idempotency, IdempotencyConfig, IdempotencyError, IdempotencyKey,
+    Attempt, Claim, Completion, Idempotency, IdempotencyConfig, IdempotencyError, IdempotencyKey,
     IdempotencyStore, Idempotent, InvalidIdempotencyKey, Lease, StoreError, StoredOutcome,
 };
 pub use pipeline::{InvalidPipelineId, Pipeline, PipelineId, PipelineStatus, PipelineSummary};
 pub use ports::{
     LookupError, Orchestrator, PipelineRepository, RunLookupError, RunsError, SetPausedError,
-    TriggerError,
+    TriggerError, TriggerOptions,
 };
 pub use run::{
     InvalidRunId, InvalidRunQuery, InvalidRunStatus, ManualRunClock, Run, RunId, RunPage, RunQuery,

@@ -8,9 +8,27 @@
 use async_trait::async_trait;
 
 use crate::{
-    BackendError, Pipeline, PipelineId, PipelineSummary, RequestContext, Run, RunId, RunPage,
-    RunQuery,
+    BackendError, IdempotencyKey, Pipeline, PipelineId, PipelineSummary, RequestContext, Run,
+    RunId, RunPage, RunQuery, Timestamp,
 };
+
+/// What makes a trigger safe to repeat: the client's idempotency key, and
+/// whether an earlier trigger with it failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TriggerOptions {
+    /// The execute's `Idempotency-Key`, scoped to the caller's customer. A
+    /// backend that can mark a run with it does, so that a later trigger
+    /// with the same key can find that run.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// Set when an earlier trigger with the key failed with a backend
+    /// error, so that it may have started a run its answer never reported
+    /// (the answer was lost, or came after the timeout): the earliest
+    /// instant that run can have been made, the key's retention back from
+    /// now. A backend that can find that run answers with it instead of
+    /// starting a second one; a run marked with the key but older than this
+    /// belongs to an earlier use of the key, whose answer is no longer kept.
+    pub retry_since: Option<Timestamp>,
+}
 
 /// The pipeline is not visible to the caller: missing, or another
 /// customer's.
@@ -137,6 +155,26 @@ pub trait Orchestrator: Send + Sync {
     /// [`TriggerError::Backend`] when the backend fails. On every error but
     /// the last, nothing was started.
     async fn trigger(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Run, TriggerError>;
+
+    /// [`Orchestrator::trigger`], made safe to repeat with `options`: a
+    /// retry of a failed trigger with the same idempotency key answers with
+    /// the run the failed one started, if it did and the backend can find
+    /// it, rather than starting a second.
+    ///
+    /// The default ignores `options`, for backends that cannot find earlier
+    /// runs. A decorator of another orchestrator must pass it on.
+    ///
+    /// # Errors
+    /// As [`Orchestrator::trigger`].
+    async fn trigger_with(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        options: &TriggerOptions,
+    ) -> Result<Run, TriggerError> {
+        let _ = options;
+        self.trigger(ctx, id).await
+    }
 
     /// One page of the runs of the caller's pipeline, newest first.
     ///

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::{
     BackendError, LookupError, Orchestrator, Pipeline, PipelineId, PipelineRepository,
     PipelineSummary, RequestContext, Run, RunId, RunLookupError, RunPage, RunQuery, RunsError,
-    SetPausedError, TriggerError,
+    SetPausedError, TriggerError, TriggerOptions,
 };
 
 /// Why a pipeline could not be executed.
@@ -149,9 +149,23 @@ impl PipelineService {
         ctx: &RequestContext,
         id: &PipelineId,
     ) -> Result<Run, ExecuteError> {
+        self.execute_with(ctx, id, &TriggerOptions::default()).await
+    }
+
+    /// [`PipelineService::execute`], made safe to repeat with `options`
+    /// (see [`Orchestrator::trigger_with`]).
+    ///
+    /// # Errors
+    /// See [`ExecuteError`].
+    pub async fn execute_with(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        options: &TriggerOptions,
+    ) -> Result<Run, ExecuteError> {
         let run = self
             .orchestrator
-            .trigger(ctx, id)
+            .trigger_with(ctx, id, options)
             .await
             .map_err(|err| match err {
                 TriggerError::NotFound => ExecuteError::NotFound(id.clone()),

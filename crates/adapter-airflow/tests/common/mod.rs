@@ -168,6 +168,16 @@ pub fn dag_run(dag_id: &str, run_id: &str, state: &str, conf: Value) -> Value {
     })
 }
 
+/// The mark in `conf.maestro.trigger_id` of every trigger of `customer`
+/// with the idempotency key `key`, computed here as the backend documents
+/// it: a UUID v5 of `<customer length>:<customer>:<key>` in Maestro's
+/// namespace.
+pub fn keyed_mark(customer: &str, key: &str) -> String {
+    let namespace = uuid::uuid!("5d0c7a3e-8f4b-4c2a-9e61-3b7f0d9a2c15");
+    let name = format!("{}:{customer}:{key}", customer.len());
+    uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()
+}
+
 /// A query parameter of a recorded request.
 pub fn query(request: &Request, name: &str) -> Option<String> {
     request

@@ -180,6 +180,7 @@ impl IdempotencyStore for Store {
         scope: &CustomerId,
         key: &IdempotencyKey,
         lease: &Lease,
+        _retention: Duration,
     ) -> Result<(), StoreError> {
         let mut entries = self.entries.lock().unwrap();
         let scope = (scope.clone(), key.clone());

@@ -67,10 +67,14 @@ fn with_repo(repo: MockPipelineRepository) -> PipelineService {
 async fn execute_triggers_a_run_scoped_to_the_callers_customer() {
     let mut orchestrator = MockOrchestrator::new();
     orchestrator
-        .expect_trigger()
-        .withf(|ctx, pipeline| ctx.customer().as_str() == "acme" && pipeline.as_str() == ID)
+        .expect_trigger_with()
+        .withf(|ctx, pipeline, options| {
+            ctx.customer().as_str() == "acme"
+                && pipeline.as_str() == ID
+                && *options == TriggerOptions::default()
+        })
         .times(1)
-        .returning(|_, _| Ok(run(ID, RunStatus::Running)));
+        .returning(|_, _, _| Ok(run(ID, RunStatus::Running)));
 
     let run = with_orchestrator(orchestrator)
         .execute(&ctx("acme"), &id())
@@ -100,8 +104,8 @@ async fn execute_reports_each_refusal_with_the_contract_text() {
     for (error, text) in cases {
         let mut orchestrator = MockOrchestrator::new();
         orchestrator
-            .expect_trigger()
-            .returning(move |_, _| Err(error()));
+            .expect_trigger_with()
+            .returning(move |_, _, _| Err(error()));
         let err = with_orchestrator(orchestrator)
             .execute(&ctx("acme"), &id())
             .await
@@ -114,8 +118,8 @@ async fn execute_reports_each_refusal_with_the_contract_text() {
 async fn execute_passes_backend_failures_through_with_their_kind() {
     let mut orchestrator = MockOrchestrator::new();
     orchestrator
-        .expect_trigger()
-        .returning(|_, _| Err(BackendError::timeout("slow").into()));
+        .expect_trigger_with()
+        .returning(|_, _, _| Err(BackendError::timeout("slow").into()));
     let err = with_orchestrator(orchestrator)
         .execute(&ctx("acme"), &id())
         .await
@@ -129,8 +133,8 @@ async fn execute_passes_backend_failures_through_with_their_kind() {
 async fn execute_refuses_a_run_of_another_pipeline_from_a_faulty_backend() {
     let mut orchestrator = MockOrchestrator::new();
     orchestrator
-        .expect_trigger()
-        .returning(|_, _| Ok(run(OTHER_ID, RunStatus::Queued)));
+        .expect_trigger_with()
+        .returning(|_, _, _| Ok(run(OTHER_ID, RunStatus::Queued)));
     let err = with_orchestrator(orchestrator)
         .execute(&ctx("acme"), &id())
         .await

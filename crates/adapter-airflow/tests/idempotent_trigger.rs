@@ -1,0 +1,339 @@
+//! Triggers with an idempotency key, over a fake Airflow that keeps its
+//! runs: every attempt marks its run alike, and a retry after a failed
+//! attempt answers with the run that attempt made instead of making a
+//! second one.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{ACME_DAG, Endpoint, Fake, backend, ctx, dag, dag_run, id, query};
+use domain::{IdempotencyKey, Orchestrator, TriggerError, TriggerOptions};
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, Request, ResponseTemplate};
+
+/// How the fake answers a post after it made the run.
+#[derive(Clone, Copy)]
+enum Answer {
+    Created,
+    /// Airflow made the run and then failed to answer (500 is not sent
+    /// again by the backend within the call).
+    FailedAfterCreating,
+}
+
+/// A fake Airflow with Acme's DAG (`paused` as given) whose dagRuns
+/// endpoint keeps the runs it is posted and lists them newest first,
+/// filtered with `conf_contains` as Airflow does (on the conf's text).
+struct Ledger {
+    fake: Fake,
+    runs: Arc<Mutex<Vec<Value>>>,
+    answers: Arc<Mutex<Vec<Answer>>>,
+}
+
+impl Ledger {
+    async fn start(paused: bool) -> Self {
+        let fake = Fake::start().await;
+        fake.mount_dag(dag(ACME_DAG, &["customer:acme"], paused))
+            .await;
+        let runs: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
+        let (kept, next) = (Arc::clone(&runs), Arc::clone(&answers));
+        Mock::given(method("POST"))
+            .and(path(format!("/api/v2/dags/{ACME_DAG}/dagRuns")))
+            .respond_with(move |request: &Request| {
+                let body: Value = serde_json::from_slice(&request.body).unwrap();
+                let run = dag_run(
+                    ACME_DAG,
+                    body["dag_run_id"].as_str().unwrap(),
+                    "queued",
+                    body["conf"].clone(),
+                );
+                kept.lock().unwrap().push(run.clone());
+                let mut next = next.lock().unwrap();
+                let answer = if next.is_empty() {
+                    Answer::Created
+                } else {
+                    next.remove(0)
+                };
+                match answer {
+                    Answer::Created => ResponseTemplate::new(200).set_body_json(run),
+                    Answer::FailedAfterCreating => ResponseTemplate::new(500)
+                        .set_body_json(json!({"detail": "Internal Server Error"})),
+                }
+            })
+            .mount(&fake.server)
+            .await;
+        let listed = Arc::clone(&runs);
+        Mock::given(method("GET"))
+            .and(path(format!("/api/v2/dags/{ACME_DAG}/dagRuns")))
+            .respond_with(move |request: &Request| {
+                let contains = query(request, "conf_contains").unwrap_or_default();
+                let limit: usize = query(request, "limit").map_or(50, |l| l.parse().unwrap());
+                let matching: Vec<Value> = listed
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .rev()
+                    .filter(|run| run["conf"].to_string().contains(&contains))
+                    .cloned()
+                    .collect();
+                ResponseTemplate::new(200).set_body_json(json!({
+                    "dag_runs": matching.iter().take(limit).collect::<Vec<_>>(),
+                    "total_entries": matching.len(),
+                }))
+            })
+            .mount(&fake.server)
+            .await;
+        Self {
+            fake,
+            runs,
+            answers,
+        }
+    }
+
+    fn answer_next(&self, answer: Answer) {
+        self.answers.lock().unwrap().push(answer);
+    }
+
+    fn run_ids(&self) -> Vec<String> {
+        self.runs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|run| run["dag_run_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn marks(&self) -> Vec<String> {
+        self.runs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|run| {
+                run["conf"]["maestro"]["trigger_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// Puts a run into Airflow as if made long ago, with `conf`.
+    fn add_old_run(&self, run_id: &str, conf: Value) {
+        let mut run = dag_run(ACME_DAG, run_id, "success", conf);
+        run["run_after"] = json!("2020-01-01T00:00:00Z");
+        self.runs.lock().unwrap().push(run);
+    }
+}
+
+fn keyed(key: &str) -> TriggerOptions {
+    TriggerOptions {
+        idempotency_key: Some(IdempotencyKey::parse(key).unwrap()),
+        retry_since: None,
+    }
+}
+
+/// The options of a retry after a failed attempt, with a day's retention.
+fn retry(key: &str) -> TriggerOptions {
+    TriggerOptions {
+        retry_since: Some(Utc::now() - chrono::Duration::days(1)),
+        ..keyed(key)
+    }
+}
+
+#[tokio::test]
+async fn every_trigger_with_a_key_carries_the_same_mark_and_other_keys_or_customers_another() {
+    let ledger = Ledger::start(false).await;
+    let backend = backend(&ledger.fake.uri());
+    let acme = ctx("acme");
+
+    backend
+        .trigger_with(&acme, &id(ACME_DAG), &keyed("k1"))
+        .await
+        .unwrap();
+    backend
+        .trigger_with(&acme, &id(ACME_DAG), &keyed("k1"))
+        .await
+        .unwrap();
+    backend
+        .trigger_with(&acme, &id(ACME_DAG), &keyed("k2"))
+        .await
+        .unwrap();
+    backend.trigger(&acme, &id(ACME_DAG)).await.unwrap();
+    backend.trigger(&acme, &id(ACME_DAG)).await.unwrap();
+
+    let marks = ledger.marks();
+    assert_eq!(marks[0], marks[1]);
+    assert_ne!(marks[0], marks[2]);
+    assert_ne!(marks[3], marks[4]);
+    assert!(!marks[3..].contains(&marks[0]));
+    // The mark tells nothing of the key.
+    assert!(!marks[0].contains("k1"));
+    // Another customer's key of the same text has another mark: the mark
+    // is what a retry looks for.
+    assert_ne!(
+        common::keyed_mark("acme", "k1"),
+        common::keyed_mark("globex", "k1")
+    );
+    assert_eq!(common::keyed_mark("acme", "k1"), marks[0]);
+}
+
+#[tokio::test]
+async fn a_retry_after_an_attempt_that_made_the_run_and_failed_answers_with_that_run() {
+    let ledger = Ledger::start(false).await;
+    let backend = backend(&ledger.fake.uri());
+    let acme = ctx("acme");
+    ledger.answer_next(Answer::FailedAfterCreating);
+
+    let failed = backend
+        .trigger_with(&acme, &id(ACME_DAG), &keyed("k1"))
+        .await;
+    assert!(
+        matches!(failed, Err(TriggerError::Backend(_))),
+        "{failed:?}"
+    );
+    assert_eq!(ledger.run_ids().len(), 1);
+
+    let run = backend
+        .trigger_with(&acme, &id(ACME_DAG), &retry("k1"))
+        .await
+        .unwrap();
+
+    assert_eq!(ledger.run_ids(), vec![run.id.as_str().to_owned()]);
+    assert_eq!(ledger.fake.requests(Endpoint::RunPost).await.len(), 1);
+    let lookups = ledger.fake.requests(Endpoint::RunList).await;
+    assert_eq!(lookups.len(), 1);
+    assert_eq!(
+        query(&lookups[0], "conf_contains").as_deref(),
+        Some(ledger.marks()[0].as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_an_attempt_that_made_nothing_makes_the_run() {
+    let ledger = Ledger::start(false).await;
+    let backend = backend(&ledger.fake.uri());
+
+    let run = backend
+        .trigger_with(&ctx("acme"), &id(ACME_DAG), &retry("k1"))
+        .await
+        .unwrap();
+
+    assert_eq!(ledger.run_ids(), vec![run.id.as_str().to_owned()]);
+}
+
+#[tokio::test]
+async fn a_run_of_an_earlier_use_of_the_key_past_the_retention_is_not_taken_for_it() {
+    let ledger = Ledger::start(false).await;
+    let backend = backend(&ledger.fake.uri());
+    let mark = common::keyed_mark("acme", "k1");
+    ledger.add_old_run(
+        "manual__2020-01-01T00:00:00.000000+00:00",
+        json!({"maestro": {"trigger_id": mark}}),
+    );
+
+    let run = backend
+        .trigger_with(&ctx("acme"), &id(ACME_DAG), &retry("k1"))
+        .await
+        .unwrap();
+
+    assert_ne!(run.id.as_str(), "manual__2020-01-01T00:00:00.000000+00:00");
+    assert_eq!(ledger.run_ids().len(), 2);
+}
+
+#[tokio::test]
+async fn a_run_whose_conf_merely_contains_the_mark_elsewhere_is_not_taken_for_it() {
+    let ledger = Ledger::start(false).await;
+    let backend = backend(&ledger.fake.uri());
+    let mark = common::keyed_mark("acme", "k1");
+    let mut planted = dag_run(
+        ACME_DAG,
+        "manual__2026-01-01T00:00:00.000000+00:00",
+        "queued",
+        json!({"note": mark, "maestro": {"trigger_id": "someone-else"}}),
+    );
+    planted["run_after"] = json!(Utc::now().to_rfc3339());
+    ledger.runs.lock().unwrap().push(planted);
+
+    let run = backend
+        .trigger_with(&ctx("acme"), &id(ACME_DAG), &retry("k1"))
+        .await
+        .unwrap();
+
+    assert_ne!(run.id.as_str(), "manual__2026-01-01T00:00:00.000000+00:00");
+    assert_eq!(ledger.run_ids().len(), 2);
+}
+
+#[tokio::test]
+async fn a_retry_answers_with_the_earlier_run_even_if_the_dag_was_paused_since() {
+    let ledger = Ledger::start(true).await;
+    let backend = backend(&ledger.fake.uri());
+    let mark = common::keyed_mark("acme", "k1");
+    let mut earlier = dag_run(
+        ACME_DAG,
+        "manual__2026-11-29T09:00:00.000000+00:00",
+        "queued",
+        json!({"maestro": {"customer_id": "acme", "trigger_id": mark}}),
+    );
+    earlier["run_after"] = json!(Utc::now().to_rfc3339());
+    ledger.runs.lock().unwrap().push(earlier);
+
+    let run = backend
+        .trigger_with(&ctx("acme"), &id(ACME_DAG), &retry("k1"))
+        .await
+        .unwrap();
+    assert_eq!(run.id.as_str(), "manual__2026-11-29T09:00:00.000000+00:00");
+
+    // Without a run to find, the paused DAG is refused as ever.
+    let refused = backend
+        .trigger_with(&ctx("acme"), &id(ACME_DAG), &retry("k2"))
+        .await;
+    assert!(matches!(refused, Err(TriggerError::Paused)), "{refused:?}");
+    assert!(ledger.fake.requests(Endpoint::RunPost).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_retry_by_another_customer_finds_nothing_of_the_owners() {
+    let ledger = Ledger::start(false).await;
+    let backend = backend(&ledger.fake.uri());
+    ledger.answer_next(Answer::FailedAfterCreating);
+    let _ = backend
+        .trigger_with(&ctx("acme"), &id(ACME_DAG), &keyed("k1"))
+        .await;
+
+    let refused = backend
+        .trigger_with(&ctx("globex"), &id(ACME_DAG), &retry("k1"))
+        .await;
+
+    assert!(
+        matches!(refused, Err(TriggerError::NotFound)),
+        "{refused:?}"
+    );
+    assert_eq!(ledger.run_ids().len(), 1);
+}
+
+#[tokio::test]
+async fn a_lookup_that_fails_fails_the_retry_without_posting() {
+    let fake = Fake::start().await;
+    fake.mount_dag(dag(ACME_DAG, &["customer:acme"], false))
+        .await;
+    fake.mount_trigger_echo(ACME_DAG).await;
+    fake.fail(
+        Endpoint::RunList,
+        ResponseTemplate::new(503).set_delay(Duration::ZERO),
+    )
+    .await;
+
+    let result = backend(&fake.uri())
+        .trigger_with(&ctx("acme"), &id(ACME_DAG), &retry("k1"))
+        .await;
+
+    assert!(
+        matches!(result, Err(TriggerError::Backend(_))),
+        "{result:?}"
+    );
+    assert!(fake.requests(Endpoint::RunPost).await.is_empty());
+}
