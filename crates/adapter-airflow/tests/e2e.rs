@@ -9,53 +9,29 @@
 //! - `MAESTRO_E2E_AIRFLOW_PGID`, the process group of `airflow standalone`,
 //!   which the last test freezes and then kills.
 //!
+//! The DAG ids and the client of Airflow's API come from the
+//! `airflow-test-support` crate, which the binary's e2e tests share.
+//!
 //! The harness runs them one at a time, and
 //! `airflow_stopped_mid_test_gives_timeouts_then_unavailable` on its own
 //! after the others, since it leaves no Airflow behind.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
+use airflow_test_support::{
+    ACME_NIGHTLY, ACME_ORDERS, ACME_TOGGLE, Airflow, GLOBEX_FAILING, GLOBEX_OK, HYPHENATED,
+    NOT_A_UUID, TWO_CUSTOMERS, UNTAGGED, dag_run_ids, env, signal_airflow,
+};
 use domain::{
     BackendErrorKind, Caller, CustomerId, LookupError, Orchestrator, PipelineId,
     PipelineRepository, PipelineStatus, RequestContext, RunId, RunLookupError, RunQuery, RunStatus,
     RunsError, SetPausedError, TriggerError,
 };
-use serde_json::Value;
-
-// The DAGs of tests/airflow/dags/maestro_e2e.py.
-const ACME_ORDERS: &str = "9f362da2_da3e_4051_82af_ad4b98242de3";
-const ACME_NIGHTLY: &str = "cbcf20a2_85e8_45d5_bdb6_4ac87657d9c4";
-const ACME_TOGGLE: &str = "d946c383_8024_4991_8ff5_d614a0148c05";
-const GLOBEX_FAILING: &str = "e01bd70b_d3a3_4c9d_b21c_13fd23a61210";
-const GLOBEX_OK: &str = "aa87333e_4d68_49cf_9995_a8f84fe46fa0";
-const UNTAGGED: &str = "ca6e944a_7223_4685_ab23_ab1767fbb112";
-const TWO_CUSTOMERS: &str = "8c10f96b_c651_4d6e_8e5a_34c2ceadcec6";
-const NOT_A_UUID: &str = "acme_nightly_export";
-const HYPHENATED: &str = "ca5e64f3-e10d-4f1f-80f7-1821e7cd6029";
-const ALL_DAGS: [&str; 9] = [
-    ACME_ORDERS,
-    ACME_NIGHTLY,
-    ACME_TOGGLE,
-    GLOBEX_FAILING,
-    GLOBEX_OK,
-    UNTAGGED,
-    TWO_CUSTOMERS,
-    NOT_A_UUID,
-    HYPHENATED,
-];
 
 /// What a call may take over the timeout: scheduling on a busy machine.
 const SLACK: Duration = Duration::from_millis(500);
-
-/// How long a run of the test DAGs may take to finish, queueing included.
-const RUN_DEADLINE: Duration = Duration::from_secs(180);
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; run cargo xtask e2e-airflow"))
-}
 
 fn backend_with_timeout(timeout: Duration) -> AirflowBackend {
     let mut config = AirflowConfig::new(
@@ -90,146 +66,6 @@ fn id(raw: &str) -> PipelineId {
     PipelineId::parse(raw).unwrap()
 }
 
-/// Airflow's own API, to check what the backend did.
-struct Airflow {
-    client: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl Airflow {
-    async fn connect() -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(90))
-            .build()
-            .unwrap();
-        let url = env("MAESTRO_E2E_AIRFLOW_URL")
-            .trim_end_matches('/')
-            .to_owned();
-        let answer: Value = client
-            .post(format!("{url}/auth/token"))
-            .json(&serde_json::json!({
-                "username": env("MAESTRO_E2E_AIRFLOW_USERNAME"),
-                "password": env("MAESTRO_E2E_AIRFLOW_PASSWORD"),
-            }))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let airflow = Self {
-            client,
-            url,
-            token: answer["access_token"].as_str().unwrap().to_owned(),
-        };
-        airflow.wait_for_dags().await;
-        airflow
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        self.client
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// The DAG processor parses the DAG files after the API answers; wait
-    /// until every test DAG is known.
-    async fn wait_for_dags(&self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let dags = self.get("/api/v2/dags?limit=100").await;
-            let known: HashSet<&str> = dags["dags"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|dag| dag["dag_id"].as_str())
-                .collect();
-            if ALL_DAGS.iter().all(|dag| known.contains(dag)) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the test DAGs were not parsed: {known:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    async fn is_paused(&self, dag_id: &str) -> bool {
-        self.get(&format!("/api/v2/dags/{dag_id}")).await["is_paused"]
-            .as_bool()
-            .unwrap()
-    }
-
-    async fn set_paused(&self, dag_id: &str, paused: bool) {
-        self.client
-            .patch(format!("{}/api/v2/dags/{dag_id}", self.url))
-            .bearer_auth(&self.token)
-            .json(&serde_json::json!({ "is_paused": paused }))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap();
-    }
-
-    /// The DAG's latest 100 runs, oldest first.
-    async fn runs(&self, dag_id: &str) -> Vec<Value> {
-        let page = self
-            .get(&format!(
-                "/api/v2/dags/{dag_id}/dagRuns?order_by=-id&limit=100"
-            ))
-            .await;
-        let mut runs = page["dag_runs"].as_array().unwrap().clone();
-        runs.reverse();
-        runs
-    }
-
-    /// How many runs the DAG has.
-    async fn run_count(&self, dag_id: &str) -> u64 {
-        self.get(&format!("/api/v2/dags/{dag_id}/dagRuns?limit=1"))
-            .await["total_entries"]
-            .as_u64()
-            .unwrap()
-    }
-
-    async fn run(&self, dag_id: &str, run_id: &RunId) -> Value {
-        let encoded = run_id.as_str().replace(':', "%3A").replace('+', "%2B");
-        self.get(&format!("/api/v2/dags/{dag_id}/dagRuns/{encoded}"))
-            .await
-    }
-
-    /// Waits until the run has finished, and returns Airflow's view of it.
-    async fn wait_until_finished(&self, dag_id: &str, run_id: &RunId) -> Value {
-        let deadline = Instant::now() + RUN_DEADLINE;
-        loop {
-            let run = self.run(dag_id, run_id).await;
-            if matches!(run["state"].as_str(), Some("success" | "failed")) {
-                return run;
-            }
-            assert!(Instant::now() < deadline, "{run_id} did not finish: {run}");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-}
-
-fn run_ids(runs: &[Value]) -> Vec<String> {
-    runs.iter()
-        .map(|run| run["dag_run_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test]
 #[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn each_customer_lists_exactly_its_dags() {
@@ -260,15 +96,7 @@ async fn each_customer_lists_exactly_its_dags() {
 
     // Airflow itself has more DAGs tagged for acme: the ones Maestro must
     // not show.
-    let tagged = airflow
-        .get("/api/v2/dags?tags=customer:acme&limit=100")
-        .await;
-    let tagged: HashSet<&str> = tagged["dags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|dag| dag["dag_id"].as_str())
-        .collect();
+    let tagged = airflow.tagged("acme").await;
     for hidden in [TWO_CUSTOMERS, NOT_A_UUID, HYPHENATED] {
         assert!(tagged.contains(hidden), "{hidden} should exist in Airflow");
     }
@@ -390,7 +218,7 @@ async fn three_executes_give_three_dag_runs_with_the_returned_ids_that_succeed_i
     let acme = ctx("acme");
     let orders = id(ACME_ORDERS);
     airflow.set_paused(ACME_ORDERS, false).await;
-    let before: HashSet<String> = run_ids(&airflow.runs(ACME_ORDERS).await)
+    let before: HashSet<String> = dag_run_ids(&airflow.runs(ACME_ORDERS).await)
         .into_iter()
         .collect();
 
@@ -404,7 +232,7 @@ async fn three_executes_give_three_dag_runs_with_the_returned_ids_that_succeed_i
     assert!(triggered.windows(2).all(|pair| pair[0] < pair[1]));
 
     // Airflow has exactly these three new runs, with the caller in conf.
-    let new: Vec<String> = run_ids(&airflow.runs(ACME_ORDERS).await)
+    let new: Vec<String> = dag_run_ids(&airflow.runs(ACME_ORDERS).await)
         .into_iter()
         .filter(|run| !before.contains(run))
         .collect();
@@ -413,7 +241,9 @@ async fn three_executes_give_three_dag_runs_with_the_returned_ids_that_succeed_i
 
     let mut finished = Vec::new();
     for run_id in &triggered {
-        let run = airflow.wait_until_finished(ACME_ORDERS, run_id).await;
+        let run = airflow
+            .wait_until_finished(ACME_ORDERS, run_id.as_str())
+            .await;
         assert_eq!(run["state"], "success", "{run}");
         assert_eq!(run["conf"]["maestro"]["customer_id"], "acme");
         assert_eq!(run["conf"]["maestro"]["sub"], "acme-user");
@@ -444,7 +274,9 @@ async fn a_failing_dag_shows_failed_with_a_trace() {
     airflow.set_paused(GLOBEX_FAILING, false).await;
 
     let run = backend.trigger(&globex, &failing).await.unwrap();
-    let seen = airflow.wait_until_finished(GLOBEX_FAILING, &run.id).await;
+    let seen = airflow
+        .wait_until_finished(GLOBEX_FAILING, run.id.as_str())
+        .await;
 
     assert_eq!(seen["state"], "failed");
     let run = backend.get_run(&globex, &failing, &run.id).await.unwrap();
@@ -473,7 +305,9 @@ async fn runs_are_listed_newest_first_paginated_filtered_and_fetched_by_id() {
         triggered.push(backend.trigger(&globex, &pipeline).await.unwrap().id);
     }
     for run_id in &triggered {
-        airflow.wait_until_finished(GLOBEX_OK, run_id).await;
+        airflow
+            .wait_until_finished(GLOBEX_OK, run_id.as_str())
+            .await;
     }
     let total = airflow.run_count(GLOBEX_OK).await;
     let newest_first: Vec<RunId> = triggered.iter().rev().cloned().collect();
@@ -547,15 +381,6 @@ async fn runs_are_listed_newest_first_paginated_filtered_and_fetched_by_id() {
         .unwrap();
     assert_eq!(summary.last_status, Some(RunStatus::Success));
     airflow.set_paused(GLOBEX_OK, true).await;
-}
-
-fn signal_airflow(signal: &str) {
-    let group = format!("-{}", env("MAESTRO_E2E_AIRFLOW_PGID"));
-    let status = Command::new("kill")
-        .args([signal, "--", &group])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {group}");
 }
 
 /// Runs `call`, and returns the kind of its backend failure (`None` for a
