@@ -8,64 +8,38 @@
 //! - `MAESTRO_E2E_AIRFLOW_URL`, `MAESTRO_E2E_AIRFLOW_USERNAME`,
 //!   `MAESTRO_E2E_AIRFLOW_PASSWORD`;
 //! - `MAESTRO_E2E_AIRFLOW_PGID`, the process group of `airflow standalone`,
-//!   which the last test freezes and thaws again.
+//!   which the last test freezes and thaws again;
+//! - `MAESTRO_TEST_REDIS_URL`, a Redis server that two `maestro` instances
+//!   share for their Idempotency-Key store.
+//!
+//! The DAG ids and the client of Airflow's API come from the
+//! `airflow-test-support` crate, which the adapter's e2e tests share.
 //!
 //! The harness runs them one at a time, after the adapter's own e2e tests,
 //! and [`airflow_stopped_mid_test_gives_504_within_the_timeout_and_ready_503`]
 //! on its own after the others, since it stops Airflow for a while.
 
 use std::collections::{BTreeSet, HashSet};
-use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use airflow_test_support::{
+    ACME_NIGHTLY, ACME_ORDERS, ACME_TOGGLE, Airflow, Frozen, GLOBEX_FAILING, GLOBEX_OK, HOOLI_ONCE,
+    HYPHENATED, NOT_A_UUID, RUN_DEADLINE, TWO_CUSTOMERS, UNTAGGED, dag_run_ids, encoded, env,
+};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{SECRET, token};
 use crate::maestro::Maestro;
 
-// The DAGs of tests/airflow/dags/maestro_e2e.py.
-const ACME_ORDERS: &str = "9f362da2_da3e_4051_82af_ad4b98242de3";
-const ACME_NIGHTLY: &str = "cbcf20a2_85e8_45d5_bdb6_4ac87657d9c4";
-const ACME_TOGGLE: &str = "d946c383_8024_4991_8ff5_d614a0148c05";
-const GLOBEX_FAILING: &str = "e01bd70b_d3a3_4c9d_b21c_13fd23a61210";
-const GLOBEX_OK: &str = "aa87333e_4d68_49cf_9995_a8f84fe46fa0";
-const UNTAGGED: &str = "ca6e944a_7223_4685_ab23_ab1767fbb112";
-const TWO_CUSTOMERS: &str = "8c10f96b_c651_4d6e_8e5a_34c2ceadcec6";
-const NOT_A_UUID: &str = "acme_nightly_export";
-const HYPHENATED: &str = "ca5e64f3-e10d-4f1f-80f7-1821e7cd6029";
-const ALL_DAGS: [&str; 9] = [
-    ACME_ORDERS,
-    ACME_NIGHTLY,
-    ACME_TOGGLE,
-    GLOBEX_FAILING,
-    GLOBEX_OK,
-    UNTAGGED,
-    TWO_CUSTOMERS,
-    NOT_A_UUID,
-    HYPHENATED,
-];
-
 /// Maestro's upstream timeout for the tests about behaviour: `airflow
 /// standalone` on SQLite can stall for half a minute while a task starts
 /// on a busy machine, and these tests are about what happens, not how fast.
 const PATIENT_TIMEOUT_MS: &str = "90000";
 
-/// How long a run of the test DAGs may take to finish, queueing included.
-const RUN_DEADLINE: Duration = Duration::from_secs(180);
-
 /// What a call may take over the timeout: scheduling on a busy machine.
 const SLACK: Duration = Duration::from_millis(750);
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; run cargo xtask e2e-airflow"))
-}
-
-/// A run id as it travels in a path: `:` and `+` percent-encoded.
-fn encoded(run_id: &str) -> String {
-    utf8_percent_encode(run_id, NON_ALPHANUMERIC).to_string()
-}
 
 /// The real `maestro` binary on the Airflow backend, as the test's
 /// Airflow account, verifying the test tokens.
@@ -77,10 +51,15 @@ struct Gateway {
 
 impl Gateway {
     fn start(timeout_ms: &str) -> Self {
+        Self::start_with(timeout_ms, &[])
+    }
+
+    /// Starts the gateway with `extra` settings besides the Airflow ones.
+    fn start_with(timeout_ms: &str, extra: &[(&str, &str)]) -> Self {
         let airflow_url = env("MAESTRO_E2E_AIRFLOW_URL");
         let username = env("MAESTRO_E2E_AIRFLOW_USERNAME");
         let password = env("MAESTRO_E2E_AIRFLOW_PASSWORD");
-        let maestro = Maestro::start(&[
+        let mut settings = vec![
             ("MAESTRO_BIND", "127.0.0.1:0"),
             ("MAESTRO_BACKEND", "airflow"),
             ("MAESTRO_AIRFLOW_URL", &airflow_url),
@@ -89,7 +68,9 @@ impl Gateway {
             ("MAESTRO_UPSTREAM_TIMEOUT_MS", timeout_ms),
             ("MAESTRO_JWT_HS256_SECRET", SECRET),
             ("MAESTRO_LOG_FORMAT", "json"),
-        ]);
+        ];
+        settings.extend_from_slice(extra);
+        let maestro = Maestro::start(&settings);
         let url = format!("http://{}", maestro.addr());
         Self {
             _maestro: maestro,
@@ -115,6 +96,18 @@ impl Gateway {
         self.client
             .post(format!("{}{path}", self.url))
             .bearer_auth(token(customer))
+            .json(&json!({ "pipeline_id": pipeline }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /platform/pipeline/execute` with an `Idempotency-Key`.
+    async fn execute_with_key(&self, customer: &str, pipeline: &str, key: &str) -> Response {
+        self.client
+            .post(format!("{}/platform/pipeline/execute", self.url))
+            .bearer_auth(token(customer))
+            .header("Idempotency-Key", key)
             .json(&json!({ "pipeline_id": pipeline }))
             .send()
             .await
@@ -230,146 +223,11 @@ async fn assert_error(response: Response, status: StatusCode, exception: &str, m
     assert_eq!(body["detail"]["traceback"], message, "{body}");
 }
 
-fn run_ids(runs: &[Value], field: &str) -> Vec<String> {
+/// The `pipeline_run_id`s of runs as Maestro lists them.
+fn pipeline_run_ids(runs: &[Value]) -> Vec<String> {
     runs.iter()
-        .map(|run| run[field].as_str().unwrap().to_owned())
+        .map(|run| run["pipeline_run_id"].as_str().unwrap().to_owned())
         .collect()
-}
-
-/// Airflow's own API, to check what Maestro did.
-struct Airflow {
-    client: Client,
-    url: String,
-    token: String,
-}
-
-impl Airflow {
-    async fn connect() -> Self {
-        let client = Client::builder()
-            .timeout(Duration::from_secs(90))
-            .build()
-            .unwrap();
-        let url = env("MAESTRO_E2E_AIRFLOW_URL")
-            .trim_end_matches('/')
-            .to_owned();
-        let answer: Value = client
-            .post(format!("{url}/auth/token"))
-            .json(&json!({
-                "username": env("MAESTRO_E2E_AIRFLOW_USERNAME"),
-                "password": env("MAESTRO_E2E_AIRFLOW_PASSWORD"),
-            }))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let airflow = Self {
-            client,
-            url,
-            token: answer["access_token"].as_str().unwrap().to_owned(),
-        };
-        airflow.wait_for_dags().await;
-        airflow
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        self.client
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// The DAG processor parses the DAG files after the API answers; wait
-    /// until every test DAG is known.
-    async fn wait_for_dags(&self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let dags = self.get("/api/v2/dags?limit=100").await;
-            let known: HashSet<&str> = dags["dags"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|dag| dag["dag_id"].as_str())
-                .collect();
-            if ALL_DAGS.iter().all(|dag| known.contains(dag)) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the test DAGs were not parsed: {known:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    async fn is_paused(&self, dag_id: &str) -> bool {
-        self.get(&format!("/api/v2/dags/{dag_id}")).await["is_paused"]
-            .as_bool()
-            .unwrap()
-    }
-
-    async fn set_paused(&self, dag_id: &str, paused: bool) {
-        self.client
-            .patch(format!("{}/api/v2/dags/{dag_id}", self.url))
-            .bearer_auth(&self.token)
-            .json(&json!({ "is_paused": paused }))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap();
-    }
-
-    /// The DAG's latest 100 runs, oldest first.
-    async fn runs(&self, dag_id: &str) -> Vec<Value> {
-        let page = self
-            .get(&format!(
-                "/api/v2/dags/{dag_id}/dagRuns?order_by=-id&limit=100"
-            ))
-            .await;
-        let mut runs = page["dag_runs"].as_array().unwrap().clone();
-        runs.reverse();
-        runs
-    }
-
-    /// How many runs the DAG has.
-    async fn run_count(&self, dag_id: &str) -> u64 {
-        self.get(&format!("/api/v2/dags/{dag_id}/dagRuns?limit=1"))
-            .await["total_entries"]
-            .as_u64()
-            .unwrap()
-    }
-
-    async fn run(&self, dag_id: &str, run_id: &str) -> Value {
-        self.get(&format!(
-            "/api/v2/dags/{dag_id}/dagRuns/{}",
-            encoded(run_id)
-        ))
-        .await
-    }
-
-    /// The ids of the DAGs Airflow has tagged for `customer`.
-    async fn tagged(&self, customer: &str) -> BTreeSet<String> {
-        let dags = self
-            .get(&format!("/api/v2/dags?tags=customer:{customer}&limit=100"))
-            .await;
-        dags["dags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|dag| dag["dag_id"].as_str().map(str::to_owned))
-            .collect()
-    }
 }
 
 fn set(ids: &[&str]) -> BTreeSet<String> {
@@ -555,7 +413,7 @@ async fn three_executes_give_three_dag_runs_with_exactly_the_returned_ids_that_s
     let airflow = Airflow::connect().await;
     let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
     airflow.set_paused(ACME_ORDERS, false).await;
-    let before: HashSet<String> = run_ids(&airflow.runs(ACME_ORDERS).await, "dag_run_id")
+    let before: HashSet<String> = dag_run_ids(&airflow.runs(ACME_ORDERS).await)
         .into_iter()
         .collect();
 
@@ -566,7 +424,7 @@ async fn three_executes_give_three_dag_runs_with_exactly_the_returned_ids_that_s
     assert!(returned.windows(2).all(|pair| pair[0] < pair[1]));
 
     // Airflow has exactly these three new runs, triggered for the caller.
-    let new: Vec<String> = run_ids(&airflow.runs(ACME_ORDERS).await, "dag_run_id")
+    let new: Vec<String> = dag_run_ids(&airflow.runs(ACME_ORDERS).await)
         .into_iter()
         .filter(|run| !before.contains(run))
         .collect();
@@ -658,7 +516,7 @@ async fn runs_are_listed_paginated_filtered_and_fetched_by_percent_encoded_id() 
 
     let (first, first_total) = maestro.runs("globex", GLOBEX_OK, "limit=2").await;
     assert_eq!(first_total, total);
-    assert_eq!(run_ids(&first, "pipeline_run_id"), newest_first[..2]);
+    assert_eq!(pipeline_run_ids(&first), newest_first[..2]);
     let (second, second_total) = maestro.runs("globex", GLOBEX_OK, "limit=2&offset=2").await;
     assert_eq!(second_total, total);
     assert_eq!(second[0]["pipeline_run_id"], newest_first[2].as_str());
@@ -666,9 +524,9 @@ async fn runs_are_listed_paginated_filtered_and_fetched_by_percent_encoded_id() 
 
     // Every run of the DAG, as Airflow lists it, newest first.
     let (all, _) = maestro.runs("globex", GLOBEX_OK, "limit=1000").await;
-    let mut in_airflow = run_ids(&airflow.runs(GLOBEX_OK).await, "dag_run_id");
+    let mut in_airflow = dag_run_ids(&airflow.runs(GLOBEX_OK).await);
     in_airflow.reverse();
-    assert_eq!(run_ids(&all, "pipeline_run_id"), in_airflow);
+    assert_eq!(pipeline_run_ids(&all), in_airflow);
 
     let (succeeded, succeeded_total) = maestro
         .runs("globex", GLOBEX_OK, "status=SUCCESS&limit=1000")
@@ -702,32 +560,130 @@ async fn runs_are_listed_paginated_filtered_and_fetched_by_percent_encoded_id() 
     airflow.set_paused(GLOBEX_OK, true).await;
 }
 
-/// Sends `signal` to Airflow's whole process group.
-fn signal_airflow(signal: &str) {
-    let group = format!("-{}", env("MAESTRO_E2E_AIRFLOW_PGID"));
-    let status = Command::new("kill")
-        .args([signal, "--", &group])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} {group}");
+/// How many executes each of the two instances gets at once in the
+/// Idempotency-Key test.
+const EXECUTES_PER_INSTANCE: usize = 8;
+
+/// An answer to an execute with an `Idempotency-Key`, read in full.
+#[derive(Debug)]
+struct KeyedAnswer {
+    status: StatusCode,
+    replayed: bool,
+    retry_after: bool,
+    body: Value,
 }
 
-/// Freezes Airflow, and thaws it again when dropped, also when the test
-/// fails half-way: the adapter's stopping test runs after this one.
-struct Frozen;
-
-impl Frozen {
-    fn airflow() -> Self {
-        signal_airflow("-STOP");
-        Self
+impl KeyedAnswer {
+    async fn read(response: Response) -> Self {
+        let headers = response.headers();
+        let replayed = headers
+            .get("idempotent-replayed")
+            .is_some_and(|value| value == "true");
+        let retry_after = headers.contains_key("retry-after");
+        Self {
+            status: response.status(),
+            replayed,
+            retry_after,
+            body: response.json().await.unwrap(),
+        }
     }
 }
 
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        let group = format!("-{}", env("MAESTRO_E2E_AIRFLOW_PGID"));
-        let _ = Command::new("kill").args(["-CONT", "--", &group]).status();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a running Airflow and Redis: cargo xtask e2e-airflow"]
+async fn two_instances_sharing_redis_start_exactly_one_dag_run_for_one_idempotency_key() {
+    let redis = env("MAESTRO_TEST_REDIS_URL");
+    let airflow = Airflow::connect().await;
+    let shared = [("MAESTRO_REDIS_URL", redis.as_str())];
+    let instances = [
+        Arc::new(Gateway::start_with(PATIENT_TIMEOUT_MS, &shared)),
+        Arc::new(Gateway::start_with(PATIENT_TIMEOUT_MS, &shared)),
+    ];
+    airflow.set_paused(HOOLI_ONCE, false).await;
+    let before: HashSet<String> = dag_run_ids(&airflow.runs(HOOLI_ONCE).await)
+        .into_iter()
+        .collect();
+    let count_before = airflow.run_count(HOOLI_ONCE).await;
+
+    // A key of its own: the Redis server may outlive a test run, and an
+    // old key would replay a run of an Airflow that is gone.
+    let key = format!("e2e-{}", uuid::Uuid::new_v4());
+    let all = instances.len() * EXECUTES_PER_INSTANCE;
+    let start = Arc::new(tokio::sync::Barrier::new(all));
+    let tasks: Vec<_> = (0..all)
+        .map(|i| {
+            let gateway = instances[i % instances.len()].clone();
+            let key = key.clone();
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                let response = gateway.execute_with_key("hooli", HOOLI_ONCE, &key).await;
+                KeyedAnswer::read(response).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
     }
+
+    // Every answer is the one run or "in progress"; exactly one of them
+    // ran execute, and every other 200 replays its answer.
+    let mut ran = Vec::new();
+    for answer in &answers {
+        match answer.status {
+            StatusCode::OK => {
+                assert_eq!(answer.body["status"], true, "{answer:?}");
+                assert_eq!(answer.body["data"]["pipeline_id"], HOOLI_ONCE, "{answer:?}");
+                if !answer.replayed {
+                    ran.push(answer);
+                }
+            }
+            StatusCode::CONFLICT => {
+                assert_eq!(
+                    answer.body["detail"]["exception_type"], "IdempotencyKeyInProgress",
+                    "{answer:?}"
+                );
+                assert!(answer.retry_after, "a 409 without Retry-After: {answer:?}");
+                assert!(!answer.replayed, "{answer:?}");
+            }
+            other => panic!("unexpected {other}: {answer:?}"),
+        }
+    }
+    assert_eq!(ran.len(), 1, "exactly one fresh 200: {answers:?}");
+    let first = &ran[0].body;
+    for answer in answers
+        .iter()
+        .filter(|answer| answer.status == StatusCode::OK)
+    {
+        assert_eq!(&answer.body, first, "every 200 is the same answer");
+    }
+    let run_id = first["data"]["run_id"].as_str().unwrap().to_owned();
+
+    // Airflow has exactly one new run, the returned one, for the caller.
+    assert_eq!(airflow.run_count(HOOLI_ONCE).await, count_before + 1);
+    let new: Vec<String> = dag_run_ids(&airflow.runs(HOOLI_ONCE).await)
+        .into_iter()
+        .filter(|run| !before.contains(run))
+        .collect();
+    assert_eq!(new, std::slice::from_ref(&run_id));
+    let run = airflow.run(HOOLI_ONCE, &run_id).await;
+    assert_eq!(run["conf"]["maestro"]["customer_id"], "hooli", "{run}");
+
+    // A later repeat to either instance replays the run and starts none.
+    for gateway in &instances {
+        let again =
+            KeyedAnswer::read(gateway.execute_with_key("hooli", HOOLI_ONCE, &key).await).await;
+        assert_eq!(again.status, StatusCode::OK, "{again:?}");
+        assert!(again.replayed, "{again:?}");
+        assert_eq!(&again.body, first);
+    }
+    let finished = instances[0]
+        .wait_until_finished("hooli", HOOLI_ONCE, &run_id)
+        .await;
+    assert_eq!(finished["last_status"], "SUCCESS", "{finished}");
+    assert_eq!(airflow.run_count(HOOLI_ONCE).await, count_before + 1);
+    airflow.set_paused(HOOLI_ONCE, true).await;
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 """DAGs for Maestro's end-to-end tests against a real Apache Airflow 3.
 
 `cargo xtask e2e-airflow` points Airflow's DAG folder here. Each DAG plays
-one role in `crates/adapter-airflow/tests/e2e.rs`, which names them by the
-same ids; change both together.
+one role in `crates/adapter-airflow/tests/e2e.rs` or
+`tests/api/airflow_e2e.rs`, which name them by the same ids; change them
+together.
 
 Tasks are BashOperators that finish in about a second, so a whole test
 run stays short. Every DAG starts paused (Airflow's default for new DAGs);
@@ -66,6 +67,15 @@ pipeline(
     "aa87333e_4d68_49cf_9995_a8f84fe46fa0",
     ["customer:globex"],
     description="Globex: succeeds",
+)
+
+# Customer hooli: one DAG that only the Idempotency-Key test of
+# `tests/api/airflow_e2e.rs` triggers, so that it can count the DAG's runs
+# exactly. A customer of its own keeps it out of the other tests' lists.
+pipeline(
+    "39ea25ea_a128_4d37_bc60_a039ca1fa7c0",
+    ["customer:hooli"],
+    description="Hooli: triggered once per Idempotency-Key",
 )
 
 # Visible to no one.
