@@ -25,9 +25,9 @@ use airflow_test_support::{
     NOT_A_UUID, TWO_CUSTOMERS, UNTAGGED, dag_run_ids, env, signal_airflow,
 };
 use domain::{
-    BackendErrorKind, Caller, CustomerId, LookupError, Orchestrator, PipelineId,
+    BackendErrorKind, Caller, CustomerId, IdempotencyKey, LookupError, Orchestrator, PipelineId,
     PipelineRepository, PipelineStatus, RequestContext, RunId, RunLookupError, RunQuery, RunStatus,
-    RunsError, SetPausedError, TriggerError,
+    RunsError, SetPausedError, TriggerError, TriggerOptions,
 };
 
 /// What a call may take over the timeout: scheduling on a busy machine.
@@ -380,6 +380,56 @@ async fn runs_are_listed_newest_first_paginated_filtered_and_fetched_by_id() {
         .find(|summary| summary.pipeline.id == pipeline)
         .unwrap();
     assert_eq!(summary.last_status, Some(RunStatus::Success));
+    airflow.set_paused(GLOBEX_OK, true).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
+async fn a_retry_with_an_idempotency_key_finds_the_run_of_the_failed_attempt_by_its_mark() {
+    let airflow = Airflow::connect().await;
+    let backend = backend();
+    let globex = ctx("globex");
+    let pipeline = id(GLOBEX_OK);
+    airflow.set_paused(GLOBEX_OK, false).await;
+    let before = airflow.run_count(GLOBEX_OK).await;
+    let keyed = |key: &IdempotencyKey, retry: bool| TriggerOptions {
+        idempotency_key: Some(key.clone()),
+        retry_since: retry.then(|| chrono::Utc::now() - chrono::Duration::hours(24)),
+    };
+    let key = IdempotencyKey::parse(&format!("e2e-{}", uuid::Uuid::new_v4())).unwrap();
+    let other = IdempotencyKey::parse(&format!("e2e-{}", uuid::Uuid::new_v4())).unwrap();
+
+    let first = backend
+        .trigger_with(&globex, &pipeline, &keyed(&key, false))
+        .await
+        .unwrap();
+    // As if the first answer had been lost: the retry is told that an
+    // attempt failed, and Airflow's `conf_contains` finds that attempt's run.
+    let retried = backend
+        .trigger_with(&globex, &pipeline, &keyed(&key, true))
+        .await
+        .unwrap();
+    assert_eq!(retried.id, first.id);
+    assert_eq!(airflow.run_count(GLOBEX_OK).await, before + 1);
+
+    // Another key's retry finds nothing of it, and makes its own run.
+    let fresh = backend
+        .trigger_with(&globex, &pipeline, &keyed(&other, true))
+        .await
+        .unwrap();
+    assert_ne!(fresh.id, first.id);
+    assert_eq!(airflow.run_count(GLOBEX_OK).await, before + 2);
+    let mark = |run: serde_json::Value| run["conf"]["maestro"]["trigger_id"].clone();
+    let first_mark = mark(airflow.run(GLOBEX_OK, first.id.as_str()).await);
+    let fresh_mark = mark(airflow.run(GLOBEX_OK, fresh.id.as_str()).await);
+    assert!(first_mark.is_string(), "{first_mark}");
+    assert_ne!(first_mark, fresh_mark);
+
+    for run_id in [&first.id, &fresh.id] {
+        airflow
+            .wait_until_finished(GLOBEX_OK, run_id.as_str())
+            .await;
+    }
     airflow.set_paused(GLOBEX_OK, true).await;
 }
 
