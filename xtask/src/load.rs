@@ -154,6 +154,28 @@ pub(crate) struct LoadReport {
 }
 
 impl LoadReport {
+    /// Adds `other`'s requests to this report, as if both had been one
+    /// measured phase.
+    ///
+    /// # Errors
+    /// When the latency histograms cannot be added (they have different
+    /// bounds).
+    pub(crate) fn merge(&mut self, other: Self) -> anyhow::Result<()> {
+        self.elapsed += other.elapsed;
+        self.latency
+            .add(&other.latency)
+            .map_err(|err| anyhow::anyhow!("cannot merge latency histograms: {err:?}"))?;
+        self.successes += other.successes;
+        for (status, count) in other.failures_by_status {
+            *self.failures_by_status.entry(status).or_default() += count;
+        }
+        self.transport_errors += other.transport_errors;
+        if self.first_transport_error.is_none() {
+            self.first_transport_error = other.first_transport_error;
+        }
+        Ok(())
+    }
+
     /// Requests that got an answer, whatever its status.
     pub(crate) fn answered(&self) -> u64 {
         self.latency.len()
@@ -457,6 +479,41 @@ pub(crate) async fn get_status(addr: SocketAddr, path: &str) -> Result<StatusCod
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(latencies: &[u64], failures: &[(u16, u64)], error: Option<&str>) -> LoadReport {
+        let mut latency = new_histogram().unwrap();
+        for micros in latencies {
+            latency.record(*micros).unwrap();
+        }
+        LoadReport {
+            elapsed: Duration::from_millis(10),
+            latency,
+            successes: latencies.len() as u64,
+            failures_by_status: failures.iter().copied().collect(),
+            transport_errors: u64::from(error.is_some()),
+            first_transport_error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn merged_reports_count_every_request_of_both_and_keep_the_first_error() {
+        let mut first = report(&[100, 200], &[(502, 1)], None);
+        first
+            .merge(report(&[300], &[(502, 2), (500, 1)], Some("reset")))
+            .unwrap();
+        first.merge(report(&[400], &[], Some("refused"))).unwrap();
+
+        assert_eq!(first.latency.len(), 4);
+        assert_eq!(first.latency.max(), first.latency.highest_equivalent(400));
+        assert_eq!(first.successes, 4);
+        assert_eq!(
+            first.failures_by_status,
+            BTreeMap::from([(500, 1), (502, 3)])
+        );
+        assert_eq!(first.transport_errors, 2);
+        assert_eq!(first.first_transport_error.as_deref(), Some("reset"));
+        assert_eq!(first.elapsed, Duration::from_millis(30));
+    }
 
     #[test]
     fn requests_are_shared_out_evenly_with_the_remainder_first() {
