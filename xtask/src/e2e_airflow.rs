@@ -23,11 +23,11 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use tempfile::TempDir;
+
+use crate::redis::RedisServer;
 
 /// The Airflow release the tests are written against.
 const AIRFLOW_VERSION: &str = "3.3.2";
@@ -192,7 +192,11 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             (None, redis_url)
         }
         _ => {
-            let (redis, redis_url) = RedisServer::start()?;
+            println!(
+                "e2e-airflow: MAESTRO_TEST_REDIS_URL is not set; starting a throwaway redis-server"
+            );
+            let (redis, redis_url) = RedisServer::start("maestro-e2e-redis-")?;
+            println!("e2e-airflow: redis-server at {redis_url}");
             (Some(redis), redis_url)
         }
     };
@@ -362,94 +366,10 @@ pub(crate) fn stop_on_ctrl_c(pgid: u32) {
             eprintln!("airflow: interrupted; stopping Airflow");
             signal_group(pgid, "-KILL");
             // Exiting runs no destructor: stop the harness's Redis here.
-            let redis = REDIS_TO_STOP.lock().ok().and_then(|mut dir| dir.take());
-            if let Some(dir) = redis {
-                let _ = redis_script(&dir)
-                    .arg("stop")
-                    .stdout(Stdio::null())
-                    .status();
-            }
+            crate::redis::stop_started();
             std::process::exit(130);
         }
     });
-}
-
-/// The state directory of the Redis server the harness started and has not
-/// stopped yet, for the Ctrl-C handler, which runs no destructor.
-static REDIS_TO_STOP: Mutex<Option<PathBuf>> = Mutex::new(None);
-
-/// A throwaway `redis-server` of the harness's own, stopped when dropped
-/// and on Ctrl-C.
-///
-/// The script runs with a private state directory, so that the server
-/// takes a port of its own and stopping it never touches a server someone
-/// else started with the script's default directory.
-#[derive(Debug)]
-struct RedisServer {
-    dir: TempDir,
-}
-
-impl RedisServer {
-    /// Starts the server (installing Debian's `redis-server` if it is
-    /// missing) and returns it with its URL.
-    fn start() -> anyhow::Result<(Self, String)> {
-        let dir = tempfile::Builder::new()
-            .prefix("maestro-e2e-redis-")
-            .tempdir()
-            .context("cannot create the Redis state directory")?;
-        // The guard exists before the script runs: a script that started
-        // the server and then failed still has it stopped.
-        if let Ok(mut to_stop) = REDIS_TO_STOP.lock() {
-            *to_stop = Some(dir.path().to_owned());
-        }
-        let server = Self { dir };
-        println!(
-            "e2e-airflow: MAESTRO_TEST_REDIS_URL is not set; starting a throwaway redis-server"
-        );
-        let output = redis_script(server.dir.path())
-            .stderr(Stdio::inherit())
-            .output()
-            .context("cannot run scripts/redis-test-server.sh")?;
-        if !output.status.success() {
-            bail!("scripts/redis-test-server.sh failed ({})", output.status);
-        }
-        let url = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        if !url.starts_with("redis://") {
-            bail!("scripts/redis-test-server.sh printed {url:?}, not a redis:// URL");
-        }
-        println!("e2e-airflow: redis-server at {url}");
-        Ok((server, url))
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Ok(mut to_stop) = REDIS_TO_STOP.lock() {
-            to_stop.take();
-        }
-        let stopped = redis_script(self.dir.path())
-            .arg("stop")
-            .stdout(Stdio::null())
-            .status();
-        if !stopped.is_ok_and(|status| status.success()) {
-            eprintln!(
-                "warning: the harness's redis-server may still run; its pid file is in {}",
-                self.dir.path().display()
-            );
-        }
-    }
-}
-
-/// `scripts/redis-test-server.sh` with its state in `dir`.
-fn redis_script(dir: &Path) -> Command {
-    let mut command = Command::new(crate::project_root().join("scripts/redis-test-server.sh"));
-    command
-        .env("MAESTRO_TEST_REDIS_DIR", dir)
-        // The first free port from 6390 on, whatever the caller's
-        // environment pins for its own tests.
-        .env_remove("MAESTRO_TEST_REDIS_PORT")
-        .stdin(Stdio::null());
-    command
 }
 
 /// Sends `signal` to every process of the group.

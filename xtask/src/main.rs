@@ -8,6 +8,7 @@ mod bench;
 mod e2e_airflow;
 mod load;
 mod process;
+mod redis;
 #[cfg(test)]
 mod tidy;
 

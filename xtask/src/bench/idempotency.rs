@@ -8,18 +8,12 @@
 //! bench's own, started by `scripts/redis-test-server.sh` and stopped on
 //! every way out.
 
-use std::{
-    fmt::Write as _,
-    path::Path,
-    process::{Command, Stdio},
-};
+use std::{fmt::Write as _, path::Path};
 
-use anyhow::{Context as _, bail};
 use hyper::{
     StatusCode,
     header::{HeaderName, HeaderValue},
 };
-use tempfile::TempDir;
 use uuid::Uuid;
 
 use super::{
@@ -31,6 +25,7 @@ use super::{
 use crate::{
     load::{self, LoadReport, LoadSpec, RequestTemplate, UniqueHeader},
     process::{ChildGuard, free_local_addr},
+    redis::RedisServer,
 };
 
 /// With a fresh key per request on the memory store, throughput must be at
@@ -148,7 +143,8 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
     let (redis_store, redis_store_replays) = {
         // Dropped at the end of this block, after maestro (declared later,
         // dropped first): Redis is stopped on every way out of the block.
-        let (_redis, url) = RedisServer::start()?;
+        println!("== starting a throwaway redis-server");
+        let (_redis, url) = RedisServer::start("maestro-bench-redis-")?;
         let mut env = setup.env.clone();
         env.push(("MAESTRO_REDIS_URL", url));
         let (_server, addr) = start_maestro(maestro, &secret, &env).await?;
@@ -225,66 +221,6 @@ async fn replays(spec: &LoadSpec, unique: &UniqueHeader) -> bool {
         Err(err) => {
             eprintln!("a repeated Idempotency-Key got no answer: {err}");
             false
-        }
-    }
-}
-
-/// A throwaway `redis-server` of the bench's own, stopped when dropped.
-///
-/// The script runs with a private state directory, so that the server
-/// takes a port of its own and stopping it never touches a test server
-/// someone else started with the script's default directory.
-#[derive(Debug)]
-struct RedisServer {
-    dir: TempDir,
-}
-
-impl RedisServer {
-    /// Starts the server and returns it with its URL.
-    fn start() -> anyhow::Result<(Self, String)> {
-        let dir = tempfile::Builder::new()
-            .prefix("maestro-bench-redis-")
-            .tempdir()
-            .context("cannot create the Redis state directory")?;
-        // The guard exists before the script runs: a script that started
-        // the server and then failed still has it stopped.
-        let server = Self { dir };
-        println!("== starting a throwaway redis-server");
-        let output = server
-            .script()
-            .stderr(Stdio::inherit())
-            .output()
-            .context("cannot run scripts/redis-test-server.sh")?;
-        if !output.status.success() {
-            bail!("scripts/redis-test-server.sh failed ({})", output.status);
-        }
-        let url = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        if !url.starts_with("redis://") {
-            bail!("scripts/redis-test-server.sh printed {url:?}, not a redis:// URL");
-        }
-        Ok((server, url))
-    }
-
-    fn script(&self) -> Command {
-        let mut command = Command::new(crate::project_root().join("scripts/redis-test-server.sh"));
-        command
-            .env("MAESTRO_TEST_REDIS_DIR", self.dir.path())
-            // The first free port from 6390 on, whatever the caller's
-            // environment pins for its own tests.
-            .env_remove("MAESTRO_TEST_REDIS_PORT")
-            .stdin(Stdio::null());
-        command
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let stopped = self.script().arg("stop").stdout(Stdio::null()).status();
-        if !stopped.is_ok_and(|status| status.success()) {
-            eprintln!(
-                "warning: the bench's redis-server may still run; its pid file is in {}",
-                self.dir.path().display()
-            );
         }
     }
 }
