@@ -53,7 +53,7 @@ pub(crate) enum CommonFailures {
 /// | repeat, same pipeline, answer kept | the kept status and body, with `Idempotent-Replayed: true`; nothing runs |
 /// | repeat, same pipeline, first still in flight | 409 `IdempotencyKeyInProgress`, `Retry-After`; nothing runs |
 /// | repeat, another pipeline | 422 `IdempotencyKeyReused`; nothing runs |
-/// | first answered 5xx or 429 | not kept: the next request with the key runs |
+/// | first answered 5xx or 429 | not kept: the next request with the key runs, as a retry (on Airflow it answers with the run the failed attempt made, if it made one); another pipeline is 422 |
 /// | key not 1 to 255 visible ASCII characters | 400 `InvalidIdempotencyKey` |
 /// | key store unavailable | 503 `IdempotencyStoreUnavailable`; nothing runs |
 #[utoipa::path(
