@@ -275,10 +275,95 @@ impl IdempotencyStore for MemoryIdempotencyStore {
 
 #[cfg(test)]
 mod tests {
+    //! The port's rules run from `domain::idempotency_testkit` under a
+    //! paused clock; what is this store's own (its bound, and claims from
+    //! many tasks at once) is tested here.
+
+    use domain::{
+        Attempt,
+        idempotency_testkit::{self as kit, Setup},
+    };
+    use tokio::time::advance;
+
     use super::*;
 
     const IN_FLIGHT: Duration = Duration::from_secs(30);
     const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+    fn setup() -> Setup {
+        Setup::paused_clock("")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claimed_key_is_in_flight_then_done_with_its_outcome() {
+        let store = MemoryIdempotencyStore::default();
+        kit::a_claimed_key_is_in_flight_then_done_with_its_outcome(&store, &setup()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_fingerprint_is_a_mismatch_in_flight_and_done() {
+        let store = MemoryIdempotencyStore::default();
+        kit::another_fingerprint_is_a_mismatch_in_flight_and_done(&store, &setup()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_are_scoped_to_their_customer() {
+        let store = MemoryIdempotencyStore::default();
+        kit::keys_are_scoped_to_their_customer(&store, &setup()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_expires_so_a_lost_request_never_locks_its_key() {
+        let store = MemoryIdempotencyStore::default();
+        kit::a_claim_expires_so_a_lost_request_never_locks_its_key(&store, &setup(), advance).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outcome_is_kept_for_its_retention_and_no_longer() {
+        let store = MemoryIdempotencyStore::default();
+        kit::an_outcome_is_kept_for_its_retention_and_no_longer(&store, &setup(), advance).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once() {
+        let store = MemoryIdempotencyStore::default();
+        kit::a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once(
+            &store,
+            &setup(),
+        )
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own() {
+        let store = MemoryIdempotencyStore::default();
+        kit::a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own(&store, &setup())
+            .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_attempt_is_noted_for_the_retention_and_no_longer() {
+        let store = MemoryIdempotencyStore::default();
+        kit::a_failed_attempt_is_noted_for_the_retention_and_no_longer(&store, &setup(), advance)
+            .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_holds_the_key_for_the_claims_own_expiry_not_the_retention() {
+        let store = MemoryIdempotencyStore::default();
+        kit::a_retry_holds_the_key_for_the_claims_own_expiry_not_the_retention(
+            &store,
+            &setup(),
+            advance,
+        )
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_by_a_lost_lease_writes_nothing() {
+        let store = MemoryIdempotencyStore::default();
+        kit::a_release_by_a_lost_lease_writes_nothing(&store, &setup(), advance).await;
+    }
 
     fn customer(name: &str) -> CustomerId {
         CustomerId::parse(name).unwrap()
@@ -306,259 +391,12 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_claimed_key_is_in_flight_then_done_with_its_outcome() {
-        let store = MemoryIdempotencyStore::default();
-        let lease = acquire(&store, "acme", "k").await;
-        let again = store
-            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
-            .await;
-        assert_eq!(again.unwrap(), Claim::InFlight);
-
-        store
-            .complete(
-                &customer("acme"),
-                &key("k"),
-                &lease,
-                &ok("first"),
-                RETENTION,
-            )
-            .await
-            .unwrap();
-        let again = store
-            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
-            .await;
-        assert_eq!(again.unwrap(), Claim::Done(ok("first")));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn another_fingerprint_is_a_mismatch_in_flight_and_done() {
-        let store = MemoryIdempotencyStore::default();
-        let lease = acquire(&store, "acme", "k").await;
-        let other = store
-            .claim(&customer("acme"), &key("k"), "p2", IN_FLIGHT)
-            .await;
-        assert_eq!(other.unwrap(), Claim::Mismatch);
-
-        store
-            .complete(
-                &customer("acme"),
-                &key("k"),
-                &lease,
-                &ok("first"),
-                RETENTION,
-            )
-            .await
-            .unwrap();
-        let other = store
-            .claim(&customer("acme"), &key("k"), "p2", IN_FLIGHT)
-            .await;
-        assert_eq!(other.unwrap(), Claim::Mismatch);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn keys_are_scoped_to_their_customer() {
-        let store = MemoryIdempotencyStore::default();
-        acquire(&store, "acme", "k").await;
-        acquire(&store, "globex", "k").await;
-        assert_eq!(store.len(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_claim_expires_so_a_lost_request_never_locks_its_key() {
-        let store = MemoryIdempotencyStore::default();
-        let lost = acquire(&store, "acme", "k").await;
-
-        tokio::time::advance(IN_FLIGHT - Duration::from_millis(1)).await;
-        let again = store
-            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
-            .await;
-        assert_eq!(again.unwrap(), Claim::InFlight);
-
-        tokio::time::advance(Duration::from_millis(1)).await;
-        let retry = acquire(&store, "acme", "k").await;
-        assert_ne!(retry, lost);
-
-        // The lost request finishing late must not overwrite the retry's
-        // claim, nor drop it.
-        let late = store
-            .complete(&customer("acme"), &key("k"), &lost, &ok("late"), RETENTION)
-            .await;
-        assert!(matches!(late, Err(StoreError::ClaimLost)));
-        let late = store
-            .release(&customer("acme"), &key("k"), &lost, RETENTION)
-            .await;
-        assert!(matches!(late, Err(StoreError::ClaimLost)));
-        let again = store
-            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
-            .await;
-        assert_eq!(again.unwrap(), Claim::InFlight);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_outcome_is_kept_for_the_retention_and_no_longer() {
-        let store = MemoryIdempotencyStore::default();
-        let lease = acquire(&store, "acme", "k").await;
-        store
-            .complete(
-                &customer("acme"),
-                &key("k"),
-                &lease,
-                &ok("first"),
-                RETENTION,
-            )
-            .await
-            .unwrap();
-
-        tokio::time::advance(RETENTION - Duration::from_millis(1)).await;
-        let again = store
-            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
-            .await;
-        assert_eq!(again.unwrap(), Claim::Done(ok("first")));
-
-        tokio::time::advance(Duration::from_millis(1)).await;
-        acquire(&store, "acme", "k").await;
-    }
-
     async fn fail(store: &MemoryIdempotencyStore, raw: &str, retention: Duration) {
         let lease = acquire(store, "acme", raw).await;
         store
             .release(&customer("acme"), &key(raw), &lease, retention)
             .await
             .unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once() {
-        let store = MemoryIdempotencyStore::default();
-        let first = acquire(&store, "acme", "k").await;
-        store
-            .release(&customer("acme"), &key("k"), &first, RETENTION)
-            .await
-            .unwrap();
-        assert_eq!(store.len(), 1, "the failed attempt is noted");
-
-        let retry = match store
-            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
-            .await
-            .unwrap()
-        {
-            Claim::Retry(lease) => lease,
-            other => panic!("expected a retry, got {other:?}"),
-        };
-        assert_ne!(retry, first);
-        let again = store
-            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
-            .await;
-        assert_eq!(again.unwrap(), Claim::InFlight, "the retry holds the key");
-
-        // The first attempt's lease no longer acts; the retry's does.
-        let late = store
-            .complete(&customer("acme"), &key("k"), &first, &ok("late"), RETENTION)
-            .await;
-        assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
-        store
-            .complete(
-                &customer("acme"),
-                &key("k"),
-                &retry,
-                &ok("retry"),
-                RETENTION,
-            )
-            .await
-            .unwrap();
-        let again = store
-            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
-            .await;
-        assert_eq!(again.unwrap(), Claim::Done(ok("retry")));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own() {
-        let store = MemoryIdempotencyStore::default();
-        fail(&store, "k", RETENTION).await;
-
-        let other = store
-            .claim(&customer("acme"), &key("k"), "p2", IN_FLIGHT)
-            .await;
-        assert_eq!(other.unwrap(), Claim::Mismatch);
-        let same = store
-            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
-            .await;
-        assert!(matches!(same.unwrap(), Claim::Retry(_)));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_failed_attempt_is_noted_for_the_retention_and_no_longer() {
-        let store = MemoryIdempotencyStore::default();
-        let retention = Duration::from_secs(60);
-        fail(&store, "k", retention).await;
-
-        // A claim with another fingerprint reads the note without using it.
-        tokio::time::advance(retention - Duration::from_millis(1)).await;
-        let other = store
-            .claim(&customer("acme"), &key("k"), "p2", IN_FLIGHT)
-            .await;
-        assert_eq!(other.unwrap(), Claim::Mismatch);
-
-        tokio::time::advance(Duration::from_millis(1)).await;
-        acquire(&store, "acme", "k").await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_retry_holds_the_key_for_the_claims_own_expiry_not_the_retention() {
-        let store = MemoryIdempotencyStore::default();
-        fail(&store, "k", RETENTION).await;
-        let in_flight = Duration::from_secs(5);
-        let retry = store
-            .claim(&customer("acme"), &key("k"), "p1", in_flight)
-            .await;
-        assert!(matches!(retry.unwrap(), Claim::Retry(_)));
-
-        tokio::time::advance(in_flight - Duration::from_millis(1)).await;
-        let again = store
-            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
-            .await;
-        assert_eq!(again.unwrap(), Claim::InFlight);
-        tokio::time::advance(Duration::from_millis(1)).await;
-        acquire(&store, "acme", "k").await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_release_by_a_lost_lease_writes_nothing() {
-        let store = MemoryIdempotencyStore::default();
-        let expired = acquire(&store, "acme", "k").await;
-        tokio::time::advance(IN_FLIGHT).await;
-        let late = store
-            .release(&customer("acme"), &key("k"), &expired, RETENTION)
-            .await;
-        assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
-        // No failed attempt was noted: the key is plainly free.
-        let done = acquire(&store, "acme", "k").await;
-
-        store
-            .complete(&customer("acme"), &key("k"), &done, &ok("done"), RETENTION)
-            .await
-            .unwrap();
-        let late = store
-            .release(&customer("acme"), &key("k"), &done, RETENTION)
-            .await;
-        assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
-        let again = store
-            .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
-            .await;
-        assert_eq!(again.unwrap(), Claim::Done(ok("done")));
-
-        // Nor is a failed attempt released twice.
-        let lease = acquire(&store, "acme", "other").await;
-        store
-            .release(&customer("acme"), &key("other"), &lease, RETENTION)
-            .await
-            .unwrap();
-        let twice = store
-            .release(&customer("acme"), &key("other"), &lease, RETENTION)
-            .await;
-        assert!(matches!(twice, Err(StoreError::ClaimLost)), "{twice:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -645,34 +483,9 @@ mod tests {
         assert_eq!(running.unwrap(), Claim::InFlight);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn of_many_concurrent_claims_of_one_key_exactly_one_is_acquired() {
-        let store = MemoryIdempotencyStore::default();
-        let claims = (0..200).map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
-                    .await
-                    .unwrap()
-            })
-        });
-        let mut acquired = 0;
-        for claim in claims.collect::<Vec<_>>() {
-            match claim.await.unwrap() {
-                Claim::Acquired(_) => acquired += 1,
-                Claim::InFlight => {}
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        assert_eq!(acquired, 1);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn of_many_concurrent_claims_of_a_failed_attempt_exactly_one_retries() {
-        let store = MemoryIdempotencyStore::default();
-        fail(&store, "k", RETENTION).await;
-        let claims: Vec<_> = (0..200)
+    /// Claims acme's key "k" `claims` times from as many tasks at once.
+    async fn claim_at_once(store: &MemoryIdempotencyStore, claims: usize) -> Vec<Claim> {
+        let tasks: Vec<_> = (0..claims)
             .map(|_| {
                 let store = store.clone();
                 tokio::spawn(async move {
@@ -683,14 +496,25 @@ mod tests {
                 })
             })
             .collect();
-        let mut retries = 0;
-        for claim in claims {
-            match claim.await.unwrap() {
-                Claim::Retry(_) => retries += 1,
-                Claim::InFlight => {}
-                other => panic!("unexpected {other:?}"),
-            }
+        let mut answers = Vec::with_capacity(claims);
+        for task in tasks {
+            answers.push(task.await.unwrap());
         }
-        assert_eq!(retries, 1);
+        answers
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn of_many_concurrent_claims_of_one_key_exactly_one_is_acquired() {
+        let store = MemoryIdempotencyStore::default();
+        let claims = claim_at_once(&store, 200).await;
+        kit::assert_exactly_one_took_the_key(claims, Attempt::First);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_many_concurrent_claims_of_a_failed_attempt_exactly_one_retries() {
+        let store = MemoryIdempotencyStore::default();
+        fail(&store, "k", RETENTION).await;
+        let claims = claim_at_once(&store, 200).await;
+        kit::assert_exactly_one_took_the_key(claims, Attempt::Retry);
     }
 }

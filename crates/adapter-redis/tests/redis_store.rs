@@ -1,8 +1,9 @@
-//! The Redis idempotency store against a real `redis-server`: claims,
-//! replays, mismatches, claims in flight, failed attempts and their
-//! retries, expiry after a lost request, and many concurrent claims and
-//! retries through separate connections, as from several Maestro
-//! instances.
+//! The Redis idempotency store against a real `redis-server`: the port's
+//! rules from `domain::idempotency_testkit`, waiting for real since Redis
+//! keeps time itself; and what is Redis's own: the stored JSON and its TTL,
+//! many concurrent claims and retries through separate connections (as
+//! from several Maestro instances), the use case over Redis, a hanging
+//! server and URLs refused before connecting.
 //!
 //! These need a server, so they are ignored by default:
 //!
@@ -26,6 +27,7 @@ use adapter_redis::{ConnectError, RedisConfig, RedisIdempotencyStore};
 use domain::{
     Attempt, Claim, Completion, CustomerId, Idempotency, IdempotencyConfig, IdempotencyError,
     IdempotencyKey, IdempotencyStore, Idempotent, Lease, StoreError, StoredOutcome,
+    idempotency_testkit::{self as kit, Setup},
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -33,10 +35,17 @@ use tokio::{
         TcpListener, TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
+    time::sleep,
 };
 
 const IN_FLIGHT: Duration = Duration::from_secs(30);
 const RETENTION: Duration = Duration::from_secs(60);
+
+/// Lifetimes short enough to wait for. Every store gets a key prefix of its
+/// own from [`config`], so the keys need none.
+fn setup() -> Setup {
+    Setup::real_clock("")
+}
 
 fn url() -> String {
     std::env::var("MAESTRO_TEST_REDIS_URL")
@@ -87,75 +96,74 @@ async fn acquire(
 
 #[tokio::test]
 #[ignore = "needs redis-server: scripts/redis-test-server.sh"]
-async fn a_claimed_key_is_in_flight_then_replays_its_outcome() {
+async fn a_claimed_key_is_in_flight_then_done_with_its_outcome() {
     let store = store(&config()).await;
-    let lease = acquire(&store, &acme(), "k", IN_FLIGHT).await;
-    assert_eq!(
-        store
-            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
-            .await
-            .unwrap(),
-        Claim::InFlight
-    );
-
-    let first = outcome(200, r#"{"status":true,"data":{"run_id":"manual__1"}}"#);
-    store
-        .complete(&acme(), &key("k"), &lease, &first, RETENTION)
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
-            .await
-            .unwrap(),
-        Claim::Done(first)
-    );
+    kit::a_claimed_key_is_in_flight_then_done_with_its_outcome(&store, &setup()).await;
 }
 
 #[tokio::test]
 #[ignore = "needs redis-server: scripts/redis-test-server.sh"]
 async fn another_fingerprint_is_a_mismatch_in_flight_and_done() {
     let store = store(&config()).await;
-    let lease = acquire(&store, &acme(), "k", IN_FLIGHT).await;
-    assert_eq!(
-        store
-            .claim(&acme(), &key("k"), "p2", IN_FLIGHT)
-            .await
-            .unwrap(),
-        Claim::Mismatch
-    );
-
-    store
-        .complete(
-            &acme(),
-            &key("k"),
-            &lease,
-            &outcome(404, "missing"),
-            RETENTION,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .claim(&acme(), &key("k"), "p2", IN_FLIGHT)
-            .await
-            .unwrap(),
-        Claim::Mismatch
-    );
+    kit::another_fingerprint_is_a_mismatch_in_flight_and_done(&store, &setup()).await;
 }
 
 #[tokio::test]
 #[ignore = "needs redis-server: scripts/redis-test-server.sh"]
 async fn keys_are_scoped_to_their_customer() {
     let store = store(&config()).await;
-    acquire(&store, &acme(), "k", IN_FLIGHT).await;
-    acquire(
-        &store,
-        &CustomerId::parse("globex").unwrap(),
-        "k",
-        IN_FLIGHT,
-    )
-    .await;
+    kit::keys_are_scoped_to_their_customer(&store, &setup()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once() {
+    let store = store(&config()).await;
+    kit::a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once(&store, &setup())
+        .await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own() {
+    let store = store(&config()).await;
+    kit::a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own(&store, &setup()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_failed_attempt_is_noted_for_the_retention_and_no_longer() {
+    let store = store(&config()).await;
+    kit::a_failed_attempt_is_noted_for_the_retention_and_no_longer(&store, &setup(), sleep).await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_retry_holds_the_key_for_the_claims_own_expiry_not_the_retention() {
+    let store = store(&config()).await;
+    kit::a_retry_holds_the_key_for_the_claims_own_expiry_not_the_retention(&store, &setup(), sleep)
+        .await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_release_by_a_lost_lease_writes_nothing() {
+    let store = store(&config()).await;
+    kit::a_release_by_a_lost_lease_writes_nothing(&store, &setup(), sleep).await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn an_outcome_is_kept_for_its_retention_and_no_longer() {
+    let store = store(&config()).await;
+    kit::an_outcome_is_kept_for_its_retention_and_no_longer(&store, &setup(), sleep).await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn a_claim_expires_so_a_lost_request_never_locks_its_key() {
+    let store = store(&config()).await;
+    kit::a_claim_expires_so_a_lost_request_never_locks_its_key(&store, &setup(), sleep).await;
 }
 
 /// Claims `raw` of acme and releases it, as after a 5xx: the key then
@@ -168,17 +176,6 @@ async fn fail(store: &RedisIdempotencyStore, raw: &str, retention: Duration) {
         .unwrap();
 }
 
-async fn retry(store: &RedisIdempotencyStore, raw: &str) -> Lease {
-    match store
-        .claim(&acme(), &key(raw), "p1", IN_FLIGHT)
-        .await
-        .unwrap()
-    {
-        Claim::Retry(lease) => lease,
-        other => panic!("expected a retry, got {other:?}"),
-    }
-}
-
 /// A raw connection to the test server, to read what a key holds.
 async fn raw_connection() -> redis::aio::MultiplexedConnection {
     redis::Client::open(url())
@@ -186,51 +183,6 @@ async fn raw_connection() -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap()
-}
-
-#[tokio::test]
-#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
-async fn a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once() {
-    let store = store(&config()).await;
-    let first = acquire(&store, &acme(), "k", IN_FLIGHT).await;
-    store
-        .release(&acme(), &key("k"), &first, RETENTION)
-        .await
-        .unwrap();
-
-    let retry = retry(&store, "k").await;
-    assert_ne!(retry, first);
-    assert_eq!(
-        store
-            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
-            .await
-            .unwrap(),
-        Claim::InFlight,
-        "the retry holds the key"
-    );
-
-    // The first attempt's lease no longer acts; the retry's does.
-    let late = store
-        .complete(&acme(), &key("k"), &first, &outcome(200, "late"), RETENTION)
-        .await;
-    assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
-    store
-        .complete(
-            &acme(),
-            &key("k"),
-            &retry,
-            &outcome(200, "retry"),
-            RETENTION,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
-            .await
-            .unwrap(),
-        Claim::Done(outcome(200, "retry"))
-    );
 }
 
 #[tokio::test]
@@ -260,172 +212,19 @@ async fn a_failed_attempt_is_kept_as_readable_json_for_the_retention() {
     );
 }
 
-#[tokio::test]
-#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
-async fn a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own() {
-    let store = store(&config()).await;
-    fail(&store, "k", RETENTION).await;
-    assert_eq!(
-        store
-            .claim(&acme(), &key("k"), "p2", IN_FLIGHT)
-            .await
-            .unwrap(),
-        Claim::Mismatch
-    );
-    retry(&store, "k").await;
-}
-
-#[tokio::test]
-#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
-async fn a_failed_attempt_is_noted_for_the_retention_and_no_longer() {
-    let store = store(&config()).await;
-    fail(&store, "k", Duration::from_millis(200)).await;
-    assert_eq!(
-        store
-            .claim(&acme(), &key("k"), "p2", IN_FLIGHT)
-            .await
-            .unwrap(),
-        Claim::Mismatch
-    );
-    // Redis keeps time itself, so this waits for real, briefly.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    acquire(&store, &acme(), "k", IN_FLIGHT).await;
-}
-
-#[tokio::test]
-#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
-async fn a_retry_holds_the_key_for_the_claims_own_expiry_not_the_retention() {
-    let store = store(&config()).await;
-    fail(&store, "k", RETENTION).await;
-    let retry = store
-        .claim(&acme(), &key("k"), "p1", Duration::from_millis(200))
-        .await
-        .unwrap();
-    assert!(matches!(retry, Claim::Retry(_)), "{retry:?}");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    acquire(&store, &acme(), "k", IN_FLIGHT).await;
-}
-
-#[tokio::test]
-#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
-async fn a_release_by_a_lost_lease_writes_nothing() {
-    let store = store(&config()).await;
-    let expired = acquire(&store, &acme(), "k", Duration::from_millis(200)).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let late = store.release(&acme(), &key("k"), &expired, RETENTION).await;
-    assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
-    // No failed attempt was noted: the key is plainly free.
-    let done = acquire(&store, &acme(), "k", IN_FLIGHT).await;
-
-    store
-        .complete(&acme(), &key("k"), &done, &outcome(200, "done"), RETENTION)
-        .await
-        .unwrap();
-    let late = store.release(&acme(), &key("k"), &done, RETENTION).await;
-    assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
-    assert_eq!(
-        store
-            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
-            .await
-            .unwrap(),
-        Claim::Done(outcome(200, "done"))
-    );
-
-    // Nor is a failed attempt released twice.
-    let lease = acquire(&store, &acme(), "other", IN_FLIGHT).await;
-    store
-        .release(&acme(), &key("other"), &lease, RETENTION)
-        .await
-        .unwrap();
-    let twice = store
-        .release(&acme(), &key("other"), &lease, RETENTION)
-        .await;
-    assert!(matches!(twice, Err(StoreError::ClaimLost)), "{twice:?}");
-}
-
-#[tokio::test]
-#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
-async fn a_claim_lost_with_its_instance_expires_and_the_late_request_cannot_overwrite_the_retry() {
-    let config = config();
-    // The instance that claims dies before it records anything.
-    let crashed = store(&config).await;
-    let lost = acquire(&crashed, &acme(), "k", Duration::from_millis(400)).await;
-    drop(crashed);
-
-    let survivor = store(&config).await;
-    assert_eq!(
-        survivor
-            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
-            .await
-            .unwrap(),
-        Claim::InFlight
-    );
-    // Redis keeps time itself, so this waits for real, briefly.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let retry = acquire(&survivor, &acme(), "k", IN_FLIGHT).await;
-
-    let late = survivor
-        .complete(&acme(), &key("k"), &lost, &outcome(200, "late"), RETENTION)
-        .await;
-    assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
-    let late = survivor.release(&acme(), &key("k"), &lost, RETENTION).await;
-    assert!(matches!(late, Err(StoreError::ClaimLost)), "{late:?}");
-
-    survivor
-        .complete(
-            &acme(),
-            &key("k"),
-            &retry,
-            &outcome(200, "retry"),
-            RETENTION,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        survivor
-            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
-            .await
-            .unwrap(),
-        Claim::Done(outcome(200, "retry"))
-    );
-}
-
-#[tokio::test]
-#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
-async fn a_kept_outcome_expires_after_its_retention() {
-    let store = store(&config()).await;
-    let lease = acquire(&store, &acme(), "k", IN_FLIGHT).await;
-    store
-        .complete(
-            &acme(),
-            &key("k"),
-            &lease,
-            &outcome(200, "first"),
-            Duration::from_millis(400),
-        )
-        .await
-        .unwrap();
-    assert!(matches!(
-        store
-            .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
-            .await
-            .unwrap(),
-        Claim::Done(_)
-    ));
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    acquire(&store, &acme(), "k", IN_FLIGHT).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
-async fn of_many_concurrent_claims_from_several_instances_exactly_one_is_acquired() {
-    let config = config();
-    // Four connections stand for four Maestro instances.
+/// Four connections sharing `config`'s keys, standing for four Maestro
+/// instances.
+async fn instances(config: &RedisConfig) -> Vec<RedisIdempotencyStore> {
     let mut instances = Vec::new();
     for _ in 0..4 {
-        instances.push(store(&config).await);
+        instances.push(store(config).await);
     }
-    let claims: Vec<_> = (0..200)
+    instances
+}
+
+/// Claims acme's key "k" 200 times at once, spread over `instances`.
+async fn claim_at_once(instances: &[RedisIdempotencyStore]) -> Vec<Claim> {
+    let tasks: Vec<_> = (0..200)
         .map(|n| {
             let store = instances[n % instances.len()].clone();
             tokio::spawn(async move {
@@ -436,47 +235,29 @@ async fn of_many_concurrent_claims_from_several_instances_exactly_one_is_acquire
             })
         })
         .collect();
-    let mut acquired = 0;
-    for claim in claims {
-        match claim.await.unwrap() {
-            Claim::Acquired(_) => acquired += 1,
-            Claim::InFlight => {}
-            other => panic!("unexpected {other:?}"),
-        }
+    let mut claims = Vec::new();
+    for task in tasks {
+        claims.push(task.await.unwrap());
     }
-    assert_eq!(acquired, 1);
+    claims
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server: scripts/redis-test-server.sh"]
+async fn of_many_concurrent_claims_from_several_instances_exactly_one_is_acquired() {
+    let instances = instances(&config()).await;
+    let claims = claim_at_once(&instances).await;
+    kit::assert_exactly_one_took_the_key(claims, Attempt::First);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server: scripts/redis-test-server.sh"]
 async fn of_many_concurrent_claims_of_a_failed_attempt_from_several_instances_exactly_one_retries()
 {
-    let config = config();
-    let mut instances = Vec::new();
-    for _ in 0..4 {
-        instances.push(store(&config).await);
-    }
+    let instances = instances(&config()).await;
     fail(&instances[0], "k", RETENTION).await;
-    let claims: Vec<_> = (0..200)
-        .map(|n| {
-            let store = instances[n % instances.len()].clone();
-            tokio::spawn(async move {
-                store
-                    .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    let mut retries = 0;
-    for claim in claims {
-        match claim.await.unwrap() {
-            Claim::Retry(_) => retries += 1,
-            Claim::InFlight => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert_eq!(retries, 1);
+    let claims = claim_at_once(&instances).await;
+    kit::assert_exactly_one_took_the_key(claims, Attempt::Retry);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,8 @@
 mod auth;
 mod error;
 mod idempotency;
+#[cfg(feature = "testkit")]
+pub mod idempotency_testkit;
 mod pipeline;
 mod ports;
 mod run;
