@@ -338,61 +338,62 @@ async fn unpause_and_pause_through_maestro_reach_airflow() {
     let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
     airflow.set_paused(ACME_TOGGLE, true).await;
 
-    let response = maestro
-        .post("acme", "/platform/pipeline/unpause", ACME_TOGGLE)
+    for (action, paused, message, status, repeated, repeated_message) in [
+        (
+            "unpause",
+            false,
+            "Pipeline unpaused successfully",
+            "active",
+            "PipelineNotPaused",
+            "Pipeline is not paused",
+        ),
+        (
+            "pause",
+            true,
+            "Pipeline paused successfully",
+            "paused",
+            "PipelineAlreadyPaused",
+            "Pipeline is already paused",
+        ),
+    ] {
+        let route = format!("/platform/pipeline/{action}");
+        let response = maestro.post("acme", &route, ACME_TOGGLE).await;
+        assert_eq!(response.status(), StatusCode::OK, "{action}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"status": true, "data": {"message": message, "pipeline_id": ACME_TOGGLE}})
+        );
+        assert_eq!(airflow.is_paused(ACME_TOGGLE).await, paused, "{action}");
+        let shown: Value = maestro
+            .get("acme", &format!("/platform/pipeline/{ACME_TOGGLE}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(shown["data"]["status"], status, "{action}");
+        assert_error(
+            maestro.post("acme", &route, ACME_TOGGLE).await,
+            StatusCode::BAD_REQUEST,
+            repeated,
+            repeated_message,
+        )
         .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(
-        body,
-        json!({"status": true, "data": {
-            "message": "Pipeline unpaused successfully", "pipeline_id": ACME_TOGGLE}})
-    );
-    assert!(!airflow.is_paused(ACME_TOGGLE).await);
-    let shown: Value = maestro
-        .get("acme", &format!("/platform/pipeline/{ACME_TOGGLE}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(shown["data"]["status"], "active");
-    assert_error(
-        maestro
-            .post("acme", "/platform/pipeline/unpause", ACME_TOGGLE)
-            .await,
-        StatusCode::BAD_REQUEST,
-        "PipelineNotPaused",
-        "Pipeline is not paused",
-    )
-    .await;
+    }
 
-    let response = maestro
-        .post("acme", "/platform/pipeline/pause", ACME_TOGGLE)
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(
-        body,
-        json!({"status": true, "data": {
-            "message": "Pipeline paused successfully", "pipeline_id": ACME_TOGGLE}})
-    );
-    assert!(airflow.is_paused(ACME_TOGGLE).await);
-    let shown: Value = maestro
-        .get("acme", &format!("/platform/pipeline/{ACME_TOGGLE}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(shown["data"]["status"], "paused");
+    // This instance read the DAG unpaused moments ago, but its own pause
+    // takes effect at once: the next execute is refused, and no run is made.
+    let runs_before = airflow.run_count(ACME_TOGGLE).await;
     assert_error(
         maestro
-            .post("acme", "/platform/pipeline/pause", ACME_TOGGLE)
+            .post("acme", "/platform/pipeline/execute", ACME_TOGGLE)
             .await,
         StatusCode::BAD_REQUEST,
-        "PipelineAlreadyPaused",
-        "Pipeline is already paused",
+        "PipelinePaused",
+        "Cannot execute paused pipeline. Use /pipeline/unpause first.",
     )
     .await;
+    assert_eq!(airflow.run_count(ACME_TOGGLE).await, runs_before);
 
     // Another customer's unpause does not reach Airflow.
     assert_error(

@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use airflow_test_support::dag_runs_page;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
@@ -65,24 +66,18 @@ async fn slow_airflow(slow_answer: Duration) -> (MockServer, Arc<Mutex<Vec<Value
     Mock::given(method("GET"))
         .and(path(format!("/api/v2/dags/{DAG}/dagRuns")))
         .respond_with(move |request: &Request| {
-            let contains = request
-                .url
-                .query_pairs()
-                .find(|(name, _)| name == "conf_contains")
-                .map(|(_, value)| value.into_owned())
-                .unwrap_or_default();
-            let matching: Vec<Value> = listed
-                .lock()
-                .unwrap()
-                .iter()
-                .rev()
-                .filter(|run| run["conf"].to_string().contains(&contains))
-                .cloned()
-                .collect();
-            ResponseTemplate::new(200).set_body_json(json!({
-                "dag_runs": matching,
-                "total_entries": matching.len(),
-            }))
+            let query = |name: &str| {
+                request
+                    .url
+                    .query_pairs()
+                    .find(|(key, _)| key == name)
+                    .map(|(_, value)| value.into_owned())
+            };
+            ResponseTemplate::new(200).set_body_json(dag_runs_page(
+                &listed.lock().unwrap(),
+                query("conf_contains").as_deref(),
+                query("limit").as_deref(),
+            ))
         })
         .mount(&server)
         .await;

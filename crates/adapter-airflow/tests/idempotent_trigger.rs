@@ -8,6 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use airflow_test_support::dag_runs_page;
 use chrono::Utc;
 use common::{ACME_DAG, Endpoint, Fake, backend, ctx, dag, dag_run, id, query};
 use domain::{IdempotencyKey, Orchestrator, TriggerError, TriggerOptions};
@@ -70,20 +71,11 @@ impl Ledger {
         Mock::given(method("GET"))
             .and(path(format!("/api/v2/dags/{ACME_DAG}/dagRuns")))
             .respond_with(move |request: &Request| {
-                let contains = query(request, "conf_contains").unwrap_or_default();
-                let limit: usize = query(request, "limit").map_or(50, |l| l.parse().unwrap());
-                let matching: Vec<Value> = listed
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .rev()
-                    .filter(|run| run["conf"].to_string().contains(&contains))
-                    .cloned()
-                    .collect();
-                ResponseTemplate::new(200).set_body_json(json!({
-                    "dag_runs": matching.iter().take(limit).collect::<Vec<_>>(),
-                    "total_entries": matching.len(),
-                }))
+                ResponseTemplate::new(200).set_body_json(dag_runs_page(
+                    &listed.lock().unwrap(),
+                    query(request, "conf_contains").as_deref(),
+                    query(request, "limit").as_deref(),
+                ))
             })
             .mount(&fake.server)
             .await;

@@ -90,6 +90,29 @@ pub fn dag_run_ids(runs: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// What a fake Airflow answers to `GET /api/v2/dags/{dag_id}/dagRuns` with
+/// `conf_contains` and `limit` (given as the request's query string, `None`
+/// when absent), over `runs` kept oldest first: the runs whose `conf`, as
+/// JSON text, contains the text (Airflow matches it with `LIKE`), newest
+/// first, at most `limit` of them, with `total_entries`.
+///
+/// # Panics
+///
+/// When `limit` is not a number.
+pub fn dag_runs_page(runs: &[Value], conf_contains: Option<&str>, limit: Option<&str>) -> Value {
+    let needle = conf_contains.unwrap_or_default();
+    let limit: usize = limit.map_or(50, |limit| limit.parse().unwrap());
+    let matching: Vec<&Value> = runs
+        .iter()
+        .rev()
+        .filter(|run| run["conf"].to_string().contains(needle))
+        .collect();
+    serde_json::json!({
+        "dag_runs": matching.iter().take(limit).collect::<Vec<_>>(),
+        "total_entries": matching.len(),
+    })
+}
+
 /// Airflow's own API, to check what Maestro did, as the test account.
 pub struct Airflow {
     client: Client,
