@@ -95,6 +95,27 @@ impl MemoryIdempotencyStore {
         self.len() == 0
     }
 
+    /// Replaces the claim that `lease` holds with `status`, kept for
+    /// `retention`: the one way both an outcome and a failed attempt are
+    /// recorded.
+    fn replace_claim(
+        &self,
+        scope: &CustomerId,
+        key: &IdempotencyKey,
+        lease: &Lease,
+        status: Status,
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let scope = (scope.clone(), key.clone());
+        let mut state = self.lock();
+        let Some(fingerprint) = state.held(&scope, lease, now).map(str::to_owned) else {
+            return Err(StoreError::ClaimLost);
+        };
+        state.insert(scope, fingerprint, status, deadline(now, retention));
+        Ok(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A std mutex, not tokio's: no method awaits while holding it, and
         // every critical section is a few map operations. A panic while
@@ -240,19 +261,7 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         outcome: &StoredOutcome,
         retention: Duration,
     ) -> Result<(), StoreError> {
-        let now = Instant::now();
-        let scope = (scope.clone(), key.clone());
-        let mut state = self.lock();
-        let Some(fingerprint) = state.held(&scope, lease, now).map(str::to_owned) else {
-            return Err(StoreError::ClaimLost);
-        };
-        state.insert(
-            scope,
-            fingerprint,
-            Status::Done(outcome.clone()),
-            deadline(now, retention),
-        );
-        Ok(())
+        self.replace_claim(scope, key, lease, Status::Done(outcome.clone()), retention)
     }
 
     async fn release(
@@ -262,14 +271,7 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         lease: &Lease,
         retention: Duration,
     ) -> Result<(), StoreError> {
-        let now = Instant::now();
-        let scope = (scope.clone(), key.clone());
-        let mut state = self.lock();
-        let Some(fingerprint) = state.held(&scope, lease, now).map(str::to_owned) else {
-            return Err(StoreError::ClaimLost);
-        };
-        state.insert(scope, fingerprint, Status::Failed, deadline(now, retention));
-        Ok(())
+        self.replace_claim(scope, key, lease, Status::Failed, retention)
     }
 }
 

@@ -16,11 +16,11 @@
 //! debug level, for its token module only), and those lines are counted.
 
 use std::{
-    env, fs,
+    fs,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -32,7 +32,7 @@ use hyper::{
 };
 use serde_json::{Value, json};
 
-use super::{Args, STARTUP_TIMEOUT, mint_token, random_secret, report, unix_now};
+use super::{Args, STARTUP_TIMEOUT, maestro_command, mint_token, random_secret, report, unix_now};
 use crate::{
     e2e_airflow,
     load::{self, LoadReport, LoadSpec, RequestTemplate},
@@ -99,31 +99,22 @@ impl<'a> Gateway<'a> {
     fn command(&self) -> anyhow::Result<Command> {
         let output = fs::File::create(&self.log)
             .with_context(|| format!("cannot create {}", self.log.display()))?;
-        let mut command = Command::new(self.binary);
-        command.arg("serve");
-        for (name, _) in env::vars_os() {
-            if name.to_string_lossy().starts_with("MAESTRO_") {
-                command.env_remove(name);
-            }
-        }
-        command
-            .env("MAESTRO_BIND", self.addr.to_string())
-            .env("MAESTRO_JWT_HS256_SECRET", &self.secret)
-            .env("MAESTRO_BACKEND", "airflow")
-            .env("MAESTRO_AIRFLOW_URL", &self.url)
-            .env("MAESTRO_AIRFLOW_USERNAME", e2e_airflow::USERNAME)
-            .env("MAESTRO_AIRFLOW_PASSWORD", &self.password)
-            .env("MAESTRO_UPSTREAM_TIMEOUT_MS", "30000")
-            .env("MAESTRO_LOG_FORMAT", "json")
+        let mut settings = vec![
+            ("MAESTRO_BACKEND", "airflow".to_owned()),
+            ("MAESTRO_AIRFLOW_URL", self.url.clone()),
+            ("MAESTRO_AIRFLOW_USERNAME", e2e_airflow::USERNAME.to_owned()),
+            ("MAESTRO_AIRFLOW_PASSWORD", self.password.clone()),
+            ("MAESTRO_UPSTREAM_TIMEOUT_MS", "30000".to_owned()),
+            ("MAESTRO_LOG_FORMAT", "json".to_owned()),
             // Warnings, and the token module's line per exchange: nothing
             // per request, so logging costs the measured path nothing.
-            .env("RUST_LOG", "warn,adapter_airflow::token=debug")
-            .stdin(Stdio::null())
-            .stdout(output.try_clone()?)
-            .stderr(output);
+            ("RUST_LOG", "warn,adapter_airflow::token=debug".to_owned()),
+        ];
         if let Some(ms) = self.dag_cache_ms {
-            command.env("MAESTRO_AIRFLOW_DAG_CACHE_MS", ms);
+            settings.push(("MAESTRO_AIRFLOW_DAG_CACHE_MS", ms.to_owned()));
         }
+        let mut command = maestro_command(self.binary, self.addr, &self.secret, &settings);
+        command.stdout(output.try_clone()?).stderr(output);
         Ok(command)
     }
 
