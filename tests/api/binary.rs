@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::{
     helpers::{ACME, ACTIVE, SECRET, fixture, token},
-    maestro::{BINARY, Maestro},
+    maestro::{self, Maestro},
 };
 
 // These tests are about the binary itself (start-up, the embedded default,
@@ -99,9 +99,8 @@ async fn the_embedded_default_prints_a_token_and_a_curl_line_that_works() {
 
 #[test]
 fn the_embedded_default_refuses_a_public_address() {
-    let output = Command::new(BINARY)
+    let output = maestro::command()
         .arg("serve")
-        .env_clear()
         .env("MAESTRO_BIND", "0.0.0.0:0")
         .output()
         .unwrap();
@@ -115,9 +114,8 @@ fn the_embedded_default_refuses_a_public_address() {
 
 #[tokio::test]
 async fn maestro_token_mints_a_token_the_service_accepts() {
-    let output = Command::new(BINARY)
+    let output = maestro::command()
         .args(["token", "--customer", ACME, "--subject", "ops"])
-        .env_clear()
         .env("MAESTRO_JWT_HS256_SECRET", SECRET)
         .output()
         .unwrap();
@@ -136,9 +134,8 @@ async fn maestro_token_mints_a_token_the_service_accepts() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body.as_array().unwrap().len(), 3);
 
-    let without_secret = Command::new(BINARY)
+    let without_secret = maestro::command()
         .args(["token", "--customer", ACME])
-        .env_clear()
         .output()
         .unwrap();
     assert!(!without_secret.status.success());

@@ -15,6 +15,18 @@ use crate::helpers::{SECRET, fixture};
 /// The binary Cargo built for these tests.
 pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_maestro");
 
+/// `maestro` with none of the test process's settings, but what it needs to
+/// run as the tests run: `PATH`, and the clock when the suite runs under a
+/// faked one (`LD_PRELOAD` and `FAKETIME*`), so that a token the binary
+/// mints and a token a test mints agree on the time.
+pub(crate) fn command() -> Command {
+    let mut command = Command::new(BINARY);
+    command.env_clear().envs(std::env::vars().filter(|(name, _)| {
+        name == "PATH" || name == "LD_PRELOAD" || name.starts_with("FAKETIME")
+    }));
+    command
+}
+
 /// How long to wait for a line of output or for the process to exit before
 /// the test fails instead of hanging.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -60,12 +72,10 @@ impl Maestro {
 
     /// Starts `maestro serve` with these flags and only the given environment.
     pub(crate) fn start_with_args(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(BINARY);
+        let mut command = command();
         command
             .arg("serve")
             .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

@@ -46,12 +46,19 @@ impl Ledger {
             .and(path(format!("/api/v2/dags/{ACME_DAG}/dagRuns")))
             .respond_with(move |request: &Request| {
                 let body: Value = serde_json::from_slice(&request.body).unwrap();
-                let run = dag_run(
+                let mut run = dag_run(
                     ACME_DAG,
                     body["dag_run_id"].as_str().unwrap(),
                     "queued",
                     body["conf"].clone(),
                 );
+                // Airflow stamps a triggered run with the moment it was
+                // posted (a trigger without `run_after` runs "now"), and a
+                // retry looks for runs made since a moment relative to now:
+                // a fixed date here would fall out of that window one day.
+                let now = json!(Utc::now().to_rfc3339());
+                run["run_after"] = now.clone();
+                run["queued_at"] = now;
                 kept.lock().unwrap().push(run.clone());
                 let mut next = next.lock().unwrap();
                 let answer = if next.is_empty() {
@@ -113,10 +120,11 @@ impl Ledger {
             .collect()
     }
 
-    /// Puts a run into Airflow as if made long ago, with `conf`.
+    /// Puts a run into Airflow as if made before the retention of a
+    /// [`retry`], with `conf`.
     fn add_old_run(&self, run_id: &str, conf: Value) {
         let mut run = dag_run(ACME_DAG, run_id, "success", conf);
-        run["run_after"] = json!("2020-01-01T00:00:00Z");
+        run["run_after"] = json!((Utc::now() - chrono::Duration::days(2)).to_rfc3339());
         self.runs.lock().unwrap().push(run);
     }
 }
