@@ -21,9 +21,11 @@ pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_maestro");
 /// mints and a token a test mints agree on the time.
 pub(crate) fn command() -> Command {
     let mut command = Command::new(BINARY);
-    command.env_clear().envs(std::env::vars().filter(|(name, _)| {
-        name == "PATH" || name == "LD_PRELOAD" || name.starts_with("FAKETIME")
-    }));
+    command
+        .env_clear()
+        .envs(std::env::vars().filter(|(name, _)| {
+            name == "PATH" || name == "LD_PRELOAD" || name.starts_with("FAKETIME")
+        }));
     command
 }
 
