@@ -168,7 +168,7 @@ impl AirflowBackend {
                 );
                 if !visible {
                     tracing::debug!(
-                        request_id = ctx.request_id.as_deref(),
+                        request_id = ctx.request_id(),
                         dag_id = %dag.dag_id,
                         "the DAG exists but is not a pipeline of the caller's customer"
                     );
@@ -399,7 +399,7 @@ impl AirflowBackend {
             let dag = dag?.ok_or(TriggerError::NotFound)?;
             if let Some(run) = earlier? {
                 tracing::info!(
-                    request_id = ctx.request_id.as_deref(),
+                    request_id = ctx.request_id(),
                     run_id = %run.dag_run_id,
                     "a failed attempt with this idempotency key had made the run; answering with it"
                 );
@@ -423,8 +423,8 @@ impl AirflowBackend {
         let conf = serde_json::json!({
             "maestro": {
                 "customer_id": ctx.customer().as_str(),
-                "sub": ctx.caller.subject,
-                "request_id": ctx.request_id,
+                "sub": ctx.caller().subject(),
+                "request_id": ctx.request_id(),
                 "trigger_id": trigger_id,
             }
         });
@@ -458,7 +458,7 @@ impl AirflowBackend {
                         return Ok(run.into_run(id.clone())?);
                     }
                     _ => tracing::warn!(
-                        request_id = ctx.request_id.as_deref(),
+                        request_id = ctx.request_id(),
                         %run_id,
                         "the run id is taken by another trigger; taking the next one"
                     ),
@@ -544,7 +544,7 @@ fn keyed_trigger_id(customer: &CustomerId, key: &IdempotencyKey) -> String {
 }
 
 fn request_id(ctx: &RequestContext) -> Option<&str> {
-    ctx.request_id.as_deref()
+    ctx.request_id()
 }
 
 #[async_trait]

@@ -53,13 +53,10 @@ fn backend() -> AirflowBackend {
 }
 
 fn ctx(customer: &str) -> RequestContext {
-    RequestContext {
-        caller: Caller {
-            customer: CustomerId::parse(customer).unwrap(),
-            subject: Some(format!("{customer}-user")),
-        },
-        request_id: Some("e2e-request".to_owned()),
-    }
+    RequestContext::new(
+        Caller::new(CustomerId::parse(customer).unwrap()).with_subject(format!("{customer}-user")),
+    )
+    .with_request_id("e2e-request")
 }
 
 fn id(raw: &str) -> PipelineId {

@@ -37,17 +37,21 @@ impl FromRequestParts<AppState> for Authenticated {
             state.metrics().auth_rejected(err.reason());
             ApiError::invalid_token()
         })?;
-        tracing::Span::current().record("customer", caller.customer.as_str());
+        tracing::Span::current().record("customer", caller.customer().as_str());
         if let Some(limiter) = state.rate_limiter() {
             // After authentication, so that the limit is the verified
             // customer's: one customer's flood never spends another's quota.
-            limiter.check(&caller.customer).map_err(|refused| {
+            limiter.check(caller.customer()).map_err(|refused| {
                 state.metrics().rate_limited();
                 ApiError::rate_limited(refused.as_secs())
             })?;
         }
         let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
-        Ok(Self(RequestContext { caller, request_id }))
+        let ctx = RequestContext::new(caller);
+        Ok(Self(match request_id {
+            Some(id) => ctx.with_request_id(id),
+            None => ctx,
+        }))
     }
 }
 

@@ -425,11 +425,11 @@ pub(crate) fn caller_from_claims(
         }
         _ => return Err(AuthError::MissingCustomer),
     };
-    let subject = match claims.get("sub") {
-        Some(Value::String(sub)) if !sub.is_empty() => Some(sub.clone()),
-        _ => None,
-    };
-    Ok(Caller { customer, subject })
+    let caller = Caller::new(customer);
+    Ok(match claims.get("sub") {
+        Some(Value::String(sub)) if !sub.is_empty() => caller.with_subject(sub.clone()),
+        _ => caller,
+    })
 }
 
 /// The claims of a token minted for a customer: the customer claim, and
@@ -618,13 +618,7 @@ mod tests {
     #[tokio::test]
     async fn a_valid_hs256_token_yields_its_customer_and_subject() {
         let caller = hs_auth().authenticate(&hs_token(&claims())).await;
-        assert_eq!(
-            caller,
-            Ok(Caller {
-                customer: acme(),
-                subject: Some("user-1".to_owned()),
-            })
-        );
+        assert_eq!(caller, Ok(Caller::new(acme()).with_subject("user-1")));
     }
 
     #[tokio::test]
@@ -840,7 +834,7 @@ mod tests {
             json!("globex"),
         ));
         let caller = tenant.authenticate(&token).await.expect("accepted");
-        assert_eq!(caller.customer.as_str(), "globex");
+        assert_eq!(caller.customer().as_str(), "globex");
 
         // The default claim alone no longer names a customer.
         assert_eq!(
@@ -924,7 +918,7 @@ mod tests {
             let auth = auth(JwtConfig::new(JwtKey::PublicKeyPem(pem.to_vec())));
             assert_eq!(auth.algorithm(), "RS256");
             let caller = auth.authenticate(&rs_token(&claims())).await;
-            assert_eq!(caller.map(|caller| caller.customer), Ok(acme()));
+            assert_eq!(caller.map(|caller| caller.customer().clone()), Ok(acme()));
         }
     }
 
@@ -933,7 +927,7 @@ mod tests {
         let auth = auth(JwtConfig::new(JwtKey::PublicKeyPem(EC_PUBLIC.to_vec())));
         assert_eq!(auth.algorithm(), "ES256");
         let caller = auth.authenticate(&es_token(&claims())).await;
-        assert_eq!(caller.map(|caller| caller.customer), Ok(acme()));
+        assert_eq!(caller.map(|caller| caller.customer().clone()), Ok(acme()));
     }
 
     #[tokio::test]
@@ -1098,13 +1092,7 @@ mod tests {
         minted.audience = Some("maestro".to_owned());
         let token = mint_hs256(SECRET.as_bytes(), &minted).unwrap();
         let caller = iss_aud_auth().authenticate(&token).await;
-        assert_eq!(
-            caller,
-            Ok(Caller {
-                customer: acme(),
-                subject: Some("ops".to_owned()),
-            })
-        );
+        assert_eq!(caller, Ok(Caller::new(acme()).with_subject("ops")));
 
         let tenant_claims = TokenClaims {
             customer_claim: "tenant".to_owned(),

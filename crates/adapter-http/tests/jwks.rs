@@ -106,10 +106,7 @@ fn hs_token(secret: &[u8], kid: &str, claims: &Value) -> String {
 }
 
 fn acme() -> Caller {
-    Caller {
-        customer: CustomerId::parse("acme").expect("valid id"),
-        subject: Some("user-1".to_owned()),
-    }
+    Caller::new(CustomerId::parse("acme").expect("valid id")).with_subject("user-1")
 }
 
 // ---- The identity provider and the verifier --------------------------------

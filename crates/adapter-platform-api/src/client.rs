@@ -93,7 +93,7 @@ impl<'a> Request<'a> {
             path,
             query: Vec::new(),
             customer: Some(ctx.customer()),
-            request_id: ctx.request_id.as_deref(),
+            request_id: ctx.request_id(),
             body: None,
             retry: true,
         }
@@ -107,7 +107,7 @@ impl<'a> Request<'a> {
             path,
             query: Vec::new(),
             customer: Some(ctx.customer()),
-            request_id: ctx.request_id.as_deref(),
+            request_id: ctx.request_id(),
             body: Some(body),
             retry: false,
         }

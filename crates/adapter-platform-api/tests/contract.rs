@@ -46,9 +46,10 @@ fn backend(server: &MockServer) -> PlatformApiBackend {
 }
 
 fn ctx_for(customer: &str, request_id: Option<&str>) -> RequestContext {
-    RequestContext {
-        caller: Caller::new(CustomerId::parse(customer).unwrap()),
-        request_id: request_id.map(str::to_owned),
+    let ctx = RequestContext::new(Caller::new(CustomerId::parse(customer).unwrap()));
+    match request_id {
+        Some(id) => ctx.with_request_id(id),
+        None => ctx,
     }
 }
 

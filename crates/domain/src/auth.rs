@@ -4,6 +4,7 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
 /// The customer that owns pipelines. It only ever comes from a verified
 /// credential, never from a request body, query or header.
@@ -12,20 +13,25 @@ pub struct CustomerId(String);
 
 /// The text was not a usable customer id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("customer id must be 1 to 255 characters with no control characters")]
+#[error("customer id must be 1 to 255 bytes with no control, invisible or format characters")]
 pub struct InvalidCustomerId;
 
 impl CustomerId {
     const MAX_LEN: usize = 255;
 
-    /// Accepts 1 to 255 bytes of text without control characters. The id is
-    /// taken as it is: no trimming or case folding, since it names a tenant.
+    /// Accepts 1 to 255 bytes of text without control characters or
+    /// format characters (Unicode category Cf: zero-width spaces, direction
+    /// overrides, soft hyphens...). The id is taken as it is otherwise: no
+    /// trimming or case folding, since it names a tenant; refusing what
+    /// cannot be seen is what keeps `acme` and `acme` followed by a
+    /// zero-width space from being two look-alike tenants.
     ///
     /// # Errors
     /// [`InvalidCustomerId`] for an empty or overlong id, or one holding a
-    /// control character.
+    /// control or format character.
     pub fn parse(raw: &str) -> Result<Self, InvalidCustomerId> {
-        if raw.is_empty() || raw.len() > Self::MAX_LEN || raw.chars().any(char::is_control) {
+        let invisible = |c: char| c.is_control() || c.general_category() == GeneralCategory::Format;
+        if raw.is_empty() || raw.len() > Self::MAX_LEN || raw.chars().any(invisible) {
             return Err(InvalidCustomerId);
         }
         Ok(Self(raw.to_owned()))
@@ -43,14 +49,11 @@ impl fmt::Display for CustomerId {
     }
 }
 
-/// A verified caller.
+/// A verified caller: the customer a credential names, and who acted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The customer the credential names.
-    pub customer: CustomerId,
-    /// The credential's subject (`sub`), when it has one: who acted, for the
-    /// audit trail.
-    pub subject: Option<String>,
+    customer: CustomerId,
+    subject: Option<String>,
 }
 
 impl Caller {
@@ -61,15 +64,32 @@ impl Caller {
             subject: None,
         }
     }
+
+    /// The same caller, naming who acted (a token's `sub`), for the audit
+    /// trail.
+    #[must_use]
+    pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// The customer the credential names.
+    pub fn customer(&self) -> &CustomerId {
+        &self.customer
+    }
+
+    /// Who acted, when the credential says.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
 }
 
-/// Everything a use case knows about the request it serves.
+/// Everything a use case knows about the request it serves: who calls, and
+/// the request's correlation id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestContext {
-    /// Who is calling; every port call is scoped to this caller's customer.
-    pub caller: Caller,
-    /// The request's correlation id, passed on to backends that take one.
-    pub request_id: Option<String>,
+    caller: Caller,
+    request_id: Option<String>,
 }
 
 impl RequestContext {
@@ -81,15 +101,34 @@ impl RequestContext {
         }
     }
 
+    /// The same context with the request's correlation id, which backends
+    /// that take one are passed.
+    #[must_use]
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = Some(request_id.into());
+        self
+    }
+
+    /// Who is calling; every port call is scoped to this caller's customer.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
     /// The customer every port call is scoped to.
     pub fn customer(&self) -> &CustomerId {
         &self.caller.customer
+    }
+
+    /// The request's correlation id, if it has one.
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
     }
 }
 
 /// Why a credential was refused. Clients only ever learn that it was; the
 /// reason is for the log and the metrics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     /// No credential was presented.
     #[error("no credential")]
@@ -173,5 +212,33 @@ mod tests {
         assert_eq!(CustomerId::parse(&"x".repeat(256)), Err(InvalidCustomerId));
         assert_eq!(CustomerId::parse("acme\n"), Err(InvalidCustomerId));
         assert!(CustomerId::parse(&"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn customer_ids_with_invisible_format_characters_are_refused() {
+        for raw in [
+            "acme_corp\u{200b}", // zero-width space
+            "\u{feff}acme_corp", // byte order mark
+            "acme\u{202e}proc",  // right-to-left override
+            "ac\u{00ad}me",      // soft hyphen
+            "acme\u{2060}",      // word joiner
+            "acme\u{e0041}",     // tag character
+        ] {
+            assert_eq!(CustomerId::parse(raw), Err(InvalidCustomerId), "{raw:?}");
+        }
+        // Visible letters of any script are fine.
+        assert!(CustomerId::parse("société-acmé").is_ok());
+        assert!(CustomerId::parse("株式会社").is_ok());
+    }
+
+    #[test]
+    fn a_caller_and_its_context_carry_what_they_were_given() {
+        let acme = CustomerId::parse("acme").unwrap();
+        let ctx = RequestContext::new(Caller::new(acme.clone()).with_subject("alice"))
+            .with_request_id("req-1");
+        assert_eq!(ctx.customer(), &acme);
+        assert_eq!(ctx.caller().subject(), Some("alice"));
+        assert_eq!(ctx.request_id(), Some("req-1"));
+        assert_eq!(RequestContext::new(Caller::new(acme)).request_id(), None);
     }
 }

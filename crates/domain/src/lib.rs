@@ -15,6 +15,7 @@
 //! ```
 
 mod auth;
+mod clock;
 mod error;
 mod idempotency;
 #[cfg(feature = "testkit")]
@@ -25,6 +26,7 @@ mod run;
 mod service;
 
 pub use auth::{AuthContext, AuthError, Caller, CustomerId, InvalidCustomerId, RequestContext};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BackendError, BackendErrorKind};
 pub use idempotency::{
     Attempt, Claim, Completion, Idempotency, IdempotencyConfig, IdempotencyError, IdempotencyKey,

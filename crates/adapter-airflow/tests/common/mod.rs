@@ -35,13 +35,8 @@ pub const FIXED_TOKEN: &str = "fixed-token-3f9a";
 pub const PASSWORD: &str = "pa55-w0rd-7c1e";
 
 pub fn ctx(customer: &str) -> RequestContext {
-    RequestContext {
-        caller: Caller {
-            customer: CustomerId::parse(customer).unwrap(),
-            subject: Some("alice".to_owned()),
-        },
-        request_id: Some("req-42".to_owned()),
-    }
+    RequestContext::new(Caller::new(CustomerId::parse(customer).unwrap()).with_subject("alice"))
+        .with_request_id("req-42")
 }
 
 pub fn id(raw: &str) -> PipelineId {
