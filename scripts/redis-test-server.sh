@@ -3,7 +3,7 @@
 # prints its URL on stdout (everything else goes to stderr).
 #
 #   export MAESTRO_TEST_REDIS_URL="$(scripts/redis-test-server.sh)"
-#   cargo test -p adapter-redis -- --ignored
+#   cargo test -p adapter-redis --features redis-server --test redis_server
 #   scripts/redis-test-server.sh stop
 #
 # Idempotent: installs Debian's redis-server when it is missing, and reuses

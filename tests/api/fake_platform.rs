@@ -19,11 +19,13 @@ use std::{
 
 use adapter_memory::{MemoryBackend, MemoryConfig};
 use domain::{
-    Caller, CustomerId, LookupError, Orchestrator as _, Pipeline, PipelineId,
-    PipelineRepository as _, PipelineSummary, RequestContext, Run, RunId, RunLookupError, RunQuery,
-    RunStatus, RunsError, SetPausedError, TriggerError, format_timestamp,
+    Caller, Clock as _, CustomerId, ExecuteError, GetPipelineError, GetRunError, ListRunsError,
+    Orchestrator as _, Pipeline, PipelineId, PipelineRepository as _, PipelineSummary,
+    RequestContext, Run, RunId, RunQuery, RunStatus, SetPausedError, TriggerRequest,
+    format_timestamp,
 };
 use percent_encoding::percent_decode_str;
+use runtime::TokioClock;
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
 
@@ -55,7 +57,8 @@ pub(crate) struct FakePlatform {
 impl FakePlatform {
     /// Starts the fake over the fixture, with these memory settings.
     pub(crate) async fn start(config: MemoryConfig) -> Self {
-        let pipelines = adapter_memory::load_fixture(&fixture()).unwrap();
+        let pipelines =
+            adapter_memory::load_fixture(&fixture(), TokioClock::start().now()).unwrap();
         let server = MockServer::start().await;
         Mock::given(any())
             .respond_with(Upstream {
@@ -165,7 +168,7 @@ impl Upstream {
     /// `POST /pipeline/execute`.
     fn execute(&self, ctx: &RequestContext, request: &Request) -> Answer {
         let id = write_body(ctx, request)?;
-        match now(self.backend.trigger(ctx, &id)) {
+        match now(self.backend.trigger(ctx, &TriggerRequest::new(id.clone()))) {
             Ok(run) => Ok(success(json!({
                 "message": "Pipeline execution triggered successfully",
                 "pipeline_id": run.pipeline_id.as_str(),
@@ -174,20 +177,21 @@ impl Upstream {
                 "created_at": format_timestamp(&run.created_at),
                 "updated_at": format_timestamp(&run.updated_at),
             }))),
-            Err(TriggerError::NotFound) => Err(pipeline_not_found(&id)),
-            Err(TriggerError::Paused) => Err(refusal(
+            Err(ExecuteError::NotFound(_)) => Err(pipeline_not_found(&id)),
+            Err(ExecuteError::Paused(_)) => Err(refusal(
                 400,
                 "PipelinePaused",
                 "Cannot execute paused pipeline. Use /pipeline/unpause first.",
                 Value::Null,
             )),
-            Err(TriggerError::QueueFull { limit }) => Err(refusal(
+            Err(ExecuteError::QueueFull { limit, .. }) => Err(refusal(
                 429,
                 "PipelineQueueFull",
                 &format!("Pipeline queue is full ({limit} runs waiting)"),
                 json!({"limit": limit}),
             )),
-            Err(TriggerError::Backend(err)) => Err(failure(&err)),
+            Err(ExecuteError::Backend(err)) => Err(failure(&err)),
+            Err(other) => panic!("the memory backend failed unexpectedly: {other:?}"),
         }
     }
 
@@ -205,20 +209,21 @@ impl Upstream {
                     json!({"message": message, "pipeline_id": id.as_str()}),
                 ))
             }
-            Err(SetPausedError::NotFound) => Err(pipeline_not_found(&id)),
-            Err(SetPausedError::Unchanged) if paused => Err(refusal(
+            Err(SetPausedError::NotFound(_)) => Err(pipeline_not_found(&id)),
+            Err(SetPausedError::AlreadyPaused(_)) => Err(refusal(
                 400,
                 "PipelineAlreadyPaused",
                 "Pipeline is already paused",
                 Value::Null,
             )),
-            Err(SetPausedError::Unchanged) => Err(refusal(
+            Err(SetPausedError::NotPaused(_)) => Err(refusal(
                 400,
                 "PipelineNotPaused",
                 "Pipeline is not paused",
                 Value::Null,
             )),
             Err(SetPausedError::Backend(err)) => Err(failure(&err)),
+            Err(other) => panic!("the memory backend failed unexpectedly: {other:?}"),
         }
     }
 
@@ -235,8 +240,9 @@ impl Upstream {
         let id = normal_id(raw_id)?;
         match now(self.backend.get(ctx, &id)) {
             Ok(pipeline) => Ok(success(pipeline_json(&pipeline))),
-            Err(LookupError::NotFound) => Err(pipeline_not_found(&id)),
-            Err(LookupError::Backend(err)) => Err(failure(&err)),
+            Err(GetPipelineError::NotFound(_)) => Err(pipeline_not_found(&id)),
+            Err(GetPipelineError::Backend(err)) => Err(failure(&err)),
+            Err(other) => panic!("the memory backend failed unexpectedly: {other:?}"),
         }
     }
 
@@ -248,8 +254,9 @@ impl Upstream {
         match now(self.backend.list_runs(ctx, &id, &query)) {
             Ok(page) => Ok(success(page.runs.iter().map(run_json).collect())
                 .insert_header("X-Total-Count", page.total.to_string())),
-            Err(RunsError::NotFound) => Err(pipeline_not_found(&id)),
-            Err(RunsError::Backend(err)) => Err(failure(&err)),
+            Err(ListRunsError::NotFound(_)) => Err(pipeline_not_found(&id)),
+            Err(ListRunsError::Backend(err)) => Err(failure(&err)),
+            Err(other) => panic!("the memory backend failed unexpectedly: {other:?}"),
         }
     }
 
@@ -275,14 +282,15 @@ impl Upstream {
         let run_id = RunId::parse(&decoded).map_err(|err| violation(err.to_string()))?;
         match now(self.backend.get_run(ctx, &id, &run_id)) {
             Ok(run) => Ok(success(run_json(&run))),
-            Err(RunLookupError::PipelineNotFound) => Err(pipeline_not_found(&id)),
-            Err(RunLookupError::RunNotFound) => Err(refusal(
+            Err(GetRunError::PipelineNotFound(_)) => Err(pipeline_not_found(&id)),
+            Err(GetRunError::RunNotFound { .. }) => Err(refusal(
                 404,
                 "PipelineRunNotFound",
                 &format!("Pipeline run with id {run_id} not found for pipeline {id}"),
                 Value::Null,
             )),
-            Err(RunLookupError::Backend(err)) => Err(failure(&err)),
+            Err(GetRunError::Backend(err)) => Err(failure(&err)),
+            Err(other) => panic!("the memory backend failed unexpectedly: {other:?}"),
         }
     }
 }

@@ -3,7 +3,11 @@
 //! fake Platform-API upstream, with one method per endpoint and token
 //! helpers; and `on_each_backend!`, which runs one contract test on both.
 
-use std::{path::PathBuf, sync::OnceLock};
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+};
 
 use adapter_http::jwt::mint_hs256;
 use app::{Cli, Command};
@@ -267,6 +271,32 @@ impl TestApp {
         .await
     }
 
+    /// `POST /platform/pipeline/execute` with an `Idempotency-Key`.
+    pub(crate) async fn execute_with_key(
+        &self,
+        customer: &str,
+        pipeline_id: &str,
+        key: &str,
+    ) -> Response {
+        self.client
+            .post(self.url("/platform/pipeline/execute"))
+            .bearer_auth(token(customer))
+            .header("Idempotency-Key", key)
+            .json(&json!({"pipeline_id": pipeline_id}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// How many runs the pipeline has, as `X-Total-Count` says.
+    pub(crate) async fn run_count(&self, customer: &str, pipeline_id: &str) -> String {
+        let response = self.list_runs(customer, pipeline_id, "").await;
+        response.headers()["x-total-count"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
     pub(crate) async fn pause(&self, customer: &str, pipeline_id: &str) -> Response {
         self.post_json(
             "/platform/pipeline/pause",
@@ -367,4 +397,48 @@ pub(crate) fn not_found(pipeline_id: &str) -> Value {
         "PipelineNotFound",
         &format!("Pipeline with id {pipeline_id} not found"),
     )
+}
+
+/// Whether an answer is one given again for an `Idempotency-Key`.
+pub(crate) fn replayed(response: &Response) -> bool {
+    response
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|value| value == "true")
+}
+
+/// Sends `count` executes with one key at once to the given gateways, in
+/// turn, and checks that every answer is the one stored 200 or a 409.
+pub(crate) async fn concurrent_executes(
+    apps: &[Arc<TestApp>],
+    key: &str,
+    count: usize,
+) -> HashSet<String> {
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let app = apps[i % apps.len()].clone();
+            let key = key.to_owned();
+            tokio::spawn(async move {
+                let response = app.execute_with_key(ACME, ACTIVE, &key).await;
+                let retry_after = response.headers().get("retry-after").cloned();
+                let (status, body) = json_of(response).await;
+                (status, body, retry_after)
+            })
+        })
+        .collect();
+    let mut run_ids = HashSet::new();
+    for task in tasks {
+        let (status, body, retry_after) = task.await.unwrap();
+        match status {
+            200 => {
+                run_ids.insert(body["data"]["run_id"].as_str().unwrap().to_owned());
+            }
+            409 => {
+                assert_eq!(body["detail"]["exception_type"], "IdempotencyKeyInProgress");
+                assert!(retry_after.is_some(), "a 409 without Retry-After");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    run_ids
 }

@@ -1,9 +1,9 @@
 //! Black-box tests of the whole service: the HTTP contract on the memory
 //! backend, through the router served in process on port 0, and the same
 //! contract through the real `maestro` binary on the Platform-API backend,
-//! in front of a faithful fake upstream.
+//! in front of a faithful fake upstream. The tests that need real servers
+//! (Airflow, Redis) are the `e2e` target (`tests/e2e`).
 
-mod airflow_e2e;
 mod airflow_retry;
 mod auth;
 mod binary;

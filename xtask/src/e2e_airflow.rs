@@ -47,11 +47,13 @@ const USERS: &str = "maestro:user,admin:admin";
 struct Suite {
     /// How the reports call it.
     name: &'static str,
-    /// The package and test target, as `cargo test` takes them.
+    /// The package, test target and the feature that builds the target,
+    /// as `cargo test` takes them.
     package: &'static str,
     target: &'static str,
+    feature: &'static str,
     /// A filter that picks the suite's tests out of the test binary, or
-    /// `""` for all of its ignored tests.
+    /// `""` for all of them.
     filter: &'static str,
     stopping: &'static str,
 }
@@ -64,15 +66,17 @@ const SUITES: [Suite; 2] = [
         name: "adapter e2e",
         package: "adapter-airflow",
         target: "e2e",
+        feature: "e2e",
         filter: "",
         stopping: "airflow_stopped_mid_test_gives_timeouts_then_unavailable",
     },
     Suite {
         name: "api e2e",
         package: "app",
-        target: "api",
-        filter: "airflow_e2e::",
-        stopping: "airflow_e2e::airflow_stopped_mid_test_gives_504_within_the_timeout_and_ready_503",
+        target: "e2e",
+        feature: "e2e",
+        filter: "airflow::",
+        stopping: "airflow::airflow_stopped_mid_test_gives_504_within_the_timeout_and_ready_503",
     },
 ];
 
@@ -305,8 +309,8 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// `cargo test -p <package> --test <target>`, and with `env` set,
-/// `-- --ignored --test-threads=1 <filter> <extra>`.
+/// `cargo test -p <package> --features <feature> --test <target>`, and
+/// with `env` set, `-- --test-threads=1 <filter> <extra>`.
 fn cargo_test(
     root: &Path,
     suite: &Suite,
@@ -320,11 +324,13 @@ fn cargo_test(
         "--quiet",
         "-p",
         suite.package,
+        "--features",
+        suite.feature,
         "--test",
         suite.target,
     ]);
     if let Some(extra) = extra {
-        command.args(["--", "--ignored", "--test-threads=1"]);
+        command.args(["--", "--test-threads=1"]);
         // `--exact` names the one test in full; the filter would be a
         // second name that matches nothing.
         if !suite.filter.is_empty() && !extra.contains(&"--exact") {

@@ -2,10 +2,11 @@
 //! every request, one renewal and retry when Airflow rejects the token, and
 //! failures translated into [`BackendError`]s that name no secret.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use domain::BackendError;
+use domain::{BackendError, Clock, Timestamp};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode};
@@ -27,16 +28,21 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// One path segment, percent-encoded.
+///
+/// `.` and `..` stay what they are (escaped as `%2E` they would still be
+/// dot segments to a URL parser): callers never pass them.
 pub(crate) fn segment(raw: &str) -> String {
     utf8_percent_encode(raw, SEGMENT).to_string()
 }
 
-/// The pooled HTTP client, where Airflow is, and the token to show it.
+/// The pooled HTTP client, where Airflow is, the token to show it, and the
+/// backend's one clock (the tokens' ages are measured on it).
 #[derive(Debug)]
 pub(crate) struct Http {
     client: reqwest::Client,
     base: String,
     tokens: Tokens,
+    clock: Arc<dyn Clock>,
 }
 
 /// One request to Airflow.
@@ -143,6 +149,7 @@ impl Http {
         base: String,
         tokens: Tokens,
         timeout: Duration,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -160,6 +167,7 @@ impl Http {
             client,
             base,
             tokens,
+            clock,
         })
     }
 
@@ -168,11 +176,28 @@ impl Http {
         &self.base
     }
 
+    /// The current instant on the backend's clock.
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// The backend's clock, for the log.
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    /// Replaces the clock. Tokens cached so far keep their stamps, which
+    /// the new clock may find in its future: those count as expired.
+    pub(crate) fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.clock = clock;
+    }
+
     fn endpoint<'a>(&'a self, request_id: Option<&'a str>) -> Endpoint<'a> {
         Endpoint {
             client: &self.client,
             base: &self.base,
             request_id,
+            clock: &*self.clock,
         }
     }
 

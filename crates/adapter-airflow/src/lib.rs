@@ -11,6 +11,15 @@
 //! Airflow included, by the configured timeout. `docs/backends/airflow.md`
 //! tells an operator how to set it up.
 //!
+//! # Time
+//!
+//! The backend reads the time only through one [`Clock`]: the instants in
+//! the run ids it makes, the age of a DAG read that lets a trigger skip the
+//! next read, and the age and expiry of Airflow's tokens. It is
+//! [`runtime::TokioClock`] unless [`AirflowBackend::with_clock`] gives
+//! another (a [`domain::ManualClock`] in tests). Waiting (the call timeout)
+//! is done on tokio's timers.
+//!
 //! ```no_run
 //! use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
 //!
@@ -25,6 +34,7 @@
 //! # Ok::<(), adapter_airflow::ConfigError>(())
 //! ```
 
+mod age;
 mod client;
 mod config;
 mod token;
@@ -32,15 +42,15 @@ mod triggerable;
 mod wire;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    BackendError, BackendErrorKind, CustomerId, IdempotencyKey, LookupError, ManualRunClock,
-    Orchestrator, PipelineId, PipelineRepository, PipelineSummary, RequestContext, Run, RunId,
-    RunLookupError, RunPage, RunQuery, RunStatus, RunsError, SetPausedError, Timestamp,
-    TriggerError, TriggerOptions,
+    BackendError, BackendErrorKind, Clock, CustomerId, ExecuteError, GetPipelineError, GetRunError,
+    IdempotencyKey, ListRunsError, ManualRunClock, Orchestrator, PipelineId, PipelineRepository,
+    PipelineSummary, RequestContext, Run, RunId, RunPage, RunQuery, RunStatus, SetPausedError,
+    Timestamp, TriggerRequest,
 };
 use reqwest::{Method, StatusCode};
 
@@ -68,14 +78,15 @@ const MARKED_RUNS_LIMIT: u32 = 10;
 const RUN_ID_ATTEMPTS: usize = 3;
 
 /// The Airflow backend. Cheap to share behind an `Arc`: it holds one pooled
-/// HTTP client and one token cache for all requests.
+/// HTTP client, one token cache and one clock for all requests.
 pub struct AirflowBackend {
+    /// The HTTP side, which also holds the backend's one [`Clock`].
     http: Http,
     prefix: String,
     timeout: Duration,
-    /// One clock per pipeline so that run ids are unique and increasing per
-    /// pipeline. A std mutex: it is held only to step a clock, never across
-    /// an `.await`.
+    /// One run clock per pipeline so that run ids are unique and increasing
+    /// per pipeline. A std mutex: it is held only to step a clock, never
+    /// across an `.await`.
     clocks: Mutex<HashMap<PipelineId, ManualRunClock>>,
     /// DAGs recently read unpaused and owned by a customer, which a trigger
     /// need not read again.
@@ -88,14 +99,16 @@ impl std::fmt::Debug for AirflowBackend {
             .field("url", &self.http.base())
             .field("customer_tag_prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("clock", &self.http.clock())
             .field("triggerable", &self.triggerable)
             .finish_non_exhaustive()
     }
 }
 
 impl AirflowBackend {
-    /// A backend for the Airflow the config names. Nothing is sent until
-    /// the first call.
+    /// A backend for the Airflow the config names, on a
+    /// [`runtime::TokioClock`] started now. Nothing is sent until the first
+    /// call.
     ///
     /// # Errors
     /// [`ConfigError`] when the settings cannot work: a URL that is not
@@ -112,7 +125,8 @@ impl AirflowBackend {
                 Tokens::exchanged(username, password)
             }
         };
-        let http = Http::new(base, tokens, config.timeout).map_err(ConfigError::Client)?;
+        let clock: Arc<dyn Clock> = Arc::new(runtime::TokioClock::start());
+        let http = Http::new(base, tokens, config.timeout, clock).map_err(ConfigError::Client)?;
         Ok(Self {
             http,
             prefix: config.customer_tag_prefix,
@@ -120,6 +134,22 @@ impl AirflowBackend {
             clocks: Mutex::new(HashMap::new()),
             triggerable: Triggerable::new(config.dag_cache_ttl),
         })
+    }
+
+    /// The same backend reading the time from `clock` instead: for run ids,
+    /// the DAG cache (`dag_cache_ttl`) and token expiry. Meant for before the
+    /// first call (the service passes its own clock, tests a
+    /// [`domain::ManualClock`] they move); whatever was cached under the
+    /// former clock and lies in the future of the new one counts as expired.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.http.set_clock(clock);
+        self
+    }
+
+    /// The current instant on the backend's clock.
+    fn now(&self) -> Timestamp {
+        self.http.now()
     }
 
     /// Runs one port call under the configured timeout, so that the caller
@@ -164,7 +194,7 @@ impl AirflowBackend {
                     id,
                     start,
                     (visible && !dag.is_paused).then(|| ctx.customer().clone()),
-                    Instant::now(),
+                    self.now(),
                 );
                 if !visible {
                     tracing::debug!(
@@ -216,16 +246,24 @@ impl AirflowBackend {
 
     /// One DAG run of the pipeline; `None` when Airflow has no such run (or
     /// no such DAG).
+    ///
+    /// The run ids `.` and `..` are never asked for: in a path, URL
+    /// normalisation would turn them into another address (the run list, or
+    /// the DAG itself), escaped or not. No run has such an id, so the
+    /// answer is `None` without a request.
     async fn dag_run(
         &self,
         ctx: &RequestContext,
         id: &PipelineId,
-        run_id: &str,
+        run_id: &RunId,
     ) -> Result<Option<DagRun>, BackendError> {
+        if run_id.is_dot_segment() {
+            return Ok(None);
+        }
         let path = format!(
             "/api/v2/dags/{}/dagRuns/{}",
             segment(id.as_str()),
-            segment(run_id)
+            segment(run_id.as_str())
         );
         let answer = self
             .http
@@ -234,7 +272,7 @@ impl AirflowBackend {
         match answer.status {
             StatusCode::OK => {
                 let run: DagRun = answer.json()?;
-                if run.dag_run_id != run_id || run.dag_id != id.as_str() {
+                if run.dag_run_id != run_id.as_str() || run.dag_id != id.as_str() {
                     return Err(BackendError::upstream(format!(
                         "GET DAG run {run_id} of {id}: Airflow answered with another run"
                     )));
@@ -290,10 +328,7 @@ impl AirflowBackend {
                 break;
             }
         }
-        Ok(Some(RunPage {
-            runs,
-            total: total.unwrap_or(offset),
-        }))
+        Ok(Some(RunPage::new(runs, total.unwrap_or(offset))))
     }
 
     /// The next run id of the pipeline.
@@ -302,11 +337,7 @@ impl AirflowBackend {
             .clocks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        clocks
-            .entry(id.clone())
-            .or_default()
-            .next(chrono::Utc::now())
-            .1
+        clocks.entry(id.clone()).or_default().next(self.now()).1
     }
 
     /// Sends a trigger, and sends it once more when the answer was lost on
@@ -376,19 +407,19 @@ impl AirflowBackend {
     async fn trigger_visible(
         &self,
         ctx: &RequestContext,
-        id: &PipelineId,
-        options: &TriggerOptions,
-    ) -> Result<Run, TriggerError> {
+        request: &TriggerRequest,
+    ) -> Result<Run, ExecuteError> {
+        let id = request.pipeline_id();
         // Marks the runs this trigger makes, so that a 409 can tell our own
         // run (an earlier attempt whose answer was lost) from another
         // trigger's run that happens to have the same id. With an
         // idempotency key, every trigger with the key has the same mark, so
         // that a retry can find the run of an attempt that failed.
-        let trigger_id = match &options.idempotency_key {
+        let trigger_id = match request.idempotency_key() {
             Some(key) => keyed_trigger_id(ctx.customer(), key),
             None => uuid::Uuid::new_v4().to_string(),
         };
-        if let Some(since) = options.retry_since {
+        if let Some(since) = request.retry_since() {
             // An earlier attempt failed, and may have made the run: look
             // for it while the DAG is read. The run is the answer even if
             // the DAG was paused since, as it was the earlier attempt's.
@@ -396,7 +427,7 @@ impl AirflowBackend {
                 self.visible_dag(ctx, id, false),
                 self.marked_run(ctx, id, &trigger_id, since)
             );
-            let dag = dag?.ok_or(TriggerError::NotFound)?;
+            let dag = dag?.ok_or_else(|| ExecuteError::NotFound(id.clone()))?;
             if let Some(run) = earlier? {
                 tracing::info!(
                     request_id = ctx.request_id(),
@@ -406,18 +437,18 @@ impl AirflowBackend {
                 return Ok(run.into_run(id.clone())?);
             }
             if dag.is_paused {
-                return Err(TriggerError::Paused);
+                return Err(ExecuteError::Paused(id.clone()));
             }
-        } else if !self.triggerable.admits(id, ctx.customer(), Instant::now()) {
+        } else if !self.triggerable.admits(id, ctx.customer(), self.now()) {
             // A paused DAG is refused before anything is sent, from a read
             // of the DAG made now or, for one seen triggerable moments ago,
             // that read (see `triggerable`).
             let dag = self
                 .visible_dag(ctx, id, false)
                 .await?
-                .ok_or(TriggerError::NotFound)?;
+                .ok_or_else(|| ExecuteError::NotFound(id.clone()))?;
             if dag.is_paused {
-                return Err(TriggerError::Paused);
+                return Err(ExecuteError::Paused(id.clone()));
             }
         }
         let conf = serde_json::json!({
@@ -451,9 +482,9 @@ impl AirflowBackend {
                 }
                 StatusCode::NOT_FOUND => {
                     self.triggerable.forget(id);
-                    return Err(TriggerError::NotFound);
+                    return Err(ExecuteError::NotFound(id.clone()));
                 }
-                StatusCode::CONFLICT => match self.dag_run(ctx, id, run_id.as_str()).await? {
+                StatusCode::CONFLICT => match self.dag_run(ctx, id, &run_id).await? {
                     Some(run) if run.trigger_id() == Some(trigger_id.as_str()) => {
                         return Ok(run.into_run(id.clone())?);
                     }
@@ -481,9 +512,9 @@ impl AirflowBackend {
         let dag = self
             .visible_dag(ctx, id, false)
             .await?
-            .ok_or(SetPausedError::NotFound)?;
+            .ok_or_else(|| SetPausedError::NotFound(id.clone()))?;
         if dag.is_paused == paused {
-            return Err(SetPausedError::Unchanged);
+            return Err(SetPausedError::unchanged(id.clone(), paused));
         }
         // From the moment a pause is sent, this backend's triggers read the
         // DAG again, whatever the answer turns out to be.
@@ -514,16 +545,12 @@ impl AirflowBackend {
                     // may have found the DAG still unpaused.
                     self.triggerable.pausing(id);
                 } else {
-                    self.triggerable.observe(
-                        id,
-                        start,
-                        Some(ctx.customer().clone()),
-                        Instant::now(),
-                    );
+                    self.triggerable
+                        .observe(id, start, Some(ctx.customer().clone()), self.now());
                 }
                 Ok(())
             }
-            StatusCode::NOT_FOUND => Err(SetPausedError::NotFound),
+            StatusCode::NOT_FOUND => Err(SetPausedError::NotFound(id.clone())),
             _ => Err(answer.unexpected().into()),
         }
     }
@@ -553,12 +580,12 @@ impl PipelineRepository for AirflowBackend {
         &self,
         ctx: &RequestContext,
         id: &PipelineId,
-    ) -> Result<domain::Pipeline, LookupError> {
+    ) -> Result<domain::Pipeline, GetPipelineError> {
         self.within("get pipeline", async {
             let dag = self
                 .visible_dag(ctx, id, true)
                 .await?
-                .ok_or(LookupError::NotFound)?;
+                .ok_or_else(|| GetPipelineError::NotFound(id.clone()))?;
             Ok(dag.into_pipeline(id.clone(), ctx.customer().clone()))
         })
         .await
@@ -601,10 +628,10 @@ impl PipelineRepository for AirflowBackend {
                         return None;
                     }
                     let last_status = last_status.get(&dag.dag_id).copied();
-                    Some(PipelineSummary {
-                        pipeline: dag.into_pipeline(id, ctx.customer().clone()),
+                    Some(PipelineSummary::new(
+                        dag.into_pipeline(id, ctx.customer().clone()),
                         last_status,
-                    })
+                    ))
                 })
                 .collect())
         })
@@ -629,21 +656,17 @@ impl PipelineRepository for AirflowBackend {
 
 #[async_trait]
 impl Orchestrator for AirflowBackend {
-    async fn trigger(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Run, TriggerError> {
-        self.trigger_with(ctx, id, &TriggerOptions::default()).await
-    }
-
     /// With an idempotency key, the run's `conf` carries a mark derived
     /// from the customer and the key, the same for every attempt; a retry
-    /// after a failed attempt first looks for a run with that mark
-    /// (Airflow's `conf_contains`) and answers with it when it exists.
-    async fn trigger_with(
+    /// after a failed attempt ([`TriggerRequest::retry_since`]) first looks
+    /// for a run with that mark made since then (Airflow's `conf_contains`)
+    /// and answers with it when it exists.
+    async fn trigger(
         &self,
         ctx: &RequestContext,
-        id: &PipelineId,
-        options: &TriggerOptions,
-    ) -> Result<Run, TriggerError> {
-        self.within("trigger", self.trigger_visible(ctx, id, options))
+        request: &TriggerRequest,
+    ) -> Result<Run, ExecuteError> {
+        self.within("trigger", self.trigger_visible(ctx, request))
             .await
     }
 
@@ -652,7 +675,7 @@ impl Orchestrator for AirflowBackend {
         ctx: &RequestContext,
         id: &PipelineId,
         query: &RunQuery,
-    ) -> Result<RunPage, RunsError> {
+    ) -> Result<RunPage, ListRunsError> {
         self.within("list runs", async {
             // Both at once: the runs are thrown away unless the DAG turns
             // out to be the caller's.
@@ -661,9 +684,9 @@ impl Orchestrator for AirflowBackend {
                 self.run_page(ctx, id, query)
             );
             if dag?.is_none() {
-                return Err(RunsError::NotFound);
+                return Err(ListRunsError::NotFound(id.clone()));
             }
-            page?.ok_or(RunsError::NotFound)
+            page?.ok_or_else(|| ListRunsError::NotFound(id.clone()))
         })
         .await
     }
@@ -673,16 +696,18 @@ impl Orchestrator for AirflowBackend {
         ctx: &RequestContext,
         id: &PipelineId,
         run_id: &RunId,
-    ) -> Result<Run, RunLookupError> {
+    ) -> Result<Run, GetRunError> {
         self.within("get run", async {
+            // Both at once; a run id `.` or `..` only reads the DAG (see
+            // `dag_run`).
             let (dag, run) = tokio::join!(
                 self.visible_dag(ctx, id, false),
-                self.dag_run(ctx, id, run_id.as_str())
+                self.dag_run(ctx, id, run_id)
             );
             if dag?.is_none() {
-                return Err(RunLookupError::PipelineNotFound);
+                return Err(GetRunError::PipelineNotFound(id.clone()));
             }
-            let run = run?.ok_or(RunLookupError::RunNotFound)?;
+            let run = run?.ok_or_else(|| GetRunError::run_not_found(id, run_id))?;
             Ok(run.into_run(id.clone())?)
         })
         .await
@@ -746,5 +771,27 @@ mod tests {
         let pipeline = PipelineId::parse("1b33ad2f_33d3_4837_9eeb_83c82c8b909d").unwrap();
         let ids: Vec<RunId> = (0..100).map(|_| backend.next_run_id(&pipeline)).collect();
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+
+    #[test]
+    fn run_ids_are_read_from_the_clock_the_backend_is_given() {
+        let clock = domain::ManualClock::at_epoch_seconds(1_795_942_800);
+        let backend = AirflowBackend::new(AirflowConfig::new(
+            "http://127.0.0.1:8080",
+            AirflowAuth::Token("t".to_owned().into()),
+        ))
+        .unwrap()
+        .with_clock(Arc::new(clock.clone()));
+        let pipeline = PipelineId::parse("1b33ad2f_33d3_4837_9eeb_83c82c8b909d").unwrap();
+
+        assert_eq!(
+            backend.next_run_id(&pipeline).as_str(),
+            "manual__2026-11-29T09:00:00.000000+00:00"
+        );
+        clock.advance(Duration::from_millis(1_500));
+        assert_eq!(
+            backend.next_run_id(&pipeline).as_str(),
+            "manual__2026-11-29T09:00:01.500000+00:00"
+        );
     }
 }

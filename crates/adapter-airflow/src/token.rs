@@ -1,17 +1,20 @@
 //! Bearer tokens for Airflow: a fixed one, or one exchanged for a username
 //! and password at `/auth/token`, cached, renewed before it expires, and
 //! renewed once for all the requests that need a new one at the same time.
+//!
+//! A token's age and its `exp` are measured on the backend's clock, which
+//! comes with every [`Endpoint`].
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use domain::BackendError;
+use domain::{BackendError, Clock, Timestamp};
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use tokio::time::Instant;
 
+use crate::age::younger_than;
 use crate::client::{read_body, transport_error};
 
 /// The longest a token is kept back from its expiry; shorter-lived tokens
@@ -55,23 +58,29 @@ pub(crate) struct Cache {
 #[derive(Debug)]
 struct Cached {
     bearer: Bearer,
-    /// When to stop using it; `None` for a token whose expiry is unknown,
-    /// which is used until Airflow rejects it.
-    renew_at: Option<Instant>,
+    /// When the exchange answered with it, on the backend's clock.
+    issued_at: Timestamp,
+    /// How long after `issued_at` to stop using it; `None` for a token
+    /// whose expiry is unknown, which is used until Airflow rejects it.
+    use_for: Option<Duration>,
 }
 
 impl Cached {
-    fn is_fresh(&self, now: Instant) -> bool {
-        self.renew_at.is_none_or(|renew_at| now < renew_at)
+    /// Whether the token may still be sent at `now`. One issued after
+    /// `now` (the clock was stepped back) is not: its age is unknown.
+    fn is_fresh(&self, now: Timestamp) -> bool {
+        self.use_for
+            .is_none_or(|span| younger_than(self.issued_at, now, span))
     }
 }
 
-/// How to reach `/auth/token`.
+/// How to reach `/auth/token`, and the clock that tells tokens' ages.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Endpoint<'a> {
     pub(crate) client: &'a reqwest::Client,
     pub(crate) base: &'a str,
     pub(crate) request_id: Option<&'a str>,
+    pub(crate) clock: &'a dyn Clock,
 }
 
 impl Tokens {
@@ -106,15 +115,7 @@ impl Tokens {
                 username,
                 password,
                 cache,
-            } => {
-                let mut cache = cache.lock().await;
-                if let Some(cached) = &cache.current
-                    && cached.is_fresh(Instant::now())
-                {
-                    return Ok(cached.bearer.clone());
-                }
-                cache.replace(endpoint, username, password).await
-            }
+            } => Cache::fresh_or_new(cache, endpoint, username, password, None).await,
         }
     }
 
@@ -132,21 +133,34 @@ impl Tokens {
                 username,
                 password,
                 cache,
-            } => {
-                let mut cache = cache.lock().await;
-                if let Some(cached) = &cache.current
-                    && cached.bearer.generation != rejected
-                    && cached.is_fresh(Instant::now())
-                {
-                    return Ok(Some(cached.bearer.clone()));
-                }
-                cache.replace(endpoint, username, password).await.map(Some)
-            }
+            } => Cache::fresh_or_new(cache, endpoint, username, password, Some(rejected))
+                .await
+                .map(Some),
         }
     }
 }
 
 impl Cache {
+    /// The cached token while it is fresh and not of generation `rejected`,
+    /// otherwise a new one, exchanged while `cache` is held so that
+    /// concurrent callers wait for that one exchange.
+    async fn fresh_or_new(
+        cache: &tokio::sync::Mutex<Self>,
+        endpoint: Endpoint<'_>,
+        username: &str,
+        password: &SecretString,
+        rejected: Option<u64>,
+    ) -> Result<Bearer, BackendError> {
+        let mut cache = cache.lock().await;
+        if let Some(cached) = &cache.current
+            && Some(cached.bearer.generation) != rejected
+            && cached.is_fresh(endpoint.clock.now())
+        {
+            return Ok(cached.bearer.clone());
+        }
+        cache.replace(endpoint, username, password).await
+    }
+
     async fn replace(
         &mut self,
         endpoint: Endpoint<'_>,
@@ -164,9 +178,8 @@ impl Cache {
         };
         self.current = Some(Cached {
             bearer: bearer.clone(),
-            renew_at: issued
-                .lifetime
-                .map(|life| Instant::now() + renew_after(life)),
+            issued_at: issued.at,
+            use_for: issued.lifetime.map(renew_after),
         });
         tracing::debug!(
             generation = bearer.generation,
@@ -184,6 +197,9 @@ pub(crate) fn renew_after(lifetime: Duration) -> Duration {
 
 struct Issued {
     header: HeaderValue,
+    /// When the answer came, on the backend's clock.
+    at: Timestamp,
+    /// How long the token lives from `at`, when Airflow says.
     lifetime: Option<Duration>,
 }
 
@@ -228,13 +244,15 @@ async fn exchange(
     }
     let answer: TokenAnswer = serde_json::from_slice(&body)
         .map_err(|_| BackendError::upstream(format!("{WHAT}: the answer is not a token")))?;
+    let at = endpoint.clock.now();
+    // A lifetime too large for a `Duration` is as good as unknown.
     let lifetime = answer
         .expires_in
-        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
-        .map(Duration::from_secs_f64)
-        .or_else(|| jwt_lifetime(&answer.access_token, SystemTime::now()));
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .or_else(|| jwt_lifetime(&answer.access_token, at));
     Ok(Issued {
         header: bearer_header(&answer.access_token)?,
+        at,
         lifetime,
     })
 }
@@ -254,9 +272,9 @@ fn bearer_header(token: &str) -> Result<HeaderValue, BackendError> {
 
 /// How long a JWT has left at `now`, read from its `exp` claim without
 /// verifying it: Maestro only needs to know when to ask for a new one, and
-/// Airflow checks the signature. `None` when the token is not a JWT or has
-/// no `exp`.
-pub(crate) fn jwt_lifetime(token: &str, now: SystemTime) -> Option<Duration> {
+/// Airflow checks the signature. `None` when the token is not a JWT, has no
+/// `exp`, or one too far off to count in.
+pub(crate) fn jwt_lifetime(token: &str, now: Timestamp) -> Option<Duration> {
     let payload = token.split('.').nth(1)?;
     let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
@@ -264,8 +282,10 @@ pub(crate) fn jwt_lifetime(token: &str, now: SystemTime) -> Option<Duration> {
     if !exp.is_finite() {
         return None;
     }
-    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-    Some(Duration::from_secs_f64((exp - now).max(0.0)))
+    // Seconds since the Unix epoch, to the microsecond (exact in an f64
+    // for the next quarter of a million years).
+    let now = now.timestamp_micros() as f64 / 1e6;
+    Duration::try_from_secs_f64((exp - now).max(0.0)).ok()
 }
 
 #[cfg(test)]
@@ -279,8 +299,8 @@ mod tests {
         )
     }
 
-    fn at(seconds: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(seconds)
+    fn at(seconds: i64) -> Timestamp {
+        chrono::DateTime::from_timestamp(seconds, 0).unwrap()
     }
 
     #[test]
@@ -326,20 +346,34 @@ mod tests {
     }
 
     #[test]
+    fn a_lifetime_beyond_any_duration_is_unknown_rather_than_a_panic() {
+        let token = jwt(&serde_json::json!({"exp": 1e300}));
+        assert_eq!(jwt_lifetime(&token, at(0)), None);
+        assert_eq!(
+            jwt_lifetime(&jwt(&serde_json::json!({"exp": 10.5})), at(10)),
+            Some(Duration::from_millis(500))
+        );
+    }
+
+    #[test]
     fn a_cached_token_is_fresh_until_its_renewal_time() {
-        let now = Instant::now();
+        let now = at(1_000_000);
         let cached = Cached {
             bearer: Bearer {
                 header: HeaderValue::from_static("Bearer t"),
                 generation: 1,
             },
-            renew_at: Some(now + Duration::from_secs(5)),
+            issued_at: now,
+            use_for: Some(Duration::from_secs(5)),
         };
         assert!(cached.is_fresh(now));
         assert!(cached.is_fresh(now + Duration::from_secs(4)));
         assert!(!cached.is_fresh(now + Duration::from_secs(5)));
+        // Issued "after" now: the clock was stepped back, and the token's
+        // age is unknown.
+        assert!(!cached.is_fresh(at(999_999)));
         let unknown = Cached {
-            renew_at: None,
+            use_for: None,
             ..cached
         };
         assert!(unknown.is_fresh(now + Duration::from_secs(1_000_000)));

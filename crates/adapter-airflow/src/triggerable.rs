@@ -14,12 +14,18 @@
 //! without pause is read again once per time to live. What stays stale is
 //! a pause made elsewhere (Airflow's UI, another Maestro instance) until
 //! the entry expires: see `docs/decisions/0008-trigger-check-cache.md`.
+//!
+//! Ages are differences of the backend's clock (the caller passes `now`);
+//! an entry stamped after `now`, which a clock stepped back leaves behind,
+//! counts as expired.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use domain::{CustomerId, PipelineId};
+use domain::{CustomerId, PipelineId, Timestamp};
+
+use crate::age::younger_than;
 
 /// Past this many entries, an insert first sweeps out the expired ones, so
 /// that the map stays the size of the DAGs in recent use.
@@ -47,7 +53,7 @@ struct State {
 #[derive(Debug, Clone)]
 struct Seen {
     owner: CustomerId,
-    at: Instant,
+    at: Timestamp,
 }
 
 /// Taken before a read of a DAG is sent and given back with what it found,
@@ -67,14 +73,14 @@ impl Triggerable {
 
     /// Whether `id` was seen triggerable by `customer` within the time to
     /// live, as of `now`.
-    pub(crate) fn admits(&self, id: &PipelineId, customer: &CustomerId, now: Instant) -> bool {
+    pub(crate) fn admits(&self, id: &PipelineId, customer: &CustomerId, now: Timestamp) -> bool {
         if self.ttl.is_zero() {
             return false;
         }
         self.lock()
             .seen
             .get(id)
-            .is_some_and(|seen| &seen.owner == customer && now.duration_since(seen.at) < self.ttl)
+            .is_some_and(|seen| &seen.owner == customer && younger_than(seen.at, now, self.ttl))
     }
 
     /// To be called before a read of a DAG is sent.
@@ -91,7 +97,7 @@ impl Triggerable {
         id: &PipelineId,
         start: ReadStart,
         triggerable_by: Option<CustomerId>,
-        now: Instant,
+        now: Timestamp,
     ) {
         let mut state = self.lock();
         match triggerable_by {
@@ -99,7 +105,7 @@ impl Triggerable {
                 if state.seen.len() >= SWEEP_ABOVE {
                     state
                         .seen
-                        .retain(|_, entry| now.duration_since(entry.at) < self.ttl);
+                        .retain(|_, entry| younger_than(entry.at, now, self.ttl));
                 }
                 state.seen.insert(id.clone(), Seen { owner, at: now });
             }
@@ -138,9 +144,16 @@ impl Triggerable {
 
 #[cfg(test)]
 mod tests {
+    use chrono::{DateTime, TimeDelta};
+
     use super::*;
 
     const TTL: Duration = Duration::from_secs(1);
+
+    /// The instant the tests start at: any fixed one does.
+    fn start() -> Timestamp {
+        DateTime::from_timestamp(1_795_942_800, 0).unwrap()
+    }
 
     fn pipeline(n: u128) -> PipelineId {
         PipelineId::parse(&uuid::Uuid::from_u128(n).to_string()).unwrap()
@@ -153,22 +166,35 @@ mod tests {
     #[test]
     fn a_dag_seen_triggerable_admits_its_owner_until_the_time_to_live_ends() {
         let cache = Triggerable::new(TTL);
-        let t0 = Instant::now();
+        let t0 = start();
         cache.observe(&pipeline(1), cache.read_start(), Some(customer("acme")), t0);
 
         assert!(cache.admits(&pipeline(1), &customer("acme"), t0));
         assert!(cache.admits(
             &pipeline(1),
             &customer("acme"),
-            t0 + TTL - Duration::from_millis(1)
+            t0 + TTL - TimeDelta::milliseconds(1)
         ));
         assert!(!cache.admits(&pipeline(1), &customer("acme"), t0 + TTL));
     }
 
     #[test]
+    fn an_entry_stamped_after_now_admits_no_one_once_the_clock_stepped_back() {
+        let cache = Triggerable::new(TTL);
+        let t0 = start();
+        cache.observe(&pipeline(1), cache.read_start(), Some(customer("acme")), t0);
+
+        assert!(!cache.admits(
+            &pipeline(1),
+            &customer("acme"),
+            t0 - TimeDelta::milliseconds(1)
+        ));
+    }
+
+    #[test]
     fn another_customer_and_another_dag_are_never_admitted() {
         let cache = Triggerable::new(TTL);
-        let t0 = Instant::now();
+        let t0 = start();
         cache.observe(&pipeline(1), cache.read_start(), Some(customer("acme")), t0);
 
         assert!(!cache.admits(&pipeline(1), &customer("globex"), t0));
@@ -178,7 +204,7 @@ mod tests {
     #[test]
     fn a_read_that_finds_the_dag_paused_or_gone_drops_it_at_once() {
         let cache = Triggerable::new(TTL);
-        let t0 = Instant::now();
+        let t0 = start();
         cache.observe(&pipeline(1), cache.read_start(), Some(customer("acme")), t0);
         cache.observe(&pipeline(1), cache.read_start(), None, t0);
         assert!(!cache.admits(&pipeline(1), &customer("acme"), t0));
@@ -191,7 +217,7 @@ mod tests {
     #[test]
     fn a_read_that_overlapped_a_pause_through_the_backend_is_not_kept() {
         let cache = Triggerable::new(TTL);
-        let t0 = Instant::now();
+        let t0 = start();
         cache.observe(&pipeline(1), cache.read_start(), Some(customer("acme")), t0);
         let before_the_pause = cache.read_start();
 
@@ -207,7 +233,7 @@ mod tests {
     #[test]
     fn a_later_read_renews_the_entry() {
         let cache = Triggerable::new(TTL);
-        let t0 = Instant::now();
+        let t0 = start();
         cache.observe(&pipeline(1), cache.read_start(), Some(customer("acme")), t0);
         cache.observe(
             &pipeline(1),
@@ -222,7 +248,7 @@ mod tests {
     #[test]
     fn a_zero_time_to_live_admits_nothing_and_keeps_nothing() {
         let cache = Triggerable::new(Duration::ZERO);
-        let t0 = Instant::now();
+        let t0 = start();
         cache.observe(&pipeline(1), cache.read_start(), Some(customer("acme")), t0);
 
         assert!(!cache.admits(&pipeline(1), &customer("acme"), t0));
@@ -232,7 +258,7 @@ mod tests {
     #[test]
     fn expired_entries_are_swept_once_the_map_is_large() {
         let cache = Triggerable::new(TTL);
-        let t0 = Instant::now();
+        let t0 = start();
         for n in 0..SWEEP_ABOVE as u128 {
             cache.observe(&pipeline(n), cache.read_start(), Some(customer("acme")), t0);
         }

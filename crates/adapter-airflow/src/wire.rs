@@ -153,17 +153,13 @@ impl Dag {
         } else {
             PipelineStatus::Active
         };
-        Pipeline {
-            id,
-            customer_id: customer,
-            name: self.dag_display_name.unwrap_or(self.dag_id),
-            description: self.description.unwrap_or_default(),
-            cron: self.timetable_summary.filter(|summary| !summary.is_empty()),
-            status,
-            created_at,
-            updated_at,
-            jobs: Vec::new(),
-        }
+        let name = self.dag_display_name.unwrap_or(self.dag_id);
+        let mut pipeline = Pipeline::new(id, customer, name, created_at);
+        pipeline.description = self.description.unwrap_or_default();
+        pipeline.cron = self.timetable_summary.filter(|summary| !summary.is_empty());
+        pipeline.status = status;
+        pipeline.updated_at = updated_at;
+        pipeline
     }
 }
 
@@ -217,14 +213,10 @@ impl DagRun {
                 .filter(|note| !note.trim().is_empty())
                 .unwrap_or_else(|| FAILED_TRACE.to_owned())
         });
-        Ok(Run {
-            id,
-            pipeline_id: pipeline,
-            status,
-            created_at: self.run_after,
-            updated_at,
-            trace,
-        })
+        let mut run = Run::new(id, pipeline, status, self.run_after);
+        run.updated_at = updated_at;
+        run.trace = trace;
+        Ok(run)
     }
 
     /// The trigger id Maestro put in the run's `conf`, if any.

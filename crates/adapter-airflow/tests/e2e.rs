@@ -12,9 +12,17 @@
 //! The DAG ids and the client of Airflow's API come from the
 //! `airflow-test-support` crate, which the binary's e2e tests share.
 //!
-//! The harness runs them one at a time, and
-//! `airflow_stopped_mid_test_gives_timeouts_then_unavailable` on its own
-//! after the others, since it leaves no Airflow behind.
+//! They are built only with the crate's `e2e` feature, so a plain
+//! `cargo test` neither builds nor runs them. The harness runs them one at
+//! a time, and `airflow_stopped_mid_test_gives_timeouts_then_unavailable`
+//! on its own after the others, since it leaves no Airflow behind:
+//!
+//! ```text
+//! cargo test -p adapter-airflow --features e2e --test e2e -- --test-threads=1 \
+//!     --skip airflow_stopped_mid_test_gives_timeouts_then_unavailable
+//! cargo test -p adapter-airflow --features e2e --test e2e -- --test-threads=1 \
+//!     --exact airflow_stopped_mid_test_gives_timeouts_then_unavailable
+//! ```
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -25,9 +33,9 @@ use airflow_test_support::{
     NOT_A_UUID, TWO_CUSTOMERS, UNTAGGED, dag_run_ids, env, signal_airflow,
 };
 use domain::{
-    BackendErrorKind, Caller, CustomerId, IdempotencyKey, LookupError, Orchestrator, PipelineId,
-    PipelineRepository, PipelineStatus, RequestContext, RunId, RunLookupError, RunQuery, RunStatus,
-    RunsError, SetPausedError, TriggerError, TriggerOptions,
+    BackendErrorKind, Caller, Clock, CustomerId, ExecuteError, GetPipelineError, GetRunError,
+    IdempotencyKey, ListRunsError, Orchestrator, PipelineId, PipelineRepository, PipelineStatus,
+    RequestContext, RunId, RunQuery, RunStatus, SetPausedError, SystemClock, TriggerRequest,
 };
 
 /// What a call may take over the timeout: scheduling on a busy machine.
@@ -63,8 +71,12 @@ fn id(raw: &str) -> PipelineId {
     PipelineId::parse(raw).unwrap()
 }
 
+/// A trigger of `pipeline` with nothing else asked.
+fn trigger_of(pipeline: &PipelineId) -> TriggerRequest {
+    TriggerRequest::new(pipeline.clone())
+}
+
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn each_customer_lists_exactly_its_dags() {
     let airflow = Airflow::connect().await;
     let backend = backend();
@@ -107,7 +119,6 @@ async fn each_customer_lists_exactly_its_dags() {
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn other_customers_untagged_doubly_tagged_and_missing_dags_are_all_not_found() {
     let _airflow = Airflow::connect().await;
     let backend = backend();
@@ -127,49 +138,49 @@ async fn other_customers_untagged_doubly_tagged_and_missing_dags_are_all_not_fou
         assert!(
             matches!(
                 backend.get(&ctx, &pipeline).await,
-                Err(LookupError::NotFound)
+                Err(GetPipelineError::NotFound(ref named)) if named == &pipeline
             ),
             "get {dag} as {customer}"
         );
         assert!(matches!(
-            backend.trigger(&ctx, &pipeline).await,
-            Err(TriggerError::NotFound)
+            backend.trigger(&ctx, &trigger_of(&pipeline)).await,
+            Err(ExecuteError::NotFound(_))
         ));
         assert!(matches!(
             backend.set_paused(&ctx, &pipeline, false).await,
-            Err(SetPausedError::NotFound)
+            Err(SetPausedError::NotFound(_))
         ));
         assert!(matches!(
             backend
                 .list_runs(&ctx, &pipeline, &RunQuery::default())
                 .await,
-            Err(RunsError::NotFound)
+            Err(ListRunsError::NotFound(_))
         ));
         let run = RunId::parse("manual__2024-12-18T10:30:00+00:00").unwrap();
         assert!(matches!(
             backend.get_run(&ctx, &pipeline, &run).await,
-            Err(RunLookupError::PipelineNotFound)
+            Err(GetRunError::PipelineNotFound(_))
         ));
     }
     assert!(backend.get(&acme, &id(ACME_ORDERS)).await.is_ok());
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn a_paused_pipeline_is_refused_and_no_run_reaches_airflow() {
     let airflow = Airflow::connect().await;
     let backend = backend();
     airflow.set_paused(ACME_NIGHTLY, true).await;
     let before = airflow.run_count(ACME_NIGHTLY).await;
 
-    let result = backend.trigger(&ctx("acme"), &id(ACME_NIGHTLY)).await;
+    let result = backend
+        .trigger(&ctx("acme"), &trigger_of(&id(ACME_NIGHTLY)))
+        .await;
 
-    assert!(matches!(result, Err(TriggerError::Paused)), "{result:?}");
+    assert!(matches!(result, Err(ExecuteError::Paused(_))), "{result:?}");
     assert_eq!(airflow.run_count(ACME_NIGHTLY).await, before);
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn pause_and_unpause_reach_airflow() {
     let airflow = Airflow::connect().await;
     let backend = backend();
@@ -185,7 +196,7 @@ async fn pause_and_unpause_reach_airflow() {
     );
     assert!(matches!(
         backend.set_paused(&acme, &toggle, false).await,
-        Err(SetPausedError::Unchanged)
+        Err(SetPausedError::NotPaused(_))
     ));
 
     backend.set_paused(&acme, &toggle, true).await.unwrap();
@@ -196,19 +207,18 @@ async fn pause_and_unpause_reach_airflow() {
     );
     assert!(matches!(
         backend.set_paused(&acme, &toggle, true).await,
-        Err(SetPausedError::Unchanged)
+        Err(SetPausedError::AlreadyPaused(_))
     ));
 
     // Another customer's pause does not reach Airflow.
     assert!(matches!(
         backend.set_paused(&ctx("globex"), &toggle, false).await,
-        Err(SetPausedError::NotFound)
+        Err(SetPausedError::NotFound(_))
     ));
     assert!(airflow.is_paused(ACME_TOGGLE).await);
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn three_executes_give_three_dag_runs_with_the_returned_ids_that_succeed_in_order() {
     let airflow = Airflow::connect().await;
     let backend = backend();
@@ -221,7 +231,7 @@ async fn three_executes_give_three_dag_runs_with_the_returned_ids_that_succeed_i
 
     let mut triggered = Vec::new();
     for _ in 0..3 {
-        let run = backend.trigger(&acme, &orders).await.unwrap();
+        let run = backend.trigger(&acme, &trigger_of(&orders)).await.unwrap();
         assert!(matches!(run.status, RunStatus::Queued | RunStatus::Running));
         assert!(run.id.as_str().starts_with("manual__") && run.id.as_str().ends_with("+00:00"));
         triggered.push(run.id);
@@ -262,7 +272,6 @@ async fn three_executes_give_three_dag_runs_with_the_returned_ids_that_succeed_i
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn a_failing_dag_shows_failed_with_a_trace() {
     let airflow = Airflow::connect().await;
     let backend = backend();
@@ -270,7 +279,10 @@ async fn a_failing_dag_shows_failed_with_a_trace() {
     let failing = id(GLOBEX_FAILING);
     airflow.set_paused(GLOBEX_FAILING, false).await;
 
-    let run = backend.trigger(&globex, &failing).await.unwrap();
+    let run = backend
+        .trigger(&globex, &trigger_of(&failing))
+        .await
+        .unwrap();
     let seen = airflow
         .wait_until_finished(GLOBEX_FAILING, run.id.as_str())
         .await;
@@ -289,7 +301,6 @@ async fn a_failing_dag_shows_failed_with_a_trace() {
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn runs_are_listed_newest_first_paginated_filtered_and_fetched_by_id() {
     let airflow = Airflow::connect().await;
     let backend = backend();
@@ -299,7 +310,13 @@ async fn runs_are_listed_newest_first_paginated_filtered_and_fetched_by_id() {
 
     let mut triggered = Vec::new();
     for _ in 0..3 {
-        triggered.push(backend.trigger(&globex, &pipeline).await.unwrap().id);
+        triggered.push(
+            backend
+                .trigger(&globex, &trigger_of(&pipeline))
+                .await
+                .unwrap()
+                .id,
+        );
     }
     for run_id in &triggered {
         airflow
@@ -368,7 +385,7 @@ async fn runs_are_listed_newest_first_paginated_filtered_and_fetched_by_id() {
     let unknown = RunId::parse("manual__1999-01-01T00:00:00.000000+00:00").unwrap();
     assert!(matches!(
         backend.get_run(&globex, &pipeline, &unknown).await,
-        Err(RunLookupError::RunNotFound)
+        Err(GetRunError::RunNotFound { .. })
     ));
 
     let listed = backend.list(&globex).await.unwrap();
@@ -381,7 +398,6 @@ async fn runs_are_listed_newest_first_paginated_filtered_and_fetched_by_id() {
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn a_retry_with_an_idempotency_key_finds_the_run_of_the_failed_attempt_by_its_mark() {
     let airflow = Airflow::connect().await;
     let backend = backend();
@@ -389,29 +405,29 @@ async fn a_retry_with_an_idempotency_key_finds_the_run_of_the_failed_attempt_by_
     let pipeline = id(GLOBEX_OK);
     airflow.set_paused(GLOBEX_OK, false).await;
     let before = airflow.run_count(GLOBEX_OK).await;
-    let keyed = |key: &IdempotencyKey, retry: bool| TriggerOptions {
-        idempotency_key: Some(key.clone()),
-        retry_since: retry.then(|| chrono::Utc::now() - chrono::Duration::hours(24)),
+    // Airflow stamps runs with the wall clock, so the retry's window is
+    // measured from it too.
+    let keyed = |key: &IdempotencyKey, retry: bool| {
+        let request = trigger_of(&pipeline).with_idempotency_key(key.clone());
+        if retry {
+            request.retrying_since(SystemClock.now() - chrono::TimeDelta::hours(24))
+        } else {
+            request
+        }
     };
     let key = IdempotencyKey::parse(&format!("e2e-{}", uuid::Uuid::new_v4())).unwrap();
     let other = IdempotencyKey::parse(&format!("e2e-{}", uuid::Uuid::new_v4())).unwrap();
 
-    let first = backend
-        .trigger_with(&globex, &pipeline, &keyed(&key, false))
-        .await
-        .unwrap();
+    let first = backend.trigger(&globex, &keyed(&key, false)).await.unwrap();
     // As if the first answer had been lost: the retry is told that an
     // attempt failed, and Airflow's `conf_contains` finds that attempt's run.
-    let retried = backend
-        .trigger_with(&globex, &pipeline, &keyed(&key, true))
-        .await
-        .unwrap();
+    let retried = backend.trigger(&globex, &keyed(&key, true)).await.unwrap();
     assert_eq!(retried.id, first.id);
     assert_eq!(airflow.run_count(GLOBEX_OK).await, before + 1);
 
     // Another key's retry finds nothing of it, and makes its own run.
     let fresh = backend
-        .trigger_with(&globex, &pipeline, &keyed(&other, true))
+        .trigger(&globex, &keyed(&other, true))
         .await
         .unwrap();
     assert_ne!(fresh.id, first.id);
@@ -450,8 +466,8 @@ async fn failures(
     let run = RunId::parse("manual__2024-12-18T10:30:00+00:00").unwrap();
     let mut failures = Vec::new();
     let (kind, took) = timed(backend.get(&acme, &orders), |err| match err {
-        LookupError::Backend(err) => Some(err.kind()),
-        LookupError::NotFound => None,
+        GetPipelineError::Backend(err) => Some(err.kind()),
+        _ => None,
     })
     .await;
     failures.push(("get", kind, took));
@@ -459,27 +475,30 @@ async fn failures(
     failures.push(("list", kind, took));
     let (kind, took) = timed(backend.set_paused(&acme, &orders, true), |err| match err {
         SetPausedError::Backend(err) => Some(err.kind()),
-        SetPausedError::NotFound | SetPausedError::Unchanged => None,
+        _ => None,
     })
     .await;
     failures.push(("pause", kind, took));
-    let (kind, took) = timed(backend.trigger(&acme, &orders), |err| match err {
-        TriggerError::Backend(err) => Some(err.kind()),
-        _ => None,
-    })
+    let (kind, took) = timed(
+        backend.trigger(&acme, &trigger_of(&orders)),
+        |err| match err {
+            ExecuteError::Backend(err) => Some(err.kind()),
+            _ => None,
+        },
+    )
     .await;
     failures.push(("trigger", kind, took));
     let (kind, took) = timed(
         backend.list_runs(&acme, &orders, &RunQuery::default()),
         |err| match err {
-            RunsError::Backend(err) => Some(err.kind()),
-            RunsError::NotFound => None,
+            ListRunsError::Backend(err) => Some(err.kind()),
+            _ => None,
         },
     )
     .await;
     failures.push(("list runs", kind, took));
     let (kind, took) = timed(backend.get_run(&acme, &orders, &run), |err| match err {
-        RunLookupError::Backend(err) => Some(err.kind()),
+        GetRunError::Backend(err) => Some(err.kind()),
         _ => None,
     })
     .await;
@@ -490,7 +509,6 @@ async fn failures(
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn airflow_stopped_mid_test_gives_timeouts_then_unavailable() {
     let _airflow = Airflow::connect().await;
     let timeout = Duration::from_secs(1);

@@ -141,8 +141,12 @@ impl<S: Send + Sync> FromRequestParts<S> for RunPath {
                 .map_err(|_| ApiError::invalid_path())?;
         let pipeline =
             PipelineId::parse(&raw_pipeline).map_err(|_| ApiError::invalid_pipeline_id())?;
-        let run = RunId::parse(&raw_run).map_err(|err| {
-            ApiError::envelope(StatusCode::BAD_REQUEST, "InvalidRunId", err.to_string())
+        let run = RunId::parse(&raw_run).map_err(|_| {
+            ApiError::envelope(
+                StatusCode::BAD_REQUEST,
+                "InvalidRunId",
+                "run_id must be 1 to 250 characters with no control characters",
+            )
         })?;
         let span = tracing::Span::current();
         span.record("pipeline_id", pipeline.as_str());
@@ -185,7 +189,9 @@ impl<S: Send + Sync> FromRequestParts<S> for RunsQuery {
             .status
             .map(|status| RunStatus::parse(&status))
             .transpose()
-            .map_err(|err| ApiError::invalid_query(err.to_string()))?;
+            .map_err(|_| {
+                ApiError::invalid_query("status must be one of QUEUED, RUNNING, SUCCESS, FAILED")
+            })?;
         RunQuery::new(limit, offset, status)
             .map(Self)
             .map_err(|_| limit_error())

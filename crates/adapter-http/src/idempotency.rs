@@ -1,15 +1,6 @@
 //! `Idempotency-Key` on execute: the header, and execute run at most once
-//! per customer and key, its first answer given again to repeats.
-//!
-//! | request with a key | answer |
-//! | --- | --- |
-//! | first | runs; a 200 or a final refusal (404, 400 paused) is kept |
-//! | repeat, same pipeline, answer kept | the kept status and body, with `Idempotent-Replayed: true`; nothing runs |
-//! | repeat, same pipeline, first still in flight | 409 `IdempotencyKeyInProgress`, `Retry-After`; nothing runs |
-//! | repeat, another pipeline | 422 `IdempotencyKeyReused`; nothing runs |
-//! | first answered 5xx or 429 | not kept: the next request with the key runs, as a retry (on Airflow it answers with the run the failed attempt made, if it made one); another pipeline is 422 |
-//! | key not 1 to 255 visible ASCII characters | 400 `InvalidIdempotencyKey` |
-//! | store unavailable | 503 `IdempotencyStoreUnavailable`; nothing runs |
+//! per customer and key, its first answer given again to repeats. The rules
+//! are `domain::Idempotency`'s; `docs/idempotency.md` holds their table.
 
 use axum::{
     Json,
@@ -17,16 +8,14 @@ use axum::{
     http::{HeaderName, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
-use domain::{
-    ExecuteError, IdempotencyError, IdempotencyKey, Idempotent, InvalidIdempotencyKey, PipelineId,
-    RequestContext, Run, StoredOutcome,
-};
+use domain::{IdempotencyError, IdempotencyKey, Idempotent, RequestContext, TriggerRequest};
 use tracing::Instrument as _;
 
 use crate::{
     AppState,
     dto::ExecuteResponse,
     error::{ApiError, ErrorChain},
+    routes::execute_answer,
 };
 
 /// The request header naming the logical request.
@@ -39,9 +28,6 @@ pub(crate) static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("ide
 /// whose first is in flight: an execute takes well under a second unless
 /// the backend is slow, and a repeat costs one store lookup.
 const RETRY_AFTER_SECONDS: u32 = 1;
-
-/// The largest answer kept; an execute answer is a few hundred bytes.
-const MAX_KEPT_BODY: usize = 64 * 1024;
 
 /// The optional `Idempotency-Key` of a request, checked: 1 to 255 visible
 /// ASCII characters, sent once. Anything else is refused with 400
@@ -71,7 +57,7 @@ fn invalid_key() -> ApiError {
     ApiError::envelope(
         StatusCode::BAD_REQUEST,
         "InvalidIdempotencyKey",
-        InvalidIdempotencyKey.to_string(),
+        "Idempotency-Key must be 1 to 255 visible ASCII characters",
     )
 }
 
@@ -80,22 +66,20 @@ fn invalid_key() -> ApiError {
 /// table).
 ///
 /// The execute runs in a task of its own, so that it finishes and its
-/// answer is kept even when the client gives up waiting: the client's retry
-/// then gets that answer instead of a second run.
+/// outcome is kept even when the client gives up waiting: the client's
+/// retry then gets that outcome instead of a second run.
 pub(crate) async fn execute_once(
     state: &AppState,
     ctx: RequestContext,
-    id: PipelineId,
     key: IdempotencyKey,
+    request: TriggerRequest,
 ) -> Response {
     let task = {
         let state = state.clone();
         async move {
-            let idempotency = state.idempotency();
-            idempotency
-                .execute(state.service(), &ctx, &id, &key, |result| {
-                    render(&state, result)
-                })
+            state
+                .idempotency()
+                .execute(state.service(), &ctx, &key, request)
                 .await
         }
     };
@@ -116,17 +100,29 @@ pub(crate) async fn execute_once(
             if let Some(err) = record_error {
                 tracing::warn!(
                     error = %ErrorChain(&err),
-                    "answer of an execute with an Idempotency-Key not recorded; its claim expires on its own"
+                    "outcome of an execute with an Idempotency-Key not recorded; its claim expires on its own"
                 );
             }
-            respond(outcome, false)
+            execute_answer(state, outcome)
         }
-        Ok(Idempotent::Replayed(outcome)) => respond(outcome, true),
-        Err(err @ IdempotencyError::InFlight) => {
+        Ok(Idempotent::Replayed(outcome)) => {
+            // Rendered as the first answer was, from the same outcome, so
+            // that the client gets the same bytes; it counts as no new run.
+            let mut response = match outcome {
+                Ok(run) => Json(ExecuteResponse::new(&run)).into_response(),
+                Err(err) => ApiError::from(err).into_response(),
+            };
+            response.headers_mut().insert(
+                IDEMPOTENT_REPLAYED.clone(),
+                HeaderValue::from_static("true"),
+            );
+            response
+        }
+        Err(IdempotencyError::InFlight) => {
             let mut response = ApiError::envelope(
                 StatusCode::CONFLICT,
                 "IdempotencyKeyInProgress",
-                err.to_string(),
+                "A request with this Idempotency-Key is still in progress. Retry later.",
             )
             .into_response();
             response
@@ -134,10 +130,10 @@ pub(crate) async fn execute_once(
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
             response
         }
-        Err(err @ IdempotencyError::KeyReused) => ApiError::envelope(
+        Err(IdempotencyError::KeyReused) => ApiError::envelope(
             StatusCode::UNPROCESSABLE_ENTITY,
             "IdempotencyKeyReused",
-            err.to_string(),
+            "This Idempotency-Key was already used for another pipeline. Use a new key.",
         )
         .into_response(),
         Err(IdempotencyError::Store(err)) => {
@@ -151,59 +147,11 @@ pub(crate) async fn execute_once(
             )
             .into_response()
         }
-    }
-}
-
-/// The answer to an execute, as kept: exactly what execute without a key
-/// answers.
-async fn render(state: &AppState, result: Result<Run, ExecuteError>) -> StoredOutcome {
-    let response = match result {
-        Ok(run) => {
-            tracing::Span::current().record("run_id", run.id.as_str());
-            state.metrics().run_triggered(state.backend());
-            Json(ExecuteResponse::new(&run)).into_response()
-        }
-        Err(err) => ApiError::from(err).into_response(),
-    };
-    let status = response.status().as_u16();
-    match axum::body::to_bytes(response.into_body(), MAX_KEPT_BODY).await {
-        Ok(body) => StoredOutcome {
-            status,
-            body: body.to_vec(),
-        },
-        Err(err) => {
-            // A 5xx is never kept, so the client's retry runs again.
-            tracing::error!(error = %err, "execute answer could not be read back");
-            StoredOutcome {
-                status: StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
-                body: br#"{"detail":{"status":false,"exception_type":"InternalError","traceback":"Internal server error","data":null}}"#.to_vec(),
-            }
+        Err(other) => {
+            tracing::error!(error = %ErrorChain(&other), "idempotency error without an HTTP mapping");
+            ApiError::internal().into_response()
         }
     }
-}
-
-/// The kept answer as a response; `replayed` marks one given again.
-fn respond(outcome: StoredOutcome, replayed: bool) -> Response {
-    let Ok(status) = StatusCode::from_u16(outcome.status) else {
-        tracing::error!(status = outcome.status, "kept answer has no valid status");
-        return ApiError::internal().into_response();
-    };
-    let mut response = (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        outcome.body,
-    )
-        .into_response();
-    if replayed {
-        response.headers_mut().insert(
-            IDEMPOTENT_REPLAYED.clone(),
-            HeaderValue::from_static("true"),
-        );
-    }
-    response
 }
 
 #[cfg(test)]

@@ -5,9 +5,9 @@ use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use domain::{
-    BackendError, BackendErrorKind, LookupError, Orchestrator, Pipeline, PipelineId,
-    PipelineRepository, PipelineSummary, RequestContext, Run, RunId, RunLookupError, RunPage,
-    RunQuery, RunsError, SetPausedError, TriggerError, TriggerOptions,
+    BackendError, BackendErrorKind, ExecuteError, GetPipelineError, GetRunError, ListRunsError,
+    Orchestrator, Pipeline, PipelineId, PipelineRepository, PipelineSummary, RequestContext, Run,
+    RunId, RunPage, RunQuery, SetPausedError, TriggerRequest,
 };
 
 use crate::Metrics;
@@ -52,6 +52,8 @@ fn backend_outcome(err: &BackendError) -> &'static str {
         BackendErrorKind::Unavailable => "unavailable",
         BackendErrorKind::Timeout => "timeout",
         BackendErrorKind::Upstream => "upstream_error",
+        // A kind added to the domain later is counted, if not named.
+        _ => "backend_error",
     }
 }
 
@@ -61,12 +63,16 @@ impl<T> Outcome for Result<T, BackendError> {
     }
 }
 
-impl<T> Outcome for Result<T, LookupError> {
+// The domain's errors are `#[non_exhaustive]`: the wildcard arms below count
+// a way to fail that the domain adds later as `other` until it is named.
+
+impl<T> Outcome for Result<T, GetPipelineError> {
     fn outcome(&self) -> &'static str {
         match self {
             Ok(_) => "ok",
-            Err(LookupError::NotFound) => "not_found",
-            Err(LookupError::Backend(err)) => backend_outcome(err),
+            Err(GetPipelineError::NotFound(_)) => "not_found",
+            Err(GetPipelineError::Backend(err)) => backend_outcome(err),
+            Err(_) => "other",
         }
     }
 }
@@ -75,42 +81,46 @@ impl<T> Outcome for Result<T, SetPausedError> {
     fn outcome(&self) -> &'static str {
         match self {
             Ok(_) => "ok",
-            Err(SetPausedError::NotFound) => "not_found",
-            Err(SetPausedError::Unchanged) => "unchanged",
+            Err(SetPausedError::NotFound(_)) => "not_found",
+            Err(SetPausedError::AlreadyPaused(_) | SetPausedError::NotPaused(_)) => "unchanged",
             Err(SetPausedError::Backend(err)) => backend_outcome(err),
+            Err(_) => "other",
         }
     }
 }
 
-impl<T> Outcome for Result<T, TriggerError> {
+impl<T> Outcome for Result<T, ExecuteError> {
     fn outcome(&self) -> &'static str {
         match self {
             Ok(_) => "ok",
-            Err(TriggerError::NotFound) => "not_found",
-            Err(TriggerError::Paused) => "paused",
-            Err(TriggerError::QueueFull { .. }) => "queue_full",
-            Err(TriggerError::Backend(err)) => backend_outcome(err),
+            Err(ExecuteError::NotFound(_)) => "not_found",
+            Err(ExecuteError::Paused(_)) => "paused",
+            Err(ExecuteError::QueueFull { .. }) => "queue_full",
+            Err(ExecuteError::Backend(err)) => backend_outcome(err),
+            Err(_) => "other",
         }
     }
 }
 
-impl<T> Outcome for Result<T, RunsError> {
+impl<T> Outcome for Result<T, ListRunsError> {
     fn outcome(&self) -> &'static str {
         match self {
             Ok(_) => "ok",
-            Err(RunsError::NotFound) => "not_found",
-            Err(RunsError::Backend(err)) => backend_outcome(err),
+            Err(ListRunsError::NotFound(_)) => "not_found",
+            Err(ListRunsError::Backend(err)) => backend_outcome(err),
+            Err(_) => "other",
         }
     }
 }
 
-impl<T> Outcome for Result<T, RunLookupError> {
+impl<T> Outcome for Result<T, GetRunError> {
     fn outcome(&self) -> &'static str {
         match self {
             Ok(_) => "ok",
-            Err(RunLookupError::PipelineNotFound) => "not_found",
-            Err(RunLookupError::RunNotFound) => "run_not_found",
-            Err(RunLookupError::Backend(err)) => backend_outcome(err),
+            Err(GetRunError::PipelineNotFound(_)) => "not_found",
+            Err(GetRunError::RunNotFound { .. }) => "run_not_found",
+            Err(GetRunError::Backend(err)) => backend_outcome(err),
+            Err(_) => "other",
         }
     }
 }
@@ -131,7 +141,11 @@ impl<T: ?Sized> Instrumented<T> {
 
 #[async_trait]
 impl PipelineRepository for Instrumented<dyn PipelineRepository> {
-    async fn get(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Pipeline, LookupError> {
+    async fn get(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+    ) -> Result<Pipeline, GetPipelineError> {
         self.measure("get_pipeline", self.inner.get(ctx, id)).await
     }
 
@@ -153,17 +167,12 @@ impl PipelineRepository for Instrumented<dyn PipelineRepository> {
 
 #[async_trait]
 impl Orchestrator for Instrumented<dyn Orchestrator> {
-    async fn trigger(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Run, TriggerError> {
-        self.measure("execute", self.inner.trigger(ctx, id)).await
-    }
-
-    async fn trigger_with(
+    async fn trigger(
         &self,
         ctx: &RequestContext,
-        id: &PipelineId,
-        options: &TriggerOptions,
-    ) -> Result<Run, TriggerError> {
-        self.measure("execute", self.inner.trigger_with(ctx, id, options))
+        request: &TriggerRequest,
+    ) -> Result<Run, ExecuteError> {
+        self.measure("execute", self.inner.trigger(ctx, request))
             .await
     }
 
@@ -172,7 +181,7 @@ impl Orchestrator for Instrumented<dyn Orchestrator> {
         ctx: &RequestContext,
         id: &PipelineId,
         query: &RunQuery,
-    ) -> Result<RunPage, RunsError> {
+    ) -> Result<RunPage, ListRunsError> {
         self.measure("list_runs", self.inner.list_runs(ctx, id, query))
             .await
     }
@@ -182,7 +191,7 @@ impl Orchestrator for Instrumented<dyn Orchestrator> {
         ctx: &RequestContext,
         id: &PipelineId,
         run_id: &RunId,
-    ) -> Result<Run, RunLookupError> {
+    ) -> Result<Run, GetRunError> {
         self.measure("get_run", self.inner.get_run(ctx, id, run_id))
             .await
     }
@@ -194,39 +203,31 @@ impl Orchestrator for Instrumented<dyn Orchestrator> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
+    use chrono::{TimeZone, Utc};
     use domain::{Caller, CustomerId, IdempotencyKey, MockOrchestrator, RunStatus};
     use mockall::predicate::{always, eq};
 
     use super::*;
 
     #[tokio::test]
-    async fn the_measured_orchestrator_passes_trigger_options_on_and_counts_the_call() {
-        let options = TriggerOptions {
-            idempotency_key: Some(IdempotencyKey::parse("order-42").unwrap()),
-            retry_since: Some(Utc::now()),
-        };
+    async fn the_measured_orchestrator_passes_the_whole_trigger_request_on_and_counts_the_call() {
+        let at = Utc.with_ymd_and_hms(2024, 12, 18, 10, 30, 0).unwrap();
         let id = PipelineId::parse("1b33ad2f_33d3_4837_9eeb_83c82c8b909d").unwrap();
-        let run = Run {
-            id: RunId::manual(&Utc::now()),
-            pipeline_id: id.clone(),
-            status: RunStatus::Running,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            trace: None,
-        };
+        let request = TriggerRequest::new(id.clone())
+            .with_idempotency_key(IdempotencyKey::parse("order-42").unwrap())
+            .retrying_since(at);
+        let run = Run::new(RunId::manual(&at), id, RunStatus::Running, at);
         let mut inner = MockOrchestrator::new();
-        inner.expect_trigger().never();
         inner
-            .expect_trigger_with()
-            .with(always(), eq(id.clone()), eq(options.clone()))
+            .expect_trigger()
+            .with(always(), eq(request.clone()))
             .times(1)
-            .returning(move |_, _, _| Ok(run.clone()));
+            .returning(move |_, _| Ok(run.clone()));
         let metrics = Metrics::default();
         let measured = metrics.instrument_orchestrator(Arc::new(inner));
         let ctx = RequestContext::new(Caller::new(CustomerId::parse("acme").unwrap()));
 
-        measured.trigger_with(&ctx, &id, &options).await.unwrap();
+        measured.trigger(&ctx, &request).await.unwrap();
 
         let text = metrics.render();
         assert!(

@@ -1,5 +1,5 @@
-//! Per-customer rate limits: a GCRA limiter per [`CustomerId`], on tokio's
-//! clock so that tests drive it with paused time.
+//! Per-customer rate limits: a GCRA limiter per [`CustomerId`], on the
+//! service's clock so that tests drive it with paused time.
 //!
 //! Off by default: the state holds an `Option<RateLimiter>`, and with `None`
 //! no request is ever counted. See `docs/decisions/0006-rate-limits.md`.
@@ -148,53 +148,62 @@ impl RetryAfter {
     }
 }
 
-/// governor's view of tokio's clock.
+/// governor's view of the service's [`domain::Clock`].
 ///
-/// governor's own clocks read the system's monotonic time, which
-/// `tokio::time::pause()` does not stop; this one reads
-/// [`tokio::time::Instant`], which is the system's monotonic time in
-/// service and the paused, advanceable time in tests. Production and tests
-/// therefore run the same code. Outside a tokio runtime it reads the
-/// system's time as well.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TokioClock;
+/// governor's own clocks read the system's monotonic time, which neither
+/// `tokio::time::pause()` nor a test's manual clock moves; this one reads
+/// the one clock the rest of the service reads, so production and tests
+/// run the same code.
+#[derive(Debug, Clone)]
+struct ServiceClock(Arc<dyn domain::Clock>);
 
-/// A reading of [`TokioClock`].
+/// A reading of [`ServiceClock`]: nanoseconds since the Unix epoch, which
+/// an `i64` holds until the year 2262.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TokioInstant(tokio::time::Instant);
+struct ClockInstant(i64);
 
-impl Clock for TokioClock {
-    type Instant = TokioInstant;
+impl Clock for ServiceClock {
+    type Instant = ClockInstant;
 
-    fn now(&self) -> TokioInstant {
-        TokioInstant(tokio::time::Instant::now())
+    fn now(&self) -> ClockInstant {
+        let now = self.0.now();
+        ClockInstant(now.timestamp_nanos_opt().unwrap_or(i64::MAX))
     }
 }
 
-impl Add<Nanos> for TokioInstant {
+impl Add<Nanos> for ClockInstant {
     type Output = Self;
 
     fn add(self, other: Nanos) -> Self {
-        Self(self.0 + Duration::from(other))
+        let nanos = i64::try_from(other.as_u64()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_add(nanos))
     }
 }
 
-impl Reference for TokioInstant {
+impl Reference for ClockInstant {
     fn duration_since(&self, earlier: Self) -> Nanos {
-        // governor requires a saturating difference; tokio's is one.
-        self.0.saturating_duration_since(earlier.0).into()
+        // governor requires a saturating difference.
+        let nanos = self.0.saturating_sub(earlier.0).max(0);
+        Nanos::from(u64::try_from(nanos).unwrap_or(0))
     }
 
     fn saturating_sub(&self, duration: Nanos) -> Self {
-        Self(self.0.checked_sub(duration.into()).unwrap_or(self.0))
+        let nanos = i64::try_from(duration.as_u64()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_sub(nanos))
+    }
+}
+
+impl ClockInstant {
+    fn since(self, earlier: Self) -> Duration {
+        Duration::from_nanos(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
     }
 }
 
 type Keyed = governor::RateLimiter<
     CustomerId,
     DashMapStateStore<CustomerId>,
-    TokioClock,
-    NoOpMiddleware<TokioInstant>,
+    ServiceClock,
+    NoOpMiddleware<ClockInstant>,
 >;
 
 /// Every how many checks the limiter forgets the customers whose bucket is
@@ -227,6 +236,7 @@ pub struct RateLimiter {
 
 struct Inner {
     limiter: Keyed,
+    clock: ServiceClock,
     config: RateLimitConfig,
     checks: AtomicU64,
     sweep_every: u64,
@@ -246,15 +256,21 @@ impl fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter applying `config` to each customer separately.
-    pub fn new(config: RateLimitConfig) -> Self {
-        Self::with_sweep_every(config, SWEEP_EVERY)
+    /// A limiter applying `config` to each customer separately, on `clock`.
+    pub fn new(config: RateLimitConfig, clock: Arc<dyn domain::Clock>) -> Self {
+        Self::with_sweep_every(config, clock, SWEEP_EVERY)
     }
 
-    fn with_sweep_every(config: RateLimitConfig, sweep_every: u64) -> Self {
+    fn with_sweep_every(
+        config: RateLimitConfig,
+        clock: Arc<dyn domain::Clock>,
+        sweep_every: u64,
+    ) -> Self {
+        let clock = ServiceClock(clock);
         Self {
             inner: Arc::new(Inner {
-                limiter: governor::RateLimiter::dashmap_with_clock(config.quota(), TokioClock),
+                limiter: governor::RateLimiter::dashmap_with_clock(config.quota(), clock.clone()),
+                clock,
                 config,
                 checks: AtomicU64::new(0),
                 sweep_every: sweep_every.max(1),
@@ -279,7 +295,7 @@ impl RateLimiter {
     pub fn check(&self, customer: &CustomerId) -> Result<(), RetryAfter> {
         // Read before deciding, so that the wait is measured from no later
         // than the decision: the advertised wait is never too short.
-        let before = TokioClock.now();
+        let before = self.inner.clock.now();
         let outcome = self.inner.limiter.check_key(customer);
 
         let checks = self
@@ -291,14 +307,7 @@ impl RateLimiter {
             self.sweep();
         }
 
-        outcome.map_err(|refused| {
-            RetryAfter(
-                refused
-                    .earliest_possible()
-                    .0
-                    .saturating_duration_since(before.0),
-            )
-        })
+        outcome.map_err(|refused| RetryAfter(refused.earliest_possible().since(before)))
     }
 
     /// Forgets the customers whose bucket has refilled, and gives memory
@@ -354,6 +363,10 @@ mod tests {
         CustomerId::parse(id).expect("valid customer id")
     }
 
+    fn clock() -> Arc<dyn domain::Clock> {
+        Arc::new(runtime::TokioClock::start())
+    }
+
     fn config(per_minute: u32, burst: u32) -> RateLimitConfig {
         RateLimitConfig::new(per_minute, Some(burst)).expect("valid rate-limit config")
     }
@@ -371,7 +384,7 @@ mod tests {
     async fn the_burst_is_allowed_then_refused_with_the_time_until_the_next_token() {
         pause();
         // 60 a minute: one token a second.
-        let limiter = RateLimiter::new(config(60, 5));
+        let limiter = RateLimiter::new(config(60, 5), clock());
         let alice = customer("alice");
 
         for _ in 0..5 {
@@ -388,7 +401,7 @@ mod tests {
     async fn retry_after_is_rounded_up_to_whole_seconds_and_shrinks_as_time_passes() {
         pause();
         // 7 a minute: one token every 8.571428571 s.
-        let limiter = RateLimiter::new(config(7, 1));
+        let limiter = RateLimiter::new(config(7, 1), clock());
         let alice = customer("alice");
         assert_eq!(limiter.check(&alice), Ok(()));
 
@@ -419,7 +432,7 @@ mod tests {
     async fn the_bucket_refills_at_exactly_per_minute_over_sixty_per_second() {
         pause();
         // 120 a minute: two tokens a second, one every 500 ms.
-        let limiter = RateLimiter::new(config(120, 10));
+        let limiter = RateLimiter::new(config(120, 10), clock());
         let alice = customer("alice");
         assert_eq!(allowed_in_a_row(&limiter, &alice, 100), 10);
 
@@ -442,7 +455,7 @@ mod tests {
     #[tokio::test]
     async fn refused_requests_do_not_push_the_next_allowed_one_further_away() {
         pause();
-        let limiter = RateLimiter::new(config(60, 2));
+        let limiter = RateLimiter::new(config(60, 2), clock());
         let alice = customer("alice");
         assert_eq!(allowed_in_a_row(&limiter, &alice, 10), 2);
 
@@ -457,7 +470,7 @@ mod tests {
     #[tokio::test]
     async fn one_customers_flood_leaves_another_customers_quota_untouched() {
         pause();
-        let limiter = RateLimiter::new(config(60, 5));
+        let limiter = RateLimiter::new(config(60, 5), clock());
         let alice = customer("alice");
         let bob = customer("bob");
 
@@ -479,7 +492,7 @@ mod tests {
         // Real time, no tokio runtime: one token a minute, so nothing refills
         // while the test runs, and the outcome cannot depend on timing.
         let burst = 100_000;
-        let limiter = RateLimiter::new(config(1, burst));
+        let limiter = RateLimiter::new(config(1, burst), clock());
         let alice = customer("alice");
         let bob = customer("bob");
         assert_eq!(allowed_in_a_row(&limiter, &alice, burst + 1), burst);
@@ -522,7 +535,7 @@ mod tests {
         pause();
         // One token a second, burst 3: a customer that spent its whole
         // burst is full again 3 s later.
-        let limiter = RateLimiter::new(config(60, 3));
+        let limiter = RateLimiter::new(config(60, 3), clock());
         let busy = customer("busy");
         assert_eq!(allowed_in_a_row(&limiter, &busy, 3), 3);
         for i in 0..500 {
@@ -556,7 +569,7 @@ mod tests {
     async fn checks_alone_keep_the_number_of_customers_held_bounded() {
         pause();
         let sweep_every = 100;
-        let limiter = RateLimiter::with_sweep_every(config(60, 1), sweep_every);
+        let limiter = RateLimiter::with_sweep_every(config(60, 1), clock(), sweep_every);
 
         // 5000 customers each call once, one every 100 ms: at most about 20
         // of them have a bucket that has not refilled at any time.
@@ -577,7 +590,7 @@ mod tests {
     #[tokio::test]
     async fn the_limiter_is_shared_between_clones() {
         pause();
-        let limiter = RateLimiter::new(config(60, 2));
+        let limiter = RateLimiter::new(config(60, 2), clock());
         let clone = limiter.clone();
         let alice = customer("alice");
         assert_eq!(limiter.check(&alice), Ok(()));
@@ -644,7 +657,7 @@ mod tests {
             per_minute: NonZeroU32::MIN,
             burst: NonZeroU32::MAX,
         };
-        let limiter = RateLimiter::new(config);
+        let limiter = RateLimiter::new(config, clock());
         let alice = customer("alice");
         assert_eq!(limiter.check(&alice), Ok(()));
     }

@@ -7,6 +7,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
+use domain::{ExecuteError, Run, TriggerRequest};
+
 use crate::{
     AppState,
     dto::{
@@ -81,13 +83,25 @@ pub(crate) async fn execute(
     PipelineIdBody(id): PipelineIdBody,
 ) -> Result<Response, ApiError> {
     tracing::Span::current().record("pipeline_id", id.as_str());
+    let request = TriggerRequest::new(id);
     if let Some(key) = key {
-        return Ok(idempotency::execute_once(&state, ctx, id, key).await);
+        return Ok(idempotency::execute_once(&state, ctx, key, request).await);
     }
-    let run = state.service().execute(&ctx, &id).await?;
-    tracing::Span::current().record("run_id", run.id.as_str());
-    state.metrics().run_triggered(state.backend());
-    Ok(Json(ExecuteResponse::new(&run)).into_response())
+    let outcome = state.service().execute(&ctx, &request).await;
+    Ok(execute_answer(&state, outcome))
+}
+
+/// The answer to an execute's outcome, fresh or given again for an
+/// `Idempotency-Key`: the same bytes either way.
+pub(crate) fn execute_answer(state: &AppState, outcome: Result<Run, ExecuteError>) -> Response {
+    match outcome {
+        Ok(run) => {
+            tracing::Span::current().record("run_id", run.id.as_str());
+            state.metrics().run_triggered(state.backend());
+            Json(ExecuteResponse::new(&run)).into_response()
+        }
+        Err(err) => ApiError::from(err).into_response(),
+    }
 }
 
 /// Pause a pipeline: it refuses executions until unpaused. Running runs

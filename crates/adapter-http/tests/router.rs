@@ -13,8 +13,9 @@ use axum::{
     http::{Request, StatusCode},
 };
 use domain::{
-    BackendError, Caller, CustomerId, Idempotency, IdempotencyConfig, MockAuthContext,
-    MockIdempotencyStore, MockOrchestrator, MockPipelineRepository, PipelineService, TriggerError,
+    BackendError, Caller, CustomerId, ExecuteError, Idempotency, IdempotencyConfig, ManualClock,
+    MockAuthContext, MockIdempotencyStore, MockOrchestrator, MockPipelineRepository,
+    PipelineService,
 };
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
@@ -35,6 +36,7 @@ fn idempotency() -> Idempotency {
     Idempotency::new(
         Arc::new(MockIdempotencyStore::new()),
         IdempotencyConfig::default(),
+        Arc::new(ManualClock::at_epoch_seconds(1_734_517_800)),
     )
 }
 
@@ -133,8 +135,8 @@ async fn backend_failures_map_to_502_503_504_with_fixed_messages() {
     for (error, expected, exception_type) in cases {
         let mut orchestrator = MockOrchestrator::new();
         orchestrator
-            .expect_trigger_with()
-            .returning(move |_, _, _| Err(TriggerError::Backend(error())));
+            .expect_trigger()
+            .returning(move |_, _| Err(ExecuteError::Backend(error())));
         let (status, body) = call(state(orchestrator), execute()).await;
         assert_eq!(status, expected);
         assert_eq!(body["detail"]["exception_type"], exception_type);
@@ -148,8 +150,8 @@ async fn backend_calls_are_counted_by_operation_and_outcome() {
     let metrics = Metrics::default();
     let mut orchestrator = MockOrchestrator::new();
     orchestrator
-        .expect_trigger_with()
-        .returning(|_, _, _| Err(TriggerError::Backend(BackendError::timeout("slow"))));
+        .expect_trigger()
+        .returning(|_, _| Err(BackendError::timeout("slow").into()));
     let orchestrator = metrics.instrument_orchestrator(Arc::new(orchestrator));
     let service = PipelineService::new(Arc::new(MockPipelineRepository::new()), orchestrator);
     let state = AppState::new(service, Arc::new(auth()), "mock", metrics, idempotency());
@@ -196,7 +198,11 @@ fn limited_state() -> AppState {
         Metrics::default(),
         idempotency(),
     )
-    .with_rate_limiter(RateLimiter::new(limit))
+    // The service's clock, which the paused tests below move.
+    .with_rate_limiter(RateLimiter::new(
+        limit,
+        Arc::new(runtime::TokioClock::start()),
+    ))
 }
 
 fn list_as(customer: &str) -> Request<Body> {

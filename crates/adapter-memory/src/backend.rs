@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use chrono::TimeDelta;
 use domain::{
-    BackendError, CustomerId, LookupError, Orchestrator, Pipeline, PipelineId, PipelineRepository,
-    PipelineSummary, RequestContext, Run, RunId, RunLookupError, RunPage, RunQuery, RunsError,
-    SetPausedError, TriggerError,
+    BackendError, Clock, CustomerId, ExecuteError, GetPipelineError, GetRunError, ListRunsError,
+    Orchestrator, Pipeline, PipelineId, PipelineRepository, PipelineSummary, RequestContext, Run,
+    RunId, RunPage, RunQuery, SetPausedError, TriggerRequest,
 };
+use runtime::TokioClock;
 
-use crate::clock::Clock;
 use crate::state::{Limits, PipelineState};
 use crate::{FixtureError, MemoryConfig, demo_pipelines, load_fixture};
 
@@ -28,11 +28,11 @@ use crate::{FixtureError, MemoryConfig, demo_pipelines, load_fixture};
 #[derive(Clone)]
 pub struct MemoryBackend {
     inner: Arc<Inner>,
+    clock: Arc<dyn Clock>,
 }
 
 struct Inner {
     config: MemoryConfig,
-    clock: Clock,
     /// Never changes after construction, so it needs no lock: only each
     /// pipeline's state does.
     pipelines: HashMap<PipelineId, Slot>,
@@ -56,7 +56,9 @@ struct Slot {
 }
 
 impl MemoryBackend {
-    /// A backend over these pipelines, with no runs yet.
+    /// A backend over these pipelines, with no runs yet, on the service's
+    /// clock ([`TokioClock`]: tests drive it with `tokio::time::pause()` and
+    /// `tokio::time::advance()`).
     ///
     /// Ids are expected to be unique, as [`load_fixture`] makes sure; a
     /// pipeline whose id was already given is ignored.
@@ -85,11 +87,19 @@ impl MemoryBackend {
         Self {
             inner: Arc::new(Inner {
                 config,
-                clock: Clock::start(),
                 pipelines: by_id,
                 by_customer,
             }),
+            clock: Arc::new(TokioClock::start()),
         }
+    }
+
+    /// The same backend, reading the time from `clock`. Call it before the
+    /// backend is cloned: clones made earlier keep the clock they had.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// A backend over the built-in demo set ([`demo_pipelines`]).
@@ -97,12 +107,15 @@ impl MemoryBackend {
         Self::new(config, demo_pipelines())
     }
 
-    /// A backend over the pipelines of a fixture file.
+    /// A backend over the pipelines of a fixture file, those without
+    /// instants created now.
     ///
     /// # Errors
     /// Every error of [`load_fixture`].
     pub fn from_fixture(config: MemoryConfig, path: &Path) -> Result<Self, FixtureError> {
-        Ok(Self::new(config, load_fixture(path)?))
+        let backend = Self::new(config, Vec::new());
+        let pipelines = load_fixture(path, backend.clock.now())?;
+        Ok(Self::new(config, pipelines))
     }
 
     /// The configuration it runs with.
@@ -147,8 +160,14 @@ impl fmt::Debug for MemoryBackend {
 
 #[async_trait]
 impl PipelineRepository for MemoryBackend {
-    async fn get(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Pipeline, LookupError> {
-        let state = self.visible(ctx, id).ok_or(LookupError::NotFound)?;
+    async fn get(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+    ) -> Result<Pipeline, GetPipelineError> {
+        let state = self
+            .visible(ctx, id)
+            .ok_or_else(|| GetPipelineError::NotFound(id.clone()))?;
         Ok(state.pipeline().clone())
     }
 
@@ -161,11 +180,8 @@ impl PipelineRepository for MemoryBackend {
             .filter_map(|id| self.inner.pipelines.get(id))
             .map(|slot| {
                 let mut state = lock(&slot.state);
-                let last_status = state.last_status(self.inner.clock.now());
-                PipelineSummary {
-                    pipeline: state.pipeline().clone(),
-                    last_status,
-                }
+                let last_status = state.last_status(self.clock.now());
+                PipelineSummary::new(state.pipeline().clone(), last_status)
             })
             .collect();
         Ok(summaries)
@@ -177,18 +193,29 @@ impl PipelineRepository for MemoryBackend {
         id: &PipelineId,
         paused: bool,
     ) -> Result<(), SetPausedError> {
-        let mut state = self.visible(ctx, id).ok_or(SetPausedError::NotFound)?;
-        state.set_paused(paused, self.inner.clock.now())
+        let mut state = self
+            .visible(ctx, id)
+            .ok_or_else(|| SetPausedError::NotFound(id.clone()))?;
+        state.set_paused(paused, self.clock.now())
     }
 }
 
 #[async_trait]
 impl Orchestrator for MemoryBackend {
-    async fn trigger(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Run, TriggerError> {
+    async fn trigger(
+        &self,
+        ctx: &RequestContext,
+        request: &TriggerRequest,
+    ) -> Result<Run, ExecuteError> {
         // Visibility, the paused check, the queue bound and the new run all
         // happen under one lock, so no pause or other trigger slips between.
-        let mut state = self.visible(ctx, id).ok_or(TriggerError::NotFound)?;
-        state.trigger(self.inner.clock.now())
+        // An idempotency key needs nothing here: a trigger either answers or
+        // fails before it made a run, so a retry has no lost run to find.
+        let id = request.pipeline_id();
+        let mut state = self
+            .visible(ctx, id)
+            .ok_or_else(|| ExecuteError::NotFound(id.clone()))?;
+        state.trigger(self.clock.now())
     }
 
     async fn list_runs(
@@ -196,9 +223,11 @@ impl Orchestrator for MemoryBackend {
         ctx: &RequestContext,
         id: &PipelineId,
         query: &RunQuery,
-    ) -> Result<RunPage, RunsError> {
-        let mut state = self.visible(ctx, id).ok_or(RunsError::NotFound)?;
-        Ok(state.list_runs(query, self.inner.clock.now()))
+    ) -> Result<RunPage, ListRunsError> {
+        let mut state = self
+            .visible(ctx, id)
+            .ok_or_else(|| ListRunsError::NotFound(id.clone()))?;
+        Ok(state.list_runs(query, self.clock.now()))
     }
 
     async fn get_run(
@@ -206,13 +235,13 @@ impl Orchestrator for MemoryBackend {
         ctx: &RequestContext,
         id: &PipelineId,
         run_id: &RunId,
-    ) -> Result<Run, RunLookupError> {
+    ) -> Result<Run, GetRunError> {
         let mut state = self
             .visible(ctx, id)
-            .ok_or(RunLookupError::PipelineNotFound)?;
+            .ok_or_else(|| GetRunError::PipelineNotFound(id.clone()))?;
         state
-            .get_run(run_id, self.inner.clock.now())
-            .ok_or(RunLookupError::RunNotFound)
+            .get_run(run_id, self.clock.now())
+            .ok_or_else(|| GetRunError::run_not_found(id, run_id))
     }
 
     async fn health(&self) -> Result<(), BackendError> {

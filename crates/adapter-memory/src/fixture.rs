@@ -150,17 +150,18 @@ impl From<RawStatus> for PipelineStatus {
     }
 }
 
-/// Reads and checks a fixture file.
+/// Reads and checks a fixture file; pipelines without instants were
+/// created at `now`.
 ///
 /// # Errors
 /// [`FixtureError::Read`] when the file cannot be read, and every error of
 /// [`parse_fixture`].
-pub fn load_fixture(path: &Path) -> Result<Vec<Pipeline>, FixtureError> {
+pub fn load_fixture(path: &Path, now: Timestamp) -> Result<Vec<Pipeline>, FixtureError> {
     let text = std::fs::read_to_string(path).map_err(|source| FixtureError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse_fixture(&text)
+    parse_fixture(&text, now)
 }
 
 /// Checks a fixture's text and returns its pipelines, in the order written.
@@ -169,7 +170,7 @@ pub fn load_fixture(path: &Path) -> Result<Vec<Pipeline>, FixtureError> {
 /// underscored, in any case; normalized), `customer_id` and `name`
 /// (required), `description` (default empty), `cron` (default null),
 /// `status` (`active`, `paused` or `error`; default `active`), `created_at`
-/// (RFC 3339; default the load time), `updated_at` (default `created_at`)
+/// (RFC 3339; default `now`, the load time), `updated_at` (default `created_at`)
 /// and `jobs` (an array of objects; default empty). Any other field is
 /// refused.
 ///
@@ -179,13 +180,7 @@ pub fn load_fixture(path: &Path) -> Result<Vec<Pipeline>, FixtureError> {
 /// [`FixtureError::InvalidCustomer`], [`FixtureError::InvalidTimestamp`] or
 /// [`FixtureError::UpdatedBeforeCreated`] for a pipeline that is not right;
 /// [`FixtureError::DuplicateId`] for two pipelines with one id.
-pub fn parse_fixture(json: &str) -> Result<Vec<Pipeline>, FixtureError> {
-    parse_fixture_at(json, Utc::now())
-}
-
-/// [`parse_fixture`] with the load time given, for pipelines without
-/// instants.
-pub(crate) fn parse_fixture_at(json: &str, now: Timestamp) -> Result<Vec<Pipeline>, FixtureError> {
+pub fn parse_fixture(json: &str, now: Timestamp) -> Result<Vec<Pipeline>, FixtureError> {
     let file: FixtureFile = serde_json::from_str(json).map_err(FixtureError::Json)?;
     let mut first_index: HashMap<PipelineId, usize> = HashMap::new();
     let mut pipelines = Vec::with_capacity(file.pipelines.len());
@@ -230,17 +225,13 @@ fn parse_pipeline(index: usize, value: Value, now: Timestamp) -> Result<Pipeline
     if updated_at < created_at {
         return Err(FixtureError::UpdatedBeforeCreated { at });
     }
-    Ok(Pipeline {
-        id,
-        customer_id,
-        name: raw.name,
-        description: raw.description,
-        cron: raw.cron,
-        status: raw.status.into(),
-        created_at,
-        updated_at,
-        jobs: raw.jobs.into_iter().map(Value::Object).collect(),
-    })
+    let mut pipeline = Pipeline::new(id, customer_id, raw.name, created_at);
+    pipeline.description = raw.description;
+    pipeline.cron = raw.cron;
+    pipeline.status = raw.status.into();
+    pipeline.updated_at = updated_at;
+    pipeline.jobs = raw.jobs.into_iter().map(Value::Object).collect();
+    Ok(pipeline)
 }
 
 fn parse_instant(
@@ -274,7 +265,7 @@ mod tests {
     }
 
     fn parse(fixture: &Value) -> Result<Vec<Pipeline>, FixtureError> {
-        parse_fixture_at(&fixture.to_string(), now())
+        parse_fixture(&fixture.to_string(), now())
     }
 
     fn minimal(id: &str) -> Value {
@@ -356,7 +347,7 @@ mod tests {
         assert!(matches!(error, FixtureError::InvalidId { ref at, .. } if at.index == 1));
         assert_eq!(
             error.to_string(),
-            "pipelines[1] (id \"not-a-uuid\"): pipeline_id must be a UUID, hyphenated or underscored"
+            "pipelines[1] (id \"not-a-uuid\"): a pipeline id must be a UUID, hyphenated or underscored"
         );
     }
 
@@ -470,16 +461,19 @@ mod tests {
     #[test]
     fn text_that_is_not_json_is_refused() {
         assert!(matches!(
-            parse_fixture("{\"pipelines\": ["),
+            parse_fixture("{\"pipelines\": [", now()),
             Err(FixtureError::Json(_))
         ));
-        assert!(matches!(parse_fixture("[]"), Err(FixtureError::Json(_))));
+        assert!(matches!(
+            parse_fixture("[]", now()),
+            Err(FixtureError::Json(_))
+        ));
     }
 
     #[test]
     fn an_unreadable_file_names_its_path() {
         let path = Path::new("/nonexistent/maestro-fixture.json");
-        let error = load_fixture(path).unwrap_err();
+        let error = load_fixture(path, now()).unwrap_err();
         assert!(matches!(error, FixtureError::Read { .. }));
         assert!(
             error
@@ -493,7 +487,7 @@ mod tests {
         let path =
             std::env::temp_dir().join(format!("maestro-fixture-{}.json", std::process::id()));
         std::fs::write(&path, json!({"pipelines": [minimal(ID)]}).to_string()).unwrap();
-        let loaded = load_fixture(&path);
+        let loaded = load_fixture(&path, now());
         std::fs::remove_file(&path).unwrap();
         assert_eq!(loaded.unwrap()[0].id.as_str(), ID);
     }

@@ -1,5 +1,5 @@
 //! The in-memory idempotency store: the default for a single Maestro
-//! instance, bounded and expiring, on tokio's clock.
+//! instance, bounded and expiring, on the service's clock.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -8,10 +8,11 @@ use std::{
 };
 
 use async_trait::async_trait;
+use chrono::TimeDelta;
 use domain::{
-    Claim, CustomerId, IdempotencyKey, IdempotencyStore, Lease, StoreError, StoredOutcome,
+    Claim, Clock, CustomerId, IdempotencyKey, IdempotencyStore, Lease, StoreError, Timestamp,
 };
-use tokio::time::Instant;
+use runtime::TokioClock;
 
 /// One customer's key.
 type Scope = (CustomerId, IdempotencyKey);
@@ -19,8 +20,10 @@ type Scope = (CustomerId, IdempotencyKey);
 /// Keeps claims, outcomes and notes of failed attempts of idempotency keys
 /// in this process.
 ///
-/// Entries expire on tokio's clock, so tests move them with
-/// `tokio::time::pause()` and `tokio::time::advance()`. The store holds at
+/// Entries expire on the store's clock ([`TokioClock`] unless
+/// [`MemoryIdempotencyStore::with_clock`] says otherwise), so tests move
+/// them with `tokio::time::pause()` and `tokio::time::advance()`. The store
+/// holds at
 /// most [`MemoryIdempotencyStore::max_entries`], every kind of entry
 /// counted: expired entries go first; when all are live, the kept outcome
 /// or failed attempt closest to its expiry is forgotten early (a cache's
@@ -34,6 +37,7 @@ type Scope = (CustomerId, IdempotencyKey);
 pub struct MemoryIdempotencyStore {
     state: Arc<Mutex<State>>,
     max_entries: usize,
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug, Default)]
@@ -42,7 +46,7 @@ struct State {
     /// Every entry by its expiry, so that the expired and the soonest to
     /// expire are found without a scan. The sequence number tells apart
     /// entries that expire at the same instant.
-    by_expiry: BTreeMap<(Instant, u64), Scope>,
+    by_expiry: BTreeMap<(Timestamp, u64), Scope>,
     next_seq: u64,
 }
 
@@ -50,7 +54,7 @@ struct State {
 struct Entry {
     fingerprint: String,
     status: Status,
-    expires_at: Instant,
+    expires_at: Timestamp,
     seq: u64,
 }
 
@@ -59,7 +63,7 @@ enum Status {
     InFlight {
         lease: Lease,
     },
-    Done(StoredOutcome),
+    Done(Vec<u8>),
     /// A request with the key failed in a way that invites a retry and gave
     /// up its claim: the next claim with the same fingerprint takes the key
     /// over as a retry.
@@ -76,7 +80,16 @@ impl MemoryIdempotencyStore {
         Self {
             state: Arc::new(Mutex::new(State::default())),
             max_entries: max_entries.max(1),
+            clock: Arc::new(TokioClock::start()),
         }
+    }
+
+    /// The same store, reading the time from `clock`. Call it before the
+    /// store is cloned: clones made earlier keep the clock they had.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The most entries the store holds.
@@ -106,7 +119,7 @@ impl MemoryIdempotencyStore {
         status: Status,
         retention: Duration,
     ) -> Result<(), StoreError> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let scope = (scope.clone(), key.clone());
         let mut state = self.lock();
         let Some(fingerprint) = state.held(&scope, lease, now).map(str::to_owned) else {
@@ -134,7 +147,7 @@ impl Default for MemoryIdempotencyStore {
 }
 
 impl State {
-    fn insert(&mut self, scope: Scope, fingerprint: String, status: Status, expires_at: Instant) {
+    fn insert(&mut self, scope: Scope, fingerprint: String, status: Status, expires_at: Timestamp) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.by_expiry.insert((expires_at, seq), scope.clone());
@@ -156,7 +169,7 @@ impl State {
     }
 
     /// Drops every entry expired at `now`.
-    fn purge(&mut self, now: Instant) {
+    fn purge(&mut self, now: Timestamp) {
         while let Some(entry) = self.by_expiry.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -186,7 +199,7 @@ impl State {
 
     /// The fingerprint of the live claim on `scope`, if `lease` still holds
     /// it.
-    fn held(&self, scope: &Scope, lease: &Lease, now: Instant) -> Option<&str> {
+    fn held(&self, scope: &Scope, lease: &Lease, now: Timestamp) -> Option<&str> {
         self.entries
             .get(scope)
             .filter(|entry| {
@@ -197,12 +210,12 @@ impl State {
     }
 }
 
-/// `now + ttl`, or some 30 years on for a ttl too long to add (the same
-/// stand-in for "never" that tokio uses).
-fn deadline(now: Instant, ttl: Duration) -> Instant {
-    now.checked_add(ttl)
-        .or_else(|| now.checked_add(Duration::from_secs(30 * 365 * 24 * 60 * 60)))
-        .unwrap_or(now)
+/// `now + ttl`, or the end of time for a ttl too long to add.
+fn deadline(now: Timestamp, ttl: Duration) -> Timestamp {
+    TimeDelta::from_std(ttl)
+        .ok()
+        .and_then(|ttl| now.checked_add_signed(ttl))
+        .unwrap_or(Timestamp::MAX_UTC)
 }
 
 #[async_trait]
@@ -214,7 +227,7 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         fingerprint: &str,
         in_flight: Duration,
     ) -> Result<Claim, StoreError> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let scope = (scope.clone(), key.clone());
         let mut state = self.lock();
         state.purge(now);
@@ -258,10 +271,10 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         scope: &CustomerId,
         key: &IdempotencyKey,
         lease: &Lease,
-        outcome: &StoredOutcome,
+        record: &[u8],
         retention: Duration,
     ) -> Result<(), StoreError> {
-        self.replace_claim(scope, key, lease, Status::Done(outcome.clone()), retention)
+        self.replace_claim(scope, key, lease, Status::Done(record.to_vec()), retention)
     }
 
     async fn release(
@@ -375,11 +388,8 @@ mod tests {
         IdempotencyKey::parse(raw).unwrap()
     }
 
-    fn ok(body: &str) -> StoredOutcome {
-        StoredOutcome {
-            status: 200,
-            body: body.as_bytes().to_vec(),
-        }
+    fn ok(body: &str) -> Vec<u8> {
+        body.as_bytes().to_vec()
     }
 
     async fn acquire(store: &MemoryIdempotencyStore, who: &str, raw: &str) -> Lease {

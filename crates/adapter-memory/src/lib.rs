@@ -7,14 +7,17 @@
 //! are simulated truthfully: one `RUNNING` run per pipeline for
 //! [`MemoryConfig::run_duration`], the others `QUEUED` in order behind it,
 //! then `SUCCESS`. The simulation is lazy (no background task, no timer) and
-//! follows tokio's clock, so tests drive it with `tokio::time::pause()` and
-//! `tokio::time::advance()`.
+//! reads the time from a [`domain::Clock`], by default the service's
+//! [`runtime::TokioClock`], so tests drive it with `tokio::time::pause()`
+//! and `tokio::time::advance()`.
 //!
 //! ```
 //! use std::time::Duration;
 //!
 //! use adapter_memory::{DEMO_CUSTOMER, DEMO_PIPELINE_ID, MemoryBackend, MemoryConfig};
-//! use domain::{Caller, CustomerId, Orchestrator, PipelineId, RequestContext, RunStatus};
+//! use domain::{
+//!     Caller, CustomerId, Orchestrator, PipelineId, RequestContext, RunStatus, TriggerRequest,
+//! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,15 +26,14 @@
 //! let ctx = RequestContext::new(Caller::new(CustomerId::parse(DEMO_CUSTOMER)?));
 //! let pipeline = PipelineId::parse(DEMO_PIPELINE_ID)?;
 //!
-//! let first = backend.trigger(&ctx, &pipeline).await?;
-//! let second = backend.trigger(&ctx, &pipeline).await?;
+//! let first = backend.trigger(&ctx, &TriggerRequest::new(pipeline.clone())).await?;
+//! let second = backend.trigger(&ctx, &TriggerRequest::new(pipeline)).await?;
 //! assert_eq!((first.status, second.status), (RunStatus::Running, RunStatus::Queued));
 //! # Ok(())
 //! # }
 //! ```
 
 mod backend;
-mod clock;
 mod demo;
 mod fixture;
 mod idempotency;

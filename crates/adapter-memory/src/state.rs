@@ -16,8 +16,8 @@ use std::ops::Range;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use domain::{
-    BackendError, ManualRunClock, Pipeline, PipelineStatus, Run, RunId, RunPage, RunQuery,
-    RunStatus, SetPausedError, Timestamp, TriggerError,
+    BackendError, ExecuteError, ManualRunClock, Pipeline, PipelineStatus, Run, RunId, RunPage,
+    RunQuery, RunStatus, SetPausedError, Timestamp,
 };
 
 /// The bounds and timing every pipeline's simulation follows.
@@ -87,19 +87,20 @@ impl PipelineState {
     /// since that is what it is from the instant it was created.
     ///
     /// # Errors
-    /// [`TriggerError::Paused`] when the pipeline is paused;
-    /// [`TriggerError::QueueFull`] when the run would have to wait and
+    /// [`ExecuteError::Paused`] when the pipeline is paused;
+    /// [`ExecuteError::QueueFull`] when the run would have to wait and
     /// `queue_limit` runs already do. Nothing is created then.
-    pub(crate) fn trigger(&mut self, now: Timestamp) -> Result<Run, TriggerError> {
+    pub(crate) fn trigger(&mut self, now: Timestamp) -> Result<Run, ExecuteError> {
         let now = self.tick(now);
         self.advance(now);
         if self.pipeline.status.is_paused() {
-            return Err(TriggerError::Paused);
+            return Err(ExecuteError::Paused(self.pipeline.id.clone()));
         }
         // Only a run that would wait counts against the queue, so a limit of
         // 0 still lets an idle pipeline run.
         if self.active().is_some() && self.queued() >= self.limits.queue_limit {
-            return Err(TriggerError::QueueFull {
+            return Err(ExecuteError::QueueFull {
+                pipeline_id: self.pipeline.id.clone(),
                 limit: self.limits.queue_limit,
             });
         }
@@ -107,23 +108,20 @@ impl PipelineState {
         // microseconds past `now`, so that its status is true at creation.
         let (created_at, id) = self.run_clock.next(now);
         let now = self.tick(created_at);
-        self.runs.push_back(Run {
+        self.runs.push_back(Run::new(
             id,
-            pipeline_id: self.pipeline.id.clone(),
-            status: RunStatus::Queued,
+            self.pipeline.id.clone(),
+            RunStatus::Queued,
             created_at,
-            updated_at: created_at,
-            trace: None,
-        });
+        ));
         self.advance(now);
         // Read before evicting: with no history kept, a run that finished at
         // once is evicted straight away, yet it was created.
         let run = self.runs.back().cloned();
         self.evict();
         run.ok_or_else(|| {
-            BackendError::upstream("a triggered run vanished from the memory backend")
+            BackendError::upstream("a triggered run vanished from the memory backend").into()
         })
-        .map_err(TriggerError::Backend)
     }
 
     /// Pauses or unpauses the pipeline at `now`. Pausing lets the running
@@ -131,7 +129,8 @@ impl PipelineState {
     /// pipeline in `error` is not paused, and unpausing makes it `active`.
     ///
     /// # Errors
-    /// [`SetPausedError::Unchanged`] when it already was in that state.
+    /// [`SetPausedError::AlreadyPaused`] or [`SetPausedError::NotPaused`]
+    /// when it already was in that state.
     pub(crate) fn set_paused(
         &mut self,
         paused: bool,
@@ -142,7 +141,7 @@ impl PipelineState {
         // unpaused have let the next ones start.
         self.settle(now);
         if self.pipeline.status.is_paused() == paused {
-            return Err(SetPausedError::Unchanged);
+            return Err(SetPausedError::unchanged(self.pipeline.id.clone(), paused));
         }
         self.pipeline.status = if paused {
             PipelineStatus::Paused
@@ -173,10 +172,10 @@ impl PipelineState {
         // matching range and reaches back at most `limit` runs.
         let end = matching.end.saturating_sub(offset).max(matching.start);
         let start = end.saturating_sub(limit).max(matching.start);
-        RunPage {
-            runs: self.runs.range(start..end).rev().cloned().collect(),
-            total: u64::try_from(matching.len()).unwrap_or(u64::MAX),
-        }
+        RunPage::new(
+            self.runs.range(start..end).rev().cloned().collect(),
+            u64::try_from(matching.len()).unwrap_or(u64::MAX),
+        )
     }
 
     /// The run with this id at `now`, if it is kept.

@@ -1,17 +1,18 @@
 //! The ports over the upstream: each route's request, and what each of its
 //! answers means in the domain's terms.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use async_trait::async_trait;
 use domain::{
-    BackendError, LookupError, Orchestrator, Pipeline, PipelineId, PipelineRepository,
-    PipelineSummary, RequestContext, Run, RunId, RunLookupError, RunPage, RunQuery, RunsError,
-    SetPausedError, TriggerError,
+    BackendError, Clock, ExecuteError, GetPipelineError, GetRunError, ListRunsError, Orchestrator,
+    Pipeline, PipelineId, PipelineRepository, PipelineSummary, RequestContext, Run, RunId, RunPage,
+    RunQuery, SetPausedError, TriggerRequest,
 };
+use runtime::TokioClock;
 use serde_json::json;
 
-use crate::client::{Answer, Client, Request, Success, encode_component};
+use crate::client::{Answer, Client, Request, Success, path_segment};
 use crate::config::{ConfigError, PlatformApiConfig};
 use crate::wire::{self, Malformed, Refused};
 
@@ -41,7 +42,8 @@ impl fmt::Debug for PlatformApiBackend {
 
 impl PlatformApiBackend {
     /// Checks the settings and builds the backend's pooled HTTP client
-    /// (rustls, no redirects). Nothing is sent until the first call.
+    /// (rustls, no redirects), on the service's clock
+    /// ([`runtime::TokioClock`]). Nothing is sent until the first call.
     ///
     /// # Errors
     /// [`ConfigError`] when the base URL is not a usable `http` or `https`
@@ -49,8 +51,21 @@ impl PlatformApiBackend {
     /// client cannot be built.
     pub fn new(config: PlatformApiConfig) -> Result<Self, ConfigError> {
         Ok(Self {
-            client: Client::new(config)?,
+            client: Client::new(config, Arc::new(TokioClock::start()))?,
         })
+    }
+
+    /// The same backend, reading "now" from `clock`: the instant a run
+    /// gets when the upstream's answer leaves it out, and how much of a
+    /// call's time its retries have spent. Waits use tokio's timers, so the
+    /// clock should move with them, as [`runtime::TokioClock`] does; a clock
+    /// that stands still only lets retries wait until the call's timeout
+    /// cuts them off.
+    #[must_use]
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            client: self.client.with_clock(clock),
+        }
     }
 
     /// The body of the three writes: the normalized id and the customer.
@@ -67,11 +82,14 @@ impl PlatformApiBackend {
     ) -> Result<T, BackendError> {
         read(success.data).map_err(|why| self.client.malformed(request, &why))
     }
-}
 
-#[async_trait]
-impl PipelineRepository for PlatformApiBackend {
-    async fn get(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Pipeline, LookupError> {
+    /// The caller's pipeline, or `None` when it is missing or another
+    /// customer's.
+    async fn visible_pipeline(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+    ) -> Result<Option<Pipeline>, BackendError> {
         let request = Request::read(format!("/pipeline/{id}"), ctx);
         match self.client.call(&request).await? {
             Answer::Success(success) => {
@@ -82,15 +100,28 @@ impl PipelineRepository for PlatformApiBackend {
                         pipeline_id = %id,
                         "the Platform-API upstream answered with another customer's pipeline"
                     );
-                    return Err(LookupError::NotFound);
+                    return Ok(None);
                 }
-                Ok(pipeline)
+                Ok(Some(pipeline))
             }
             Answer::Refused(refusal) => match Refused::parse(&refusal.exception_type) {
-                Some(Refused::NotFound) => Err(LookupError::NotFound),
-                _ => Err(self.client.unexpected_refusal(&request, &refusal).into()),
+                Some(Refused::NotFound) => Ok(None),
+                _ => Err(self.client.unexpected_refusal(&request, &refusal)),
             },
         }
+    }
+}
+
+#[async_trait]
+impl PipelineRepository for PlatformApiBackend {
+    async fn get(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+    ) -> Result<Pipeline, GetPipelineError> {
+        self.visible_pipeline(ctx, id)
+            .await?
+            .ok_or_else(|| GetPipelineError::NotFound(id.clone()))
     }
 
     async fn list(&self, ctx: &RequestContext) -> Result<Vec<PipelineSummary>, BackendError> {
@@ -127,9 +158,9 @@ impl PipelineRepository for PlatformApiBackend {
         match self.client.call(&request).await? {
             Answer::Success(_) => Ok(()),
             Answer::Refused(refusal) => match (Refused::parse(&refusal.exception_type), paused) {
-                (Some(Refused::NotFound), _) => Err(SetPausedError::NotFound),
+                (Some(Refused::NotFound), _) => Err(SetPausedError::NotFound(id.clone())),
                 (Some(Refused::AlreadyPaused), true) | (Some(Refused::NotPaused), false) => {
-                    Err(SetPausedError::Unchanged)
+                    Err(SetPausedError::unchanged(id.clone(), paused))
                 }
                 _ => Err(self.client.unexpected_refusal(&request, &refusal).into()),
             },
@@ -139,7 +170,28 @@ impl PipelineRepository for PlatformApiBackend {
 
 #[async_trait]
 impl Orchestrator for PlatformApiBackend {
-    async fn trigger(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Run, TriggerError> {
+    /// Posts the pipeline and the customer to the execute route, as the
+    /// upstream contract has it.
+    ///
+    /// The contract carries neither the idempotency key nor a way to find
+    /// the run a failed attempt may have made (no query by key or mark), so
+    /// the key stays at the gateway and a retry
+    /// ([`TriggerRequest::retry_since`]) cannot be honoured: it triggers as
+    /// a first attempt does (`docs/backends/platform-api.md`, "How a client
+    /// retries execute safely"; ADR 0009).
+    async fn trigger(
+        &self,
+        ctx: &RequestContext,
+        trigger: &TriggerRequest,
+    ) -> Result<Run, ExecuteError> {
+        let id = trigger.pipeline_id();
+        if let Some(since) = trigger.retry_since() {
+            tracing::info!(
+                pipeline_id = %id,
+                retry_since = %domain::format_timestamp(&since),
+                "a retry of a failed execute triggers anew: the Platform-API upstream cannot look for the failed attempt's run"
+            );
+        }
         let request = Request::write(
             "/pipeline/execute".to_owned(),
             ctx,
@@ -147,13 +199,14 @@ impl Orchestrator for PlatformApiBackend {
         );
         match self.client.call(&request).await? {
             Answer::Success(success) => {
-                let received_at = chrono::Utc::now();
+                let received_at = self.client.now();
                 Ok(self.data(&request, success, |data| wire::triggered(data, received_at))?)
             }
             Answer::Refused(refusal) => match Refused::parse(&refusal.exception_type) {
-                Some(Refused::NotFound) => Err(TriggerError::NotFound),
-                Some(Refused::Paused) => Err(TriggerError::Paused),
-                Some(Refused::QueueFull) => Err(TriggerError::QueueFull {
+                Some(Refused::NotFound) => Err(ExecuteError::NotFound(id.clone())),
+                Some(Refused::Paused) => Err(ExecuteError::Paused(id.clone())),
+                Some(Refused::QueueFull) => Err(ExecuteError::QueueFull {
+                    pipeline_id: id.clone(),
                     limit: wire::queue_limit(&refusal.data),
                 }),
                 _ => Err(self.client.unexpected_refusal(&request, &refusal).into()),
@@ -166,7 +219,7 @@ impl Orchestrator for PlatformApiBackend {
         ctx: &RequestContext,
         id: &PipelineId,
         query: &RunQuery,
-    ) -> Result<RunPage, RunsError> {
+    ) -> Result<RunPage, ListRunsError> {
         let mut request = Request::read(format!("/pipeline/{id}/pipeline_run"), ctx)
             .with_query("limit", query.limit().to_string())
             .with_query("offset", query.offset().to_string());
@@ -187,10 +240,10 @@ impl Orchestrator for PlatformApiBackend {
                         &Malformed::header("X-Total-Count", "missing or not a count"),
                     )
                 })?;
-                Ok(RunPage { runs, total })
+                Ok(RunPage::new(runs, total))
             }
             Answer::Refused(refusal) => match Refused::parse(&refusal.exception_type) {
-                Some(Refused::NotFound) => Err(RunsError::NotFound),
+                Some(Refused::NotFound) => Err(ListRunsError::NotFound(id.clone())),
                 _ => Err(self.client.unexpected_refusal(&request, &refusal).into()),
             },
         }
@@ -201,17 +254,23 @@ impl Orchestrator for PlatformApiBackend {
         ctx: &RequestContext,
         id: &PipelineId,
         run_id: &RunId,
-    ) -> Result<Run, RunLookupError> {
-        let path = format!(
-            "/pipeline/{id}/pipeline_run/{}",
-            encode_component(run_id.as_str())
-        );
-        let request = Request::read(path, ctx);
+    ) -> Result<Run, GetRunError> {
+        let Some(segment) = path_segment(run_id.as_str()) else {
+            // `.` and `..` are no run's id, and in a path they would name
+            // another route. Only whether the pipeline is the caller's
+            // decides the answer, and reading the pipeline is the cheapest
+            // way to ask.
+            return match self.visible_pipeline(ctx, id).await? {
+                Some(_) => Err(GetRunError::run_not_found(id, run_id)),
+                None => Err(GetRunError::PipelineNotFound(id.clone())),
+            };
+        };
+        let request = Request::read(format!("/pipeline/{id}/pipeline_run/{segment}"), ctx);
         match self.client.call(&request).await? {
             Answer::Success(success) => Ok(self.data(&request, success, wire::run)?),
             Answer::Refused(refusal) => match Refused::parse(&refusal.exception_type) {
-                Some(Refused::NotFound) => Err(RunLookupError::PipelineNotFound),
-                Some(Refused::RunNotFound) => Err(RunLookupError::RunNotFound),
+                Some(Refused::NotFound) => Err(GetRunError::PipelineNotFound(id.clone())),
+                Some(Refused::RunNotFound) => Err(GetRunError::run_not_found(id, run_id)),
                 _ => Err(self.client.unexpected_refusal(&request, &refusal).into()),
             },
         }

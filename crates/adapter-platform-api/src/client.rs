@@ -6,16 +6,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{BackendError, BackendErrorKind, CustomerId, RequestContext};
+use domain::{BackendError, BackendErrorKind, Clock, CustomerId, RequestContext, Timestamp};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use tokio::time::Instant;
 
 use crate::config::{ConfigError, PlatformApiConfig};
-use crate::retry::{MAX_RETRIES, jittered_backoff};
+use crate::retry::{Ended, MAX_RETRIES, Policy, jittered_backoff};
 use crate::wire::{ErrorEnvelope, Malformed, SuccessEnvelope};
 
 /// The request id header, sent on every call.
@@ -49,12 +48,26 @@ pub(crate) fn encode_component(text: &str) -> String {
     utf8_percent_encode(text, COMPONENT).to_string()
 }
 
+/// `text` as one path segment, percent-encoded as the contract says; `None`
+/// when that segment is a dot segment, `.` or `..`, which URL normalisation
+/// resolves, sending the call to another route. Like the URL standard, the
+/// check reads `%2e` as a dot too, although the encoding never leaves one
+/// (it encodes the `%` of a text that spells one).
+pub(crate) fn path_segment(text: &str) -> Option<String> {
+    let segment = encode_component(text);
+    let dots = segment.to_ascii_lowercase().replace("%2e", ".");
+    (!matches!(dots.as_str(), "." | "..")).then_some(segment)
+}
+
 /// The pooled HTTP client and what every call needs. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
     base: Url,
     timeout: Duration,
+    /// Where "now" is read: when answers arrive, and how much of a call's
+    /// time is spent.
+    clock: Arc<dyn Clock>,
     /// The token as it may appear in upstream text (plain, and escaped the
     /// ways JSON and Rust's debug output escape it), kept only to scrub it
     /// from whatever reaches an error's context, in case an upstream echoes
@@ -187,8 +200,12 @@ enum Failure {
 }
 
 impl Client {
-    /// Checks the settings and builds the one pooled client.
-    pub(crate) fn new(config: PlatformApiConfig) -> Result<Self, ConfigError> {
+    /// Checks the settings and builds the one pooled client, reading the
+    /// time from `clock`.
+    pub(crate) fn new(
+        config: PlatformApiConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ConfigError> {
         let base =
             Url::parse(&config.base_url).map_err(|err| ConfigError::InvalidUrl(err.to_string()))?;
         let usable = matches!(base.scheme(), "http" | "https")
@@ -231,8 +248,19 @@ impl Client {
             http,
             base,
             timeout: config.timeout,
+            clock,
             redactions: redactions(token),
         })
+    }
+
+    /// The same client, reading the time from `clock`.
+    pub(crate) fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
+    }
+
+    /// The current instant, from the client's clock.
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     /// The configured base URL, for the backend's debug output.
@@ -301,53 +329,36 @@ impl Client {
     /// deadline: a read is repeated after a connection failure or a 502 or
     /// 503 while its retries and its time last; a write is sent once.
     async fn exchange(&self, request: &Request<'_>) -> Result<Raw, BackendError> {
-        let deadline = Instant::now() + self.timeout;
-        let url = self.url(request);
+        let url = self.url(request)?;
         let headers = self.headers(request);
         let body = request
             .body
             .as_ref()
             .map(|body| body.to_string().into_bytes());
-        let mut retries = 0;
-        loop {
-            let attempt = self.attempt(&request.method, &url, &headers, body.clone());
-            let Ok(outcome) = tokio::time::timeout_at(deadline, attempt).await else {
-                return Err(self.error(
-                    BackendErrorKind::Timeout,
-                    request,
-                    format_args!(
-                        "no answer within {} ms ({} attempt{})",
-                        self.timeout.as_millis(),
-                        retries + 1,
-                        if retries == 0 { "" } else { "s" }
-                    ),
-                ));
-            };
-            let retryable = match &outcome {
-                Ok(raw) => matches!(
-                    raw.status,
-                    StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+        let policy = Policy {
+            budget: self.timeout,
+            max_retries: if request.retry { MAX_RETRIES } else { 0 },
+            backoff: jittered_backoff,
+            clock: self.clock.as_ref(),
+        };
+        let ended = policy
+            .run(
+                &request.label(),
+                || self.attempt(&request.method, &url, &headers, body.clone()),
+                worth_retrying,
+            )
+            .await;
+        match ended {
+            Ended::Answered(outcome) => outcome.map_err(|failure| self.failure(request, failure)),
+            Ended::TimedOut { attempts } => Err(self.error(
+                BackendErrorKind::Timeout,
+                request,
+                format_args!(
+                    "no answer within {} ms ({attempts} attempt{})",
+                    self.timeout.as_millis(),
+                    if attempts == 1 { "" } else { "s" }
                 ),
-                Err(Failure::Transport(err)) => err.is_connect(),
-                Err(Failure::TooLarge) => false,
-            };
-            if !(request.retry && retryable && retries < MAX_RETRIES) {
-                return outcome.map_err(|failure| self.failure(request, failure));
-            }
-            let wait = jittered_backoff(retries);
-            if Instant::now() + wait >= deadline {
-                // Waiting would spend the whole budget: the last failure says
-                // more than a timeout would.
-                return outcome.map_err(|failure| self.failure(request, failure));
-            }
-            tracing::debug!(
-                route = %request.label(),
-                retry = retries + 1,
-                wait_ms = wait.as_millis(),
-                "retrying a read of the Platform-API upstream"
-            );
-            tokio::time::sleep(wait).await;
-            retries += 1;
+            )),
         }
     }
 
@@ -390,16 +401,32 @@ impl Client {
     }
 
     /// The route's URL: the base's path, the route, then the query.
-    fn url(&self, request: &Request<'_>) -> Url {
+    ///
+    /// # Errors
+    /// A [`BackendError`] when the URL library would rewrite the path (a dot
+    /// segment resolved, say), which would send the call to another route;
+    /// nothing is sent then. The routes never build such a path: this is
+    /// the last line of defence.
+    fn url(&self, request: &Request<'_>) -> Result<Url, BackendError> {
         let mut url = self.base.clone();
         let path = format!("{}{}", self.base.path().trim_end_matches('/'), request.path);
         // `set_path` keeps existing `%XX` escapes, so the route's own
         // encoding of run ids survives.
         url.set_path(&path);
+        if url.path() != path {
+            return Err(self.error(
+                BackendErrorKind::Upstream,
+                request,
+                format_args!(
+                    "not sent: URL normalisation would make the path {:?}",
+                    url.path()
+                ),
+            ));
+        }
         if !request.query.is_empty() {
             url.query_pairs_mut().extend_pairs(&request.query);
         }
-        url
+        Ok(url)
     }
 
     /// The per-call headers; the token and `Accept` are the client's defaults.
@@ -503,17 +530,21 @@ impl Client {
     fn failure(&self, request: &Request<'_>, failure: Failure) -> BackendError {
         match failure {
             Failure::Transport(err) => {
-                let kind = if err.is_connect() {
-                    BackendErrorKind::Unavailable
+                let (kind, what) = if err.is_connect() {
+                    (
+                        BackendErrorKind::Unavailable,
+                        "cannot connect to the upstream",
+                    )
                 } else if err.is_timeout() {
-                    BackendErrorKind::Timeout
+                    (
+                        BackendErrorKind::Timeout,
+                        "the upstream did not answer in time",
+                    )
                 } else {
-                    BackendErrorKind::Upstream
-                };
-                let what = match kind {
-                    BackendErrorKind::Unavailable => "cannot connect to the upstream",
-                    BackendErrorKind::Timeout => "the upstream did not answer in time",
-                    BackendErrorKind::Upstream => "the exchange with the upstream failed",
+                    (
+                        BackendErrorKind::Upstream,
+                        "the exchange with the upstream failed",
+                    )
                 };
                 // Without the URL, the cause chain holds no address at all;
                 // the route in the context is enough to find the call.
@@ -579,6 +610,19 @@ impl Client {
     }
 }
 
+/// Whether an attempt failed in a way that a read may retry: it could not
+/// connect, or the upstream (or a proxy before it) answered 502 or 503.
+fn worth_retrying(outcome: &Result<Raw, Failure>) -> bool {
+    match outcome {
+        Ok(raw) => matches!(
+            raw.status,
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+        ),
+        Err(Failure::Transport(err)) => err.is_connect(),
+        Err(Failure::TooLarge) => false,
+    }
+}
+
 /// Whether the status says the upstream does not accept Maestro's token, an
 /// operator's problem whatever the body says.
 fn refuses_token(status: StatusCode) -> bool {
@@ -621,13 +665,58 @@ mod tests {
         assert_eq!(encode_component("100%/x"), "100%25%2Fx");
     }
 
+    #[test]
+    fn dot_segments_in_any_spelling_are_no_path_segment() {
+        for text in [".", ".."] {
+            assert_eq!(path_segment(text), None, "{text}");
+        }
+        // A `%` is itself encoded, so text that spells a dot segment in
+        // percent-encoding stays a plain segment.
+        for (text, segment) in [
+            ("%2e", "%252e"),
+            (".%2E", ".%252E"),
+            ("%2e%2e", "%252e%252e"),
+            ("...", "..."),
+            (".a", ".a"),
+            ("a/..", "a%2F.."),
+        ] {
+            assert_eq!(path_segment(text).as_deref(), Some(segment), "{text}");
+        }
+    }
+
     fn client(token: &str) -> Client {
-        Client::new(PlatformApiConfig {
-            base_url: "http://127.0.0.1:9".to_owned(),
-            token: token.into(),
-            timeout: Duration::from_secs(1),
-        })
+        Client::new(
+            PlatformApiConfig {
+                base_url: "http://127.0.0.1:9/base".to_owned(),
+                token: token.into(),
+                timeout: Duration::from_secs(1),
+            },
+            Arc::new(domain::SystemClock),
+        )
         .unwrap()
+    }
+
+    #[test]
+    fn a_path_that_url_normalisation_would_rewrite_is_never_sent() {
+        let ctx = RequestContext::new(domain::Caller::new(CustomerId::parse("acme").unwrap()));
+        let client = client("tok");
+        let url = client
+            .url(&Request::read(
+                "/pipeline/p/pipeline_run/a%2F..".to_owned(),
+                &ctx,
+            ))
+            .unwrap();
+        assert_eq!(url.path(), "/base/pipeline/p/pipeline_run/a%2F..");
+        for path in [
+            "/pipeline/p/pipeline_run/..",
+            "/pipeline/p/pipeline_run/%2e",
+            "/pipeline/./x",
+        ] {
+            let err = client
+                .url(&Request::read(path.to_owned(), &ctx))
+                .unwrap_err();
+            assert!(err.to_string().contains("not sent"), "{path}: {err}");
+        }
     }
 
     #[test]

@@ -13,6 +13,17 @@
 //! failures and 502/503; writes never are. Every call, retries included, is
 //! bounded by the configured timeout.
 //!
+//! A run id is percent-encoded into its path segment. The ids `.` and `..`
+//! never go into a path, since URL normalisation would turn them into
+//! another route: the backend reads the pipeline instead, and answers that
+//! the run is not found (or that the pipeline is not). Any other path that
+//! the URL library would rewrite is refused before it is sent.
+//!
+//! "Now" is read from a [`domain::Clock`]: [`runtime::TokioClock`] unless
+//! [`PlatformApiBackend::with_clock`] gives another. Waits (the backoff
+//! between retries, the deadline of a call) are tokio timers, so tests run
+//! them on tokio's paused clock.
+//!
 //! One backend serves both ports:
 //!
 //! ```

@@ -1,7 +1,10 @@
-//! When to retry a read: the retry budget and the jittered exponential
-//! backoff between attempts.
+//! When to retry a read: the retry budget, the jittered exponential
+//! backoff between attempts, and the loop that keeps a call and all its
+//! retries within one deadline.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
+
+use domain::Clock;
 
 /// How many times a read is retried after its first attempt.
 pub(crate) const MAX_RETRIES: u32 = 3;
@@ -37,8 +40,90 @@ pub(crate) fn jittered_backoff(retry: u32) -> Duration {
     backoff(retry, rand::random::<f64>())
 }
 
+/// How one call is repeated: how often, after which waits, and within what
+/// time, retries included.
+pub(crate) struct Policy<'a> {
+    /// The longest the call may take, from its first attempt to the end of
+    /// its last.
+    pub(crate) budget: Duration,
+    /// How many times the call may be repeated after its first attempt: 0
+    /// for a call that must be sent once.
+    pub(crate) max_retries: u32,
+    /// The wait before retry number `n` (0 for the first retry).
+    pub(crate) backoff: fn(u32) -> Duration,
+    /// Tells how much of the budget is spent. The waiting itself is done by
+    /// tokio's timers, so the clock must move with them (as
+    /// `runtime::TokioClock` does).
+    pub(crate) clock: &'a dyn Clock,
+}
+
+/// How a call made under a [`Policy`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ended<T> {
+    /// With this outcome: one not worth retrying, or the last one when the
+    /// retries ran out or the next wait would have passed the deadline.
+    Answered(T),
+    /// The deadline passed during an attempt or a wait, after this many
+    /// attempts.
+    TimedOut {
+        /// How many attempts were started.
+        attempts: u32,
+    },
+}
+
+impl Policy<'_> {
+    /// Makes attempts until one's outcome is not `retryable`, the retries
+    /// run out, or the next wait would reach the deadline, all within the
+    /// budget. `label` names the call in the log.
+    pub(crate) async fn run<T, F>(
+        &self,
+        label: &str,
+        mut attempt: impl FnMut() -> F,
+        retryable: impl Fn(&T) -> bool,
+    ) -> Ended<T>
+    where
+        F: Future<Output = T>,
+    {
+        let started = self.clock.now();
+        let mut attempts = 0;
+        let tries = async {
+            loop {
+                attempts += 1;
+                let outcome = attempt().await;
+                let retry = attempts - 1;
+                if retry >= self.max_retries || !retryable(&outcome) {
+                    return outcome;
+                }
+                let wait = (self.backoff)(retry);
+                let spent = (self.clock.now() - started).to_std().unwrap_or_default();
+                if spent + wait >= self.budget {
+                    // Waiting would spend the whole budget: the last failure
+                    // says more than a timeout would.
+                    return outcome;
+                }
+                tracing::debug!(
+                    route = label,
+                    retry = attempts,
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "retrying a read of the Platform-API upstream"
+                );
+                tokio::time::sleep(wait).await;
+            }
+        };
+        let answered = tokio::time::timeout(self.budget, tries).await;
+        match answered {
+            Ok(outcome) => Ended::Answered(outcome),
+            Err(_) => Ended::TimedOut { attempts },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
+    use runtime::TokioClock;
+
     use super::*;
 
     #[test]
@@ -68,5 +153,93 @@ mod tests {
                 assert!(jittered_backoff(retry) <= ceiling);
             }
         }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// The ceiling of each wait, without jitter: 50, 100, 200 ms.
+    fn full_backoff(retry: u32) -> Duration {
+        backoff(retry, 1.0)
+    }
+
+    /// Runs a call whose every attempt answers `answer` after `answer_time`
+    /// (on tokio's paused clock, which the call's clock follows), and
+    /// returns how it ended, how many attempts it made and how long it took.
+    async fn run(
+        budget: Duration,
+        max_retries: u32,
+        answer_time: Duration,
+        answer: impl Fn(u32) -> Result<(), u32>,
+    ) -> (Ended<Result<(), u32>>, u32, Duration) {
+        let clock = TokioClock::start();
+        let policy = Policy {
+            budget,
+            max_retries,
+            backoff: full_backoff,
+            clock: &clock,
+        };
+        let made = Cell::new(0);
+        let started = clock.now();
+        let ended = policy
+            .run(
+                "GET /test",
+                || {
+                    made.set(made.get() + 1);
+                    let outcome = answer(made.get());
+                    async move {
+                        tokio::time::sleep(answer_time).await;
+                        outcome
+                    }
+                },
+                |outcome: &Result<(), u32>| *outcome == Err(503),
+            )
+            .await;
+        let took = (clock.now() - started).to_std().unwrap();
+        (ended, made.get(), took)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_is_retried_after_each_wait_until_its_retries_run_out() {
+        let (ended, attempts, took) = run(10 * MAX_DELAY, 3, MS, |_| Err(503)).await;
+        assert_eq!(ended, Ended::Answered(Err(503)));
+        assert_eq!(attempts, 4);
+        assert_eq!(took, 4 * MS + (50 + 100 + 200) * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_or_a_failure_not_worth_retrying_ends_the_call_at_once() {
+        let (ended, attempts, _) =
+            run(MAX_DELAY, 3, MS, |n| if n == 2 { Ok(()) } else { Err(503) }).await;
+        assert_eq!((ended, attempts), (Ended::Answered(Ok(())), 2));
+        let (ended, attempts, took) = run(MAX_DELAY, 3, MS, |_| Err(500)).await;
+        assert_eq!((ended, attempts, took), (Ended::Answered(Err(500)), 1, MS));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_without_retries_is_made_once() {
+        let (ended, attempts, _) = run(MAX_DELAY, 0, MS, |_| Err(503)).await;
+        assert_eq!((ended, attempts), (Ended::Answered(Err(503)), 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_that_would_reach_the_deadline_is_not_taken_and_the_last_failure_answers() {
+        // 1 ms, a 50 ms wait, 1 ms: 52 ms spent, and the next 100 ms wait
+        // would end at the 120 ms deadline or after it.
+        let (ended, attempts, took) = run(120 * MS, 3, MS, |_| Err(503)).await;
+        assert_eq!(
+            (ended, attempts, took),
+            (Ended::Answered(Err(503)), 2, 52 * MS)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_answers_and_their_retries_share_one_deadline() {
+        // 120 ms, a 50 ms wait, then the second attempt is cut off at the
+        // 200 ms deadline: not 200 ms for each attempt.
+        let (ended, attempts, took) = run(200 * MS, 3, 120 * MS, |_| Err(503)).await;
+        assert_eq!(
+            (ended, attempts, took),
+            (Ended::TimedOut { attempts: 2 }, 2, 200 * MS)
+        );
     }
 }

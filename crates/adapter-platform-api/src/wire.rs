@@ -121,9 +121,9 @@ pub(crate) fn queue_limit(data: &Value) -> usize {
         .unwrap_or(0)
 }
 
+/// What a pipeline and a pipeline summary share.
 #[derive(Debug, Deserialize)]
-struct WirePipeline {
-    id: String,
+struct WirePipelineFields {
     customer_id: String,
     name: String,
     description: Option<String>,
@@ -135,17 +135,18 @@ struct WirePipeline {
 }
 
 #[derive(Debug, Deserialize)]
+struct WirePipeline {
+    id: String,
+    #[serde(flatten)]
+    fields: WirePipelineFields,
+}
+
+#[derive(Debug, Deserialize)]
 struct WireSummary {
     pipeline_id: String,
-    customer_id: String,
-    name: String,
-    description: Option<String>,
-    cron: Option<String>,
-    status: String,
-    created_at: String,
-    updated_at: String,
     last_status: Option<String>,
-    jobs: Option<Vec<Value>>,
+    #[serde(flatten)]
+    fields: WirePipelineFields,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,74 +168,64 @@ struct WireTriggered {
     updated_at: Option<String>,
 }
 
+impl WirePipelineFields {
+    /// The pipeline `id` these fields describe.
+    fn into_pipeline(self, id: PipelineId) -> Result<Pipeline, Malformed> {
+        let mut pipeline = Pipeline::new(
+            id,
+            customer_id(&self.customer_id)?,
+            self.name,
+            timestamp("created_at", &self.created_at)?,
+        );
+        pipeline.description = self.description.unwrap_or_default();
+        pipeline.cron = self.cron;
+        pipeline.status = pipeline_status(&self.status)?;
+        pipeline.updated_at = timestamp("updated_at", &self.updated_at)?;
+        pipeline.jobs = self.jobs.unwrap_or_default();
+        Ok(pipeline)
+    }
+}
+
 /// The `data` of `GET /pipeline/{id}`.
 pub(crate) fn pipeline(data: Value) -> Result<Pipeline, Malformed> {
     let wire: WirePipeline = shape(data)?;
-    Ok(Pipeline {
-        id: pipeline_id("id", &wire.id)?,
-        customer_id: customer_id(&wire.customer_id)?,
-        name: wire.name,
-        description: wire.description.unwrap_or_default(),
-        cron: wire.cron,
-        status: pipeline_status(&wire.status)?,
-        created_at: timestamp("created_at", &wire.created_at)?,
-        updated_at: timestamp("updated_at", &wire.updated_at)?,
-        jobs: wire.jobs.unwrap_or_default(),
-    })
+    let id = pipeline_id("id", &wire.id)?;
+    wire.fields.into_pipeline(id)
 }
 
 /// The `data` of `GET /pipelines`.
 pub(crate) fn summaries(data: Value) -> Result<Vec<PipelineSummary>, Malformed> {
-    let items: Vec<Value> = shape(data)?;
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(index, item)| summary(item).map_err(|why| Malformed::item(index, why)))
-        .collect()
+    items(data, summary)
 }
 
 fn summary(item: Value) -> Result<PipelineSummary, Malformed> {
     let wire: WireSummary = shape(item)?;
-    Ok(PipelineSummary {
-        pipeline: Pipeline {
-            id: pipeline_id("pipeline_id", &wire.pipeline_id)?,
-            customer_id: customer_id(&wire.customer_id)?,
-            name: wire.name,
-            description: wire.description.unwrap_or_default(),
-            cron: wire.cron,
-            status: pipeline_status(&wire.status)?,
-            created_at: timestamp("created_at", &wire.created_at)?,
-            updated_at: timestamp("updated_at", &wire.updated_at)?,
-            jobs: wire.jobs.unwrap_or_default(),
-        },
-        last_status: wire
-            .last_status
-            .map(|status| run_status("last_status", &status))
-            .transpose()?,
-    })
+    let id = pipeline_id("pipeline_id", &wire.pipeline_id)?;
+    let pipeline = wire.fields.into_pipeline(id)?;
+    let last_status = wire
+        .last_status
+        .map(|status| run_status("last_status", &status))
+        .transpose()?;
+    Ok(PipelineSummary::new(pipeline, last_status))
 }
 
 /// The `data` of `GET /pipeline/{id}/pipeline_run`.
 pub(crate) fn runs(data: Value) -> Result<Vec<Run>, Malformed> {
-    let items: Vec<Value> = shape(data)?;
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(index, item)| run(item).map_err(|why| Malformed::item(index, why)))
-        .collect()
+    items(data, run)
 }
 
 /// The `data` of `GET /pipeline/{id}/pipeline_run/{run_id}`.
 pub(crate) fn run(data: Value) -> Result<Run, Malformed> {
     let wire: WireRun = shape(data)?;
-    Ok(Run {
-        id: run_id("pipeline_run_id", &wire.pipeline_run_id)?,
-        pipeline_id: pipeline_id("pipeline_id", &wire.pipeline_id)?,
-        status: run_status("last_status", &wire.last_status)?,
-        created_at: timestamp("created_at", &wire.created_at)?,
-        updated_at: timestamp("updated_at", &wire.updated_at)?,
-        trace: wire.trace,
-    })
+    let mut run = Run::new(
+        run_id("pipeline_run_id", &wire.pipeline_run_id)?,
+        pipeline_id("pipeline_id", &wire.pipeline_id)?,
+        run_status("last_status", &wire.last_status)?,
+        timestamp("created_at", &wire.created_at)?,
+    );
+    run.updated_at = timestamp("updated_at", &wire.updated_at)?;
+    run.trace = wire.trace;
+    Ok(run)
 }
 
 /// The `data` of `POST /pipeline/execute`: the run it started. What the
@@ -247,22 +238,30 @@ pub(crate) fn triggered(data: Value, received_at: Timestamp) -> Result<Run, Malf
         .map(|at| timestamp("created_at", &at))
         .transpose()?
         .unwrap_or(received_at);
-    Ok(Run {
-        id: run_id("run_id", &wire.run_id)?,
-        pipeline_id: pipeline_id("pipeline_id", &wire.pipeline_id)?,
-        status: wire
-            .last_status
+    let mut run = Run::new(
+        run_id("run_id", &wire.run_id)?,
+        pipeline_id("pipeline_id", &wire.pipeline_id)?,
+        wire.last_status
             .map(|status| run_status("last_status", &status))
             .transpose()?
             .unwrap_or(RunStatus::Queued),
         created_at,
-        updated_at: wire
-            .updated_at
-            .map(|at| timestamp("updated_at", &at))
-            .transpose()?
-            .unwrap_or(created_at),
-        trace: None,
-    })
+    );
+    if let Some(at) = wire.updated_at {
+        run.updated_at = timestamp("updated_at", &at)?;
+    }
+    Ok(run)
+}
+
+/// A list's `data`, each item read with `read`; a bad item is named by its
+/// index.
+fn items<T>(data: Value, read: fn(Value) -> Result<T, Malformed>) -> Result<Vec<T>, Malformed> {
+    let items: Vec<Value> = shape(data)?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| read(item).map_err(|why| Malformed::item(index, why)))
+        .collect()
 }
 
 /// Reads `data` into a wire struct; serde's message names the missing or

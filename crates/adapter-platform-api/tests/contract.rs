@@ -1,20 +1,28 @@
 //! Contract tests of the Platform-API backend against a wiremock upstream:
 //! the exact request of every route, and what every kind of upstream answer
 //! becomes (`docs/backends/platform-api.md`).
+//!
+//! Tests that wait (on a backoff or a deadline) run on tokio's paused clock
+//! and take no real time: see "Time" below.
 
 use std::error::Error;
+use std::fmt;
+use std::future::Future;
 use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use adapter_platform_api::{ConfigError, PlatformApiBackend, PlatformApiConfig};
 use domain::{
-    BackendErrorKind, Caller, CustomerId, LookupError, Orchestrator, PipelineId,
-    PipelineRepository, PipelineStatus, RequestContext, RunId, RunLookupError, RunQuery, RunStatus,
-    RunsError, SetPausedError, TriggerError,
+    BackendErrorKind, Caller, Clock, CustomerId, ExecuteError, GetPipelineError, GetRunError,
+    IdempotencyKey, ListRunsError, ManualClock, Orchestrator, PipelineId, PipelineRepository,
+    PipelineStatus, RequestContext, RunId, RunQuery, RunStatus, SetPausedError, TriggerRequest,
 };
 use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use wiremock::matchers::{any, method, path};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 const TOKEN: &str = "s3rv1ce-t0ken-7Hq2xZ";
 const CUSTOMER: &str = "acme";
@@ -29,8 +37,6 @@ const ENCODED_RUN_ID: &str = "manual__2024-12-18T10%3A30%3A00.000000%2B00%3A00";
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// The short timeout of the slow-upstream tests.
 const SHORT_TIMEOUT: Duration = Duration::from_millis(200);
-/// What a call may take beyond its timeout: scheduling, not waiting.
-const MARGIN: Duration = Duration::from_millis(800);
 
 fn backend_at(base_url: &str, timeout: Duration) -> PlatformApiBackend {
     PlatformApiBackend::new(PlatformApiConfig {
@@ -63,6 +69,10 @@ fn id() -> PipelineId {
 
 fn run_id() -> RunId {
     RunId::parse(RUN_ID).unwrap()
+}
+
+fn trigger() -> TriggerRequest {
+    TriggerRequest::new(id())
 }
 
 fn success(data: Value) -> ResponseTemplate {
@@ -207,9 +217,29 @@ async fn execute_posts_the_normalized_id_and_the_customer_with_token_request_id_
     let server = MockServer::start().await;
     answer_everything_with(&server, success(triggered_json())).await;
 
-    backend(&server).trigger(&ctx(), &id()).await.unwrap();
+    backend(&server).trigger(&ctx(), &trigger()).await.unwrap();
 
     assert_write(&the_one_request(&server).await, "/pipeline/execute");
+}
+
+#[tokio::test]
+async fn execute_posts_the_same_request_for_a_key_and_a_retry_since_the_upstream_takes_neither() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, success(triggered_json())).await;
+    let retry = trigger()
+        .with_idempotency_key(IdempotencyKey::parse("order-42").unwrap())
+        .retrying_since(chrono::DateTime::from_timestamp(1_734_517_800, 0).unwrap());
+
+    let run = backend(&server).trigger(&ctx(), &retry).await.unwrap();
+
+    assert_eq!(run.id, run_id());
+    let request = the_one_request(&server).await;
+    assert_write(&request, "/pipeline/execute");
+    let sent: Vec<&str> = request.headers.keys().map(|name| name.as_str()).collect();
+    assert!(
+        sent.iter().all(|name| !name.contains("idempotency")),
+        "{sent:?}"
+    );
 }
 
 #[tokio::test]
@@ -339,7 +369,7 @@ async fn a_uuid_v4_request_id_is_generated_for_each_call_when_the_client_sent_no
     let anonymous = ctx_for(CUSTOMER, None);
 
     backend.get(&anonymous, &id()).await.unwrap();
-    backend.trigger(&anonymous, &id()).await.unwrap();
+    backend.trigger(&anonymous, &trigger()).await.unwrap();
 
     let ids: Vec<String> = requests(&server)
         .await
@@ -367,7 +397,7 @@ async fn routes_go_below_the_base_urls_path_with_or_without_a_trailing_slash() {
         answer_everything_with(&server, success(triggered_json())).await;
         let backend = backend_at(&format!("{}{suffix}", server.uri()), TIMEOUT);
 
-        backend.trigger(&ctx(), &id()).await.unwrap();
+        backend.trigger(&ctx(), &trigger()).await.unwrap();
 
         assert_eq!(
             the_one_request(&server).await.url.path(),
@@ -418,7 +448,7 @@ async fn execute_returns_the_run_the_upstream_started() {
     let server = MockServer::start().await;
     answer_everything_with(&server, success(triggered_json())).await;
 
-    let run = backend(&server).trigger(&ctx(), &id()).await.unwrap();
+    let run = backend(&server).trigger(&ctx(), &trigger()).await.unwrap();
 
     assert_eq!(run.id, run_id());
     assert_eq!(run.pipeline_id.as_str(), ID);
@@ -439,12 +469,13 @@ async fn execute_accepts_the_public_answer_alone_as_a_queued_run() {
     )
     .await;
 
-    let before = chrono::Utc::now();
-    let run = backend(&server).trigger(&ctx(), &id()).await.unwrap();
+    let clock = ManualClock::at_epoch_seconds(1_734_517_801);
+    let backend = backend(&server).with_clock(Arc::new(clock.clone()));
+    let run = backend.trigger(&ctx(), &trigger()).await.unwrap();
 
     assert_eq!(run.id, run_id());
     assert_eq!(run.status, RunStatus::Queued);
-    assert!(run.created_at >= before && run.created_at <= chrono::Utc::now());
+    assert_eq!((run.created_at, run.updated_at), (clock.now(), clock.now()));
 }
 
 #[tokio::test]
@@ -599,7 +630,8 @@ enum Outcome {
     NotFound,
     Paused,
     QueueFull(usize),
-    Unchanged,
+    AlreadyPaused,
+    NotPaused,
     RunNotFound,
     Backend(BackendErrorKind),
 }
@@ -624,73 +656,103 @@ fn written_out(err: &(dyn Error + 'static)) -> String {
 async fn call(backend: &PlatformApiBackend, route: Route) -> Called {
     let ctx = ctx();
     let id = id();
-    let (outcome, text) = match route {
-        Route::Execute => match backend.trigger(&ctx, &id).await {
-            Ok(_) => (Outcome::Done, String::new()),
-            Err(err) => (
-                match &err {
-                    TriggerError::NotFound => Outcome::NotFound,
-                    TriggerError::Paused => Outcome::Paused,
-                    TriggerError::QueueFull { limit } => Outcome::QueueFull(*limit),
-                    TriggerError::Backend(err) => Outcome::Backend(err.kind()),
-                },
-                written_out(&err),
-            ),
-        },
-        Route::Pause | Route::Unpause => {
-            match backend.set_paused(&ctx, &id, route == Route::Pause).await {
-                Ok(()) => (Outcome::Done, String::new()),
-                Err(err) => (
-                    match &err {
-                        SetPausedError::NotFound => Outcome::NotFound,
-                        SetPausedError::Unchanged => Outcome::Unchanged,
-                        SetPausedError::Backend(err) => Outcome::Backend(err.kind()),
-                    },
-                    written_out(&err),
-                ),
-            }
-        }
-        Route::Get => match backend.get(&ctx, &id).await {
-            Ok(_) => (Outcome::Done, String::new()),
-            Err(err) => (
-                match &err {
-                    LookupError::NotFound => Outcome::NotFound,
-                    LookupError::Backend(err) => Outcome::Backend(err.kind()),
-                },
-                written_out(&err),
-            ),
-        },
-        Route::List => match backend.list(&ctx).await {
-            Ok(_) => (Outcome::Done, String::new()),
-            Err(err) => (Outcome::Backend(err.kind()), written_out(&err)),
-        },
-        Route::Runs => match backend.list_runs(&ctx, &id, &RunQuery::default()).await {
-            Ok(_) => (Outcome::Done, String::new()),
-            Err(err) => (
-                match &err {
-                    RunsError::NotFound => Outcome::NotFound,
-                    RunsError::Backend(err) => Outcome::Backend(err.kind()),
-                },
-                written_out(&err),
-            ),
-        },
-        Route::Run => match backend.get_run(&ctx, &id, &run_id()).await {
-            Ok(_) => (Outcome::Done, String::new()),
-            Err(err) => (
-                match &err {
-                    RunLookupError::PipelineNotFound => Outcome::NotFound,
-                    RunLookupError::RunNotFound => Outcome::RunNotFound,
-                    RunLookupError::Backend(err) => Outcome::Backend(err.kind()),
-                },
-                written_out(&err),
-            ),
-        },
-        Route::Health => match backend.health().await {
-            Ok(()) => (Outcome::Done, String::new()),
-            Err(err) => (Outcome::Backend(err.kind()), written_out(&err)),
-        },
+    // Every refusal names the pipeline (and run) asked for.
+    let asked = |got: &PipelineId, outcome: Outcome| {
+        assert_eq!(got, &id, "{route:?}: the refusal's id");
+        outcome
     };
-    Called { outcome, text }
+    let result = match route {
+        Route::Execute => backend
+            .trigger(&ctx, &trigger())
+            .await
+            .map(drop)
+            .map_err(|err| {
+                let outcome = match &err {
+                    ExecuteError::NotFound(got) => asked(got, Outcome::NotFound),
+                    ExecuteError::Paused(got) => asked(got, Outcome::Paused),
+                    ExecuteError::QueueFull { pipeline_id, limit } => {
+                        asked(pipeline_id, Outcome::QueueFull(*limit))
+                    }
+                    ExecuteError::Backend(err) => Outcome::Backend(err.kind()),
+                    other => panic!("{route:?}: unexpected {other:?}"),
+                };
+                (outcome, written_out(&err))
+            }),
+        Route::Pause | Route::Unpause => backend
+            .set_paused(&ctx, &id, route == Route::Pause)
+            .await
+            .map_err(|err| {
+                let outcome = match &err {
+                    SetPausedError::NotFound(got) => asked(got, Outcome::NotFound),
+                    SetPausedError::AlreadyPaused(got) => asked(got, Outcome::AlreadyPaused),
+                    SetPausedError::NotPaused(got) => asked(got, Outcome::NotPaused),
+                    SetPausedError::Backend(err) => Outcome::Backend(err.kind()),
+                    other => panic!("{route:?}: unexpected {other:?}"),
+                };
+                (outcome, written_out(&err))
+            }),
+        Route::Get => backend.get(&ctx, &id).await.map(drop).map_err(|err| {
+            let outcome = match &err {
+                GetPipelineError::NotFound(got) => asked(got, Outcome::NotFound),
+                GetPipelineError::Backend(err) => Outcome::Backend(err.kind()),
+                other => panic!("{route:?}: unexpected {other:?}"),
+            };
+            (outcome, written_out(&err))
+        }),
+        Route::List => backend
+            .list(&ctx)
+            .await
+            .map(drop)
+            .map_err(|err| (Outcome::Backend(err.kind()), written_out(&err))),
+        Route::Runs => backend
+            .list_runs(&ctx, &id, &RunQuery::default())
+            .await
+            .map(drop)
+            .map_err(|err| {
+                let outcome = match &err {
+                    ListRunsError::NotFound(got) => asked(got, Outcome::NotFound),
+                    ListRunsError::Backend(err) => Outcome::Backend(err.kind()),
+                    other => panic!("{route:?}: unexpected {other:?}"),
+                };
+                (outcome, written_out(&err))
+            }),
+        Route::Run => backend
+            .get_run(&ctx, &id, &run_id())
+            .await
+            .map(drop)
+            .map_err(|err| (get_run_outcome(&err, &run_id()), written_out(&err))),
+        Route::Health => backend
+            .health()
+            .await
+            .map_err(|err| (Outcome::Backend(err.kind()), written_out(&err))),
+    };
+    match result {
+        Ok(()) => Called {
+            outcome: Outcome::Done,
+            text: String::new(),
+        },
+        Err((outcome, text)) => Called { outcome, text },
+    }
+}
+
+/// What a failed `get_run` of [`id`]'s run `run_id` came to; the error
+/// must name both.
+fn get_run_outcome(err: &GetRunError, asked_run: &RunId) -> Outcome {
+    match err {
+        GetRunError::PipelineNotFound(got) => {
+            assert_eq!(got, &id());
+            Outcome::NotFound
+        }
+        GetRunError::RunNotFound {
+            pipeline_id,
+            run_id,
+        } => {
+            assert_eq!((pipeline_id, run_id), (&id(), asked_run));
+            Outcome::RunNotFound
+        }
+        GetRunError::Backend(err) => Outcome::Backend(err.kind()),
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 /// Runs `route` against a fresh upstream that answers everything with
@@ -722,10 +784,10 @@ async fn each_contract_refusal_becomes_its_domain_error() {
             Route::Pause,
             400,
             "PipelineAlreadyPaused",
-            Outcome::Unchanged,
+            Outcome::AlreadyPaused,
         ),
         (Route::Unpause, 404, "PipelineNotFound", Outcome::NotFound),
-        (Route::Unpause, 400, "PipelineNotPaused", Outcome::Unchanged),
+        (Route::Unpause, 400, "PipelineNotPaused", Outcome::NotPaused),
         (Route::Get, 404, "PipelineNotFound", Outcome::NotFound),
         (Route::Runs, 404, "PipelineNotFound", Outcome::NotFound),
         (Route::Run, 404, "PipelineNotFound", Outcome::NotFound),
@@ -965,6 +1027,257 @@ async fn other_customers_pipelines_are_left_out_of_the_list() {
     assert_eq!(summaries[0].pipeline.name, "mine");
 }
 
+// --- Run ids in paths ---
+
+/// An upstream that knows the pipeline and answers every other route with
+/// a run.
+async fn upstream_with_the_pipeline(pipeline: Value) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/pipeline/{ID}")))
+        .respond_with(success(pipeline))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    answer_everything_with(&server, success(run_json(RUN_ID, "SUCCESS"))).await;
+    server
+}
+
+#[tokio::test]
+async fn a_dot_segment_run_id_is_not_found_in_a_visible_pipeline_which_alone_is_read() {
+    for raw in [".", ".."] {
+        let server = upstream_with_the_pipeline(pipeline_json()).await;
+        let run_id = RunId::parse(raw).unwrap();
+
+        let err = backend(&server)
+            .get_run(&ctx(), &id(), &run_id)
+            .await
+            .unwrap_err();
+
+        assert_eq!(
+            get_run_outcome(&err, &run_id),
+            Outcome::RunNotFound,
+            "{raw}"
+        );
+        // Sent as a segment, `..` would have reached the fake as the
+        // pipeline's own route, or `/pipeline/{id}/`: one more request.
+        let request = the_one_request(&server).await;
+        assert_read(&request, &format!("/pipeline/{ID}"));
+    }
+}
+
+#[tokio::test]
+async fn a_dot_segment_run_id_of_a_pipeline_that_is_not_the_callers_is_a_missing_pipeline() {
+    let mut foreign = pipeline_json();
+    foreign["customer_id"] = json!("globex");
+    for template in [refusal(404, "PipelineNotFound"), success(foreign)] {
+        let server = MockServer::start().await;
+        answer_everything_with(&server, template).await;
+        let run_id = RunId::parse("..").unwrap();
+
+        let err = backend(&server)
+            .get_run(&ctx(), &id(), &run_id)
+            .await
+            .unwrap_err();
+
+        assert_eq!(get_run_outcome(&err, &run_id), Outcome::NotFound);
+        assert_read(&the_one_request(&server).await, &format!("/pipeline/{ID}"));
+    }
+}
+
+#[tokio::test]
+async fn a_dot_segment_run_id_is_a_backend_error_when_the_pipeline_cannot_be_read() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, ResponseTemplate::new(500)).await;
+    let run_id = RunId::parse(".").unwrap();
+
+    let err = backend(&server)
+        .get_run(&ctx(), &id(), &run_id)
+        .await
+        .unwrap_err();
+
+    assert_eq!(get_run_outcome(&err, &run_id), UPSTREAM);
+}
+
+#[tokio::test]
+async fn run_ids_that_spell_dots_in_percent_encoding_reach_the_upstream_as_one_plain_segment() {
+    for (raw, segment) in [
+        ("%2e", "%252e"),
+        ("%2E%2e", "%252E%252e"),
+        (".%2e", ".%252e"),
+        ("%2e.", "%252e."),
+        ("...", "..."),
+        ("./..", ".%2F.."),
+    ] {
+        let server = MockServer::start().await;
+        answer_everything_with(&server, success(run_json(raw, "SUCCESS"))).await;
+
+        let run = backend(&server)
+            .get_run(&ctx(), &id(), &RunId::parse(raw).unwrap())
+            .await
+            .unwrap();
+
+        assert_eq!(run.id.as_str(), raw);
+        let request = the_one_request(&server).await;
+        assert_read(&request, &format!("/pipeline/{ID}/pipeline_run/{segment}"));
+    }
+}
+
+// --- Time ---
+//
+// A paused tokio runtime with nothing to do skips ahead to its next timer,
+// even while a request to the mock is on the wire (the mock answers from a
+// thread of its own): the call's deadline would then pass before any
+// answer came. Tests with paused time that talk to the mock therefore hold
+// the clock still with a blocking task, as tokio's documentation suggests,
+// and move it themselves.
+
+/// Keeps tokio's paused clock from skipping ahead on its own while it
+/// lasts: time moves only by `tokio::time::advance`.
+struct HeldClock {
+    release: std::sync::mpsc::Sender<()>,
+    holder: tokio::task::JoinHandle<()>,
+}
+
+impl HeldClock {
+    fn hold() -> Self {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = tokio::task::spawn_blocking(move || {
+            // Returns when the sender is dropped.
+            let _ = released.recv();
+        });
+        Self { release, holder }
+    }
+
+    /// Lets the paused clock skip ahead to the next timer again.
+    async fn release(self) {
+        drop(self.release);
+        self.holder.await.expect("the holding task ends");
+    }
+}
+
+/// Hears the backoff waits the backend announces in its debug log (the
+/// `wait_ms` of "retrying a read ..."), just before it starts each one.
+struct Backoffs(mpsc::UnboundedSender<Duration>);
+
+impl tracing::Subscriber for Backoffs {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct WaitMs(Option<u64>);
+        impl tracing::field::Visit for WaitMs {
+            fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+                if field.name() == "wait_ms" {
+                    self.0 = Some(value);
+                }
+            }
+
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn fmt::Debug) {}
+        }
+        let mut wait = WaitMs(None);
+        event.record(&mut wait);
+        if let Some(ms) = wait.0 {
+            let _ = self.0.send(Duration::from_millis(ms));
+        }
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Runs `call` on tokio's paused clock, held still, and moves the clock
+/// past each backoff wait the backend announces, and by nothing else: the
+/// waits take no real time, and no deadline passes. Returns what the call
+/// gave and the waits.
+async fn skipping_backoffs<T: Send + 'static>(
+    call: impl Future<Output = T> + Send + 'static,
+) -> (T, Vec<Duration>) {
+    let (announce, mut announced) = mpsc::unbounded_channel();
+    let _log = tracing::subscriber::set_default(Backoffs(announce));
+    let held = HeldClock::hold();
+    let mut call = tokio::spawn(call);
+    let mut waits = Vec::new();
+    let given = loop {
+        tokio::select! {
+            given = &mut call => break given.expect("the call does not panic"),
+            Some(wait) = announced.recv() => {
+                waits.push(wait);
+                // The announced wait is rounded down to the millisecond.
+                tokio::time::advance(wait + Duration::from_millis(1)).await;
+            }
+        }
+    };
+    held.release().await;
+    (given, waits)
+}
+
+/// [`call`] of `route` through [`skipping_backoffs`].
+async fn call_skipping_backoffs(
+    backend: &PlatformApiBackend,
+    route: Route,
+) -> (Called, Vec<Duration>) {
+    let backend = backend.clone();
+    skipping_backoffs(async move { call(&backend, route).await }).await
+}
+
+/// Answers `template`, and tells `arrived` of each request first.
+struct Telling {
+    template: ResponseTemplate,
+    arrived: Arc<Notify>,
+}
+
+impl Respond for Telling {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.arrived.notify_one();
+        self.template.clone()
+    }
+}
+
+/// An upstream that answers everything with `status` after 10 s, and
+/// tells of each request as it arrives.
+async fn slow_upstream(status: u16) -> (MockServer, Arc<Notify>) {
+    let server = MockServer::start().await;
+    let arrived = Arc::new(Notify::new());
+    Mock::given(any())
+        .respond_with(Telling {
+            template: ResponseTemplate::new(status).set_delay(Duration::from_secs(10)),
+            arrived: arrived.clone(),
+        })
+        .mount(&server)
+        .await;
+    (server, arrived)
+}
+
+/// Makes `route`'s call to a [`slow_upstream`] on tokio's paused clock,
+/// and how long it took by that clock. The clock stands still until the
+/// request has reached the upstream (so that the upstream has it on record
+/// before the test moves on), then skips to the call's deadline.
+async fn call_timing_out(
+    backend: &PlatformApiBackend,
+    route: Route,
+    arrived: &Notify,
+) -> (Called, Duration) {
+    let held = HeldClock::hold();
+    let started = Instant::now();
+    let backend = backend.clone();
+    let call = tokio::spawn(async move { call(&backend, route).await });
+    arrived.notified().await;
+    held.release().await;
+    let called = call.await.expect("the call does not panic");
+    (called, started.elapsed())
+}
+
 // --- Transport failures ---
 
 /// A local port that nothing listens on.
@@ -975,12 +1288,11 @@ fn closed_port() -> u16 {
     port
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_closed_port_is_unavailable_on_every_route_and_fails_fast() {
     let backend = backend_at(&format!("http://127.0.0.1:{}", closed_port()), TIMEOUT);
     for route in ROUTES {
-        let started = Instant::now();
-        let called = call(&backend, route).await;
+        let (called, waits) = call_skipping_backoffs(&backend, route).await;
         assert_eq!(
             called.outcome,
             Outcome::Backend(BackendErrorKind::Unavailable),
@@ -988,42 +1300,30 @@ async fn a_closed_port_is_unavailable_on_every_route_and_fails_fast() {
             called.text
         );
         // Reads retry, but their waits add up to well under the timeout.
+        let retries = if route.is_read() { 3 } else { 0 };
+        assert_eq!(waits.len(), retries, "{route:?}");
         assert!(
-            started.elapsed() < TIMEOUT,
-            "{route:?} took {:?}",
-            started.elapsed()
+            waits.iter().sum::<Duration>() < TIMEOUT / 4,
+            "{route:?}: {waits:?}"
         );
     }
 }
 
-#[tokio::test]
-async fn a_slow_upstream_is_a_timeout_within_the_configured_time_on_every_route() {
-    let server = MockServer::start().await;
-    answer_everything_with(
-        &server,
-        ResponseTemplate::new(200).set_delay(Duration::from_secs(10)),
-    )
-    .await;
+#[tokio::test(start_paused = true)]
+async fn a_slow_upstream_is_a_timeout_at_the_configured_time_on_every_route() {
+    let (server, arrived) = slow_upstream(200).await;
     let backend = backend_at(&server.uri(), SHORT_TIMEOUT);
     for route in ROUTES {
-        let started = Instant::now();
-        let called = call(&backend, route).await;
-        let elapsed = started.elapsed();
+        let (called, took) = call_timing_out(&backend, route, &arrived).await;
         assert_eq!(
             called.outcome,
             Outcome::Backend(BackendErrorKind::Timeout),
             "{route:?}: {}",
             called.text
         );
-        assert!(
-            elapsed >= SHORT_TIMEOUT,
-            "{route:?} gave up early, after {elapsed:?}"
-        );
-        assert!(
-            elapsed < SHORT_TIMEOUT + MARGIN,
-            "{route:?} took {elapsed:?}"
-        );
+        assert_eq!(took, SHORT_TIMEOUT, "{route:?}");
     }
+    assert_eq!(requests(&server).await.len(), ROUTES.len());
 }
 
 // --- Retries ---
@@ -1041,12 +1341,12 @@ async fn flaky(first: ResponseTemplate, then: ResponseTemplate) -> MockServer {
     server
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn every_read_is_retried_after_a_502_or_503_and_then_succeeds() {
     for status in [502, 503] {
         for route in ROUTES.into_iter().filter(|route| route.is_read()) {
             let server = flaky(ResponseTemplate::new(status), route.success()).await;
-            let called = call(&backend(&server), route).await;
+            let (called, waits) = call_skipping_backoffs(&backend(&server), route).await;
             assert_eq!(
                 called.outcome,
                 Outcome::Done,
@@ -1054,17 +1354,27 @@ async fn every_read_is_retried_after_a_502_or_503_and_then_succeeds() {
                 called.text
             );
             assert_eq!(requests(&server).await.len(), 2, "{route:?} after {status}");
+            // Full jitter below the first ceiling.
+            assert!(
+                waits.len() == 1 && waits[0] < Duration::from_millis(50),
+                "{waits:?}"
+            );
         }
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_retried_read_carries_the_same_request_id_each_time() {
     let server = flaky(ResponseTemplate::new(503), Route::Get.success()).await;
-    let anonymous = ctx_for(CUSTOMER, None);
+    let backend = backend(&server);
 
-    backend(&server).get(&anonymous, &id()).await.unwrap();
+    let (got, _) =
+        skipping_backoffs(
+            async move { backend.get(&ctx_for(CUSTOMER, None), &id()).await.map(drop) },
+        )
+        .await;
 
+    got.unwrap();
     let received = requests(&server).await;
     assert_eq!(received.len(), 2);
     assert_eq!(
@@ -1073,12 +1383,17 @@ async fn a_retried_read_carries_the_same_request_id_each_time() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_read_gives_up_after_three_retries_with_the_last_failure() {
-    let (called, requests) = against(Route::Get, ResponseTemplate::new(503)).await;
+    let server = MockServer::start().await;
+    answer_everything_with(&server, ResponseTemplate::new(503)).await;
+
+    let (called, waits) = call_skipping_backoffs(&backend(&server), Route::Get).await;
+
     assert_eq!(called.outcome, UPSTREAM);
     assert!(called.text.contains("503"), "{}", called.text);
-    assert_eq!(requests, 4);
+    assert_eq!(requests(&server).await.len(), 4);
+    assert_eq!(waits.len(), 3);
 }
 
 #[tokio::test]
@@ -1101,45 +1416,16 @@ async fn writes_and_health_are_never_retried() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_write_that_timed_out_is_not_sent_again() {
-    let server = MockServer::start().await;
-    answer_everything_with(
-        &server,
-        ResponseTemplate::new(503).set_delay(Duration::from_secs(10)),
-    )
-    .await;
+    let (server, arrived) = slow_upstream(503).await;
+    let backend = backend_at(&server.uri(), SHORT_TIMEOUT);
 
-    let called = call(&backend_at(&server.uri(), SHORT_TIMEOUT), Route::Execute).await;
+    let (called, took) = call_timing_out(&backend, Route::Execute, &arrived).await;
 
     assert_eq!(called.outcome, Outcome::Backend(BackendErrorKind::Timeout));
+    assert_eq!(took, SHORT_TIMEOUT);
     assert_eq!(requests(&server).await.len(), 1);
-}
-
-#[tokio::test]
-async fn retries_stop_at_the_one_deadline_of_the_call() {
-    let server = MockServer::start().await;
-    // Each answer takes half the timeout, so at most two attempts fit.
-    answer_everything_with(
-        &server,
-        ResponseTemplate::new(503).set_delay(SHORT_TIMEOUT / 2 + Duration::from_millis(20)),
-    )
-    .await;
-
-    let started = Instant::now();
-    let called = call(&backend_at(&server.uri(), SHORT_TIMEOUT), Route::Get).await;
-    let elapsed = started.elapsed();
-
-    assert!(
-        matches!(
-            called.outcome,
-            Outcome::Backend(BackendErrorKind::Timeout | BackendErrorKind::Upstream)
-        ),
-        "{:?}",
-        called.outcome
-    );
-    assert!(elapsed < SHORT_TIMEOUT + MARGIN, "took {elapsed:?}");
-    assert!(requests(&server).await.len() <= 2);
 }
 
 // --- The token ---
@@ -1175,17 +1461,10 @@ async fn the_token_never_appears_in_an_error_even_when_the_upstream_echoes_it() 
     }
     let unreachable = backend_at(&format!("http://127.0.0.1:{}", closed_port()), TIMEOUT);
     texts.push(call(&unreachable, Route::Execute).await.text);
-    let server = MockServer::start().await;
-    answer_everything_with(
-        &server,
-        ResponseTemplate::new(200).set_delay(Duration::from_secs(10)),
-    )
-    .await;
-    texts.push(
-        call(&backend_at(&server.uri(), SHORT_TIMEOUT), Route::Get)
-            .await
-            .text,
-    );
+    let (server, arrived) = slow_upstream(200).await;
+    tokio::time::pause();
+    let slow = backend_at(&server.uri(), SHORT_TIMEOUT);
+    texts.push(call_timing_out(&slow, Route::Get, &arrived).await.0.text);
 
     assert!(texts.len() > 30, "{}", texts.len());
     for text in texts {

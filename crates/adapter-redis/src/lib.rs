@@ -20,6 +20,38 @@
 //!
 //! Only plain `redis://` and `unix://` connections are supported; `rediss://`
 //! (TLS) is refused at startup rather than failing on the first request.
+//!
+//! # What a key holds
+//!
+//! A small JSON document that `redis-cli GET` shows: the state, the
+//! fingerprint, and the claim's random token
+//! (`{"state":"in_flight","fingerprint":"...","token":"..."}`), the note of
+//! a failed attempt (`{"state":"failed","fingerprint":"..."}`), or the record
+//! the domain kept of a finished request, byte for byte in base64
+//! (`{"state":"done","fingerprint":"...","record":"..."}`). The store never
+//! reads the record's bytes.
+//!
+//! Records written before they were opaque bytes (`"status"` and `"body"`
+//! in place of `"record"`) are not read: the domain keeps its records in a
+//! form of its own, which the old status and body cannot be turned into
+//! here. A repeat that finds one gets [`domain::StoreError::Failed`] (the
+//! client gets 503 and may retry) until the old record's retention ends;
+//! nothing is run twice and nothing is misread. Likewise an instance of the
+//! old version finds the new done records unreadable, so a rolling upgrade
+//! turns repeats of keys completed on the other version into 503s for the
+//! retention, and no more. Claims and failed-attempt notes have the same
+//! shape in both versions and are read by either.
+//!
+//! # Tests
+//!
+//! The tests that need a real `redis-server` are a test target of their own,
+//! built only with the `redis-server` feature:
+//!
+//! ```text
+//! export MAESTRO_TEST_REDIS_URL="$(scripts/redis-test-server.sh)"
+//! cargo test -p adapter-redis --features redis-server --test redis_server
+//! scripts/redis-test-server.sh stop
+//! ```
 
 mod record;
 mod store;

@@ -1,9 +1,8 @@
-//! What one key holds in Redis: a claim in flight, a kept outcome or the
+//! What one key holds in Redis: a claim in flight, a kept record or the
 //! note of a failed attempt, as a small JSON document that an operator can
 //! read with `redis-cli GET`.
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use domain::StoredOutcome;
 use serde::{Deserialize, Serialize};
 
 /// The value of one idempotency key.
@@ -13,12 +12,15 @@ pub(crate) enum Record {
     /// A request holds the key. `token` is unique to that request, so that
     /// the exact value proves whose claim it is.
     InFlight { fingerprint: String, token: String },
-    /// A request with the key finished with this outcome; `body` is base64.
-    Done {
-        fingerprint: String,
-        status: u16,
-        body: String,
-    },
+    /// A request with the key finished, and the domain kept this record of
+    /// it: bytes the store never reads, in base64.
+    ///
+    /// The field is named `record`, not `body` as in the shape written
+    /// before records were opaque (`status` and `body`): an instance of
+    /// either version finds the other's done records unreadable, and
+    /// answers that the store failed, rather than replaying bytes it would
+    /// misread.
+    Done { fingerprint: String, record: String },
     /// A request with the key failed in a way that invites a retry and gave
     /// up its claim: the next claim with the same fingerprint takes the key
     /// over as a retry.
@@ -39,12 +41,11 @@ impl Record {
         }
     }
 
-    /// The outcome kept for `fingerprint`.
-    pub(crate) fn done(fingerprint: &str, outcome: &StoredOutcome) -> Self {
+    /// The record kept for `fingerprint`.
+    pub(crate) fn done(fingerprint: &str, record: &[u8]) -> Self {
         Self::Done {
             fingerprint: fingerprint.to_owned(),
-            status: outcome.status,
-            body: STANDARD.encode(&outcome.body),
+            record: STANDARD.encode(record),
         }
     }
 
@@ -65,7 +66,7 @@ impl Record {
 
     /// The stored form.
     pub(crate) fn encode(&self) -> String {
-        // Serializing plain strings and numbers into a String cannot fail.
+        // Serializing plain strings into a String cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
 
@@ -74,20 +75,15 @@ impl Record {
         serde_json::from_str(text).map_err(|err| UnreadableRecord(err.into()))
     }
 
-    /// The outcome of a done record; `None` for a claim or a failed
-    /// attempt.
-    pub(crate) fn outcome(&self) -> Result<Option<StoredOutcome>, UnreadableRecord> {
+    /// The kept bytes of a done record, as they were completed; `None` for
+    /// a claim or a failed attempt.
+    pub(crate) fn kept(&self) -> Result<Option<Vec<u8>>, UnreadableRecord> {
         match self {
             Self::InFlight { .. } | Self::Failed { .. } => Ok(None),
-            Self::Done { status, body, .. } => {
-                let body = STANDARD
-                    .decode(body)
-                    .map_err(|err| UnreadableRecord(err.into()))?;
-                Ok(Some(StoredOutcome {
-                    status: *status,
-                    body,
-                }))
-            }
+            Self::Done { record, .. } => STANDARD
+                .decode(record)
+                .map(Some)
+                .map_err(|err| UnreadableRecord(err.into())),
         }
     }
 }
@@ -97,16 +93,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_done_record_reads_back_as_its_outcome_whatever_the_bytes() {
-        let outcome = StoredOutcome {
-            status: 404,
-            body: vec![0, 159, 146, 150, b'{', b'"'],
-        };
-        let record = Record::done("p1", &outcome);
+    fn a_done_record_reads_back_byte_for_byte_whatever_the_bytes() {
+        let bytes = [0, 159, 146, 150, b'{', b'"', 255];
+        let record = Record::done("p1", &bytes);
         let back = Record::decode(&record.encode()).unwrap();
         assert_eq!(back, record);
         assert_eq!(back.fingerprint(), "p1");
-        assert_eq!(back.outcome().unwrap(), Some(outcome));
+        assert_eq!(back.kept().unwrap().as_deref(), Some(&bytes[..]));
+        let empty = Record::decode(&Record::done("p1", b"").encode()).unwrap();
+        assert_eq!(empty.kept().unwrap(), Some(Vec::new()));
     }
 
     #[test]
@@ -115,41 +110,56 @@ mod tests {
         assert_ne!(a.encode(), b.encode());
         let back = Record::decode(&a.encode()).unwrap();
         assert_eq!(back, a);
-        assert_eq!(back.outcome().unwrap(), None);
+        assert_eq!(back.kept().unwrap(), None);
     }
 
     #[test]
     fn the_stored_form_is_readable_json() {
-        let record = Record::done(
-            "p1",
-            &StoredOutcome {
-                status: 200,
-                body: b"{}".to_vec(),
-            },
-        );
         assert_eq!(
-            record.encode(),
-            r#"{"state":"done","fingerprint":"p1","status":200,"body":"e30="}"#
+            Record::done("p1", b"{}").encode(),
+            r#"{"state":"done","fingerprint":"p1","record":"e30="}"#
         );
     }
 
     #[test]
-    fn a_failed_attempt_reads_back_with_its_fingerprint_and_no_outcome() {
+    fn a_failed_attempt_reads_back_with_its_fingerprint_and_nothing_kept() {
         let record = Record::failed("p1");
         assert_eq!(record.encode(), r#"{"state":"failed","fingerprint":"p1"}"#);
         let back = Record::decode(&record.encode()).unwrap();
         assert_eq!(back, record);
         assert_eq!(back.fingerprint(), "p1");
-        assert_eq!(back.outcome().unwrap(), None);
+        assert_eq!(back.kept().unwrap(), None);
+    }
+
+    #[test]
+    fn claims_and_failed_attempts_in_the_shape_before_opaque_records_still_read() {
+        let claim = r#"{"state":"in_flight","fingerprint":"p1","token":"0f3c"}"#;
+        assert_eq!(
+            Record::decode(claim).unwrap(),
+            Record::InFlight {
+                fingerprint: "p1".to_owned(),
+                token: "0f3c".to_owned()
+            }
+        );
+        let failed = r#"{"state":"failed","fingerprint":"p1"}"#;
+        assert_eq!(Record::decode(failed).unwrap(), Record::failed("p1"));
+    }
+
+    #[test]
+    fn a_done_record_in_the_shape_before_opaque_records_is_unreadable() {
+        let old = r#"{"state":"done","fingerprint":"p1","status":200,"body":"e30="}"#;
+        let err = Record::decode(old).unwrap_err();
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("record"), "{cause}");
     }
 
     #[test]
     fn foreign_values_are_unreadable_rather_than_misread() {
         assert!(Record::decode("OK").is_err());
         assert!(
-            Record::decode(r#"{"state":"done","fingerprint":"p1","status":200,"body":"%%"}"#)
+            Record::decode(r#"{"state":"done","fingerprint":"p1","record":"%%"}"#)
                 .unwrap()
-                .outcome()
+                .kept()
                 .is_err()
         );
     }

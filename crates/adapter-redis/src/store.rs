@@ -6,9 +6,7 @@
 use std::{fmt, future::Future, sync::LazyLock, time::Duration};
 
 use async_trait::async_trait;
-use domain::{
-    Claim, CustomerId, IdempotencyKey, IdempotencyStore, Lease, StoreError, StoredOutcome,
-};
+use domain::{Claim, CustomerId, IdempotencyKey, IdempotencyStore, Lease, StoreError};
 use redis::{
     Client, Script,
     aio::{ConnectionManager, ConnectionManagerConfig},
@@ -209,8 +207,8 @@ impl RedisIdempotencyStore {
             if record.fingerprint() != fingerprint {
                 return Ok(Claim::Mismatch);
             }
-            if let Some(outcome) = record.outcome().map_err(unreadable)? {
-                return Ok(Claim::Done(outcome));
+            if let Some(kept) = record.kept().map_err(unreadable)? {
+                return Ok(Claim::Done(kept));
             }
             if !matches!(record, Record::Failed { .. }) {
                 return Ok(Claim::InFlight);
@@ -295,10 +293,10 @@ impl IdempotencyStore for RedisIdempotencyStore {
         scope: &CustomerId,
         key: &IdempotencyKey,
         lease: &Lease,
-        outcome: &StoredOutcome,
+        record: &[u8],
         retention: Duration,
     ) -> Result<(), StoreError> {
-        let done = Record::done(claim_of(lease)?.fingerprint(), outcome);
+        let done = Record::done(claim_of(lease)?.fingerprint(), record);
         let redis_key = self.redis_key(scope, key);
         self.within(
             "complete",
@@ -349,6 +347,30 @@ mod tests {
     fn a_customer_id_cannot_reach_another_customers_keys() {
         // Without the encoding, "a:b" + "c" and "a" + "b:c" would meet.
         assert_ne!(key_of("a:b", "c"), key_of("a", "b:c"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_does_not_answer_fails_at_connect_without_naming_it() {
+        // Nothing listens on port 1; on the paused clock the reconnection's
+        // backoff takes no real time.
+        let mut config = RedisConfig::new("redis://127.0.0.1:1");
+        config.connect_timeout = Duration::from_millis(300);
+        let err = RedisIdempotencyStore::connect(&config).await.unwrap_err();
+        assert!(matches!(err, ConnectError::Connect(_)), "{err:?}");
+        assert!(!err.to_string().contains("127.0.0.1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_tls_or_malformed_url_is_refused_before_any_connection() {
+        let err = RedisIdempotencyStore::connect(&RedisConfig::new("rediss://:hunter2@cache:6380"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::TlsUnsupported), "{err:?}");
+        let err = RedisIdempotencyStore::connect(&RedisConfig::new("http://:hunter2@cache"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::InvalidUrl), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"));
     }
 
     #[test]

@@ -15,9 +15,10 @@ use adapter_platform_api::{PlatformApiBackend, PlatformApiConfig};
 use adapter_redis::{RedisConfig, RedisIdempotencyStore};
 use anyhow::{Context as _, bail};
 use domain::{
-    AuthContext, CustomerId, Idempotency, IdempotencyConfig, IdempotencyStore, Orchestrator,
+    AuthContext, Clock, CustomerId, Idempotency, IdempotencyConfig, IdempotencyStore, Orchestrator,
     PipelineRepository, PipelineService,
 };
+use runtime::TokioClock;
 
 use crate::{
     Backend, ServeConfig,
@@ -42,20 +43,22 @@ pub struct Built {
 /// When the configuration is unusable: no key on a non-loopback address, an
 /// unreadable key or fixture file, or a backend without its settings.
 pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
-    let (repository, orchestrator, demo) = backend(config)?;
+    // The one clock every part of the service reads.
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::start());
+    let (repository, orchestrator, demo) = backend(config, &clock)?;
     let (auth, dev_banner) = auth(config, demo)?;
     let metrics = Metrics::default();
     let service = PipelineService::new(
         metrics.instrument_repository(repository),
         metrics.instrument_orchestrator(orchestrator),
     );
-    let idempotency = idempotency(config).await?;
+    let idempotency = idempotency(config, &clock).await?;
     let mut state = AppState::new(service, auth, config.backend.name(), metrics, idempotency);
     if let Some(limit) =
         RateLimitConfig::from_settings(config.rate_limit_per_minute, config.rate_limit_burst)
             .context("invalid rate-limit settings")?
     {
-        state = state.with_rate_limiter(RateLimiter::new(limit));
+        state = state.with_rate_limiter(RateLimiter::new(limit, clock));
     }
     Ok(Built {
         router: adapter_http::router(state.clone()),
@@ -66,24 +69,21 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
 
 /// Where `Idempotency-Key` answers are kept: Redis when configured, shared
 /// by every instance; this process's memory otherwise.
-async fn idempotency(config: &ServeConfig) -> anyhow::Result<Idempotency> {
+async fn idempotency(config: &ServeConfig, clock: &Arc<dyn Clock>) -> anyhow::Result<Idempotency> {
     let store: Arc<dyn IdempotencyStore> = match &config.redis_url {
         Some(url) => Arc::new(
             RedisIdempotencyStore::connect(&RedisConfig::new(url.clone()))
                 .await
                 .context("cannot use MAESTRO_REDIS_URL")?,
         ),
-        None => Arc::new(MemoryIdempotencyStore::default()),
+        None => Arc::new(MemoryIdempotencyStore::default().with_clock(clock.clone())),
     };
-    Ok(Idempotency::new(
-        store,
-        IdempotencyConfig {
-            retention: config.idempotency_ttl,
-            // A claim must outlast the slowest execute: the backend's
-            // timeout, with room for the retry a lost answer allows.
-            in_flight: config.upstream_timeout() * 2 + Duration::from_secs(5),
-        },
-    ))
+    let mut settings = IdempotencyConfig::default();
+    settings.retention = config.idempotency_ttl;
+    // A claim must outlast the slowest execute: the backend's timeout, with
+    // room for the retry a lost answer allows.
+    settings.in_flight = config.upstream_timeout() * 2 + Duration::from_secs(5);
+    Ok(Idempotency::new(store, settings, clock.clone()))
 }
 
 /// The demo pipeline the development banner's curl line triggers.
@@ -98,7 +98,7 @@ type Ports = (
     Option<Demo>,
 );
 
-fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
+fn backend(config: &ServeConfig, clock: &Arc<dyn Clock>) -> anyhow::Result<Ports> {
     match config.backend {
         Backend::Memory => {
             let memory = &config.memory;
@@ -109,9 +109,10 @@ fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
             };
             let (backend, demo) = match &memory.memory_fixture {
                 Some(path) => {
-                    let pipelines = adapter_memory::load_fixture(path).with_context(|| {
-                        format!("cannot load MAESTRO_MEMORY_FIXTURE {}", path.display())
-                    })?;
+                    let pipelines =
+                        adapter_memory::load_fixture(path, clock.now()).with_context(|| {
+                            format!("cannot load MAESTRO_MEMORY_FIXTURE {}", path.display())
+                        })?;
                     tracing::info!(pipelines = pipelines.len(), fixture = %path.display(), "memory backend loaded");
                     (MemoryBackend::new(settings, pipelines), None)
                 }
@@ -123,7 +124,7 @@ fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
                     }),
                 ),
             };
-            let backend = Arc::new(backend);
+            let backend = Arc::new(backend.with_clock(clock.clone()));
             Ok((backend.clone(), backend, demo))
         }
         Backend::PlatformApi => {
@@ -140,7 +141,8 @@ fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
                 token: token.clone(),
                 timeout: config.upstream_timeout(),
             })
-            .context("invalid Platform-API settings")?;
+            .context("invalid Platform-API settings")?
+            .with_clock(clock.clone());
             let backend = Arc::new(backend);
             Ok((backend.clone(), backend, None))
         }
@@ -169,8 +171,11 @@ fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
                 .clone_from(&settings.airflow_customer_tag_prefix);
             airflow.timeout = config.upstream_timeout();
             airflow.dag_cache_ttl = Duration::from_millis(settings.airflow_dag_cache_ms);
-            let backend =
-                Arc::new(AirflowBackend::new(airflow).context("invalid Airflow settings")?);
+            let backend = Arc::new(
+                AirflowBackend::new(airflow)
+                    .context("invalid Airflow settings")?
+                    .with_clock(clock.clone()),
+            );
             Ok((backend.clone(), backend, None))
         }
     }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
 /// The customer that owns pipelines. It only ever comes from a verified
-/// credential, never from a request body, query or header.
+/// credential, never from what the request itself says.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CustomerId(String);
 

@@ -14,7 +14,7 @@ pub struct PipelineId(String);
 
 /// The raw text was not a pipeline id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("pipeline_id must be a UUID, hyphenated or underscored")]
+#[error("a pipeline id must be a UUID, hyphenated or underscored")]
 pub struct InvalidPipelineId;
 
 impl PipelineId {
@@ -84,8 +84,8 @@ pub enum PipelineStatus {
     Active,
     /// Refuses executions until it is unpaused; running runs still finish.
     Paused,
-    /// The backend reports the pipeline broken (for example a DAG that does
-    /// not import). It is not paused, so it can be paused and executed.
+    /// The backend reports the pipeline broken (for example its definition
+    /// does not load). It is not paused, so it can be paused and executed.
     Error,
 }
 
@@ -112,7 +112,11 @@ impl fmt::Display for PipelineStatus {
 }
 
 /// A pipeline as its owner sees it.
+///
+/// Built with [`Pipeline::new`]; the fields are public to read and to
+/// change, and more may come (the type is `#[non_exhaustive]`).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Pipeline {
     /// The normalized id.
     pub id: PipelineId,
@@ -134,13 +138,48 @@ pub struct Pipeline {
     pub jobs: Vec<serde_json::Value>,
 }
 
+impl Pipeline {
+    /// An active pipeline of `customer_id` created at `created_at` and
+    /// unchanged since, with no description, schedule or jobs.
+    pub fn new(
+        id: PipelineId,
+        customer_id: CustomerId,
+        name: impl Into<String>,
+        created_at: Timestamp,
+    ) -> Self {
+        Self {
+            id,
+            customer_id,
+            name: name.into(),
+            description: String::new(),
+            cron: None,
+            status: PipelineStatus::Active,
+            created_at,
+            updated_at: created_at,
+            jobs: Vec::new(),
+        }
+    }
+}
+
 /// A pipeline as a listing shows it: the pipeline and its newest run's status.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct PipelineSummary {
     /// The pipeline itself.
     pub pipeline: Pipeline,
     /// The status of the newest run, or `None` when it never ran.
     pub last_status: Option<RunStatus>,
+}
+
+impl PipelineSummary {
+    /// `pipeline`, whose newest run is in `last_status` (`None`: it never
+    /// ran).
+    pub fn new(pipeline: Pipeline, last_status: Option<RunStatus>) -> Self {
+        Self {
+            pipeline,
+            last_status,
+        }
+    }
 }
 
 #[cfg(test)]

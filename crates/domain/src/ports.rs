@@ -1,105 +1,92 @@
-//! The ports: what the use cases need from a backend.
+//! The ports: what the use cases need from a backend, and the one request
+//! a trigger takes.
 //!
 //! Every call carries the [`RequestContext`], and every implementation scopes
 //! the call to its customer: a pipeline of another customer must look
 //! exactly like a missing one. [`crate::PipelineService`] checks what comes
 //! back as a second line of defence, but the first line is here.
+//!
+//! Each method returns the error type of the use case it serves, so that an
+//! implementation says exactly what the use case answers, with the ids the
+//! caller asked for.
 
 use async_trait::async_trait;
 
 use crate::{
-    BackendError, IdempotencyKey, Pipeline, PipelineId, PipelineSummary, RequestContext, Run,
-    RunId, RunPage, RunQuery, Timestamp,
+    BackendError, ExecuteError, GetPipelineError, GetRunError, IdempotencyKey, ListRunsError,
+    Pipeline, PipelineId, PipelineSummary, RequestContext, Run, RunId, RunPage, RunQuery,
+    SetPausedError, Timestamp,
 };
 
-/// What makes a trigger safe to repeat: the client's idempotency key, and
-/// whether an earlier trigger with it failed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TriggerOptions {
-    /// The execute's `Idempotency-Key`, scoped to the caller's customer. A
-    /// backend that can mark a run with it does, so that a later trigger
-    /// with the same key can find that run.
-    pub idempotency_key: Option<IdempotencyKey>,
-    /// Set when an earlier trigger with the key failed with a backend
-    /// error, so that it may have started a run its answer never reported
-    /// (the answer was lost, or came after the timeout): the earliest
-    /// instant that run can have been made, the key's retention back from
-    /// now. A backend that can find that run answers with it instead of
-    /// starting a second one; a run marked with the key but older than this
-    /// belongs to an earlier use of the key, whose answer is no longer kept.
-    pub retry_since: Option<Timestamp>,
+/// Everything a trigger needs: which pipeline, and what makes the trigger
+/// safe to repeat.
+///
+/// Built with [`TriggerRequest::new`] and the `with_` methods, so that what
+/// a later version adds (run parameters, say) has a default and breaks no
+/// caller.
+///
+/// ```
+/// use domain::{IdempotencyKey, PipelineId, TriggerRequest};
+///
+/// let request = TriggerRequest::new(PipelineId::parse("1b33ad2f-33d3-4837-9eeb-83c82c8b909d")?)
+///     .with_idempotency_key(IdempotencyKey::parse("order-42")?);
+/// assert_eq!(request.idempotency_key().map(IdempotencyKey::as_str), Some("order-42"));
+/// assert_eq!(request.retry_since(), None);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerRequest {
+    pipeline_id: PipelineId,
+    idempotency_key: Option<IdempotencyKey>,
+    retry_since: Option<Timestamp>,
 }
 
-/// The pipeline is not visible to the caller: missing, or another
-/// customer's.
-#[derive(Debug, thiserror::Error)]
-pub enum LookupError {
-    /// No pipeline with this id belongs to the caller's customer.
-    #[error("pipeline not found")]
-    NotFound,
-    /// The backend failed.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-}
+impl TriggerRequest {
+    /// A trigger of `pipeline_id`, now, with nothing else asked.
+    pub fn new(pipeline_id: PipelineId) -> Self {
+        Self {
+            pipeline_id,
+            idempotency_key: None,
+            retry_since: None,
+        }
+    }
 
-/// Why a pause or unpause did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum SetPausedError {
-    /// No pipeline with this id belongs to the caller's customer.
-    #[error("pipeline not found")]
-    NotFound,
-    /// The pipeline was already in the asked-for state; nothing changed.
-    #[error("pipeline already in that state")]
-    Unchanged,
-    /// The backend failed.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-}
+    /// The same trigger, sent with the client's idempotency key (scoped to
+    /// the caller's customer). A backend that can mark a run with the key
+    /// does, so that a later trigger with the same key can find that run.
+    #[must_use]
+    pub fn with_idempotency_key(mut self, key: IdempotencyKey) -> Self {
+        self.idempotency_key = Some(key);
+        self
+    }
 
-/// Why a trigger did not start a run.
-#[derive(Debug, thiserror::Error)]
-pub enum TriggerError {
-    /// No pipeline with this id belongs to the caller's customer.
-    #[error("pipeline not found")]
-    NotFound,
-    /// The pipeline is paused; nothing was started.
-    #[error("pipeline paused")]
-    Paused,
-    /// The pipeline's queue of waiting runs is at its bound; nothing was
-    /// started.
-    #[error("queue full at {limit} waiting runs")]
-    QueueFull {
-        /// The bound that was reached.
-        limit: usize,
-    },
-    /// The backend failed; a run may or may not have started.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-}
+    /// The same trigger, retrying one with the same key that failed with a
+    /// backend error and so may have started a run its answer never
+    /// reported: `since` is the earliest instant that run can have been
+    /// made. A backend that can find that run answers with it instead of
+    /// starting a second; a run marked with the key but older than `since`
+    /// belongs to an earlier use of the key and is not taken for it.
+    #[must_use]
+    pub fn retrying_since(mut self, since: Timestamp) -> Self {
+        self.retry_since = Some(since);
+        self
+    }
 
-/// Why runs could not be listed.
-#[derive(Debug, thiserror::Error)]
-pub enum RunsError {
-    /// No pipeline with this id belongs to the caller's customer.
-    #[error("pipeline not found")]
-    NotFound,
-    /// The backend failed.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-}
+    /// The pipeline to run.
+    pub fn pipeline_id(&self) -> &PipelineId {
+        &self.pipeline_id
+    }
 
-/// Why a run could not be fetched.
-#[derive(Debug, thiserror::Error)]
-pub enum RunLookupError {
-    /// No pipeline with this id belongs to the caller's customer.
-    #[error("pipeline not found")]
-    PipelineNotFound,
-    /// The pipeline is visible but has no run with this id.
-    #[error("run not found")]
-    RunNotFound,
-    /// The backend failed.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
+    /// The client's idempotency key, if it sent one.
+    pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
+        self.idempotency_key.as_ref()
+    }
+
+    /// When this retries a failed trigger: the earliest instant that
+    /// trigger's run can have been made.
+    pub fn retry_since(&self) -> Option<Timestamp> {
+        self.retry_since
+    }
 }
 
 /// Where pipelines live: their metadata and whether they are paused.
@@ -109,9 +96,14 @@ pub trait PipelineRepository: Send + Sync {
     /// The caller's pipeline with this id.
     ///
     /// # Errors
-    /// [`LookupError::NotFound`] when no such pipeline belongs to the
-    /// caller's customer; [`LookupError::Backend`] when the backend fails.
-    async fn get(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Pipeline, LookupError>;
+    /// [`GetPipelineError::NotFound`] when no such pipeline belongs to the
+    /// caller's customer; [`GetPipelineError::Backend`] when the backend
+    /// fails.
+    async fn get(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+    ) -> Result<Pipeline, GetPipelineError>;
 
     /// Every pipeline of the caller's customer, with its newest run's status,
     /// in full (not one page of them).
@@ -125,8 +117,10 @@ pub trait PipelineRepository: Send + Sync {
     ///
     /// # Errors
     /// [`SetPausedError::NotFound`] when no such pipeline belongs to the
-    /// caller's customer; [`SetPausedError::Unchanged`] when it already was
-    /// in that state; [`SetPausedError::Backend`] when the backend fails.
+    /// caller's customer; [`SetPausedError::AlreadyPaused`] or
+    /// [`SetPausedError::NotPaused`] when it already was in the state asked
+    /// for (see [`SetPausedError::unchanged`]); [`SetPausedError::Backend`]
+    /// when the backend fails.
     async fn set_paused(
         &self,
         ctx: &RequestContext,
@@ -147,59 +141,46 @@ pub trait Orchestrator: Send + Sync {
     ///
     /// The visibility and paused checks must hold at the moment of the
     /// trigger: a backend that can do them atomically with the trigger does.
+    /// Everything the request carries must be honoured or refused, never
+    /// dropped: a retry ([`TriggerRequest::retry_since`]) answers with the
+    /// run of the failed attempt when the backend can find it.
     ///
     /// # Errors
-    /// [`TriggerError::NotFound`] when no such pipeline belongs to the
-    /// caller's customer; [`TriggerError::Paused`] when it is paused;
-    /// [`TriggerError::QueueFull`] when its queue is at its bound;
-    /// [`TriggerError::Backend`] when the backend fails. On every error but
+    /// [`ExecuteError::NotFound`] when no such pipeline belongs to the
+    /// caller's customer; [`ExecuteError::Paused`] when it is paused;
+    /// [`ExecuteError::QueueFull`] when its queue is at its bound;
+    /// [`ExecuteError::Backend`] when the backend fails. On every error but
     /// the last, nothing was started.
-    async fn trigger(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Run, TriggerError>;
-
-    /// [`Orchestrator::trigger`], made safe to repeat with `options`: a
-    /// retry of a failed trigger with the same idempotency key answers with
-    /// the run the failed one started, if it did and the backend can find
-    /// it, rather than starting a second.
-    ///
-    /// The default ignores `options`, for backends that cannot find earlier
-    /// runs. A decorator of another orchestrator must pass it on.
-    ///
-    /// # Errors
-    /// As [`Orchestrator::trigger`].
-    async fn trigger_with(
+    async fn trigger(
         &self,
         ctx: &RequestContext,
-        id: &PipelineId,
-        options: &TriggerOptions,
-    ) -> Result<Run, TriggerError> {
-        let _ = options;
-        self.trigger(ctx, id).await
-    }
+        request: &TriggerRequest,
+    ) -> Result<Run, ExecuteError>;
 
     /// One page of the runs of the caller's pipeline, newest first.
     ///
     /// # Errors
-    /// [`RunsError::NotFound`] when no such pipeline belongs to the caller's
-    /// customer; [`RunsError::Backend`] when the backend fails.
+    /// [`ListRunsError::NotFound`] when no such pipeline belongs to the
+    /// caller's customer; [`ListRunsError::Backend`] when the backend fails.
     async fn list_runs(
         &self,
         ctx: &RequestContext,
         id: &PipelineId,
         query: &RunQuery,
-    ) -> Result<RunPage, RunsError>;
+    ) -> Result<RunPage, ListRunsError>;
 
     /// One run of the caller's pipeline.
     ///
     /// # Errors
-    /// [`RunLookupError::PipelineNotFound`] when no such pipeline belongs to
-    /// the caller's customer; [`RunLookupError::RunNotFound`] when it has no
-    /// run with this id; [`RunLookupError::Backend`] when the backend fails.
+    /// [`GetRunError::PipelineNotFound`] when no such pipeline belongs to
+    /// the caller's customer; [`GetRunError::RunNotFound`] when it has no
+    /// run with this id; [`GetRunError::Backend`] when the backend fails.
     async fn get_run(
         &self,
         ctx: &RequestContext,
         id: &PipelineId,
         run_id: &RunId,
-    ) -> Result<Run, RunLookupError>;
+    ) -> Result<Run, GetRunError>;
 
     /// Whether the backend answers, for readiness checks.
     ///

@@ -23,11 +23,12 @@ pub struct RunId(String);
 
 /// The text cannot be a run id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("run_id must be 1 to 250 characters with no control characters")]
+#[error("a run id must be 1 to 250 bytes with no control characters")]
 pub struct InvalidRunId;
 
 impl RunId {
-    /// Airflow's limit on a DAG run id, which every backend can hold.
+    /// The longest run id accepted: 250 bytes, what every engine Maestro
+    /// fronts can hold.
     const MAX_LEN: usize = 250;
 
     /// Accepts any id a backend may have made: 1 to 250 bytes without
@@ -51,6 +52,13 @@ impl RunId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether the id is `.` or `..`: valid text, but no run's id on any
+    /// backend, and one that a backend addressed by path would read as
+    /// another address.
+    pub fn is_dot_segment(&self) -> bool {
+        matches!(self.0.as_str(), "." | "..")
     }
 }
 
@@ -105,7 +113,7 @@ pub enum RunStatus {
 
 /// The text is not a run status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("status must be one of QUEUED, RUNNING, SUCCESS, FAILED")]
+#[error("a run status is one of QUEUED, RUNNING, SUCCESS, FAILED")]
 pub struct InvalidRunStatus;
 
 impl RunStatus {
@@ -146,7 +154,11 @@ impl fmt::Display for RunStatus {
 }
 
 /// One run of a pipeline.
+///
+/// Built with [`Run::new`]; the fields are public to read and to change, and
+/// more may come (the type is `#[non_exhaustive]`).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Run {
     /// The id execute returned.
     pub id: RunId,
@@ -160,6 +172,26 @@ pub struct Run {
     pub updated_at: Timestamp,
     /// The error text of a failed run.
     pub trace: Option<String>,
+}
+
+impl Run {
+    /// A run of `pipeline_id` made at `created_at`, in `status` since then,
+    /// without a trace.
+    pub fn new(
+        id: RunId,
+        pipeline_id: PipelineId,
+        status: RunStatus,
+        created_at: Timestamp,
+    ) -> Self {
+        Self {
+            id,
+            pipeline_id,
+            status,
+            created_at,
+            updated_at: created_at,
+            trace: None,
+        }
+    }
 }
 
 /// Which runs of a pipeline to list: newest first, `offset` skipped, at most
@@ -231,11 +263,19 @@ impl Default for RunQuery {
 
 /// One page of a pipeline's runs.
 #[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
 pub struct RunPage {
     /// The runs on this page, newest first.
     pub runs: Vec<Run>,
     /// How many runs match the query in all pages.
     pub total: u64,
+}
+
+impl RunPage {
+    /// A page of `runs`, newest first, out of `total` matching runs.
+    pub fn new(runs: Vec<Run>, total: u64) -> Self {
+        Self { runs, total }
+    }
 }
 
 #[cfg(test)]
@@ -302,6 +342,16 @@ mod tests {
         );
         assert_eq!(RunQuery::new(Some(0), None, None), Err(InvalidRunQuery));
         assert_eq!(RunQuery::new(Some(1001), None, None), Err(InvalidRunQuery));
+    }
+
+    #[test]
+    fn only_dot_and_dot_dot_are_dot_segments() {
+        for raw in [".", ".."] {
+            assert!(RunId::parse(raw).unwrap().is_dot_segment(), "{raw}");
+        }
+        for raw in ["...", "./", ".a", "manual__2024-12-18T10:30:00+00:00"] {
+            assert!(!RunId::parse(raw).unwrap().is_dot_segment(), "{raw}");
+        }
     }
 
     #[test]

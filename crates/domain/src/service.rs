@@ -1,115 +1,18 @@
 //! The use cases: execute, pause, unpause, get and list pipelines, list and
 //! get runs.
 //!
-//! Each use case has its own error type, and each error's text is the one
-//! the public contract promises clients.
+//! Each use case answers with the error type its port answers with
+//! ([`ExecuteError`], [`SetPausedError`], ...), and checks what the port
+//! gave back, so that a faulty backend still cannot show one customer
+//! another's pipeline or run.
 
 use std::sync::Arc;
 
 use crate::{
-    BackendError, LookupError, Orchestrator, Pipeline, PipelineId, PipelineRepository,
-    PipelineSummary, RequestContext, Run, RunId, RunLookupError, RunPage, RunQuery, RunsError,
-    SetPausedError, TriggerError, TriggerOptions,
+    BackendError, ExecuteError, GetPipelineError, GetRunError, ListRunsError, Orchestrator,
+    Pipeline, PipelineId, PipelineRepository, PipelineSummary, RequestContext, Run, RunId, RunPage,
+    RunQuery, SetPausedError, TriggerRequest,
 };
-
-/// Why a pipeline could not be executed.
-#[derive(Debug, thiserror::Error)]
-pub enum ExecuteError {
-    /// No such pipeline is visible to the caller.
-    #[error("Pipeline with id {0} not found")]
-    NotFound(PipelineId),
-    /// The pipeline is paused.
-    #[error("Cannot execute paused pipeline. Use /pipeline/unpause first.")]
-    Paused,
-    /// The pipeline's queue is at its bound.
-    #[error(
-        "Pipeline queue is full ({limit} runs waiting). Retry when earlier runs have finished."
-    )]
-    QueueFull {
-        /// The bound that was reached.
-        limit: usize,
-    },
-    /// The backend failed.
-    #[error(transparent)]
-    Backend(BackendError),
-}
-
-/// Why a pipeline could not be paused.
-#[derive(Debug, thiserror::Error)]
-pub enum PauseError {
-    /// No such pipeline is visible to the caller.
-    #[error("Pipeline with id {0} not found")]
-    NotFound(PipelineId),
-    /// It already was paused.
-    #[error("Pipeline is already paused")]
-    AlreadyPaused,
-    /// The backend failed.
-    #[error(transparent)]
-    Backend(BackendError),
-}
-
-/// Why a pipeline could not be unpaused.
-#[derive(Debug, thiserror::Error)]
-pub enum UnpauseError {
-    /// No such pipeline is visible to the caller.
-    #[error("Pipeline with id {0} not found")]
-    NotFound(PipelineId),
-    /// It was not paused.
-    #[error("Pipeline is not paused")]
-    NotPaused,
-    /// The backend failed.
-    #[error(transparent)]
-    Backend(BackendError),
-}
-
-/// Why a pipeline could not be fetched.
-#[derive(Debug, thiserror::Error)]
-pub enum GetPipelineError {
-    /// No such pipeline is visible to the caller.
-    #[error("Pipeline with id {0} not found")]
-    NotFound(PipelineId),
-    /// The backend failed.
-    #[error(transparent)]
-    Backend(BackendError),
-}
-
-/// Why pipelines could not be listed.
-#[derive(Debug, thiserror::Error)]
-pub enum ListPipelinesError {
-    /// The backend failed.
-    #[error(transparent)]
-    Backend(BackendError),
-}
-
-/// Why runs could not be listed.
-#[derive(Debug, thiserror::Error)]
-pub enum ListRunsError {
-    /// No such pipeline is visible to the caller.
-    #[error("Pipeline with id {0} not found")]
-    NotFound(PipelineId),
-    /// The backend failed.
-    #[error(transparent)]
-    Backend(BackendError),
-}
-
-/// Why a run could not be fetched.
-#[derive(Debug, thiserror::Error)]
-pub enum GetRunError {
-    /// No such pipeline is visible to the caller.
-    #[error("Pipeline with id {0} not found")]
-    PipelineNotFound(PipelineId),
-    /// The pipeline has no run with this id.
-    #[error("Pipeline run with id {run_id} not found for pipeline {pipeline_id}")]
-    RunNotFound {
-        /// The visible pipeline.
-        pipeline_id: PipelineId,
-        /// The run id that was asked for.
-        run_id: RunId,
-    },
-    /// The backend failed.
-    #[error(transparent)]
-    Backend(BackendError),
-}
 
 /// The use cases, over whichever backend the ports were given.
 ///
@@ -147,37 +50,16 @@ impl PipelineService {
     pub async fn execute(
         &self,
         ctx: &RequestContext,
-        id: &PipelineId,
+        request: &TriggerRequest,
     ) -> Result<Run, ExecuteError> {
-        self.execute_with(ctx, id, &TriggerOptions::default()).await
-    }
-
-    /// [`PipelineService::execute`], made safe to repeat with `options`
-    /// (see [`Orchestrator::trigger_with`]).
-    ///
-    /// # Errors
-    /// See [`ExecuteError`].
-    pub async fn execute_with(
-        &self,
-        ctx: &RequestContext,
-        id: &PipelineId,
-        options: &TriggerOptions,
-    ) -> Result<Run, ExecuteError> {
-        let run = self
-            .orchestrator
-            .trigger_with(ctx, id, options)
-            .await
-            .map_err(|err| match err {
-                TriggerError::NotFound => ExecuteError::NotFound(id.clone()),
-                TriggerError::Paused => ExecuteError::Paused,
-                TriggerError::QueueFull { limit } => ExecuteError::QueueFull { limit },
-                TriggerError::Backend(err) => ExecuteError::Backend(err),
-            })?;
+        let id = request.pipeline_id();
+        let run = self.orchestrator.trigger(ctx, request).await?;
         if run.pipeline_id != *id {
-            return Err(ExecuteError::Backend(BackendError::upstream(format!(
+            return Err(BackendError::upstream(format!(
                 "trigger of {id} answered with a run of {}",
                 run.pipeline_id
-            ))));
+            ))
+            .into());
         }
         Ok(run)
     }
@@ -185,31 +67,23 @@ impl PipelineService {
     /// Pauses the caller's pipeline; running runs finish.
     ///
     /// # Errors
-    /// See [`PauseError`].
-    pub async fn pause(&self, ctx: &RequestContext, id: &PipelineId) -> Result<(), PauseError> {
-        self.pipelines
-            .set_paused(ctx, id, true)
-            .await
-            .map_err(|err| match err {
-                SetPausedError::NotFound => PauseError::NotFound(id.clone()),
-                SetPausedError::Unchanged => PauseError::AlreadyPaused,
-                SetPausedError::Backend(err) => PauseError::Backend(err),
-            })
+    /// See [`SetPausedError`]; [`SetPausedError::AlreadyPaused`] when it
+    /// was paused.
+    pub async fn pause(&self, ctx: &RequestContext, id: &PipelineId) -> Result<(), SetPausedError> {
+        self.pipelines.set_paused(ctx, id, true).await
     }
 
     /// Unpauses the caller's pipeline, so that it accepts executions again.
     ///
     /// # Errors
-    /// See [`UnpauseError`].
-    pub async fn unpause(&self, ctx: &RequestContext, id: &PipelineId) -> Result<(), UnpauseError> {
-        self.pipelines
-            .set_paused(ctx, id, false)
-            .await
-            .map_err(|err| match err {
-                SetPausedError::NotFound => UnpauseError::NotFound(id.clone()),
-                SetPausedError::Unchanged => UnpauseError::NotPaused,
-                SetPausedError::Backend(err) => UnpauseError::Backend(err),
-            })
+    /// See [`SetPausedError`]; [`SetPausedError::NotPaused`] when it was
+    /// not paused.
+    pub async fn unpause(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+    ) -> Result<(), SetPausedError> {
+        self.pipelines.set_paused(ctx, id, false).await
     }
 
     /// The caller's pipeline.
@@ -221,30 +95,24 @@ impl PipelineService {
         ctx: &RequestContext,
         id: &PipelineId,
     ) -> Result<Pipeline, GetPipelineError> {
-        match self.pipelines.get(ctx, id).await {
-            // A backend that answers with another customer's pipeline is
-            // wrong, and the caller must not learn that the pipeline exists.
-            Ok(pipeline) if pipeline.customer_id == *ctx.customer() && pipeline.id == *id => {
-                Ok(pipeline)
-            }
-            Ok(_) | Err(LookupError::NotFound) => Err(GetPipelineError::NotFound(id.clone())),
-            Err(LookupError::Backend(err)) => Err(GetPipelineError::Backend(err)),
+        let pipeline = self.pipelines.get(ctx, id).await?;
+        // A backend that answers with another customer's pipeline is
+        // wrong, and the caller must not learn that the pipeline exists.
+        if pipeline.customer_id != *ctx.customer() || pipeline.id != *id {
+            return Err(GetPipelineError::NotFound(id.clone()));
         }
+        Ok(pipeline)
     }
 
     /// Every pipeline of the caller's customer, ordered by name, then id.
     ///
     /// # Errors
-    /// See [`ListPipelinesError`].
+    /// [`BackendError`] when the backend fails.
     pub async fn list_pipelines(
         &self,
         ctx: &RequestContext,
-    ) -> Result<Vec<PipelineSummary>, ListPipelinesError> {
-        let mut pipelines = self
-            .pipelines
-            .list(ctx)
-            .await
-            .map_err(ListPipelinesError::Backend)?;
+    ) -> Result<Vec<PipelineSummary>, BackendError> {
+        let mut pipelines = self.pipelines.list(ctx).await?;
         pipelines.retain(|summary| summary.pipeline.customer_id == *ctx.customer());
         pipelines.sort_by(|a, b| {
             (&a.pipeline.name, &a.pipeline.id).cmp(&(&b.pipeline.name, &b.pipeline.id))
@@ -263,14 +131,7 @@ impl PipelineService {
         id: &PipelineId,
         query: &RunQuery,
     ) -> Result<RunPage, ListRunsError> {
-        let mut page =
-            self.orchestrator
-                .list_runs(ctx, id, query)
-                .await
-                .map_err(|err| match err {
-                    RunsError::NotFound => ListRunsError::NotFound(id.clone()),
-                    RunsError::Backend(err) => ListRunsError::Backend(err),
-                })?;
+        let mut page = self.orchestrator.list_runs(ctx, id, query).await?;
         page.runs.retain(|run| run.pipeline_id == *id);
         page.runs
             .truncate(usize::try_from(query.limit()).unwrap_or(usize::MAX));
@@ -287,16 +148,23 @@ impl PipelineService {
         id: &PipelineId,
         run_id: &RunId,
     ) -> Result<Run, GetRunError> {
-        let not_found = || GetRunError::RunNotFound {
-            pipeline_id: id.clone(),
-            run_id: run_id.clone(),
-        };
-        match self.orchestrator.get_run(ctx, id, run_id).await {
-            Ok(run) if run.pipeline_id == *id && run.id == *run_id => Ok(run),
-            Ok(_) | Err(RunLookupError::RunNotFound) => Err(not_found()),
-            Err(RunLookupError::PipelineNotFound) => Err(GetRunError::PipelineNotFound(id.clone())),
-            Err(RunLookupError::Backend(err)) => Err(GetRunError::Backend(err)),
+        if run_id.is_dot_segment() {
+            // `.` and `..` name no run anywhere, and a backend reached
+            // through a path would read them as another address: only
+            // whether the pipeline is the caller's is asked.
+            return match self.get_pipeline(ctx, id).await {
+                Ok(_) => Err(GetRunError::run_not_found(id, run_id)),
+                Err(GetPipelineError::NotFound(_)) => {
+                    Err(GetRunError::PipelineNotFound(id.clone()))
+                }
+                Err(GetPipelineError::Backend(err)) => Err(err.into()),
+            };
         }
+        let run = self.orchestrator.get_run(ctx, id, run_id).await?;
+        if run.pipeline_id != *id || run.id != *run_id {
+            return Err(GetRunError::run_not_found(id, run_id));
+        }
+        Ok(run)
     }
 
     /// Whether the backend answers.

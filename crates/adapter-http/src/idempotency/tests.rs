@@ -17,11 +17,12 @@ use axum::{
     body::Body,
     http::{Request, StatusCode},
 };
-use chrono::Utc;
+use chrono::{TimeZone, Utc};
 use domain::{
-    BackendError, Caller, Claim, CustomerId, Idempotency, IdempotencyConfig, IdempotencyStore,
-    Lease, MockAuthContext, MockPipelineRepository, Orchestrator, PipelineService, RunId,
-    RunLookupError, RunPage, RunQuery, RunStatus, RunsError, StoreError, TriggerError,
+    BackendError, Caller, Claim, CustomerId, ExecuteError, GetRunError, Idempotency,
+    IdempotencyConfig, IdempotencyStore, Lease, ListRunsError, ManualClock, MockAuthContext,
+    MockPipelineRepository, Orchestrator, PipelineId, PipelineService, Run, RunId, RunPage,
+    RunQuery, RunStatus, StoreError,
 };
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
@@ -72,46 +73,52 @@ impl Upstream {
 
 #[async_trait]
 impl Orchestrator for Upstream {
-    async fn trigger(&self, _ctx: &RequestContext, id: &PipelineId) -> Result<Run, TriggerError> {
-        self.triggers.fetch_add(1, Ordering::SeqCst);
+    async fn trigger(
+        &self,
+        _ctx: &RequestContext,
+        request: &TriggerRequest,
+    ) -> Result<Run, ExecuteError> {
+        let id = request.pipeline_id();
+        // Each run its own instant, so that two runs never look alike.
+        let n = self.triggers.fetch_add(1, Ordering::SeqCst);
         drop(self.gate.acquire().await.unwrap());
         tokio::task::yield_now().await;
         let answer = self.answers.lock().unwrap().pop().unwrap_or(Answer::Run);
         match answer {
             Answer::Run => {
-                let now = Utc::now();
-                Ok(Run {
-                    id: RunId::manual(&now),
-                    pipeline_id: id.clone(),
-                    status: RunStatus::Running,
-                    created_at: now,
-                    updated_at: now,
-                    trace: None,
-                })
+                let at = Utc
+                    .timestamp_opt(1_734_517_800 + i64::try_from(n).unwrap(), 0)
+                    .unwrap();
+                Ok(Run::new(
+                    RunId::manual(&at),
+                    id.clone(),
+                    RunStatus::Running,
+                    at,
+                ))
             }
-            Answer::NotFound => Err(TriggerError::NotFound),
-            Answer::Timeout => Err(TriggerError::Backend(BackendError::timeout(
-                "http://10.1.2.3/secret did not answer",
-            ))),
+            Answer::NotFound => Err(ExecuteError::NotFound(id.clone())),
+            Answer::Timeout => {
+                Err(BackendError::timeout("http://10.1.2.3/secret did not answer").into())
+            }
         }
     }
 
     async fn list_runs(
         &self,
         _: &RequestContext,
-        _: &PipelineId,
+        id: &PipelineId,
         _: &RunQuery,
-    ) -> Result<RunPage, RunsError> {
-        Err(RunsError::NotFound)
+    ) -> Result<RunPage, ListRunsError> {
+        Err(ListRunsError::NotFound(id.clone()))
     }
 
     async fn get_run(
         &self,
         _: &RequestContext,
-        _: &PipelineId,
+        id: &PipelineId,
         _: &RunId,
-    ) -> Result<Run, RunLookupError> {
-        Err(RunLookupError::PipelineNotFound)
+    ) -> Result<Run, GetRunError> {
+        Err(GetRunError::PipelineNotFound(id.clone()))
     }
 
     async fn health(&self) -> Result<(), BackendError> {
@@ -120,7 +127,7 @@ impl Orchestrator for Upstream {
 }
 
 /// A fingerprint, and the kept outcome or the claim's lease.
-type Entry = (String, Result<StoredOutcome, Lease>);
+type Entry = (String, Result<Vec<u8>, Lease>);
 
 /// A store without expiry, enough to drive the HTTP glue; the real
 /// stores' expiry and bounds are tested with them.
@@ -162,13 +169,13 @@ impl IdempotencyStore for Store {
         scope: &CustomerId,
         key: &IdempotencyKey,
         lease: &Lease,
-        outcome: &StoredOutcome,
+        record: &[u8],
         _retention: Duration,
     ) -> Result<(), StoreError> {
         let mut entries = self.entries.lock().unwrap();
         match entries.get_mut(&(scope.clone(), key.clone())) {
             Some((_, held)) if held.as_ref().err() == Some(lease) => {
-                *held = Ok(outcome.clone());
+                *held = Ok(record.to_vec());
                 Ok(())
             }
             _ => Err(StoreError::ClaimLost),
@@ -209,7 +216,11 @@ impl World {
             .returning(|token| Ok(Caller::new(CustomerId::parse(token).unwrap())));
         let service =
             PipelineService::new(Arc::new(MockPipelineRepository::new()), upstream.clone());
-        let idempotency = Idempotency::new(store.clone(), IdempotencyConfig::default());
+        let idempotency = Idempotency::new(
+            store.clone(),
+            IdempotencyConfig::default(),
+            Arc::new(ManualClock::at_epoch_seconds(1_734_517_800)),
+        );
         let state = AppState::new(
             service,
             Arc::new(auth),

@@ -16,17 +16,14 @@ fn t(micros: i64) -> Timestamp {
 }
 
 fn pipeline(status: PipelineStatus) -> Pipeline {
-    Pipeline {
-        id: PipelineId::parse("1b33ad2f-33d3-4837-9eeb-83c82c8b909d").unwrap(),
-        customer_id: CustomerId::parse("demo").unwrap(),
-        name: "nightly".to_owned(),
-        description: String::new(),
-        cron: None,
-        status,
-        created_at: t(-SECOND),
-        updated_at: t(-SECOND),
-        jobs: Vec::new(),
-    }
+    let mut pipeline = Pipeline::new(
+        PipelineId::parse("1b33ad2f-33d3-4837-9eeb-83c82c8b909d").unwrap(),
+        CustomerId::parse("demo").unwrap(),
+        "nightly",
+        t(-SECOND),
+    );
+    pipeline.status = status;
+    pipeline
 }
 
 fn limits(run_seconds: i64, queue_limit: usize, history_limit: usize) -> Limits {
@@ -150,7 +147,7 @@ fn a_queue_limit_of_zero_still_lets_an_idle_pipeline_run() {
     assert_eq!(state.trigger(t(0)).unwrap().status, Running);
     assert!(matches!(
         state.trigger(t(SECOND)),
-        Err(TriggerError::QueueFull { limit: 0 })
+        Err(ExecuteError::QueueFull { limit: 0, .. })
     ));
     assert_eq!(state.trigger(t(10 * SECOND)).unwrap().status, Running);
 }
@@ -169,7 +166,7 @@ fn unpausing_an_error_pipeline_is_unchanged_and_pausing_it_works() {
     let mut state = PipelineState::new(pipeline(PipelineStatus::Error), limits(10, 10, 10));
     assert!(matches!(
         state.set_paused(false, t(0)),
-        Err(SetPausedError::Unchanged)
+        Err(SetPausedError::NotPaused(_))
     ));
     assert_eq!(state.pipeline().status, PipelineStatus::Error);
     state.set_paused(true, t(SECOND)).unwrap();
@@ -341,8 +338,8 @@ proptest! {
                             prop_assert_eq!(run.created_at, parse_manual_run_id(&run.id).unwrap());
                             accepted.push(run.id);
                         }
-                        Err(TriggerError::Paused) => prop_assert!(paused_before),
-                        Err(TriggerError::QueueFull { limit }) => {
+                        Err(ExecuteError::Paused(_)) => prop_assert!(paused_before),
+                        Err(ExecuteError::QueueFull { limit, .. }) => {
                             prop_assert_eq!(limit, queue_limit);
                             prop_assert_eq!(queued_before, u64::try_from(queue_limit).unwrap());
                             prop_assert_eq!(active_before, 1);

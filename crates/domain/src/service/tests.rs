@@ -7,7 +7,7 @@ use mockall::predicate::{always, eq};
 
 use super::*;
 use crate::{
-    Caller, CustomerId, MockOrchestrator, MockPipelineRepository, PipelineStatus, RunStatus,
+    BackendErrorKind, Caller, CustomerId, MockOrchestrator, MockPipelineRepository, RunStatus,
     Timestamp,
 };
 
@@ -27,28 +27,25 @@ fn at() -> Timestamp {
 }
 
 fn pipeline(customer: &str, id: &str) -> Pipeline {
-    Pipeline {
-        id: PipelineId::parse(id).unwrap(),
-        customer_id: CustomerId::parse(customer).unwrap(),
-        name: format!("pipeline {id}"),
-        description: String::new(),
-        cron: None,
-        status: PipelineStatus::Active,
-        created_at: at(),
-        updated_at: at(),
-        jobs: Vec::new(),
-    }
+    Pipeline::new(
+        PipelineId::parse(id).unwrap(),
+        CustomerId::parse(customer).unwrap(),
+        format!("pipeline {id}"),
+        at(),
+    )
 }
 
 fn run(pipeline: &str, status: RunStatus) -> Run {
-    Run {
-        id: RunId::manual(&at()),
-        pipeline_id: PipelineId::parse(pipeline).unwrap(),
+    Run::new(
+        RunId::manual(&at()),
+        PipelineId::parse(pipeline).unwrap(),
         status,
-        created_at: at(),
-        updated_at: at(),
-        trace: None,
-    }
+        at(),
+    )
+}
+
+fn trigger() -> TriggerRequest {
+    TriggerRequest::new(id())
 }
 
 fn service(repo: MockPipelineRepository, orchestrator: MockOrchestrator) -> PipelineService {
@@ -64,20 +61,16 @@ fn with_repo(repo: MockPipelineRepository) -> PipelineService {
 }
 
 #[tokio::test]
-async fn execute_triggers_a_run_scoped_to_the_callers_customer() {
+async fn execute_hands_the_whole_request_to_the_trigger_scoped_to_the_callers_customer() {
     let mut orchestrator = MockOrchestrator::new();
     orchestrator
-        .expect_trigger_with()
-        .withf(|ctx, pipeline, options| {
-            ctx.customer().as_str() == "acme"
-                && pipeline.as_str() == ID
-                && *options == TriggerOptions::default()
-        })
+        .expect_trigger()
+        .withf(|ctx, request| ctx.customer().as_str() == "acme" && *request == trigger())
         .times(1)
-        .returning(|_, _, _| Ok(run(ID, RunStatus::Running)));
+        .returning(|_, _| Ok(run(ID, RunStatus::Running)));
 
     let run = with_orchestrator(orchestrator)
-        .execute(&ctx("acme"), &id())
+        .execute(&ctx("acme"), &trigger())
         .await
         .unwrap();
 
@@ -85,113 +78,82 @@ async fn execute_triggers_a_run_scoped_to_the_callers_customer() {
 }
 
 #[tokio::test]
-async fn execute_reports_each_refusal_with_the_contract_text() {
-    type Case = (fn() -> TriggerError, &'static str);
-    let cases: [Case; 3] = [
-        (
-            || TriggerError::NotFound,
-            "Pipeline with id 1b33ad2f_33d3_4837_9eeb_83c82c8b909d not found",
-        ),
-        (
-            || TriggerError::Paused,
-            "Cannot execute paused pipeline. Use /pipeline/unpause first.",
-        ),
-        (
-            || TriggerError::QueueFull { limit: 3 },
-            "Pipeline queue is full (3 runs waiting). Retry when earlier runs have finished.",
-        ),
-    ];
-    for (error, text) in cases {
-        let mut orchestrator = MockOrchestrator::new();
-        orchestrator
-            .expect_trigger_with()
-            .returning(move |_, _, _| Err(error()));
-        let err = with_orchestrator(orchestrator)
-            .execute(&ctx("acme"), &id())
-            .await
-            .unwrap_err();
-        assert_eq!(err.to_string(), text);
-    }
+async fn execute_passes_each_refusal_through_with_its_data() {
+    let mut orchestrator = MockOrchestrator::new();
+    orchestrator.expect_trigger().returning(|_, request| {
+        Err(ExecuteError::QueueFull {
+            pipeline_id: request.pipeline_id().clone(),
+            limit: 3,
+        })
+    });
+    let err = with_orchestrator(orchestrator)
+        .execute(&ctx("acme"), &trigger())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ExecuteError::QueueFull { pipeline_id, limit: 3 } if *pipeline_id == id())
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("pipeline {ID} already has 3 runs waiting, its most")
+    );
 }
 
 #[tokio::test]
 async fn execute_passes_backend_failures_through_with_their_kind() {
     let mut orchestrator = MockOrchestrator::new();
     orchestrator
-        .expect_trigger_with()
-        .returning(|_, _, _| Err(BackendError::timeout("slow").into()));
+        .expect_trigger()
+        .returning(|_, _| Err(BackendError::timeout("slow").into()));
     let err = with_orchestrator(orchestrator)
-        .execute(&ctx("acme"), &id())
+        .execute(&ctx("acme"), &trigger())
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, ExecuteError::Backend(e) if e.kind() == crate::BackendErrorKind::Timeout)
-    );
+    assert!(matches!(err, ExecuteError::Backend(e) if e.kind() == BackendErrorKind::Timeout));
 }
 
 #[tokio::test]
 async fn execute_refuses_a_run_of_another_pipeline_from_a_faulty_backend() {
     let mut orchestrator = MockOrchestrator::new();
     orchestrator
-        .expect_trigger_with()
-        .returning(|_, _, _| Ok(run(OTHER_ID, RunStatus::Queued)));
+        .expect_trigger()
+        .returning(|_, _| Ok(run(OTHER_ID, RunStatus::Queued)));
     let err = with_orchestrator(orchestrator)
-        .execute(&ctx("acme"), &id())
+        .execute(&ctx("acme"), &trigger())
         .await
         .unwrap_err();
     assert!(matches!(err, ExecuteError::Backend(_)));
 }
 
 #[tokio::test]
-async fn pause_sets_paused_and_maps_an_unchanged_pipeline_to_already_paused() {
-    let mut repo = MockPipelineRepository::new();
-    repo.expect_set_paused()
-        .with(always(), eq(id()), eq(true))
-        .times(1)
-        .returning(|_, _, _| Ok(()));
-    with_repo(repo).pause(&ctx("acme"), &id()).await.unwrap();
+async fn pause_and_unpause_ask_for_the_state_and_pass_an_unchanged_pipeline_through() {
+    for paused in [true, false] {
+        let mut repo = MockPipelineRepository::new();
+        repo.expect_set_paused()
+            .with(always(), eq(id()), eq(paused))
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        let service = with_repo(repo);
+        let done = if paused {
+            service.pause(&ctx("acme"), &id()).await
+        } else {
+            service.unpause(&ctx("acme"), &id()).await
+        };
+        done.unwrap();
+    }
 
     let mut repo = MockPipelineRepository::new();
     repo.expect_set_paused()
-        .returning(|_, _, _| Err(SetPausedError::Unchanged));
-    let err = with_repo(repo)
-        .pause(&ctx("acme"), &id())
-        .await
-        .unwrap_err();
-    assert_eq!(err.to_string(), "Pipeline is already paused");
-}
-
-#[tokio::test]
-async fn unpause_clears_paused_and_maps_an_unchanged_pipeline_to_not_paused() {
-    let mut repo = MockPipelineRepository::new();
-    repo.expect_set_paused()
-        .with(always(), eq(id()), eq(false))
-        .times(1)
-        .returning(|_, _, _| Ok(()));
-    with_repo(repo).unpause(&ctx("acme"), &id()).await.unwrap();
-
-    let mut repo = MockPipelineRepository::new();
-    repo.expect_set_paused()
-        .returning(|_, _, _| Err(SetPausedError::Unchanged));
-    let err = with_repo(repo)
-        .unpause(&ctx("acme"), &id())
-        .await
-        .unwrap_err();
-    assert_eq!(err.to_string(), "Pipeline is not paused");
-}
-
-#[tokio::test]
-async fn pause_and_unpause_of_an_invisible_pipeline_are_not_found() {
-    let mut repo = MockPipelineRepository::new();
-    repo.expect_set_paused()
-        .returning(|_, _, _| Err(SetPausedError::NotFound));
+        .returning(|_, id, paused| Err(SetPausedError::unchanged(id.clone(), paused)));
     let service = with_repo(repo);
-    assert!(
-        matches!(service.pause(&ctx("acme"), &id()).await, Err(PauseError::NotFound(p)) if p == id())
-    );
-    assert!(
-        matches!(service.unpause(&ctx("acme"), &id()).await, Err(UnpauseError::NotFound(p)) if p == id())
-    );
+    assert!(matches!(
+        service.pause(&ctx("acme"), &id()).await,
+        Err(SetPausedError::AlreadyPaused(p)) if p == id()
+    ));
+    assert!(matches!(
+        service.unpause(&ctx("acme"), &id()).await,
+        Err(SetPausedError::NotPaused(p)) if p == id()
+    ));
 }
 
 #[tokio::test]
@@ -216,26 +178,7 @@ async fn get_pipeline_hides_another_customers_pipeline_even_from_a_faulty_backen
         .get_pipeline(&ctx("acme"), &id())
         .await
         .unwrap_err();
-    assert_eq!(err.to_string(), format!("Pipeline with id {ID} not found"));
-}
-
-#[tokio::test]
-async fn get_pipeline_maps_not_found_and_backend_failures() {
-    let mut repo = MockPipelineRepository::new();
-    repo.expect_get()
-        .returning(|_, _| Err(LookupError::NotFound));
-    assert!(matches!(
-        with_repo(repo).get_pipeline(&ctx("acme"), &id()).await,
-        Err(GetPipelineError::NotFound(_))
-    ));
-
-    let mut repo = MockPipelineRepository::new();
-    repo.expect_get()
-        .returning(|_, _| Err(BackendError::unavailable("down").into()));
-    assert!(matches!(
-        with_repo(repo).get_pipeline(&ctx("acme"), &id()).await,
-        Err(GetPipelineError::Backend(_))
-    ));
+    assert!(matches!(err, GetPipelineError::NotFound(p) if p == id()));
 }
 
 #[tokio::test]
@@ -249,10 +192,7 @@ async fn list_pipelines_keeps_only_the_callers_and_orders_them_by_name() {
         let foreign = pipeline("globex", "11111111_1111_4111_8111_111111111111");
         Ok([b, foreign, a]
             .into_iter()
-            .map(|pipeline| PipelineSummary {
-                pipeline,
-                last_status: None,
-            })
+            .map(|pipeline| PipelineSummary::new(pipeline, None))
             .collect())
     });
     let names: Vec<String> = with_repo(repo)
@@ -272,12 +212,7 @@ async fn list_runs_passes_the_query_and_returns_the_page() {
     orchestrator
         .expect_list_runs()
         .with(always(), eq(id()), eq(query))
-        .returning(|_, _, _| {
-            Ok(RunPage {
-                runs: vec![run(ID, RunStatus::Success)],
-                total: 7,
-            })
-        });
+        .returning(|_, _, _| Ok(RunPage::new(vec![run(ID, RunStatus::Success)], 7)));
     let page = with_orchestrator(orchestrator)
         .list_runs(&ctx("acme"), &id(), &query)
         .await
@@ -291,14 +226,14 @@ async fn list_runs_never_returns_more_than_the_limit_nor_foreign_runs() {
     let query = RunQuery::new(Some(1), None, None).unwrap();
     let mut orchestrator = MockOrchestrator::new();
     orchestrator.expect_list_runs().returning(|_, _, _| {
-        Ok(RunPage {
-            runs: vec![
+        Ok(RunPage::new(
+            vec![
                 run(OTHER_ID, RunStatus::Running),
                 run(ID, RunStatus::Running),
                 run(ID, RunStatus::Success),
             ],
-            total: 2,
-        })
+            2,
+        ))
     });
     let page = with_orchestrator(orchestrator)
         .list_runs(&ctx("acme"), &id(), &query)
@@ -308,20 +243,7 @@ async fn list_runs_never_returns_more_than_the_limit_nor_foreign_runs() {
 }
 
 #[tokio::test]
-async fn list_runs_of_an_invisible_pipeline_is_not_found() {
-    let mut orchestrator = MockOrchestrator::new();
-    orchestrator
-        .expect_list_runs()
-        .returning(|_, _, _| Err(RunsError::NotFound));
-    let err = with_orchestrator(orchestrator)
-        .list_runs(&ctx("acme"), &id(), &RunQuery::default())
-        .await
-        .unwrap_err();
-    assert_eq!(err.to_string(), format!("Pipeline with id {ID} not found"));
-}
-
-#[tokio::test]
-async fn get_run_returns_the_run_and_tells_a_missing_run_from_a_missing_pipeline() {
+async fn get_run_returns_the_run_and_passes_a_missing_run_or_pipeline_through() {
     let wanted = RunId::manual(&at());
 
     let mut orchestrator = MockOrchestrator::new();
@@ -338,25 +260,14 @@ async fn get_run_returns_the_run_and_tells_a_missing_run_from_a_missing_pipeline
     let mut orchestrator = MockOrchestrator::new();
     orchestrator
         .expect_get_run()
-        .returning(|_, _, _| Err(RunLookupError::RunNotFound));
+        .returning(|_, id, run_id| Err(GetRunError::run_not_found(id, run_id)));
     let err = with_orchestrator(orchestrator)
         .get_run(&ctx("acme"), &id(), &wanted)
         .await
         .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        format!("Pipeline run with id {wanted} not found for pipeline {ID}")
+    assert!(
+        matches!(err, GetRunError::RunNotFound { pipeline_id, run_id } if pipeline_id == id() && run_id == wanted)
     );
-
-    let mut orchestrator = MockOrchestrator::new();
-    orchestrator
-        .expect_get_run()
-        .returning(|_, _, _| Err(RunLookupError::PipelineNotFound));
-    let err = with_orchestrator(orchestrator)
-        .get_run(&ctx("acme"), &id(), &wanted)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, GetRunError::PipelineNotFound(_)));
 }
 
 #[tokio::test]
@@ -370,6 +281,33 @@ async fn get_run_hides_a_run_of_another_pipeline_from_a_faulty_backend() {
         .await
         .unwrap_err();
     assert!(matches!(err, GetRunError::RunNotFound { .. }));
+}
+
+#[tokio::test]
+async fn dot_run_ids_never_reach_the_orchestrator_and_are_not_found() {
+    for raw in [".", ".."] {
+        let run_id = RunId::parse(raw).unwrap();
+        // The caller's pipeline: the run is not found.
+        let mut repo = MockPipelineRepository::new();
+        repo.expect_get().returning(|_, _| Ok(pipeline("acme", ID)));
+        let mut orchestrator = MockOrchestrator::new();
+        orchestrator.expect_get_run().never();
+        let err = service(repo, orchestrator)
+            .get_run(&ctx("acme"), &id(), &run_id)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GetRunError::RunNotFound { .. }), "{raw}");
+
+        // Another customer's pipeline: the pipeline is not found.
+        let mut repo = MockPipelineRepository::new();
+        repo.expect_get()
+            .returning(|_, id| Err(GetPipelineError::NotFound(id.clone())));
+        let err = service(repo, MockOrchestrator::new())
+            .get_run(&ctx("globex"), &id(), &run_id)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GetRunError::PipelineNotFound(_)), "{raw}");
+    }
 }
 
 #[tokio::test]

@@ -1,9 +1,10 @@
 //! A fake Airflow 3 on wiremock, answering like the real one (the shapes
 //! come from Airflow 3.3's OpenAPI document and its answers), and helpers
 //! to call every port of the backend in one uniform way.
-
-// Each test binary includes this module and uses a part of it.
-#![allow(dead_code, unreachable_pub)]
+//!
+//! Every backend here reads the time from a [`ManualClock`] that stands at
+//! [`START`] until its test moves it, so that no test depends on today's
+//! date or waits for time to pass.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,44 +12,60 @@ use std::time::Duration;
 
 use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
 use domain::{
-    BackendErrorKind, Caller, CustomerId, LookupError, Orchestrator, PipelineId,
-    PipelineRepository, RequestContext, RunId, RunLookupError, RunQuery, RunsError, SetPausedError,
-    TriggerError,
+    BackendErrorKind, Caller, Clock, CustomerId, ExecuteError, GetPipelineError, GetRunError,
+    ListRunsError, ManualClock, Orchestrator, PipelineId, PipelineRepository, RequestContext,
+    RunId, RunQuery, SetPausedError, TriggerRequest,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 /// Acme's pipeline.
-pub const ACME_DAG: &str = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d";
+pub(crate) const ACME_DAG: &str = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d";
 /// Globex's pipeline.
-pub const GLOBEX_DAG: &str = "2c44be3a_44e4_4948_8ffc_94d93d9c0a1e";
+pub(crate) const GLOBEX_DAG: &str = "2c44be3a_44e4_4948_8ffc_94d93d9c0a1e";
 /// A DAG with no customer tag.
-pub const UNTAGGED_DAG: &str = "3d55cf4b_55f5_4a59_9aad_a5ea4eab1b2f";
+pub(crate) const UNTAGGED_DAG: &str = "3d55cf4b_55f5_4a59_9aad_a5ea4eab1b2f";
 /// A run of Acme's pipeline.
-pub const RUN_ID: &str = "manual__2024-12-18T10:30:00.000000+00:00";
+pub(crate) const RUN_ID: &str = "manual__2024-12-18T10:30:00.000000+00:00";
 /// The same run id as it travels in a path.
-pub const RUN_ID_IN_PATH: &str = "manual__2024-12-18T10%3A30%3A00.000000%2B00%3A00";
+pub(crate) const RUN_ID_IN_PATH: &str = "manual__2024-12-18T10%3A30%3A00.000000%2B00%3A00";
 /// The fixed token most tests use.
-pub const FIXED_TOKEN: &str = "fixed-token-3f9a";
+pub(crate) const FIXED_TOKEN: &str = "fixed-token-3f9a";
 /// The password the credential tests use.
-pub const PASSWORD: &str = "pa55-w0rd-7c1e";
+pub(crate) const PASSWORD: &str = "pa55-w0rd-7c1e";
 
-pub fn ctx(customer: &str) -> RequestContext {
+pub(crate) fn ctx(customer: &str) -> RequestContext {
     RequestContext::new(Caller::new(CustomerId::parse(customer).unwrap()).with_subject("alice"))
         .with_request_id("req-42")
 }
 
-pub fn id(raw: &str) -> PipelineId {
+pub(crate) fn id(raw: &str) -> PipelineId {
     PipelineId::parse(raw).unwrap()
 }
 
-pub fn run_id() -> RunId {
+pub(crate) fn run_id() -> RunId {
     RunId::parse(RUN_ID).unwrap()
 }
 
+/// Where the tests' clocks start: 2026-11-29T09:00:00Z, a few minutes
+/// after the fake's runs were made.
+pub(crate) const START: i64 = 1_795_942_800;
+
+/// A clock standing at [`START`] until the test moves it.
+pub(crate) fn clock() -> ManualClock {
+    ManualClock::at_epoch_seconds(START)
+}
+
+/// The backend for `config`, reading the time from `clock`.
+pub(crate) fn on_clock(config: AirflowConfig, clock: &ManualClock) -> AirflowBackend {
+    AirflowBackend::new(config)
+        .unwrap()
+        .with_clock(Arc::new(clock.clone()))
+}
+
 /// A backend with a fixed token.
-pub fn backend(uri: &str) -> AirflowBackend {
+pub(crate) fn backend(uri: &str) -> AirflowBackend {
     backend_with(
         uri,
         AirflowAuth::Token(FIXED_TOKEN.into()),
@@ -56,33 +73,51 @@ pub fn backend(uri: &str) -> AirflowBackend {
     )
 }
 
+/// A backend with a fixed token reading the time from `clock`.
+pub(crate) fn backend_on(uri: &str, clock: &ManualClock) -> AirflowBackend {
+    on_clock(
+        AirflowConfig::new(uri, AirflowAuth::Token(FIXED_TOKEN.into())),
+        clock,
+    )
+}
+
 /// A backend that exchanges `admin` and [`PASSWORD`] for tokens.
-pub fn backend_with_credentials(uri: &str) -> AirflowBackend {
+pub(crate) fn backend_with_credentials(uri: &str) -> AirflowBackend {
     backend_with(uri, credentials(), Duration::from_secs(5))
 }
 
-pub fn credentials() -> AirflowAuth {
+pub(crate) fn credentials() -> AirflowAuth {
     AirflowAuth::Credentials {
         username: "admin".to_owned(),
         password: PASSWORD.into(),
     }
 }
 
-pub fn backend_with(uri: &str, auth: AirflowAuth, timeout: Duration) -> AirflowBackend {
+pub(crate) fn backend_with(uri: &str, auth: AirflowAuth, timeout: Duration) -> AirflowBackend {
     let mut config = AirflowConfig::new(uri, auth);
     config.timeout = timeout;
-    AirflowBackend::new(config).unwrap()
+    on_clock(config, &clock())
 }
 
-/// A backend with a fixed token that trusts a DAG read unpaused for `ttl`.
-pub fn backend_with_dag_cache(uri: &str, ttl: Duration) -> AirflowBackend {
+/// A backend with a fixed token that trusts a DAG read unpaused for `ttl`
+/// on `clock`.
+pub(crate) fn backend_with_dag_cache(
+    uri: &str,
+    ttl: Duration,
+    clock: &ManualClock,
+) -> AirflowBackend {
     let mut config = AirflowConfig::new(uri, AirflowAuth::Token(FIXED_TOKEN.into()));
     config.dag_cache_ttl = ttl;
-    AirflowBackend::new(config).unwrap()
+    on_clock(config, clock)
+}
+
+/// A trigger of `pipeline` with nothing else asked.
+pub(crate) fn trigger_of(pipeline: &str) -> TriggerRequest {
+    TriggerRequest::new(id(pipeline))
 }
 
 /// A DAG as `GET /api/v2/dags/{dag_id}/details` answers it.
-pub fn dag(dag_id: &str, tags: &[&str], paused: bool) -> Value {
+pub(crate) fn dag(dag_id: &str, tags: &[&str], paused: bool) -> Value {
     json!({
         "dag_id": dag_id,
         "dag_display_name": format!("DAG {dag_id}"),
@@ -130,12 +165,12 @@ pub fn dag(dag_id: &str, tags: &[&str], paused: bool) -> Value {
 }
 
 /// Acme's DAG, unpaused.
-pub fn acme_dag() -> Value {
+pub(crate) fn acme_dag() -> Value {
     dag(ACME_DAG, &["customer:acme", "team:data"], false)
 }
 
 /// A DAG run as Airflow answers it.
-pub fn dag_run(dag_id: &str, run_id: &str, state: &str, conf: Value) -> Value {
+pub(crate) fn dag_run(dag_id: &str, run_id: &str, state: &str, conf: Value) -> Value {
     let finished = matches!(state, "success" | "failed");
     json!({
         "dag_run_id": run_id,
@@ -167,14 +202,14 @@ pub fn dag_run(dag_id: &str, run_id: &str, state: &str, conf: Value) -> Value {
 /// with the idempotency key `key`, computed here as the backend documents
 /// it: a UUID v5 of `<customer length>:<customer>:<key>` in Maestro's
 /// namespace.
-pub fn keyed_mark(customer: &str, key: &str) -> String {
+pub(crate) fn keyed_mark(customer: &str, key: &str) -> String {
     let namespace = uuid::uuid!("5d0c7a3e-8f4b-4c2a-9e61-3b7f0d9a2c15");
     let name = format!("{}:{customer}:{key}", customer.len());
     uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()
 }
 
 /// A query parameter of a recorded request.
-pub fn query(request: &Request, name: &str) -> Option<String> {
+pub(crate) fn query(request: &Request, name: &str) -> Option<String> {
     request
         .url
         .query_pairs()
@@ -187,24 +222,24 @@ fn number(request: &Request, name: &str, default: usize) -> usize {
 }
 
 /// A fake Airflow.
-pub struct Fake {
-    pub server: MockServer,
+pub(crate) struct Fake {
+    pub(crate) server: MockServer,
 }
 
 impl Fake {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self {
             server: MockServer::start().await,
         }
     }
 
-    pub fn uri(&self) -> String {
+    pub(crate) fn uri(&self) -> String {
         self.server.uri()
     }
 
     /// A fake that answers every call of every port for Acme's unpaused
     /// DAG.
-    pub async fn happy() -> Self {
+    pub(crate) async fn happy() -> Self {
         let fake = Self::start().await;
         fake.mount_dag(acme_dag()).await;
         fake.mount_dag(dag(GLOBEX_DAG, &["customer:globex"], false))
@@ -244,7 +279,7 @@ impl Fake {
     }
 
     /// `GET /api/v2/dags/{dag_id}` and its `/details`.
-    pub async fn mount_dag(&self, dag: Value) {
+    pub(crate) async fn mount_dag(&self, dag: Value) {
         let dag_id = dag["dag_id"].as_str().unwrap().to_owned();
         for suffix in ["", "/details"] {
             Mock::given(method("GET"))
@@ -257,7 +292,7 @@ impl Fake {
 
     /// `GET /api/v2/dags`, paged like Airflow (at most 100 a page), with
     /// `last_dag_run_state` filtering on the state paired with each DAG.
-    pub async fn mount_dag_list(&self, dags: Vec<(Value, Option<&'static str>)>) {
+    pub(crate) async fn mount_dag_list(&self, dags: Vec<(Value, Option<&'static str>)>) {
         Mock::given(method("GET"))
             .and(path("/api/v2/dags"))
             .respond_with(move |request: &Request| {
@@ -279,7 +314,7 @@ impl Fake {
 
     /// `GET /api/v2/dags/{dag_id}/dagRuns`, paged like Airflow (at most 100
     /// a page) over `runs` (newest first), filtering on `state`.
-    pub async fn mount_runs(&self, dag_id: &str, runs: Vec<Value>) {
+    pub(crate) async fn mount_runs(&self, dag_id: &str, runs: Vec<Value>) {
         Mock::given(method("GET"))
             .and(path(format!("/api/v2/dags/{dag_id}/dagRuns")))
             .respond_with(move |request: &Request| {
@@ -312,7 +347,7 @@ impl Fake {
     }
 
     /// `GET /api/v2/dags/{dag_id}/dagRuns/{dag_run_id}` for one run.
-    pub async fn mount_run(&self, dag_id: &str, run: Value) {
+    pub(crate) async fn mount_run(&self, dag_id: &str, run: Value) {
         let encoded = run["dag_run_id"]
             .as_str()
             .unwrap()
@@ -327,7 +362,7 @@ impl Fake {
 
     /// `POST /api/v2/dags/{dag_id}/dagRuns`, creating a queued run with the
     /// posted id and conf.
-    pub async fn mount_trigger_echo(&self, dag_id: &str) {
+    pub(crate) async fn mount_trigger_echo(&self, dag_id: &str) {
         let dag_id = dag_id.to_owned();
         Mock::given(method("POST"))
             .and(path(format!("/api/v2/dags/{dag_id}/dagRuns")))
@@ -348,7 +383,7 @@ impl Fake {
     /// one DAG that both share, like Airflow's database: a PATCH changes
     /// what the next GET answers. The test changes it through the handle,
     /// as someone using Airflow directly would.
-    pub async fn mount_live_dag(&self, dag: Value) -> Arc<std::sync::Mutex<Value>> {
+    pub(crate) async fn mount_live_dag(&self, dag: Value) -> Arc<std::sync::Mutex<Value>> {
         let dag_id = dag["dag_id"].as_str().unwrap().to_owned();
         let live = Arc::new(std::sync::Mutex::new(dag));
         for suffix in ["", "/details"] {
@@ -377,7 +412,7 @@ impl Fake {
 
     /// `PATCH /api/v2/dags/{dag_id}`, answering the DAG with the posted
     /// `is_paused`.
-    pub async fn mount_patch_echo(&self, dag: Value) {
+    pub(crate) async fn mount_patch_echo(&self, dag: Value) {
         let dag_id = dag["dag_id"].as_str().unwrap().to_owned();
         Mock::given(method("PATCH"))
             .and(path(format!("/api/v2/dags/{dag_id}")))
@@ -393,7 +428,7 @@ impl Fake {
 
     /// `GET /api/v2/monitor/health` reporting the metadata database's
     /// status.
-    pub async fn mount_health(&self, status: &str) {
+    pub(crate) async fn mount_health(&self, status: &str) {
         Mock::given(method("GET"))
             .and(path("/api/v2/monitor/health"))
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({
@@ -408,7 +443,7 @@ impl Fake {
 
     /// `POST /auth/token` handing out `token-1`, `token-2`, … in turn,
     /// after `delay`. Returns the count of exchanges.
-    pub async fn mount_token_sequence(&self, delay: Duration) -> Arc<AtomicUsize> {
+    pub(crate) async fn mount_token_sequence(&self, delay: Duration) -> Arc<AtomicUsize> {
         let issued = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&issued);
         Mock::given(method("POST"))
@@ -425,7 +460,7 @@ impl Fake {
     }
 
     /// Overrides `endpoint` with `response`, ahead of every other mock.
-    pub async fn fail(&self, endpoint: Endpoint, response: ResponseTemplate) {
+    pub(crate) async fn fail(&self, endpoint: Endpoint, response: ResponseTemplate) {
         let (verb, pattern) = endpoint.route();
         Mock::given(method(verb))
             .and(path_regex(pattern))
@@ -436,7 +471,7 @@ impl Fake {
     }
 
     /// The requests received for `endpoint`.
-    pub async fn requests(&self, endpoint: Endpoint) -> Vec<Request> {
+    pub(crate) async fn requests(&self, endpoint: Endpoint) -> Vec<Request> {
         self.server
             .received_requests()
             .await
@@ -449,7 +484,7 @@ impl Fake {
 
 /// An Airflow endpoint the backend calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     DagGet,
     DagDetails,
     DagList,
@@ -463,7 +498,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Whether `request` went to this endpoint.
-    pub fn matches(self, request: &Request) -> bool {
+    pub(crate) fn matches(self, request: &Request) -> bool {
         let (verb, pattern) = self.route();
         let pattern = pattern.trim_start_matches('^').trim_end_matches('$');
         let path = request.url.path();
@@ -509,7 +544,7 @@ impl Endpoint {
 
 /// A call of a port, on Acme's pipeline as Acme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     Get,
     List,
     Pause,
@@ -521,7 +556,7 @@ pub enum Op {
 }
 
 /// Every call, with the Airflow endpoints it reaches on the happy path.
-pub const CALLS: [(Op, &[Endpoint]); 7] = [
+pub(crate) const CALLS: [(Op, &[Endpoint]); 7] = [
     (Op::Get, &[Endpoint::DagDetails]),
     (Op::List, &[Endpoint::DagList]),
     (Op::Pause, &[Endpoint::DagGet, Endpoint::DagPatch]),
@@ -533,7 +568,7 @@ pub const CALLS: [(Op, &[Endpoint]); 7] = [
 
 /// How a call ended, whatever its error type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Done,
     NotFound,
     RunNotFound,
@@ -543,7 +578,7 @@ pub enum Outcome {
 }
 
 /// Performs `op` as `customer` on `pipeline`.
-pub async fn perform_on(
+pub(crate) async fn perform_on(
     backend: &AirflowBackend,
     op: Op,
     customer: &str,
@@ -551,44 +586,56 @@ pub async fn perform_on(
 ) -> Outcome {
     let ctx = ctx(customer);
     let pipeline = id(pipeline);
+    // Every refusal must name the pipeline (and run) it was asked about.
+    let named = |outcome: Outcome, named: &PipelineId| {
+        assert_eq!(named, &pipeline, "{op:?} named another pipeline");
+        outcome
+    };
     match op {
         Op::Get => match backend.get(&ctx, &pipeline).await {
             Ok(_) => Outcome::Done,
-            Err(LookupError::NotFound) => Outcome::NotFound,
-            Err(LookupError::Backend(err)) => Outcome::Failed(err.kind()),
+            Err(GetPipelineError::NotFound(id)) => named(Outcome::NotFound, &id),
+            Err(GetPipelineError::Backend(err)) => Outcome::Failed(err.kind()),
+            Err(other) => panic!("{op:?}: {other:?}"),
         },
         Op::List => match backend.list(&ctx).await {
             Ok(_) => Outcome::Done,
             Err(err) => Outcome::Failed(err.kind()),
         },
-        Op::Pause | Op::Unpause => match backend.set_paused(&ctx, &pipeline, op == Op::Pause).await
+        Op::Pause | Op::Unpause => {
+            match backend.set_paused(&ctx, &pipeline, op == Op::Pause).await {
+                Ok(()) => Outcome::Done,
+                Err(SetPausedError::NotFound(id)) => named(Outcome::NotFound, &id),
+                Err(SetPausedError::AlreadyPaused(id)) if op == Op::Pause => {
+                    named(Outcome::Unchanged, &id)
+                }
+                Err(SetPausedError::NotPaused(id)) if op == Op::Unpause => {
+                    named(Outcome::Unchanged, &id)
+                }
+                Err(SetPausedError::Backend(err)) => Outcome::Failed(err.kind()),
+                Err(other) => panic!("{op:?}: {other:?}"),
+            }
+        }
+        Op::Trigger => match backend
+            .trigger(&ctx, &TriggerRequest::new(pipeline.clone()))
+            .await
         {
-            Ok(()) => Outcome::Done,
-            Err(SetPausedError::NotFound) => Outcome::NotFound,
-            Err(SetPausedError::Unchanged) => Outcome::Unchanged,
-            Err(SetPausedError::Backend(err)) => Outcome::Failed(err.kind()),
-        },
-        Op::Trigger => match backend.trigger(&ctx, &pipeline).await {
             Ok(_) => Outcome::Done,
-            Err(TriggerError::NotFound) => Outcome::NotFound,
-            Err(TriggerError::Paused) => Outcome::Paused,
-            Err(TriggerError::QueueFull { .. }) => panic!("Airflow has no queue bound"),
-            Err(TriggerError::Backend(err)) => Outcome::Failed(err.kind()),
+            Err(ExecuteError::NotFound(id)) => named(Outcome::NotFound, &id),
+            Err(ExecuteError::Paused(id)) => named(Outcome::Paused, &id),
+            Err(ExecuteError::Backend(err)) => Outcome::Failed(err.kind()),
+            Err(other) => panic!("Airflow has no queue bound: {other:?}"),
         },
         Op::ListRuns => match backend
             .list_runs(&ctx, &pipeline, &RunQuery::default())
             .await
         {
             Ok(_) => Outcome::Done,
-            Err(RunsError::NotFound) => Outcome::NotFound,
-            Err(RunsError::Backend(err)) => Outcome::Failed(err.kind()),
+            Err(ListRunsError::NotFound(id)) => named(Outcome::NotFound, &id),
+            Err(ListRunsError::Backend(err)) => Outcome::Failed(err.kind()),
+            Err(other) => panic!("{op:?}: {other:?}"),
         },
-        Op::GetRun => match backend.get_run(&ctx, &pipeline, &run_id()).await {
-            Ok(_) => Outcome::Done,
-            Err(RunLookupError::PipelineNotFound) => Outcome::NotFound,
-            Err(RunLookupError::RunNotFound) => Outcome::RunNotFound,
-            Err(RunLookupError::Backend(err)) => Outcome::Failed(err.kind()),
-        },
+        Op::GetRun => get_run_outcome(backend, &ctx, &pipeline, &run_id()).await,
         Op::Health => match backend.health().await {
             Ok(()) => Outcome::Done,
             Err(err) => Outcome::Failed(err.kind()),
@@ -596,28 +643,49 @@ pub async fn perform_on(
     }
 }
 
+/// Asks for run `run` of `pipeline`, and checks that a refusal names both.
+pub(crate) async fn get_run_outcome(
+    backend: &AirflowBackend,
+    ctx: &RequestContext,
+    pipeline: &PipelineId,
+    run: &RunId,
+) -> Outcome {
+    match backend.get_run(ctx, pipeline, run).await {
+        Ok(_) => Outcome::Done,
+        Err(GetRunError::PipelineNotFound(id)) => {
+            assert_eq!(&id, pipeline);
+            Outcome::NotFound
+        }
+        Err(GetRunError::RunNotFound {
+            pipeline_id,
+            run_id,
+        }) => {
+            assert_eq!((&pipeline_id, &run_id), (pipeline, run));
+            Outcome::RunNotFound
+        }
+        Err(GetRunError::Backend(err)) => Outcome::Failed(err.kind()),
+        Err(other) => panic!("get run: {other:?}"),
+    }
+}
+
 /// Performs `op` as Acme on Acme's pipeline.
-pub async fn perform(backend: &AirflowBackend, op: Op) -> Outcome {
+pub(crate) async fn perform(backend: &AirflowBackend, op: Op) -> Outcome {
     perform_on(backend, op, "acme", ACME_DAG).await
 }
 
 /// A port that is bound by nobody, so connections to it are refused.
-pub fn closed_port_uri() -> String {
+pub(crate) fn closed_port_uri() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     format!("http://127.0.0.1:{port}")
 }
 
-/// A JWT whose `exp` is `seconds` from now (unsigned: the backend only
-/// reads it).
-pub fn jwt_expiring_in(seconds: i64) -> String {
+/// A JWT whose `exp` is `seconds` after what `clock` shows (unsigned: the
+/// backend only reads it).
+pub(crate) fn jwt_expiring_in(clock: &ManualClock, seconds: i64) -> String {
     use base64::Engine as _;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims = json!({"sub": "admin", "exp": now + seconds});
+    let claims = json!({"sub": "admin", "exp": clock.now().timestamp() + seconds});
     let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     format!(
         "{}.{}.c2lnbmF0dXJl",

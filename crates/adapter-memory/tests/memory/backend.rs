@@ -10,9 +10,9 @@ use adapter_memory::{
 };
 use chrono::TimeDelta;
 use domain::{
-    Caller, CustomerId, LookupError, Orchestrator, PipelineId, PipelineRepository, PipelineStatus,
-    RequestContext, Run, RunId, RunLookupError, RunQuery, RunStatus, RunsError, SetPausedError,
-    TriggerError,
+    Caller, CustomerId, ExecuteError, GetPipelineError, GetRunError, ListRunsError, Orchestrator,
+    PipelineId, PipelineRepository, PipelineStatus, RequestContext, Run, RunId, RunQuery,
+    RunStatus, SetPausedError, TriggerRequest,
 };
 use tokio::time::advance;
 
@@ -56,10 +56,14 @@ async fn statuses(backend: &MemoryBackend) -> Vec<RunStatus> {
         .collect()
 }
 
-async fn trigger(backend: &MemoryBackend) -> Result<Run, TriggerError> {
+async fn trigger(backend: &MemoryBackend) -> Result<Run, ExecuteError> {
     backend
-        .trigger(&ctx(DEMO_CUSTOMER), &id(DEMO_PIPELINE_ID))
+        .trigger(&ctx(DEMO_CUSTOMER), &request(DEMO_PIPELINE_ID))
         .await
+}
+
+fn request(raw: &str) -> TriggerRequest {
+    TriggerRequest::new(id(raw))
 }
 
 async fn set_paused(backend: &MemoryBackend, paused: bool) -> Result<(), SetPausedError> {
@@ -74,29 +78,34 @@ async fn another_customers_pipeline_is_not_found_by_any_operation() {
     let demo = ctx(DEMO_CUSTOMER);
     let acme_pipeline = id(ACME_PIPELINE_ID);
     let run = backend
-        .trigger(&ctx(ACME_CUSTOMER), &acme_pipeline)
+        .trigger(
+            &ctx(ACME_CUSTOMER),
+            &TriggerRequest::new(acme_pipeline.clone()),
+        )
         .await
         .unwrap();
 
     assert!(matches!(
         backend.get(&demo, &acme_pipeline).await,
-        Err(LookupError::NotFound)
+        Err(GetPipelineError::NotFound(_))
     ));
     assert!(matches!(
         backend.set_paused(&demo, &acme_pipeline, true).await,
-        Err(SetPausedError::NotFound)
+        Err(SetPausedError::NotFound(_))
     ));
     assert!(matches!(
-        backend.trigger(&demo, &acme_pipeline).await,
-        Err(TriggerError::NotFound)
+        backend
+            .trigger(&demo, &TriggerRequest::new(acme_pipeline.clone()))
+            .await,
+        Err(ExecuteError::NotFound(_))
     ));
     assert!(matches!(
         backend.list_runs(&demo, &acme_pipeline, &all()).await,
-        Err(RunsError::NotFound)
+        Err(ListRunsError::NotFound(_))
     ));
     assert!(matches!(
         backend.get_run(&demo, &acme_pipeline, &run.id).await,
-        Err(RunLookupError::PipelineNotFound)
+        Err(GetRunError::PipelineNotFound(_))
     ));
 
     // Nothing the demo customer tried changed acme's pipeline.
@@ -118,11 +127,13 @@ async fn a_missing_pipeline_is_not_found() {
     let missing = id("00000000-0000-4000-8000-000000000000");
     assert!(matches!(
         backend.get(&ctx(DEMO_CUSTOMER), &missing).await,
-        Err(LookupError::NotFound)
+        Err(GetPipelineError::NotFound(_))
     ));
     assert!(matches!(
-        backend.trigger(&ctx(DEMO_CUSTOMER), &missing).await,
-        Err(TriggerError::NotFound)
+        backend
+            .trigger(&ctx(DEMO_CUSTOMER), &TriggerRequest::new(missing.clone()))
+            .await,
+        Err(ExecuteError::NotFound(_))
     ));
 }
 
@@ -182,9 +193,9 @@ async fn the_listing_shows_the_newest_runs_status_as_time_passes() {
 async fn a_paused_pipeline_refuses_executions_and_starts_nothing() {
     let backend = backend(10);
     let result = backend
-        .trigger(&ctx(DEMO_CUSTOMER), &id(DEMO_PAUSED_PIPELINE_ID))
+        .trigger(&ctx(DEMO_CUSTOMER), &request(DEMO_PAUSED_PIPELINE_ID))
         .await;
-    assert!(matches!(result, Err(TriggerError::Paused)));
+    assert!(matches!(result, Err(ExecuteError::Paused(_))));
     let page = backend
         .list_runs(&ctx(DEMO_CUSTOMER), &id(DEMO_PAUSED_PIPELINE_ID), &all())
         .await
@@ -201,7 +212,7 @@ async fn pausing_twice_or_unpausing_an_active_pipeline_is_unchanged() {
         .unwrap();
     assert!(matches!(
         set_paused(&backend, false).await,
-        Err(SetPausedError::Unchanged)
+        Err(SetPausedError::NotPaused(_))
     ));
 
     advance(Duration::from_secs(3)).await;
@@ -214,9 +225,12 @@ async fn pausing_twice_or_unpausing_an_active_pipeline_is_unchanged() {
     assert!(paused.updated_at > before.updated_at);
     assert!(matches!(
         set_paused(&backend, true).await,
-        Err(SetPausedError::Unchanged)
+        Err(SetPausedError::AlreadyPaused(_))
     ));
-    assert!(matches!(trigger(&backend).await, Err(TriggerError::Paused)));
+    assert!(matches!(
+        trigger(&backend).await,
+        Err(ExecuteError::Paused(_))
+    ));
 
     advance(Duration::from_secs(3)).await;
     set_paused(&backend, false).await.unwrap();
@@ -231,7 +245,7 @@ async fn pausing_twice_or_unpausing_an_active_pipeline_is_unchanged() {
     );
     assert!(matches!(
         set_paused(&backend, false).await,
-        Err(SetPausedError::Unchanged)
+        Err(SetPausedError::NotPaused(_))
     ));
     assert_eq!(trigger(&backend).await.unwrap().status, Running);
 }
@@ -321,11 +335,11 @@ async fn a_full_queue_refuses_executions_and_creates_nothing() {
     }
     assert!(matches!(
         trigger(&backend).await,
-        Err(TriggerError::QueueFull { limit: 3 })
+        Err(ExecuteError::QueueFull { limit: 3, .. })
     ));
     assert!(matches!(
         trigger(&backend).await,
-        Err(TriggerError::QueueFull { limit: 3 })
+        Err(ExecuteError::QueueFull { limit: 3, .. })
     ));
     assert_eq!(statuses(&backend).await, [Running, Queued, Queued, Queued]);
 
@@ -334,7 +348,7 @@ async fn a_full_queue_refuses_executions_and_creates_nothing() {
     trigger(&backend).await.unwrap();
     assert!(matches!(
         trigger(&backend).await,
-        Err(TriggerError::QueueFull { limit: 3 })
+        Err(ExecuteError::QueueFull { limit: 3, .. })
     ));
     assert_eq!(
         statuses(&backend).await,
@@ -368,7 +382,7 @@ async fn only_history_limit_finished_runs_are_kept() {
         backend
             .get_run(&ctx(DEMO_CUSTOMER), &id(DEMO_PIPELINE_ID), &ids[39])
             .await,
-        Err(RunLookupError::RunNotFound)
+        Err(GetRunError::RunNotFound { .. })
     ));
 }
 
@@ -439,14 +453,14 @@ async fn get_run_finds_a_run_by_its_id_with_its_current_status() {
     let unknown = RunId::parse("manual__2000-01-01T00:00:00.000000+00:00").unwrap();
     assert!(matches!(
         backend.get_run(&demo, &pipeline, &unknown).await,
-        Err(RunLookupError::RunNotFound)
+        Err(GetRunError::RunNotFound { .. })
     ));
     // A run of one pipeline is not a run of another.
     assert!(matches!(
         backend
             .get_run(&demo, &id(DEMO_SCHEDULED_PIPELINE_ID), &first.id)
             .await,
-        Err(RunLookupError::RunNotFound)
+        Err(GetRunError::RunNotFound { .. })
     ));
 }
 

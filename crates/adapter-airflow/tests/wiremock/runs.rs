@@ -1,19 +1,19 @@
 //! Runs over a fake Airflow: trigger (with its retry and conflict rules),
 //! listing and fetching runs, and health.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use common::{
-    ACME_DAG, Endpoint, Fake, Op, Outcome, RUN_ID, RUN_ID_IN_PATH, backend, ctx, dag, dag_run, id,
-    perform, query, run_id,
-};
 use domain::{BackendErrorKind, Orchestrator, RunId, RunQuery, RunStatus};
+
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, Request, ResponseTemplate};
+
+use crate::common::{
+    self, ACME_DAG, Endpoint, Fake, Op, Outcome, RUN_ID, RUN_ID_IN_PATH, backend, ctx, dag,
+    dag_run, get_run_outcome, id, perform, query, run_id, trigger_of,
+};
 
 fn body(request: &Request) -> Value {
     serde_json::from_slice(&request.body).unwrap()
@@ -24,7 +24,7 @@ async fn trigger_posts_our_run_id_with_no_logical_date_and_the_caller_in_conf() 
     let fake = Fake::happy().await;
 
     let run = backend(&fake.uri())
-        .trigger(&ctx("acme"), &id(ACME_DAG))
+        .trigger(&ctx("acme"), &trigger_of(ACME_DAG))
         .await
         .unwrap();
 
@@ -60,7 +60,7 @@ async fn triggers_at_the_same_moment_get_distinct_increasing_run_ids() {
             let backend = Arc::clone(&backend);
             tokio::spawn(async move {
                 backend
-                    .trigger(&ctx("acme"), &id(ACME_DAG))
+                    .trigger(&ctx("acme"), &trigger_of(ACME_DAG))
                     .await
                     .unwrap()
                     .id
@@ -147,7 +147,7 @@ async fn a_retry_after_a_lost_answer_gets_409_for_our_own_id_and_succeeds_with_o
         .await;
 
     let run = backend(&fake.uri())
-        .trigger(&ctx("acme"), &id(ACME_DAG))
+        .trigger(&ctx("acme"), &trigger_of(ACME_DAG))
         .await
         .unwrap();
 
@@ -200,7 +200,7 @@ async fn a_409_for_another_triggers_run_takes_the_next_id_instead_of_claiming_th
         .await;
 
     let run = backend(&fake.uri())
-        .trigger(&ctx("acme"), &id(ACME_DAG))
+        .trigger(&ctx("acme"), &trigger_of(ACME_DAG))
         .await
         .unwrap();
 
@@ -355,22 +355,52 @@ async fn get_run_asks_for_the_percent_encoded_id() {
 async fn an_unknown_run_of_a_visible_pipeline_is_run_not_found() {
     let fake = Fake::happy().await;
     let unknown = RunId::parse("manual__1999-01-01T00:00:00+00:00").unwrap();
-    let result = backend(&fake.uri())
-        .get_run(&ctx("acme"), &id(ACME_DAG), &unknown)
-        .await;
-    assert!(matches!(result, Err(domain::RunLookupError::RunNotFound)));
+    let outcome =
+        get_run_outcome(&backend(&fake.uri()), &ctx("acme"), &id(ACME_DAG), &unknown).await;
+    assert_eq!(outcome, Outcome::RunNotFound);
+}
+
+#[tokio::test]
+async fn the_run_ids_dot_and_dot_dot_are_never_put_in_a_path_and_are_not_found() {
+    let fake = Fake::happy().await;
+    let backend = backend(&fake.uri());
+    let dots = [".", ".."].map(|raw| RunId::parse(raw).unwrap());
+
+    for run in &dots {
+        let mine = get_run_outcome(&backend, &ctx("acme"), &id(ACME_DAG), run).await;
+        assert_eq!(mine, Outcome::RunNotFound, "{run}");
+        let theirs = get_run_outcome(&backend, &ctx("globex"), &id(ACME_DAG), run).await;
+        assert_eq!(theirs, Outcome::NotFound, "{run}");
+    }
+
+    // Only the visibility reads reached Airflow, one per call: nothing
+    // under dagRuns, and nothing that a dot segment normalised into
+    // another address (the run list, the DAG, its parent).
+    let paths: Vec<String> = fake
+        .server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|request| format!("{} {}", request.method, request.url.path()))
+        .collect();
+    assert_eq!(
+        paths,
+        vec![format!("GET /api/v2/dags/{ACME_DAG}"); 2 * dots.len()]
+    );
 }
 
 #[tokio::test]
 async fn a_run_of_another_customers_pipeline_is_pipeline_not_found_even_when_it_exists() {
     let fake = Fake::happy().await;
-    let result = backend(&fake.uri())
-        .get_run(&ctx("globex"), &id(ACME_DAG), &run_id())
-        .await;
-    assert!(matches!(
-        result,
-        Err(domain::RunLookupError::PipelineNotFound)
-    ));
+    let outcome = get_run_outcome(
+        &backend(&fake.uri()),
+        &ctx("globex"),
+        &id(ACME_DAG),
+        &run_id(),
+    )
+    .await;
+    assert_eq!(outcome, Outcome::NotFound);
 }
 
 #[tokio::test]

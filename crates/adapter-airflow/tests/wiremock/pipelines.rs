@@ -1,15 +1,14 @@
 //! Pipelines over a fake Airflow: get, list and pause/unpause, what they
 //! send and how they read the answers.
 
-mod common;
-
-use common::{
-    ACME_DAG, Endpoint, Fake, GLOBEX_DAG, Op, Outcome, UNTAGGED_DAG, acme_dag, backend, ctx, dag,
-    id, perform, perform_on, query,
-};
 use domain::{PipelineRepository, PipelineStatus, RunStatus};
 use serde_json::json;
 use wiremock::ResponseTemplate;
+
+use crate::common::{
+    self, ACME_DAG, Endpoint, Fake, GLOBEX_DAG, Op, Outcome, UNTAGGED_DAG, acme_dag, backend, ctx,
+    dag, id, perform, perform_on, query,
+};
 
 #[tokio::test]
 async fn get_maps_the_dag_details_to_the_pipeline() {

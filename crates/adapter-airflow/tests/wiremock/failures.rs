@@ -3,17 +3,16 @@
 //! connection. Each call is tried with the failure on each endpoint it
 //! reaches.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use adapter_airflow::AirflowAuth;
-use common::{
-    CALLS, Endpoint, FIXED_TOKEN, Fake, Op, Outcome, backend, backend_with, closed_port_uri,
-    credentials, perform,
-};
 use domain::{BackendErrorKind, PipelineRepository};
 use wiremock::ResponseTemplate;
+
+use crate::common::{
+    self, CALLS, Endpoint, FIXED_TOKEN, Fake, Op, Outcome, backend, backend_with, closed_port_uri,
+    credentials, perform,
+};
 
 /// Runs every call with `response` on each endpoint it reaches, and
 /// returns what `expected` says for the pair next to what happened.

@@ -2,19 +2,25 @@
 //! runs: every attempt marks its run alike, and a retry after a failed
 //! attempt answers with the run that attempt made instead of making a
 //! second one.
-
-mod common;
+//!
+//! The fake stamps the runs it is posted with what the test's clock shows,
+//! as Airflow stamps them with its own "now", and the backend reads the
+//! same clock: a retry's window is relative to that clock, never to today.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use adapter_airflow::AirflowBackend;
 use airflow_test_support::dag_runs_page;
-use chrono::Utc;
-use common::{ACME_DAG, Endpoint, Fake, backend, ctx, dag, dag_run, id, query};
-use domain::{IdempotencyKey, Orchestrator, TriggerError, TriggerOptions};
+use chrono::TimeDelta;
+use domain::{Clock, ExecuteError, IdempotencyKey, ManualClock, Orchestrator, TriggerRequest};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, Request, ResponseTemplate};
+
+use crate::common::{
+    self, ACME_DAG, Endpoint, Fake, backend_on, ctx, dag, dag_run, query, trigger_of,
+};
 
 /// How the fake answers a post after it made the run.
 #[derive(Clone, Copy)]
@@ -30,6 +36,8 @@ enum Answer {
 /// filtered with `conf_contains` as Airflow does (on the conf's text).
 struct Ledger {
     fake: Fake,
+    /// The clock of the fake and of [`Ledger::backend`].
+    clock: ManualClock,
     runs: Arc<Mutex<Vec<Value>>>,
     answers: Arc<Mutex<Vec<Answer>>>,
 }
@@ -37,6 +45,8 @@ struct Ledger {
 impl Ledger {
     async fn start(paused: bool) -> Self {
         let fake = Fake::start().await;
+        let clock = common::clock();
+        let stamps = clock.clone();
         fake.mount_dag(dag(ACME_DAG, &["customer:acme"], paused))
             .await;
         let runs: Arc<Mutex<Vec<Value>>> = Arc::default();
@@ -54,9 +64,8 @@ impl Ledger {
                 );
                 // Airflow stamps a triggered run with the moment it was
                 // posted (a trigger without `run_after` runs "now"), and a
-                // retry looks for runs made since a moment relative to now:
-                // a fixed date here would fall out of that window one day.
-                let now = json!(Utc::now().to_rfc3339());
+                // retry looks for runs made since a moment relative to now.
+                let now = json!(stamps.now().to_rfc3339());
                 run["run_after"] = now.clone();
                 run["queued_at"] = now;
                 kept.lock().unwrap().push(run.clone());
@@ -88,9 +97,20 @@ impl Ledger {
             .await;
         Self {
             fake,
+            clock,
             runs,
             answers,
         }
+    }
+
+    /// A backend for the fake, on the fake's clock.
+    fn backend(&self) -> AirflowBackend {
+        backend_on(&self.fake.uri(), &self.clock)
+    }
+
+    /// What the clock shows, as Airflow writes it.
+    fn now(&self) -> Value {
+        json!(self.clock.now().to_rfc3339())
     }
 
     fn answer_next(&self, answer: Answer) {
@@ -124,46 +144,33 @@ impl Ledger {
     /// [`retry`], with `conf`.
     fn add_old_run(&self, run_id: &str, conf: Value) {
         let mut run = dag_run(ACME_DAG, run_id, "success", conf);
-        run["run_after"] = json!((Utc::now() - chrono::Duration::days(2)).to_rfc3339());
+        run["run_after"] = json!((self.clock.now() - TimeDelta::days(2)).to_rfc3339());
         self.runs.lock().unwrap().push(run);
     }
 }
 
-fn keyed(key: &str) -> TriggerOptions {
-    TriggerOptions {
-        idempotency_key: Some(IdempotencyKey::parse(key).unwrap()),
-        retry_since: None,
-    }
+/// A trigger of Acme's pipeline with the idempotency key `key`.
+fn keyed(key: &str) -> TriggerRequest {
+    trigger_of(ACME_DAG).with_idempotency_key(IdempotencyKey::parse(key).unwrap())
 }
 
-/// The options of a retry after a failed attempt, with a day's retention.
-fn retry(key: &str) -> TriggerOptions {
-    TriggerOptions {
-        retry_since: Some(Utc::now() - chrono::Duration::days(1)),
-        ..keyed(key)
-    }
+/// A retry with `key` after a failed attempt, with a day's retention
+/// before what `clock` shows.
+fn retry(clock: &ManualClock, key: &str) -> TriggerRequest {
+    keyed(key).retrying_since(clock.now() - TimeDelta::days(1))
 }
 
 #[tokio::test]
 async fn every_trigger_with_a_key_carries_the_same_mark_and_other_keys_or_customers_another() {
     let ledger = Ledger::start(false).await;
-    let backend = backend(&ledger.fake.uri());
+    let backend = ledger.backend();
     let acme = ctx("acme");
 
-    backend
-        .trigger_with(&acme, &id(ACME_DAG), &keyed("k1"))
-        .await
-        .unwrap();
-    backend
-        .trigger_with(&acme, &id(ACME_DAG), &keyed("k1"))
-        .await
-        .unwrap();
-    backend
-        .trigger_with(&acme, &id(ACME_DAG), &keyed("k2"))
-        .await
-        .unwrap();
-    backend.trigger(&acme, &id(ACME_DAG)).await.unwrap();
-    backend.trigger(&acme, &id(ACME_DAG)).await.unwrap();
+    backend.trigger(&acme, &keyed("k1")).await.unwrap();
+    backend.trigger(&acme, &keyed("k1")).await.unwrap();
+    backend.trigger(&acme, &keyed("k2")).await.unwrap();
+    backend.trigger(&acme, &trigger_of(ACME_DAG)).await.unwrap();
+    backend.trigger(&acme, &trigger_of(ACME_DAG)).await.unwrap();
 
     let marks = ledger.marks();
     assert_eq!(marks[0], marks[1]);
@@ -184,21 +191,21 @@ async fn every_trigger_with_a_key_carries_the_same_mark_and_other_keys_or_custom
 #[tokio::test]
 async fn a_retry_after_an_attempt_that_made_the_run_and_failed_answers_with_that_run() {
     let ledger = Ledger::start(false).await;
-    let backend = backend(&ledger.fake.uri());
+    let backend = ledger.backend();
     let acme = ctx("acme");
     ledger.answer_next(Answer::FailedAfterCreating);
 
-    let failed = backend
-        .trigger_with(&acme, &id(ACME_DAG), &keyed("k1"))
-        .await;
+    let failed = backend.trigger(&acme, &keyed("k1")).await;
     assert!(
-        matches!(failed, Err(TriggerError::Backend(_))),
+        matches!(failed, Err(ExecuteError::Backend(_))),
         "{failed:?}"
     );
     assert_eq!(ledger.run_ids().len(), 1);
 
+    // The client retries a little later.
+    ledger.clock.advance(Duration::from_secs(30));
     let run = backend
-        .trigger_with(&acme, &id(ACME_DAG), &retry("k1"))
+        .trigger(&acme, &retry(&ledger.clock, "k1"))
         .await
         .unwrap();
 
@@ -215,10 +222,10 @@ async fn a_retry_after_an_attempt_that_made_the_run_and_failed_answers_with_that
 #[tokio::test]
 async fn a_retry_after_an_attempt_that_made_nothing_makes_the_run() {
     let ledger = Ledger::start(false).await;
-    let backend = backend(&ledger.fake.uri());
+    let backend = ledger.backend();
 
     let run = backend
-        .trigger_with(&ctx("acme"), &id(ACME_DAG), &retry("k1"))
+        .trigger(&ctx("acme"), &retry(&ledger.clock, "k1"))
         .await
         .unwrap();
 
@@ -228,7 +235,7 @@ async fn a_retry_after_an_attempt_that_made_nothing_makes_the_run() {
 #[tokio::test]
 async fn a_run_of_an_earlier_use_of_the_key_past_the_retention_is_not_taken_for_it() {
     let ledger = Ledger::start(false).await;
-    let backend = backend(&ledger.fake.uri());
+    let backend = ledger.backend();
     let mark = common::keyed_mark("acme", "k1");
     ledger.add_old_run(
         "manual__2020-01-01T00:00:00.000000+00:00",
@@ -236,7 +243,7 @@ async fn a_run_of_an_earlier_use_of_the_key_past_the_retention_is_not_taken_for_
     );
 
     let run = backend
-        .trigger_with(&ctx("acme"), &id(ACME_DAG), &retry("k1"))
+        .trigger(&ctx("acme"), &retry(&ledger.clock, "k1"))
         .await
         .unwrap();
 
@@ -247,7 +254,7 @@ async fn a_run_of_an_earlier_use_of_the_key_past_the_retention_is_not_taken_for_
 #[tokio::test]
 async fn a_run_whose_conf_merely_contains_the_mark_elsewhere_is_not_taken_for_it() {
     let ledger = Ledger::start(false).await;
-    let backend = backend(&ledger.fake.uri());
+    let backend = ledger.backend();
     let mark = common::keyed_mark("acme", "k1");
     let mut planted = dag_run(
         ACME_DAG,
@@ -255,11 +262,11 @@ async fn a_run_whose_conf_merely_contains_the_mark_elsewhere_is_not_taken_for_it
         "queued",
         json!({"note": mark, "maestro": {"trigger_id": "someone-else"}}),
     );
-    planted["run_after"] = json!(Utc::now().to_rfc3339());
+    planted["run_after"] = ledger.now();
     ledger.runs.lock().unwrap().push(planted);
 
     let run = backend
-        .trigger_with(&ctx("acme"), &id(ACME_DAG), &retry("k1"))
+        .trigger(&ctx("acme"), &retry(&ledger.clock, "k1"))
         .await
         .unwrap();
 
@@ -270,7 +277,7 @@ async fn a_run_whose_conf_merely_contains_the_mark_elsewhere_is_not_taken_for_it
 #[tokio::test]
 async fn a_retry_answers_with_the_earlier_run_even_if_the_dag_was_paused_since() {
     let ledger = Ledger::start(true).await;
-    let backend = backend(&ledger.fake.uri());
+    let backend = ledger.backend();
     let mark = common::keyed_mark("acme", "k1");
     let mut earlier = dag_run(
         ACME_DAG,
@@ -278,38 +285,39 @@ async fn a_retry_answers_with_the_earlier_run_even_if_the_dag_was_paused_since()
         "queued",
         json!({"maestro": {"customer_id": "acme", "trigger_id": mark}}),
     );
-    earlier["run_after"] = json!(Utc::now().to_rfc3339());
+    earlier["run_after"] = ledger.now();
     ledger.runs.lock().unwrap().push(earlier);
 
     let run = backend
-        .trigger_with(&ctx("acme"), &id(ACME_DAG), &retry("k1"))
+        .trigger(&ctx("acme"), &retry(&ledger.clock, "k1"))
         .await
         .unwrap();
     assert_eq!(run.id.as_str(), "manual__2026-11-29T09:00:00.000000+00:00");
 
     // Without a run to find, the paused DAG is refused as ever.
     let refused = backend
-        .trigger_with(&ctx("acme"), &id(ACME_DAG), &retry("k2"))
+        .trigger(&ctx("acme"), &retry(&ledger.clock, "k2"))
         .await;
-    assert!(matches!(refused, Err(TriggerError::Paused)), "{refused:?}");
+    assert!(
+        matches!(refused, Err(ExecuteError::Paused(_))),
+        "{refused:?}"
+    );
     assert!(ledger.fake.requests(Endpoint::RunPost).await.is_empty());
 }
 
 #[tokio::test]
 async fn a_retry_by_another_customer_finds_nothing_of_the_owners() {
     let ledger = Ledger::start(false).await;
-    let backend = backend(&ledger.fake.uri());
+    let backend = ledger.backend();
     ledger.answer_next(Answer::FailedAfterCreating);
-    let _ = backend
-        .trigger_with(&ctx("acme"), &id(ACME_DAG), &keyed("k1"))
-        .await;
+    let _ = backend.trigger(&ctx("acme"), &keyed("k1")).await;
 
     let refused = backend
-        .trigger_with(&ctx("globex"), &id(ACME_DAG), &retry("k1"))
+        .trigger(&ctx("globex"), &retry(&ledger.clock, "k1"))
         .await;
 
     assert!(
-        matches!(refused, Err(TriggerError::NotFound)),
+        matches!(refused, Err(ExecuteError::NotFound(_))),
         "{refused:?}"
     );
     assert_eq!(ledger.run_ids().len(), 1);
@@ -327,12 +335,13 @@ async fn a_lookup_that_fails_fails_the_retry_without_posting() {
     )
     .await;
 
-    let result = backend(&fake.uri())
-        .trigger_with(&ctx("acme"), &id(ACME_DAG), &retry("k1"))
+    let clock = common::clock();
+    let result = backend_on(&fake.uri(), &clock)
+        .trigger(&ctx("acme"), &retry(&clock, "k1"))
         .await;
 
     assert!(
-        matches!(result, Err(TriggerError::Backend(_))),
+        matches!(result, Err(ExecuteError::Backend(_))),
         "{result:?}"
     );
     assert!(fake.requests(Endpoint::RunPost).await.is_empty());

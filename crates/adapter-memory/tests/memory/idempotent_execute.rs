@@ -17,11 +17,11 @@ use adapter_memory::{
 };
 use async_trait::async_trait;
 use domain::{
-    BackendError, Caller, CustomerId, ExecuteError, Idempotency, IdempotencyConfig,
-    IdempotencyError, IdempotencyKey, Idempotent, Orchestrator, PipelineId, PipelineService,
-    RequestContext, Run, RunId, RunLookupError, RunPage, RunQuery, RunsError, StoredOutcome,
-    TriggerError,
+    BackendError, Caller, CustomerId, ExecuteError, GetRunError, Idempotency, IdempotencyConfig,
+    IdempotencyError, IdempotencyKey, Idempotent, ListRunsError, Orchestrator, PipelineId,
+    PipelineService, RequestContext, Run, RunId, RunPage, RunQuery, TriggerRequest,
 };
+use runtime::TokioClock;
 use tokio::sync::Semaphore;
 
 const IN_FLIGHT: Duration = Duration::from_secs(30);
@@ -41,7 +41,11 @@ struct Upstream {
 
 #[async_trait]
 impl Orchestrator for Upstream {
-    async fn trigger(&self, ctx: &RequestContext, id: &PipelineId) -> Result<Run, TriggerError> {
+    async fn trigger(
+        &self,
+        ctx: &RequestContext,
+        request: &TriggerRequest,
+    ) -> Result<Run, ExecuteError> {
         self.triggers.fetch_add(1, Ordering::SeqCst);
         let permit = self.gate.acquire().await.expect("the gate is never closed");
         drop(permit);
@@ -52,11 +56,9 @@ impl Orchestrator for Upstream {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         if fail {
-            return Err(TriggerError::Backend(BackendError::timeout(
-                "upstream took too long",
-            )));
+            return Err(BackendError::timeout("upstream took too long").into());
         }
-        self.backend.trigger(ctx, id).await
+        self.backend.trigger(ctx, request).await
     }
 
     async fn list_runs(
@@ -64,7 +66,7 @@ impl Orchestrator for Upstream {
         ctx: &RequestContext,
         id: &PipelineId,
         query: &RunQuery,
-    ) -> Result<RunPage, RunsError> {
+    ) -> Result<RunPage, ListRunsError> {
         self.backend.list_runs(ctx, id, query).await
     }
 
@@ -73,7 +75,7 @@ impl Orchestrator for Upstream {
         ctx: &RequestContext,
         id: &PipelineId,
         run_id: &RunId,
-    ) -> Result<Run, RunLookupError> {
+    ) -> Result<Run, GetRunError> {
         self.backend.get_run(ctx, id, run_id).await
     }
 
@@ -103,12 +105,13 @@ impl World {
         });
         let service = PipelineService::new(Arc::new(backend), upstream.clone());
         let store = MemoryIdempotencyStore::default();
+        let mut config = IdempotencyConfig::default();
+        config.retention = RETENTION;
+        config.in_flight = IN_FLIGHT;
         let idempotency = Idempotency::new(
             Arc::new(store.clone()),
-            IdempotencyConfig {
-                retention: RETENTION,
-                in_flight: IN_FLIGHT,
-            },
+            config,
+            Arc::new(TokioClock::start()),
         );
         Self {
             upstream,
@@ -128,7 +131,7 @@ impl World {
         let id = PipelineId::parse(pipeline).unwrap();
         let key = IdempotencyKey::parse(key).unwrap();
         self.idempotency
-            .execute(&self.service, &ctx, &id, &key, render)
+            .execute(&self.service, &ctx, &key, TriggerRequest::new(id))
             .await
     }
 
@@ -148,35 +151,47 @@ fn ctx(customer: &str) -> RequestContext {
     RequestContext::new(Caller::new(CustomerId::parse(customer).unwrap()))
 }
 
-/// Renders a result the way a client-facing adapter would: a status and a
-/// body naming the run or the refusal.
-async fn render(result: Result<Run, ExecuteError>) -> StoredOutcome {
-    let (status, body) = match result {
-        Ok(run) => (200, run.id.to_string()),
-        Err(err @ ExecuteError::NotFound(_)) => (404, err.to_string()),
-        Err(err @ ExecuteError::Paused) => (400, err.to_string()),
-        Err(err @ ExecuteError::QueueFull { .. }) => (429, err.to_string()),
-        Err(ExecuteError::Backend(_)) => (504, "timeout".to_owned()),
-    };
-    StoredOutcome {
-        status,
-        body: body.into_bytes(),
+/// What an execute answered, in short: the run it made, or the refusal
+/// with the pipeline it names.
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    Run(Run),
+    NotFound(PipelineId),
+    Paused(PipelineId),
+    QueueFull,
+    Backend,
+}
+
+impl Answer {
+    fn of(outcome: Result<Run, ExecuteError>) -> Self {
+        match outcome {
+            Ok(run) => Self::Run(run),
+            Err(ExecuteError::NotFound(id)) => Self::NotFound(id),
+            Err(ExecuteError::Paused(id)) => Self::Paused(id),
+            Err(ExecuteError::QueueFull { .. }) => Self::QueueFull,
+            Err(ExecuteError::Backend(_)) => Self::Backend,
+            Err(other) => panic!("unexpected refusal {other:?}"),
+        }
+    }
+
+    fn is_run(&self) -> bool {
+        matches!(self, Self::Run(_))
     }
 }
 
-fn ran(answer: Result<Idempotent, IdempotencyError>) -> StoredOutcome {
+fn ran(answer: Result<Idempotent, IdempotencyError>) -> Answer {
     match answer {
         Ok(Idempotent::Ran {
             outcome,
             record_error: None,
-        }) => outcome,
+        }) => Answer::of(outcome),
         other => panic!("expected a fresh run, got {other:?}"),
     }
 }
 
-fn replayed(answer: Result<Idempotent, IdempotencyError>) -> StoredOutcome {
+fn replayed(answer: Result<Idempotent, IdempotencyError>) -> Answer {
     match answer {
-        Ok(Idempotent::Replayed(outcome)) => outcome,
+        Ok(Idempotent::Replayed(outcome)) => Answer::of(outcome),
         other => panic!("expected a replay, got {other:?}"),
     }
 }
@@ -185,7 +200,7 @@ fn replayed(answer: Result<Idempotent, IdempotencyError>) -> StoredOutcome {
 async fn a_repeat_gets_the_first_answer_again_and_starts_no_run() {
     let world = World::new(true);
     let first = ran(world.execute(DEMO_CUSTOMER, DEMO_PIPELINE_ID, "k1").await);
-    assert_eq!(first.status, 200);
+    assert!(first.is_run());
 
     let again = replayed(world.execute(DEMO_CUSTOMER, DEMO_PIPELINE_ID, "k1").await);
     assert_eq!(again, first);
@@ -231,7 +246,7 @@ async fn the_same_key_of_another_customer_is_another_request() {
     let world = World::new(true);
     ran(world.execute(DEMO_CUSTOMER, DEMO_PIPELINE_ID, "k1").await);
     let acme = ran(world.execute(ACME_CUSTOMER, ACME_PIPELINE_ID, "k1").await);
-    assert_eq!(acme.status, 200);
+    assert!(acme.is_run());
     assert_eq!(world.runs(ACME_CUSTOMER, ACME_PIPELINE_ID).await, 1);
 }
 
@@ -261,7 +276,7 @@ async fn a_repeat_while_the_first_is_in_flight_is_refused_and_starts_nothing() {
 
     world.upstream.gate.add_permits(1);
     let first = ran(first.await.unwrap());
-    assert_eq!(first.status, 200);
+    assert!(first.is_run());
     assert_eq!(world.upstream.triggers.load(Ordering::SeqCst), 1);
     assert_eq!(
         replayed(world.execute(DEMO_CUSTOMER, DEMO_PIPELINE_ID, "k1").await),
@@ -282,7 +297,7 @@ async fn an_answer_is_replayed_for_the_retention_and_then_the_key_runs_again() {
 
     tokio::time::advance(Duration::from_secs(1)).await;
     let later = ran(world.execute(DEMO_CUSTOMER, DEMO_PIPELINE_ID, "k1").await);
-    assert_eq!(later.status, 200);
+    assert!(later.is_run());
     assert_ne!(later, first);
     assert_eq!(world.runs(DEMO_CUSTOMER, DEMO_PIPELINE_ID).await, 2);
 }
@@ -310,7 +325,7 @@ async fn a_claim_whose_request_was_lost_expires_and_the_retry_runs() {
     tokio::time::advance(Duration::from_secs(1)).await;
     world.upstream.gate.add_permits(1);
     let retry = ran(world.execute(DEMO_CUSTOMER, DEMO_PIPELINE_ID, "k1").await);
-    assert_eq!(retry.status, 200);
+    assert!(retry.is_run());
 }
 
 #[tokio::test(start_paused = true)]
@@ -318,7 +333,7 @@ async fn a_backend_failure_is_not_kept_so_the_retry_runs() {
     let world = World::new(true);
     world.upstream.failures.store(1, Ordering::SeqCst);
     let failed = ran(world.execute(DEMO_CUSTOMER, DEMO_PIPELINE_ID, "k1").await);
-    assert_eq!(failed.status, 504);
+    assert_eq!(failed, Answer::Backend);
     assert_eq!(
         world.store.len(),
         1,
@@ -326,7 +341,7 @@ async fn a_backend_failure_is_not_kept_so_the_retry_runs() {
     );
 
     let retry = ran(world.execute(DEMO_CUSTOMER, DEMO_PIPELINE_ID, "k1").await);
-    assert_eq!(retry.status, 200);
+    assert!(retry.is_run());
     assert_eq!(world.runs(DEMO_CUSTOMER, DEMO_PIPELINE_ID).await, 1);
     assert_eq!(
         replayed(world.execute(DEMO_CUSTOMER, DEMO_PIPELINE_ID, "k1").await),
@@ -345,24 +360,25 @@ async fn a_full_queue_is_not_kept_so_the_retry_runs_once_there_is_room() {
     let idempotency = Idempotency::new(
         Arc::new(MemoryIdempotencyStore::default()),
         IdempotencyConfig::default(),
+        Arc::new(TokioClock::start()),
     );
     let ctx = ctx(DEMO_CUSTOMER);
-    let id = PipelineId::parse(DEMO_PIPELINE_ID).unwrap();
+    let request = || TriggerRequest::new(PipelineId::parse(DEMO_PIPELINE_ID).unwrap());
     let key = |raw| IdempotencyKey::parse(raw).unwrap();
 
     ran(idempotency
-        .execute(&service, &ctx, &id, &key("k1"), render)
+        .execute(&service, &ctx, &key("k1"), request())
         .await);
     let full = ran(idempotency
-        .execute(&service, &ctx, &id, &key("k2"), render)
+        .execute(&service, &ctx, &key("k2"), request())
         .await);
-    assert_eq!(full.status, 429);
+    assert_eq!(full, Answer::QueueFull);
 
     tokio::time::advance(Duration::from_secs(10)).await;
     let retry = ran(idempotency
-        .execute(&service, &ctx, &id, &key("k2"), render)
+        .execute(&service, &ctx, &key("k2"), request())
         .await);
-    assert_eq!(retry.status, 200);
+    assert!(retry.is_run());
 }
 
 #[tokio::test(start_paused = true)]
@@ -371,7 +387,10 @@ async fn refusals_of_a_missing_or_paused_pipeline_are_kept() {
     let paused = ran(world
         .execute(DEMO_CUSTOMER, DEMO_PAUSED_PIPELINE_ID, "k1")
         .await);
-    assert_eq!(paused.status, 400);
+    assert_eq!(
+        paused,
+        Answer::Paused(PipelineId::parse(DEMO_PAUSED_PIPELINE_ID).unwrap())
+    );
     assert_eq!(
         replayed(
             world
@@ -383,7 +402,10 @@ async fn refusals_of_a_missing_or_paused_pipeline_are_kept() {
 
     // Another customer's pipeline is answered as missing, and kept so.
     let missing = ran(world.execute(DEMO_CUSTOMER, ACME_PIPELINE_ID, "k2").await);
-    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing,
+        Answer::NotFound(PipelineId::parse(ACME_PIPELINE_ID).unwrap())
+    );
     assert_eq!(
         replayed(world.execute(DEMO_CUSTOMER, ACME_PIPELINE_ID, "k2").await),
         missing
@@ -416,9 +438,15 @@ async fn two_hundred_concurrent_requests_with_one_key_start_exactly_one_run() {
         }
     }
     assert_eq!(fresh.len(), 1, "exactly one request ran");
-    assert_eq!(fresh[0].status, 200);
-    assert!(replays.iter().all(|replay| *replay == fresh[0]));
     assert_eq!(1 + replays.len() + in_flight, 200);
+    let fresh = Answer::of(fresh.remove(0));
+    assert!(fresh.is_run());
+    assert!(
+        replays
+            .into_iter()
+            .map(Answer::of)
+            .all(|replay| replay == fresh)
+    );
     assert_eq!(world.upstream.triggers.load(Ordering::SeqCst), 1);
     assert_eq!(world.runs(DEMO_CUSTOMER, DEMO_PIPELINE_ID).await, 1);
 }

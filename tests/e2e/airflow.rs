@@ -235,7 +235,6 @@ fn set(ids: &[&str]) -> BTreeSet<String> {
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn each_customer_sees_exactly_its_dags_and_another_customers_dag_is_not_found() {
     let airflow = Airflow::connect().await;
     let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
@@ -310,7 +309,6 @@ async fn each_customer_sees_exactly_its_dags_and_another_customers_dag_is_not_fo
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn a_paused_pipeline_is_refused_with_400_and_no_dag_run_reaches_airflow() {
     let airflow = Airflow::connect().await;
     let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
@@ -332,7 +330,6 @@ async fn a_paused_pipeline_is_refused_with_400_and_no_dag_run_reaches_airflow() 
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn unpause_and_pause_through_maestro_reach_airflow() {
     let airflow = Airflow::connect().await;
     let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
@@ -409,7 +406,6 @@ async fn unpause_and_pause_through_maestro_reach_airflow() {
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn three_executes_give_three_dag_runs_with_exactly_the_returned_ids_that_succeed_in_order() {
     let airflow = Airflow::connect().await;
     let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
@@ -459,7 +455,6 @@ async fn three_executes_give_three_dag_runs_with_exactly_the_returned_ids_that_s
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn a_failing_dag_shows_failed_with_a_trace() {
     let airflow = Airflow::connect().await;
     let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
@@ -496,7 +491,6 @@ async fn a_failing_dag_shows_failed_with_a_trace() {
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn runs_are_listed_paginated_filtered_and_fetched_by_percent_encoded_id() {
     let airflow = Airflow::connect().await;
     let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
@@ -591,7 +585,6 @@ impl KeyedAnswer {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a running Airflow and Redis: cargo xtask e2e-airflow"]
 async fn two_instances_sharing_redis_start_exactly_one_dag_run_for_one_idempotency_key() {
     let redis = env("MAESTRO_TEST_REDIS_URL");
     let airflow = Airflow::connect().await;
@@ -688,7 +681,6 @@ async fn two_instances_sharing_redis_start_exactly_one_dag_run_for_one_idempoten
 }
 
 #[tokio::test]
-#[ignore = "needs a running Airflow: cargo xtask e2e-airflow"]
 async fn airflow_stopped_mid_test_gives_504_within_the_timeout_and_ready_503() {
     let airflow = Airflow::connect().await;
     let timeout = Duration::from_secs(2);

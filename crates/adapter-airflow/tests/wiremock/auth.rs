@@ -2,20 +2,21 @@
 //! the token cached and renewed, one renewal for all the requests that need
 //! it, and a fixed token used as it is.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{
-    ACME_DAG, CALLS, Endpoint, FIXED_TOKEN, Fake, Op, Outcome, PASSWORD, backend, backend_with,
-    backend_with_credentials, credentials, ctx, id, jwt_expiring_in, perform,
-};
-use domain::{BackendErrorKind, PipelineRepository};
+use adapter_airflow::AirflowConfig;
+use domain::{BackendErrorKind, Clock, GetPipelineError, ManualClock, PipelineRepository};
+
 use serde_json::json;
 use wiremock::matchers::{header, method, path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
+
+use crate::common::{
+    ACME_DAG, CALLS, Endpoint, FIXED_TOKEN, Fake, Op, Outcome, PASSWORD, backend, backend_with,
+    backend_with_credentials, clock, credentials, ctx, id, jwt_expiring_in, on_clock, perform,
+};
 
 /// Makes Airflow refuse `token` on every API route, ahead of other mocks.
 async fn refuse(fake: &Fake, token: &str, response: ResponseTemplate) {
@@ -157,7 +158,7 @@ async fn refused_credentials_are_an_upstream_error_and_each_request_tries_again(
 
     for _ in 0..2 {
         let err = backend.get(&ctx("acme"), &id(ACME_DAG)).await.unwrap_err();
-        let domain::LookupError::Backend(err) = err else {
+        let GetPipelineError::Backend(err) = err else {
             panic!("{err:?}")
         };
         assert_eq!(err.kind(), BackendErrorKind::Upstream);
@@ -171,13 +172,14 @@ async fn refused_credentials_are_an_upstream_error_and_each_request_tries_again(
 async fn a_token_that_expires_soon_is_renewed_before_it_is_used_again() {
     for (lifetime, exchanges) in [(0, 2), (30, 1), (3600, 1)] {
         let fake = Fake::happy().await;
-        let token = jwt_expiring_in(lifetime);
+        let clock = clock();
+        let token = jwt_expiring_in(&clock, lifetime);
         Mock::given(method("POST"))
             .and(path("/auth/token"))
             .respond_with(ResponseTemplate::new(201).set_body_json(json!({"access_token": token})))
             .mount(&fake.server)
             .await;
-        let backend = backend_with_credentials(&fake.uri());
+        let backend = on_clock(AirflowConfig::new(fake.uri(), credentials()), &clock);
 
         perform(&backend, Op::Get).await;
         perform(&backend, Op::Get).await;
@@ -188,6 +190,60 @@ async fn a_token_that_expires_soon_is_renewed_before_it_is_used_again() {
             "a token living {lifetime} s"
         );
     }
+}
+
+/// A fake whose `/auth/token` hands out a token living `lifetime` seconds
+/// from what `clock` shows when it is asked, by the JWT's `exp` or by
+/// `expires_in`.
+async fn fake_issuing(clock: &ManualClock, lifetime: i64, by_exp: bool) -> Fake {
+    let fake = Fake::happy().await;
+    let clock = clock.clone();
+    Mock::given(method("POST"))
+        .and(path("/auth/token"))
+        .respond_with(move |_: &wiremock::Request| {
+            let answer = if by_exp {
+                json!({"access_token": jwt_expiring_in(&clock, lifetime)})
+            } else {
+                json!({"access_token": "opaque-token", "expires_in": lifetime})
+            };
+            ResponseTemplate::new(201).set_body_json(answer)
+        })
+        .mount(&fake.server)
+        .await;
+    fake
+}
+
+#[tokio::test]
+async fn a_token_is_renewed_when_the_clock_reaches_a_minute_before_its_expiry() {
+    for by_exp in [true, false] {
+        let clock = clock();
+        let fake = fake_issuing(&clock, 3600, by_exp).await;
+        let backend = on_clock(AirflowConfig::new(fake.uri(), credentials()), &clock);
+        let exchanges = || async { fake.requests(Endpoint::Token).await.len() };
+
+        assert_eq!(perform(&backend, Op::Get).await, Outcome::Done);
+        clock.advance(Duration::from_secs(3600 - 60 - 1));
+        assert_eq!(perform(&backend, Op::Get).await, Outcome::Done);
+        assert_eq!(exchanges().await, 1, "by exp: {by_exp}");
+
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(perform(&backend, Op::Get).await, Outcome::Done);
+        assert_eq!(exchanges().await, 2, "by exp: {by_exp}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_cached_before_the_clock_was_stepped_back_is_renewed() {
+    let clock = clock();
+    let fake = fake_issuing(&clock, 3600, true).await;
+    let backend = on_clock(AirflowConfig::new(fake.uri(), credentials()), &clock);
+    assert_eq!(perform(&backend, Op::Get).await, Outcome::Done);
+
+    // The token's stamp now lies in the future: its age is unknown.
+    clock.set(clock.now() - chrono::TimeDelta::seconds(1));
+    assert_eq!(perform(&backend, Op::Get).await, Outcome::Done);
+
+    assert_eq!(fake.requests(Endpoint::Token).await.len(), 2);
 }
 
 #[tokio::test]

@@ -1,0 +1,376 @@
+//! Unit tests of idempotent executes against mocks of the store and the
+//! orchestrator, on a manual clock.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::TimeZone;
+use mockall::predicate::{always, eq};
+
+use super::*;
+use crate::{
+    BackendError, Caller, ManualClock, MockOrchestrator, MockPipelineRepository, RunId, RunStatus,
+};
+
+const PIPELINE: &str = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d";
+
+fn acme() -> CustomerId {
+    CustomerId::parse("acme").unwrap()
+}
+
+fn ctx() -> RequestContext {
+    RequestContext::new(Caller::new(acme()))
+}
+
+fn key() -> IdempotencyKey {
+    IdempotencyKey::parse("order-42").unwrap()
+}
+
+fn pipeline() -> PipelineId {
+    PipelineId::parse(PIPELINE).unwrap()
+}
+
+fn now() -> Timestamp {
+    Utc.with_ymd_and_hms(2024, 12, 18, 10, 30, 0).unwrap()
+}
+
+fn a_run() -> Run {
+    let mut run = Run::new(RunId::manual(&now()), pipeline(), RunStatus::Failed, now());
+    run.updated_at = now() + TimeDelta::seconds(3);
+    run.trace = Some("boom".to_owned());
+    run
+}
+
+fn idempotency(store: MockIdempotencyStore) -> Idempotency {
+    Idempotency::new(
+        Arc::new(store),
+        IdempotencyConfig::default(),
+        Arc::new(ManualClock::new(now())),
+    )
+}
+
+/// A service whose trigger answers `answer` once, recording the request.
+fn service(
+    answer: impl Fn(&TriggerRequest) -> Result<Run, ExecuteError> + Send + 'static,
+) -> (PipelineService, Arc<Mutex<Vec<TriggerRequest>>>) {
+    let seen: Arc<Mutex<Vec<TriggerRequest>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let mut orchestrator = MockOrchestrator::new();
+    orchestrator
+        .expect_trigger()
+        .times(1)
+        .returning(move |_, request| {
+            record.lock().unwrap().push(request.clone());
+            answer(request)
+        });
+    (
+        PipelineService::new(
+            Arc::new(MockPipelineRepository::new()),
+            Arc::new(orchestrator),
+        ),
+        seen,
+    )
+}
+
+/// A service that must not be asked to trigger.
+fn untouched() -> PipelineService {
+    let mut orchestrator = MockOrchestrator::new();
+    orchestrator.expect_trigger().never();
+    PipelineService::new(
+        Arc::new(MockPipelineRepository::new()),
+        Arc::new(orchestrator),
+    )
+}
+
+fn acquired(store: &mut MockIdempotencyStore) {
+    store
+        .expect_claim()
+        .with(
+            eq(acme()),
+            eq(key()),
+            eq(PIPELINE),
+            eq(IdempotencyConfig::DEFAULT_IN_FLIGHT),
+        )
+        .times(1)
+        .returning(|_, _, _, _| Ok(Claim::Acquired(Lease::new("l1"))));
+}
+
+#[test]
+fn keys_of_visible_ascii_are_taken_as_they_are() {
+    let key = IdempotencyKey::parse("Order-42_!~\"quoted\"").unwrap();
+    assert_eq!(key.as_str(), "Order-42_!~\"quoted\"");
+    assert!(IdempotencyKey::parse(&"k".repeat(255)).is_ok());
+    assert!(IdempotencyKey::parse("x").is_ok());
+}
+
+#[test]
+fn empty_overlong_spaced_control_and_non_ascii_keys_are_refused() {
+    for raw in [
+        String::new(),
+        "k".repeat(256),
+        "two words".to_owned(),
+        "tab\there".to_owned(),
+        "new\nline".to_owned(),
+        "del\u{7f}".to_owned(),
+        "café".to_owned(),
+    ] {
+        assert_eq!(
+            IdempotencyKey::parse(&raw),
+            Err(InvalidIdempotencyKey),
+            "{raw:?}"
+        );
+    }
+}
+
+#[test]
+fn leases_do_not_show_their_token_in_logs() {
+    assert_eq!(format!("{:?}", Lease::new("secret-record")), "Lease(..)");
+}
+
+#[tokio::test]
+async fn a_first_execute_carries_the_key_and_keeps_its_run_for_the_retention() {
+    let kept: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let mut store = MockIdempotencyStore::new();
+    acquired(&mut store);
+    let record = Arc::clone(&kept);
+    store
+        .expect_complete()
+        .with(
+            eq(acme()),
+            eq(key()),
+            eq(Lease::new("l1")),
+            always(),
+            eq(IdempotencyConfig::DEFAULT_RETENTION),
+        )
+        .times(1)
+        .returning(move |_, _, _, bytes, _| {
+            *record.lock().unwrap() = bytes.to_vec();
+            Ok(())
+        });
+    store.expect_release().never();
+    let (service, seen) = service(|_| Ok(a_run()));
+
+    let ran = idempotency(store)
+        .execute(&service, &ctx(), &key(), TriggerRequest::new(pipeline()))
+        .await
+        .unwrap();
+
+    assert!(
+        matches!(ran, Idempotent::Ran { outcome: Ok(run), record_error: None } if run == a_run())
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].idempotency_key(), Some(&key()));
+    assert_eq!(seen[0].retry_since(), None);
+    // What was kept reads back as the very same run.
+    assert_eq!(
+        Kept::decode(&kept.lock().unwrap()).unwrap().unwrap(),
+        a_run()
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_a_failed_attempt_looks_back_exactly_one_retention_from_now() {
+    let mut store = MockIdempotencyStore::new();
+    store
+        .expect_claim()
+        .returning(|_, _, _, _| Ok(Claim::Retry(Lease::new("l1"))));
+    store.expect_complete().returning(|_, _, _, _, _| Ok(()));
+    let (service, seen) = service(|_| Ok(a_run()));
+
+    idempotency(store)
+        .execute(&service, &ctx(), &key(), TriggerRequest::new(pipeline()))
+        .await
+        .unwrap();
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].idempotency_key(), Some(&key()));
+    assert_eq!(seen[0].retry_since(), Some(now() - TimeDelta::hours(24)));
+}
+
+#[tokio::test]
+async fn a_missing_pipeline_is_kept_briefly_and_a_paused_one_for_the_retention() {
+    type Refusal = fn() -> ExecuteError;
+    let cases: [(Refusal, Duration); 2] = [
+        (
+            || ExecuteError::NotFound(pipeline()),
+            IdempotencyConfig::DEFAULT_NOT_FOUND_RETENTION,
+        ),
+        (
+            || ExecuteError::Paused(pipeline()),
+            IdempotencyConfig::DEFAULT_RETENTION,
+        ),
+    ];
+    for (refusal, retention) in cases {
+        let mut store = MockIdempotencyStore::new();
+        acquired(&mut store);
+        store
+            .expect_complete()
+            .with(always(), always(), always(), always(), eq(retention))
+            .times(1)
+            .returning(|_, _, _, _, _| Ok(()));
+        store.expect_release().never();
+        let (service, _) = service(move |_| Err(refusal()));
+
+        let ran = idempotency(store)
+            .execute(&service, &ctx(), &key(), TriggerRequest::new(pipeline()))
+            .await
+            .unwrap();
+        assert!(matches!(
+            ran,
+            Idempotent::Ran {
+                outcome: Err(_),
+                record_error: None
+            }
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_and_a_backend_failure_are_released_not_kept() {
+    type Failure = fn() -> ExecuteError;
+    let cases: [Failure; 2] = [
+        || ExecuteError::QueueFull {
+            pipeline_id: pipeline(),
+            limit: 1,
+        },
+        || BackendError::timeout("slow").into(),
+    ];
+    for failure in cases {
+        let mut store = MockIdempotencyStore::new();
+        acquired(&mut store);
+        store.expect_complete().never();
+        store
+            .expect_release()
+            .with(
+                eq(acme()),
+                eq(key()),
+                eq(Lease::new("l1")),
+                eq(IdempotencyConfig::DEFAULT_RETENTION),
+            )
+            .times(1)
+            .returning(|_, _, _, _| Ok(()));
+        let (service, _) = service(move |_| Err(failure()));
+
+        let ran = idempotency(store)
+            .execute(&service, &ctx(), &key(), TriggerRequest::new(pipeline()))
+            .await
+            .unwrap();
+        assert!(matches!(
+            ran,
+            Idempotent::Ran {
+                outcome: Err(_),
+                record_error: None
+            }
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_kept_outcome_is_given_again_without_running_anything() {
+    let outcomes: [fn() -> Result<Run, ExecuteError>; 3] = [
+        || Ok(a_run()),
+        || Err(ExecuteError::NotFound(pipeline())),
+        || Err(ExecuteError::Paused(pipeline())),
+    ];
+    for outcome in outcomes {
+        let record = Kept::of(&outcome()).unwrap().encode();
+        let mut store = MockIdempotencyStore::new();
+        store
+            .expect_claim()
+            .returning(move |_, _, _, _| Ok(Claim::Done(record.clone())));
+
+        let replayed = idempotency(store)
+            .execute(
+                &untouched(),
+                &ctx(),
+                &key(),
+                TriggerRequest::new(pipeline()),
+            )
+            .await
+            .unwrap();
+        let Idempotent::Replayed(again) = replayed else {
+            panic!("expected a replay, got {replayed:?}");
+        };
+        match (again, outcome()) {
+            (Ok(again), Ok(first)) => assert_eq!(again, first),
+            (Err(ExecuteError::NotFound(a)), Err(ExecuteError::NotFound(b)))
+            | (Err(ExecuteError::Paused(a)), Err(ExecuteError::Paused(b))) => assert_eq!(a, b),
+            (again, first) => panic!("{again:?} given again for {first:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_record_is_a_store_failure_and_runs_nothing() {
+    for record in [
+        b"not json".to_vec(),
+        br#"{"kept":"paused","pipeline_id":"nope"}"#.to_vec(),
+    ] {
+        let mut store = MockIdempotencyStore::new();
+        store
+            .expect_claim()
+            .returning(move |_, _, _, _| Ok(Claim::Done(record.clone())));
+        let err = idempotency(store)
+            .execute(
+                &untouched(),
+                &ctx(),
+                &key(),
+                TriggerRequest::new(pipeline()),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IdempotencyError::Store(_)), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn in_flight_mismatched_and_failing_claims_run_nothing() {
+    for (claim, expected) in [
+        (Ok(Claim::InFlight), "InFlight"),
+        (Ok(Claim::Mismatch), "KeyReused"),
+        (Err(()), "Store"),
+    ] {
+        let mut store = MockIdempotencyStore::new();
+        store.expect_claim().times(1).returning(move |_, _, _, _| {
+            claim
+                .clone()
+                .map_err(|()| StoreError::failed("connection refused"))
+        });
+        store.expect_complete().never();
+        store.expect_release().never();
+
+        let err = idempotency(store)
+            .execute(
+                &untouched(),
+                &ctx(),
+                &key(),
+                TriggerRequest::new(pipeline()),
+            )
+            .await
+            .unwrap_err();
+        let name = match err {
+            IdempotencyError::InFlight => "InFlight",
+            IdempotencyError::KeyReused => "KeyReused",
+            IdempotencyError::Store(_) => "Store",
+        };
+        assert_eq!(name, expected);
+    }
+}
+
+#[tokio::test]
+async fn a_lost_claim_still_answers_with_the_executes_own_outcome() {
+    let mut store = MockIdempotencyStore::new();
+    acquired(&mut store);
+    store
+        .expect_complete()
+        .returning(|_, _, _, _, _| Err(StoreError::ClaimLost));
+    let (service, _) = service(|_| Ok(a_run()));
+
+    let ran = idempotency(store)
+        .execute(&service, &ctx(), &key(), TriggerRequest::new(pipeline()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        ran,
+        Idempotent::Ran { outcome: Ok(run), record_error: Some(StoreError::ClaimLost) } if run == a_run()
+    ));
+}
