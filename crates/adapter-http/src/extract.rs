@@ -10,7 +10,7 @@ use domain::{PipelineId, RequestContext, RunId, RunQuery, RunStatus};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{AppState, error::ApiError, observe::RequestId};
+use crate::{AppState, error::ApiError, observe};
 
 /// The largest request body accepted, in bytes.
 pub(crate) const BODY_LIMIT: usize = 64 * 1024;
@@ -46,7 +46,7 @@ impl FromRequestParts<AppState> for Authenticated {
                 ApiError::rate_limited(refused.as_secs())
             })?;
         }
-        let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
+        let request_id = observe::request_id(&parts.extensions).map(str::to_owned);
         let ctx = RequestContext::new(caller);
         Ok(Self(match request_id {
             Some(id) => ctx.with_request_id(id),

@@ -15,7 +15,6 @@ use std::{
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -201,7 +200,7 @@ pub fn router(state: AppState) -> Router {
         // work with no internet access.
         .config(Config::from("/openapi.json").validator_url("none"));
 
-    Router::new()
+    let routes = Router::new()
         .route("/platform/pipeline/execute", post(routes::execute))
         .route("/platform/pipeline/pause", post(routes::pause))
         .route("/platform/pipeline/unpause", post(routes::unpause))
@@ -225,12 +224,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            observe::observe,
-        ))
-        .with_state(state)
+        .layer(CatchPanicLayer::custom(panic_response));
+    observe::wrap(routes, &state).with_state(state)
 }
 
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {

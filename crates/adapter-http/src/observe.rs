@@ -1,89 +1,119 @@
-//! The middleware every request passes through: a request id, a tracing
-//! span, one access-log line, and the request metrics.
+//! What every request passes through, outermost first: its request id
+//! (tower-http's request-id layers, after a client's unusable id is
+//! dropped), its span and one access-log line (tower-http's trace layer),
+//! and the request metrics.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::{
+    Router,
     extract::{MatchedPath, Request, State},
-    http::{HeaderName, HeaderValue},
-    middleware::Next,
+    http::HeaderName,
+    middleware::{self, Next},
     response::Response,
 };
-use tracing::{Instrument, field::Empty};
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+use tracing::{Span, field::Empty};
 
 use crate::AppState;
 
 /// The `X-Request-Id` header.
-pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The request's correlation id: the client's `X-Request-Id` when it is
-/// usable, a fresh UUID otherwise.
-#[derive(Debug, Clone)]
-pub(crate) struct RequestId(pub(crate) String);
+/// The longest client request id kept.
+const MAX_REQUEST_ID_LEN: usize = 128;
 
-impl RequestId {
-    const MAX_LEN: usize = 128;
-
-    /// The client's id if it is 1 to 128 visible ASCII characters, so that
-    /// it is safe to log and to pass on; a new one otherwise.
-    fn from_request(req: &Request) -> Self {
-        let client = req
-            .headers()
-            .get(&REQUEST_ID)
-            .and_then(|value| value.to_str().ok())
-            .filter(|id| {
-                !id.is_empty()
-                    && id.len() <= Self::MAX_LEN
-                    && id.bytes().all(|b| b.is_ascii_graphic())
-            });
-        Self(client.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned))
-    }
+/// Wraps `router` in the layers every request passes through.
+pub(crate) fn wrap(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    // `Router::layer` wraps what is already there, so the last layer added
+    // is the first a request meets.
+    router
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(span)
+                .on_request(())
+                .on_response(answered)
+                // Every answer, errors included, gets its one line above.
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(middleware::map_request(drop_unusable_request_id))
 }
 
-/// Wraps a request in its span, logs it once when answered, counts it, and
-/// echoes its request id.
-pub(crate) async fn observe(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let request_id = RequestId::from_request(&req);
-    // Route templates, not raw paths, so that labels and log fields stay a
-    // closed set; requests that match no route share one label.
-    let route = req
+/// The request's correlation id, as the layers set it: the client's
+/// `X-Request-Id` when it is usable, a fresh UUID otherwise.
+pub(crate) fn request_id(extensions: &axum::http::Extensions) -> Option<&str> {
+    extensions
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+}
+
+/// Removes a client's `X-Request-Id` unless it is 1 to 128 visible ASCII
+/// characters, so that what is logged and passed on is safe; the request
+/// then gets a fresh one.
+async fn drop_unusable_request_id(mut request: Request) -> Request {
+    let usable = request.headers().get(&REQUEST_ID).is_none_or(|value| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(u8::is_ascii_graphic)
+    });
+    if !usable {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
+}
+
+/// The route template a request matched, not its raw path, so that labels
+/// and log fields stay a closed set; requests that match no route share
+/// one.
+fn route(request: &Request) -> &str {
+    request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    let method = req.method().clone();
-    let span = tracing::info_span!(
+}
+
+/// The request's span: its method, route and request id, and the
+/// customer, pipeline and run that the handlers record as they learn them.
+fn span(request: &Request) -> Span {
+    tracing::info_span!(
         "request",
-        %method,
-        route = %route,
-        request_id = %request_id.0,
+        method = %request.method(),
+        route = route(request),
+        request_id = request_id(request.extensions()).unwrap_or_default(),
         customer = Empty,
         pipeline_id = Empty,
         run_id = Empty,
+    )
+}
+
+/// The access log: one line per answer, in the request's span.
+fn answered(response: &Response, latency: Duration, span: &Span) {
+    tracing::info!(
+        parent: span,
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "answered"
     );
-    req.extensions_mut().insert(request_id.clone());
+}
 
-    let mut response = next.run(req).instrument(span.clone()).await;
-
-    let latency = started.elapsed();
-    let status = response.status().as_u16();
-    state
-        .metrics()
-        .observe_request(&route, method.as_str(), status, latency);
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            latency_ms = latency.as_secs_f64() * 1000.0,
-            "answered"
-        );
-    });
-    if let Ok(value) = HeaderValue::from_str(&request_id.0) {
-        response.headers_mut().insert(REQUEST_ID.clone(), value);
-    }
+/// Counts the request and its latency by route, method and status.
+async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = route(&request).to_owned();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    state.metrics().observe_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
