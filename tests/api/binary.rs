@@ -183,11 +183,10 @@ fn sigterm_lets_every_in_flight_request_finish_then_exits_zero() {
     let mut maestro = Maestro::start_with_fixture();
     let addr = maestro.addr();
     let slow: Vec<_> = (0..8).map(|_| start_slow_execute(&addr)).collect();
-    std::thread::sleep(Duration::from_millis(300));
+    maestro.wait_for_in_flight(8);
 
     maestro.terminate();
     maestro.wait_for(|line| line.contains("shutting down").then_some(()));
-    std::thread::sleep(Duration::from_millis(200));
     assert!(
         maestro.child.try_wait().unwrap().is_none(),
         "exited with requests in flight"
@@ -223,7 +222,7 @@ fn after_the_grace_period_the_process_exits_even_with_a_request_stuck() {
     ]);
     let addr = maestro.addr();
     let (_stuck, _never_sent) = start_slow_execute(&addr);
-    std::thread::sleep(Duration::from_millis(200));
+    maestro.wait_for_in_flight(1);
 
     let signalled = Instant::now();
     maestro.terminate();

@@ -158,6 +158,24 @@ impl Maestro {
         })
     }
 
+    /// Waits until the binary has `requests` requests in flight besides
+    /// the one asking, as its `maestro_http_requests_in_flight` gauge
+    /// says: the sign that they reached it, rather than a guess of time.
+    pub(crate) fn wait_for_in_flight(&self, requests: u64) {
+        let addr = self.addr();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if in_flight(&addr) == Some(requests + 1) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{requests} requests never were in flight at once"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     pub(crate) fn pid(&self) -> String {
         self.child.id().to_string()
     }
@@ -200,4 +218,21 @@ impl Drop for Maestro {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The in-flight gauge of the binary at `addr`, this request included.
+fn in_flight(addr: &str) -> Option<u64> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix("maestro_http_requests_in_flight "))
+        .and_then(|value| value.trim().parse().ok())
 }

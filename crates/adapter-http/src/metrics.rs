@@ -8,6 +8,7 @@ use prometheus_client::{
     metrics::{
         counter::Counter,
         family::Family,
+        gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
@@ -59,6 +60,7 @@ pub struct Metrics {
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
+    in_flight: Gauge,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     runs_triggered: Family<BackendLabels, Counter>,
@@ -76,6 +78,12 @@ fn latency_histogram() -> Histogram {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("maestro");
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests received and not yet answered",
+            in_flight.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -125,6 +133,7 @@ impl Default for Metrics {
         Self {
             inner: Arc::new(Inner {
                 registry,
+                in_flight,
                 requests,
                 latency,
                 runs_triggered,
@@ -139,6 +148,13 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts one answered request and its latency.
+    /// Counts a request in flight until the guard is dropped, so that a
+    /// request abandoned halfway is not counted for ever.
+    pub(crate) fn in_flight(&self) -> InFlight {
+        self.inner.in_flight.inc();
+        InFlight(self.inner.in_flight.clone())
+    }
+
     pub(crate) fn observe_request(
         &self,
         route: &str,
@@ -220,5 +236,15 @@ fn known_method(method: &str) -> &'static str {
         "DELETE" => "DELETE",
         "OPTIONS" => "OPTIONS",
         _ => "other",
+    }
+}
+
+/// A request counted in flight; dropping it stops counting it.
+#[derive(Debug)]
+pub(crate) struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -103,8 +103,10 @@ fn answered(response: &Response, latency: Duration, span: &Span) {
     );
 }
 
-/// Counts the request and its latency by route, method and status.
+/// Counts the request while it is in flight, then once answered with its
+/// latency, by route, method and status.
 async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let _in_flight = state.metrics().in_flight();
     let started = Instant::now();
     let route = route(&request).to_owned();
     let method = request.method().clone();
