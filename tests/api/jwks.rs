@@ -17,7 +17,7 @@ use crate::{
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../adapter-http/tests/fixtures"
+    "/../adapter-auth/tests/fixtures"
 );
 
 fn key_set() -> Value {

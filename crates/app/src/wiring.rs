@@ -4,10 +4,11 @@
 use std::{sync::Arc, time::Duration};
 
 use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
+use adapter_auth::{
+    ClaimsConfig, JwksConfig, JwksSource, JwksVerifier, StaticKey, StaticKeyVerifier,
+};
 use adapter_http::{
     AppState, Metrics,
-    jwks::{JwksAuth, JwksConfig, JwksSource},
-    jwt::{JwtAuth, JwtConfig, JwtKey},
     ratelimit::{RateLimitConfig, RateLimiter},
 };
 use adapter_memory::{MemoryBackend, MemoryConfig, MemoryIdempotencyStore};
@@ -192,32 +193,37 @@ fn auth(
             "set only one of MAESTRO_JWT_HS256_SECRET, MAESTRO_JWT_PUBLIC_KEY_FILE, MAESTRO_JWT_JWKS_URL and MAESTRO_JWT_OIDC_ISSUER_URL"
         );
     }
+    // The claim rules, set once for whichever verifier is built.
+    let claims = ClaimsConfig {
+        issuer: jwt.jwt_issuer.clone(),
+        audience: jwt.jwt_audience.clone(),
+        customer_claim: jwt.jwt_customer_claim.clone(),
+        leeway: Duration::from_secs(jwt.jwt_leeway_seconds),
+    };
     let jwks_source = match (&jwt.jwt_jwks_url, &jwt.jwt_oidc_issuer_url) {
         (Some(url), _) => Some(JwksSource::Url(url.clone())),
         (None, Some(issuer)) => Some(JwksSource::Discovery(issuer.clone())),
         (None, None) => None,
     };
     if let Some(source) = jwks_source {
-        let mut settings = JwksConfig::new(source);
-        settings.issuer.clone_from(&jwt.jwt_issuer);
-        settings.audience.clone_from(&jwt.jwt_audience);
-        settings.customer_claim.clone_from(&jwt.jwt_customer_claim);
-        settings.leeway = Duration::from_secs(jwt.jwt_leeway_seconds);
-        settings.refresh_interval = Duration::from_secs(jwt.jwt_jwks_refresh_seconds);
-        settings.min_refetch_interval = Duration::from_secs(jwt.jwt_jwks_min_refetch_seconds);
-        let verifier = JwksAuth::new(settings).context("invalid JWKS settings")?;
+        let settings = JwksConfig {
+            refresh_interval: Duration::from_secs(jwt.jwt_jwks_refresh_seconds),
+            min_refetch_interval: Duration::from_secs(jwt.jwt_jwks_min_refetch_seconds),
+            ..JwksConfig::new(source)
+        };
+        let verifier = JwksVerifier::new(settings, claims).context("invalid JWKS settings")?;
         // Fetches at once, then on its interval, for the life of the
         // process; a JWKS endpoint that is down only delays acceptance.
         verifier.spawn_refresher();
         return Ok((Arc::new(verifier), None));
     }
     let (key, dev_banner) = match (&jwt.jwt_hs256_secret, &jwt.jwt_public_key_file) {
-        (Some(secret), _) => (JwtKey::Hs256(secret.clone()), None),
+        (Some(secret), _) => (StaticKey::Hs256(secret.clone()), None),
         (None, Some(path)) => {
             let pem = std::fs::read(path).with_context(|| {
                 format!("cannot read MAESTRO_JWT_PUBLIC_KEY_FILE {}", path.display())
             })?;
-            (JwtKey::PublicKeyPem(pem), None)
+            (StaticKey::PublicKeyPem(pem), None)
         }
         (None, None) => {
             // The embedded default: safe only where nobody else can reach it.
@@ -234,14 +240,10 @@ fn auth(
                 &CustomerId::parse(customer)?,
                 demo.and_then(|demo| demo.pipeline_id.map(str::to_owned)),
             )?;
-            (JwtKey::Hs256(secret), Some(banner))
+            (StaticKey::Hs256(secret), Some(banner))
         }
     };
-    let mut settings = JwtConfig::new(key);
-    settings.issuer.clone_from(&jwt.jwt_issuer);
-    settings.audience.clone_from(&jwt.jwt_audience);
-    settings.customer_claim.clone_from(&jwt.jwt_customer_claim);
-    settings.leeway = Duration::from_secs(jwt.jwt_leeway_seconds);
-    let verifier = JwtAuth::new(settings).context("invalid token verification settings")?;
+    let verifier =
+        StaticKeyVerifier::new(key, claims).context("invalid token verification settings")?;
     Ok((Arc::new(verifier), dev_banner))
 }

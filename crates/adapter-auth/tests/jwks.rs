@@ -13,7 +13,9 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use adapter_http::jwks::{JwksAuth, JwksConfig, JwksFetchError, JwksSource};
+use adapter_auth::{
+    ClaimsConfig, JwksConfig, JwksFetchError, JwksSource, JwksVerifier, KeyReadiness,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use domain::{AuthContext, AuthError, Caller, CustomerId};
@@ -159,8 +161,6 @@ impl Idp {
 
 fn config(url: String) -> JwksConfig {
     JwksConfig {
-        issuer: Some(ISSUER.to_owned()),
-        audience: Some(AUDIENCE.to_owned()),
         refresh_interval: REFRESH,
         min_refetch_interval: MIN_REFETCH,
         timeout: Duration::from_secs(5),
@@ -168,12 +168,21 @@ fn config(url: String) -> JwksConfig {
     }
 }
 
-fn verifier(url: String) -> JwksAuth {
-    JwksAuth::new(config(url)).expect("valid configuration")
+/// The claim rules of these tests: our issuer and audience.
+fn claim_rules() -> ClaimsConfig {
+    ClaimsConfig {
+        issuer: Some(ISSUER.to_owned()),
+        audience: Some(AUDIENCE.to_owned()),
+        ..ClaimsConfig::new()
+    }
+}
+
+fn verifier(url: String) -> JwksVerifier {
+    JwksVerifier::new(config(url), claim_rules()).expect("valid configuration")
 }
 
 /// A verifier that has fetched the set once.
-async fn loaded(idp: &Idp) -> JwksAuth {
+async fn loaded(idp: &Idp) -> JwksVerifier {
     let auth = verifier(idp.url());
     auth.refresh_now().await.expect("the set is served");
     auth
@@ -187,19 +196,18 @@ async fn pass(duration: Duration) {
     tokio::time::resume();
 }
 
-/// Waits, in real time, for a background fetch to finish: it talks to the
-/// server over a socket, so it takes however long the socket takes.
-async fn until_fetched(auth: &JwksAuth, count: u64) {
-    for _ in 0..500 {
-        if auth.fetch_count() >= count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// Waits for a background fetch to finish: it talks to the server over a
+/// socket, so it takes however long the socket takes.
+async fn until_fetched(auth: &JwksVerifier, count: u64) {
+    if tokio::time::timeout(Duration::from_secs(5), auth.fetched(count))
+        .await
+        .is_err()
+    {
+        panic!(
+            "waited 5 s for fetch {count}; {} happened",
+            auth.fetch_count()
+        );
     }
-    panic!(
-        "waited 5 s for fetch {count}; {} happened",
-        auth.fetch_count()
-    );
 }
 
 // ---- Acceptance ------------------------------------------------------------
@@ -331,10 +339,13 @@ async fn a_wrong_or_missing_issuer_or_audience_is_refused() {
 #[tokio::test]
 async fn without_a_configured_audience_aud_is_not_looked_at() {
     let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
-    let auth = JwksAuth::new(JwksConfig {
-        audience: None,
-        ..config(idp.url())
-    })
+    let auth = JwksVerifier::new(
+        config(idp.url()),
+        ClaimsConfig {
+            audience: None,
+            ..claim_rules()
+        },
+    )
     .unwrap();
     for claims in [
         without(claims(), "aud"),
@@ -578,6 +589,7 @@ async fn tokens_are_refused_while_the_endpoint_answers_503_and_accepted_once_it_
     let auth = verifier(idp.url());
     let refresher = auth.spawn_refresher();
     until_fetched(&auth, 1).await;
+    assert!(!auth.keys_loaded());
 
     let token = ec_token("ec-1", &claims());
     match auth.authenticate(&token).await {
@@ -591,6 +603,7 @@ async fn tokens_are_refused_while_the_endpoint_answers_503_and_accepted_once_it_
     // The refresher retries a failed fetch after the minimum interval.
     pass(MIN_REFETCH).await;
     until_fetched(&auth, 2).await;
+    assert!(auth.keys_loaded());
     assert_eq!(auth.authenticate(&token).await, Ok(acme()));
     refresher.abort();
 }
@@ -602,10 +615,13 @@ async fn tokens_are_refused_while_nothing_listens_and_accepted_once_a_server_doe
     // socket over.
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
     let url = format!("http://{}/jwks", listener.local_addr().unwrap());
-    let auth = JwksAuth::new(JwksConfig {
-        timeout: Duration::from_millis(200),
-        ..config(url)
-    })
+    let auth = JwksVerifier::new(
+        JwksConfig {
+            timeout: Duration::from_millis(200),
+            ..config(url)
+        },
+        claim_rules(),
+    )
     .expect("the verifier starts while the endpoint is down");
 
     assert_eq!(
@@ -688,11 +704,16 @@ async fn discovery_finds_the_key_set_through_the_issuers_configuration() {
         })))
         .mount(&idp.server)
         .await;
-    let auth = JwksAuth::new(JwksConfig {
-        source: JwksSource::Discovery(format!("{issuer}/")),
-        issuer: Some(issuer.clone()),
-        ..config(String::new())
-    })
+    let auth = JwksVerifier::new(
+        JwksConfig {
+            source: JwksSource::Discovery(format!("{issuer}/")),
+            ..config(String::new())
+        },
+        ClaimsConfig {
+            issuer: Some(issuer.clone()),
+            ..claim_rules()
+        },
+    )
     .unwrap();
 
     let token = ec_token("ec-1", &with(claims(), "iss", json!(issuer)));
@@ -718,10 +739,13 @@ async fn a_discovery_document_for_another_issuer_is_refused() {
         })))
         .mount(&server)
         .await;
-    let auth = JwksAuth::new(JwksConfig {
-        source: JwksSource::Discovery(server.uri()),
-        ..config(String::new())
-    })
+    let auth = JwksVerifier::new(
+        JwksConfig {
+            source: JwksSource::Discovery(server.uri()),
+            ..config(String::new())
+        },
+        claim_rules(),
+    )
     .unwrap();
     assert_eq!(
         auth.refresh_now().await,
