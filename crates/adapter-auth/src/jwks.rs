@@ -25,7 +25,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::{AuthContext, AuthError, Caller};
+use domain::{AuthContext, AuthError, Caller, Clock};
 use jsonwebtoken::crypto::CryptoProvider;
 use jsonwebtoken::{Algorithm, Validation};
 use reqwest::Url;
@@ -228,13 +228,18 @@ impl JwksVerifier {
     /// Checks the configuration and prepares an empty key set. Nothing is
     /// fetched yet: call [`JwksVerifier::spawn_refresher`] (or let the first
     /// token trigger a fetch), so that the service starts even when the
-    /// endpoint is down.
+    /// endpoint is down. Token lifetimes are judged by `clock`; fetches are
+    /// timed by tokio's clock.
     ///
     /// # Errors
     /// [`JwksConfigError`] when the URL is not an http or https URL, an
     /// interval or the timeout is zero, a claim setting is unusable, or the
     /// HTTP client cannot be built.
-    pub fn new(config: JwksConfig, claims: ClaimsConfig) -> Result<Self, JwksConfigError> {
+    pub fn new(
+        config: JwksConfig,
+        claims: ClaimsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, JwksConfigError> {
         let provider =
             CryptoProvider::try_get_default().ok_or(JwksConfigError::NoCryptoProvider)?;
         let source = Source::new(&config.source)?;
@@ -247,7 +252,7 @@ impl JwksVerifier {
                 return Err(JwksConfigError::ZeroDuration(name));
             }
         }
-        let rules = ClaimRules::new(claims)?;
+        let rules = ClaimRules::new(claims, clock)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 source,
@@ -493,8 +498,14 @@ impl Shared {
 mod tests {
     use super::*;
 
+    use domain::ManualClock;
+
+    fn clock() -> Arc<dyn Clock> {
+        Arc::new(ManualClock::at_epoch_seconds(1_734_517_800))
+    }
+
     fn verifier(config: JwksConfig) -> Result<JwksVerifier, JwksConfigError> {
-        JwksVerifier::new(config, ClaimsConfig::new())
+        JwksVerifier::new(config, ClaimsConfig::new(), clock())
     }
 
     #[test]
@@ -524,7 +535,7 @@ mod tests {
             ..ClaimsConfig::new()
         };
         assert_eq!(
-            JwksVerifier::new(url(), claims).err(),
+            JwksVerifier::new(url(), claims, clock()).err(),
             Some(JwksConfigError::Claims(ClaimsConfigError::Empty(
                 "audience"
             )))

@@ -8,9 +8,10 @@
 //! public key's PEM text.
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use domain::{AuthContext, AuthError, Caller};
+use domain::{AuthContext, AuthError, Caller, Clock};
 use jsonwebtoken::crypto::CryptoProvider;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::{ExposeSecret, SecretString};
@@ -105,13 +106,18 @@ impl fmt::Debug for StaticKeyVerifier {
 }
 
 impl StaticKeyVerifier {
-    /// Checks the key and the claim settings, and prepares the key.
+    /// Checks the key and the claim settings, and prepares the key. Token
+    /// lifetimes are judged by `clock`.
     ///
     /// # Errors
     /// [`StaticKeyError`] when the secret is short, the PEM is not an RSA
     /// (2048 bits or more) or P-256 public key, a claim name is empty, or
     /// the leeway is too long.
-    pub fn new(key: StaticKey, claims: ClaimsConfig) -> Result<Self, StaticKeyError> {
+    pub fn new(
+        key: StaticKey,
+        claims: ClaimsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StaticKeyError> {
         let provider = CryptoProvider::try_get_default().ok_or(StaticKeyError::NoCryptoProvider)?;
         let (algorithm, key) = match &key {
             StaticKey::Hs256(secret) => {
@@ -130,7 +136,7 @@ impl StaticKeyVerifier {
             }
             StaticKey::PublicKeyPem(pem) => public_key(provider, pem)?,
         };
-        let rules = ClaimRules::new(claims)?;
+        let rules = ClaimRules::new(claims, clock)?;
         Ok(Self {
             algorithm,
             key,
@@ -214,7 +220,7 @@ mod tests {
 
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use domain::CustomerId;
+    use domain::{CustomerId, ManualClock};
     use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::{Value, json};
 
@@ -229,8 +235,16 @@ mod tests {
     const EC_PUBLIC: &[u8] = include_bytes!("../tests/fixtures/ec_p256_public.pem");
     const EC_P384_PUBLIC: &[u8] = include_bytes!("../tests/fixtures/ec_p384_public.pem");
 
+    /// The verifiers' time: 2024-12-18T10:30:00Z. Long past, so a verifier
+    /// that read the system clock would find every token here expired.
+    const NOW: u64 = 1_734_517_800;
+
     fn now() -> u64 {
-        jsonwebtoken::get_current_timestamp()
+        NOW
+    }
+
+    fn clock() -> Arc<dyn Clock> {
+        Arc::new(ManualClock::at_epoch_seconds(NOW as i64))
     }
 
     fn hs_key() -> StaticKey {
@@ -238,7 +252,7 @@ mod tests {
     }
 
     fn hs_with(claims: ClaimsConfig) -> StaticKeyVerifier {
-        StaticKeyVerifier::new(hs_key(), claims).expect("valid configuration")
+        StaticKeyVerifier::new(hs_key(), claims, clock()).expect("valid configuration")
     }
 
     fn hs_auth() -> StaticKeyVerifier {
@@ -246,8 +260,12 @@ mod tests {
     }
 
     fn pem_auth(pem: &[u8]) -> StaticKeyVerifier {
-        StaticKeyVerifier::new(StaticKey::PublicKeyPem(pem.to_vec()), ClaimsConfig::new())
-            .expect("valid configuration")
+        StaticKeyVerifier::new(
+            StaticKey::PublicKeyPem(pem.to_vec()),
+            ClaimsConfig::new(),
+            clock(),
+        )
+        .expect("valid configuration")
     }
 
     /// Claims a valid token carries: customer, subject, an hour to live.
@@ -342,9 +360,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn token_lifetimes_are_judged_by_the_given_clock() {
+        let clock = ManualClock::at_epoch_seconds(NOW as i64);
+        let auth = StaticKeyVerifier::new(hs_key(), ClaimsConfig::new(), Arc::new(clock.clone()))
+            .expect("valid configuration");
+        let token = hs_token(&with(claims(), "exp", json!(NOW + 60)));
+        assert!(auth.authenticate(&token).await.is_ok());
+        // 60 s of life and the 30 s leeway later, and not a moment before.
+        clock.advance(Duration::from_secs(90));
+        assert!(auth.authenticate(&token).await.is_ok());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(auth.authenticate(&token).await, Err(AuthError::Expired));
+    }
+
+    #[tokio::test]
     async fn a_token_expired_beyond_the_configured_leeway_is_refused() {
         // 45 s is past the 30 s configured but within jsonwebtoken's own
-        // default of 60 s, so this fails if the configured leeway is lost.
+        // default of 60 s, so this fails if another leeway creeps in.
         let token = hs_token(&with(claims(), "exp", json!(now() - 45)));
         assert_eq!(
             hs_auth().authenticate(&token).await,
@@ -717,7 +749,7 @@ mod tests {
         for (key, expected) in cases {
             let described = format!("{key:?}");
             assert_eq!(
-                StaticKeyVerifier::new(key, ClaimsConfig::new()).err(),
+                StaticKeyVerifier::new(key, ClaimsConfig::new(), clock()).err(),
                 Some(expected),
                 "{described}"
             );
@@ -731,7 +763,7 @@ mod tests {
             ..ClaimsConfig::new()
         };
         assert_eq!(
-            StaticKeyVerifier::new(hs_key(), claims).err(),
+            StaticKeyVerifier::new(hs_key(), claims, clock()).err(),
             Some(StaticKeyError::Claims(ClaimsConfigError::Empty("audience")))
         );
     }

@@ -11,6 +11,7 @@
 //! request is sent; nothing here sleeps to let an interval elapse.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use adapter_auth::{
@@ -18,7 +19,7 @@ use adapter_auth::{
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use domain::{AuthContext, AuthError, Caller, CustomerId};
+use domain::{AuthContext, AuthError, Caller, Clock, CustomerId, ManualClock};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -54,8 +55,16 @@ fn set(keys: &[Value]) -> Value {
     json!({ "keys": keys })
 }
 
+/// The verifiers' time, 2024-12-18T10:30:00Z: tokens are minted around it,
+/// whatever today's date.
+const NOW: u64 = 1_734_517_800;
+
 fn now() -> u64 {
-    jsonwebtoken::get_current_timestamp()
+    NOW
+}
+
+fn clock() -> Arc<dyn Clock> {
+    Arc::new(ManualClock::at_epoch_seconds(NOW as i64))
 }
 
 /// A valid token's claims: customer, subject, issuer, audience, an hour.
@@ -178,7 +187,7 @@ fn claim_rules() -> ClaimsConfig {
 }
 
 fn verifier(url: String) -> JwksVerifier {
-    JwksVerifier::new(config(url), claim_rules()).expect("valid configuration")
+    JwksVerifier::new(config(url), claim_rules(), clock()).expect("valid configuration")
 }
 
 /// A verifier that has fetched the set once.
@@ -345,6 +354,7 @@ async fn without_a_configured_audience_aud_is_not_looked_at() {
             audience: None,
             ..claim_rules()
         },
+        clock(),
     )
     .unwrap();
     for claims in [
@@ -621,6 +631,7 @@ async fn tokens_are_refused_while_nothing_listens_and_accepted_once_a_server_doe
             ..config(url)
         },
         claim_rules(),
+        clock(),
     )
     .expect("the verifier starts while the endpoint is down");
 
@@ -713,6 +724,7 @@ async fn discovery_finds_the_key_set_through_the_issuers_configuration() {
             issuer: Some(issuer.clone()),
             ..claim_rules()
         },
+        clock(),
     )
     .unwrap();
 
@@ -745,6 +757,7 @@ async fn a_discovery_document_for_another_issuer_is_refused() {
             ..config(String::new())
         },
         claim_rules(),
+        clock(),
     )
     .unwrap();
     assert_eq!(

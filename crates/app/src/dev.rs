@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 use adapter_auth::static_key::MIN_HS256_SECRET_BYTES;
 use anyhow::Context as _;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use domain::CustomerId;
+use domain::{Clock, CustomerId, Timestamp};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::RngCore as _;
 use secrecy::{ExposeSecret as _, SecretString};
@@ -43,8 +43,9 @@ impl DevBanner {
         secret: &SecretString,
         customer: &CustomerId,
         pipeline_id: Option<String>,
+        clock: &dyn Clock,
     ) -> anyhow::Result<Self> {
-        let mut claims = TokenClaims::new(customer.clone(), DEV_TOKEN_TTL);
+        let mut claims = TokenClaims::new(customer.clone(), clock.now(), DEV_TOKEN_TTL);
         claims.subject = Some("maestro-dev".to_owned());
         let token = mint_hs256(secret.expose_secret().as_bytes(), &claims)?;
         Ok(Self {
@@ -97,7 +98,10 @@ pub fn mint_token(args: &TokenArgs) -> anyhow::Result<String> {
         "no secret configured: set MAESTRO_JWT_HS256_SECRET (or --jwt-hs256-secret) to the secret the service verifies with",
     )?;
     let customer = CustomerId::parse(&args.customer)?;
-    let mut claims = TokenClaims::new(customer, Duration::from_secs(args.ttl_seconds));
+    // The clock the service would use, so that a token minted here and the
+    // service agree on the time.
+    let now = runtime::TokioClock::start().now();
+    let mut claims = TokenClaims::new(customer, now, Duration::from_secs(args.ttl_seconds));
     claims.customer_claim.clone_from(&args.jwt_customer_claim);
     claims.subject.clone_from(&args.subject);
     claims.issuer.clone_from(&args.jwt_issuer);
@@ -126,10 +130,11 @@ pub(crate) struct TokenClaims {
 }
 
 impl TokenClaims {
-    /// Claims for `customer` under the default claim name, issued now and
-    /// valid for `ttl`.
-    pub(crate) fn new(customer: CustomerId, ttl: Duration) -> Self {
-        let now = jsonwebtoken::get_current_timestamp();
+    /// Claims for `customer` under the default claim name, issued at `now`
+    /// and valid for `ttl`.
+    pub(crate) fn new(customer: CustomerId, now: Timestamp, ttl: Duration) -> Self {
+        // Before the Unix epoch only a broken clock says; stamp the epoch.
+        let now = u64::try_from(now.timestamp()).unwrap_or(0);
         Self {
             customer_claim: adapter_auth::claims::DEFAULT_CUSTOMER_CLAIM.to_owned(),
             customer,
@@ -198,23 +203,38 @@ fn mint_hs256(secret: &[u8], claims: &TokenClaims) -> Result<String, MintError> 
 mod tests {
     use super::*;
 
+    use std::sync::Arc;
+
     use adapter_auth::{ClaimsConfig, StaticKey, StaticKeyVerifier};
-    use domain::{AuthContext as _, AuthError, Caller};
+    use domain::{AuthContext as _, AuthError, Caller, ManualClock};
 
     const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+
+    /// 2024-12-18T10:30:00Z: the minting and verifying time of these tests.
+    fn clock() -> ManualClock {
+        ManualClock::at_epoch_seconds(1_734_517_800)
+    }
+
+    fn claims(ttl: Duration) -> TokenClaims {
+        TokenClaims::new(acme(), clock().now(), ttl)
+    }
 
     fn acme() -> CustomerId {
         CustomerId::parse("acme").expect("valid id")
     }
 
     fn verifier(claims: ClaimsConfig) -> StaticKeyVerifier {
-        StaticKeyVerifier::new(StaticKey::Hs256(SecretString::from(SECRET)), claims)
-            .expect("valid configuration")
+        StaticKeyVerifier::new(
+            StaticKey::Hs256(SecretString::from(SECRET)),
+            claims,
+            Arc::new(clock()),
+        )
+        .expect("valid configuration")
     }
 
     #[tokio::test]
     async fn minted_token_claims_round_trip_through_the_verifier() {
-        let mut minted = TokenClaims::new(acme(), Duration::from_secs(600));
+        let mut minted = claims(Duration::from_secs(600));
         minted.subject = Some("ops".to_owned());
         minted.issuer = Some("https://issuer.example".to_owned());
         minted.audience = Some("maestro".to_owned());
@@ -229,7 +249,7 @@ mod tests {
 
         let tenant_claims = TokenClaims {
             customer_claim: "tenant".to_owned(),
-            ..TokenClaims::new(acme(), Duration::from_secs(600))
+            ..claims(Duration::from_secs(600))
         };
         let tenant = verifier(ClaimsConfig {
             customer_claim: "tenant".to_owned(),
@@ -241,7 +261,7 @@ mod tests {
 
     #[tokio::test]
     async fn minted_claims_expire_after_their_ttl() {
-        let minted = TokenClaims::new(acme(), Duration::from_secs(600));
+        let minted = claims(Duration::from_secs(600));
         assert_eq!(minted.expires_at - minted.issued_at, 600);
         let stale = TokenClaims {
             expires_at: minted.issued_at - 3600,
@@ -259,7 +279,7 @@ mod tests {
         let minted = TokenClaims {
             customer_claim: "sub".to_owned(),
             subject: Some("ignored".to_owned()),
-            ..TokenClaims::new(acme(), Duration::from_secs(60))
+            ..claims(Duration::from_secs(60))
         };
         let json = minted.to_json().to_string();
         assert_eq!(json.matches("\"sub\"").count(), 1, "{json}");
@@ -268,9 +288,8 @@ mod tests {
 
     #[test]
     fn minting_refuses_a_short_secret() {
-        let claims = TokenClaims::new(acme(), Duration::from_secs(60));
         assert_eq!(
-            mint_hs256(b"short", &claims),
+            mint_hs256(b"short", &claims(Duration::from_secs(60))),
             Err(MintError::SecretTooShort {
                 min: MIN_HS256_SECRET_BYTES
             })

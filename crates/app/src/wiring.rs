@@ -16,7 +16,7 @@ use adapter_platform_api::{PlatformApiBackend, PlatformApiConfig};
 use adapter_redis::{RedisConfig, RedisIdempotencyStore};
 use anyhow::{Context as _, bail};
 use domain::{
-    AuthContext, CustomerId, Idempotency, IdempotencyConfig, IdempotencyStore, Orchestrator,
+    AuthContext, Clock, CustomerId, Idempotency, IdempotencyConfig, IdempotencyStore, Orchestrator,
     PipelineRepository, PipelineService,
 };
 
@@ -44,7 +44,9 @@ pub struct Built {
 /// unreadable key or fixture file, or a backend without its settings.
 pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
     let (repository, orchestrator, demo) = backend(config)?;
-    let (auth, dev_banner) = auth(config, demo)?;
+    // The service's one clock: it follows tokio's, so tests can pause it.
+    let clock: Arc<dyn Clock> = Arc::new(runtime::TokioClock::start());
+    let (auth, dev_banner) = auth(config, demo, &clock)?;
     let metrics = Metrics::default();
     let service = PipelineService::new(
         metrics.instrument_repository(repository),
@@ -180,6 +182,7 @@ fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
 fn auth(
     config: &ServeConfig,
     demo: Option<Demo>,
+    clock: &Arc<dyn Clock>,
 ) -> anyhow::Result<(Arc<dyn AuthContext>, Option<DevBanner>)> {
     let jwt = &config.jwt;
     let configured = [
@@ -211,7 +214,8 @@ fn auth(
             min_refetch_interval: Duration::from_secs(jwt.jwt_jwks_min_refetch_seconds),
             ..JwksConfig::new(source)
         };
-        let verifier = JwksVerifier::new(settings, claims).context("invalid JWKS settings")?;
+        let verifier = JwksVerifier::new(settings, claims, Arc::clone(clock))
+            .context("invalid JWKS settings")?;
         // Fetches at once, then on its interval, for the life of the
         // process; a JWKS endpoint that is down only delays acceptance.
         verifier.spawn_refresher();
@@ -239,11 +243,12 @@ fn auth(
                 &secret,
                 &CustomerId::parse(customer)?,
                 demo.and_then(|demo| demo.pipeline_id.map(str::to_owned)),
+                clock.as_ref(),
             )?;
             (StaticKey::Hs256(secret), Some(banner))
         }
     };
-    let verifier =
-        StaticKeyVerifier::new(key, claims).context("invalid token verification settings")?;
+    let verifier = StaticKeyVerifier::new(key, claims, Arc::clone(clock))
+        .context("invalid token verification settings")?;
     Ok((Arc::new(verifier), dev_banner))
 }
