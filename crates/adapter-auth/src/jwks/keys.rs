@@ -1,16 +1,24 @@
 //! The keys of a JWKS document: which JWKs verify tokens, and with which
 //! algorithm.
 //!
-//! Keys this verifier cannot use are skipped one by one, so that one odd key
-//! in a provider's set does not cost the others.
+//! Each key is read as jsonwebtoken's own [`Jwk`] and turned into a key with
+//! [`DecodingKey::from_jwk`]; what this module adds is the policy: which of
+//! those keys may verify tokens at all.
+//!
+//! The document itself is not read as jsonwebtoken's `JwkSet`: that reads
+//! the whole set or nothing, so one key with a member of the wrong type (a
+//! numeric `kid`, say) would cost every other key. The set is read as a
+//! list instead, and its keys one by one; those this verifier cannot use
+//! are skipped.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::crypto::CryptoProvider;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
+use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -28,8 +36,7 @@ pub(super) struct VerifyingKey {
     pub(super) key: DecodingKey,
 }
 
-/// The usable keys of a JWKS document, by `kid`. Keys this verifier cannot
-/// use are skipped one by one, so one odd key does not cost the others.
+/// The usable keys of a JWKS document, by `kid`.
 pub(super) fn parse_key_set(
     provider: &CryptoProvider,
     body: &[u8],
@@ -60,99 +67,78 @@ pub(super) fn parse_key_set(
     Ok(keys)
 }
 
-/// The members of a JWK this verifier reads (RFC 7517 section 4, RFC 7518
-/// section 6). Read by hand rather than as jsonwebtoken's `Jwk`, which
-/// refuses whole documents over a curve or key type it does not know.
-#[derive(Deserialize)]
-struct RawJwk {
-    kty: Option<String>,
-    kid: Option<String>,
-    alg: Option<String>,
-    #[serde(rename = "use")]
-    public_key_use: Option<String>,
-    key_ops: Option<Vec<String>>,
-    crv: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
-    x: Option<String>,
-    y: Option<String>,
-}
-
 /// One signing key and its `kid`, or why it is skipped. The key type alone
-/// decides the algorithm; an `alg` member must agree with it.
+/// decides the algorithm (RFC 7518 section 6): RSA verifies RS256, EC on
+/// P-256 verifies ES256, and nothing else is taken, symmetric (`oct`) keys
+/// above all, since a key from a public document must never verify an HMAC
+/// token. An `alg` member must agree with the key type; `use` must be `sig`
+/// and `key_ops` must hold `verify` when present.
 fn parse_key(
     provider: &CryptoProvider,
     raw: Value,
 ) -> Result<(String, VerifyingKey), &'static str> {
-    let jwk: RawJwk = serde_json::from_value(raw).map_err(|_| "not a JWK object")?;
-    let kid = jwk.kid.filter(|kid| !kid.is_empty()).ok_or("no kid")?;
+    let mut jwk: Jwk = serde_json::from_value(raw).map_err(|_| "not a JWK object")?;
+    let kid = jwk
+        .common
+        .key_id
+        .clone()
+        .filter(|kid| !kid.is_empty())
+        .ok_or("no kid")?;
     if jwk
+        .common
         .public_key_use
-        .as_deref()
-        .is_some_and(|use_| use_ != "sig")
+        .as_ref()
+        .is_some_and(|use_| *use_ != PublicKeyUse::Signature)
     {
         return Err("not a signature key (use)");
     }
     if jwk
-        .key_ops
+        .common
+        .key_operations
         .as_ref()
-        .is_some_and(|ops| !ops.iter().any(|op| op == "verify"))
+        .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
     {
         return Err("not a verification key (key_ops)");
     }
-    let (algorithm, key) = match jwk.kty.as_deref() {
-        Some("RSA") => {
-            let n = component(jwk.n.as_deref()).ok_or("RSA key without a usable n")?;
-            let e = component(jwk.e.as_deref()).ok_or("RSA key without a usable e")?;
-            let bits = bit_length(&n);
-            if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+    // Components are base64url without padding (RFC 7518); padded ones are
+    // taken too, as lenient providers write them.
+    let unpad = |component: &mut String| component.truncate(component.trim_end_matches('=').len());
+    let (algorithm, expected) = match &mut jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => {
+            unpad(&mut rsa.n);
+            unpad(&mut rsa.e);
+            (Algorithm::RS256, KeyAlgorithm::RS256)
+        }
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+            unpad(&mut ec.x);
+            unpad(&mut ec.y);
+            (Algorithm::ES256, KeyAlgorithm::ES256)
+        }
+        AlgorithmParameters::EllipticCurve(_) => return Err("EC key on another curve than P-256"),
+        _ => return Err("not an RSA or EC key"),
+    };
+    if jwk.common.key_algorithm.is_some_and(|alg| alg != expected) {
+        return Err("alg disagrees with the key type");
+    }
+    let key = DecodingKey::from_jwk(&jwk).map_err(|_| "key components are not base64url")?;
+    match (algorithm, key.kind()) {
+        (Algorithm::RS256, DecodingKeyKind::RsaModulusExponent { n, e }) => {
+            if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bit_length(n)) {
                 return Err("RSA key of a refused size");
             }
-            if !usable_rsa_exponent(&e) {
+            if !usable_rsa_exponent(e) {
                 return Err("RSA key with an unusable exponent");
             }
-            (
-                Algorithm::RS256,
-                DecodingKey::from_rsa_raw_components(&n, &e),
-            )
         }
-        Some("EC") => {
-            if jwk.crv.as_deref() != Some("P-256") {
-                return Err("EC key on another curve than P-256");
-            }
-            let (Some(x), Some(y)) = (jwk.x.as_deref(), jwk.y.as_deref()) else {
-                return Err("EC key without x and y");
-            };
-            let key =
-                DecodingKey::from_ec_components(x.trim_end_matches('='), y.trim_end_matches('='))
-                    .map_err(|_| "EC key with unreadable x or y")?;
+        (Algorithm::ES256, _) => {
             // Building the verifier parses the point, so a point that is not
             // on the curve is skipped now rather than failing every token.
             (provider.verifier_factory)(&Algorithm::ES256, &key)
                 .map_err(|_| "EC key that is not a P-256 point")?;
-            (Algorithm::ES256, key)
         }
-        // Symmetric (`oct`) keys above all: a key from a public document
-        // must never verify an HMAC token.
-        _ => return Err("not an RSA or EC key"),
-    };
-    let expected = match algorithm {
-        Algorithm::ES256 => "ES256",
-        _ => "RS256",
-    };
-    if jwk.alg.as_deref().is_some_and(|alg| alg != expected) {
-        return Err("alg disagrees with the key type");
+        _ => return Err("key of an unexpected form"),
     }
     Ok((kid, VerifyingKey { algorithm, key }))
-}
-
-/// A base64url key component, padded or not, as bytes; `None` when absent,
-/// empty or unreadable.
-fn component(encoded: Option<&str>) -> Option<Vec<u8>> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(encoded?.trim_end_matches('='))
-        .ok()?;
-    (!bytes.is_empty()).then_some(bytes)
 }
 
 /// An RSA public exponent the verifier takes: odd, at least 3 and below
@@ -268,11 +254,46 @@ mod tests {
         assert!(!usable_rsa_exponent(&[2]));
         assert!(!usable_rsa_exponent(&[1, 0, 0]));
         assert!(!usable_rsa_exponent(&[3, 0, 0, 0, 1]));
-        let e = component(Some("AQAB")).unwrap();
-        assert_eq!(e, vec![1, 0, 1]);
-        assert_eq!(component(Some("AQAB==")), Some(vec![1, 0, 1]));
-        assert_eq!(component(Some("")), None);
-        assert_eq!(component(Some("*")), None);
+        assert!(!usable_rsa_exponent(&[]));
+        for (e, verdict) in [
+            ("AQAB", Ok(Algorithm::RS256)),
+            ("AQAB==", Ok(Algorithm::RS256)),
+            ("Aw", Ok(Algorithm::RS256)),
+            ("AQ", Err("RSA key with an unusable exponent")),
+            ("AAE", Err("RSA key with an unusable exponent")),
+            ("", Err("RSA key with an unusable exponent")),
+            ("*", Err("key components are not base64url")),
+        ] {
+            assert_eq!(
+                parsed(jwk(RSA_JWK, json!({"kid": "r", "e": e}))),
+                verdict,
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn padded_ec_components_are_read_and_unreadable_ones_skipped() {
+        let key: Value = serde_json::from_str(EC_JWK).unwrap();
+        let padded = |name: &str| format!("{}=", key[name].as_str().unwrap());
+        assert_eq!(
+            parsed(jwk(
+                EC_JWK,
+                json!({"kid": "e", "x": padded("x"), "y": padded("y")})
+            )),
+            Ok(Algorithm::ES256)
+        );
+        assert!(parsed(jwk(EC_JWK, json!({"kid": "e", "x": "!!"}))).is_err());
+        assert!(parsed(jwk(RSA_JWK, json!({"kid": "r", "n": ""}))).is_err());
+    }
+
+    #[test]
+    fn jsonwebtokens_own_jwk_set_would_lose_every_key_over_one_odd_one() {
+        // Why the set is read key by key: the same document as one JwkSet.
+        let body = json!({"keys": [jwk(RSA_JWK, json!({"kid": "r"})), {"kid": 7}]});
+        assert!(serde_json::from_value::<jsonwebtoken::jwk::JwkSet>(body.clone()).is_err());
+        let keys = parse_key_set(provider(), body.to_string().as_bytes()).expect("usable");
+        assert_eq!(keys.len(), 1);
     }
 
     #[test]
