@@ -1,8 +1,6 @@
 //! The real binary verifying RS256 tokens against a JWKS endpoint: keys by
 //! `kid`, and an endpoint that is down at start coming up later.
 
-use std::time::Duration;
-
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use wiremock::{
@@ -96,8 +94,9 @@ async fn a_key_set_down_at_start_refuses_tokens_until_it_answers() {
         .respond_with(ResponseTemplate::new(200).set_body_json(key_set()))
         .mount(&idp)
         .await;
-    // A refused token may fetch again once the refetch interval (1 s) is over.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The refresher tries again after the refetch interval (1 s), and the
+    // binary says when the keys are in.
+    maestro.wait_for(|line| line.contains("JWKS keys loaded").then_some(()));
     assert_eq!(list_status(&base, &token).await, 200);
     assert!(
         maestro.stderr().contains("keys_unavailable"),

@@ -3,15 +3,16 @@
 //! issuer and audience, algorithm confusion, and an endpoint that is down at
 //! start.
 //!
-//! Time: the refetch limit and the refresher run on tokio's clock. The fetches
-//! go over real sockets to a server on another thread, and a paused tokio
-//! clock jumps ahead to the next timer whenever the runtime waits on a
-//! socket, which would fire the fetch timeout at random. So the clock is only
-//! paused to jump it forward ([`pass`]) and is running again before any
-//! request is sent; nothing here sleeps to let an interval elapse.
+//! Time: the refetch limit, the refresher and the fetch timeout run on
+//! tokio's clock, and token lifetimes on a `ManualClock`. Every test runs on
+//! a paused tokio clock held still ([`hold_clock`]): it moves only when the
+//! test advances it ([`pass`]), never while a fetch waits on its socket.
+//! Waiting for a background fetch means waiting for the verifier's signal
+//! ([`until_fetched`]); nothing here sleeps to let an interval elapse.
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use adapter_auth::{
@@ -197,32 +198,67 @@ async fn loaded(idp: &Idp) -> JwksVerifier {
     auth
 }
 
-/// Jumps tokio's clock forward by `duration`. The clock runs again when this
-/// returns, so the sockets that follow see ordinary time.
-async fn pass(duration: Duration) {
-    tokio::time::pause();
-    tokio::time::advance(duration).await;
-    tokio::time::resume();
+// ---- Time -------------------------------------------------------------------
+
+/// Keeps tokio's paused clock from moving on its own while it lives.
+///
+/// A paused clock jumps to the next timer whenever the runtime has nothing
+/// else to do, and waiting for the wiremock server (on its own thread) to
+/// answer is nothing to do: the fetch timeout would fire at random. Tokio
+/// does not jump while a blocking task runs, so one runs until this is
+/// dropped, at the end of the test.
+struct HeldClock {
+    _release: mpsc::Sender<()>,
 }
 
-/// Waits for a background fetch to finish: it talks to the server over a
-/// socket, so it takes however long the socket takes.
-async fn until_fetched(auth: &JwksVerifier, count: u64) {
-    if tokio::time::timeout(Duration::from_secs(5), auth.fetched(count))
-        .await
-        .is_err()
-    {
-        panic!(
-            "waited 5 s for fetch {count}; {} happened",
-            auth.fetch_count()
-        );
+fn hold_clock() -> HeldClock {
+    let (release, released) = mpsc::channel::<()>();
+    tokio::task::spawn_blocking(move || {
+        // Returns once the sender is dropped.
+        let _ = released.recv();
+    });
+    HeldClock { _release: release }
+}
+
+/// Moves the held clock forward by `duration`: every timer due by then
+/// fires, and nothing else moves it.
+async fn pass(duration: Duration) {
+    tokio::time::advance(duration).await;
+}
+
+/// How long, in real time, a test waits for a socket round trip before it
+/// fails rather than hangs. The held clock cannot time this.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// `future`'s output, or a failure naming `what` if it takes longer than
+/// [`PATIENCE`] in real time.
+async fn soon<T>(what: &str, future: impl Future<Output = T>) -> T {
+    let (give_up, gave_up) = tokio::sync::oneshot::channel::<()>();
+    let (_done, done) = mpsc::channel::<()>();
+    // A watchdog thread, woken early when `_done` is dropped on return.
+    std::thread::spawn(move || {
+        if done.recv_timeout(PATIENCE) == Err(RecvTimeoutError::Timeout) {
+            let _ = give_up.send(());
+        }
+    });
+    tokio::select! {
+        output = future => output,
+        _ = gave_up => panic!("{what} did not happen within {PATIENCE:?}"),
     }
+}
+
+/// Waits for the verifier's signal that `count` fetches have finished: a
+/// background fetch talks to the server over a socket, so it takes however
+/// long the socket takes.
+async fn until_fetched(auth: &JwksVerifier, count: u64) {
+    soon(&format!("fetch {count}"), auth.fetched(count)).await;
 }
 
 // ---- Acceptance ------------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn rs256_and_es256_tokens_are_verified_with_the_key_their_kid_names() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[
         jwk(RSA_JWK, "rsa-1", json!({"alg": "RS256", "use": "sig"})),
         jwk(EC_JWK, "ec-1", json!({})),
@@ -252,8 +288,9 @@ async fn rs256_and_es256_tokens_are_verified_with_the_key_their_kid_names() {
     assert_eq!(auth.fetch_count(), 1, "known kids need no fetch");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_first_token_fetches_the_set_when_no_refresh_has_run() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = verifier(idp.url());
     assert_eq!(auth.fetch_count(), 0, "nothing is fetched at construction");
@@ -266,8 +303,9 @@ async fn the_first_token_fetches_the_set_when_no_refresh_has_run() {
     assert_eq!(idp.fetches().await, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_token_without_a_kid_is_refused_as_malformed_without_a_fetch() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = loaded(&idp).await;
     let key = EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap();
@@ -283,8 +321,9 @@ async fn a_token_without_a_kid_is_refused_as_malformed_without_a_fetch() {
     assert_eq!(idp.fetches().await, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_customer_claim_and_token_lifetime_rules_apply() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = loaded(&idp).await;
     let refused = |claims: Value| {
@@ -312,8 +351,9 @@ async fn the_customer_claim_and_token_lifetime_rules_apply() {
 
 // ---- Issuer and audience ---------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_wrong_or_missing_issuer_or_audience_is_refused() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
     let auth = loaded(&idp).await;
     let check = |claims: Value| {
@@ -345,8 +385,9 @@ async fn a_wrong_or_missing_issuer_or_audience_is_refused() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn without_a_configured_audience_aud_is_not_looked_at() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
     let auth = JwksVerifier::new(
         config(idp.url()),
@@ -370,8 +411,9 @@ async fn without_a_configured_audience_aud_is_not_looked_at() {
 
 // ---- Algorithm confusion ---------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn hs256_tokens_keyed_with_public_key_bytes_are_refused_without_a_fetch() {
+    let _clock = hold_clock();
     let rsa: Value = serde_json::from_str(RSA_JWK).unwrap();
     let n = URL_SAFE_NO_PAD
         .decode(rsa["n"].as_str().unwrap())
@@ -411,8 +453,9 @@ async fn hs256_tokens_keyed_with_public_key_bytes_are_refused_without_a_fetch() 
     assert_eq!(idp.fetches().await, 1, "refused algorithms cause no fetch");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_token_whose_alg_differs_from_its_keys_is_refused() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[
         jwk(RSA_JWK, "rsa-1", json!({})),
         jwk(EC_JWK, "ec-1", json!({})),
@@ -431,8 +474,9 @@ async fn a_token_whose_alg_differs_from_its_keys_is_refused() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn keys_whose_declared_alg_or_curve_disagrees_with_them_are_never_used() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[
         jwk(RSA_JWK, "pss", json!({"alg": "PS256"})),
         jwk(RSA_JWK, "enc", json!({"use": "enc"})),
@@ -464,8 +508,9 @@ async fn keys_whose_declared_alg_or_curve_disagrees_with_them_are_never_used() {
 
 // ---- Rotation --------------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_rotated_in_key_is_accepted_after_an_unknown_kid_refetch() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = loaded(&idp).await;
     assert_eq!(
@@ -499,8 +544,9 @@ async fn a_rotated_in_key_is_accepted_after_an_unknown_kid_refetch() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_withdrawn_key_is_refused_after_the_background_refresh() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[
         jwk(RSA_JWK, "rsa-1", json!({})),
         jwk(RSA2_JWK, "rsa-2", json!({})),
@@ -526,25 +572,26 @@ async fn a_withdrawn_key_is_refused_after_the_background_refresh() {
     refresher.abort();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_refresher_ends_when_the_verifier_is_dropped() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = verifier(idp.url());
     let refresher = auth.spawn_refresher();
     until_fetched(&auth, 1).await;
     drop(auth);
     pass(REFRESH).await;
-    tokio::time::timeout(Duration::from_secs(5), refresher)
+    soon("the refresher's end", refresher)
         .await
-        .expect("the refresher ended")
-        .expect("without a panic");
+        .expect("the refresher ended without a panic");
     assert_eq!(idp.fetches().await, 1);
 }
 
 // ---- Unknown kids ----------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_flood_of_unknown_kids_causes_at_most_one_fetch_per_interval() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = loaded(&idp).await;
 
@@ -592,8 +639,9 @@ async fn a_flood_of_unknown_kids_causes_at_most_one_fetch_per_interval() {
 
 // ---- The endpoint down at start ---------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn tokens_are_refused_while_the_endpoint_answers_503_and_accepted_once_it_recovers() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[])).await;
     idp.answer(ResponseTemplate::new(503)).await;
     let auth = verifier(idp.url());
@@ -618,8 +666,9 @@ async fn tokens_are_refused_while_the_endpoint_answers_503_and_accepted_once_it_
     refresher.abort();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn tokens_are_refused_while_nothing_listens_and_accepted_once_a_server_does() {
+    let _clock = hold_clock();
     // A bound socket that accepts nothing yet: connections wait in its
     // backlog, so the fetch runs into the timeout, until wiremock takes the
     // socket over.
@@ -635,8 +684,20 @@ async fn tokens_are_refused_while_nothing_listens_and_accepted_once_a_server_doe
     )
     .expect("the verifier starts while the endpoint is down");
 
+    let fetch = tokio::spawn({
+        let auth = auth.clone();
+        async move { auth.refresh_now().await }
+    });
+    // The request waits in the backlog until its timeout passes, on the
+    // held clock; move the clock until it has.
+    soon("the fetch timeout", async {
+        while !fetch.is_finished() {
+            pass(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     assert_eq!(
-        auth.refresh_now().await,
+        fetch.await.expect("the fetch ran"),
         Err(JwksFetchError::Timeout {
             endpoint: "JWKS endpoint"
         })
@@ -664,8 +725,9 @@ async fn tokens_are_refused_while_nothing_listens_and_accepted_once_a_server_doe
     assert_eq!(auth.authenticate(&token).await, Ok(acme()));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_refused_connection_leaves_the_verifier_without_keys() {
+    let _clock = hold_clock();
     let port = {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
         listener.local_addr().unwrap().port()
@@ -681,8 +743,9 @@ async fn a_refused_connection_leaves_the_verifier_without_keys() {
     ));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_refresh_keeps_the_keys_already_fetched() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = loaded(&idp).await;
     for broken in [
@@ -703,8 +766,9 @@ async fn a_failed_refresh_keeps_the_keys_already_fetched() {
 
 // ---- OIDC discovery --------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn discovery_finds_the_key_set_through_the_issuers_configuration() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
     let issuer = format!("{}/realms/acme", idp.server.uri());
     Mock::given(method("GET"))
@@ -740,8 +804,9 @@ async fn discovery_finds_the_key_set_through_the_issuers_configuration() {
     assert_eq!(idp.fetches().await, 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_discovery_document_for_another_issuer_is_refused() {
+    let _clock = hold_clock();
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/.well-known/openid-configuration"))
