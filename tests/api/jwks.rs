@@ -10,7 +10,7 @@ use wiremock::{
 
 use crate::{
     helpers::{ACME, fixture, now},
-    maestro::Maestro,
+    maestro::{self, Maestro},
 };
 
 const FIXTURES: &str = concat!(
@@ -102,4 +102,28 @@ async fn a_key_set_down_at_start_refuses_tokens_until_it_answers() {
         maestro.stderr().contains("keys_unavailable"),
         "the reason is logged"
     );
+}
+
+#[test]
+fn the_binary_refuses_a_plain_http_key_set_on_another_host() {
+    for (setting, url) in [
+        ("MAESTRO_JWT_JWKS_URL", "http://idp.example/jwks.json"),
+        (
+            "MAESTRO_JWT_OIDC_ISSUER_URL",
+            "http://idp.example/realms/acme",
+        ),
+    ] {
+        let output = maestro::command()
+            .arg("serve")
+            .env("MAESTRO_BIND", "127.0.0.1:0")
+            .env(setting, url)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("{setting} is refused")) && stderr.contains("must be https"),
+            "{stderr}"
+        );
+    }
 }

@@ -67,7 +67,8 @@ pub enum JwksSource {
 /// [`ClaimsConfig`] every verifier shares.
 #[derive(Debug, Clone)]
 pub struct JwksConfig {
-    /// Where the key set is fetched from: an http or https URL.
+    /// Where the key set is fetched from: an https URL, or an http one on
+    /// a loopback host.
     pub source: JwksSource,
     /// How often the background refresher fetches the set, so that rotated
     /// and withdrawn keys are picked up without waiting for an unknown `kid`.
@@ -103,8 +104,14 @@ pub enum JwksConfigError {
     #[error(transparent)]
     Claims(#[from] ClaimsConfigError),
     /// The JWKS or issuer URL is not an absolute http or https URL.
-    #[error("the JWKS source {0:?} is not an absolute http or https URL")]
+    #[error("{0:?} is not an absolute https URL")]
     InvalidUrl(String),
+    /// The JWKS or issuer URL is plain http to another machine: whoever
+    /// sits on the path could then hand out keys, and so tokens.
+    #[error(
+        "{0:?} must be https; plain http is only allowed to a loopback host (localhost, 127.0.0.0/8, ::1)"
+    )]
+    InsecureUrl(String),
     /// An interval or the timeout is zero.
     #[error("the JWKS {0} must be longer than zero")]
     ZeroDuration(&'static str),
@@ -133,6 +140,15 @@ pub enum JwksFetchError {
     Timeout {
         /// Which endpoint: the JWKS or the discovery one.
         endpoint: &'static str,
+    },
+    /// The endpoint answered with a redirect, which is never followed: keys
+    /// come from the configured URL or not at all.
+    #[error("the {endpoint} answered with a redirect (HTTP {status}), which is not followed")]
+    Redirected {
+        /// Which endpoint: the JWKS or the discovery one.
+        endpoint: &'static str,
+        /// The HTTP status code.
+        status: u16,
     },
     /// The endpoint answered with another status than 2xx.
     #[error("the {endpoint} answered HTTP {status}")]
@@ -232,8 +248,8 @@ impl JwksVerifier {
     /// timed by tokio's clock.
     ///
     /// # Errors
-    /// [`JwksConfigError`] when the URL is not an http or https URL, an
-    /// interval or the timeout is zero, a claim setting is unusable, or the
+    /// [`JwksConfigError`] when the URL is not an https URL (or an http one
+    /// on a loopback host), an interval or the timeout is zero, a claim setting is unusable, or the
     /// HTTP client cannot be built.
     pub fn new(
         config: JwksConfig,

@@ -16,7 +16,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use adapter_auth::{
-    ClaimsConfig, JwksConfig, JwksFetchError, JwksSource, JwksVerifier, KeyReadiness,
+    ClaimsConfig, JwksConfig, JwksConfigError, JwksFetchError, JwksSource, JwksVerifier,
+    KeyReadiness,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -829,4 +830,124 @@ async fn a_discovery_document_for_another_issuer_is_refused() {
         auth.refresh_now().await,
         Err(JwksFetchError::BadDiscovery("names another issuer"))
     );
+}
+
+// ---- Facing the internet ---------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_redirect_is_a_failed_fetch_and_is_not_followed() {
+    let _clock = hold_clock();
+    let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
+    let elsewhere = format!("{}/elsewhere", idp.server.uri());
+    Mock::given(method("GET"))
+        .and(path("/elsewhere"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(set(&[jwk(
+            RSA_JWK,
+            "rsa-1",
+            json!({}),
+        )])))
+        .mount(&idp.server)
+        .await;
+    let auth = loaded(&idp).await;
+
+    for status in [301, 302, 303, 307, 308] {
+        Mock::given(method("GET"))
+            .and(path("/jwks"))
+            .respond_with(ResponseTemplate::new(status).insert_header("Location", &*elsewhere))
+            .with_priority(1)
+            .up_to_n_times(1)
+            .mount(&idp.server)
+            .await;
+        assert_eq!(
+            auth.refresh_now().await,
+            Err(JwksFetchError::Redirected {
+                endpoint: "JWKS endpoint",
+                status,
+            })
+        );
+    }
+    let requests = idp.server.received_requests().await.unwrap();
+    assert!(
+        requests.iter().all(|request| request.url.path() == "/jwks"),
+        "a redirect was followed"
+    );
+    // The keys fetched before stay in use.
+    assert_eq!(
+        auth.authenticate(&rsa_token("rsa-1", &claims())).await,
+        Ok(acme())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redirect_from_the_discovery_endpoint_is_not_followed_either() {
+    let _clock = hold_clock();
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/.well-known/openid-configuration"))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("Location", "https://idp.example/elsewhere"),
+        )
+        .mount(&server)
+        .await;
+    let auth = discovering(&server.uri());
+    assert_eq!(
+        auth.refresh_now().await,
+        Err(JwksFetchError::Redirected {
+            endpoint: "OIDC discovery endpoint",
+            status: 302,
+        })
+    );
+}
+
+/// A verifier that finds its key set through the discovery document of
+/// `issuer`, expecting tokens from it.
+fn discovering(issuer: &str) -> JwksVerifier {
+    JwksVerifier::new(
+        JwksConfig {
+            source: JwksSource::Discovery(issuer.to_owned()),
+            ..config(String::new())
+        },
+        ClaimsConfig {
+            issuer: Some(issuer.to_owned()),
+            ..claim_rules()
+        },
+        clock(),
+    )
+    .expect("valid configuration")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_discovered_jwks_uri_must_be_https_unless_on_a_loopback_host() {
+    let _clock = hold_clock();
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": server.uri(),
+            "jwks_uri": "http://idp.example/jwks",
+        })))
+        .mount(&server)
+        .await;
+    assert_eq!(
+        discovering(&server.uri()).refresh_now().await,
+        Err(JwksFetchError::BadDiscovery(
+            "has a jwks_uri that is not https (or http on a loopback host)"
+        ))
+    );
+}
+
+#[test]
+fn plain_http_to_another_host_is_refused_at_start() {
+    for source in [
+        JwksSource::Url("http://idp.example/jwks".to_owned()),
+        JwksSource::Discovery("http://idp.example/realms/a".to_owned()),
+    ] {
+        let refused = JwksVerifier::new(JwksConfig::new(source), claim_rules(), clock())
+            .expect_err("plain http to another host");
+        assert!(
+            matches!(refused, JwksConfigError::InsecureUrl(_)),
+            "{refused:?}"
+        );
+        assert!(refused.to_string().contains("must be https"), "{refused}");
+    }
 }

@@ -5,7 +5,8 @@ use std::{sync::Arc, time::Duration};
 
 use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
 use adapter_auth::{
-    ClaimsConfig, JwksConfig, JwksSource, JwksVerifier, StaticKey, StaticKeyVerifier,
+    ClaimsConfig, JwksConfig, JwksConfigError, JwksSource, JwksVerifier, StaticKey,
+    StaticKeyVerifier,
 };
 use adapter_http::{
     AppState, Metrics,
@@ -14,7 +15,7 @@ use adapter_http::{
 use adapter_memory::{MemoryBackend, MemoryConfig, MemoryIdempotencyStore};
 use adapter_platform_api::{PlatformApiBackend, PlatformApiConfig};
 use adapter_redis::{RedisConfig, RedisIdempotencyStore};
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use domain::{
     AuthContext, Clock, CustomerId, Idempotency, IdempotencyConfig, IdempotencyStore, Orchestrator,
     PipelineRepository, PipelineService,
@@ -204,18 +205,26 @@ fn auth(
         leeway: Duration::from_secs(jwt.jwt_leeway_seconds),
     };
     let jwks_source = match (&jwt.jwt_jwks_url, &jwt.jwt_oidc_issuer_url) {
-        (Some(url), _) => Some(JwksSource::Url(url.clone())),
-        (None, Some(issuer)) => Some(JwksSource::Discovery(issuer.clone())),
+        (Some(url), _) => Some((JwksSource::Url(url.clone()), "MAESTRO_JWT_JWKS_URL")),
+        (None, Some(issuer)) => Some((
+            JwksSource::Discovery(issuer.clone()),
+            "MAESTRO_JWT_OIDC_ISSUER_URL",
+        )),
         (None, None) => None,
     };
-    if let Some(source) = jwks_source {
+    if let Some((source, setting)) = jwks_source {
         let settings = JwksConfig {
             refresh_interval: Duration::from_secs(jwt.jwt_jwks_refresh_seconds),
             min_refetch_interval: Duration::from_secs(jwt.jwt_jwks_min_refetch_seconds),
             ..JwksConfig::new(source)
         };
-        let verifier = JwksVerifier::new(settings, claims, Arc::clone(clock))
-            .context("invalid JWKS settings")?;
+        let verifier =
+            JwksVerifier::new(settings, claims, Arc::clone(clock)).map_err(|err| match err {
+                JwksConfigError::InvalidUrl(_) | JwksConfigError::InsecureUrl(_) => {
+                    anyhow!(err).context(format!("{setting} is refused"))
+                }
+                other => anyhow!(other).context("invalid JWKS settings"),
+            })?;
         // Fetches at once, then on its interval, for the life of the
         // process; a JWKS endpoint that is down only delays acceptance.
         verifier.spawn_refresher();

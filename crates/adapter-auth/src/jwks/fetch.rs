@@ -1,11 +1,18 @@
 //! The HTTP side of the JWKS verifier: where the set is, and getting a
 //! bounded document from there (the set itself, or an OIDC discovery
 //! document naming it).
+//!
+//! Whoever can change the key set can mint tokens, so the set only comes
+//! over https (plain http only from this machine, for tests and sidecars),
+//! and a redirect is a failed fetch, never followed: the configured URL is
+//! the only place keys come from.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use reqwest::Url;
 use reqwest::header::{ACCEPT, HeaderValue};
+use reqwest::redirect;
 use serde::Deserialize;
 
 use super::{JwksConfigError, JwksFetchError, JwksSource};
@@ -34,12 +41,14 @@ impl Source {
     /// Checks the configured source.
     pub(super) fn new(source: &JwksSource) -> Result<Self, JwksConfigError> {
         Ok(match source {
-            JwksSource::Url(raw) => Self::Url(http_url(raw)?),
+            JwksSource::Url(raw) => Self::Url(secure_url(raw)?),
             JwksSource::Discovery(issuer) => {
-                http_url(issuer)?;
+                secure_url(issuer)?;
+                // OpenID Connect Discovery 1.0, section 4.1: the issuer with
+                // any terminating `/` removed, then the well-known path.
                 let document = format!("{}/{DISCOVERY_PATH}", issuer.trim_end_matches('/'));
                 Self::Discovery {
-                    document: http_url(&document)?,
+                    document: secure_url(&document)?,
                     issuer: issuer.clone(),
                 }
             }
@@ -62,10 +71,12 @@ pub(super) struct Http {
 }
 
 impl Http {
-    /// A client whose every request ends within `timeout`.
+    /// A client whose every request ends within `timeout`, and which
+    /// follows no redirect.
     pub(super) fn new(timeout: Duration) -> Result<Self, JwksConfigError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
+            .redirect(redirect::Policy::none())
             .build()
             .map_err(|err| JwksConfigError::HttpClient(err.to_string()))?;
         Ok(Self { client })
@@ -96,8 +107,11 @@ impl Http {
         let jwks_uri = discovery
             .jwks_uri
             .ok_or(JwksFetchError::BadDiscovery("has no jwks_uri"))?;
-        http_url(&jwks_uri)
-            .map_err(|_| JwksFetchError::BadDiscovery("has a jwks_uri that is not an http URL"))
+        secure_url(&jwks_uri).map_err(|_| {
+            JwksFetchError::BadDiscovery(
+                "has a jwks_uri that is not https (or http on a loopback host)",
+            )
+        })
     }
 
     /// The body of a 2xx answer to a GET of `url`, at most
@@ -125,6 +139,12 @@ impl Http {
             .await
             .map_err(transport)?;
         let status = response.status();
+        if status.is_redirection() {
+            return Err(JwksFetchError::Redirected {
+                endpoint,
+                status: status.as_u16(),
+            });
+        }
         if !status.is_success() {
             return Err(JwksFetchError::Status {
                 endpoint,
@@ -149,12 +169,28 @@ impl Http {
     }
 }
 
-/// Parses `raw` as an absolute http or https URL.
-fn http_url(raw: &str) -> Result<Url, JwksConfigError> {
-    match Url::parse(raw) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url),
-        _ => Err(JwksConfigError::InvalidUrl(raw.to_owned())),
+/// Parses `raw` as an absolute https URL, or an http one whose host is on
+/// this machine (`localhost`, 127.0.0.0/8 or `::1`).
+fn secure_url(raw: &str) -> Result<Url, JwksConfigError> {
+    let url = match Url::parse(raw) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => url,
+        _ => return Err(JwksConfigError::InvalidUrl(raw.to_owned())),
+    };
+    if url.scheme() == "http" && !is_loopback_host(&url) {
+        return Err(JwksConfigError::InsecureUrl(raw.to_owned()));
     }
+    Ok(url)
+}
+
+/// Whether `url` names this machine: `localhost`, or a loopback address.
+/// The URL parser has already lower-cased the host and turned every IPv4
+/// spelling into dotted decimal.
+fn is_loopback_host(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let address = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || address.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// An error and its causes, `: `-separated: reqwest's own text for a refused
@@ -173,6 +209,43 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn https_urls_are_taken_and_http_only_on_a_loopback_host() {
+        for raw in [
+            "https://idp.example/jwks",
+            "https://10.0.0.1:8443/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://127.10.20.30/jwks",
+            "http://2130706433/jwks",
+            "http://[::1]:9000/jwks",
+            "http://localhost/jwks",
+            "http://LOCALHOST:80/jwks",
+        ] {
+            assert!(secure_url(raw).is_ok(), "{raw}");
+        }
+        for raw in [
+            "http://idp.example/jwks",
+            "http://10.0.0.1/jwks",
+            "http://128.0.0.1/jwks",
+            "http://[::2]/jwks",
+            "http://[::ffff:127.0.0.1]/jwks",
+            "http://localhost.idp.example/jwks",
+            "http://0.0.0.0/jwks",
+        ] {
+            assert_eq!(
+                secure_url(raw).err(),
+                Some(JwksConfigError::InsecureUrl(raw.to_owned())),
+                "{raw}"
+            );
+        }
+        assert_eq!(
+            Source::new(&JwksSource::Discovery("http://idp.example".to_owned())).err(),
+            Some(JwksConfigError::InsecureUrl(
+                "http://idp.example".to_owned()
+            ))
+        );
+    }
 
     #[test]
     fn discovery_looks_under_the_issuer_path() {
