@@ -782,7 +782,7 @@ async fn discovery_finds_the_key_set_through_the_issuers_configuration() {
         .await;
     let auth = JwksVerifier::new(
         JwksConfig {
-            source: JwksSource::Discovery(format!("{issuer}/")),
+            source: JwksSource::Discovery(issuer.clone()),
             ..config(String::new())
         },
         ClaimsConfig {
@@ -806,30 +806,52 @@ async fn discovery_finds_the_key_set_through_the_issuers_configuration() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_discovery_document_for_another_issuer_is_refused() {
+async fn a_discovery_document_not_naming_exactly_the_configured_issuer_is_refused() {
     let _clock = hold_clock();
-    let server = MockServer::start().await;
+    let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+    let issuer = format!("{}/realms/acme", idp.server.uri());
+    for (named, refusal) in [
+        (json!("https://evil.example"), "names another issuer"),
+        (json!(format!("{issuer}/")), "names another issuer"),
+        (json!(issuer.to_uppercase()), "names another issuer"),
+        (json!(null), "names no issuer"),
+    ] {
+        idp.serve(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+        Mock::given(method("GET"))
+            .and(path("/realms/acme/.well-known/openid-configuration"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "issuer": named,
+                "jwks_uri": idp.url(),
+            })))
+            .mount(&idp.server)
+            .await;
+        let auth = discovering(&issuer);
+        assert_eq!(
+            auth.refresh_now().await,
+            Err(JwksFetchError::BadDiscovery(refusal)),
+            "{named}"
+        );
+        assert_eq!(idp.fetches().await, 0, "no key set fetched for {named}");
+        assert!(!auth.keys_loaded());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_issuer_is_taken_as_configured_with_or_without_a_trailing_slash() {
+    let _clock = hold_clock();
+    let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+    // The document is under the issuer without its `/` (section 4.1), and
+    // must name the issuer exactly as configured, `/` included.
+    let issuer = format!("{}/realms/acme/", idp.server.uri());
     Mock::given(method("GET"))
-        .and(path("/.well-known/openid-configuration"))
+        .and(path("/realms/acme/.well-known/openid-configuration"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "issuer": "https://evil.example",
-            "jwks_uri": format!("{}/jwks", server.uri()),
+            "issuer": issuer,
+            "jwks_uri": idp.url(),
         })))
-        .mount(&server)
+        .mount(&idp.server)
         .await;
-    let auth = JwksVerifier::new(
-        JwksConfig {
-            source: JwksSource::Discovery(server.uri()),
-            ..config(String::new())
-        },
-        claim_rules(),
-        clock(),
-    )
-    .unwrap();
-    assert_eq!(
-        auth.refresh_now().await,
-        Err(JwksFetchError::BadDiscovery("names another issuer"))
-    );
+    assert_eq!(discovering(&issuer).refresh_now().await, Ok(1));
 }
 
 // ---- Facing the internet ---------------------------------------------------

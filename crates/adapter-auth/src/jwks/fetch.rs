@@ -97,12 +97,14 @@ impl Http {
         let body = self.get(document.clone(), DISCOVERY_ENDPOINT).await?;
         let discovery: Discovery = serde_json::from_slice(&body)
             .map_err(|_| JwksFetchError::BadDiscovery("is not the expected JSON object"))?;
-        // OpenID Connect Discovery 1.0, section 4.3: the document must name
-        // the issuer it was fetched for, or it belongs to someone else.
-        if let Some(named) = &discovery.issuer
-            && named.trim_end_matches('/') != issuer.trim_end_matches('/')
-        {
-            return Err(JwksFetchError::BadDiscovery("names another issuer"));
+        // OpenID Connect Discovery 1.0, section 4.3: the issuer the document
+        // names must be identical to the one it was fetched for, or it
+        // belongs to someone else. Identical means the very string: no
+        // trailing `/` forgiven, no case folded.
+        match discovery.issuer.as_deref() {
+            Some(named) if named == issuer => {}
+            Some(_) => return Err(JwksFetchError::BadDiscovery("names another issuer")),
+            None => return Err(JwksFetchError::BadDiscovery("names no issuer")),
         }
         let jwks_uri = discovery
             .jwks_uri
