@@ -127,3 +127,32 @@ fn the_binary_refuses_a_plain_http_key_set_on_another_host() {
         );
     }
 }
+
+/// Whether the verifier of the service `maestro serve` would build with
+/// these flags has its keys.
+async fn auth_keys(flags: &[&str]) -> std::sync::Arc<dyn adapter_auth::KeyReadiness> {
+    let mut args = vec!["maestro", "serve", "--bind", "127.0.0.1:0"];
+    args.extend_from_slice(flags);
+    let Some(app::Command::Serve(config)) = <app::Cli as clap::Parser>::try_parse_from(args)
+        .unwrap()
+        .command
+    else {
+        unreachable!()
+    };
+    app::build(&config).await.unwrap().auth_keys
+}
+
+#[tokio::test]
+async fn the_verifier_has_its_keys_at_once_for_a_secret_and_not_before_a_key_set_is_fetched() {
+    let with_secret = auth_keys(&["--jwt-hs256-secret", crate::helpers::SECRET]).await;
+    assert!(with_secret.keys_loaded());
+
+    let idp = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&idp)
+        .await;
+    let url = format!("{}/jwks.json", idp.uri());
+    let with_jwks = auth_keys(&["--jwt-jwks-url", &url]).await;
+    assert!(!with_jwks.keys_loaded());
+}

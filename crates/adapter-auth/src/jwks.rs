@@ -9,7 +9,8 @@
 //! a public key's bytes has nothing to verify against.
 //!
 //! The set is fetched once and kept. A background task refreshes it before it
-//! goes stale ([`JwksVerifier::spawn_refresher`]); a token naming an unknown
+//! goes stale, and retries a failed fetch within moments, backing off to the
+//! refetch interval ([`JwksVerifier::spawn_refresher`]); a token naming an unknown
 //! `kid` (the provider rotated its keys) triggers a refetch, but at most once
 //! per [`JwksConfig::min_refetch_interval`] and shared by every request
 //! waiting for it, so a flood of made-up `kid`s cannot hammer the provider.
@@ -53,6 +54,11 @@ pub const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// configured otherwise.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the refresher waits after a failed fetch before it tries again
+/// the first time. Each further failure doubles the wait, up to
+/// [`JwksConfig::min_refetch_interval`].
+pub const FIRST_RETRY: Duration = Duration::from_millis(250);
+
 /// Where the key set comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwksSource {
@@ -72,8 +78,8 @@ pub struct JwksConfig {
     pub source: JwksSource,
     /// How often the background refresher fetches the set, so that rotated
     /// and withdrawn keys are picked up without waiting for an unknown `kid`.
-    /// After a failed fetch it tries again sooner, after
-    /// `min_refetch_interval`.
+    /// After a failed fetch it tries again sooner: after [`FIRST_RETRY`],
+    /// then twice as long each time, up to `min_refetch_interval`.
     pub refresh_interval: Duration,
     /// The shortest time between two fetches caused by unknown `kid`s: a
     /// token naming an unknown key triggers a fetch only when the last one
@@ -290,8 +296,12 @@ impl JwksVerifier {
     }
 
     /// Starts the background refresher: it fetches the set at once, then
-    /// every [`JwksConfig::refresh_interval`], or after
-    /// [`JwksConfig::min_refetch_interval`] when a fetch failed. Failures are
+    /// every [`JwksConfig::refresh_interval`]. After a failed fetch it tries
+    /// again after [`FIRST_RETRY`], then twice as long after each further
+    /// failure, up to [`JwksConfig::min_refetch_interval`] (and never longer
+    /// than the refresh interval): an endpoint that was down when the
+    /// service started is read within moments of coming up, and one that
+    /// stays down is asked at most once per refetch interval. Failures are
     /// logged and never end it; it ends when the last clone of this verifier
     /// is dropped, or when the handle is aborted.
     ///
@@ -301,13 +311,21 @@ impl JwksVerifier {
         // A weak handle, so the task does not keep a dropped verifier alive.
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
+            let mut backoff = None;
             loop {
                 let Some(shared) = shared.upgrade() else {
                     return;
                 };
                 let wait = match shared.refresh().await {
-                    Ok(_) => shared.refresh_interval,
-                    Err(_) => shared.refresh_interval.min(shared.min_refetch_interval),
+                    Ok(_) => {
+                        backoff = None;
+                        shared.refresh_interval
+                    }
+                    Err(_) => backoff
+                        .get_or_insert_with(|| {
+                            Backoff::new(shared.refresh_interval.min(shared.min_refetch_interval))
+                        })
+                        .next_wait(),
                 };
                 drop(shared);
                 tokio::time::sleep(wait).await;
@@ -395,6 +413,29 @@ impl KeyReadiness for JwksVerifier {
     /// whatever later fetches do.
     fn keys_loaded(&self) -> bool {
         self.shared.snapshot().loaded
+    }
+}
+
+/// The refresher's waits after consecutive failed fetches: [`FIRST_RETRY`],
+/// doubling, at most `longest`.
+#[derive(Debug, Clone)]
+struct Backoff {
+    next: Duration,
+    longest: Duration,
+}
+
+impl Backoff {
+    fn new(longest: Duration) -> Self {
+        Self {
+            next: FIRST_RETRY.min(longest),
+            longest,
+        }
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = self.next.saturating_mul(2).min(self.longest);
+        wait
     }
 }
 
@@ -563,6 +604,22 @@ mod tests {
             )))
             .is_ok()
         );
+    }
+
+    #[test]
+    fn retries_wait_250_ms_then_twice_as_long_each_time_up_to_the_longest() {
+        let mut backoff = Backoff::new(Duration::from_secs(30));
+        let waits: Vec<u128> = (0..10).map(|_| backoff.next_wait().as_millis()).collect();
+        assert_eq!(
+            waits,
+            [
+                250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000
+            ]
+        );
+
+        let mut short = Backoff::new(Duration::from_millis(100));
+        assert_eq!(short.next_wait(), Duration::from_millis(100));
+        assert_eq!(short.next_wait(), Duration::from_millis(100));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub use verify::{MAX_TOKEN_BYTES, MIN_RSA_BITS};
 ///
 /// A service should not be reported ready before its verifier is: until
 /// then it refuses every token.
-pub trait KeyReadiness: Send + Sync {
+pub trait KeyReadiness: Send + Sync + std::fmt::Debug {
     /// Whether a key set is loaded: always for a static key, and for a JWKS
     /// endpoint once a fetch of the set has succeeded. Cheap enough to call
     /// on every probe.

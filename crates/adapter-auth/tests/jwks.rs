@@ -222,9 +222,13 @@ fn hold_clock() -> HeldClock {
 }
 
 /// Moves the held clock forward by `duration`: every timer due by then
-/// fires, and nothing else moves it.
+/// fires, and nothing else moves it. When this returns, the tasks those
+/// timers woke (the refresher) have run up to their next wait: the test's
+/// own future is polled before spawned tasks, so it yields once more to let
+/// them go first.
 async fn pass(duration: Duration) {
     tokio::time::advance(duration).await;
+    tokio::task::yield_now().await;
 }
 
 /// How long, in real time, a test waits for a socket round trip before it
@@ -641,7 +645,7 @@ async fn a_flood_of_unknown_kids_causes_at_most_one_fetch_per_interval() {
 // ---- The endpoint down at start ---------------------------------------------
 
 #[tokio::test(start_paused = true)]
-async fn tokens_are_refused_while_the_endpoint_answers_503_and_accepted_once_it_recovers() {
+async fn an_endpoint_down_at_start_is_read_within_a_second_of_coming_up() {
     let _clock = hold_clock();
     let idp = Idp::serving(set(&[])).await;
     idp.answer(ResponseTemplate::new(503)).await;
@@ -658,12 +662,63 @@ async fn tokens_are_refused_while_the_endpoint_answers_503_and_accepted_once_it_
         other => panic!("expected KeysUnavailable, got {other:?}"),
     }
 
-    idp.serve(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
-    // The refresher retries a failed fetch after the minimum interval.
-    pass(MIN_REFETCH).await;
+    // Down for the first second: the refresher tries at 0, 0.25 and 0.75 s.
+    pass(Duration::from_millis(250)).await;
     until_fetched(&auth, 2).await;
+    pass(Duration::from_millis(500)).await;
+    until_fetched(&auth, 3).await;
+    pass(Duration::from_millis(250)).await;
+
+    // Up at 1 s; the next try, at 1.75 s, reads the set: not 30 s (the
+    // refetch interval) later.
+    idp.serve(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+    let up = tokio::time::Instant::now();
+    pass(Duration::from_millis(750)).await;
+    until_fetched(&auth, 4).await;
     assert!(auth.keys_loaded());
     assert_eq!(auth.authenticate(&token).await, Ok(acme()));
+    assert!(up.elapsed() <= Duration::from_secs(2), "{:?}", up.elapsed());
+    assert_eq!(idp.fetches().await, 1);
+    refresher.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_fetches_are_retried_after_250_ms_then_twice_as_long_up_to_the_refetch_interval() {
+    let _clock = hold_clock();
+    let idp = Idp::serving(set(&[])).await;
+    idp.answer(ResponseTemplate::new(503)).await;
+    let auth = verifier(idp.url());
+    let refresher = auth.spawn_refresher();
+    until_fetched(&auth, 1).await;
+
+    // Fetches finished so far: the refresher's, and the test's own.
+    let mut fetches = 1;
+    for wait in [250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000] {
+        let wait = Duration::from_millis(wait);
+        pass(wait - Duration::from_millis(1)).await;
+        // A fetch of the test's own waits at the gate for any fetch in
+        // flight, so after it every fetch started so far has finished: the
+        // refresher's next try has not started a millisecond early.
+        assert!(auth.refresh_now().await.is_err());
+        fetches += 1;
+        assert_eq!(auth.fetch_count(), fetches, "a try before {wait:?}");
+        // And it starts on time.
+        pass(Duration::from_millis(1)).await;
+        fetches += 1;
+        until_fetched(&auth, fetches).await;
+    }
+    assert_eq!(idp.fetches().await as u64, fetches);
+
+    // A success ends the backoff: the next fetch is a refresh interval away.
+    idp.serve(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+    pass(MIN_REFETCH).await;
+    until_fetched(&auth, fetches + 1).await;
+    assert!(auth.keys_loaded());
+    pass(REFRESH - Duration::from_millis(1)).await;
+    assert_eq!(auth.refresh_now().await, Ok(1));
+    assert_eq!(auth.fetch_count(), fetches + 2, "a refresh came early");
+    pass(Duration::from_millis(1)).await;
+    until_fetched(&auth, fetches + 3).await;
     refresher.abort();
 }
 

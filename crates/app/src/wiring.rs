@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
 use adapter_auth::{
-    ClaimsConfig, JwksConfig, JwksConfigError, JwksSource, JwksVerifier, StaticKey,
+    ClaimsConfig, JwksConfig, JwksConfigError, JwksSource, JwksVerifier, KeyReadiness, StaticKey,
     StaticKeyVerifier,
 };
 use adapter_http::{
@@ -34,6 +34,10 @@ pub struct Built {
     pub router: axum::Router,
     /// Its shared state, to start draining on shutdown.
     pub state: AppState,
+    /// Whether the token verifier has its keys: at once for a static key,
+    /// once the key set is fetched for a JWKS endpoint. The service is not
+    /// ready before.
+    pub auth_keys: Arc<dyn KeyReadiness>,
     pub(crate) dev_banner: Option<DevBanner>,
 }
 
@@ -47,7 +51,11 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
     let (repository, orchestrator, demo) = backend(config)?;
     // The service's one clock: it follows tokio's, so tests can pause it.
     let clock: Arc<dyn Clock> = Arc::new(runtime::TokioClock::start());
-    let (auth, dev_banner) = auth(config, demo, &clock)?;
+    let Auth {
+        context: auth,
+        keys: auth_keys,
+        dev_banner,
+    } = auth(config, demo, &clock)?;
     let metrics = Metrics::default();
     let service = PipelineService::new(
         metrics.instrument_repository(repository),
@@ -64,6 +72,7 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
     Ok(Built {
         router: adapter_http::router(state.clone()),
         state,
+        auth_keys,
         dev_banner,
     })
 }
@@ -180,11 +189,15 @@ fn backend(config: &ServeConfig) -> anyhow::Result<Ports> {
     }
 }
 
-fn auth(
-    config: &ServeConfig,
-    demo: Option<Demo>,
-    clock: &Arc<dyn Clock>,
-) -> anyhow::Result<(Arc<dyn AuthContext>, Option<DevBanner>)> {
+/// The token verifier, as the port and as a readiness check, and the
+/// development banner when the embedded default made up its secret.
+struct Auth {
+    context: Arc<dyn AuthContext>,
+    keys: Arc<dyn KeyReadiness>,
+    dev_banner: Option<DevBanner>,
+}
+
+fn auth(config: &ServeConfig, demo: Option<Demo>, clock: &Arc<dyn Clock>) -> anyhow::Result<Auth> {
     let jwt = &config.jwt;
     let configured = [
         jwt.jwt_hs256_secret.is_some(),
@@ -228,7 +241,12 @@ fn auth(
         // Fetches at once, then on its interval, for the life of the
         // process; a JWKS endpoint that is down only delays acceptance.
         verifier.spawn_refresher();
-        return Ok((Arc::new(verifier), None));
+        let verifier = Arc::new(verifier);
+        return Ok(Auth {
+            context: verifier.clone(),
+            keys: verifier,
+            dev_banner: None,
+        });
     }
     let (key, dev_banner) = match (&jwt.jwt_hs256_secret, &jwt.jwt_public_key_file) {
         (Some(secret), _) => (StaticKey::Hs256(secret.clone()), None),
@@ -259,5 +277,10 @@ fn auth(
     };
     let verifier = StaticKeyVerifier::new(key, claims, Arc::clone(clock))
         .context("invalid token verification settings")?;
-    Ok((Arc::new(verifier), dev_banner))
+    let verifier = Arc::new(verifier);
+    Ok(Auth {
+        context: verifier.clone(),
+        keys: verifier,
+        dev_banner,
+    })
 }
