@@ -70,6 +70,9 @@ async fn the_binary_accepts_rs256_tokens_whose_kid_is_in_the_key_set() {
 
     assert_eq!(list_status(&base, &rs256_token("key-1")).await, 200);
     assert_eq!(list_status(&base, &rs256_token("made-up")).await, 401);
+    maestro.wait_for(|line| {
+        (line.contains("WARN") && line.contains("without MAESTRO_JWT_AUDIENCE")).then_some(())
+    });
 }
 
 #[tokio::test]

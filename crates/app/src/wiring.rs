@@ -226,6 +226,14 @@ fn auth(config: &ServeConfig, demo: Option<Demo>, clock: &Arc<dyn Clock>) -> any
         (None, None) => None,
     };
     if let Some((source, setting)) = jwks_source {
+        if jwt.jwt_audience.is_none() {
+            // An identity provider signs tokens for many services with the
+            // same keys; without an audience, one meant for any of them is
+            // taken here too.
+            tracing::warn!(
+                "{setting} is set without MAESTRO_JWT_AUDIENCE: tokens the identity provider issued for any other service are accepted too; set MAESTRO_JWT_AUDIENCE to this service's audience"
+            );
+        }
         let settings = JwksConfig {
             refresh_interval: Duration::from_secs(jwt.jwt_jwks_refresh_seconds),
             min_refetch_interval: Duration::from_secs(jwt.jwt_jwks_min_refetch_seconds),
