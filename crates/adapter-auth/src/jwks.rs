@@ -8,12 +8,13 @@
 //! no symmetric key is ever taken from the set, so an HS256 token signed with
 //! a public key's bytes has nothing to verify against.
 //!
-//! The set is fetched once and kept. A background task refreshes it before it
-//! goes stale, and retries a failed fetch within moments, backing off to the
-//! refetch interval ([`JwksVerifier::spawn_refresher`]); a token naming an unknown
-//! `kid` (the provider rotated its keys) triggers a refetch, but at most once
-//! per [`JwksConfig::min_refetch_interval`] and shared by every request
-//! waiting for it, so a flood of made-up `kid`s cannot hammer the provider.
+//! The set is fetched once and kept. A background task refreshes it before
+//! it goes stale, and retries a failed fetch within moments, backing off to
+//! the refetch interval ([`JwksVerifier::spawn_refresher`]). A token naming
+//! an unknown `kid` (the provider rotated its keys) triggers a refetch, but
+//! at most once per [`JwksConfig::min_refetch_interval`] and shared by every
+//! request waiting for it, so a flood of made-up `kid`s cannot hammer the
+//! provider.
 //! The verifier starts without keys when the endpoint is down: tokens are
 //! then refused with [`AuthError::KeysUnavailable`] until a fetch succeeds.
 
@@ -255,8 +256,8 @@ impl JwksVerifier {
     ///
     /// # Errors
     /// [`JwksConfigError`] when the URL is not an https URL (or an http one
-    /// on a loopback host), an interval or the timeout is zero, a claim setting is unusable, or the
-    /// HTTP client cannot be built.
+    /// on a loopback host), an interval or the timeout is zero, a claim
+    /// setting is unusable, or the HTTP client cannot be built.
     pub fn new(
         config: JwksConfig,
         claims: ClaimsConfig,
