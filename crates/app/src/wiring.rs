@@ -226,14 +226,6 @@ fn auth(config: &ServeConfig, demo: Option<Demo>, clock: &Arc<dyn Clock>) -> any
         (None, None) => None,
     };
     if let Some((source, setting)) = jwks_source {
-        if jwt.jwt_audience.is_none() {
-            // An identity provider signs tokens for many services with the
-            // same keys; without an audience, one meant for any of them is
-            // taken here too.
-            tracing::warn!(
-                "{setting} is set without MAESTRO_JWT_AUDIENCE: tokens the identity provider issued for any other service are accepted too; set MAESTRO_JWT_AUDIENCE to this service's audience"
-            );
-        }
         let settings = JwksConfig {
             refresh_interval: Duration::from_secs(jwt.jwt_jwks_refresh_seconds),
             min_refetch_interval: Duration::from_secs(jwt.jwt_jwks_min_refetch_seconds),
@@ -246,6 +238,14 @@ fn auth(config: &ServeConfig, demo: Option<Demo>, clock: &Arc<dyn Clock>) -> any
                 }
                 other => anyhow!(other).context("invalid JWKS settings"),
             })?;
+        if jwt.jwt_audience.is_none() {
+            // An identity provider signs tokens for many services with the
+            // same keys; without an audience, one meant for any of them is
+            // taken here too.
+            tracing::warn!(
+                "{setting} is set without MAESTRO_JWT_AUDIENCE: tokens the identity provider issued for any other service are accepted too; set MAESTRO_JWT_AUDIENCE to this service's audience"
+            );
+        }
         // Fetches at once, then on its interval, for the life of the
         // process; a JWKS endpoint that is down only delays acceptance.
         verifier.spawn_refresher();
