@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     ACME, ACTIVE, Backend, SECRET, TestApp, envelope, json_of, now, on_each_backend, sign,
+    sign_with,
 };
 
 const PROTECTED: &[(&str, &str)] = &[
@@ -118,9 +119,7 @@ async fn bad_tokens_are_refused_with_401_and_no_reason(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;
     let valid_claims = json!({"customer_id": ACME, "exp": now() + 3600});
     let valid = sign(&valid_claims);
-    let wrong_key =
-        adapter_http::jwt::mint_hs256(b"another-secret-that-is-long-enough-too", &valid_claims)
-            .unwrap();
+    let wrong_key = sign_with(b"another-secret-that-is-long-enough-too", &valid_claims);
     let expired = sign(&json!({"customer_id": ACME, "exp": now() - 3600}));
     let not_yet_valid =
         sign(&json!({"customer_id": ACME, "exp": now() + 7200, "nbf": now() + 3600}));

@@ -9,7 +9,6 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use adapter_http::jwt::mint_hs256;
 use app::{Cli, Command};
 use clap::Parser as _;
 use reqwest::{Client, Response, header::CONTENT_TYPE};
@@ -67,7 +66,18 @@ pub(crate) fn token(customer: &str) -> String {
 
 /// Signs any claims with the test secret.
 pub(crate) fn sign(claims: &Value) -> String {
-    mint_hs256(SECRET.as_bytes(), claims).unwrap()
+    sign_with(SECRET.as_bytes(), claims)
+}
+
+/// Signs any claims as an HS256 token with `secret`.
+pub(crate) fn sign_with(secret: &[u8], claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret).unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &key,
+    )
+    .unwrap()
 }
 
 /// Seconds since the Unix epoch.

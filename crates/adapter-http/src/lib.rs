@@ -1,5 +1,6 @@
-//! Maestro's HTTP API: the axum router, JWT authentication, error mapping,
-//! metrics and the OpenAPI document.
+//! Maestro's HTTP API: the axum router, the authentication extractor over
+//! the [`AuthContext`] port, error mapping, metrics and the OpenAPI
+//! document.
 //!
 //! [`router`] builds the whole API over an [`AppState`]; tests call it in
 //! process, and the `maestro` binary serves it.
@@ -31,8 +32,6 @@ mod error;
 mod extract;
 mod idempotency;
 mod instrument;
-pub mod jwks;
-pub mod jwt;
 mod metrics;
 mod observe;
 pub mod ratelimit;

@@ -4,16 +4,18 @@
 use std::{sync::Arc, time::Duration};
 
 use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
+use adapter_auth::{
+    ClaimsConfig, JwksConfig, JwksConfigError, JwksSource, JwksVerifier, KeyReadiness, StaticKey,
+    StaticKeyVerifier,
+};
 use adapter_http::{
     AppState, Metrics,
-    jwks::{JwksAuth, JwksConfig, JwksSource},
-    jwt::{JwtAuth, JwtConfig, JwtKey},
     ratelimit::{RateLimitConfig, RateLimiter},
 };
 use adapter_memory::{MemoryBackend, MemoryConfig, MemoryIdempotencyStore};
 use adapter_platform_api::{PlatformApiBackend, PlatformApiConfig};
 use adapter_redis::{RedisConfig, RedisIdempotencyStore};
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use domain::{
     AuthContext, Clock, CustomerId, Idempotency, IdempotencyConfig, IdempotencyStore, Orchestrator,
     PipelineRepository, PipelineService,
@@ -33,6 +35,10 @@ pub struct Built {
     pub router: axum::Router,
     /// Its shared state, to start draining on shutdown.
     pub state: AppState,
+    /// Whether the token verifier has its keys: at once for a static key,
+    /// once the key set is fetched for a JWKS endpoint. The service is not
+    /// ready before.
+    pub auth_keys: Arc<dyn KeyReadiness>,
     pub(crate) dev_banner: Option<DevBanner>,
 }
 
@@ -43,10 +49,15 @@ pub struct Built {
 /// When the configuration is unusable: no key on a non-loopback address, an
 /// unreadable key or fixture file, or a backend without its settings.
 pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
-    // The one clock every part of the service reads.
+    // The one clock every part of the service reads: it follows tokio's,
+    // so tests can pause it.
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::start());
     let (repository, orchestrator, demo) = backend(config, &clock)?;
-    let (auth, dev_banner) = auth(config, demo)?;
+    let Auth {
+        context: auth,
+        keys: auth_keys,
+        dev_banner,
+    } = auth(config, demo, &clock)?;
     let metrics = Metrics::default();
     let service = PipelineService::new(
         metrics.instrument_repository(repository),
@@ -63,6 +74,7 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
     Ok(Built {
         router: adapter_http::router(state.clone()),
         state,
+        auth_keys,
         dev_banner,
     })
 }
@@ -181,10 +193,15 @@ fn backend(config: &ServeConfig, clock: &Arc<dyn Clock>) -> anyhow::Result<Ports
     }
 }
 
-fn auth(
-    config: &ServeConfig,
-    demo: Option<Demo>,
-) -> anyhow::Result<(Arc<dyn AuthContext>, Option<DevBanner>)> {
+/// The token verifier, as the port and as a readiness check, and the
+/// development banner when the embedded default made up its secret.
+struct Auth {
+    context: Arc<dyn AuthContext>,
+    keys: Arc<dyn KeyReadiness>,
+    dev_banner: Option<DevBanner>,
+}
+
+fn auth(config: &ServeConfig, demo: Option<Demo>, clock: &Arc<dyn Clock>) -> anyhow::Result<Auth> {
     let jwt = &config.jwt;
     let configured = [
         jwt.jwt_hs256_secret.is_some(),
@@ -197,32 +214,59 @@ fn auth(
             "set only one of MAESTRO_JWT_HS256_SECRET, MAESTRO_JWT_PUBLIC_KEY_FILE, MAESTRO_JWT_JWKS_URL and MAESTRO_JWT_OIDC_ISSUER_URL"
         );
     }
+    // The claim rules, set once for whichever verifier is built.
+    let claims = ClaimsConfig {
+        issuer: jwt.jwt_issuer.clone(),
+        audience: jwt.jwt_audience.clone(),
+        customer_claim: jwt.jwt_customer_claim.clone(),
+        leeway: Duration::from_secs(jwt.jwt_leeway_seconds),
+    };
     let jwks_source = match (&jwt.jwt_jwks_url, &jwt.jwt_oidc_issuer_url) {
-        (Some(url), _) => Some(JwksSource::Url(url.clone())),
-        (None, Some(issuer)) => Some(JwksSource::Discovery(issuer.clone())),
+        (Some(url), _) => Some((JwksSource::Url(url.clone()), "MAESTRO_JWT_JWKS_URL")),
+        (None, Some(issuer)) => Some((
+            JwksSource::Discovery(issuer.clone()),
+            "MAESTRO_JWT_OIDC_ISSUER_URL",
+        )),
         (None, None) => None,
     };
-    if let Some(source) = jwks_source {
-        let mut settings = JwksConfig::new(source);
-        settings.issuer.clone_from(&jwt.jwt_issuer);
-        settings.audience.clone_from(&jwt.jwt_audience);
-        settings.customer_claim.clone_from(&jwt.jwt_customer_claim);
-        settings.leeway = Duration::from_secs(jwt.jwt_leeway_seconds);
-        settings.refresh_interval = Duration::from_secs(jwt.jwt_jwks_refresh_seconds);
-        settings.min_refetch_interval = Duration::from_secs(jwt.jwt_jwks_min_refetch_seconds);
-        let verifier = JwksAuth::new(settings).context("invalid JWKS settings")?;
+    if let Some((source, setting)) = jwks_source {
+        let settings = JwksConfig {
+            refresh_interval: Duration::from_secs(jwt.jwt_jwks_refresh_seconds),
+            min_refetch_interval: Duration::from_secs(jwt.jwt_jwks_min_refetch_seconds),
+            ..JwksConfig::new(source)
+        };
+        let verifier =
+            JwksVerifier::new(settings, claims, Arc::clone(clock)).map_err(|err| match err {
+                JwksConfigError::InvalidUrl(_) | JwksConfigError::InsecureUrl(_) => {
+                    anyhow!(err).context(format!("{setting} is refused"))
+                }
+                other => anyhow!(other).context("invalid JWKS settings"),
+            })?;
+        if jwt.jwt_audience.is_none() {
+            // An identity provider signs tokens for many services with the
+            // same keys; without an audience, one meant for any of them is
+            // taken here too.
+            tracing::warn!(
+                "{setting} is set without MAESTRO_JWT_AUDIENCE: tokens the identity provider issued for any other service are accepted too; set MAESTRO_JWT_AUDIENCE to this service's audience"
+            );
+        }
         // Fetches at once, then on its interval, for the life of the
         // process; a JWKS endpoint that is down only delays acceptance.
         verifier.spawn_refresher();
-        return Ok((Arc::new(verifier), None));
+        let verifier = Arc::new(verifier);
+        return Ok(Auth {
+            context: verifier.clone(),
+            keys: verifier,
+            dev_banner: None,
+        });
     }
     let (key, dev_banner) = match (&jwt.jwt_hs256_secret, &jwt.jwt_public_key_file) {
-        (Some(secret), _) => (JwtKey::Hs256(secret.clone()), None),
+        (Some(secret), _) => (StaticKey::Hs256(secret.clone()), None),
         (None, Some(path)) => {
             let pem = std::fs::read(path).with_context(|| {
                 format!("cannot read MAESTRO_JWT_PUBLIC_KEY_FILE {}", path.display())
             })?;
-            (JwtKey::PublicKeyPem(pem), None)
+            (StaticKey::PublicKeyPem(pem), None)
         }
         (None, None) => {
             // The embedded default: safe only where nobody else can reach it.
@@ -238,15 +282,17 @@ fn auth(
                 &secret,
                 &CustomerId::parse(customer)?,
                 demo.and_then(|demo| demo.pipeline_id.map(str::to_owned)),
+                clock.as_ref(),
             )?;
-            (JwtKey::Hs256(secret), Some(banner))
+            (StaticKey::Hs256(secret), Some(banner))
         }
     };
-    let mut settings = JwtConfig::new(key);
-    settings.issuer.clone_from(&jwt.jwt_issuer);
-    settings.audience.clone_from(&jwt.jwt_audience);
-    settings.customer_claim.clone_from(&jwt.jwt_customer_claim);
-    settings.leeway = Duration::from_secs(jwt.jwt_leeway_seconds);
-    let verifier = JwtAuth::new(settings).context("invalid token verification settings")?;
-    Ok((Arc::new(verifier), dev_banner))
+    let verifier = StaticKeyVerifier::new(key, claims, Arc::clone(clock))
+        .context("invalid token verification settings")?;
+    let verifier = Arc::new(verifier);
+    Ok(Auth {
+        context: verifier.clone(),
+        keys: verifier,
+        dev_banner,
+    })
 }

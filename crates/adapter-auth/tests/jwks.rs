@@ -3,20 +3,25 @@
 //! issuer and audience, algorithm confusion, and an endpoint that is down at
 //! start.
 //!
-//! Time: the refetch limit and the refresher run on tokio's clock. The fetches
-//! go over real sockets to a server on another thread, and a paused tokio
-//! clock jumps ahead to the next timer whenever the runtime waits on a
-//! socket, which would fire the fetch timeout at random. So the clock is only
-//! paused to jump it forward ([`pass`]) and is running again before any
-//! request is sent; nothing here sleeps to let an interval elapse.
+//! Time: the refetch limit, the refresher and the fetch timeout run on
+//! tokio's clock, and token lifetimes on a `ManualClock`. Every test runs on
+//! a paused tokio clock held still ([`hold_clock`]): it moves only when the
+//! test advances it ([`pass`]), never while a fetch waits on its socket.
+//! Waiting for a background fetch means waiting for the verifier's signal
+//! ([`until_fetched`]); nothing here sleeps to let an interval elapse.
 
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
-use adapter_http::jwks::{JwksAuth, JwksConfig, JwksFetchError, JwksSource};
+use adapter_auth::{
+    ClaimsConfig, JwksConfig, JwksConfigError, JwksFetchError, JwksSource, JwksVerifier,
+    KeyReadiness,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use domain::{AuthContext, AuthError, Caller, CustomerId};
+use domain::{AuthContext, AuthError, Caller, Clock, CustomerId, ManualClock};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -52,8 +57,16 @@ fn set(keys: &[Value]) -> Value {
     json!({ "keys": keys })
 }
 
+/// The verifiers' time, 2024-12-18T10:30:00Z: tokens are minted around it,
+/// whatever today's date.
+const NOW: u64 = 1_734_517_800;
+
 fn now() -> u64 {
-    jsonwebtoken::get_current_timestamp()
+    NOW
+}
+
+fn clock() -> Arc<dyn Clock> {
+    Arc::new(ManualClock::at_epoch_seconds(NOW as i64))
 }
 
 /// A valid token's claims: customer, subject, issuer, audience, an hour.
@@ -159,8 +172,6 @@ impl Idp {
 
 fn config(url: String) -> JwksConfig {
     JwksConfig {
-        issuer: Some(ISSUER.to_owned()),
-        audience: Some(AUDIENCE.to_owned()),
         refresh_interval: REFRESH,
         min_refetch_interval: MIN_REFETCH,
         timeout: Duration::from_secs(5),
@@ -168,44 +179,91 @@ fn config(url: String) -> JwksConfig {
     }
 }
 
-fn verifier(url: String) -> JwksAuth {
-    JwksAuth::new(config(url)).expect("valid configuration")
+/// The claim rules of these tests: our issuer and audience.
+fn claim_rules() -> ClaimsConfig {
+    ClaimsConfig {
+        issuer: Some(ISSUER.to_owned()),
+        audience: Some(AUDIENCE.to_owned()),
+        ..ClaimsConfig::new()
+    }
+}
+
+fn verifier(url: String) -> JwksVerifier {
+    JwksVerifier::new(config(url), claim_rules(), clock()).expect("valid configuration")
 }
 
 /// A verifier that has fetched the set once.
-async fn loaded(idp: &Idp) -> JwksAuth {
+async fn loaded(idp: &Idp) -> JwksVerifier {
     let auth = verifier(idp.url());
     auth.refresh_now().await.expect("the set is served");
     auth
 }
 
-/// Jumps tokio's clock forward by `duration`. The clock runs again when this
-/// returns, so the sockets that follow see ordinary time.
-async fn pass(duration: Duration) {
-    tokio::time::pause();
-    tokio::time::advance(duration).await;
-    tokio::time::resume();
+// ---- Time -------------------------------------------------------------------
+
+/// Keeps tokio's paused clock from moving on its own while it lives.
+///
+/// A paused clock jumps to the next timer whenever the runtime has nothing
+/// else to do, and waiting for the wiremock server (on its own thread) to
+/// answer is nothing to do: the fetch timeout would fire at random. Tokio
+/// does not jump while a blocking task runs, so one runs until this is
+/// dropped, at the end of the test.
+struct HeldClock {
+    _release: mpsc::Sender<()>,
 }
 
-/// Waits, in real time, for a background fetch to finish: it talks to the
-/// server over a socket, so it takes however long the socket takes.
-async fn until_fetched(auth: &JwksAuth, count: u64) {
-    for _ in 0..500 {
-        if auth.fetch_count() >= count {
-            return;
+fn hold_clock() -> HeldClock {
+    let (release, released) = mpsc::channel::<()>();
+    tokio::task::spawn_blocking(move || {
+        // Returns once the sender is dropped.
+        let _ = released.recv();
+    });
+    HeldClock { _release: release }
+}
+
+/// Moves the held clock forward by `duration`: every timer due by then
+/// fires, and nothing else moves it. When this returns, the tasks those
+/// timers woke (the refresher) have run up to their next wait: the test's
+/// own future is polled before spawned tasks, so it yields once more to let
+/// them go first.
+async fn pass(duration: Duration) {
+    tokio::time::advance(duration).await;
+    tokio::task::yield_now().await;
+}
+
+/// How long, in real time, a test waits for a socket round trip before it
+/// fails rather than hangs. The held clock cannot time this.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// `future`'s output, or a failure naming `what` if it takes longer than
+/// [`PATIENCE`] in real time.
+async fn soon<T>(what: &str, future: impl Future<Output = T>) -> T {
+    let (give_up, gave_up) = tokio::sync::oneshot::channel::<()>();
+    let (_done, done) = mpsc::channel::<()>();
+    // A watchdog thread, woken early when `_done` is dropped on return.
+    std::thread::spawn(move || {
+        if done.recv_timeout(PATIENCE) == Err(RecvTimeoutError::Timeout) {
+            let _ = give_up.send(());
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    });
+    tokio::select! {
+        output = future => output,
+        _ = gave_up => panic!("{what} did not happen within {PATIENCE:?}"),
     }
-    panic!(
-        "waited 5 s for fetch {count}; {} happened",
-        auth.fetch_count()
-    );
+}
+
+/// Waits for the verifier's signal that `count` fetches have finished: a
+/// background fetch talks to the server over a socket, so it takes however
+/// long the socket takes.
+async fn until_fetched(auth: &JwksVerifier, count: u64) {
+    soon(&format!("fetch {count}"), auth.fetched(count)).await;
 }
 
 // ---- Acceptance ------------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn rs256_and_es256_tokens_are_verified_with_the_key_their_kid_names() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[
         jwk(RSA_JWK, "rsa-1", json!({"alg": "RS256", "use": "sig"})),
         jwk(EC_JWK, "ec-1", json!({})),
@@ -235,8 +293,9 @@ async fn rs256_and_es256_tokens_are_verified_with_the_key_their_kid_names() {
     assert_eq!(auth.fetch_count(), 1, "known kids need no fetch");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_first_token_fetches_the_set_when_no_refresh_has_run() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = verifier(idp.url());
     assert_eq!(auth.fetch_count(), 0, "nothing is fetched at construction");
@@ -249,8 +308,9 @@ async fn the_first_token_fetches_the_set_when_no_refresh_has_run() {
     assert_eq!(idp.fetches().await, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_token_without_a_kid_is_refused_as_malformed_without_a_fetch() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = loaded(&idp).await;
     let key = EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap();
@@ -266,8 +326,9 @@ async fn a_token_without_a_kid_is_refused_as_malformed_without_a_fetch() {
     assert_eq!(idp.fetches().await, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_customer_claim_and_token_lifetime_rules_apply() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = loaded(&idp).await;
     let refused = |claims: Value| {
@@ -295,8 +356,9 @@ async fn the_customer_claim_and_token_lifetime_rules_apply() {
 
 // ---- Issuer and audience ---------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_wrong_or_missing_issuer_or_audience_is_refused() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
     let auth = loaded(&idp).await;
     let check = |claims: Value| {
@@ -328,13 +390,18 @@ async fn a_wrong_or_missing_issuer_or_audience_is_refused() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn without_a_configured_audience_aud_is_not_looked_at() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
-    let auth = JwksAuth::new(JwksConfig {
-        audience: None,
-        ..config(idp.url())
-    })
+    let auth = JwksVerifier::new(
+        config(idp.url()),
+        ClaimsConfig {
+            audience: None,
+            ..claim_rules()
+        },
+        clock(),
+    )
     .unwrap();
     for claims in [
         without(claims(), "aud"),
@@ -349,8 +416,9 @@ async fn without_a_configured_audience_aud_is_not_looked_at() {
 
 // ---- Algorithm confusion ---------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn hs256_tokens_keyed_with_public_key_bytes_are_refused_without_a_fetch() {
+    let _clock = hold_clock();
     let rsa: Value = serde_json::from_str(RSA_JWK).unwrap();
     let n = URL_SAFE_NO_PAD
         .decode(rsa["n"].as_str().unwrap())
@@ -390,8 +458,9 @@ async fn hs256_tokens_keyed_with_public_key_bytes_are_refused_without_a_fetch() 
     assert_eq!(idp.fetches().await, 1, "refused algorithms cause no fetch");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_token_whose_alg_differs_from_its_keys_is_refused() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[
         jwk(RSA_JWK, "rsa-1", json!({})),
         jwk(EC_JWK, "ec-1", json!({})),
@@ -410,8 +479,9 @@ async fn a_token_whose_alg_differs_from_its_keys_is_refused() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn keys_whose_declared_alg_or_curve_disagrees_with_them_are_never_used() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[
         jwk(RSA_JWK, "pss", json!({"alg": "PS256"})),
         jwk(RSA_JWK, "enc", json!({"use": "enc"})),
@@ -443,8 +513,9 @@ async fn keys_whose_declared_alg_or_curve_disagrees_with_them_are_never_used() {
 
 // ---- Rotation --------------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_rotated_in_key_is_accepted_after_an_unknown_kid_refetch() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = loaded(&idp).await;
     assert_eq!(
@@ -478,8 +549,9 @@ async fn a_rotated_in_key_is_accepted_after_an_unknown_kid_refetch() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_withdrawn_key_is_refused_after_the_background_refresh() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[
         jwk(RSA_JWK, "rsa-1", json!({})),
         jwk(RSA2_JWK, "rsa-2", json!({})),
@@ -505,25 +577,26 @@ async fn a_withdrawn_key_is_refused_after_the_background_refresh() {
     refresher.abort();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_refresher_ends_when_the_verifier_is_dropped() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = verifier(idp.url());
     let refresher = auth.spawn_refresher();
     until_fetched(&auth, 1).await;
     drop(auth);
     pass(REFRESH).await;
-    tokio::time::timeout(Duration::from_secs(5), refresher)
+    soon("the refresher's end", refresher)
         .await
-        .expect("the refresher ended")
-        .expect("without a panic");
+        .expect("the refresher ended without a panic");
     assert_eq!(idp.fetches().await, 1);
 }
 
 // ---- Unknown kids ----------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_flood_of_unknown_kids_causes_at_most_one_fetch_per_interval() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = loaded(&idp).await;
 
@@ -571,13 +644,15 @@ async fn a_flood_of_unknown_kids_causes_at_most_one_fetch_per_interval() {
 
 // ---- The endpoint down at start ---------------------------------------------
 
-#[tokio::test]
-async fn tokens_are_refused_while_the_endpoint_answers_503_and_accepted_once_it_recovers() {
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_down_at_start_is_read_within_a_second_of_coming_up() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[])).await;
     idp.answer(ResponseTemplate::new(503)).await;
     let auth = verifier(idp.url());
     let refresher = auth.spawn_refresher();
     until_fetched(&auth, 1).await;
+    assert!(!auth.keys_loaded());
 
     let token = ec_token("ec-1", &claims());
     match auth.authenticate(&token).await {
@@ -587,29 +662,98 @@ async fn tokens_are_refused_while_the_endpoint_answers_503_and_accepted_once_it_
         other => panic!("expected KeysUnavailable, got {other:?}"),
     }
 
-    idp.serve(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
-    // The refresher retries a failed fetch after the minimum interval.
-    pass(MIN_REFETCH).await;
+    // Down for the first second: the refresher tries at 0, 0.25 and 0.75 s.
+    pass(Duration::from_millis(250)).await;
     until_fetched(&auth, 2).await;
+    pass(Duration::from_millis(500)).await;
+    until_fetched(&auth, 3).await;
+    pass(Duration::from_millis(250)).await;
+
+    // Up at 1 s; the next try, at 1.75 s, reads the set: not 30 s (the
+    // refetch interval) later.
+    idp.serve(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+    let up = tokio::time::Instant::now();
+    pass(Duration::from_millis(750)).await;
+    until_fetched(&auth, 4).await;
+    assert!(auth.keys_loaded());
     assert_eq!(auth.authenticate(&token).await, Ok(acme()));
+    assert!(up.elapsed() <= Duration::from_secs(2), "{:?}", up.elapsed());
+    assert_eq!(idp.fetches().await, 1);
     refresher.abort();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
+async fn failed_fetches_are_retried_after_250_ms_then_twice_as_long_up_to_the_refetch_interval() {
+    let _clock = hold_clock();
+    let idp = Idp::serving(set(&[])).await;
+    idp.answer(ResponseTemplate::new(503)).await;
+    let auth = verifier(idp.url());
+    let refresher = auth.spawn_refresher();
+    until_fetched(&auth, 1).await;
+
+    // Fetches finished so far: the refresher's, and the test's own.
+    let mut fetches = 1;
+    for wait in [250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000] {
+        let wait = Duration::from_millis(wait);
+        pass(wait - Duration::from_millis(1)).await;
+        // A fetch of the test's own waits at the gate for any fetch in
+        // flight, so after it every fetch started so far has finished: the
+        // refresher's next try has not started a millisecond early.
+        assert!(auth.refresh_now().await.is_err());
+        fetches += 1;
+        assert_eq!(auth.fetch_count(), fetches, "a try before {wait:?}");
+        // And it starts on time.
+        pass(Duration::from_millis(1)).await;
+        fetches += 1;
+        until_fetched(&auth, fetches).await;
+    }
+    assert_eq!(idp.fetches().await as u64, fetches);
+
+    // A success ends the backoff: the next fetch is a refresh interval away.
+    idp.serve(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+    pass(MIN_REFETCH).await;
+    until_fetched(&auth, fetches + 1).await;
+    assert!(auth.keys_loaded());
+    pass(REFRESH - Duration::from_millis(1)).await;
+    assert_eq!(auth.refresh_now().await, Ok(1));
+    assert_eq!(auth.fetch_count(), fetches + 2, "a refresh came early");
+    pass(Duration::from_millis(1)).await;
+    until_fetched(&auth, fetches + 3).await;
+    refresher.abort();
+}
+
+#[tokio::test(start_paused = true)]
 async fn tokens_are_refused_while_nothing_listens_and_accepted_once_a_server_does() {
+    let _clock = hold_clock();
     // A bound socket that accepts nothing yet: connections wait in its
     // backlog, so the fetch runs into the timeout, until wiremock takes the
     // socket over.
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
     let url = format!("http://{}/jwks", listener.local_addr().unwrap());
-    let auth = JwksAuth::new(JwksConfig {
-        timeout: Duration::from_millis(200),
-        ..config(url)
-    })
+    let auth = JwksVerifier::new(
+        JwksConfig {
+            timeout: Duration::from_millis(200),
+            ..config(url)
+        },
+        claim_rules(),
+        clock(),
+    )
     .expect("the verifier starts while the endpoint is down");
 
+    let fetch = tokio::spawn({
+        let auth = auth.clone();
+        async move { auth.refresh_now().await }
+    });
+    // The request waits in the backlog until its timeout passes, on the
+    // held clock; move the clock until it has.
+    soon("the fetch timeout", async {
+        while !fetch.is_finished() {
+            pass(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     assert_eq!(
-        auth.refresh_now().await,
+        fetch.await.expect("the fetch ran"),
         Err(JwksFetchError::Timeout {
             endpoint: "JWKS endpoint"
         })
@@ -637,8 +781,9 @@ async fn tokens_are_refused_while_nothing_listens_and_accepted_once_a_server_doe
     assert_eq!(auth.authenticate(&token).await, Ok(acme()));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_refused_connection_leaves_the_verifier_without_keys() {
+    let _clock = hold_clock();
     let port = {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
         listener.local_addr().unwrap().port()
@@ -654,8 +799,9 @@ async fn a_refused_connection_leaves_the_verifier_without_keys() {
     ));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_refresh_keeps_the_keys_already_fetched() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
     let auth = loaded(&idp).await;
     for broken in [
@@ -676,8 +822,9 @@ async fn a_failed_refresh_keeps_the_keys_already_fetched() {
 
 // ---- OIDC discovery --------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn discovery_finds_the_key_set_through_the_issuers_configuration() {
+    let _clock = hold_clock();
     let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
     let issuer = format!("{}/realms/acme", idp.server.uri());
     Mock::given(method("GET"))
@@ -688,11 +835,17 @@ async fn discovery_finds_the_key_set_through_the_issuers_configuration() {
         })))
         .mount(&idp.server)
         .await;
-    let auth = JwksAuth::new(JwksConfig {
-        source: JwksSource::Discovery(format!("{issuer}/")),
-        issuer: Some(issuer.clone()),
-        ..config(String::new())
-    })
+    let auth = JwksVerifier::new(
+        JwksConfig {
+            source: JwksSource::Discovery(issuer.clone()),
+            ..config(String::new())
+        },
+        ClaimsConfig {
+            issuer: Some(issuer.clone()),
+            ..claim_rules()
+        },
+        clock(),
+    )
     .unwrap();
 
     let token = ec_token("ec-1", &with(claims(), "iss", json!(issuer)));
@@ -707,24 +860,171 @@ async fn discovery_finds_the_key_set_through_the_issuers_configuration() {
     assert_eq!(idp.fetches().await, 2);
 }
 
-#[tokio::test]
-async fn a_discovery_document_for_another_issuer_is_refused() {
+#[tokio::test(start_paused = true)]
+async fn a_discovery_document_not_naming_exactly_the_configured_issuer_is_refused() {
+    let _clock = hold_clock();
+    let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+    let issuer = format!("{}/realms/acme", idp.server.uri());
+    for (named, refusal) in [
+        (json!("https://evil.example"), "names another issuer"),
+        (json!(format!("{issuer}/")), "names another issuer"),
+        (json!(issuer.to_uppercase()), "names another issuer"),
+        (json!(null), "names no issuer"),
+    ] {
+        idp.serve(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+        Mock::given(method("GET"))
+            .and(path("/realms/acme/.well-known/openid-configuration"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "issuer": named,
+                "jwks_uri": idp.url(),
+            })))
+            .mount(&idp.server)
+            .await;
+        let auth = discovering(&issuer);
+        assert_eq!(
+            auth.refresh_now().await,
+            Err(JwksFetchError::BadDiscovery(refusal)),
+            "{named}"
+        );
+        assert_eq!(idp.fetches().await, 0, "no key set fetched for {named}");
+        assert!(!auth.keys_loaded());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_issuer_is_taken_as_configured_with_or_without_a_trailing_slash() {
+    let _clock = hold_clock();
+    let idp = Idp::serving(set(&[jwk(EC_JWK, "ec-1", json!({}))])).await;
+    // The document is under the issuer without its `/` (section 4.1), and
+    // must name the issuer exactly as configured, `/` included.
+    let issuer = format!("{}/realms/acme/", idp.server.uri());
+    Mock::given(method("GET"))
+        .and(path("/realms/acme/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": issuer,
+            "jwks_uri": idp.url(),
+        })))
+        .mount(&idp.server)
+        .await;
+    assert_eq!(discovering(&issuer).refresh_now().await, Ok(1));
+}
+
+// ---- Facing the internet ---------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_redirect_is_a_failed_fetch_and_is_not_followed() {
+    let _clock = hold_clock();
+    let idp = Idp::serving(set(&[jwk(RSA_JWK, "rsa-1", json!({}))])).await;
+    let elsewhere = format!("{}/elsewhere", idp.server.uri());
+    Mock::given(method("GET"))
+        .and(path("/elsewhere"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(set(&[jwk(
+            RSA_JWK,
+            "rsa-1",
+            json!({}),
+        )])))
+        .mount(&idp.server)
+        .await;
+    let auth = loaded(&idp).await;
+
+    for status in [301, 302, 303, 307, 308] {
+        Mock::given(method("GET"))
+            .and(path("/jwks"))
+            .respond_with(ResponseTemplate::new(status).insert_header("Location", &*elsewhere))
+            .with_priority(1)
+            .up_to_n_times(1)
+            .mount(&idp.server)
+            .await;
+        assert_eq!(
+            auth.refresh_now().await,
+            Err(JwksFetchError::Redirected {
+                endpoint: "JWKS endpoint",
+                status,
+            })
+        );
+    }
+    let requests = idp.server.received_requests().await.unwrap();
+    assert!(
+        requests.iter().all(|request| request.url.path() == "/jwks"),
+        "a redirect was followed"
+    );
+    // The keys fetched before stay in use.
+    assert_eq!(
+        auth.authenticate(&rsa_token("rsa-1", &claims())).await,
+        Ok(acme())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redirect_from_the_discovery_endpoint_is_not_followed_either() {
+    let _clock = hold_clock();
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/.well-known/openid-configuration"))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("Location", "https://idp.example/elsewhere"),
+        )
+        .mount(&server)
+        .await;
+    let auth = discovering(&server.uri());
+    assert_eq!(
+        auth.refresh_now().await,
+        Err(JwksFetchError::Redirected {
+            endpoint: "OIDC discovery endpoint",
+            status: 302,
+        })
+    );
+}
+
+/// A verifier that finds its key set through the discovery document of
+/// `issuer`, expecting tokens from it.
+fn discovering(issuer: &str) -> JwksVerifier {
+    JwksVerifier::new(
+        JwksConfig {
+            source: JwksSource::Discovery(issuer.to_owned()),
+            ..config(String::new())
+        },
+        ClaimsConfig {
+            issuer: Some(issuer.to_owned()),
+            ..claim_rules()
+        },
+        clock(),
+    )
+    .expect("valid configuration")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_discovered_jwks_uri_must_be_https_unless_on_a_loopback_host() {
+    let _clock = hold_clock();
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/.well-known/openid-configuration"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "issuer": "https://evil.example",
-            "jwks_uri": format!("{}/jwks", server.uri()),
+            "issuer": server.uri(),
+            "jwks_uri": "http://idp.example/jwks",
         })))
         .mount(&server)
         .await;
-    let auth = JwksAuth::new(JwksConfig {
-        source: JwksSource::Discovery(server.uri()),
-        ..config(String::new())
-    })
-    .unwrap();
     assert_eq!(
-        auth.refresh_now().await,
-        Err(JwksFetchError::BadDiscovery("names another issuer"))
+        discovering(&server.uri()).refresh_now().await,
+        Err(JwksFetchError::BadDiscovery(
+            "has a jwks_uri that is not https (or http on a loopback host)"
+        ))
     );
+}
+
+#[test]
+fn plain_http_to_another_host_is_refused_at_start() {
+    for source in [
+        JwksSource::Url("http://idp.example/jwks".to_owned()),
+        JwksSource::Discovery("http://idp.example/realms/a".to_owned()),
+    ] {
+        let refused = JwksVerifier::new(JwksConfig::new(source), claim_rules(), clock())
+            .expect_err("plain http to another host");
+        assert!(
+            matches!(refused, JwksConfigError::InsecureUrl(_)),
+            "{refused:?}"
+        );
+        assert!(refused.to_string().contains("must be https"), "{refused}");
+    }
 }
