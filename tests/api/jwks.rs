@@ -93,6 +93,41 @@ async fn the_binary_accepts_rs256_tokens_whose_kid_is_in_the_key_set() {
 }
 
 #[tokio::test]
+async fn with_oidc_discovery_tokens_of_another_issuer_are_refused_though_no_issuer_is_set() {
+    let idp = MockServer::start().await;
+    let issuer = idp.uri();
+    Mock::given(method("GET"))
+        .and(path("/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{issuer}/jwks.json"),
+        })))
+        .mount(&idp)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jwks.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(key_set()))
+        .mount(&idp)
+        .await;
+    let fixture = fixture();
+    let maestro = Maestro::start(&[
+        ("MAESTRO_BIND", "127.0.0.1:0"),
+        ("MAESTRO_JWT_OIDC_ISSUER_URL", issuer.as_str()),
+        ("MAESTRO_MEMORY_FIXTURE", fixture.to_str().unwrap()),
+        ("MAESTRO_LOG_FORMAT", "json"),
+    ]);
+    maestro.wait_for(|line| line.contains("JWKS keys loaded").then_some(()));
+    let base = format!("http://{}", maestro.addr());
+
+    let ours = rs256_token_with("key-1", json!({"iss": issuer}));
+    assert_eq!(list_status(&base, &ours).await, 200);
+    let foreign = rs256_token_with("key-1", json!({"iss": "https://evil.example"}));
+    assert_eq!(list_status(&base, &foreign).await, 401);
+    let none = rs256_token("key-1");
+    assert_eq!(list_status(&base, &none).await, 401);
+}
+
+#[tokio::test]
 async fn a_key_set_down_at_start_is_used_within_seconds_of_coming_up() {
     let idp = MockServer::start().await;
     Mock::given(method("GET"))

@@ -216,7 +216,12 @@ fn auth(config: &ServeConfig, demo: Option<Demo>, clock: &Arc<dyn Clock>) -> any
     }
     // The claim rules, set once for whichever verifier is built.
     let claims = ClaimsConfig {
-        issuer: jwt.jwt_issuer.clone(),
+        // A token from an OIDC provider names it in `iss`: with discovery,
+        // the issuer is checked even when MAESTRO_JWT_ISSUER is unset.
+        issuer: jwt
+            .jwt_issuer
+            .clone()
+            .or_else(|| jwt.jwt_oidc_issuer_url.clone()),
         audience: jwt.jwt_audience.clone(),
         customer_claim: jwt.jwt_customer_claim.clone(),
         leeway: Duration::from_secs(jwt.jwt_leeway_seconds),
