@@ -134,6 +134,10 @@ async fn bad_tokens_are_refused_with_401_and_no_reason(backend: Backend) {
     let without_customer = sign(&json!({"sub": "someone", "exp": now() + 3600}));
     let empty_customer = sign(&json!({"customer_id": "", "exp": now() + 3600}));
     let numeric_customer = sign(&json!({"customer_id": 42, "exp": now() + 3600}));
+    // A look-alike of a real customer: invisible characters are refused,
+    // never taken for a new tenant.
+    let zero_width = sign(&json!({"customer_id": "acme\u{200b}", "exp": now() + 3600}));
+    let direction_override = sign(&json!({"customer_id": "\u{202e}acme", "exp": now() + 3600}));
 
     let cases = [
         ("garbage", "not-a-token"),
@@ -147,6 +151,11 @@ async fn bad_tokens_are_refused_with_401_and_no_reason(backend: Backend) {
         ("without the customer claim", without_customer.as_str()),
         ("empty customer claim", empty_customer.as_str()),
         ("numeric customer claim", numeric_customer.as_str()),
+        ("customer with a zero-width space", zero_width.as_str()),
+        (
+            "customer with a direction override",
+            direction_override.as_str(),
+        ),
     ];
     for (case, token) in cases {
         assert_refused(&app, token, case).await;

@@ -242,6 +242,11 @@ impl TestApp {
     }
 
     /// The fake upstream; panics unless the app is in front of it.
+    /// The fake upstream, for a `TestApp` in front of one.
+    pub(crate) fn platform_upstream(&self) -> Option<&FakePlatform> {
+        self.upstream.as_ref()
+    }
+
     pub(crate) fn upstream(&self) -> &FakePlatform {
         self.upstream
             .as_ref()
@@ -259,6 +264,26 @@ impl TestApp {
 
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `GET path` as `customer`, the path sent byte for byte: an HTTP
+    /// client library would normalise `%2E` and `..` segments away before
+    /// they reach the service, a client on a socket does not.
+    pub(crate) async fn get_raw(&self, path: &str, customer: &str) -> (u16, Value) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = self.base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token(customer)
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        let status = answer[9..12].parse().unwrap();
+        let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
     }
 
     /// `POST path` with a JSON body, as `customer`.

@@ -123,6 +123,9 @@ async fn bad_run_list_parameters_are_400_invalid_query_parameter(backend: Backen
         "?limit=-1",
         "?offset=-1",
         "?offset=x",
+        "?offset=2147483648",
+        "?offset=18446744073709551615",
+        "?offset=18446744073709551616",
         "?status=DONE",
     ] {
         let (status, body) = json_of(app.list_runs(ACME, ACTIVE, query).await).await;
@@ -138,4 +141,42 @@ async fn bad_run_list_parameters_are_400_invalid_query_parameter(backend: Backen
     )
     .await;
     assert_eq!(status, 200);
+    // The largest offset is an empty page, not a backend's error.
+    let (status, body) = json_of(app.list_runs(ACME, ACTIVE, "?offset=2147483647").await).await;
+    assert_eq!((status, body), (200, json!([])));
+}
+
+on_each_backend!(the_run_ids_dot_and_dot_dot_are_404_and_never_reach_the_backend);
+async fn the_run_ids_dot_and_dot_dot_are_404_and_never_reach_the_backend(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
+    // Percent-encoded, so that they reach the service as a run id.
+    for encoded in ["%2E", "%2e", "%2E%2E", "%2e%2E"] {
+        let path = format!("/platform/pipeline/{ACTIVE}/pipeline_run/{encoded}");
+        let (status, body) = app.get_raw(&path, ACME).await;
+        assert_eq!(status, 404, "{encoded}");
+        assert_eq!(
+            body["detail"]["exception_type"], "PipelineRunNotFound",
+            "{encoded}"
+        );
+        // Another customer's pipeline is not found, whatever the run id.
+        let (status, body) = app.get_raw(&path, GLOBEX).await;
+        assert_eq!(status, 404, "{encoded}");
+        assert_eq!(
+            body["detail"]["exception_type"], "PipelineNotFound",
+            "{encoded}"
+        );
+    }
+    if let Some(upstream) = app.platform_upstream() {
+        let leaked: Vec<String> = upstream
+            .requests()
+            .await
+            .iter()
+            .map(|request| request.url.path().to_owned())
+            .filter(|path| path.contains("/pipeline_run"))
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "run paths reached the upstream: {leaked:?}"
+        );
+    }
 }

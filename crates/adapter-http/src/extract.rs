@@ -6,7 +6,7 @@ use axum::{
     extract::{FromRequest, FromRequestParts, Path, Query, Request, rejection::JsonRejection},
     http::{StatusCode, header, request::Parts},
 };
-use domain::{PipelineId, RequestContext, RunId, RunQuery, RunStatus};
+use domain::{InvalidRunQuery, PipelineId, RequestContext, RunId, RunQuery, RunStatus};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -184,7 +184,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RunsQuery {
             .offset
             .map(|offset| offset.parse::<u64>())
             .transpose()
-            .map_err(|_| ApiError::invalid_query("offset must be a non-negative integer"))?;
+            .map_err(|_| offset_error())?;
         let status = raw
             .status
             .map(|status| RunStatus::parse(&status))
@@ -194,8 +194,19 @@ impl<S: Send + Sync> FromRequestParts<S> for RunsQuery {
             })?;
         RunQuery::new(limit, offset, status)
             .map(Self)
-            .map_err(|_| limit_error())
+            .map_err(|err| match err {
+                InvalidRunQuery::Offset => offset_error(),
+                // `Limit`, and any way a later domain finds a query wrong.
+                _ => limit_error(),
+            })
     }
+}
+
+fn offset_error() -> ApiError {
+    ApiError::invalid_query(format!(
+        "offset must be an integer between 0 and {}",
+        RunQuery::MAX_OFFSET
+    ))
 }
 
 fn limit_error() -> ApiError {

@@ -204,21 +204,34 @@ pub struct RunQuery {
 }
 
 /// The paging parameters are out of range.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("limit must be between 1 and {max}", max = RunQuery::MAX_LIMIT)]
-pub struct InvalidRunQuery;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidRunQuery {
+    /// The page size is 0 or over [`RunQuery::MAX_LIMIT`].
+    #[error("a page holds 1 to {max} runs", max = RunQuery::MAX_LIMIT)]
+    Limit,
+    /// The offset is over [`RunQuery::MAX_OFFSET`].
+    #[error("an offset is at most {max}", max = RunQuery::MAX_OFFSET)]
+    Offset,
+}
 
 impl RunQuery {
     /// The page size when none is asked for.
     pub const DEFAULT_LIMIT: u32 = 100;
     /// The largest page.
     pub const MAX_LIMIT: u32 = 1000;
+    /// The largest offset: 2³¹ − 1, which every engine's query language
+    /// takes, so that a large offset is a refusal here or an empty page
+    /// there, never an engine's error.
+    pub const MAX_OFFSET: u64 = 2_147_483_647;
 
     /// A query with the given paging; `None` takes the defaults (100 runs
     /// from the newest).
     ///
     /// # Errors
-    /// [`InvalidRunQuery`] when `limit` is 0 or over 1000.
+    /// [`InvalidRunQuery::Limit`] when `limit` is 0 or over 1000;
+    /// [`InvalidRunQuery::Offset`] when `offset` is over
+    /// [`RunQuery::MAX_OFFSET`].
     pub fn new(
         limit: Option<u32>,
         offset: Option<u64>,
@@ -226,11 +239,15 @@ impl RunQuery {
     ) -> Result<Self, InvalidRunQuery> {
         let limit = limit.unwrap_or(Self::DEFAULT_LIMIT);
         if !(1..=Self::MAX_LIMIT).contains(&limit) {
-            return Err(InvalidRunQuery);
+            return Err(InvalidRunQuery::Limit);
+        }
+        let offset = offset.unwrap_or(0);
+        if offset > Self::MAX_OFFSET {
+            return Err(InvalidRunQuery::Offset);
         }
         Ok(Self {
             limit,
-            offset: offset.unwrap_or(0),
+            offset,
             status,
         })
     }
@@ -340,8 +357,28 @@ mod tests {
             RunQuery::new(Some(1000), Some(5), None).unwrap().limit(),
             1000
         );
-        assert_eq!(RunQuery::new(Some(0), None, None), Err(InvalidRunQuery));
-        assert_eq!(RunQuery::new(Some(1001), None, None), Err(InvalidRunQuery));
+        assert_eq!(
+            RunQuery::new(Some(0), None, None),
+            Err(InvalidRunQuery::Limit)
+        );
+        assert_eq!(
+            RunQuery::new(Some(1001), None, None),
+            Err(InvalidRunQuery::Limit)
+        );
+    }
+
+    #[test]
+    fn run_queries_bound_the_offset() {
+        let max = RunQuery::MAX_OFFSET;
+        assert_eq!(RunQuery::new(None, Some(max), None).unwrap().offset(), max);
+        assert_eq!(
+            RunQuery::new(None, Some(max + 1), None),
+            Err(InvalidRunQuery::Offset)
+        );
+        assert_eq!(
+            RunQuery::new(None, Some(u64::MAX), None),
+            Err(InvalidRunQuery::Offset)
+        );
     }
 
     #[test]
