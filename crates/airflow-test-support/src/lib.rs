@@ -1,12 +1,15 @@
 //! Test-only support for the end-to-end tests against a real Apache
-//! Airflow 3, shared by the adapter's (`crates/adapter-airflow/tests/e2e.rs`)
-//! and the `maestro` binary's (`tests/api/airflow_e2e.rs`): the ids of the
-//! test DAGs, a small client of Airflow's own REST API to check what Maestro
-//! did (token exchange, DAG and DAG-run reads, pausing), and signals to
-//! Airflow's process group.
+//! Airflow 3, shared by the adapter's (`crates/adapter-airflow/tests/e2e.rs`,
+//! the `e2e` target of `adapter-airflow`) and the `maestro` binary's
+//! (`tests/e2e/airflow.rs`, in the `e2e` target of `app`), both built only
+//! with their crate's `e2e` feature: the ids of the test DAGs, a small
+//! client of Airflow's own REST API to check what Maestro did (token
+//! exchange, DAG and DAG-run reads, pausing), and signals to Airflow's
+//! process group. The tests over a fake Airflow on wiremock use it too, for
+//! the fake's answer to a `conf_contains` query ([`dag_runs_page`]).
 //!
-//! Everything reads the Airflow that `cargo xtask e2e-airflow` starts from
-//! the environment it sets (`MAESTRO_E2E_AIRFLOW_URL`,
+//! What talks to Airflow finds the one `cargo xtask e2e-airflow` starts
+//! through the environment it sets (`MAESTRO_E2E_AIRFLOW_URL`,
 //! `MAESTRO_E2E_AIRFLOW_USERNAME`, `MAESTRO_E2E_AIRFLOW_PASSWORD`,
 //! `MAESTRO_E2E_AIRFLOW_PGID`), and panics with the variable's name when it
 //! is missing: a test that cannot reach Airflow fails, it never passes
