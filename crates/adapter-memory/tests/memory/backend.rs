@@ -420,7 +420,7 @@ async fn run_listings_page_newest_first_filter_by_status_and_count_the_matches()
         (vec![ids[1].clone(), ids[0].clone()], 7)
     );
     assert_eq!(page(3, 7, None).await, (vec![], 7));
-    assert_eq!(page(3, u64::MAX, None).await, (vec![], 7));
+    assert_eq!(page(3, RunQuery::MAX_OFFSET, None).await, (vec![], 7));
     assert_eq!(
         page(2, 1, Some(Success)).await,
         (vec![ids[2].clone(), ids[1].clone()], 4)
