@@ -107,3 +107,53 @@ async fn two_hundred_concurrent_executes_with_one_key_start_exactly_one_run() {
     assert_eq!(run_ids.len(), 1, "every 200 is the one stored answer");
     assert_eq!(app.run_count(ACME, ACTIVE).await, "1");
 }
+
+/// The per-customer bound the noisy-neighbour test runs with.
+const BOUND: usize = 5;
+
+#[tokio::test]
+async fn one_customers_flood_of_keys_never_pushes_out_another_customers_answer() {
+    let bound = BOUND.to_string();
+    let app = TestApp::spawn_with(&["--idempotency-keys-per-customer", &bound]).await;
+    let (status, theirs) = json_of(
+        app.execute_with_key(GLOBEX, GLOBEX_PIPELINE, "nightly")
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Acme sends four times its bound of keys, each answered and kept.
+    let flood: Vec<String> = (0..BOUND * 4).map(|n| format!("flood-{n}")).collect();
+    let mut answers = Vec::new();
+    for key in &flood {
+        let (status, body) = json_of(app.execute_with_key(ACME, ACTIVE, key).await).await;
+        assert_eq!(status, 200, "{key}: {body}");
+        answers.push(body);
+    }
+
+    // Globex's answer is still kept.
+    let again = app
+        .execute_with_key(GLOBEX, GLOBEX_PIPELINE, "nightly")
+        .await;
+    assert!(replayed(&again), "globex's answer was pushed out");
+    assert_eq!(json_of(again).await.1, theirs);
+    assert_eq!(app.run_count(GLOBEX, GLOBEX_PIPELINE).await, "1");
+
+    // Acme's newest key is kept; its oldest was forgotten to make room,
+    // and runs again, as a first attempt.
+    let newest = app
+        .execute_with_key(ACME, ACTIVE, &flood[flood.len() - 1])
+        .await;
+    assert!(replayed(&newest));
+    assert_eq!(json_of(newest).await.1, answers[answers.len() - 1]);
+    let oldest = app.execute_with_key(ACME, ACTIVE, &flood[0]).await;
+    assert!(
+        !replayed(&oldest),
+        "acme's oldest answer was kept beyond its bound"
+    );
+    let (status, body) = json_of(oldest).await;
+    assert_eq!(status, 200);
+    assert_ne!(body["data"]["run_id"], answers[0]["data"]["run_id"]);
+    let runs = (BOUND * 4 + 1).to_string();
+    assert_eq!(app.run_count(ACME, ACTIVE).await, runs);
+}

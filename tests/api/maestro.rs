@@ -20,7 +20,12 @@ pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_maestro");
 /// faked one (`LD_PRELOAD` and `FAKETIME*`), so that a token the binary
 /// mints and a token a test mints agree on the time.
 pub(crate) fn command() -> Command {
-    let mut command = Command::new(BINARY);
+    with_clean_env(Command::new(BINARY))
+}
+
+/// `command` with none of the test process's settings but those
+/// [`command`] keeps.
+fn with_clean_env(mut command: Command) -> Command {
     command
         .env_clear()
         .envs(std::env::vars().filter(|(name, _)| {
@@ -74,11 +79,28 @@ impl Maestro {
 
     /// Starts `maestro serve` with these flags and only the given environment.
     pub(crate) fn start_with_args(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut command = command();
+        Self::spawn(command(), args, env)
+    }
+
+    /// Starts `maestro serve` under `prlimit --nofile=<open_files>`, so
+    /// that it can hold at most that many file descriptors.
+    pub(crate) fn start_with_open_file_limit(open_files: u32, env: &[(&str, &str)]) -> Self {
+        let mut command = with_clean_env(Command::new("prlimit"));
+        command
+            .arg(format!("--nofile={open_files}:{open_files}"))
+            .arg(BINARY);
+        Self::spawn(command, &[], env)
+    }
+
+    /// Starts `command serve ...` with the collected output. A shutdown
+    /// delay of 0 unless `env` sets one, so that SIGTERM stops the listener
+    /// at once as the tests of the grace period expect.
+    fn spawn(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Self {
         command
             .arg("serve")
             .args(args)
             .env("RUST_LOG", "info")
+            .env("MAESTRO_SHUTDOWN_DELAY_SECONDS", "0")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -7,6 +7,7 @@
 mod airflow_retry;
 mod auth;
 mod binary;
+mod edge;
 mod errors;
 mod execute;
 mod fake_platform;

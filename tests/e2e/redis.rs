@@ -1,19 +1,30 @@
-//! Two `maestro` instances sharing one real Redis: `Idempotency-Key`
-//! holds across them. Needs `MAESTRO_TEST_REDIS_URL`
-//! (`scripts/redis-test-server.sh` starts a server and prints it).
+//! `maestro` instances sharing one real Redis: `Idempotency-Key` holds
+//! across them, and across an instance killed in the middle of an execute.
+//! Needs `MAESTRO_TEST_REDIS_URL` (`scripts/redis-test-server.sh` starts a
+//! server and prints it).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use airflow_test_support::dag_runs_page;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 use crate::fake_platform::{FakePlatform, memory_config};
-use crate::helpers::{ACME, ACTIVE, TestApp, concurrent_executes, replayed};
+use crate::helpers::{ACME, ACTIVE, SECRET, TestApp, concurrent_executes, replayed, token};
+use crate::maestro::Maestro;
+
+fn redis_url() -> String {
+    std::env::var("MAESTRO_TEST_REDIS_URL").expect("MAESTRO_TEST_REDIS_URL")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_sharing_redis_start_exactly_one_run_for_one_key() {
-    let redis = std::env::var("MAESTRO_TEST_REDIS_URL").expect("MAESTRO_TEST_REDIS_URL");
     let upstream = FakePlatform::start(memory_config(1000)).await;
-    let env = vec![("MAESTRO_REDIS_URL", redis)];
+    let env = vec![("MAESTRO_REDIS_URL", redis_url())];
     let first = Arc::new(TestApp::gateway(upstream.url(), Vec::new(), env.clone()).await);
     let second = Arc::new(TestApp::gateway(upstream.url(), Vec::new(), env).await);
 
@@ -35,4 +46,187 @@ async fn two_instances_sharing_redis_start_exactly_one_run_for_one_key() {
     assert!(replayed(&again));
     let body: Value = again.json().await.unwrap();
     assert!(run_ids.contains(body["data"]["run_id"].as_str().unwrap()));
+}
+
+/// Acme's DAG on the fake Airflow.
+const DAG: &str = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d";
+
+/// The instances' upstream timeout: their claims of a key are in flight
+/// for twice that and 5 s (7 s), the shortest the wiring allows.
+const TIMEOUT_MS: &str = "1000";
+
+/// A slow upstream: a fake Airflow with acme's one unpaused DAG that keeps
+/// the runs posted to it and lists them filtered by `conf_contains` as
+/// Airflow does. The first post makes its run and then never answers;
+/// later posts answer at once. Each post, as it arrives, is signalled on
+/// the receiver.
+async fn stalling_airflow() -> (
+    MockServer,
+    Arc<Mutex<Vec<Value>>>,
+    mpsc::UnboundedReceiver<()>,
+) {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/api/v2/dags/{DAG}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "dag_id": DAG,
+            "dag_display_name": "orders",
+            "is_paused": false,
+            "tags": [{"name": "customer:acme"}],
+        })))
+        .mount(&server)
+        .await;
+    let runs: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let (posted, posts) = mpsc::unbounded_channel();
+    let kept = Arc::clone(&runs);
+    Mock::given(method("POST"))
+        .and(path(format!("/api/v2/dags/{DAG}/dagRuns")))
+        .respond_with(move |request: &Request| {
+            let body: Value = serde_json::from_slice(&request.body).unwrap();
+            let now = chrono::Utc::now().to_rfc3339();
+            let run = json!({
+                "dag_run_id": body["dag_run_id"],
+                "dag_id": DAG,
+                "state": "queued",
+                "run_after": now,
+                "queued_at": now,
+                "conf": body["conf"],
+            });
+            let mut runs = kept.lock().unwrap();
+            runs.push(run.clone());
+            let stall = if runs.len() == 1 {
+                Duration::from_secs(3600)
+            } else {
+                Duration::ZERO
+            };
+            drop(runs);
+            let _ = posted.send(());
+            ResponseTemplate::new(200)
+                .set_body_json(run)
+                .set_delay(stall)
+        })
+        .mount(&server)
+        .await;
+    let listed = Arc::clone(&runs);
+    Mock::given(method("GET"))
+        .and(path(format!("/api/v2/dags/{DAG}/dagRuns")))
+        .respond_with(move |request: &Request| {
+            let query = |name: &str| {
+                request
+                    .url
+                    .query_pairs()
+                    .find(|(key, _)| key == name)
+                    .map(|(_, value)| value.into_owned())
+            };
+            ResponseTemplate::new(200).set_body_json(dag_runs_page(
+                &listed.lock().unwrap(),
+                query("conf_contains").as_deref(),
+                query("limit").as_deref(),
+            ))
+        })
+        .mount(&server)
+        .await;
+    (server, runs, posts)
+}
+
+/// `maestro` on the Airflow backend in front of `airflow`, keeping its
+/// `Idempotency-Key` claims in the test Redis, and its address.
+async fn airflow_gateway(airflow: &MockServer) -> (Maestro, String) {
+    let airflow = airflow.uri();
+    let redis = redis_url();
+    // Starting a process and reading its output block: off the runtime.
+    tokio::task::spawn_blocking(move || {
+        let maestro = Maestro::start(&[
+            ("MAESTRO_BIND", "127.0.0.1:0"),
+            ("MAESTRO_BACKEND", "airflow"),
+            ("MAESTRO_AIRFLOW_URL", &airflow),
+            ("MAESTRO_AIRFLOW_TOKEN", "airflow-token"),
+            ("MAESTRO_UPSTREAM_TIMEOUT_MS", TIMEOUT_MS),
+            ("MAESTRO_REDIS_URL", &redis),
+            ("MAESTRO_JWT_HS256_SECRET", SECRET),
+            ("MAESTRO_LOG_FORMAT", "json"),
+        ]);
+        let addr = maestro.addr();
+        (maestro, addr)
+    })
+    .await
+    .unwrap()
+}
+
+/// Acme's execute of the DAG with `key`, sent to the instance at `addr`:
+/// the status, the `Retry-After` header, whether it is a replay, and the
+/// body.
+async fn execute(addr: &str, key: &str) -> reqwest::Result<(StatusCode, Option<u64>, bool, Value)> {
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/platform/pipeline/execute"))
+        .bearer_auth(token(ACME))
+        .header("Idempotency-Key", key)
+        .json(&json!({ "pipeline_id": DAG }))
+        .send()
+        .await?;
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok()?.parse().ok());
+    let replayed = replayed(&response);
+    Ok((status, retry_after, replayed, response.json().await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_the_instance_holding_the_key_was_killed_gets_its_run_and_starts_no_second() {
+    let (airflow, runs, mut posts) = stalling_airflow().await;
+    let (mut first, first_addr) = airflow_gateway(&airflow).await;
+    let (_second, second_addr) = airflow_gateway(&airflow).await;
+    // A key of its own, since the Redis server may outlive one test run.
+    let key = format!("killed-{}", uuid::Uuid::new_v4());
+
+    // The first instance claims the key and posts the run, which Airflow
+    // makes; before Airflow answers, the instance is killed.
+    let lost = tokio::spawn({
+        let key = key.clone();
+        async move { execute(&first_addr, &key).await }
+    });
+    posts
+        .recv()
+        .await
+        .expect("the first instance posts the run");
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert!(lost.await.unwrap().is_err(), "the killed instance answered");
+    assert_eq!(runs.lock().unwrap().len(), 1, "Airflow made the run");
+
+    // The client retries with the key on the other instance, as the 409
+    // tells it to, until the dead instance's claim passes its deadline.
+    let patience = Instant::now() + Duration::from_secs(30);
+    let mut refused = 0;
+    let (status, replayed, body) = loop {
+        let (status, retry_after, replayed, body) = execute(&second_addr, &key).await.unwrap();
+        if status != StatusCode::CONFLICT {
+            break (status, replayed, body);
+        }
+        assert_eq!(body["detail"]["exception_type"], "IdempotencyKeyInProgress");
+        refused += 1;
+        assert!(Instant::now() < patience, "the key stayed in flight");
+        let retry_after = retry_after.expect("a 409 with Retry-After");
+        tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    };
+    assert!(
+        refused > 0,
+        "the dead instance's claim was in flight at first, not released"
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!replayed, "the retry ran: nothing had been kept");
+    let made = runs.lock().unwrap()[0]["dag_run_id"].clone();
+    assert_eq!(
+        body["data"]["run_id"], made,
+        "the answer is the run Airflow made"
+    );
+    assert_eq!(runs.lock().unwrap().len(), 1, "no second run");
+
+    let (status, _, replayed, again) = execute(&second_addr, &key).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(replayed);
+    assert_eq!(again, body);
+    assert_eq!(runs.lock().unwrap().len(), 1);
 }

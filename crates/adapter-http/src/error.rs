@@ -59,6 +59,8 @@ pub(crate) struct ApiError {
     body: Body,
     www_authenticate: Option<&'static str>,
     retry_after: Option<u64>,
+    /// Whether the connection is closed after this answer.
+    close_connection: bool,
 }
 
 impl ApiError {
@@ -76,6 +78,7 @@ impl ApiError {
             },
             www_authenticate: None,
             retry_after: None,
+            close_connection: false,
         }
     }
 
@@ -85,6 +88,7 @@ impl ApiError {
             body: Body::Plain(detail),
             www_authenticate: None,
             retry_after: None,
+            close_connection: false,
         }
     }
 
@@ -180,6 +184,37 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
             "Expected a request with Content-Type: application/json",
+        )
+    }
+
+    /// 408 `RequestTimeout`: the request body did not arrive within the
+    /// body timeout. The connection is closed after the answer, since the
+    /// rest of the body may still come.
+    pub(crate) fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self {
+            close_connection: true,
+            ..Self::envelope(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeout",
+                format!(
+                    "The request body did not arrive within {} s.",
+                    seconds(timeout)
+                ),
+            )
+        }
+    }
+
+    /// 503 `ServiceTimeout`: the request was not answered within the
+    /// per-request timeout. The service was slow, not the client: 503, as
+    /// for any other moment the service cannot answer, rather than 408.
+    pub(crate) fn service_timeout(timeout: std::time::Duration) -> Self {
+        Self::envelope(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceTimeout",
+            format!(
+                "The request was not answered within {} s. Retry later.",
+                seconds(timeout)
+            ),
         )
     }
 
@@ -344,6 +379,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.close_connection {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(challenge) = self.www_authenticate {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -351,6 +391,15 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+/// A duration in seconds as people write it: `30`, `0.5`.
+fn seconds(duration: std::time::Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        duration.as_secs().to_string()
+    } else {
+        duration.as_secs_f64().to_string()
     }
 }
 

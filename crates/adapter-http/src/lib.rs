@@ -1,6 +1,7 @@
 //! Maestro's HTTP API: the axum router, the authentication extractor over
-//! the [`AuthContext`] port, error mapping, metrics and the OpenAPI
-//! document.
+//! the [`AuthContext`] port, error mapping, metrics, the OpenAPI document,
+//! the request-level limits of the edge (body and per-request timeouts,
+//! [`RequestDeadline`]) and the readiness checks ([`ReadinessCheck`]).
 //!
 //! [`router`] builds the whole API over an [`AppState`]; tests call it in
 //! process, and the `maestro` binary serves it.
@@ -11,15 +12,17 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{
     Router,
     extract::DefaultBodyLimit,
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use domain::{AuthContext, Idempotency, PipelineService};
+use domain::{AuthContext, Clock, Idempotency, PipelineService};
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::{
     Modify, OpenApi,
@@ -28,6 +31,7 @@ use utoipa::{
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 mod dto;
+mod edge;
 mod error;
 mod extract;
 mod idempotency;
@@ -35,12 +39,17 @@ mod instrument;
 mod metrics;
 mod observe;
 pub mod ratelimit;
+mod readiness;
 mod routes;
 
-pub use metrics::Metrics;
+pub use edge::{DEFAULT_BODY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, RequestDeadline};
+pub use metrics::{ConnectionClose, Metrics, OpenConnection};
+use readiness::Readiness;
+pub use readiness::{CheckError, ReadinessCheck};
 
-/// What every handler shares: the use cases, the credential verifier and
-/// the metrics. Cheap to clone.
+/// What every handler shares: the use cases, the credential verifier, the
+/// metrics, the readiness checks and the request-level limits. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
@@ -54,6 +63,9 @@ struct Inner {
     draining: AtomicBool,
     rate_limiter: Option<ratelimit::RateLimiter>,
     idempotency: Idempotency,
+    readiness: Arc<Readiness>,
+    request_timeout: Duration,
+    body_timeout: Duration,
 }
 
 impl std::fmt::Debug for AppState {
@@ -72,6 +84,10 @@ impl AppState {
     /// [`Metrics::instrument_orchestrator`] to count backend calls too);
     /// `idempotency` keeps the answers of executes sent with an
     /// `Idempotency-Key`.
+    ///
+    /// `/ready` checks the backend alone until
+    /// [`AppState::with_readiness_checks`] adds more; the request limits are
+    /// [`DEFAULT_BODY_TIMEOUT`] and [`DEFAULT_REQUEST_TIMEOUT`].
     pub fn new(
         service: PipelineService,
         auth: Arc<dyn AuthContext>,
@@ -81,6 +97,7 @@ impl AppState {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                readiness: Arc::new(Readiness::backend(service.clone())),
                 service,
                 auth,
                 metrics,
@@ -88,25 +105,65 @@ impl AppState {
                 draining: AtomicBool::new(false),
                 rate_limiter: None,
                 idempotency,
+                request_timeout: DEFAULT_REQUEST_TIMEOUT,
+                body_timeout: DEFAULT_BODY_TIMEOUT,
             }),
+        }
+    }
+
+    /// The same state with one setting changed.
+    fn with(self, change: impl FnOnce(&mut Inner)) -> Self {
+        let inner = &self.inner;
+        let mut copy = Inner {
+            service: inner.service.clone(),
+            auth: inner.auth.clone(),
+            metrics: inner.metrics.clone(),
+            backend: inner.backend,
+            draining: AtomicBool::new(self.is_draining()),
+            rate_limiter: inner.rate_limiter.clone(),
+            idempotency: inner.idempotency.clone(),
+            readiness: inner.readiness.clone(),
+            request_timeout: inner.request_timeout,
+            body_timeout: inner.body_timeout,
+        };
+        change(&mut copy);
+        Self {
+            inner: Arc::new(copy),
         }
     }
 
     /// The same state, with every customer's requests limited by `limiter`.
     #[must_use]
     pub fn with_rate_limiter(self, limiter: ratelimit::RateLimiter) -> Self {
-        let inner = &self.inner;
-        Self {
-            inner: Arc::new(Inner {
-                service: inner.service.clone(),
-                auth: inner.auth.clone(),
-                metrics: inner.metrics.clone(),
-                backend: inner.backend,
-                draining: AtomicBool::new(self.is_draining()),
-                rate_limiter: Some(limiter),
-                idempotency: inner.idempotency.clone(),
-            }),
-        }
+        self.with(|inner| inner.rate_limiter = Some(limiter))
+    }
+
+    /// The same state, with `/ready` checking `checks` besides the backend,
+    /// their result kept for a second as `clock` tells.
+    #[must_use]
+    pub fn with_readiness_checks(
+        self,
+        checks: Vec<Arc<dyn ReadinessCheck>>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        self.with(|inner| {
+            inner.readiness = Arc::new(Readiness::new(inner.service.clone(), checks, clock));
+        })
+    }
+
+    /// The same state, answering 503 `ServiceTimeout` to a request not
+    /// answered within `timeout` (see [`RequestDeadline`] for the routes
+    /// that may take longer).
+    #[must_use]
+    pub fn with_request_timeout(self, timeout: Duration) -> Self {
+        self.with(|inner| inner.request_timeout = timeout)
+    }
+
+    /// The same state, answering 408 `RequestTimeout` to a request whose
+    /// body has not arrived within `timeout` of its head.
+    #[must_use]
+    pub fn with_body_timeout(self, timeout: Duration) -> Self {
+        self.with(|inner| inner.body_timeout = timeout)
     }
 
     /// Marks the service as shutting down: `/ready` answers 503 from now on,
@@ -136,12 +193,26 @@ impl AppState {
         self.inner.rate_limiter.as_ref()
     }
 
-    pub(crate) fn metrics(&self) -> &Metrics {
+    /// Where the service's metrics are counted, for the server that
+    /// accepts its connections to count them too.
+    pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 
     pub(crate) fn backend(&self) -> &'static str {
         self.inner.backend
+    }
+
+    pub(crate) fn readiness(&self) -> &Readiness {
+        &self.inner.readiness
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
+    }
+
+    pub(crate) fn body_timeout(&self) -> Duration {
+        self.inner.body_timeout
     }
 }
 
@@ -223,7 +294,18 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
-        .layer(CatchPanicLayer::custom(panic_response));
+        .layer(CatchPanicLayer::custom(panic_response))
+        // Every route, the long ones too, runs under the request deadline;
+        // a handler meant to hold its answer open moves or lifts it
+        // through the `RequestDeadline` extractor.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            edge::limit_body,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            edge::limit_request,
+        ));
     observe::wrap(routes, &state).with_state(state)
 }
 

@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by route template and status, latency,
-//! runs triggered, refused credentials.
+//! runs triggered, refused credentials, open connections and those the
+//! edge's timeouts closed.
 
 use std::{sync::Arc, time::Duration};
 
@@ -47,6 +48,34 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    reason: &'static str,
+}
+
+/// Why the edge closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionClose {
+    /// No whole request head arrived within the header-read timeout.
+    HeaderTimeout,
+    /// No request came within the idle timeout after the last answer.
+    IdleTimeout,
+    /// A request body did not arrive within the body timeout (answered 408).
+    BodyTimeout,
+}
+
+impl ConnectionClose {
+    /// The `reason` label.
+    fn label(self) -> &'static str {
+        match self {
+            Self::HeaderTimeout => "header_timeout",
+            Self::IdleTimeout => "idle_timeout",
+            Self::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
 /// The service's metrics, cheap to clone, rendered on `/metrics`.
 ///
 /// Every label takes values from a closed set (route templates, not raw
@@ -68,6 +97,8 @@ struct Inner {
     rate_limited: Counter,
     backend_calls: Family<BackendCallLabels, Counter>,
     backend_latency: Family<OperationLabels, Histogram>,
+    connections_open: Gauge,
+    connections_closed: Family<CloseLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -130,6 +161,18 @@ impl Default for Metrics {
             "Time a backend call took, by operation",
             backend_latency.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "TCP connections open, at most MAESTRO_MAX_CONNECTIONS",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<CloseLabels, Counter>::default();
+        registry.register(
+            "http_connections_closed",
+            "Connections the edge closed for a timeout, by reason",
+            connections_closed.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -141,13 +184,14 @@ impl Default for Metrics {
                 rate_limited,
                 backend_calls,
                 backend_latency,
+                connections_open,
+                connections_closed,
             }),
         }
     }
 }
 
 impl Metrics {
-    /// Counts one answered request and its latency.
     /// Counts a request in flight until the guard is dropped, so that a
     /// request abandoned halfway is not counted for ever.
     pub(crate) fn in_flight(&self) -> InFlight {
@@ -155,6 +199,7 @@ impl Metrics {
         InFlight(self.inner.in_flight.clone())
     }
 
+    /// Counts one answered request and its latency.
     pub(crate) fn observe_request(
         &self,
         route: &str,
@@ -217,6 +262,22 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
+    /// Counts a connection open until the guard is dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.inner.connections_open.inc();
+        OpenConnection(self.inner.connections_open.clone())
+    }
+
+    /// Counts one connection closed by the edge, for `reason`.
+    pub fn connection_closed(&self, reason: ConnectionClose) {
+        self.inner
+            .connections_closed
+            .get_or_create(&CloseLabels {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
     /// The metrics in the OpenMetrics text format, which Prometheus scrapes.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
@@ -244,6 +305,16 @@ fn known_method(method: &str) -> &'static str {
 pub(crate) struct InFlight(Gauge);
 
 impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A connection counted open; dropping it stops counting it.
+#[derive(Debug)]
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.dec();
     }

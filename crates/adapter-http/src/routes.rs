@@ -18,10 +18,11 @@ use crate::{
     error::{ApiError, ErrorEnvelope, PlainDetail},
     extract::{Authenticated, PipelineIdBody, PipelinePath, RunPath, RunsQuery},
     idempotency::{self, IdempotencyKeyHeader},
+    readiness::Report,
 };
 
 /// The answers every `/platform/...` route may give: a refused credential,
-/// the rate limit, and the backend failing.
+/// the rate limit, the edge's timeouts, and the backend failing.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // Only documents the answers; `ApiError` produces them.
 pub(crate) enum CommonFailures {
@@ -34,7 +35,13 @@ pub(crate) enum CommonFailures {
     /// `UpstreamError`: the backend answered unexpectedly.
     #[response(status = 502)]
     Upstream(ErrorEnvelope),
-    /// `UpstreamUnavailable`: the backend cannot be reached.
+    /// `RequestTimeout`: the request body did not arrive within the body
+    /// timeout (30 s by default); the connection is closed.
+    #[response(status = 408)]
+    BodyTimeout(ErrorEnvelope),
+    /// `UpstreamUnavailable`: the backend cannot be reached; or
+    /// `ServiceTimeout`: the request was not answered within the
+    /// per-request timeout (60 s by default).
     #[response(status = 503)]
     Unavailable(ErrorEnvelope),
     /// `UpstreamTimeout`: the backend did not answer in time.
@@ -269,31 +276,30 @@ pub(crate) async fn health() -> Json<StatusBody> {
     Json(StatusBody { status: "ok" })
 }
 
-/// Readiness: the backend answers and the service is not draining.
+/// Readiness: the service can do its job. The backend answers, and so do
+/// the token keys and Redis where they are configured; each check is named
+/// in the body, `ok` or `unavailable` (never why: that goes to the log).
+/// The result is kept for a second, so a flood of probes makes at most one
+/// round of checks per second. While the service drains, 503 `draining`
+/// at once.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
-        (status = 200, description = "Ready", body = StatusBody),
-        (status = 503, description = "The backend does not answer, or the service is shutting down", body = StatusBody),
+        (status = 200, description = "Ready: every check is `ok`", body = Report,
+            example = json!({"status": "ready", "checks": {"auth_keys": "ok", "backend": "ok"}})),
+        (status = 503, description = "A check fails (`unavailable`, naming it), or the service is shutting down (`draining`)", body = Report,
+            example = json!({"status": "unavailable", "checks": {"auth_keys": "ok", "backend": "unavailable"}})),
     ))]
-pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<StatusBody>) {
+pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Report>) {
     if state.is_draining() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(StatusBody { status: "draining" }),
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(Report::draining()));
     }
-    match state.service().ready().await {
-        Ok(()) => (StatusCode::OK, Json(StatusBody { status: "ready" })),
-        Err(err) => {
-            tracing::warn!(error = %crate::error::ErrorChain(&err), "backend not ready");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(StatusBody {
-                    status: "unavailable",
-                }),
-            )
-        }
-    }
+    let report = state.readiness().report().await;
+    let status = if report.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report))
 }
 
 /// The metrics, in the Prometheus (OpenMetrics) text format.

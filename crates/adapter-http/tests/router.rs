@@ -86,7 +86,10 @@ async fn ready_is_200_while_the_backend_answers() {
     orchestrator.expect_health().returning(|| Ok(()));
     let (status, body) = call(state(orchestrator), get("/ready")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"status": "ready"}));
+    assert_eq!(
+        body,
+        json!({"status": "ready", "checks": {"backend": "ok"}})
+    );
 }
 
 #[tokio::test]
@@ -99,7 +102,10 @@ async fn ready_is_503_while_the_backend_does_not_answer() {
     });
     let (status, body) = call(state(orchestrator), get("/ready")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body, json!({"status": "unavailable"}));
+    assert_eq!(
+        body,
+        json!({"status": "unavailable", "checks": {"backend": "unavailable"}})
+    );
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 //! The in-memory idempotency store: the default for a single Maestro
-//! instance, bounded and expiring, on the service's clock.
+//! instance, bounded per customer and in all, expiring, on the service's
+//! clock.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -10,26 +11,42 @@ use std::{
 use async_trait::async_trait;
 use chrono::TimeDelta;
 use domain::{
-    Claim, Clock, CustomerId, IdempotencyKey, IdempotencyStore, Lease, StoreError, Timestamp,
+    Claim, ClaimTerms, Clock, CustomerId, IdempotencyKey, IdempotencyStore, Lease, StoreError,
+    Timestamp,
 };
 use runtime::TokioClock;
 
 /// One customer's key.
 type Scope = (CustomerId, IdempotencyKey);
 
+/// An instant, and the sequence number of the entry it belongs to, which
+/// tells apart entries at the same instant.
+type When = (Timestamp, u64);
+
 /// Keeps claims, outcomes and notes of failed attempts of idempotency keys
 /// in this process.
 ///
 /// Entries expire on the store's clock ([`TokioClock`] unless
 /// [`MemoryIdempotencyStore::with_clock`] says otherwise), so tests move
-/// them with `tokio::time::pause()` and `tokio::time::advance()`. The store
-/// holds at
-/// most [`MemoryIdempotencyStore::max_entries`], every kind of entry
-/// counted: expired entries go first; when all are live, the kept outcome
-/// or failed attempt closest to its expiry is forgotten early (a cache's
-/// trade: a very late retry of that key would run again, as a first
-/// attempt). Claims in flight are never evicted; a claim that finds the
-/// store full of them fails rather than break a running request's promise.
+/// them with `tokio::time::pause()` and `tokio::time::advance()`. A claim
+/// is kept for its retention past its deadline, and reads as a failed
+/// attempt once past the deadline.
+///
+/// Two bounds hold, every kind of entry counted, expired entries dropped
+/// first:
+/// - each customer holds at most [`ClaimTerms::keys_per_customer`] (the
+///   port's rule): a customer at its bound forgets its own kept outcome or
+///   failed attempt closest to its expiry, never a claim in flight and
+///   never another customer's entry;
+/// - the store holds at most [`MemoryIdempotencyStore::max_entries`]: when
+///   full, the customer holding the most entries, of those that hold any
+///   that may be forgotten, forgets its own closest to its expiry. So a
+///   customer loses an entry to another only when the store as a whole is
+///   full, and then the customer holding the most pays first.
+///
+/// Either way a forgotten key is free (a very late repeat of it would run
+/// again, as a first attempt), and a claim that finds no entry to forget
+/// fails rather than break a running request's promise.
 ///
 /// Cheap to clone: clones share the entries. Instances do not: several
 /// Maestro instances need a shared store (Redis).
@@ -43,11 +60,27 @@ pub struct MemoryIdempotencyStore {
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<Scope, Entry>,
-    /// Every entry by its expiry, so that the expired and the soonest to
-    /// expire are found without a scan. The sequence number tells apart
-    /// entries that expire at the same instant.
-    by_expiry: BTreeMap<(Timestamp, u64), Scope>,
+    /// Every entry by its expiry, so that the expired are found without a
+    /// scan.
+    by_expiry: BTreeMap<When, Scope>,
+    /// The claims in flight by their deadline: past it, a claim reads as a
+    /// failed attempt, and may be forgotten like one.
+    by_deadline: BTreeMap<When, Scope>,
+    customers: HashMap<CustomerId, Holdings>,
+    /// The customers holding an entry that may be forgotten, by how many
+    /// entries they hold: the last one makes room when the store is full.
+    by_size: BTreeSet<(usize, CustomerId)>,
     next_seq: u64,
+}
+
+/// What one customer holds.
+#[derive(Debug, Default)]
+struct Holdings {
+    /// Its entries, of every kind.
+    held: usize,
+    /// Its entries that may be forgotten to make room (kept outcomes,
+    /// failed attempts, claims past their deadline), by expiry.
+    forgettable: BTreeMap<When, IdempotencyKey>,
 }
 
 #[derive(Debug)]
@@ -56,12 +89,18 @@ struct Entry {
     status: Status,
     expires_at: Timestamp,
     seq: u64,
+    /// Whether it is in its customer's [`Holdings::forgettable`] rather
+    /// than in [`State::by_deadline`].
+    forgettable: bool,
 }
 
 #[derive(Debug)]
 enum Status {
+    /// A request holds the key, until `deadline`; past it, the claim reads
+    /// as a failed attempt.
     InFlight {
         lease: Lease,
+        deadline: Timestamp,
     },
     Done(Vec<u8>),
     /// A request with the key failed in a way that invites a retry and gave
@@ -71,7 +110,7 @@ enum Status {
 }
 
 impl MemoryIdempotencyStore {
-    /// The default [`MemoryIdempotencyStore::max_entries`]: with bodies of
+    /// The default [`MemoryIdempotencyStore::max_entries`]: with records of
     /// a few hundred bytes, some tens of megabytes at most.
     pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
@@ -125,15 +164,16 @@ impl MemoryIdempotencyStore {
         let Some(fingerprint) = state.held(&scope, lease, now).map(str::to_owned) else {
             return Err(StoreError::ClaimLost);
         };
-        state.insert(scope, fingerprint, status, deadline(now, retention));
+        state.insert(scope, fingerprint, status, later(now, retention));
         Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A std mutex, not tokio's: no method awaits while holding it, and
         // every critical section is a few map operations. A panic while
-        // holding it leaves the maps consistent (each change is a single
-        // insert or remove pair), so a poisoned lock is still usable.
+        // holding it may leave the indexes short of an entry, which only
+        // makes that entry harder to forget, so a poisoned lock is still
+        // usable.
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -148,49 +188,132 @@ impl Default for MemoryIdempotencyStore {
 
 impl State {
     fn insert(&mut self, scope: Scope, fingerprint: String, status: Status, expires_at: Timestamp) {
+        self.remove(&scope);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.by_expiry.insert((expires_at, seq), scope.clone());
+        let forgettable = match &status {
+            Status::InFlight { deadline, .. } => {
+                self.by_deadline.insert((*deadline, seq), scope.clone());
+                false
+            }
+            Status::Done(_) | Status::Failed => true,
+        };
+        let (customer, key) = &scope;
+        self.resize(customer, |holdings| {
+            holdings.held += 1;
+            if forgettable {
+                holdings.forgettable.insert((expires_at, seq), key.clone());
+            }
+        });
         let entry = Entry {
             fingerprint,
             status,
             expires_at,
             seq,
+            forgettable,
         };
-        if let Some(old) = self.entries.insert(scope, entry) {
-            self.by_expiry.remove(&(old.expires_at, old.seq));
-        }
+        self.entries.insert(scope, entry);
     }
 
     fn remove(&mut self, scope: &Scope) {
-        if let Some(old) = self.entries.remove(scope) {
-            self.by_expiry.remove(&(old.expires_at, old.seq));
+        let Some(old) = self.entries.remove(scope) else {
+            return;
+        };
+        self.by_expiry.remove(&(old.expires_at, old.seq));
+        if let Status::InFlight { deadline, .. } = old.status {
+            self.by_deadline.remove(&(deadline, old.seq));
+        }
+        self.resize(&scope.0, |holdings| {
+            holdings.held -= 1;
+            if old.forgettable {
+                holdings.forgettable.remove(&(old.expires_at, old.seq));
+            }
+        });
+    }
+
+    /// Changes what `customer` holds, keeping [`State::by_size`] in step.
+    fn resize(&mut self, customer: &CustomerId, change: impl FnOnce(&mut Holdings)) {
+        let holdings = self.customers.entry(customer.clone()).or_default();
+        if !holdings.forgettable.is_empty() {
+            self.by_size.remove(&(holdings.held, customer.clone()));
+        }
+        change(holdings);
+        if !holdings.forgettable.is_empty() {
+            self.by_size.insert((holdings.held, customer.clone()));
+        }
+        if holdings.held == 0 {
+            self.customers.remove(customer);
         }
     }
 
-    /// Drops every entry expired at `now`.
-    fn purge(&mut self, now: Timestamp) {
+    /// Drops every entry expired at `now`, and makes every claim past its
+    /// deadline at `now` one that may be forgotten.
+    fn age(&mut self, now: Timestamp) {
         while let Some(entry) = self.by_expiry.first_entry() {
             if entry.key().0 > now {
                 break;
             }
             let scope = entry.remove();
-            self.entries.remove(&scope);
+            self.remove(&scope);
+        }
+        while let Some(claim) = self.by_deadline.first_entry() {
+            if claim.key().0 > now {
+                break;
+            }
+            let scope = claim.remove();
+            let Some(entry) = self.entries.get_mut(&scope) else {
+                continue;
+            };
+            entry.forgettable = true;
+            let (when, key) = ((entry.expires_at, entry.seq), scope.1.clone());
+            self.resize(&scope.0, |holdings| {
+                holdings.forgettable.insert(when, key);
+            });
         }
     }
 
-    /// Makes room for one entry: forgets the kept outcome or failed
-    /// attempt closest to its expiry. False when only claims in flight are
-    /// left.
-    fn evict_one(&mut self) -> bool {
-        let victim = self.by_expiry.values().find(|scope| {
-            self.entries
-                .get(*scope)
-                .is_some_and(|entry| matches!(entry.status, Status::Done(_) | Status::Failed))
-        });
-        match victim.cloned() {
-            Some(scope) => {
-                self.remove(&scope);
+    /// Makes room for a new key of `customer`: under the customer's bound,
+    /// then under the store's.
+    fn make_room(
+        &mut self,
+        customer: &CustomerId,
+        keys_per_customer: usize,
+        max_entries: usize,
+    ) -> Result<(), StoreError> {
+        loop {
+            let held = self.customers.get(customer).map_or(0, |h| h.held);
+            if held < keys_per_customer {
+                break;
+            }
+            if !self.forget_one_of(customer) {
+                return Err(StoreError::failed(format!(
+                    "customer {customer} holds {held} idempotency keys, its bound, all of them claims in flight"
+                )));
+            }
+        }
+        while self.entries.len() >= max_entries {
+            let largest = self.by_size.last().map(|(_, largest)| largest.clone());
+            if !largest.is_some_and(|largest| self.forget_one_of(&largest)) {
+                return Err(StoreError::failed(format!(
+                    "the in-memory idempotency store is full: {} requests with keys in flight",
+                    self.entries.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the entry of `customer` closest to its expiry of those that
+    /// may be forgotten; false when there is none.
+    fn forget_one_of(&mut self, customer: &CustomerId) -> bool {
+        let victim = self
+            .customers
+            .get(customer)
+            .and_then(|holdings| holdings.forgettable.values().next().cloned());
+        match victim {
+            Some(key) => {
+                self.remove(&(customer.clone(), key));
                 true
             }
             None => false,
@@ -198,23 +321,23 @@ impl State {
     }
 
     /// The fingerprint of the live claim on `scope`, if `lease` still holds
-    /// it.
+    /// it: past its deadline too, until another request takes it over.
     fn held(&self, scope: &Scope, lease: &Lease, now: Timestamp) -> Option<&str> {
         self.entries
             .get(scope)
             .filter(|entry| {
                 entry.expires_at > now
-                    && matches!(&entry.status, Status::InFlight { lease: held } if held == lease)
+                    && matches!(&entry.status, Status::InFlight { lease: held, .. } if held == lease)
             })
             .map(|entry| entry.fingerprint.as_str())
     }
 }
 
-/// `now + ttl`, or the end of time for a ttl too long to add.
-fn deadline(now: Timestamp, ttl: Duration) -> Timestamp {
+/// `at + ttl`, or the end of time for a ttl too long to add.
+fn later(at: Timestamp, ttl: Duration) -> Timestamp {
     TimeDelta::from_std(ttl)
         .ok()
-        .and_then(|ttl| now.checked_add_signed(ttl))
+        .and_then(|ttl| at.checked_add_signed(ttl))
         .unwrap_or(Timestamp::MAX_UTC)
 }
 
@@ -225,39 +348,40 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         scope: &CustomerId,
         key: &IdempotencyKey,
         fingerprint: &str,
-        in_flight: Duration,
+        terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
         let now = self.clock.now();
         let scope = (scope.clone(), key.clone());
         let mut state = self.lock();
-        state.purge(now);
+        state.age(now);
         let retry = match state.entries.get(&scope) {
             None => false,
             Some(entry) if entry.fingerprint != fingerprint => return Ok(Claim::Mismatch),
             Some(entry) => match &entry.status {
-                Status::InFlight { .. } => return Ok(Claim::InFlight),
+                Status::InFlight { deadline, .. } if *deadline > now => {
+                    return Ok(Claim::InFlight);
+                }
                 Status::Done(outcome) => return Ok(Claim::Done(outcome.clone())),
-                // Taken over under the lock, so of concurrent retries only
-                // the first finds the failed attempt; the others find its
-                // claim.
-                Status::Failed => true,
+                // A failed attempt, or a claim past its deadline: taken over
+                // under the lock, so of concurrent retries only the first
+                // finds it; the others find its claim.
+                Status::InFlight { .. } | Status::Failed => true,
             },
         };
         // A takeover replaces its entry, so only a new key needs room.
-        if !retry && state.entries.len() >= self.max_entries && !state.evict_one() {
-            return Err(StoreError::failed(format!(
-                "the in-memory idempotency store is full: {} requests with keys in flight",
-                state.entries.len()
-            )));
+        if !retry {
+            state.make_room(&scope.0, terms.keys_per_customer, self.max_entries)?;
         }
         let lease = Lease::new(state.next_seq.to_string());
+        let deadline = later(now, terms.in_flight);
         state.insert(
             scope,
             fingerprint.to_owned(),
             Status::InFlight {
                 lease: lease.clone(),
+                deadline,
             },
-            deadline(now, in_flight),
+            later(deadline, terms.retention),
         );
         Ok(if retry {
             Claim::Retry(lease)
@@ -291,8 +415,8 @@ impl IdempotencyStore for MemoryIdempotencyStore {
 #[cfg(test)]
 mod tests {
     //! The port's rules run from `domain::idempotency_testkit` under a
-    //! paused clock; what is this store's own (its bound, and claims from
-    //! many tasks at once) is tested here.
+    //! paused clock; what is this store's own (its bound on all entries,
+    //! and claims from many tasks at once) is tested here.
 
     use domain::{
         Attempt,
@@ -309,76 +433,51 @@ mod tests {
         Setup::paused_clock("")
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_claimed_key_is_in_flight_then_done_with_its_outcome() {
-        let store = MemoryIdempotencyStore::default();
-        kit::a_claimed_key_is_in_flight_then_done_with_its_outcome(&store, &setup()).await;
+    /// One test per scenario of the conformance kit, each on a store of
+    /// its own.
+    macro_rules! scenarios {
+        ($($scenario:ident),* $(,)?) => {$(
+            #[tokio::test(start_paused = true)]
+            async fn $scenario() {
+                let store = MemoryIdempotencyStore::default();
+                kit::$scenario(&store, &setup()).await;
+            }
+        )*};
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn another_fingerprint_is_a_mismatch_in_flight_and_done() {
-        let store = MemoryIdempotencyStore::default();
-        kit::another_fingerprint_is_a_mismatch_in_flight_and_done(&store, &setup()).await;
+    /// One test per scenario of the conformance kit that lets time pass,
+    /// on tokio's paused clock.
+    macro_rules! scenarios_that_let_time_pass {
+        ($($scenario:ident),* $(,)?) => {$(
+            #[tokio::test(start_paused = true)]
+            async fn $scenario() {
+                let store = MemoryIdempotencyStore::default();
+                kit::$scenario(&store, &setup(), advance).await;
+            }
+        )*};
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn keys_are_scoped_to_their_customer() {
-        let store = MemoryIdempotencyStore::default();
-        kit::keys_are_scoped_to_their_customer(&store, &setup()).await;
-    }
+    scenarios!(
+        a_claimed_key_is_in_flight_then_done_with_its_outcome,
+        another_fingerprint_is_a_mismatch_in_flight_and_done,
+        keys_are_scoped_to_their_customer,
+        a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once,
+        a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own,
+        a_customer_at_its_bound_forgets_its_own_entry_closest_to_expiry_never_a_claim,
+        one_customers_keys_never_push_out_another_customers_entries,
+        at_its_bound_a_customer_still_retries_and_repeats_its_keys,
+    );
 
-    #[tokio::test(start_paused = true)]
-    async fn a_claim_expires_so_a_lost_request_never_locks_its_key() {
-        let store = MemoryIdempotencyStore::default();
-        kit::a_claim_expires_so_a_lost_request_never_locks_its_key(&store, &setup(), advance).await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_outcome_is_kept_for_its_retention_and_no_longer() {
-        let store = MemoryIdempotencyStore::default();
-        kit::an_outcome_is_kept_for_its_retention_and_no_longer(&store, &setup(), advance).await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once() {
-        let store = MemoryIdempotencyStore::default();
-        kit::a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once(
-            &store,
-            &setup(),
-        )
-        .await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own() {
-        let store = MemoryIdempotencyStore::default();
-        kit::a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own(&store, &setup())
-            .await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_failed_attempt_is_noted_for_the_retention_and_no_longer() {
-        let store = MemoryIdempotencyStore::default();
-        kit::a_failed_attempt_is_noted_for_the_retention_and_no_longer(&store, &setup(), advance)
-            .await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_retry_holds_the_key_for_the_claims_own_expiry_not_the_retention() {
-        let store = MemoryIdempotencyStore::default();
-        kit::a_retry_holds_the_key_for_the_claims_own_expiry_not_the_retention(
-            &store,
-            &setup(),
-            advance,
-        )
-        .await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_release_by_a_lost_lease_writes_nothing() {
-        let store = MemoryIdempotencyStore::default();
-        kit::a_release_by_a_lost_lease_writes_nothing(&store, &setup(), advance).await;
-    }
+    scenarios_that_let_time_pass!(
+        a_failed_attempt_is_noted_for_the_retention_and_no_longer,
+        a_retry_is_in_flight_until_its_own_deadline_not_the_retention,
+        a_release_by_a_lost_lease_writes_nothing,
+        an_outcome_is_kept_for_its_retention_and_no_longer,
+        a_claim_past_its_deadline_is_taken_over_as_a_retry,
+        a_claim_past_its_deadline_is_remembered_for_the_retention_and_no_longer,
+        a_request_past_its_deadline_still_records_until_its_key_is_taken_over,
+        a_customer_full_of_claims_in_flight_is_refused_new_keys_until_a_deadline_passes,
+    );
 
     fn customer(name: &str) -> CustomerId {
         CustomerId::parse(name).unwrap()
@@ -392,15 +491,34 @@ mod tests {
         body.as_bytes().to_vec()
     }
 
+    /// Claims in flight for 30 s, remembered a day, with no bound per
+    /// customer that these tests reach.
+    fn terms() -> ClaimTerms {
+        ClaimTerms::new(IN_FLIGHT, RETENTION, usize::MAX)
+    }
+
+    async fn claim(
+        store: &MemoryIdempotencyStore,
+        who: &str,
+        raw: &str,
+    ) -> Result<Claim, StoreError> {
+        store.claim(&customer(who), &key(raw), "p1", terms()).await
+    }
+
     async fn acquire(store: &MemoryIdempotencyStore, who: &str, raw: &str) -> Lease {
-        match store
-            .claim(&customer(who), &key(raw), "p1", IN_FLIGHT)
-            .await
-            .unwrap()
-        {
+        match claim(store, who, raw).await.unwrap() {
             Claim::Acquired(lease) => lease,
             other => panic!("expected a claim, got {other:?}"),
         }
+    }
+
+    /// Claims `raw` of `who` and completes it, kept `retention`.
+    async fn keep(store: &MemoryIdempotencyStore, who: &str, raw: &str, retention: Duration) {
+        let lease = acquire(store, who, raw).await;
+        store
+            .complete(&customer(who), &key(raw), &lease, &ok(raw), retention)
+            .await
+            .unwrap();
     }
 
     async fn fail(store: &MemoryIdempotencyStore, raw: &str, retention: Duration) {
@@ -419,9 +537,7 @@ mod tests {
 
         acquire(&store, "acme", "new").await;
         assert_eq!(store.len(), 2);
-        let failed = store
-            .claim(&customer("acme"), &key("failed"), "p1", IN_FLIGHT)
-            .await;
+        let failed = claim(&store, "acme", "failed").await;
         assert!(
             matches!(failed, Err(StoreError::Failed { .. })),
             "the note was evicted to make room, and only claims are left: {failed:?}"
@@ -431,68 +547,115 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn expired_entries_are_dropped_before_anything_is_evicted() {
         let store = MemoryIdempotencyStore::new(2);
-        let first = acquire(&store, "acme", "a").await;
-        store
-            .complete(
-                &customer("acme"),
-                &key("a"),
-                &first,
-                &ok("a"),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
+        keep(&store, "acme", "a", Duration::from_secs(10)).await;
         acquire(&store, "acme", "b").await;
 
         tokio::time::advance(Duration::from_secs(10)).await;
         acquire(&store, "acme", "c").await;
         assert_eq!(store.len(), 2);
         // "b" is still in flight: it was not the one that made room.
-        let b = store
-            .claim(&customer("acme"), &key("b"), "p1", IN_FLIGHT)
-            .await;
-        assert_eq!(b.unwrap(), Claim::InFlight);
+        assert_eq!(claim(&store, "acme", "b").await.unwrap(), Claim::InFlight);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_store_forgets_the_outcome_closest_to_expiry_and_never_a_claim() {
         let store = MemoryIdempotencyStore::new(3);
-        for (raw, retention) in [("short", 10), ("long", 20)] {
-            let lease = acquire(&store, "acme", raw).await;
-            store
-                .complete(
-                    &customer("acme"),
-                    &key(raw),
-                    &lease,
-                    &ok(raw),
-                    Duration::from_secs(retention),
-                )
-                .await
-                .unwrap();
-        }
+        keep(&store, "acme", "short", Duration::from_secs(10)).await;
+        keep(&store, "acme", "long", Duration::from_secs(20)).await;
         acquire(&store, "acme", "running").await;
 
         acquire(&store, "acme", "new").await;
         assert_eq!(store.len(), 3);
-        let short = store
-            .claim(&customer("acme"), &key("short"), "p1", IN_FLIGHT)
-            .await;
+        let short = claim(&store, "acme", "short").await;
         assert!(
             matches!(short.unwrap(), Claim::Acquired(_)),
             "short was evicted, so it is free"
         );
         // Claiming "short" again evicted "long", the last outcome left.
-        let long = store
-            .claim(&customer("acme"), &key("long"), "p1", IN_FLIGHT)
-            .await;
+        let long = claim(&store, "acme", "long").await;
         assert!(
             matches!(long, Err(StoreError::Failed { .. })),
             "only claims in flight are left"
         );
-        let running = store
-            .claim(&customer("acme"), &key("running"), "p1", IN_FLIGHT)
-            .await;
-        assert_eq!(running.unwrap(), Claim::InFlight);
+        assert_eq!(
+            claim(&store, "acme", "running").await.unwrap(),
+            Claim::InFlight
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_takes_room_from_the_customer_holding_the_most() {
+        let store = MemoryIdempotencyStore::new(4);
+        // Globex's outcome is the closest to its expiry of all, but acme
+        // holds the most.
+        keep(&store, "globex", "theirs", Duration::from_secs(10)).await;
+        for raw in ["a1", "a2", "a3"] {
+            keep(&store, "acme", raw, Duration::from_secs(60)).await;
+        }
+
+        acquire(&store, "globex", "new").await;
+        assert_eq!(store.len(), 4);
+        assert_eq!(
+            claim(&store, "globex", "theirs").await.unwrap(),
+            Claim::Done(ok("theirs")),
+            "the full store took room from acme, not from globex"
+        );
+        assert!(
+            matches!(
+                claim(&store, "acme", "a1").await.unwrap(),
+                Claim::Acquired(_)
+            ),
+            "acme's outcome closest to its expiry was forgotten"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_passes_over_a_customer_holding_only_claims_in_flight() {
+        let store = MemoryIdempotencyStore::new(3);
+        keep(&store, "globex", "theirs", Duration::from_secs(10)).await;
+        acquire(&store, "acme", "a1").await;
+        acquire(&store, "acme", "a2").await;
+
+        acquire(&store, "acme", "a3").await;
+        for raw in ["a1", "a2", "a3"] {
+            assert_eq!(claim(&store, "acme", raw).await.unwrap(), Claim::InFlight);
+        }
+        assert!(
+            matches!(
+                claim(&store, "globex", "theirs").await,
+                Err(StoreError::Failed { .. })
+            ),
+            "globex's outcome, the only entry that could be forgotten, was, and only claims are left"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_past_its_deadline_may_be_forgotten_by_a_full_store() {
+        let store = MemoryIdempotencyStore::new(2);
+        acquire(&store, "acme", "lost").await;
+        acquire(&store, "acme", "running").await;
+        assert!(matches!(
+            claim(&store, "globex", "new").await,
+            Err(StoreError::Failed { .. })
+        ));
+
+        advance(IN_FLIGHT).await;
+        acquire(&store, "globex", "new").await;
+        assert_eq!(store.len(), 2);
+        assert!(
+            matches!(
+                claim(&store, "acme", "running").await.unwrap(),
+                Claim::Retry(_)
+            ),
+            "the claim past its deadline not forgotten reads as a failed attempt"
+        );
+        assert!(
+            matches!(
+                claim(&store, "acme", "lost").await,
+                Err(StoreError::Failed { .. })
+            ),
+            "the claim closest to its expiry was forgotten, and only claims in flight are left"
+        );
     }
 
     /// Claims acme's key "k" `claims` times from as many tasks at once.
@@ -500,12 +663,7 @@ mod tests {
         let tasks: Vec<_> = (0..claims)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move {
-                    store
-                        .claim(&customer("acme"), &key("k"), "p1", IN_FLIGHT)
-                        .await
-                        .unwrap()
-                })
+                tokio::spawn(async move { claim(&store, "acme", "k").await.unwrap() })
             })
             .collect();
         let mut answers = Vec::with_capacity(claims);
@@ -526,6 +684,15 @@ mod tests {
     async fn of_many_concurrent_claims_of_a_failed_attempt_exactly_one_retries() {
         let store = MemoryIdempotencyStore::default();
         fail(&store, "k", RETENTION).await;
+        let claims = claim_at_once(&store, 200).await;
+        kit::assert_exactly_one_took_the_key(claims, Attempt::Retry);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn of_many_concurrent_claims_of_a_claim_past_its_deadline_exactly_one_retries() {
+        let store = MemoryIdempotencyStore::default();
+        acquire(&store, "acme", "k").await;
+        advance(IN_FLIGHT).await;
         let claims = claim_at_once(&store, 200).await;
         kit::assert_exactly_one_took_the_key(claims, Attempt::Retry);
     }

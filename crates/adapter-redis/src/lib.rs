@@ -1,22 +1,52 @@
 //! Maestro's Redis adapter: the idempotency store that several Maestro
 //! instances behind one load balancer share (`MAESTRO_REDIS_URL`).
 //!
-//! [`RedisIdempotencyStore`] implements [`domain::IdempotencyStore`]. A claim
-//! is one `SET key claim NX PX in_flight`: Redis lets exactly one of many
-//! concurrent claims through, whichever instance sends it, and the claim
-//! expires on its own if the instance dies before it records an outcome.
+//! [`RedisIdempotencyStore`] implements [`domain::IdempotencyStore`]. Every
+//! operation is one Lua script, atomic in Redis whichever instance sends
+//! it. A claim sets a free key to the claim, kept for the claim's time in
+//! flight and its retention after; a claim found past its deadline (its
+//! instance died, or its request outlived it) reads as a failed attempt.
 //! Recording an outcome (`complete`) and noting a failed attempt
-//! (`release`) replace the claim with one small Lua compare-and-set that
-//! acts only while the key still holds this request's claim, so a request
-//! that outlived its claim never overwrites the request that claimed the
-//! key after it. A claim refused by the note of a failed attempt with its
-//! fingerprint takes the key over with the same compare-and-set, from
-//! exactly the note it read, so that of concurrent retries exactly one
+//! (`release`) replace the claim with a compare-and-set that acts only
+//! while the key still holds this request's claim, so a request that lost
+//! its claim to a retry never overwrites that retry. A claim refused by
+//! the note of a failed attempt with its fingerprint, or by a claim past
+//! its deadline, takes the key over with the same compare-and-set, from
+//! exactly the value it read, so that of concurrent retries exactly one
 //! wins and is told that an earlier attempt failed.
 //!
 //! Keys are `<prefix><customer in hex>:<key>`: the customer is hex-encoded
 //! so that no customer id can forge another customer's keys, and so that
 //! no character of it means anything to Redis.
+//!
+//! # Time
+//!
+//! No instance's clock is read: every instance sees the same deadlines,
+//! however their clocks drift. A claim's deadline is kept in the claim as
+//! the part of the key's lifetime left when it passes (`deadline_pttl`, the
+//! retention), and compared with the key's `PTTL`, on Redis's own clock,
+//! the one that expires keys; so the deadline lives in the value, which
+//! never changes while it is a lease. The indexes below are scored with
+//! Redis's `TIME`, read inside the scripts. This needs Redis 5 or later
+//! (scripts that read `TIME` before they write), or Valkey.
+//!
+//! # The bound on a customer's keys
+//!
+//! Each customer has two sorted sets of its keys, kept by the same
+//! scripts: `<prefix>in-flight:<customer in hex>`, its claims in flight by
+//! deadline, and `<prefix>forgettable:<customer in hex>`, its kept
+//! records, failed attempts and claims past their deadline, by expiry.
+//! Neither name can be a key: what follows the prefix is not hex and a
+//! colon. A new key counts both; at the bound, the customer's forgettable
+//! key closest to its expiry is deleted (never another customer's, never a
+//! claim in flight), and with none the claim fails. Claims found past their
+//! deadline move from one set to the other, each once, a hundred at most
+//! per claim so that no script holds Redis up for long; the sets expire
+//! with the last key they name. Should they ever disagree with the keys
+//! (a key deleted by hand, or evicted under `maxmemory`), the scripts mend
+//! them as they go: a set member whose key is gone is dropped when met.
+//! The scripts touch several keys of one customer, so this store is for a
+//! single Redis (or a primary with replicas), not a Redis Cluster.
 //!
 //! Only plain `redis://` and `unix://` connections are supported; `rediss://`
 //! (TLS) is refused at startup rather than failing on the first request.
@@ -24,12 +54,19 @@
 //! # What a key holds
 //!
 //! A small JSON document that `redis-cli GET` shows: the state, the
-//! fingerprint, and the claim's random token
-//! (`{"state":"in_flight","fingerprint":"...","token":"..."}`), the note of
-//! a failed attempt (`{"state":"failed","fingerprint":"..."}`), or the record
-//! the domain kept of a finished request, byte for byte in base64
-//! (`{"state":"done","fingerprint":"...","record":"..."}`). The store never
-//! reads the record's bytes.
+//! fingerprint, the claim's random token and its deadline
+//! (`{"state":"in_flight","fingerprint":"...","token":"...","deadline_pttl":86400000}`),
+//! the note of a failed attempt (`{"state":"failed","fingerprint":"..."}`),
+//! or the record the domain kept of a finished request, byte for byte in
+//! base64 (`{"state":"done","fingerprint":"...","record":"..."}`). The store
+//! never reads the record's bytes.
+//!
+//! Claims written before claims had deadlines (no `deadline_pttl`) are in
+//! flight until they expire, as they were then. An instance of that earlier
+//! version reads today's claims as in flight until they expire, the
+//! retention after their deadline: during a rolling upgrade, a key whose
+//! instance died is refused with 409 on the old instances for that long,
+//! while the new ones take it over as a retry.
 //!
 //! Records written before they were opaque bytes (`"status"` and `"body"`
 //! in place of `"record"`) are not read: the domain keeps its records in a
@@ -39,8 +76,8 @@
 //! nothing is run twice and nothing is misread. Likewise an instance of the
 //! old version finds the new done records unreadable, so a rolling upgrade
 //! turns repeats of keys completed on the other version into 503s for the
-//! retention, and no more. Claims and failed-attempt notes have the same
-//! shape in both versions and are read by either.
+//! retention, and no more. Claims (as said above) and failed-attempt
+//! notes are read by either version.
 //!
 //! # Tests
 //!

@@ -11,7 +11,19 @@ use serde::{Deserialize, Serialize};
 pub(crate) enum Record {
     /// A request holds the key. `token` is unique to that request, so that
     /// the exact value proves whose claim it is.
-    InFlight { fingerprint: String, token: String },
+    ///
+    /// The key is kept for the claim's time in flight and its retention
+    /// after; `deadline_pttl` is the retention in milliseconds, so the
+    /// claim's deadline is when no more than that is left of the key's
+    /// lifetime (its `PTTL`). Past it, the claim reads as a failed attempt.
+    /// Claims written before claims had deadlines have none, and are in
+    /// flight until they expire.
+    InFlight {
+        fingerprint: String,
+        token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_pttl: Option<u64>,
+    },
     /// A request with the key finished, and the domain kept this record of
     /// it: bytes the store never reads, in base64.
     ///
@@ -33,11 +45,13 @@ pub(crate) enum Record {
 pub(crate) struct UnreadableRecord(#[source] Box<dyn std::error::Error + Send + Sync>);
 
 impl Record {
-    /// A new claim for `fingerprint`, with a fresh random token.
-    pub(crate) fn claim(fingerprint: &str) -> Self {
+    /// A new claim for `fingerprint`, with a fresh random token, whose key
+    /// is kept `deadline_pttl` ms past the claim's deadline.
+    pub(crate) fn claim(fingerprint: &str, deadline_pttl: u64) -> Self {
         Self::InFlight {
             fingerprint: fingerprint.to_owned(),
             token: uuid::Uuid::new_v4().simple().to_string(),
+            deadline_pttl: Some(deadline_pttl),
         }
     }
 
@@ -75,6 +89,23 @@ impl Record {
         serde_json::from_str(text).map_err(|err| UnreadableRecord(err.into()))
     }
 
+    /// Whether this is a claim before its deadline, for a key with `pttl`
+    /// ms left to live (Redis's `PTTL`, negative when the key has no
+    /// expiry).
+    pub(crate) fn in_flight(&self, pttl: i64) -> bool {
+        match self {
+            Self::InFlight {
+                deadline_pttl: Some(deadline),
+                ..
+            } => pttl < 0 || u64::try_from(pttl).is_ok_and(|left| left > *deadline),
+            Self::InFlight {
+                deadline_pttl: None,
+                ..
+            } => true,
+            Self::Done { .. } | Self::Failed { .. } => false,
+        }
+    }
+
     /// The kept bytes of a done record, as they were completed; `None` for
     /// a claim or a failed attempt.
     pub(crate) fn kept(&self) -> Result<Option<Vec<u8>>, UnreadableRecord> {
@@ -106,11 +137,28 @@ mod tests {
 
     #[test]
     fn claims_read_back_as_in_flight_with_distinct_tokens() {
-        let (a, b) = (Record::claim("p1"), Record::claim("p1"));
+        let (a, b) = (Record::claim("p1", 60_000), Record::claim("p1", 60_000));
         assert_ne!(a.encode(), b.encode());
         let back = Record::decode(&a.encode()).unwrap();
         assert_eq!(back, a);
         assert_eq!(back.kept().unwrap(), None);
+        assert!(
+            a.encode().ends_with(r#","deadline_pttl":60000}"#),
+            "{}",
+            a.encode()
+        );
+    }
+
+    #[test]
+    fn a_claim_is_in_flight_while_more_than_its_retention_is_left() {
+        let claim = Record::claim("p1", 60_000);
+        assert!(claim.in_flight(60_001));
+        assert!(!claim.in_flight(60_000));
+        assert!(!claim.in_flight(1));
+        // A key that lost its expiry never frees itself: it stays a claim.
+        assert!(claim.in_flight(-1));
+        assert!(!Record::failed("p1").in_flight(90_000));
+        assert!(!Record::done("p1", b"").in_flight(90_000));
     }
 
     #[test]
@@ -134,13 +182,17 @@ mod tests {
     #[test]
     fn claims_and_failed_attempts_in_the_shape_before_opaque_records_still_read() {
         let claim = r#"{"state":"in_flight","fingerprint":"p1","token":"0f3c"}"#;
+        let back = Record::decode(claim).unwrap();
         assert_eq!(
-            Record::decode(claim).unwrap(),
+            back,
             Record::InFlight {
                 fingerprint: "p1".to_owned(),
-                token: "0f3c".to_owned()
+                token: "0f3c".to_owned(),
+                deadline_pttl: None,
             }
         );
+        // Without a deadline, in flight until the key expires.
+        assert!(back.in_flight(1));
         let failed = r#"{"state":"failed","fingerprint":"p1"}"#;
         assert_eq!(Record::decode(failed).unwrap(), Record::failed("p1"));
     }

@@ -1,9 +1,10 @@
 //! The Redis idempotency store against a real `redis-server`: the port's
 //! rules from `domain::idempotency_testkit`; and what is Redis's own: the
-//! stored JSON and its TTL, records byte for byte, records of the shape
-//! before they were opaque, many concurrent claims and retries through
-//! separate connections (as from several Maestro instances), the use case
-//! over Redis, and a hanging server.
+//! stored JSON and its TTL, the indexes of a customer's keys, records byte
+//! for byte, records and claims of the shapes written by earlier versions,
+//! many concurrent claims and retries through separate connections (as
+//! from several Maestro instances), the use case over Redis, and a hanging
+//! server.
 //!
 //! Built only with the `redis-server` feature, since it needs a server:
 //!
@@ -13,9 +14,11 @@
 //! ```
 //!
 //! Every test uses its own random key prefix, so tests can share the server
-//! and run in parallel. No test waits for Redis's clock: the scenarios
-//! about expiry move time for their own keys by shortening what is left of
-//! each key's lifetime (see [`age`]).
+//! and run in parallel; the prefix also sets apart the indexes that the
+//! bound on a customer's keys counts. No test waits for Redis's clock: the
+//! scenarios about expiry and deadlines move time for their own keys by
+//! shortening what is left of each key's lifetime, and moving the scores
+//! of the indexes as far back (see [`age`]).
 
 use std::{
     sync::{
@@ -27,10 +30,10 @@ use std::{
 
 use adapter_redis::{RedisConfig, RedisIdempotencyStore};
 use domain::{
-    Attempt, BackendError, Claim, Clock, CustomerId, ExecuteError, Idempotency, IdempotencyConfig,
-    IdempotencyError, IdempotencyKey, IdempotencyStore, Idempotent, Lease, ManualClock,
-    MockOrchestrator, MockPipelineRepository, PipelineId, PipelineService, RequestContext, Run,
-    RunId, RunStatus, StoreError, TriggerRequest,
+    Attempt, BackendError, Claim, ClaimTerms, Clock, CustomerId, ExecuteError, Idempotency,
+    IdempotencyConfig, IdempotencyError, IdempotencyKey, IdempotencyStore, Idempotent, Lease,
+    ManualClock, MockOrchestrator, MockPipelineRepository, PipelineId, PipelineService,
+    RequestContext, Run, RunId, RunStatus, StoreError, TriggerRequest,
     idempotency_testkit::{self as kit, Setup},
 };
 use tokio::{
@@ -44,6 +47,16 @@ use tokio::{
 
 const IN_FLIGHT: Duration = Duration::from_secs(30);
 const RETENTION: Duration = Duration::from_secs(60);
+
+/// Claims in flight for [`IN_FLIGHT`], remembered for [`RETENTION`] past
+/// their deadline, with the default bound.
+fn terms() -> ClaimTerms {
+    ClaimTerms::new(
+        IN_FLIGHT,
+        RETENTION,
+        IdempotencyConfig::DEFAULT_KEYS_PER_CUSTOMER,
+    )
+}
 
 /// The scenarios' lifetimes: a day, a minute, and five seconds either side
 /// of the minute. Time passes by [`age`], so the lifetimes cost no waiting,
@@ -85,10 +98,13 @@ async fn raw_connection() -> redis::aio::MultiplexedConnection {
 }
 
 /// Shortens what is left of the lifetime of every key under `prefix` by
-/// `period`, and deletes the keys whose lifetime that ends: for Redis's
-/// expiry of those keys, `period` has passed. Each key is aged in one
-/// script, so Redis's own clock cannot move between reading its TTL and
-/// setting the new one.
+/// `period`, and deletes the keys whose lifetime that ends, and moves
+/// every score of the indexes (sorted sets of deadlines and expiries on
+/// Redis's clock) as far back: for Redis's expiry of those keys, for the
+/// claims' deadlines (which are read from what is left of their keys'
+/// lifetimes) and for the store's indexes, `period` has passed. Each key
+/// is aged in one script, so Redis's own clock cannot move between reading
+/// its TTL and setting the new one.
 async fn age(prefix: &str, period: Duration) {
     let mut connection = raw_connection().await;
     let mut keys = Vec::new();
@@ -114,6 +130,13 @@ async fn age(prefix: &str, period: Duration) {
     }
     let script = redis::Script::new(
         r"for _, key in ipairs(KEYS) do
+            if redis.call('TYPE', key).ok == 'zset' then
+              local scored = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+              for i = 1, #scored, 2 do
+                local earlier = tonumber(scored[i + 1]) - tonumber(ARGV[1])
+                redis.call('ZADD', key, earlier, scored[i])
+              end
+            end
             local left = redis.call('PTTL', key)
             if left > 0 then
               left = left - tonumber(ARGV[1])
@@ -169,14 +192,20 @@ scenarios!(
     keys_are_scoped_to_their_customer,
     a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once,
     a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own,
+    a_customer_at_its_bound_forgets_its_own_entry_closest_to_expiry_never_a_claim,
+    one_customers_keys_never_push_out_another_customers_entries,
+    at_its_bound_a_customer_still_retries_and_repeats_its_keys,
 );
 
 scenarios_that_let_time_pass!(
     a_failed_attempt_is_noted_for_the_retention_and_no_longer,
-    a_retry_holds_the_key_for_the_claims_own_expiry_not_the_retention,
+    a_retry_is_in_flight_until_its_own_deadline_not_the_retention,
     a_release_by_a_lost_lease_writes_nothing,
     an_outcome_is_kept_for_its_retention_and_no_longer,
-    a_claim_expires_so_a_lost_request_never_locks_its_key,
+    a_claim_past_its_deadline_is_taken_over_as_a_retry,
+    a_claim_past_its_deadline_is_remembered_for_the_retention_and_no_longer,
+    a_request_past_its_deadline_still_records_until_its_key_is_taken_over,
+    a_customer_full_of_claims_in_flight_is_refused_new_keys_until_a_deadline_passes,
 );
 
 fn acme() -> CustomerId {
@@ -194,7 +223,7 @@ fn acme_redis_key(config: &RedisConfig, raw: &str) -> String {
 
 async fn acquire(store: &RedisIdempotencyStore, raw: &str) -> Lease {
     match store
-        .claim(&acme(), &key(raw), "p1", IN_FLIGHT)
+        .claim(&acme(), &key(raw), "p1", terms())
         .await
         .unwrap()
     {
@@ -246,6 +275,81 @@ async fn a_failed_attempt_is_kept_as_readable_json_for_the_retention() {
     assert!(just_set(ttl, RETENTION), "ttl {ttl} ms");
 }
 
+/// The members of one of acme's indexes (`in-flight` or `forgettable`),
+/// soonest first.
+async fn acme_index(config: &RedisConfig, which: &str) -> Vec<String> {
+    let mut raw = raw_connection().await;
+    redis::cmd("ZRANGE")
+        .arg(format!("{}{which}:61636d65", config.key_prefix))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut raw)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_claim_is_kept_as_readable_json_for_its_time_in_flight_and_the_retention() {
+    let config = config();
+    let store = store(&config).await;
+    acquire(&store, "k").await;
+
+    let (value, ttl) = stored(&acme_redis_key(&config, "k")).await;
+    let token = value
+        .strip_prefix(r#"{"state":"in_flight","fingerprint":"p1","token":""#)
+        .and_then(|rest| rest.strip_suffix(r#"","deadline_pttl":60000}"#))
+        .unwrap_or_else(|| panic!("{value}"));
+    assert_eq!(token.len(), 32, "{value}");
+    assert!(just_set(ttl, IN_FLIGHT + RETENTION), "ttl {ttl} ms");
+}
+
+#[tokio::test]
+async fn a_customers_keys_are_indexed_in_flight_then_as_entries_that_may_be_forgotten() {
+    let config = config();
+    let store = store(&config).await;
+    let lease = acquire(&store, "k").await;
+    acquire(&store, "other").await;
+    assert_eq!(acme_index(&config, "in-flight").await, ["k", "other"]);
+    assert!(acme_index(&config, "forgettable").await.is_empty());
+
+    store
+        .complete(&acme(), &key("k"), &lease, b"x", RETENTION)
+        .await
+        .unwrap();
+    assert_eq!(acme_index(&config, "in-flight").await, ["other"]);
+    assert_eq!(acme_index(&config, "forgettable").await, ["k"]);
+
+    // Past its deadline, the claim of "other" may be forgotten too, after
+    // the outcome of "k", which expires sooner.
+    age(&config.key_prefix, IN_FLIGHT).await;
+    acquire(&store, "new").await;
+    assert_eq!(acme_index(&config, "in-flight").await, ["new"]);
+    assert_eq!(acme_index(&config, "forgettable").await, ["k", "other"]);
+}
+
+#[tokio::test]
+async fn a_claim_of_the_shape_before_deadlines_is_in_flight_until_it_expires() {
+    let config = config();
+    let (store, prefix) = (store(&config).await, config.key_prefix.clone());
+    let old = r#"{"state":"in_flight","fingerprint":"p1","token":"0f3c"}"#;
+    let mut raw = raw_connection().await;
+    let _: () = redis::cmd("SET")
+        .arg(acme_redis_key(&config, "k"))
+        .arg(old)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    // Where a claim of today's shape would be past its deadline.
+    age(&prefix, Duration::from_secs(50)).await;
+    let claim = store.claim(&acme(), &key("k"), "p1", terms()).await;
+    assert_eq!(claim.unwrap(), Claim::InFlight);
+    age(&prefix, Duration::from_secs(10)).await;
+    acquire(&store, "k").await;
+}
+
 #[tokio::test]
 async fn a_record_is_kept_byte_for_byte_as_readable_json_for_the_retention() {
     let config = config();
@@ -264,7 +368,7 @@ async fn a_record_is_kept_byte_for_byte_as_readable_json_for_the_retention() {
     );
     assert!(just_set(ttl, RETENTION), "ttl {ttl} ms");
     let claim = store
-        .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
+        .claim(&acme(), &key("k"), "p1", terms())
         .await
         .unwrap();
     assert_eq!(claim, Claim::Done(record.to_vec()));
@@ -286,7 +390,7 @@ async fn a_record_in_the_shape_before_opaque_records_fails_the_claim_and_stays()
         .await
         .unwrap();
 
-    let claim = store.claim(&acme(), &key("k"), "p1", IN_FLIGHT).await;
+    let claim = store.claim(&acme(), &key("k"), "p1", terms()).await;
 
     assert!(matches!(claim, Err(StoreError::Failed { .. })), "{claim:?}");
     assert_eq!(stored(&redis_key).await.0, old);
@@ -309,7 +413,7 @@ async fn claim_at_once(instances: &[RedisIdempotencyStore]) -> Vec<Claim> {
             let store = instances[n % instances.len()].clone();
             tokio::spawn(async move {
                 store
-                    .claim(&acme(), &key("k"), "p1", IN_FLIGHT)
+                    .claim(&acme(), &key("k"), "p1", terms())
                     .await
                     .unwrap()
             })
@@ -551,7 +655,7 @@ async fn a_hanging_server_fails_each_operation_at_the_timeout() {
     held.release().await;
 
     let started = Instant::now();
-    let claim = store.claim(&acme(), &key("other"), "p1", IN_FLIGHT).await;
+    let claim = store.claim(&acme(), &key("other"), "p1", terms()).await;
     assert!(matches!(claim, Err(StoreError::Failed { .. })), "{claim:?}");
     assert_eq!(started.elapsed(), config.timeout);
     let started = Instant::now();

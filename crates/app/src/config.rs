@@ -71,10 +71,14 @@ pub struct ServeConfig {
     #[arg(long, env = "MAESTRO_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// How long in-flight requests may take to finish after SIGTERM or
-    /// SIGINT before the process exits anyway, in seconds.
+    /// How long in-flight requests may take to finish once the listener
+    /// has closed after SIGTERM or SIGINT, before the process exits anyway,
+    /// in seconds.
     #[arg(long, env = "MAESTRO_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
+
+    #[command(flatten)]
+    pub edge: EdgeArgs,
 
     /// The longest a call to the backend may take, in milliseconds.
     #[arg(long, env = "MAESTRO_UPSTREAM_TIMEOUT_MS", default_value_t = 10_000)]
@@ -94,6 +98,17 @@ pub struct ServeConfig {
     /// again to repeats: seconds, or a number with `s`, `m`, `h` or `d`.
     #[arg(long, env = "MAESTRO_IDEMPOTENCY_TTL", default_value = "24h", value_parser = duration)]
     pub idempotency_ttl: Duration,
+
+    /// The most `Idempotency-Key` keys one customer may hold at once
+    /// (answers kept, failed attempts, executes in flight); a new key at
+    /// the bound forgets that customer's own answer closest to its expiry.
+    #[arg(
+        long,
+        env = "MAESTRO_IDEMPOTENCY_KEYS_PER_CUSTOMER",
+        default_value_t = domain::IdempotencyConfig::DEFAULT_KEYS_PER_CUSTOMER,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub idempotency_keys_per_customer: usize,
 
     /// A Redis server (`redis://host:port/db`) that keeps `Idempotency-Key`
     /// answers for every instance; unset keeps them in this process only.
@@ -118,6 +133,44 @@ impl ServeConfig {
     pub fn upstream_timeout(&self) -> Duration {
         Duration::from_millis(self.upstream_timeout_ms)
     }
+}
+
+/// The limits that keep slow, idle and flooding clients cheap. Seconds
+/// take fractions (`0.5`).
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// How long a connection may take to send a whole request head, from
+    /// its opening or from the first byte of its next request, in seconds;
+    /// past it the connection is closed.
+    #[arg(long, env = "MAESTRO_HEADER_READ_TIMEOUT_SECONDS", default_value = "10", value_parser = positive_seconds)]
+    pub header_read_timeout_seconds: Duration,
+
+    /// How long a keep-alive connection may stay open with no request in
+    /// flight, in seconds; then it is closed.
+    #[arg(long, env = "MAESTRO_IDLE_TIMEOUT_SECONDS", default_value = "60", value_parser = positive_seconds)]
+    pub idle_timeout_seconds: Duration,
+
+    /// How long a request body may take to arrive after its head, in
+    /// seconds; past it the answer is 408 `RequestTimeout`.
+    #[arg(long, env = "MAESTRO_BODY_TIMEOUT_SECONDS", default_value = "30", value_parser = positive_seconds)]
+    pub body_timeout_seconds: Duration,
+
+    /// How long a request may take to be answered, body included, in
+    /// seconds; past it the answer is 503 `ServiceTimeout`. Routes meant to
+    /// wait (a run's `wait_seconds`, the event stream) get longer.
+    #[arg(long, env = "MAESTRO_REQUEST_TIMEOUT_SECONDS", default_value = "60", value_parser = positive_seconds)]
+    pub request_timeout_seconds: Duration,
+
+    /// The most connections open at once; past it new connections wait in
+    /// the listen backlog while the open ones are served.
+    #[arg(long, env = "MAESTRO_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// After SIGTERM or SIGINT, how long `/ready` answers 503 while new
+    /// connections are still accepted and served, in seconds, so that load
+    /// balancers take the instance out before it stops listening.
+    #[arg(long, env = "MAESTRO_SHUTDOWN_DELAY_SECONDS", default_value = "5", value_parser = non_negative_duration)]
+    pub shutdown_delay_seconds: Duration,
 }
 
 /// How callers' tokens are verified. With none of the keys set, `serve`
@@ -326,6 +379,21 @@ fn non_negative_seconds(raw: &str) -> Result<f64, String> {
     }
 }
 
+/// Parses a number of seconds, fractions allowed, more than zero.
+fn positive_seconds(raw: &str) -> Result<Duration, String> {
+    let seconds = non_negative_seconds(raw)?;
+    if seconds > 0.0 {
+        Ok(Duration::from_secs_f64(seconds))
+    } else {
+        Err(format!("`{raw}` must be more than zero"))
+    }
+}
+
+/// Parses a number of seconds, fractions allowed, zero included.
+fn non_negative_duration(raw: &str) -> Result<Duration, String> {
+    non_negative_seconds(raw).map(Duration::from_secs_f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,6 +434,61 @@ mod tests {
         for bad in ["", "0", "h", "10w", "-5s", "1.5h"] {
             assert!(duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_edge_limits_default_to_the_contracts() {
+        let Some(Command::Serve(config)) =
+            Cli::try_parse_from(["maestro", "serve"]).unwrap().command
+        else {
+            panic!("expected serve");
+        };
+        let edge = &config.edge;
+        assert_eq!(edge.header_read_timeout_seconds, Duration::from_secs(10));
+        assert_eq!(edge.idle_timeout_seconds, Duration::from_secs(60));
+        assert_eq!(
+            edge.body_timeout_seconds,
+            adapter_http::DEFAULT_BODY_TIMEOUT
+        );
+        assert_eq!(
+            edge.request_timeout_seconds,
+            adapter_http::DEFAULT_REQUEST_TIMEOUT
+        );
+        assert_eq!(edge.max_connections, 10_000);
+        assert_eq!(edge.shutdown_delay_seconds, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn edge_timeouts_take_fractions_and_refuse_zero() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["maestro", "serve"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all)
+        };
+        assert!(parse(&["--header-read-timeout-seconds", "0.5"]).is_ok());
+        assert!(parse(&["--idle-timeout-seconds", "0"]).is_err());
+        assert!(parse(&["--body-timeout-seconds", "-1"]).is_err());
+        assert!(parse(&["--max-connections", "0"]).is_err());
+        assert!(parse(&["--shutdown-delay-seconds", "0"]).is_ok());
+    }
+
+    #[test]
+    fn the_idempotency_keys_per_customer_default_to_the_domains_and_refuse_zero() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["maestro", "serve"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).map(|cli| cli.command) {
+                Ok(Some(Command::Serve(config))) => Ok(config.idempotency_keys_per_customer),
+                Ok(_) => panic!("expected serve"),
+                Err(err) => Err(err),
+            }
+        };
+        assert_eq!(
+            parse(&[]).unwrap(),
+            domain::IdempotencyConfig::DEFAULT_KEYS_PER_CUSTOMER
+        );
+        assert_eq!(parse(&["--idempotency-keys-per-customer", "5"]).unwrap(), 5);
+        assert!(parse(&["--idempotency-keys-per-customer", "0"]).is_err());
     }
 
     #[test]

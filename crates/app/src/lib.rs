@@ -1,28 +1,30 @@
 //! The `maestro` binary's library: configuration, wiring of the backend and
-//! the HTTP API, serving, and graceful shutdown.
+//! the HTTP API, serving with the edge's limits, and graceful shutdown.
 //!
 //! `main.rs` only parses the command line and calls in here, so that tests
 //! can start the very same service in process.
 
 pub mod config;
 mod dev;
+mod readiness;
+mod server;
 mod telemetry;
 mod wiring;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
-pub use config::{Backend, Cli, Command, LogFormat, ServeConfig, TokenArgs};
+pub use config::{Backend, Cli, Command, EdgeArgs, LogFormat, ServeConfig, TokenArgs};
 pub use dev::mint_token;
 pub use telemetry::init_tracing;
 pub use wiring::build;
 
 /// Serves the API described by `config` until `shutdown` completes, then
-/// stops accepting connections and lets in-flight requests finish for up to
-/// the configured grace period.
+/// drains: `/ready` answers 503 at once, new connections are still served
+/// for the shutdown delay, then the listener closes and in-flight requests
+/// finish within the grace period.
 ///
 /// # Errors
 /// When the configuration is unusable (no key on a public address, an
@@ -32,8 +34,15 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let edge = server::Edge {
+        header_read_timeout: config.edge.header_read_timeout_seconds,
+        idle_timeout: config.edge.idle_timeout_seconds,
+        max_connections: config.edge.max_connections,
+        shutdown_delay: config.edge.shutdown_delay_seconds,
+        shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
+    };
     let built = build(&config).await?;
+    warn_of_unsafe_limits(&config);
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("cannot listen on {}", config.bind))?;
@@ -42,45 +51,44 @@ pub async fn serve(
     if let Some(banner) = &built.dev_banner {
         banner.print(addr);
     }
-    run(listener, built.router, built.state, shutdown, grace).await
+    server::run(listener, built.router, built.state, shutdown, edge).await;
+    Ok(())
 }
 
-/// Serves `router` on `listener` until `shutdown`, then drains.
-async fn run(
-    listener: TcpListener,
-    router: axum::Router,
-    state: adapter_http::AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    let (draining_tx, mut draining_rx) = tokio::sync::watch::channel(false);
-    // Answers are small and latency matters more than packet count: send
-    // each write at once rather than wait on Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%err, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!(
-            grace_seconds = grace.as_secs(),
-            "shutting down: finishing in-flight requests"
+/// Warns of settings that defeat the edge's limits.
+fn warn_of_unsafe_limits(config: &ServeConfig) {
+    let edge = &config.edge;
+    // A request's time covers its body and then the backend calls: an
+    // execute may make two, each within the upstream timeout.
+    let needed = edge.body_timeout_seconds + config.upstream_timeout() * 2;
+    if edge.request_timeout_seconds < needed {
+        tracing::warn!(
+            request_timeout_seconds = edge.request_timeout_seconds.as_secs_f64(),
+            needed_seconds = needed.as_secs_f64(),
+            "MAESTRO_REQUEST_TIMEOUT_SECONDS is shorter than the body timeout plus two backend calls: slow requests may be answered 503 ServiceTimeout before their own timeouts answer"
         );
-        state.start_draining();
-        let _ = draining_tx.send(true);
-    });
-    let deadline = async move {
-        // Only counts from the shutdown signal on.
-        let _ = draining_rx.wait_for(|draining| *draining).await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = server.into_future() => result.context("server failed")?,
-        () = deadline => tracing::warn!("grace period over: exiting with requests still in flight"),
     }
-    tracing::info!("stopped");
-    Ok(())
+    if let Some(limit) = open_file_limit() {
+        // The listener, the runtime, logs and backend connections need
+        // descriptors besides the clients' connections.
+        let needed = u64::from(edge.max_connections) + 256;
+        if limit < needed {
+            tracing::warn!(
+                max_connections = edge.max_connections,
+                open_file_limit = limit,
+                "MAESTRO_MAX_CONNECTIONS is too close to the open-file limit: raise the limit (systemd LimitNOFILE=, ulimit -n) or lower the cap, or accepts will fail when it is reached"
+            );
+        }
+    }
+}
+
+/// The process's soft limit on open files, where Linux tells it.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Completes on SIGINT or SIGTERM.

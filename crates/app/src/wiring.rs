@@ -9,7 +9,7 @@ use adapter_auth::{
     StaticKeyVerifier,
 };
 use adapter_http::{
-    AppState, Metrics,
+    AppState, Metrics, ReadinessCheck,
     ratelimit::{RateLimitConfig, RateLimiter},
 };
 use adapter_memory::{MemoryBackend, MemoryConfig, MemoryIdempotencyStore};
@@ -25,7 +25,7 @@ use runtime::TokioClock;
 use crate::{
     Backend, ServeConfig,
     dev::{DevBanner, random_secret},
-    is_loopback,
+    is_loopback, readiness,
 };
 
 /// The service, wired and ready to serve.
@@ -33,7 +33,8 @@ use crate::{
 pub struct Built {
     /// The HTTP API.
     pub router: axum::Router,
-    /// Its shared state, to start draining on shutdown.
+    /// Its shared state, to start draining on shutdown and to count
+    /// connections.
     pub state: AppState,
     /// Whether the token verifier has its keys: at once for a static key,
     /// once the key set is fetched for a JWKS endpoint. The service is not
@@ -63,8 +64,17 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
         metrics.instrument_repository(repository),
         metrics.instrument_orchestrator(orchestrator),
     );
-    let idempotency = idempotency(config, &clock).await?;
-    let mut state = AppState::new(service, auth, config.backend.name(), metrics, idempotency);
+    let (idempotency, redis) = idempotency(config, &clock).await?;
+    // Besides the backend, `/ready` checks what else a request needs.
+    let mut checks: Vec<Arc<dyn ReadinessCheck>> =
+        vec![Arc::new(readiness::AuthKeys(auth_keys.clone()))];
+    if let Some(redis) = redis {
+        checks.push(Arc::new(readiness::Redis(redis)));
+    }
+    let mut state = AppState::new(service, auth, config.backend.name(), metrics, idempotency)
+        .with_readiness_checks(checks, clock.clone())
+        .with_body_timeout(config.edge.body_timeout_seconds)
+        .with_request_timeout(config.edge.request_timeout_seconds);
     if let Some(limit) =
         RateLimitConfig::from_settings(config.rate_limit_per_minute, config.rate_limit_burst)
             .context("invalid rate-limit settings")?
@@ -80,22 +90,33 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
 }
 
 /// Where `Idempotency-Key` answers are kept: Redis when configured, shared
-/// by every instance; this process's memory otherwise.
-async fn idempotency(config: &ServeConfig, clock: &Arc<dyn Clock>) -> anyhow::Result<Idempotency> {
-    let store: Arc<dyn IdempotencyStore> = match &config.redis_url {
-        Some(url) => Arc::new(
-            RedisIdempotencyStore::connect(&RedisConfig::new(url.clone()))
+/// by every instance; this process's memory otherwise. The Redis store is
+/// returned too, for readiness to ping.
+async fn idempotency(
+    config: &ServeConfig,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<(Idempotency, Option<RedisIdempotencyStore>)> {
+    let (store, redis): (Arc<dyn IdempotencyStore>, _) = match &config.redis_url {
+        Some(url) => {
+            let redis = RedisIdempotencyStore::connect(&RedisConfig::new(url.clone()))
                 .await
-                .context("cannot use MAESTRO_REDIS_URL")?,
+                .context("cannot use MAESTRO_REDIS_URL")?;
+            (Arc::new(redis.clone()), Some(redis))
+        }
+        None => (
+            Arc::new(MemoryIdempotencyStore::default().with_clock(clock.clone())),
+            None,
         ),
-        None => Arc::new(MemoryIdempotencyStore::default().with_clock(clock.clone())),
     };
     let mut settings = IdempotencyConfig::default();
     settings.retention = config.idempotency_ttl;
+    settings.keys_per_customer = config.idempotency_keys_per_customer;
     // A claim must outlast the slowest execute: the backend's timeout, with
-    // room for the retry a lost answer allows.
+    // room for the retry a lost answer allows. Past it, a claim whose
+    // instance died reads as a failed attempt, and the next request with
+    // the key runs as a retry.
     settings.in_flight = config.upstream_timeout() * 2 + Duration::from_secs(5);
-    Ok(Idempotency::new(store, settings, clock.clone()))
+    Ok((Idempotency::new(store, settings, clock.clone()), redis))
 }
 
 /// The demo pipeline the development banner's curl line triggers.

@@ -18,9 +18,12 @@
 //!   the run the failed attempt may have made (its answer was lost) rather
 //!   than make a second one.
 //!
-//! Claims expire, so an execute lost with its process never locks a key for
-//! good. The store keeps records as bytes it never reads; this module
-//! writes and reads them.
+//! A claim has a deadline, so an execute lost with its process never locks
+//! a key for good: past it, the claim reads as a failed attempt, and the
+//! retry is told to look for the run the lost execute may have made. Each
+//! customer holds a bounded number of keys, so that one customer's keys
+//! never push out another's. The store keeps records as bytes it never
+//! reads; this module writes and reads them.
 
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -111,17 +114,19 @@ impl fmt::Debug for Lease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Claim {
-    /// Nothing was there: the key is now claimed by this request, until the
-    /// claim expires.
+    /// Nothing was there: the key is now claimed by this request, in flight
+    /// until the claim's deadline.
     Acquired(Lease),
     /// An earlier request with the key and the same fingerprint failed in a
-    /// way that invites a retry: the key is now claimed by this request,
-    /// which should look for what the failed one may have done.
+    /// way that invites a retry, or was lost (its claim passed its deadline
+    /// unfinished): the key is now claimed by this request, which should
+    /// look for what the earlier one may have done.
     Retry(Lease),
     /// A request with the key and the same fingerprint finished: its record,
     /// byte for byte as it was completed.
     Done(Vec<u8>),
-    /// A request with the key and the same fingerprint holds the claim.
+    /// A request with the key and the same fingerprint holds the claim,
+    /// before its deadline.
     InFlight,
     /// The key holds a claim, a failed attempt or a record of a request
     /// with another fingerprint.
@@ -133,7 +138,8 @@ pub enum Claim {
 #[non_exhaustive]
 pub enum StoreError {
     /// The store could not be reached, failed, or holds something it
-    /// cannot read.
+    /// cannot read; or a new key found its customer at its bound with
+    /// nothing but claims in flight.
     #[error("idempotency store failed: {context}")]
     Failed {
         /// What was being done, for the log.
@@ -142,9 +148,10 @@ pub enum StoreError {
         #[source]
         source: Option<BoxError>,
     },
-    /// The claim had expired and the key is no longer this request's:
-    /// nothing was written.
-    #[error("the claim on the idempotency key expired before it was completed")]
+    /// The claim is no longer this request's (another request took the key
+    /// over after the claim's deadline, or it was forgotten): nothing was
+    /// written.
+    #[error("the claim on the idempotency key was lost before it was completed")]
     ClaimLost,
 }
 
@@ -176,32 +183,57 @@ impl StoreError {
 /// Every method is atomic for one customer's key: of many concurrent
 /// claims of a free key, exactly one is [`Claim::Acquired`]. The records
 /// are bytes the store keeps as they are and never reads.
+///
+/// What a key holds, a claim, a record or a failed attempt, is live until
+/// it expires; a customer holds at most [`ClaimTerms::keys_per_customer`]
+/// live keys, so that no customer's keys can push out another's (see
+/// [`IdempotencyStore::claim`]).
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync {
     /// Claims `key` of `scope` for a request whose `fingerprint` (what the
     /// request asks for, normalized) is given, or reports what holds it.
-    /// A new claim expires after `in_flight` unless it is completed or
-    /// released first.
+    ///
+    /// A new claim is in flight until its deadline, [`ClaimTerms::in_flight`]
+    /// from now, unless it is completed or released first; a claim with the
+    /// same fingerprint meanwhile is [`Claim::InFlight`]. A claim still
+    /// there past its deadline is the claim of a request that was lost
+    /// (its process died, or it outlived its deadline): it reads exactly as
+    /// a failed attempt, for [`ClaimTerms::retention`] after the deadline.
+    /// The next claim with the same fingerprint takes it over as
+    /// [`Claim::Retry`], so that the retry looks for what the lost request
+    /// may have done, and one with another fingerprint is
+    /// [`Claim::Mismatch`]. Until another request takes it over, the lost
+    /// request may still complete or release its claim.
+    ///
+    /// A new key of a customer that holds [`ClaimTerms::keys_per_customer`]
+    /// live keys makes room by forgetting one of that customer's own: the
+    /// record or failed attempt (a claim past its deadline is one) closest
+    /// to its expiry; never a claim in flight, never another customer's
+    /// entry. Taking over a failed attempt, and answering with what holds
+    /// the key, need no room.
     ///
     /// # Errors
-    /// [`StoreError::Failed`] when the store fails; the caller must then not
-    /// run the request, since it cannot know whether another one runs.
+    /// [`StoreError::Failed`] when the store fails, or when the customer is
+    /// at its bound with nothing but claims in flight; the caller must then
+    /// not run the request, since it cannot know whether another one runs.
     async fn claim(
         &self,
         scope: &CustomerId,
         key: &IdempotencyKey,
         fingerprint: &str,
-        in_flight: Duration,
+        terms: ClaimTerms,
     ) -> Result<Claim, StoreError>;
 
     /// Replaces the claim that `lease` proves with `record`, kept for
-    /// `retention`.
+    /// `retention`. A claim past its deadline is still the lease's until
+    /// another request takes the key over.
     ///
     /// # Errors
     /// [`StoreError::ClaimLost`] when the claim is no longer the lease's
-    /// (it expired, and perhaps another request claimed the key); nothing
-    /// was written then. [`StoreError::Failed`] when the store fails.
+    /// (another request took the key over after the claim's deadline, or
+    /// the claim was forgotten); nothing was written then.
+    /// [`StoreError::Failed`] when the store fails.
     async fn complete(
         &self,
         scope: &CustomerId,
@@ -219,7 +251,8 @@ pub trait IdempotencyStore: Send + Sync {
     /// # Errors
     /// [`StoreError::ClaimLost`] when the claim is no longer the lease's;
     /// nothing was removed then. [`StoreError::Failed`] when the store
-    /// fails; the claim then lasts until it expires.
+    /// fails; the claim then reads as a failed attempt once past its
+    /// deadline.
     async fn release(
         &self,
         scope: &CustomerId,
@@ -229,17 +262,48 @@ pub trait IdempotencyStore: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
+/// What a new claim is held to: the deadline of its request, how long it
+/// is remembered past that deadline, and how many live keys its customer
+/// may hold. [`IdempotencyConfig::claim_terms`] gives the service's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClaimTerms {
+    /// How long the claim is in flight: a repeat meanwhile is refused. Its
+    /// end is the claim's deadline.
+    pub in_flight: Duration,
+    /// How long a claim still there past its deadline reads as a failed
+    /// attempt before the key is free.
+    pub retention: Duration,
+    /// The most live keys the claim's customer may hold, this one included
+    /// (at least one).
+    pub keys_per_customer: usize,
+}
+
+impl ClaimTerms {
+    /// Claims in flight for `in_flight`, remembered as failed attempts for
+    /// `retention` past their deadline, with at most `keys_per_customer`
+    /// live keys a customer (at least one).
+    pub fn new(in_flight: Duration, retention: Duration, keys_per_customer: usize) -> Self {
+        Self {
+            in_flight,
+            retention,
+            keys_per_customer: keys_per_customer.max(1),
+        }
+    }
+}
+
 /// Whether a request that holds a key's claim is the first to try it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
     /// No earlier request with the key ran (within the retention).
     First,
     /// An earlier request with the key failed in a way that invited a
-    /// retry; it may have done part of its work.
+    /// retry, or was lost; it may have done part of its work.
     Retry,
 }
 
-/// How long claims and outcomes are kept.
+/// How long claims and outcomes are kept, and how many keys a customer
+/// may hold.
 ///
 /// Start from [`IdempotencyConfig::default`] and set what differs; more
 /// settings may come.
@@ -254,10 +318,20 @@ pub struct IdempotencyConfig {
     /// enough that keys sent for pipelines that do not exist do not fill the
     /// store.
     pub not_found_retention: Duration,
-    /// How long a claim holds before it expires, so that a request lost
-    /// with its process does not lock the key for good. It must outlast the
-    /// slowest request: the backend's timeout and a margin. Default 30 s.
+    /// How long a claim is in flight before its deadline, so that a
+    /// request lost with its process does not lock the key for good: past
+    /// it, the claim reads as a failed attempt and the next request with
+    /// the key runs as a retry. It must outlast the slowest request (the
+    /// backend's timeout and a margin), or a retry could run alongside it.
+    /// Default 30 s.
     pub in_flight: Duration,
+    /// The most live keys one customer may hold in the store. At the bound,
+    /// a new key makes room by forgetting the customer's own kept outcome
+    /// or failed attempt closest to its expiry (a very late repeat of that
+    /// key runs again, as a first attempt), and is refused when the
+    /// customer holds nothing but claims in flight. Default
+    /// [`Self::DEFAULT_KEYS_PER_CUSTOMER`].
+    pub keys_per_customer: usize,
 }
 
 impl IdempotencyConfig {
@@ -267,6 +341,17 @@ impl IdempotencyConfig {
     pub const DEFAULT_NOT_FOUND_RETENTION: Duration = Duration::from_secs(60);
     /// The default [`IdempotencyConfig::in_flight`].
     pub const DEFAULT_IN_FLIGHT: Duration = Duration::from_secs(30);
+    /// The default [`IdempotencyConfig::keys_per_customer`]: one execute
+    /// with a new key every 9 s, all day, for the default retention of a
+    /// day, far beyond what a customer's schedulers and retries send;
+    /// some 3 MB of a customer's records at most, so that the in-memory
+    /// store's 100,000 entries hold ten customers at their bound.
+    pub const DEFAULT_KEYS_PER_CUSTOMER: usize = 10_000;
+
+    /// What a new claim is held to under these settings.
+    pub fn claim_terms(&self) -> ClaimTerms {
+        ClaimTerms::new(self.in_flight, self.retention, self.keys_per_customer)
+    }
 }
 
 impl Default for IdempotencyConfig {
@@ -275,6 +360,7 @@ impl Default for IdempotencyConfig {
             retention: Self::DEFAULT_RETENTION,
             not_found_retention: Self::DEFAULT_NOT_FOUND_RETENTION,
             in_flight: Self::DEFAULT_IN_FLIGHT,
+            keys_per_customer: Self::DEFAULT_KEYS_PER_CUSTOMER,
         }
     }
 }
@@ -287,8 +373,8 @@ pub enum Idempotent {
         /// The execute's own outcome.
         outcome: Result<Run, ExecuteError>,
         /// Why the outcome could not be recorded or the claim released, if
-        /// that failed; the outcome stands, and the claim expires on its
-        /// own.
+        /// that failed; the outcome stands, and the claim reads as a failed
+        /// attempt once past its deadline.
         record_error: Option<StoreError>,
     },
     /// An earlier execute with the key ran; this is its outcome, as it was
@@ -330,8 +416,8 @@ impl fmt::Debug for Idempotency {
 }
 
 impl Idempotency {
-    /// Idempotent executes over `store`, with the given retentions and claim
-    /// expiry, reading the time from `clock`.
+    /// Idempotent executes over `store`, with the given retentions, claim
+    /// deadline and bound, reading the time from `clock`.
     pub fn new(
         store: Arc<dyn IdempotencyStore>,
         config: IdempotencyConfig,
@@ -344,7 +430,7 @@ impl Idempotency {
         }
     }
 
-    /// The retentions and claim expiry in use.
+    /// The retentions, claim deadline and bound in use.
     pub fn config(&self) -> IdempotencyConfig {
         self.config
     }
@@ -359,8 +445,8 @@ impl Idempotency {
     /// [`TriggerRequest::retrying_since`]).
     ///
     /// The future should be run to its end: an execute dropped halfway keeps
-    /// its claim until the claim expires, since whether it started a run is
-    /// unknown.
+    /// its claim until the claim's deadline, since whether it started a run
+    /// is unknown; then the next request with the key runs as a retry.
     ///
     /// # Errors
     /// [`IdempotencyError::InFlight`] while an earlier execute with the key
@@ -378,7 +464,7 @@ impl Idempotency {
         let fingerprint = fingerprint(&request);
         let claim = self
             .store
-            .claim(scope, key, &fingerprint, self.config.in_flight)
+            .claim(scope, key, &fingerprint, self.config.claim_terms())
             .await
             .map_err(IdempotencyError::Store)?;
         let (lease, attempt) = match claim {

@@ -35,18 +35,27 @@
 //!
 //! A store shared between tests (a server) should get a [`Setup`] with a
 //! key prefix of its own per test, so that tests running at once never meet.
+//! The scenarios about the bound on a customer's keys count every key of
+//! their customers (`initech` and `umbrella`, which no other scenario
+//! uses): run each on a store of its own, or, on a server, with a key
+//! prefix of its own that also sets apart what the store counts.
 //! The concurrency of claims is not covered here, since it needs a runtime
 //! to spawn on: [`assert_exactly_one_took_the_key`] judges the claims a
 //! store's own concurrent test gathered.
 
 use std::{future::Future, time::Duration};
 
-use crate::{Attempt, Claim, CustomerId, IdempotencyKey, IdempotencyStore, Lease};
+use crate::{
+    Attempt, Claim, ClaimTerms, CustomerId, IdempotencyConfig, IdempotencyKey, IdempotencyStore,
+    Lease, StoreError,
+};
 
 /// The fingerprint of the requests that claim keys in the scenarios.
 const FINGERPRINT: &str = "p1";
 /// The fingerprint of a request that reuses another request's key.
 const OTHER_FINGERPRINT: &str = "p2";
+/// The bound on a customer's live keys in the scenarios about it.
+const BOUND: usize = 3;
 
 /// The keys and lifetimes the scenarios use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +67,8 @@ pub struct Setup {
     /// must not expire while a scenario runs are given it.
     pub long: Duration,
     /// The lifetime of the claim, outcome or failed attempt whose expiry a
-    /// scenario tests.
+    /// scenario tests, and the time a claim is in flight when a scenario
+    /// lets its deadline pass. More than twice [`Setup::margin`].
     pub short: Duration,
     /// How far before [`Setup::short`] a scenario looks for the entry it
     /// expects still there, and how far after it for the entry it expects
@@ -100,6 +110,35 @@ impl Setup {
     fn before_short(&self) -> Duration {
         self.short.saturating_sub(self.margin)
     }
+
+    /// Just after the short lifetime ended.
+    fn after_short(&self) -> Duration {
+        self.short + self.margin
+    }
+
+    /// A claim that stays in flight, and is then remembered, for the whole
+    /// scenario, with a bound that no scenario reaches.
+    fn held(&self) -> ClaimTerms {
+        self.terms(self.long, self.long)
+    }
+
+    /// A claim whose deadline a scenario lets pass, remembered long after.
+    fn due(&self) -> ClaimTerms {
+        self.terms(self.short, self.long)
+    }
+
+    fn terms(&self, in_flight: Duration, retention: Duration) -> ClaimTerms {
+        ClaimTerms::new(
+            in_flight,
+            retention,
+            IdempotencyConfig::DEFAULT_KEYS_PER_CUSTOMER,
+        )
+    }
+
+    /// `terms` with the bound of the scenarios about it.
+    fn bounded(terms: ClaimTerms) -> ClaimTerms {
+        ClaimTerms::new(terms.in_flight, terms.retention, BOUND)
+    }
 }
 
 /// Lets time pass for the store: the scenarios about expiry call it to
@@ -128,6 +167,17 @@ fn acme() -> CustomerId {
     customer("acme")
 }
 
+/// The customer that sends more keys than its bound in the scenarios about
+/// it.
+fn initech() -> CustomerId {
+    customer("initech")
+}
+
+/// Its neighbour, whose keys must not suffer for it.
+fn umbrella() -> CustomerId {
+    customer("umbrella")
+}
+
 fn customer(name: &str) -> CustomerId {
     CustomerId::parse(name).unwrap_or_else(|_| panic!("{name:?} is a customer id"))
 }
@@ -142,9 +192,9 @@ async fn claim(
     store: &dyn IdempotencyStore,
     key: &IdempotencyKey,
     fingerprint: &str,
-    in_flight: Duration,
+    terms: ClaimTerms,
 ) -> Claim {
-    claim_for(store, &acme(), key, fingerprint, in_flight).await
+    claim_for(store, &acme(), key, fingerprint, terms).await
 }
 
 async fn claim_for(
@@ -152,10 +202,10 @@ async fn claim_for(
     scope: &CustomerId,
     key: &IdempotencyKey,
     fingerprint: &str,
-    in_flight: Duration,
+    terms: ClaimTerms,
 ) -> Claim {
     store
-        .claim(scope, key, fingerprint, in_flight)
+        .claim(scope, key, fingerprint, terms)
         .await
         .unwrap_or_else(|err| panic!("claiming {key} of {scope:?} failed: {err}"))
 }
@@ -165,38 +215,100 @@ async fn acquire(
     store: &dyn IdempotencyStore,
     scope: &CustomerId,
     key: &IdempotencyKey,
-    in_flight: Duration,
+    terms: ClaimTerms,
     why: &str,
 ) -> Lease {
-    match claim_for(store, scope, key, FINGERPRINT, in_flight).await {
+    match claim_for(store, scope, key, FINGERPRINT, terms).await {
         Claim::Acquired(lease) => lease,
         other => panic!("{why}: expected the claim of {key} to be acquired, got {other:?}"),
     }
 }
 
-/// Claims a key expected to hold a failed attempt, and returns the lease.
-async fn retry(
+/// Claims a key of `scope` expected to hold a failed attempt, and returns
+/// the lease.
+async fn retry_for(
     store: &dyn IdempotencyStore,
+    scope: &CustomerId,
     key: &IdempotencyKey,
-    in_flight: Duration,
+    terms: ClaimTerms,
     why: &str,
 ) -> Lease {
-    match claim(store, key, FINGERPRINT, in_flight).await {
+    match claim_for(store, scope, key, FINGERPRINT, terms).await {
         Claim::Retry(lease) => lease,
         other => panic!("{why}: expected the claim of {key} to be a retry, got {other:?}"),
     }
+}
+
+/// Claims a key of acme expected to hold a failed attempt, and returns the
+/// lease.
+async fn retry(
+    store: &dyn IdempotencyStore,
+    key: &IdempotencyKey,
+    terms: ClaimTerms,
+    why: &str,
+) -> Lease {
+    retry_for(store, &acme(), key, terms, why).await
+}
+
+async fn expect_claim_for(
+    store: &dyn IdempotencyStore,
+    scope: &CustomerId,
+    key: &IdempotencyKey,
+    fingerprint: &str,
+    expected: &Claim,
+    why: &str,
+) {
+    let got = claim_for(store, scope, key, fingerprint, Setup::bounded(held())).await;
+    assert_eq!(&got, expected, "{why}: the claim of {key} of {scope:?}");
 }
 
 async fn expect_claim(
     store: &dyn IdempotencyStore,
     key: &IdempotencyKey,
     fingerprint: &str,
-    in_flight: Duration,
+    terms: ClaimTerms,
     expected: &Claim,
     why: &str,
 ) {
-    let got = claim(store, key, fingerprint, in_flight).await;
+    let got = claim(store, key, fingerprint, terms).await;
     assert_eq!(&got, expected, "{why}: the claim of {key}");
+}
+
+/// Claims that a key of `scope` is refused because the customer is at its
+/// bound with nothing but claims in flight.
+async fn expect_refused(
+    store: &dyn IdempotencyStore,
+    scope: &CustomerId,
+    key: &IdempotencyKey,
+    terms: ClaimTerms,
+    why: &str,
+) {
+    let got = store.claim(scope, key, FINGERPRINT, terms).await;
+    assert!(
+        matches!(got, Err(StoreError::Failed { .. })),
+        "{why}: expected the claim of {key} of {scope:?} to fail, got {got:?}"
+    );
+}
+
+/// Terms that outlast every scenario, for the claims that only read what
+/// a key holds.
+fn held() -> ClaimTerms {
+    let day = Duration::from_secs(24 * 60 * 60);
+    ClaimTerms::new(day, day, IdempotencyConfig::DEFAULT_KEYS_PER_CUSTOMER)
+}
+
+async fn complete_for(
+    store: &dyn IdempotencyStore,
+    scope: &CustomerId,
+    key: &IdempotencyKey,
+    lease: &Lease,
+    body: &str,
+    retention: Duration,
+) {
+    store
+        .complete(scope, key, lease, &outcome(body), retention)
+        .await
+        .unwrap_or_else(|err| panic!("completing the claim of {key} failed: {err}"));
 }
 
 async fn complete(
@@ -206,10 +318,20 @@ async fn complete(
     body: &str,
     retention: Duration,
 ) {
+    complete_for(store, &acme(), key, lease, body, retention).await;
+}
+
+async fn release_for(
+    store: &dyn IdempotencyStore,
+    scope: &CustomerId,
+    key: &IdempotencyKey,
+    lease: &Lease,
+    retention: Duration,
+) {
     store
-        .complete(&acme(), key, lease, &outcome(body), retention)
+        .release(scope, key, lease, retention)
         .await
-        .unwrap_or_else(|err| panic!("completing the claim of {key} failed: {err}"));
+        .unwrap_or_else(|err| panic!("releasing the claim of {key} failed: {err}"));
 }
 
 async fn release(
@@ -218,10 +340,7 @@ async fn release(
     lease: &Lease,
     retention: Duration,
 ) {
-    store
-        .release(&acme(), key, lease, retention)
-        .await
-        .unwrap_or_else(|err| panic!("releasing the claim of {key} failed: {err}"));
+    release_for(store, &acme(), key, lease, retention).await;
 }
 
 async fn expect_complete_lost(
@@ -235,7 +354,7 @@ async fn expect_complete_lost(
         .complete(&acme(), key, lease, &outcome("late"), retention)
         .await;
     assert!(
-        matches!(late, Err(crate::StoreError::ClaimLost)),
+        matches!(late, Err(StoreError::ClaimLost)),
         "{why}: expected completing {key} to be ClaimLost, got {late:?}"
     );
 }
@@ -249,7 +368,7 @@ async fn expect_release_lost(
 ) {
     let late = store.release(&acme(), key, lease, retention).await;
     assert!(
-        matches!(late, Err(crate::StoreError::ClaimLost)),
+        matches!(late, Err(StoreError::ClaimLost)),
         "{why}: expected releasing {key} to be ClaimLost, got {late:?}"
     );
 }
@@ -260,10 +379,10 @@ async fn expect_release_lost(
 async fn fail(
     store: &dyn IdempotencyStore,
     key: &IdempotencyKey,
-    in_flight: Duration,
+    terms: ClaimTerms,
     retention: Duration,
 ) {
-    let lease = acquire(store, &acme(), key, in_flight, "a free key").await;
+    let lease = acquire(store, &acme(), key, terms, "a free key").await;
     release(store, key, &lease, retention).await;
 }
 
@@ -277,33 +396,37 @@ async fn answers_in_flight_then_done(
     fingerprint: &str,
     [in_flight, done]: [Claim; 2],
 ) {
-    let lease = acquire(store, &acme(), key, setup.long, "a free key").await;
+    let lease = acquire(store, &acme(), key, setup.held(), "a free key").await;
     let why = format!("fingerprint {fingerprint} while the key is in flight");
-    expect_claim(store, key, fingerprint, setup.long, &in_flight, &why).await;
+    expect_claim(store, key, fingerprint, setup.held(), &in_flight, &why).await;
 
     complete(store, key, &lease, "first", setup.long).await;
     let why = format!("fingerprint {fingerprint} once the key is done");
-    expect_claim(store, key, fingerprint, setup.long, &done, &why).await;
+    expect_claim(store, key, fingerprint, setup.held(), &done, &why).await;
 }
 
 /// Checks that a claim of `key` with the given fingerprint still gets the
 /// given answer just before the short lifetime of `what` ends, then lets it
-/// end and claims the key, which must be free again, as a first attempt.
+/// end and claims the key, which must then be taken as `then` says: free
+/// again, as a first attempt, or a failed attempt, as a retry.
 async fn lasts_the_short_lifetime(
     store: &dyn IdempotencyStore,
     setup: &Setup,
     wait: &impl Wait,
     key: &IdempotencyKey,
     (fingerprint, before): (&str, &Claim),
-    what: &str,
+    (what, then): (&str, Attempt),
 ) -> Lease {
     wait.wait(setup.before_short()).await;
     let why = format!("{what}, just before its lifetime ends");
-    expect_claim(store, key, fingerprint, setup.long, before, &why).await;
+    expect_claim(store, key, fingerprint, setup.held(), before, &why).await;
 
     wait.wait(setup.margin * 2).await;
     let why = format!("{what}, just after its lifetime ended");
-    acquire(store, &acme(), key, setup.long, &why).await
+    match then {
+        Attempt::First => acquire(store, &acme(), key, setup.held(), &why).await,
+        Attempt::Retry => retry(store, key, setup.held(), &why).await,
+    }
 }
 
 /// A claimed key is in flight for a repeat of the request, then, once
@@ -333,11 +456,11 @@ pub async fn another_fingerprint_is_a_mismatch_in_flight_and_done(
 pub async fn keys_are_scoped_to_their_customer(store: &dyn IdempotencyStore, setup: &Setup) {
     let key = setup.key("shared");
     let why = "the key is acme's, not globex's";
-    let lease = acquire(store, &acme(), &key, setup.long, "a free key").await;
-    acquire(store, &customer("globex"), &key, setup.long, why).await;
+    let lease = acquire(store, &acme(), &key, setup.held(), "a free key").await;
+    acquire(store, &customer("globex"), &key, setup.held(), why).await;
 
     complete(store, &key, &lease, "acme's", setup.long).await;
-    let globex = claim_for(store, &customer("globex"), &key, FINGERPRINT, setup.long).await;
+    let globex = claim_for(store, &customer("globex"), &key, FINGERPRINT, setup.held()).await;
     assert_eq!(globex, Claim::InFlight, "{why}: globex's claim of {key}");
 }
 
@@ -348,20 +471,28 @@ pub async fn a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_
     setup: &Setup,
 ) {
     let key = setup.key("released");
-    let first = acquire(store, &acme(), &key, setup.long, "a free key").await;
+    let first = acquire(store, &acme(), &key, setup.held(), "a free key").await;
     release(store, &key, &first, setup.long).await;
 
-    let retry = retry(store, &key, setup.long, "the claim after a release").await;
+    let retry = retry(store, &key, setup.held(), "the claim after a release").await;
     assert_ne!(retry, first, "the retry got the released claim's lease");
     let why = "a repeat while the retry runs";
-    expect_claim(store, &key, FINGERPRINT, setup.long, &Claim::InFlight, why).await;
+    expect_claim(
+        store,
+        &key,
+        FINGERPRINT,
+        setup.held(),
+        &Claim::InFlight,
+        why,
+    )
+    .await;
 
     let why = "the released lease after the retry claimed the key";
     expect_complete_lost(store, &key, &first, setup.long, why).await;
     complete(store, &key, &retry, "retry", setup.long).await;
     let done = Claim::Done(outcome("retry"));
     let why = "a repeat after the retry completed";
-    expect_claim(store, &key, FINGERPRINT, setup.long, &done, why).await;
+    expect_claim(store, &key, FINGERPRINT, setup.held(), &done, why).await;
 }
 
 /// A failed attempt refuses a claim with another fingerprint, and stays for
@@ -371,20 +502,13 @@ pub async fn a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own(
     setup: &Setup,
 ) {
     let key = setup.key("failed");
-    fail(store, &key, setup.long, setup.long).await;
+    fail(store, &key, setup.held(), setup.long).await;
 
     let why = "another fingerprint after a failed attempt";
-    expect_claim(
-        store,
-        &key,
-        OTHER_FINGERPRINT,
-        setup.long,
-        &Claim::Mismatch,
-        why,
-    )
-    .await;
+    let mismatch = Claim::Mismatch;
+    expect_claim(store, &key, OTHER_FINGERPRINT, setup.held(), &mismatch, why).await;
     let why = "the failed attempt's fingerprint after another was refused";
-    retry(store, &key, setup.long, why).await;
+    retry(store, &key, setup.held(), why).await;
 }
 
 /// A failed attempt is noted for the retention given at release, and no
@@ -396,51 +520,53 @@ pub async fn a_failed_attempt_is_noted_for_the_retention_and_no_longer(
     wait: impl Wait,
 ) {
     let key = setup.key("noted");
-    fail(store, &key, setup.long, setup.short).await;
+    fail(store, &key, setup.held(), setup.short).await;
     let before = (OTHER_FINGERPRINT, &Claim::Mismatch);
     let what = "another fingerprint against the failed attempt's note";
-    lasts_the_short_lifetime(store, setup, &wait, &key, before, what).await;
+    lasts_the_short_lifetime(store, setup, &wait, &key, before, (what, Attempt::First)).await;
 }
 
-/// A retry holds the key for the expiry of its own claim, not for the
-/// retention of the failed attempt it took over.
-pub async fn a_retry_holds_the_key_for_the_claims_own_expiry_not_the_retention(
+/// A retry is in flight until its own claim's deadline, not for the
+/// retention of the failed attempt it took over; past that deadline, it is
+/// a failed attempt in turn, and the next claim retries again.
+pub async fn a_retry_is_in_flight_until_its_own_deadline_not_the_retention(
     store: &dyn IdempotencyStore,
     setup: &Setup,
     wait: impl Wait,
 ) {
     let key = setup.key("retried");
-    fail(store, &key, setup.long, setup.long).await;
-    retry(store, &key, setup.short, "the claim after a failed attempt").await;
+    fail(store, &key, setup.held(), setup.long).await;
+    retry(store, &key, setup.due(), "the claim after a failed attempt").await;
     let before = (FINGERPRINT, &Claim::InFlight);
     let what = "a repeat against the retry's claim (which took the note's place)";
-    lasts_the_short_lifetime(store, setup, &wait, &key, before, what).await;
+    lasts_the_short_lifetime(store, setup, &wait, &key, before, (what, Attempt::Retry)).await;
 }
 
-/// A release by a lease that no longer holds its claim (expired, completed,
-/// or released already) is refused and writes nothing.
+/// A release by a lease that no longer holds its claim (forgotten, taken
+/// over, completed, or released already) is refused and writes nothing.
 pub async fn a_release_by_a_lost_lease_writes_nothing(
     store: &dyn IdempotencyStore,
     setup: &Setup,
     wait: impl Wait,
 ) {
     let key = setup.key("lost");
-    let expired = acquire(store, &acme(), &key, setup.short, "a free key").await;
-    wait.wait(setup.short + setup.margin).await;
-    let why = "a release after the claim expired";
-    expect_release_lost(store, &key, &expired, setup.long, why).await;
+    let terms = setup.terms(setup.short, setup.short);
+    let forgotten = acquire(store, &acme(), &key, terms, "a free key").await;
+    wait.wait(setup.short * 2 + setup.margin).await;
+    let why = "a release after the claim was forgotten (past its deadline and its retention)";
+    expect_release_lost(store, &key, &forgotten, setup.long, why).await;
     let why = "no failed attempt was noted by the late release";
-    let done = acquire(store, &acme(), &key, setup.long, why).await;
+    let done = acquire(store, &acme(), &key, setup.held(), why).await;
 
     complete(store, &key, &done, "done", setup.long).await;
     let why = "a release after the claim was completed";
     expect_release_lost(store, &key, &done, setup.long, why).await;
     let why = "the outcome after a late release";
     let outcome = Claim::Done(outcome("done"));
-    expect_claim(store, &key, FINGERPRINT, setup.long, &outcome, why).await;
+    expect_claim(store, &key, FINGERPRINT, setup.held(), &outcome, why).await;
 
     let other = setup.key("released-twice");
-    let lease = acquire(store, &acme(), &other, setup.long, "a free key").await;
+    let lease = acquire(store, &acme(), &other, setup.held(), "a free key").await;
     release(store, &other, &lease, setup.long).await;
     let why = "a second release of the same claim";
     expect_release_lost(store, &other, &lease, setup.long, why).await;
@@ -454,38 +580,246 @@ pub async fn an_outcome_is_kept_for_its_retention_and_no_longer(
     wait: impl Wait,
 ) {
     let key = setup.key("kept");
-    let lease = acquire(store, &acme(), &key, setup.long, "a free key").await;
+    let lease = acquire(store, &acme(), &key, setup.held(), "a free key").await;
     complete(store, &key, &lease, "first", setup.short).await;
     let before = (FINGERPRINT, &Claim::Done(outcome("first")));
     let what = "a repeat against the kept outcome";
-    lasts_the_short_lifetime(store, setup, &wait, &key, before, what).await;
+    lasts_the_short_lifetime(store, setup, &wait, &key, before, (what, Attempt::First)).await;
 }
 
-/// A claim expires, so a request lost with its process never locks its key:
-/// the next request claims the key afresh, and the lost request finishing
-/// late neither overwrites nor drops that claim.
-pub async fn a_claim_expires_so_a_lost_request_never_locks_its_key(
+/// A claim past its deadline reads as a failed attempt, so a request lost
+/// with its process never locks its key, and the next request is told to
+/// look for what the lost one may have done: the next claim with the same
+/// fingerprint is a retry, one with another fingerprint a mismatch. The
+/// lost request finishing late then neither overwrites nor drops the
+/// retry's claim.
+pub async fn a_claim_past_its_deadline_is_taken_over_as_a_retry(
     store: &dyn IdempotencyStore,
     setup: &Setup,
     wait: impl Wait,
 ) {
-    let key = setup.key("expiring");
-    let lost = acquire(store, &acme(), &key, setup.short, "a free key").await;
-    let before = (FINGERPRINT, &Claim::InFlight);
-    let what = "a repeat against the lost request's claim";
-    let next = lasts_the_short_lifetime(store, setup, &wait, &key, before, what).await;
+    let key = setup.key("lost");
+    let lost = acquire(store, &acme(), &key, setup.due(), "a free key").await;
+    wait.wait(setup.before_short()).await;
+    let why = "a repeat against the lost request's claim, before its deadline";
+    expect_claim(
+        store,
+        &key,
+        FINGERPRINT,
+        setup.held(),
+        &Claim::InFlight,
+        why,
+    )
+    .await;
+
+    wait.wait(setup.margin * 2).await;
+    let why = "another fingerprint against the lost request's claim, past its deadline";
+    let mismatch = Claim::Mismatch;
+    expect_claim(store, &key, OTHER_FINGERPRINT, setup.held(), &mismatch, why).await;
+    let why = "the lost request's claim, past its deadline";
+    let next = retry(store, &key, setup.held(), why).await;
     assert_ne!(next, lost, "the next request got the lost request's lease");
 
-    let why = "the lost request finishing after the next one claimed the key";
+    let why = "the lost request finishing after the next one took the key over";
     expect_complete_lost(store, &key, &lost, setup.long, why).await;
     expect_release_lost(store, &key, &lost, setup.long, why).await;
     let why = "a repeat after the lost request's late answer";
-    expect_claim(store, &key, FINGERPRINT, setup.long, &Claim::InFlight, why).await;
+    expect_claim(
+        store,
+        &key,
+        FINGERPRINT,
+        setup.held(),
+        &Claim::InFlight,
+        why,
+    )
+    .await;
 
     complete(store, &key, &next, "next", setup.long).await;
     let done = Claim::Done(outcome("next"));
     let why = "a repeat after the next request completed";
-    expect_claim(store, &key, FINGERPRINT, setup.long, &done, why).await;
+    expect_claim(store, &key, FINGERPRINT, setup.held(), &done, why).await;
+}
+
+/// A claim past its deadline is remembered as a failed attempt for the
+/// retention it was claimed with, counted from the deadline, and no longer:
+/// then the key is free again, as a first attempt.
+pub async fn a_claim_past_its_deadline_is_remembered_for_the_retention_and_no_longer(
+    store: &dyn IdempotencyStore,
+    setup: &Setup,
+    wait: impl Wait,
+) {
+    let key = setup.key("abandoned");
+    let terms = setup.terms(setup.short, setup.short);
+    acquire(store, &acme(), &key, terms, "a free key").await;
+    wait.wait(setup.after_short()).await;
+    let why = "another fingerprint against the claim, just past its deadline";
+    let mismatch = Claim::Mismatch;
+    expect_claim(store, &key, OTHER_FINGERPRINT, setup.held(), &mismatch, why).await;
+
+    wait.wait(setup.short - setup.margin * 2).await;
+    let why = "another fingerprint against the claim, just before its retention ends";
+    expect_claim(store, &key, OTHER_FINGERPRINT, setup.held(), &mismatch, why).await;
+
+    wait.wait(setup.margin * 2).await;
+    let why = "the claim, just after its retention ended";
+    acquire(store, &acme(), &key, setup.held(), why).await;
+}
+
+/// A request that outlives its claim's deadline still records its outcome,
+/// or notes its failure, as long as no other request took its key over.
+pub async fn a_request_past_its_deadline_still_records_until_its_key_is_taken_over(
+    store: &dyn IdempotencyStore,
+    setup: &Setup,
+    wait: impl Wait,
+) {
+    let (slow, failing) = (setup.key("slow"), setup.key("slow-failing"));
+    let slow_lease = acquire(store, &acme(), &slow, setup.due(), "a free key").await;
+    let failing_lease = acquire(store, &acme(), &failing, setup.due(), "a free key").await;
+    wait.wait(setup.after_short()).await;
+
+    complete(store, &slow, &slow_lease, "slow", setup.long).await;
+    let done = Claim::Done(outcome("slow"));
+    let why = "a repeat after a request past its deadline completed";
+    expect_claim(store, &slow, FINGERPRINT, setup.held(), &done, why).await;
+
+    release(store, &failing, &failing_lease, setup.long).await;
+    let why = "a repeat after a request past its deadline released its claim";
+    retry(store, &failing, setup.held(), why).await;
+}
+
+/// A customer at its bound makes room for a new key by forgetting its own
+/// kept outcome or failed attempt closest to its expiry, and never a claim
+/// in flight; with nothing but claims in flight, the new key is refused.
+pub async fn a_customer_at_its_bound_forgets_its_own_entry_closest_to_expiry_never_a_claim(
+    store: &dyn IdempotencyStore,
+    setup: &Setup,
+) {
+    let bounded = Setup::bounded(setup.held());
+    let [kept, failed, running, new] =
+        ["kept", "failed", "running", "new"].map(|name| setup.key(name));
+    let lease = acquire(store, &initech(), &kept, bounded, "a free key").await;
+    complete_for(store, &initech(), &kept, &lease, "kept", setup.long).await;
+    // The failed attempt is the closer to its expiry.
+    let lease = acquire(store, &initech(), &failed, bounded, "a free key").await;
+    release_for(store, &initech(), &failed, &lease, setup.short).await;
+    acquire(store, &initech(), &running, bounded, "a free key").await;
+
+    let why = "a new key at the bound, forgetting the failed attempt";
+    acquire(store, &initech(), &new, bounded, why).await;
+    let why = "the forgotten failed attempt's key, free, forgetting the kept outcome";
+    acquire(store, &initech(), &failed, bounded, why).await;
+    let why = "a claim in flight, never forgotten";
+    let in_flight = Claim::InFlight;
+    expect_claim_for(store, &initech(), &running, FINGERPRINT, &in_flight, why).await;
+    let why = "the forgotten outcome's key, with nothing but claims in flight left";
+    expect_refused(store, &initech(), &kept, bounded, why).await;
+}
+
+/// One customer sending many more keys than its bound pushes out only its
+/// own entries: its neighbour's kept outcome is still given, and its
+/// neighbour's new keys are still taken.
+pub async fn one_customers_keys_never_push_out_another_customers_entries(
+    store: &dyn IdempotencyStore,
+    setup: &Setup,
+) {
+    let bounded = Setup::bounded(setup.held());
+    let theirs = setup.key("theirs");
+    let lease = acquire(store, &umbrella(), &theirs, bounded, "a free key").await;
+    complete_for(
+        store,
+        &umbrella(),
+        &theirs,
+        &lease,
+        "umbrella's",
+        setup.long,
+    )
+    .await;
+
+    let flood: Vec<IdempotencyKey> = (0..BOUND * 3)
+        .map(|n| setup.key(&format!("flood-{n}")))
+        .collect();
+    // Each kept a little longer than the one before, so that the oldest
+    // is the closest to its expiry on any clock.
+    let mut retention = setup.long;
+    for key in &flood {
+        let lease = acquire(store, &initech(), key, bounded, "a key of the flood").await;
+        retention += setup.margin;
+        complete_for(store, &initech(), key, &lease, "initech's", retention).await;
+    }
+
+    let why = "the neighbour's outcome after the flood";
+    let done = Claim::Done(outcome("umbrella's"));
+    expect_claim_for(store, &umbrella(), &theirs, FINGERPRINT, &done, why).await;
+    let why = "the flood's newest key, kept within the bound";
+    let done = Claim::Done(outcome("initech's"));
+    expect_claim_for(
+        store,
+        &initech(),
+        &flood[flood.len() - 1],
+        FINGERPRINT,
+        &done,
+        why,
+    )
+    .await;
+    let why = "the flood's oldest key, forgotten to make room, so free";
+    acquire(store, &initech(), &flood[0], bounded, why).await;
+    let why = "a new key of the neighbour after the flood";
+    acquire(store, &umbrella(), &setup.key("new"), bounded, why).await;
+}
+
+/// A customer whose bound is all claims in flight is refused new keys,
+/// and its neighbour is not; once one of those claims passes its deadline
+/// it is a failed attempt, which can be forgotten to make room.
+pub async fn a_customer_full_of_claims_in_flight_is_refused_new_keys_until_a_deadline_passes(
+    store: &dyn IdempotencyStore,
+    setup: &Setup,
+    wait: impl Wait,
+) {
+    let due = Setup::bounded(setup.due());
+    for n in 0..BOUND {
+        let key = setup.key(&format!("running-{n}"));
+        acquire(store, &initech(), &key, due, "a key within the bound").await;
+    }
+    let new = setup.key("new");
+    let why = "a new key with the bound full of claims in flight";
+    expect_refused(store, &initech(), &new, due, why).await;
+    let why = "a repeat of a claim in flight at the bound";
+    let running = setup.key("running-0");
+    let in_flight = Claim::InFlight;
+    expect_claim_for(store, &initech(), &running, FINGERPRINT, &in_flight, why).await;
+    let why = "a new key of the neighbour";
+    acquire(store, &umbrella(), &new, Setup::bounded(setup.held()), why).await;
+
+    wait.wait(setup.after_short()).await;
+    let why = "a new key once the claims passed their deadline";
+    acquire(store, &initech(), &new, Setup::bounded(setup.held()), why).await;
+}
+
+/// At its bound, a customer's retry of a failed attempt, and its repeats
+/// of a kept outcome or a claim in flight, are answered as ever and
+/// forget nothing: they add no key.
+pub async fn at_its_bound_a_customer_still_retries_and_repeats_its_keys(
+    store: &dyn IdempotencyStore,
+    setup: &Setup,
+) {
+    let bounded = Setup::bounded(setup.held());
+    let [failed, kept, running] = ["failed", "kept", "running"].map(|name| setup.key(name));
+    let lease = acquire(store, &initech(), &failed, bounded, "a free key").await;
+    release_for(store, &initech(), &failed, &lease, setup.long).await;
+    let lease = acquire(store, &initech(), &kept, bounded, "a free key").await;
+    complete_for(store, &initech(), &kept, &lease, "kept", setup.long).await;
+    acquire(store, &initech(), &running, bounded, "a free key").await;
+
+    let why = "a repeat of the kept outcome at the bound";
+    let done = Claim::Done(outcome("kept"));
+    expect_claim_for(store, &initech(), &kept, FINGERPRINT, &done, why).await;
+    let why = "a repeat of the claim in flight at the bound";
+    let in_flight = Claim::InFlight;
+    expect_claim_for(store, &initech(), &running, FINGERPRINT, &in_flight, why).await;
+    let why = "a retry of the failed attempt at the bound";
+    retry_for(store, &initech(), &failed, bounded, why).await;
+    let why = "the kept outcome after the retry took the failed attempt over";
+    expect_claim_for(store, &initech(), &kept, FINGERPRINT, &done, why).await;
 }
 
 /// Judges the answers to many concurrent claims of one key with one
@@ -520,7 +854,6 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::StoreError;
 
     /// A plain store on a clock moved by hand, to show that the scenarios
     /// pass for a store that keeps the rules, and fail for one that breaks
@@ -535,6 +868,12 @@ mod tests {
     enum Flaw {
         NeverExpires,
         IgnoresTheCustomer,
+        /// A claim is gone at its deadline, rather than read as a failed
+        /// attempt.
+        ClaimsExpireAtTheirDeadline,
+        /// At a customer's bound, what is forgotten is whatever entry of
+        /// any customer is closest to its expiry.
+        ForgetsAnyCustomersEntry,
     }
 
     #[derive(Default)]
@@ -548,12 +887,20 @@ mod tests {
         fingerprint: String,
         kind: Kind,
         expires_at: Duration,
+        /// When it was written, to tell apart entries that expire at once.
+        written: u64,
     }
 
     enum Kind {
-        Claimed(Lease),
+        Claimed { lease: Lease, deadline: Duration },
         Done(Vec<u8>),
         Failed,
+    }
+
+    impl Entry {
+        fn in_flight(&self, now: Duration) -> bool {
+            matches!(self.kind, Kind::Claimed { deadline, .. } if deadline > now)
+        }
     }
 
     impl Reference {
@@ -581,10 +928,37 @@ mod tests {
             (customer, key.as_str().to_owned())
         }
 
-        fn live(&self, state: &State, scope: &(String, String)) -> bool {
-            state.entries.get(scope).is_some_and(|entry| {
-                self.flaw == Some(Flaw::NeverExpires) || entry.expires_at > state.now
-            })
+        fn live(&self, entry: &Entry, now: Duration) -> bool {
+            self.flaw == Some(Flaw::NeverExpires) || entry.expires_at > now
+        }
+
+        /// Makes room for a new key of `customer` under `bound`: forgets
+        /// the customer's entry closest to its expiry that is not a claim
+        /// in flight. False when there is none.
+        fn make_room(&self, state: &mut State, customer: &str, bound: usize) -> bool {
+            let now = state.now;
+            let live: Vec<(&(String, String), &Entry)> = state
+                .entries
+                .iter()
+                .filter(|(_, entry)| self.live(entry, now))
+                .collect();
+            let held = live.iter().filter(|(scope, _)| scope.0 == customer).count();
+            if held < bound {
+                return true;
+            }
+            let anyone = self.flaw == Some(Flaw::ForgetsAnyCustomersEntry);
+            let victim = live
+                .into_iter()
+                .filter(|(scope, entry)| (anyone || scope.0 == customer) && !entry.in_flight(now))
+                .min_by_key(|(_, entry)| (entry.expires_at, entry.written))
+                .map(|(scope, _)| scope.clone());
+            match victim {
+                Some(scope) => {
+                    state.entries.remove(&scope);
+                    true
+                }
+                None => false,
+            }
         }
 
         /// Puts `kind` in the place of the live claim that `lease` holds.
@@ -596,14 +970,21 @@ mod tests {
             ttl: Duration,
         ) -> Result<(), StoreError> {
             let mut state = self.state.lock().unwrap();
-            let live = self.live(&state, &scope);
             let now = state.now;
+            state.next += 1;
+            let written = state.next;
+            let live = state
+                .entries
+                .get(&scope)
+                .is_some_and(|entry| self.live(entry, now));
             match state.entries.get_mut(&scope) {
                 Some(entry)
-                    if live && matches!(&entry.kind, Kind::Claimed(held) if held == lease) =>
+                    if live
+                        && matches!(&entry.kind, Kind::Claimed { lease: held, .. } if held == lease) =>
                 {
                     entry.kind = kind;
                     entry.expires_at = now + ttl;
+                    entry.written = written;
                     Ok(())
                 }
                 _ => Err(StoreError::ClaimLost),
@@ -618,28 +999,41 @@ mod tests {
             scope: &CustomerId,
             key: &IdempotencyKey,
             fingerprint: &str,
-            in_flight: Duration,
+            terms: ClaimTerms,
         ) -> Result<Claim, StoreError> {
             let scope = self.scope(scope, key);
             let mut state = self.state.lock().unwrap();
+            let now = state.now;
             let mut retry = false;
-            if self.live(&state, &scope) {
-                let entry = &state.entries[&scope];
+            if let Some(entry) = state.entries.get(&scope).filter(|e| self.live(e, now)) {
                 if entry.fingerprint != fingerprint {
                     return Ok(Claim::Mismatch);
                 }
                 match &entry.kind {
-                    Kind::Claimed(_) => return Ok(Claim::InFlight),
+                    Kind::Claimed { .. } if entry.in_flight(now) => return Ok(Claim::InFlight),
                     Kind::Done(outcome) => return Ok(Claim::Done(outcome.clone())),
-                    Kind::Failed => retry = true,
+                    Kind::Claimed { .. } | Kind::Failed => retry = true,
                 }
+            }
+            if !retry && !self.make_room(&mut state, &scope.0, terms.keys_per_customer) {
+                return Err(StoreError::failed("the customer's keys are all in flight"));
             }
             state.next += 1;
             let lease = Lease::new(state.next.to_string());
+            let deadline = now + terms.in_flight;
+            let expires_at = if self.flaw == Some(Flaw::ClaimsExpireAtTheirDeadline) {
+                deadline
+            } else {
+                deadline + terms.retention
+            };
             let entry = Entry {
                 fingerprint: fingerprint.to_owned(),
-                kind: Kind::Claimed(lease.clone()),
-                expires_at: state.now + in_flight,
+                kind: Kind::Claimed {
+                    lease: lease.clone(),
+                    deadline,
+                },
+                expires_at,
+                written: state.next,
             };
             state.entries.insert(scope, entry);
             let taken = if retry { Claim::Retry } else { Claim::Acquired };
@@ -669,25 +1063,46 @@ mod tests {
         }
     }
 
+    /// Runs every scenario, each on a store of its own.
+    async fn every_scenario(setup: &Setup) {
+        macro_rules! on_a_fresh_store {
+            ($($scenario:ident),* $(,)?) => {$(
+                let store = Arc::new(Reference::default());
+                $scenario(store.as_ref(), setup).await;
+            )*};
+        }
+        macro_rules! on_a_fresh_store_letting_time_pass {
+            ($($scenario:ident),* $(,)?) => {$(
+                let store = Arc::new(Reference::default());
+                $scenario(store.as_ref(), setup, store.wait()).await;
+            )*};
+        }
+        on_a_fresh_store!(
+            a_claimed_key_is_in_flight_then_done_with_its_outcome,
+            another_fingerprint_is_a_mismatch_in_flight_and_done,
+            keys_are_scoped_to_their_customer,
+            a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once,
+            a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own,
+            a_customer_at_its_bound_forgets_its_own_entry_closest_to_expiry_never_a_claim,
+            one_customers_keys_never_push_out_another_customers_entries,
+            at_its_bound_a_customer_still_retries_and_repeats_its_keys,
+        );
+        on_a_fresh_store_letting_time_pass!(
+            a_failed_attempt_is_noted_for_the_retention_and_no_longer,
+            a_retry_is_in_flight_until_its_own_deadline_not_the_retention,
+            a_release_by_a_lost_lease_writes_nothing,
+            an_outcome_is_kept_for_its_retention_and_no_longer,
+            a_claim_past_its_deadline_is_taken_over_as_a_retry,
+            a_claim_past_its_deadline_is_remembered_for_the_retention_and_no_longer,
+            a_request_past_its_deadline_still_records_until_its_key_is_taken_over,
+            a_customer_full_of_claims_in_flight_is_refused_new_keys_until_a_deadline_passes,
+        );
+    }
+
     #[tokio::test]
     async fn a_store_that_keeps_the_rules_passes_every_scenario() {
-        for setup in [Setup::paused_clock(""), Setup::real_clock("test:")] {
-            let store = Arc::new(Reference::default());
-            let wait = store.wait();
-            let store = store.as_ref();
-            a_claimed_key_is_in_flight_then_done_with_its_outcome(store, &setup).await;
-            another_fingerprint_is_a_mismatch_in_flight_and_done(store, &setup).await;
-            keys_are_scoped_to_their_customer(store, &setup).await;
-            a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once(store, &setup)
-                .await;
-            a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own(store, &setup).await;
-            a_failed_attempt_is_noted_for_the_retention_and_no_longer(store, &setup, &wait).await;
-            a_retry_holds_the_key_for_the_claims_own_expiry_not_the_retention(store, &setup, &wait)
-                .await;
-            a_release_by_a_lost_lease_writes_nothing(store, &setup, &wait).await;
-            an_outcome_is_kept_for_its_retention_and_no_longer(store, &setup, &wait).await;
-            a_claim_expires_so_a_lost_request_never_locks_its_key(store, &setup, &wait).await;
-        }
+        every_scenario(&Setup::paused_clock("")).await;
+        every_scenario(&Setup::real_clock("test:")).await;
     }
 
     #[tokio::test]
@@ -700,11 +1115,11 @@ mod tests {
     }
 
     #[tokio::test]
-    #[should_panic(expected = "the lost request's claim, just after its lifetime ended")]
-    async fn a_store_whose_claims_never_expire_fails_the_lost_request_scenario() {
+    #[should_panic(expected = "the claim, just after its retention ended")]
+    async fn a_store_whose_claims_are_never_forgotten_fails_the_claims_retention_scenario() {
         let store = Reference::with(Flaw::NeverExpires);
         let wait = store.wait();
-        a_claim_expires_so_a_lost_request_never_locks_its_key(
+        a_claim_past_its_deadline_is_remembered_for_the_retention_and_no_longer(
             &*store,
             &Setup::paused_clock(""),
             wait,
@@ -713,10 +1128,30 @@ mod tests {
     }
 
     #[tokio::test]
+    #[should_panic(expected = "against the lost request's claim, past its deadline")]
+    async fn a_store_whose_claims_simply_expire_fails_the_lost_request_scenario() {
+        let store = Reference::with(Flaw::ClaimsExpireAtTheirDeadline);
+        let wait = store.wait();
+        a_claim_past_its_deadline_is_taken_over_as_a_retry(&*store, &Setup::paused_clock(""), wait)
+            .await;
+    }
+
+    #[tokio::test]
     #[should_panic(expected = "the key is acme's, not globex's")]
     async fn a_store_that_ignores_the_customer_fails_the_scoping_scenario() {
         let store = Reference::with(Flaw::IgnoresTheCustomer);
         keys_are_scoped_to_their_customer(&*store, &Setup::paused_clock("")).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "the neighbour's outcome after the flood")]
+    async fn a_store_that_forgets_any_customers_entry_fails_the_neighbour_scenario() {
+        let store = Reference::with(Flaw::ForgetsAnyCustomersEntry);
+        one_customers_keys_never_push_out_another_customers_entries(
+            &*store,
+            &Setup::paused_clock(""),
+        )
+        .await;
     }
 
     #[test]

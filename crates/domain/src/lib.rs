@@ -123,7 +123,7 @@ pub use error::{
     SetPausedError,
 };
 pub use idempotency::{
-    Attempt, Claim, Idempotency, IdempotencyConfig, IdempotencyError, IdempotencyKey,
+    Attempt, Claim, ClaimTerms, Idempotency, IdempotencyConfig, IdempotencyError, IdempotencyKey,
     IdempotencyStore, Idempotent, InvalidIdempotencyKey, Lease, StoreError,
 };
 pub use pipeline::{InvalidPipelineId, Pipeline, PipelineId, PipelineStatus, PipelineSummary};

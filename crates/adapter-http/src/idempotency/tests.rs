@@ -19,7 +19,7 @@ use axum::{
 };
 use chrono::{TimeZone, Utc};
 use domain::{
-    BackendError, Caller, Claim, CustomerId, ExecuteError, GetRunError, Idempotency,
+    BackendError, Caller, Claim, ClaimTerms, CustomerId, ExecuteError, GetRunError, Idempotency,
     IdempotencyConfig, IdempotencyStore, Lease, ListRunsError, ManualClock, MockAuthContext,
     MockPipelineRepository, Orchestrator, PipelineId, PipelineService, Run, RunId, RunPage,
     RunQuery, RunStatus, StoreError,
@@ -145,7 +145,7 @@ impl IdempotencyStore for Store {
         scope: &CustomerId,
         key: &IdempotencyKey,
         fingerprint: &str,
-        _in_flight: Duration,
+        _terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::failed("connection refused by 10.1.2.3"));

@@ -88,7 +88,11 @@ fn acquired(store: &mut MockIdempotencyStore) {
             eq(acme()),
             eq(key()),
             eq(PIPELINE),
-            eq(IdempotencyConfig::DEFAULT_IN_FLIGHT),
+            eq(ClaimTerms::new(
+                IdempotencyConfig::DEFAULT_IN_FLIGHT,
+                IdempotencyConfig::DEFAULT_RETENTION,
+                IdempotencyConfig::DEFAULT_KEYS_PER_CUSTOMER,
+            )),
         )
         .times(1)
         .returning(|_, _, _, _| Ok(Claim::Acquired(Lease::new("l1"))));

@@ -1,0 +1,317 @@
+//! What `/ready` checks: the backend, and whatever else the service needs
+//! to do its job ([`ReadinessCheck`]s the binary adds: the token keys,
+//! Redis), run together at most once per interval however many probes
+//! come, their result kept for the probes in between.
+
+use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use domain::{Clock, PipelineService, SystemClock, Timestamp};
+use serde::Serialize;
+use tokio::{sync::Mutex, task::JoinSet};
+use utoipa::ToSchema;
+
+use crate::error::ErrorChain;
+
+/// Why a check failed, for the log only: it never reaches the client.
+pub type CheckError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One thing the service needs to do its job, which `/ready` checks.
+///
+/// Implemented outside this crate for what only the binary knows (whether
+/// the token verifier has its keys, whether Redis answers), so that
+/// adapters need not know each other.
+#[async_trait]
+pub trait ReadinessCheck: Send + Sync + fmt::Debug {
+    /// The check's name in the `/ready` body: a fixed word such as
+    /// `redis`, never anything taken from the configuration.
+    fn name(&self) -> &'static str;
+
+    /// Whether the thing is ready. Should be cheap: a probe at most every
+    /// [`Readiness::INTERVAL`] calls it.
+    ///
+    /// # Errors
+    /// Why it is not ready, for the log.
+    async fn check(&self) -> Result<(), CheckError>;
+}
+
+/// The backend answers its health check.
+#[derive(Debug)]
+struct Backend(PipelineService);
+
+#[async_trait]
+impl ReadinessCheck for Backend {
+    fn name(&self) -> &'static str {
+        "backend"
+    }
+
+    async fn check(&self) -> Result<(), CheckError> {
+        self.0.ready().await.map_err(Into::into)
+    }
+}
+
+/// The checks' answer, as `/ready` gives it: each check's name and `ok` or
+/// `unavailable`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct Report {
+    /// `ready` or `unavailable` (`draining` while shutting down).
+    #[schema(example = "ready")]
+    pub(crate) status: &'static str,
+    /// Each check and how it went.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = BTreeMap<String, String>, example = json!({"auth_keys": "ok", "backend": "ok"}))]
+    pub(crate) checks: BTreeMap<&'static str, &'static str>,
+}
+
+impl Report {
+    /// The answer while the service drains: no check is run.
+    pub(crate) fn draining() -> Self {
+        Self {
+            status: "draining",
+            checks: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.status == "ready"
+    }
+}
+
+/// The last round of checks and when it ended.
+#[derive(Debug)]
+struct Last {
+    at: Timestamp,
+    report: Report,
+}
+
+/// The checks behind `/ready`, with the last round's result.
+pub(crate) struct Readiness {
+    checks: Vec<Arc<dyn ReadinessCheck>>,
+    clock: Arc<dyn Clock>,
+    /// Held while a round runs: a probe that comes meanwhile waits for
+    /// that round and takes its result rather than starting another. An
+    /// async lock, since it is held across the checks' awaits.
+    last: Mutex<Option<Last>>,
+}
+
+impl fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Readiness")
+            .field("checks", &self.checks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Readiness {
+    /// How long a round's result answers probes: a flood of probes makes
+    /// at most one round of checks (one backend health call) per interval.
+    pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
+
+    /// The longest one check may take; past it, the check counts as failed,
+    /// so that a probe gets its answer within seconds whatever hangs.
+    pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// The backend's check alone, timed by the system clock.
+    pub(crate) fn backend(service: PipelineService) -> Self {
+        Self::new(service, Vec::new(), Arc::new(SystemClock))
+    }
+
+    /// The backend's check and `checks`, the result kept for
+    /// [`Self::INTERVAL`] as `clock` tells.
+    pub(crate) fn new(
+        service: PipelineService,
+        checks: Vec<Arc<dyn ReadinessCheck>>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let mut all: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(Backend(service))];
+        all.extend(checks);
+        Self {
+            checks: all,
+            clock,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The last round's report while it is fresh; otherwise a new round's.
+    pub(crate) async fn report(&self) -> Report {
+        let mut last = self.last.lock().await;
+        if let Some(last) = &*last {
+            let age = self.clock.now().signed_duration_since(last.at);
+            if age.to_std().is_ok_and(|age| age < Self::INTERVAL) {
+                return last.report.clone();
+            }
+        }
+        let report = self.round(last.as_ref().map(|last| &last.report)).await;
+        *last = Some(Last {
+            at: self.clock.now(),
+            report: report.clone(),
+        });
+        report
+    }
+
+    /// Runs every check at once, each within [`Self::CHECK_TIMEOUT`], and
+    /// logs the checks whose state changed since `previous`.
+    async fn round(&self, previous: Option<&Report>) -> Report {
+        let mut running = JoinSet::new();
+        for check in &self.checks {
+            let check = check.clone();
+            running.spawn(async move {
+                let outcome = tokio::time::timeout(Self::CHECK_TIMEOUT, check.check())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("did not answer within {:?}", Self::CHECK_TIMEOUT).into())
+                    });
+                (check.name(), outcome)
+            });
+        }
+        let mut checks = BTreeMap::new();
+        while let Some(joined) = running.join_next().await {
+            let (name, outcome) = match joined {
+                Ok(done) => done,
+                Err(err) => {
+                    // A check that panicked is a failed check, not a crash.
+                    tracing::error!(error = %err, "readiness check panicked");
+                    continue;
+                }
+            };
+            let was = previous.and_then(|report| report.checks.get(name).copied());
+            let state = match outcome {
+                Ok(()) => {
+                    if was.is_some_and(|was| was != "ok") {
+                        tracing::info!(check = name, "readiness check passes again");
+                    }
+                    "ok"
+                }
+                Err(err) => {
+                    if was != Some("unavailable") {
+                        tracing::warn!(check = name, error = %ErrorChain(err.as_ref()), "readiness check fails");
+                    }
+                    "unavailable"
+                }
+            };
+            checks.insert(name, state);
+        }
+        let ready =
+            checks.len() == self.checks.len() && checks.values().all(|state| *state == "ok");
+        Report {
+            status: if ready { "ready" } else { "unavailable" },
+            checks,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use domain::{BackendError, MockOrchestrator, MockPipelineRepository};
+
+    use super::*;
+
+    /// A check that counts its calls and answers as its switch says.
+    #[derive(Debug, Default)]
+    struct Switch {
+        up: AtomicBool,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ReadinessCheck for Switch {
+        fn name(&self) -> &'static str {
+            "switch"
+        }
+
+        async fn check(&self) -> Result<(), CheckError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            // A check takes a while, so that probes pile up behind it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if self.up.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("down at http://10.1.2.3/secret".into())
+            }
+        }
+    }
+
+    fn service(healthy: bool) -> PipelineService {
+        let mut orchestrator = MockOrchestrator::new();
+        orchestrator.expect_health().returning(move || {
+            if healthy {
+                Ok(())
+            } else {
+                Err(BackendError::unavailable("refused"))
+            }
+        });
+        PipelineService::new(
+            Arc::new(MockPipelineRepository::new()),
+            Arc::new(orchestrator),
+        )
+    }
+
+    fn readiness(healthy: bool, switch: &Arc<Switch>) -> Readiness {
+        Readiness::new(
+            service(healthy),
+            vec![switch.clone()],
+            Arc::new(runtime::TokioClock::start()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_probes_makes_one_round_of_checks_per_interval() {
+        let switch = Arc::new(Switch::default());
+        switch.up.store(true, Ordering::SeqCst);
+        let readiness = Arc::new(readiness(true, &switch));
+        let mut probes = JoinSet::new();
+        for _ in 0..100 {
+            let readiness = readiness.clone();
+            probes.spawn(async move { readiness.report().await });
+        }
+        while let Some(report) = probes.join_next().await {
+            assert!(report.unwrap().is_ready());
+        }
+        assert_eq!(switch.calls.load(Ordering::SeqCst), 1);
+
+        tokio::time::advance(Readiness::INTERVAL).await;
+        readiness.report().await;
+        assert_eq!(switch.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_report_names_the_failing_check_and_nothing_of_its_cause() {
+        let switch = Arc::new(Switch::default());
+        let report = readiness(true, &switch).report().await;
+        assert!(!report.is_ready());
+        let body = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"status": "unavailable", "checks": {"backend": "ok", "switch": "unavailable"}})
+        );
+
+        let report = readiness(false, &switch).report().await;
+        assert_eq!(report.checks["backend"], "unavailable");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_that_hangs_fails_at_the_check_timeout() {
+        #[derive(Debug)]
+        struct Hangs;
+        #[async_trait]
+        impl ReadinessCheck for Hangs {
+            fn name(&self) -> &'static str {
+                "hangs"
+            }
+            async fn check(&self) -> Result<(), CheckError> {
+                std::future::pending().await
+            }
+        }
+        let readiness = Readiness::new(
+            service(true),
+            vec![Arc::new(Hangs)],
+            Arc::new(runtime::TokioClock::start()),
+        );
+        let started = tokio::time::Instant::now();
+        let report = readiness.report().await;
+        assert_eq!(started.elapsed(), Readiness::CHECK_TIMEOUT);
+        assert_eq!(report.checks["hangs"], "unavailable");
+    }
+}
