@@ -16,17 +16,14 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use bytes::Bytes;
-use hyper::{
-    HeaderMap, Method,
-    header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue},
-};
+use hyper::Method;
 use serde::Serialize;
 use tempfile::NamedTempFile;
 use uuid::Uuid;
 
 use crate::{
-    load::{self, LoadSpec, RequestTemplate},
+    http::RequestTemplate,
+    load::{self, LoadSpec},
     process::{ChildGuard, free_local_addr, resident_set_size},
 };
 
@@ -451,27 +448,15 @@ fn mint_token(secret: &str, customer: &str, now: u64) -> anyhow::Result<String> 
 /// `POST /platform/pipeline/execute` for `pipeline` with `token`. The
 /// baseline gets the very same request and ignores the token.
 fn execute_request(token: &str, pipeline: Uuid) -> anyhow::Result<RequestTemplate> {
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(
-        AUTHORIZATION,
-        HeaderValue::from_str(&format!("Bearer {token}"))
-            .context("the token is not a header value")?,
-    );
-    let body =
-        serde_json::to_vec(&serde_json::json!({"pipeline_id": pipeline.hyphenated().to_string()}))
-            .context("cannot write the execute body")?;
-    Ok(RequestTemplate {
-        method: Method::POST,
-        path: baseline::EXECUTE_PATH.to_owned(),
-        headers,
-        body: Bytes::from(body),
-    })
+    RequestTemplate::new(Method::POST, baseline::EXECUTE_PATH)
+        .bearer(token)?
+        .json(&serde_json::json!({"pipeline_id": pipeline.hyphenated().to_string()}))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
     #[test]

@@ -17,25 +17,21 @@
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr},
     path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use bytes::Bytes;
-use hyper::{
-    HeaderMap, Method,
-    header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue},
-};
+use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::{Args, STARTUP_TIMEOUT, maestro_command, mint_token, random_secret, report, unix_now};
 use crate::{
     e2e_airflow,
-    load::{self, LoadReport, LoadSpec, RequestTemplate},
+    http::{self, RequestTemplate},
+    load::{self, LoadReport, LoadSpec},
     process::{ChildGuard, free_local_addr},
 };
 
@@ -50,6 +46,8 @@ const TOKEN_EXCHANGE: &str = "exchanged credentials for an Airflow token";
 /// How long Airflow may take to become healthy, and to parse the DAGs.
 const AIRFLOW_STARTUP: Duration = Duration::from_secs(300);
 const DAG_PARSE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one set-up call to Airflow may take.
+const SET_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The issue's target for the latency Maestro adds, at the median.
 const ADDED_P50_TARGET_MICROS: i64 = 2_000;
@@ -139,19 +137,6 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
     let up = e2e_airflow::start("python3", "airflow-bench-home", AIRFLOW_STARTUP, || Ok(()))?;
     let airflow = SocketAddr::from((Ipv4Addr::LOCALHOST, up.port));
 
-    let token = airflow_token(airflow, &up.password)?;
-    wait_for_dag(airflow, &token)?;
-    let (status, _) = call(
-        airflow,
-        "PATCH",
-        &format!("/api/v2/dags/{DAG_ID}"),
-        Some(&token),
-        Some(&json!({"is_paused": false})),
-    )?;
-    if status != 200 {
-        bail!("unpausing {DAG_ID} answered {status}");
-    }
-
     let secret = random_secret();
     // Two Maestros: the default, and one that reads the DAG before every
     // execute (`MAESTRO_AIRFLOW_DAG_CACHE_MS=0`), to show what the cache of
@@ -170,6 +155,12 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    let token = runtime.block_on(async {
+        let token = airflow_token(airflow, &up.password).await?;
+        wait_for_dag(airflow, &token).await?;
+        set_paused(airflow, &token, false).await?;
+        anyhow::Ok(token)
+    })?;
     let pairs = runtime.block_on(async {
         let mut servers = Vec::new();
         for (gateway, command) in [
@@ -289,13 +280,7 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
     let uncached_exchanges = uncached.token_exchanges()?;
     // Leave the DAG as the tests expect it, although the home is thrown
     // away with the next start anyway.
-    let _ = call(
-        airflow,
-        "PATCH",
-        &format!("/api/v2/dags/{DAG_ID}"),
-        Some(&token),
-        Some(&json!({"is_paused": true})),
-    );
+    let _ = runtime.block_on(set_paused(airflow, &token, true));
     drop(up);
 
     let mut missed = Vec::new();
@@ -455,37 +440,19 @@ fn request(
     token: &str,
     body: Option<Value>,
 ) -> anyhow::Result<RequestTemplate> {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        AUTHORIZATION,
-        HeaderValue::from_str(&format!("Bearer {token}"))
-            .context("the token is not a header value")?,
-    );
-    let body = match body {
-        Some(body) => {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Bytes::from(serde_json::to_vec(&body)?)
-        }
-        None => Bytes::new(),
-    };
-    Ok(RequestTemplate {
-        method,
-        path: path.to_owned(),
-        headers,
-        body,
-    })
+    let request = RequestTemplate::new(method, path).bearer(token)?;
+    match body {
+        Some(body) => request.json(&body),
+        None => Ok(request),
+    }
 }
 
 /// The bench's own token for Airflow's API.
-fn airflow_token(airflow: SocketAddr, password: &str) -> anyhow::Result<String> {
-    let (status, answer) = call(
-        airflow,
-        "POST",
-        "/auth/token",
-        None,
-        Some(&json!({"username": e2e_airflow::USERNAME, "password": password})),
-    )?;
-    if !(200..300).contains(&status) {
+async fn airflow_token(airflow: SocketAddr, password: &str) -> anyhow::Result<String> {
+    let request = RequestTemplate::new(Method::POST, "/auth/token")
+        .json(&json!({"username": e2e_airflow::USERNAME, "password": password}))?;
+    let (status, answer) = call(airflow, &request).await?;
+    if !status.is_success() {
         bail!("POST /auth/token answered {status}");
     }
     answer["access_token"]
@@ -495,65 +462,51 @@ fn airflow_token(airflow: SocketAddr, password: &str) -> anyhow::Result<String> 
 }
 
 /// Waits until Airflow's DAG processor has parsed the bench's DAG.
-fn wait_for_dag(airflow: SocketAddr, token: &str) -> anyhow::Result<()> {
+async fn wait_for_dag(airflow: SocketAddr, token: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + DAG_PARSE_TIMEOUT;
+    let request = request(Method::GET, &format!("/api/v2/dags/{DAG_ID}"), token, None)?;
     loop {
-        let (status, _) = call(
-            airflow,
-            "GET",
-            &format!("/api/v2/dags/{DAG_ID}"),
-            Some(token),
-            None,
-        )?;
-        if status == 200 {
+        let (status, _) = call(airflow, &request).await?;
+        if status == StatusCode::OK {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!("Airflow did not know {DAG_ID} within {DAG_PARSE_TIMEOUT:?} (last: {status})");
         }
-        std::thread::sleep(Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Pauses or unpauses the bench's DAG.
+async fn set_paused(airflow: SocketAddr, token: &str, paused: bool) -> anyhow::Result<()> {
+    let request = request(
+        Method::PATCH,
+        &format!("/api/v2/dags/{DAG_ID}"),
+        token,
+        Some(json!({"is_paused": paused})),
+    )?;
+    let (status, _) = call(airflow, &request).await?;
+    if status != StatusCode::OK {
+        bail!("setting is_paused of {DAG_ID} to {paused} answered {status}");
+    }
+    Ok(())
 }
 
 /// One request to Airflow on a connection of its own, for the set-up: the
 /// status and the body as JSON (`null` when it is not JSON).
-fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> anyhow::Result<(u16, Value)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("cannot connect to Airflow at {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !body.is_empty() {
-        head.push_str("Content-Type: application/json\r\n");
-    }
-    if let Some(token) = token {
-        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .with_context(|| format!("{method} {path}: no answer from Airflow"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("{method} {path}: not an HTTP answer"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|status| status.parse().ok())
-        .with_context(|| format!("{method} {path}: no status in the answer"))?;
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+async fn call(
+    airflow: SocketAddr,
+    request: &RequestTemplate,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let answer = http::send_once(airflow, request, SET_UP_TIMEOUT)
+        .await
+        .with_context(|| {
+            format!(
+                "{} {}: no answer from Airflow at {airflow}",
+                request.method, request.path
+            )
+        })?;
+    Ok((answer.status, answer.json()))
 }
 
 #[cfg(test)]
@@ -566,16 +519,5 @@ mod tests {
         assert_eq!(millis(-500), "-0.50 ms");
         assert_eq!(ratio(3_000, 2_000), "1.50×");
         assert_eq!(ratio(3_000, 0), "–");
-    }
-
-    #[test]
-    fn requests_carry_the_bearer_token_and_json_only_with_a_body() {
-        let get = request(Method::GET, "/a", "t0k3n", None).expect("request");
-        assert_eq!(get.headers[AUTHORIZATION], "Bearer t0k3n");
-        assert!(get.headers.get(CONTENT_TYPE).is_none());
-        assert!(get.body.is_empty());
-        let post = request(Method::POST, "/b", "t0k3n", Some(json!({"x": 1}))).expect("request");
-        assert_eq!(post.headers[CONTENT_TYPE], "application/json");
-        assert_eq!(post.body, Bytes::from_static(br#"{"x":1}"#));
     }
 }

@@ -23,7 +23,8 @@ use super::{
     report_first_problem, unix_now,
 };
 use crate::{
-    load::{self, LoadReport, LoadSpec, RequestTemplate, UniqueHeader},
+    http::{self, RequestTemplate},
+    load::{self, LoadReport, LoadSpec, UniqueHeader},
     process::{ChildGuard, free_local_addr},
     redis::RedisServer,
 };
@@ -207,14 +208,18 @@ async fn replays(spec: &LoadSpec, unique: &UniqueHeader) -> bool {
     };
     let mut repeat: RequestTemplate = spec.request.clone();
     repeat.headers.insert(unique.name.clone(), first_key);
-    match load::send_once(spec.addr, &repeat).await {
-        Ok((status, headers)) => {
-            let replayed = status == StatusCode::OK
-                && headers
+    match http::send_once(spec.addr, &repeat, http::REQUEST_TIMEOUT).await {
+        Ok(answer) => {
+            let replayed = answer.status == StatusCode::OK
+                && answer
+                    .headers
                     .get(IDEMPOTENT_REPLAYED)
                     .is_some_and(|value| value == "true");
             if !replayed {
-                eprintln!("a repeated Idempotency-Key was answered {status} {headers:?}");
+                eprintln!(
+                    "a repeated Idempotency-Key was answered {} {:?}",
+                    answer.status, answer.headers
+                );
             }
             replayed
         }
