@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// The Airflow release the tests are written against.
-const AIRFLOW_VERSION: &str = "3.3.2";
+pub(crate) const AIRFLOW_VERSION: &str = "3.3.2";
 
 /// The Airflow account the tests use, with the simple auth manager's
 /// `USER` role: read everything, and edit DAGs and DAG runs. That the tests

@@ -141,11 +141,8 @@ impl LoadReport {
 struct WorkerReport {
     started: Instant,
     finished: Instant,
-    latency: Histogram<u64>,
-    successes: u64,
-    failures_by_status: BTreeMap<u16, u64>,
-    transport_errors: u64,
-    first_transport_error: Option<String>,
+    /// Its requests, with its own measured phase as `elapsed`.
+    report: LoadReport,
 }
 
 fn new_histogram() -> anyhow::Result<Histogram<u64>> {
@@ -224,19 +221,10 @@ async fn run_with(
                 (started.min(worker.started), finished.max(worker.finished))
             }
         });
-        report
-            .latency
-            .add(&worker.latency)
-            .map_err(|err| anyhow::anyhow!("cannot merge latency histograms: {err:?}"))?;
-        report.successes += worker.successes;
-        for (status, count) in worker.failures_by_status {
-            *report.failures_by_status.entry(status).or_default() += count;
-        }
-        report.transport_errors += worker.transport_errors;
-        if report.first_transport_error.is_none() {
-            report.first_transport_error = worker.first_transport_error;
-        }
+        report.merge(worker.report)?;
     }
+    // The workers' phases overlap: the run took from the first start to the
+    // last finish, not the sum that merging added up.
     if let Some((started, finished)) = window {
         report.elapsed = finished.duration_since(started);
     }
@@ -304,14 +292,18 @@ impl Worker {
                 }
             }
         }
+        let finished = Instant::now();
         WorkerReport {
             started,
-            finished: Instant::now(),
-            latency: self.latency,
-            successes,
-            failures_by_status,
-            transport_errors,
-            first_transport_error,
+            finished,
+            report: LoadReport {
+                elapsed: finished.duration_since(started),
+                latency: self.latency,
+                successes,
+                failures_by_status,
+                transport_errors,
+                first_transport_error,
+            },
         }
     }
 }

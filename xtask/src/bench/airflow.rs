@@ -27,7 +27,11 @@ use anyhow::{Context as _, bail};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::{Args, STARTUP_TIMEOUT, maestro_command, mint_token, random_secret, report, unix_now};
+use super::{
+    Args, STARTUP_TIMEOUT, maestro_command, mint_token, random_secret,
+    report::{self, Cell, Check, Report, Row, Summary},
+    unix_now,
+};
 use crate::{
     e2e_airflow,
     http::{self, RequestTemplate},
@@ -50,7 +54,7 @@ const DAG_PARSE_TIMEOUT: Duration = Duration::from_secs(120);
 const SET_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The target for the latency Maestro adds, at the median.
-const ADDED_P50_TARGET_MICROS: i64 = 2_000;
+const ADDED_P50_TARGET: Duration = Duration::from_millis(2);
 
 /// One endpoint, measured straight and through Maestro.
 struct Pair {
@@ -58,7 +62,7 @@ struct Pair {
     direct: LoadReport,
     maestro: LoadReport,
     /// The most Maestro may add at the median, when the row has a target.
-    target: Option<i64>,
+    target: Option<Duration>,
 }
 
 /// One `maestro` on the Airflow backend, logging to a file of its own in
@@ -183,11 +187,10 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
             warmup: args.airflow_warmup,
             request,
         };
-        let plan = format!(
-            "{} warm-up + {} requests over {} connections",
-            report::thousands(args.airflow_warmup),
-            report::thousands(args.airflow_requests),
-            args.airflow_connections
+        let plan = report::plan(
+            args.airflow_warmup,
+            args.airflow_requests,
+            args.airflow_connections,
         );
         let get_direct = request(
             Method::GET,
@@ -237,14 +240,14 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
                 &default,
                 get_direct,
                 get_through,
-                Some(ADDED_P50_TARGET_MICROS),
+                Some(ADDED_P50_TARGET),
             ),
             (
                 "execute",
                 &default,
                 execute_direct.clone(),
                 execute_through.clone(),
-                Some(ADDED_P50_TARGET_MICROS),
+                Some(ADDED_P50_TARGET),
             ),
             (
                 "execute, DAG read every time (`MAESTRO_AIRFLOW_DAG_CACHE_MS=0`)",
@@ -283,51 +286,7 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
     let _ = runtime.block_on(set_paused(airflow, &token, true));
     drop(up);
 
-    let mut missed = Vec::new();
-    println!();
-    println!(
-        "Maestro in front of Apache Airflow 3.3.2 (airflow standalone, SQLite), {} connections, {} requests per target after {} warm-up; load average {} before, {} after",
-        args.airflow_connections,
-        report::thousands(args.airflow_requests),
-        report::thousands(args.airflow_warmup),
-        load_before,
-        load_after
-    );
-    println!();
-    println!(
-        "| endpoint | direct p50 | direct p99 | Maestro p50 | Maestro p99 | added p50 | added p99 | ratio p50 | ratio p99 | non-2xx direct / Maestro |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for pair in &pairs {
-        let quantile = |report: &LoadReport, q: f64| {
-            i64::try_from(report.latency.value_at_quantile(q)).unwrap_or(i64::MAX)
-        };
-        let (d50, d99) = (quantile(&pair.direct, 0.5), quantile(&pair.direct, 0.99));
-        let (m50, m99) = (quantile(&pair.maestro, 0.5), quantile(&pair.maestro, 0.99));
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
-            pair.name,
-            millis(d50),
-            millis(d99),
-            millis(m50),
-            millis(m99),
-            millis(m50 - d50),
-            millis(m99 - d99),
-            ratio(m50, d50),
-            ratio(m99, d99),
-            failed(&pair.direct),
-            failed(&pair.maestro),
-        );
-        if let Some(target) = pair.target
-            && m50 - d50 > target
-        {
-            missed.push(format!(
-                "{}: added p50 {} over the {} target",
-                pair.name,
-                millis(m50 - d50),
-                millis(target)
-            ));
-        }
         // Not a target: on `airflow standalone` both sides meet SQLite's
         // write lock now and then (Airflow answers 500 after 5 s, which
         // Maestro passes on as 502); the table shows both counts.
@@ -344,25 +303,122 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
             );
         }
     }
-    println!();
-    let per_target = args.airflow_requests + args.airflow_warmup;
-    println!(
-        "Token exchanges (`POST /auth/token`): {exchanges} for {} requests by the default Maestro, {uncached_exchanges} for {} by the one without the cache",
-        report::thousands(3 * per_target),
-        report::thousands(per_target)
+    let rows: Vec<Measured> = pairs
+        .iter()
+        .map(|pair| Measured {
+            name: pair.name,
+            direct: Summary::new(&pair.direct, args.airflow_requests),
+            maestro: Summary::new(&pair.maestro, args.airflow_requests),
+            target: pair.target,
+        })
+        .collect();
+    let setup = format!(
+        "Maestro in front of Apache Airflow {} (airflow standalone, SQLite), {} connections, {} requests per target after {} warm-up; load average {load_before} before, {load_after} after.",
+        e2e_airflow::AIRFLOW_VERSION,
+        args.airflow_connections,
+        report::thousands(args.airflow_requests),
+        report::thousands(args.airflow_warmup),
     );
-    if exchanges != 1 || uncached_exchanges != 1 {
-        missed.push(format!(
-            "{exchanges} and {uncached_exchanges} token exchanges, not 1 each"
-        ));
+    let exchanges = TokenExchanges {
+        default: exchanges,
+        uncached: uncached_exchanges,
+        per_target: args.airflow_requests + args.airflow_warmup,
+    };
+    let report = report(setup, &rows, &exchanges);
+    super::print(&report);
+    super::judge(&[report], args.no_check)
+}
+
+/// One endpoint's figures, straight to Airflow and through Maestro.
+#[derive(Debug, Clone, PartialEq)]
+struct Measured {
+    name: &'static str,
+    direct: Summary,
+    maestro: Summary,
+    /// The most Maestro may add at the median, when the row has a target.
+    target: Option<Duration>,
+}
+
+/// The token exchanges the two Maestros made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TokenExchanges {
+    /// By the default Maestro, over three endpoints' requests.
+    default: usize,
+    /// By the one without the DAG cache, over one endpoint's requests.
+    uncached: usize,
+    /// Requests per endpoint and side, warm-up included.
+    per_target: u64,
+}
+
+/// One row per endpoint with the latency Maestro adds, a target per row
+/// that has one, and one for the token exchanges.
+fn report(setup: String, rows: &[Measured], exchanges: &TokenExchanges) -> Report {
+    let mut checks: Vec<Check> = rows
+        .iter()
+        .filter_map(|row| {
+            let target = row.target?;
+            let added = Cell::difference(row.maestro.p50, row.direct.p50);
+            Some(Check {
+                target: format!("{}: added p50 <= {}", row.name, report::millis(target)),
+                measured: added.to_string(),
+                passed: row.maestro.p50.saturating_sub(row.direct.p50) <= target,
+            })
+        })
+        .collect();
+    checks.push(Check {
+        target: "one token exchange (`POST /auth/token`) per Maestro".to_owned(),
+        measured: format!(
+            "{} for {} requests by the default Maestro, {} for {} by the one without the cache",
+            exchanges.default,
+            report::thousands(3 * exchanges.per_target),
+            exchanges.uncached,
+            report::thousands(exchanges.per_target)
+        ),
+        passed: exchanges.default == 1 && exchanges.uncached == 1,
+    });
+    let columns = [
+        "direct p50",
+        "direct p99",
+        "Maestro p50",
+        "Maestro p99",
+        "added p50",
+        "added p99",
+        "ratio p50",
+        "ratio p99",
+        "non-2xx direct / Maestro",
+    ];
+    let rows = rows
+        .iter()
+        .map(|row| {
+            let (direct, maestro) = (&row.direct, &row.maestro);
+            let (d50, d99) = (Cell::latency(direct.p50), Cell::latency(direct.p99));
+            let (m50, m99) = (Cell::latency(maestro.p50), Cell::latency(maestro.p99));
+            let (ratio50, ratio99) = (m50.ratio_to(&d50), m99.ratio_to(&d99));
+            Row::new(
+                row.name,
+                vec![
+                    d50,
+                    d99,
+                    m50,
+                    m99,
+                    Cell::difference(maestro.p50, direct.p50),
+                    Cell::difference(maestro.p99, direct.p99),
+                    ratio50,
+                    ratio99,
+                    Cell::pair(Cell::Count(direct.failed()), Cell::Count(maestro.failed())),
+                ],
+            )
+        })
+        .collect();
+    Report {
+        title: "Airflow".to_owned(),
+        setup,
+        corner: "endpoint".to_owned(),
+        columns: columns.map(str::to_owned).to_vec(),
+        rows,
+        checks,
+        notes: Vec::new(),
     }
-    for miss in &missed {
-        eprintln!("missed: {miss}");
-    }
-    if !missed.is_empty() && !args.no_check {
-        bail!("{} of the Airflow targets missed", missed.len());
-    }
-    Ok(())
 }
 
 /// In how many turns each side's requests are sent.
@@ -401,23 +457,6 @@ async fn in_turns(
         });
     }
     merged.context("no turns")
-}
-
-/// Non-2xx answers and requests without an answer.
-fn failed(report: &LoadReport) -> u64 {
-    report.non_2xx() + report.transport_errors
-}
-
-fn millis(micros: i64) -> String {
-    format!("{:.2} ms", micros as f64 / 1000.0)
-}
-
-fn ratio(numerator: i64, denominator: i64) -> String {
-    if denominator > 0 {
-        format!("{:.2}×", numerator as f64 / denominator as f64)
-    } else {
-        "–".to_owned()
-    }
 }
 
 /// The 1-, 5- and 15-minute load averages, as `/proc/loadavg` has them.
@@ -513,11 +552,71 @@ async fn call(
 mod tests {
     use super::*;
 
+    fn summary(p50_micros: u64, p99_micros: u64, non_2xx: u64) -> Summary {
+        Summary {
+            non_2xx,
+            ..Summary::all_answered(1_000, 100.0, p50_micros, p99_micros)
+        }
+    }
+
+    fn rows() -> Vec<Measured> {
+        vec![
+            Measured {
+                name: "get pipeline",
+                direct: summary(14_830, 27_310, 0),
+                maestro: summary(16_250, 25_000, 0),
+                target: Some(ADDED_P50_TARGET),
+            },
+            Measured {
+                name: "execute, against a bare trigger (no `conf`)",
+                direct: summary(30_000, 80_000, 3),
+                maestro: summary(34_000, 0, 1),
+                target: None,
+            },
+        ]
+    }
+
+    fn exchanges(default: usize) -> TokenExchanges {
+        TokenExchanges {
+            default,
+            uncached: 1,
+            per_target: 1_100,
+        }
+    }
+
     #[test]
-    fn added_latency_is_shown_in_milliseconds_and_ratios_guard_against_zero() {
-        assert_eq!(millis(1_234), "1.23 ms");
-        assert_eq!(millis(-500), "-0.50 ms");
-        assert_eq!(ratio(3_000, 2_000), "1.50×");
-        assert_eq!(ratio(3_000, 0), "–");
+    fn each_endpoint_shows_what_maestro_adds_with_signed_differences_and_guarded_ratios() {
+        let markdown = report("Set-up.".to_owned(), &rows(), &exchanges(1)).markdown();
+        for line in [
+            "| endpoint | direct p50 | direct p99 | Maestro p50 | Maestro p99 | added p50 | added p99 | ratio p50 | ratio p99 | non-2xx direct / Maestro |",
+            "| get pipeline | 14.83 ms | 27.31 ms | 16.25 ms | 25.00 ms | 1.42 ms | -2.31 ms | 1.10x | 0.92x | 0 / 0 |",
+            "| execute, against a bare trigger (no `conf`) | 30.00 ms | 80.00 ms | 34.00 ms | 0.00 ms | 4.00 ms | -80.00 ms | 1.13x | 0.00x | 3 / 1 |",
+            "| get pipeline: added p50 <= 2.00 ms | 1.42 ms | PASS |",
+            "| one token exchange (`POST /auth/token`) per Maestro | 1 for 3,300 requests by the default Maestro, 1 for 1,100 by the one without the cache | PASS |",
+        ] {
+            assert!(
+                markdown.contains(&format!("\n{line}\n")),
+                "{line}\n{markdown}"
+            );
+        }
+        assert_eq!(
+            markdown.matches("| PASS |").count(),
+            2,
+            "rows without a target have no check"
+        );
+    }
+
+    #[test]
+    fn more_than_2_ms_added_or_a_second_token_exchange_misses() {
+        let mut rows = rows();
+        rows[0].maestro.p50 = rows[0].direct.p50 + Duration::from_micros(2_001);
+        let report = report(String::new(), &rows, &exchanges(2));
+        assert_eq!(
+            report.missed(),
+            [
+                "get pipeline: added p50 <= 2.00 ms",
+                "one token exchange (`POST /auth/token`) per Maestro"
+            ]
+        );
     }
 }
