@@ -452,19 +452,39 @@ mod tests {
         }
     }
 
+    /// A graph with `members` and `edges` (from, kind, to) between
+    /// packages that have no features.
+    fn plain(members: &[&str], edges: &[(&str, Kind, &str)]) -> Graph {
+        let mut graph = graph(members, Vec::new());
+        for &(from, kind, to) in edges {
+            for name in [from, to] {
+                graph
+                    .packages
+                    .entry(name.to_owned())
+                    .or_insert_with(|| Package {
+                        name: name.to_owned(),
+                        manifest: format!("crates/{name}/Cargo.toml"),
+                        ..Package::default()
+                    });
+            }
+            let package = graph.packages.get_mut(from).expect("just added");
+            package.edges.push(on(to, kind));
+        }
+        graph
+    }
+
     fn names(tree: &BTreeMap<String, Vec<String>>) -> Vec<&str> {
         tree.keys().map(String::as_str).collect()
     }
 
     #[test]
     fn a_tree_within_the_allow_list_breaks_no_rule() {
-        let graph = graph(
+        let graph = plain(
             &["domain"],
-            vec![
-                ("domain", &[], vec![on("chrono", Kind::Normal)]),
-                ("chrono", &[], vec![on("num-traits", Kind::Normal)]),
-                ("num-traits", &[], vec![on("autocfg", Kind::Build)]),
-                ("autocfg", &[], vec![]),
+            &[
+                ("domain", Kind::Normal, "chrono"),
+                ("chrono", Kind::Normal, "num-traits"),
+                ("num-traits", Kind::Build, "autocfg"),
             ],
         );
         let allowed = ["chrono", "num-traits", "autocfg"];
@@ -473,13 +493,12 @@ mod tests {
 
     #[test]
     fn a_runtime_pulled_in_deep_down_is_reported_with_the_chain_that_pulled_it() {
-        let graph = graph(
+        let graph = plain(
             &["domain"],
-            vec![
-                ("domain", &[], vec![on("helper", Kind::Normal)]),
-                ("helper", &[], vec![on("tokio", Kind::Normal)]),
-                ("tokio", &[], vec![on("mio", Kind::Normal)]),
-                ("mio", &[], vec![]),
+            &[
+                ("domain", Kind::Normal, "helper"),
+                ("helper", Kind::Normal, "tokio"),
+                ("tokio", Kind::Normal, "mio"),
             ],
         );
         let violations = check_build_tree(&graph, "domain", &["helper"]);
@@ -497,13 +516,7 @@ mod tests {
 
     #[test]
     fn dev_dependencies_are_not_in_the_tree() {
-        let graph = graph(
-            &["domain"],
-            vec![
-                ("domain", &[], vec![on("tokio", Kind::Dev)]),
-                ("tokio", &[], vec![]),
-            ],
-        );
+        let graph = plain(&["domain"], &[("domain", Kind::Dev, "tokio")]);
         assert_eq!(names(&graph.build_tree("domain")), ["domain"]);
     }
 
@@ -613,52 +626,28 @@ mod tests {
     }
 
     /// A workspace of `domain`, `runtime`, three adapters, a test-support
-    /// crate and `app`, with `edges` added to `from`.
-    fn workspace(from: &str, edges: Vec<Edge>) -> Graph {
-        let names = [
-            "domain",
-            "runtime",
-            "adapter-http",
-            "adapter-memory",
-            "adapter-auth",
-            "airflow-test-support",
-            "app",
-        ];
-        let mut graph = graph(
-            &names,
-            names
-                .iter()
-                .map(|&name| (name, &[] as &[(&str, &[&str])], Vec::new()))
-                .chain([
-                    ("tokio", &[] as &[_], Vec::new()),
-                    ("chrono", &[], Vec::new()),
-                ])
-                .collect(),
-        );
-        let add = |graph: &mut Graph, from: &str, edge: Edge| {
-            graph
-                .packages
-                .get_mut(from)
-                .expect("a package of the workspace")
-                .edges
-                .push(edge);
-        };
-        // What the real workspace has, and is allowed.
-        for adapter in ["adapter-http", "adapter-memory", "adapter-auth"] {
-            add(&mut graph, adapter, on("domain", Kind::Normal));
-            add(&mut graph, adapter, on("runtime", Kind::Normal));
-            add(&mut graph, "app", on(adapter, Kind::Normal));
+    /// crate and `app`, depending on each other as allowed, with `extra`
+    /// edges added.
+    fn workspace(extra: &[(&str, Kind, &str)]) -> Graph {
+        let adapters = ["adapter-http", "adapter-memory", "adapter-auth"];
+        let mut edges = Vec::new();
+        for adapter in adapters {
+            edges.push((adapter, Kind::Normal, "domain"));
+            edges.push((adapter, Kind::Normal, "runtime"));
+            edges.push(("app", Kind::Normal, adapter));
         }
-        for to in ["domain", "tokio", "chrono"] {
-            add(&mut graph, "runtime", on(to, Kind::Normal));
+        for to in RUNTIME {
+            edges.push(("runtime", Kind::Normal, to));
         }
-        add(&mut graph, "app", on("airflow-test-support", Kind::Dev));
-        add(&mut graph, "adapter-http", on("adapter-memory", Kind::Dev));
-        for edge in edges {
-            add(&mut graph, from, edge);
-        }
-        graph
+        edges.push(("app", Kind::Dev, "airflow-test-support"));
+        edges.push(("adapter-http", Kind::Dev, "adapter-memory"));
+        edges.extend_from_slice(extra);
+        let members = ["domain", "runtime", "airflow-test-support", "app"];
+        plain(&[&members[..], &adapters[..]].concat(), &edges)
     }
+
+    /// What `runtime` may depend on in these tests.
+    const RUNTIME: [&str; 3] = ["domain", "tokio", "chrono"];
 
     fn details(violations: &[Violation]) -> Vec<&str> {
         violations.iter().map(|v| v.detail.as_str()).collect()
@@ -666,24 +655,18 @@ mod tests {
 
     #[test]
     fn the_allowed_workspace_breaks_no_rule() {
-        let graph = workspace("app", Vec::new());
+        let graph = workspace(&[]);
         assert_eq!(check_adapters(&graph), []);
-        assert_eq!(
-            check_runtime(&graph, "runtime", &["domain", "tokio", "chrono"]),
-            []
-        );
+        assert_eq!(check_runtime(&graph, "runtime", &RUNTIME), []);
         assert_eq!(check_test_support(&graph), []);
     }
 
     #[test]
     fn an_adapter_compiling_in_another_is_reported_whatever_its_name() {
-        let graph = workspace(
-            "adapter-auth",
-            vec![
-                on("adapter-memory", Kind::Normal),
-                on("adapter-http", Kind::Build),
-            ],
-        );
+        let graph = workspace(&[
+            ("adapter-auth", Kind::Normal, "adapter-memory"),
+            ("adapter-auth", Kind::Build, "adapter-http"),
+        ]);
         let violations = check_adapters(&graph);
         assert_eq!(
             details(&violations),
@@ -698,7 +681,7 @@ mod tests {
     #[test]
     fn only_app_may_depend_on_adapters() {
         for from in ["domain", "runtime"] {
-            let graph = workspace(from, vec![on("adapter-memory", Kind::Normal)]);
+            let graph = workspace(&[(from, Kind::Normal, "adapter-memory")]);
             assert_eq!(
                 details(&check_adapters(&graph)),
                 [format!(
@@ -710,19 +693,12 @@ mod tests {
 
     #[test]
     fn runtime_depending_on_anything_but_domain_tokio_and_chrono_is_reported() {
-        let graph = workspace(
-            "runtime",
-            vec![
-                on("adapter-memory", Kind::Normal),
-                on("reqwest", Kind::Build),
-            ],
-        );
+        let graph = workspace(&[
+            ("runtime", Kind::Normal, "adapter-memory"),
+            ("runtime", Kind::Build, "reqwest"),
+        ]);
         assert_eq!(
-            details(&check_runtime(
-                &graph,
-                "runtime",
-                &["domain", "tokio", "chrono"]
-            )),
+            details(&check_runtime(&graph, "runtime", &RUNTIME)),
             [
                 "runtime has `adapter-memory` in [dependencies]; it may depend on domain, tokio, chrono only",
                 "runtime has `reqwest` in [build-dependencies]; it may depend on domain, tokio, chrono only",
@@ -732,10 +708,7 @@ mod tests {
 
     #[test]
     fn a_test_support_crate_outside_dev_dependencies_is_reported() {
-        let graph = workspace(
-            "adapter-http",
-            vec![on("airflow-test-support", Kind::Normal)],
-        );
+        let graph = workspace(&[("adapter-http", Kind::Normal, "airflow-test-support")]);
         assert_eq!(
             details(&check_test_support(&graph)),
             [
