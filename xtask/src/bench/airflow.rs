@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use super::{
     Args, STARTUP_TIMEOUT, maestro_command, mint_token, random_secret,
     report::{self, Cell, Check, Report, Row, Summary},
-    unix_now,
+    report_first_problem, unix_now,
 };
 use crate::{
     e2e_airflow,
@@ -55,15 +55,6 @@ const SET_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The target for the latency Maestro adds, at the median.
 const ADDED_P50_TARGET: Duration = Duration::from_millis(2);
-
-/// One endpoint, measured straight and through Maestro.
-struct Pair {
-    name: &'static str,
-    direct: LoadReport,
-    maestro: LoadReport,
-    /// The most Maestro may add at the median, when the row has a target.
-    target: Option<Duration>,
-}
 
 /// One `maestro` on the Airflow backend, logging to a file of its own in
 /// the bench's Airflow home.
@@ -267,10 +258,14 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
             println!("== {name}, straight to Airflow and through Maestro in turns: {plan} each");
             let (direct, maestro) =
                 in_turns(&spec(airflow, direct), &spec(gateway.addr, through)).await?;
-            pairs.push(Pair {
+            // Not a target: on `airflow standalone` both sides meet SQLite's
+            // write lock now and then (Airflow answers 500 after 5 s, which
+            // Maestro passes on as 502); the table shows both counts.
+            report_first_problem(&format!("{name} through Maestro"), &maestro);
+            pairs.push(Measured {
                 name,
-                direct,
-                maestro,
+                direct: Summary::new(&direct, args.airflow_requests),
+                maestro: Summary::new(&maestro, args.airflow_requests),
                 target,
             });
         }
@@ -286,32 +281,6 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
     let _ = runtime.block_on(set_paused(airflow, &token, true));
     drop(up);
 
-    for pair in &pairs {
-        // Not a target: on `airflow standalone` both sides meet SQLite's
-        // write lock now and then (Airflow answers 500 after 5 s, which
-        // Maestro passes on as 502); the table shows both counts.
-        if let Some(err) = &pair.maestro.first_transport_error {
-            eprintln!(
-                "{} through Maestro: first transport error: {err}",
-                pair.name
-            );
-        }
-        if !pair.maestro.failures_by_status.is_empty() {
-            eprintln!(
-                "{} through Maestro answered {:?}",
-                pair.name, pair.maestro.failures_by_status
-            );
-        }
-    }
-    let rows: Vec<Measured> = pairs
-        .iter()
-        .map(|pair| Measured {
-            name: pair.name,
-            direct: Summary::new(&pair.direct, args.airflow_requests),
-            maestro: Summary::new(&pair.maestro, args.airflow_requests),
-            target: pair.target,
-        })
-        .collect();
     let setup = format!(
         "Maestro in front of Apache Airflow {} (airflow standalone, SQLite), {} connections, {} requests per target after {} warm-up; load average {load_before} before, {load_after} after.",
         e2e_airflow::AIRFLOW_VERSION,
@@ -324,7 +293,7 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
         uncached: uncached_exchanges,
         per_target: args.airflow_requests + args.airflow_warmup,
     };
-    let report = report(setup, &rows, &exchanges);
+    let report = report(setup, &pairs, &exchanges);
     super::print(&report);
     super::judge(&[report], args.no_check)
 }
