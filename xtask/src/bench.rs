@@ -16,23 +16,22 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use bytes::Bytes;
-use hyper::{
-    HeaderMap, Method,
-    header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue},
-};
+use hyper::Method;
 use serde::Serialize;
 use tempfile::NamedTempFile;
 use uuid::Uuid;
 
 use crate::{
-    load::{self, LoadSpec, RequestTemplate},
-    process::{ChildGuard, free_local_addr, resident_set_size},
+    http::RequestTemplate,
+    load::{self, LoadSpec},
+    process::{ChildGuard, free_local_addr},
 };
+use report::Report;
 
 mod airflow;
 mod baseline;
 mod idempotency;
+mod memory;
 mod report;
 
 /// The customer the bench's pipeline belongs to and its token names.
@@ -196,21 +195,35 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let results = runtime.block_on(measure(args, &maestro))?;
-    let mut checks = report::checks(&results);
-    println!();
-    print!("{}", report::text(&results, &checks));
-    println!();
-    println!("For docs/performance.md:");
-    println!();
-    print!("{}", report::markdown(&results, &checks));
+    let mut reports = vec![runtime.block_on(memory::run(args, &maestro))?];
+    print(&reports[0]);
     if !args.no_idempotency {
-        checks.extend(idempotency::run(&runtime, args, &maestro)?);
+        reports.push(runtime.block_on(idempotency::run(args, &maestro))?);
+        print(&reports[1]);
     }
+    judge(&reports, args.no_check)
+}
 
-    let missed = checks.iter().filter(|check| !check.passed).count();
-    if missed > 0 && !args.no_check {
-        bail!("{missed} of {} targets missed", checks.len());
+/// Prints `report` for the terminal, then as markdown for the docs.
+fn print(report: &Report) {
+    println!();
+    print!("{}", report.text());
+    println!();
+    println!("For docs/performance.md ({}):", report.title);
+    println!();
+    print!("{}", report.markdown());
+}
+
+/// Fails when a target of `reports` was missed, unless only reporting.
+fn judge(reports: &[Report], no_check: bool) -> anyhow::Result<()> {
+    let missed: Vec<String> = reports.iter().flat_map(Report::missed).collect();
+    let targets: usize = reports.iter().map(|report| report.checks.len()).sum();
+    if !missed.is_empty() && !no_check {
+        bail!(
+            "{} of {targets} targets missed: {}",
+            missed.len(),
+            missed.join("; ")
+        );
     }
     Ok(())
 }
@@ -298,76 +311,64 @@ fn rerun(xtask: &Path, maestro: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Loads the baseline, then the service, and gathers the figures.
-async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<report::Results> {
-    let pipeline = Uuid::new_v4();
-    let secret = random_secret();
-    let token = mint_token(&secret, BENCH_CUSTOMER, unix_now()?)?;
-    let request = execute_request(&token, pipeline)?;
-    let spec = |addr| LoadSpec {
-        addr,
-        connections: args.connections,
-        requests: args.requests,
-        warmup: args.warmup,
-        request: request.clone(),
-    };
-    let plan = format!(
-        "{} warm-up + {} requests over {} connections",
-        report::thousands(args.warmup),
-        report::thousands(args.requests),
-        args.connections
-    );
+/// What the memory-backend modes send: executes of a fresh pipeline of
+/// [`BENCH_CUSTOMER`], with a token signed by a fresh secret, the same
+/// number of them to every server loaded.
+#[derive(Debug)]
+struct ExecuteLoad {
+    pipeline: Uuid,
+    secret: String,
+    request: RequestTemplate,
+    connections: usize,
+    requests: u64,
+    warmup: u64,
+}
 
-    // The baseline's guard drops at the end of this block: it is stopped
-    // before the service starts, so the two never share the CPUs.
-    let baseline = {
-        let addr = free_local_addr()?;
-        let mut command = Command::new(env::current_exe().context("cannot find this xtask")?);
-        command
-            .args(["bench-baseline", "--bind", &addr.to_string()])
-            .stdin(Stdio::piped());
-        let mut server = ChildGuard::spawn("the baseline", &mut command)?;
-        server.wait_until_healthy(addr, STARTUP_TIMEOUT).await?;
-        println!("== baseline (bare axum) on {addr}: {plan}");
-        load::run(&spec(addr)).await?
-    };
+impl ExecuteLoad {
+    /// `requests` measured executes with the options' connections and
+    /// warm-up.
+    fn new(args: &Args, requests: u64) -> anyhow::Result<Self> {
+        let pipeline = Uuid::new_v4();
+        let secret = random_secret();
+        let token = mint_token(&secret, BENCH_CUSTOMER, unix_now()?)?;
+        Ok(Self {
+            pipeline,
+            request: execute_request(&token, pipeline)?,
+            secret,
+            connections: args.connections,
+            requests,
+            warmup: args.warmup,
+        })
+    }
 
-    let setup = args.backend.prepare(pipeline)?;
+    /// The load, sent to `addr`.
+    fn at(&self, addr: SocketAddr) -> LoadSpec {
+        LoadSpec {
+            addr,
+            connections: self.connections,
+            requests: self.requests,
+            warmup: self.warmup,
+            request: self.request.clone(),
+        }
+    }
+
+    /// What is sent, in words.
+    fn plan(&self) -> String {
+        report::plan(self.warmup, self.requests, self.connections)
+    }
+}
+
+/// Starts `maestro` with `env` on a free port and waits until it is ready.
+async fn start_maestro(
+    maestro: &Path,
+    secret: &str,
+    env: &[(&'static str, String)],
+) -> anyhow::Result<(ChildGuard, SocketAddr)> {
     let addr = free_local_addr()?;
-    let mut command = maestro_command(maestro, addr, &secret, &setup.env);
+    let mut command = maestro_command(maestro, addr, secret, env);
     let mut server = ChildGuard::spawn("maestro", &mut command)?;
     server.wait_until_healthy(addr, STARTUP_TIMEOUT).await?;
-    let service_rss_idle = resident_set_size(server.id()).ok();
-    println!(
-        "== maestro ({} backend) on {addr}: {plan}",
-        args.backend.name()
-    );
-    let service = load::run(&spec(addr)).await?;
-    let service_rss_after = match resident_set_size(server.id()) {
-        Ok(bytes) => Some(bytes),
-        Err(err) => {
-            eprintln!("warning: {err:#}");
-            None
-        }
-    };
-    drop(server);
-    drop(setup);
-
-    report_first_problem("maestro", &service);
-    report_first_problem("the baseline", &baseline);
-    Ok(report::Results {
-        settings: report::Settings {
-            backend: args.backend.name(),
-            connections: args.connections,
-            requests: args.requests,
-            warmup: args.warmup,
-            cpus: std::thread::available_parallelism().map_or(1, usize::from),
-        },
-        service: report::Summary::new(&service, args.requests),
-        baseline: report::Summary::new(&baseline, args.requests),
-        service_rss_idle,
-        service_rss_after,
-    })
+    Ok((server, addr))
 }
 
 /// `maestro serve` on `addr` with the bench's secret and `env`, and nothing
@@ -451,27 +452,15 @@ fn mint_token(secret: &str, customer: &str, now: u64) -> anyhow::Result<String> 
 /// `POST /platform/pipeline/execute` for `pipeline` with `token`. The
 /// baseline gets the very same request and ignores the token.
 fn execute_request(token: &str, pipeline: Uuid) -> anyhow::Result<RequestTemplate> {
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(
-        AUTHORIZATION,
-        HeaderValue::from_str(&format!("Bearer {token}"))
-            .context("the token is not a header value")?,
-    );
-    let body =
-        serde_json::to_vec(&serde_json::json!({"pipeline_id": pipeline.hyphenated().to_string()}))
-            .context("cannot write the execute body")?;
-    Ok(RequestTemplate {
-        method: Method::POST,
-        path: baseline::EXECUTE_PATH.to_owned(),
-        headers,
-        body: Bytes::from(body),
-    })
+    RequestTemplate::new(Method::POST, baseline::EXECUTE_PATH)
+        .bearer(token)?
+        .json(&serde_json::json!({"pipeline_id": pipeline.hyphenated().to_string()}))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
     #[test]

@@ -18,8 +18,7 @@
 //! stopped again on every way out like Airflow.
 
 use std::fs;
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -27,16 +26,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::redis::RedisServer;
+use crate::{
+    http::{self, RequestTemplate},
+    process::free_local_addr,
+    redis::RedisServer,
+};
 
 /// The Airflow release the tests are written against.
-const AIRFLOW_VERSION: &str = "3.3.2";
+pub(crate) const AIRFLOW_VERSION: &str = "3.3.2";
 
 /// The Airflow account the tests use, with the simple auth manager's
 /// `USER` role: read everything, and edit DAGs and DAG runs. That the tests
 /// pass with it shows that Maestro needs no more. Airflow generates its
 /// password.
 pub(crate) const USERNAME: &str = "maestro";
+
+/// How long one health check of Airflow may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The accounts Airflow is started with: the tests' one, and an admin for
 /// looking around with `--keep-running`.
@@ -131,7 +137,7 @@ pub(crate) fn start(
     }
     fs::create_dir_all(&home)
         .with_context(|| format!("cannot create the Airflow home {}", home.display()))?;
-    let port = free_port()?;
+    let port = free_local_addr()?.port();
     let url = format!("http://127.0.0.1:{port}");
 
     let step = Instant::now();
@@ -302,13 +308,6 @@ pub(crate) fn ensure_venv(python: &str, venv: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A loopback port nobody listens on right now.
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
 /// `cargo test -p <package> --features <feature> --test <target>`, and
 /// with `env` set, `-- --test-threads=1 <filter> <extra>`.
 fn cargo_test(
@@ -430,11 +429,11 @@ impl Airflow {
             // on the machine would collide with.
             .env(
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
-                free_port()?.to_string(),
+                free_local_addr()?.port().to_string(),
             )
             .env(
                 "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
-                free_port()?.to_string(),
+                free_local_addr()?.port().to_string(),
             )
             .env("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
             // The tests run one DAG run at a time; fewer worker processes
@@ -469,21 +468,33 @@ impl Airflow {
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("airflow standalone exited ({status}) before it was healthy");
+        let health = RequestTemplate::get("/api/v2/monitor/health");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?;
+        runtime.block_on(async {
+            loop {
+                if let Some(status) = self.child.try_wait()? {
+                    bail!("airflow standalone exited ({status}) before it was healthy");
+                }
+                // Any failure to answer is retried: Airflow is booting.
+                if let Ok(answer) = http::send_once(addr, &health, HEALTH_TIMEOUT).await
+                    && answer.status.is_success()
+                {
+                    let health = answer.json();
+                    if health["metadatabase"]["status"] == "healthy"
+                        && health["scheduler"]["status"] == "healthy"
+                    {
+                        return Ok(());
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!("Airflow was not healthy within {timeout:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            if let Some(health) = get_json(addr, "/api/v2/monitor/health")
-                && health["metadatabase"]["status"] == "healthy"
-                && health["scheduler"]["status"] == "healthy"
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("Airflow was not healthy within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        })
     }
 
     /// Stops every process of the group: politely, then not.
@@ -527,19 +538,4 @@ impl Drop for Airflow {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// `GET path` over plain HTTP/1.0, the body as JSON; `None` on any
-/// failure, which the caller retries.
-fn get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return None;
-    }
-    serde_json::from_str(body).ok()
 }

@@ -11,76 +11,15 @@ use std::{
 };
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt as _, Empty, Full};
-use hyper::{
-    HeaderMap, Method, Request, StatusCode,
-    client::conn::http1::{self, SendRequest},
-    header::{HOST, HeaderName, HeaderValue},
-};
-use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, sync::Barrier};
+use hyper::header::{HeaderName, HeaderValue};
+use tokio::sync::Barrier;
 
-/// The longest one request may take before it counts as a transport error.
-/// Generous: it only exists so that a server that stops answering ends the
-/// run instead of hanging it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::http::{Connection, RequestTemplate};
 
 /// The largest latency the histogram holds, in microseconds (a minute);
 /// anything slower is recorded as a minute.
 const MAX_LATENCY_MICROS: u64 = 60_000_000;
-
-/// Why one request got no answer.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum TransportError {
-    /// The TCP connection could not be opened.
-    #[error("cannot connect: {0}")]
-    Connect(#[source] std::io::Error),
-    /// The HTTP exchange failed: handshake, request, or reading the body.
-    #[error("HTTP exchange failed: {0}")]
-    Http(#[from] hyper::Error),
-    /// No answer within [`REQUEST_TIMEOUT`].
-    #[error("no answer within {}s", REQUEST_TIMEOUT.as_secs())]
-    Timeout,
-}
-
-/// One request, sent again and again: built once, cloned cheaply (the
-/// header values and body are reference-counted).
-#[derive(Debug, Clone)]
-pub(crate) struct RequestTemplate {
-    /// The method, e.g. `POST`.
-    pub(crate) method: Method,
-    /// The path and query, e.g. `/platform/pipeline/execute`.
-    pub(crate) path: String,
-    /// Headers besides `Host` and `Content-Length`, which are added per
-    /// connection and per body.
-    pub(crate) headers: HeaderMap,
-    /// The body; empty for none.
-    pub(crate) body: Bytes,
-}
-
-impl RequestTemplate {
-    /// The request to send, with `unique`, when given, added as one more
-    /// header.
-    fn build(
-        &self,
-        host: &HeaderValue,
-        unique: Option<(HeaderName, HeaderValue)>,
-    ) -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(self.body.clone()));
-        *request.method_mut() = self.method.clone();
-        // A path that does not parse as a URI is a bug of the caller's
-        // template; it then goes out as `/` and the answers show it.
-        *request.uri_mut() = self.path.parse().unwrap_or_default();
-        *request.headers_mut() = self.headers.clone();
-        request.headers_mut().insert(HOST, host.clone());
-        if let Some((name, value)) = unique {
-            request.headers_mut().insert(name, value);
-        }
-        request
-    }
-}
 
 /// A header whose value differs on every request of a run, warm-up
 /// included: `{run}-{worker}-{seq}`, e.g. a fresh `Idempotency-Key` per
@@ -202,11 +141,8 @@ impl LoadReport {
 struct WorkerReport {
     started: Instant,
     finished: Instant,
-    latency: Histogram<u64>,
-    successes: u64,
-    failures_by_status: BTreeMap<u16, u64>,
-    transport_errors: u64,
-    first_transport_error: Option<String>,
+    /// Its requests, with its own measured phase as `elapsed`.
+    report: LoadReport,
 }
 
 fn new_histogram() -> anyhow::Result<Histogram<u64>> {
@@ -285,19 +221,10 @@ async fn run_with(
                 (started.min(worker.started), finished.max(worker.finished))
             }
         });
-        report
-            .latency
-            .add(&worker.latency)
-            .map_err(|err| anyhow::anyhow!("cannot merge latency histograms: {err:?}"))?;
-        report.successes += worker.successes;
-        for (status, count) in worker.failures_by_status {
-            *report.failures_by_status.entry(status).or_default() += count;
-        }
-        report.transport_errors += worker.transport_errors;
-        if report.first_transport_error.is_none() {
-            report.first_transport_error = worker.first_transport_error;
-        }
+        report.merge(worker.report)?;
     }
+    // The workers' phases overlap: the run took from the first start to the
+    // last finish, not the sum that merging added up.
     if let Some((started, finished)) = window {
         report.elapsed = finished.duration_since(started);
     }
@@ -330,13 +257,12 @@ impl Worker {
     }
 
     async fn run(mut self, barrier: Arc<Barrier>) -> WorkerReport {
-        let host = host_header(self.addr);
-        let mut connection = None;
+        let mut connection = Connection::new(self.addr);
         for _ in 0..self.warmup {
             let unique = self.next_unique();
             // Warm-up answers are not judged; failures show in the
             // measured phase, which uses the same connection.
-            let _ = exchange(&mut connection, self.addr, &self.template, &host, unique).await;
+            let _ = connection.send(&self.template, unique).await;
         }
         barrier.wait().await;
 
@@ -350,7 +276,7 @@ impl Worker {
             // the server's latency.
             let unique = self.next_unique();
             let sent = Instant::now();
-            match exchange(&mut connection, self.addr, &self.template, &host, unique).await {
+            match connection.send(&self.template, unique).await {
                 Ok(status) => {
                     let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                     self.latency.saturating_record(micros);
@@ -366,118 +292,26 @@ impl Worker {
                 }
             }
         }
+        let finished = Instant::now();
         WorkerReport {
             started,
-            finished: Instant::now(),
-            latency: self.latency,
-            successes,
-            failures_by_status,
-            transport_errors,
-            first_transport_error,
+            finished,
+            report: LoadReport {
+                elapsed: finished.duration_since(started),
+                latency: self.latency,
+                successes,
+                failures_by_status,
+                transport_errors,
+                first_transport_error,
+            },
         }
     }
-}
-
-fn host_header(addr: SocketAddr) -> HeaderValue {
-    // A socket address always makes a valid header value.
-    HeaderValue::from_str(&addr.to_string()).unwrap_or(HeaderValue::from_static("localhost"))
-}
-
-/// Opens a connection and starts driving it in the background.
-async fn connect<B>(addr: SocketAddr) -> Result<SendRequest<B>, TransportError>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(TransportError::Connect)?;
-    // Requests are small and latency is what is measured: do not let
-    // Nagle's algorithm hold them back.
-    stream.set_nodelay(true).map_err(TransportError::Connect)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        // The connection ends with an error when the server closes it; the
-        // next request on it reports that, so there is nothing to add here.
-        let _ = connection.await;
-    });
-    Ok(sender)
-}
-
-/// Sends one request on `connection` (opening one first if there is none
-/// or the server closed it) and reads the whole answer. After a failure the
-/// connection is dropped, and the next request opens a new one.
-async fn exchange(
-    connection: &mut Option<SendRequest<Full<Bytes>>>,
-    addr: SocketAddr,
-    template: &RequestTemplate,
-    host: &HeaderValue,
-    unique: Option<(HeaderName, HeaderValue)>,
-) -> Result<StatusCode, TransportError> {
-    let attempt = async {
-        let mut sender = match connection.take() {
-            Some(sender) if !sender.is_closed() => sender,
-            _ => connect(addr).await?,
-        };
-        sender.ready().await?;
-        let response = sender.send_request(template.build(host, unique)).await?;
-        let status = response.status();
-        response.into_body().collect().await?;
-        Ok((sender, status))
-    };
-    match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
-        Ok(Ok((sender, status))) => {
-            *connection = Some(sender);
-            Ok(status)
-        }
-        Ok(Err(err)) => Err(err),
-        Err(_) => Err(TransportError::Timeout),
-    }
-}
-
-/// Sends `template` once on a fresh connection and gives back the answer's
-/// status and headers, for checks around a run.
-pub(crate) async fn send_once(
-    addr: SocketAddr,
-    template: &RequestTemplate,
-) -> Result<(StatusCode, HeaderMap), TransportError> {
-    let attempt = async {
-        let mut sender = connect::<Full<Bytes>>(addr).await?;
-        sender.ready().await?;
-        let response = sender
-            .send_request(template.build(&host_header(addr), None))
-            .await?;
-        let (parts, body) = response.into_parts();
-        body.collect().await?;
-        Ok((parts.status, parts.headers))
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, attempt)
-        .await
-        .unwrap_or(Err(TransportError::Timeout))
-}
-
-/// The status of one `GET path` on a fresh connection, for readiness
-/// checks.
-pub(crate) async fn get_status(addr: SocketAddr, path: &str) -> Result<StatusCode, TransportError> {
-    let attempt = async {
-        let mut sender = connect::<Empty<Bytes>>(addr).await?;
-        sender.ready().await?;
-        let mut request = Request::new(Empty::new());
-        *request.uri_mut() = path.parse().unwrap_or_default();
-        request.headers_mut().insert(HOST, host_header(addr));
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        response.into_body().collect().await?;
-        Ok(status)
-    };
-    tokio::time::timeout(Duration::from_secs(2), attempt)
-        .await
-        .unwrap_or(Err(TransportError::Timeout))
 }
 
 #[cfg(test)]
 mod tests {
+    use hyper::HeaderMap;
+
     use super::*;
 
     fn report(latencies: &[u64], failures: &[(u16, u64)], error: Option<&str>) -> LoadReport {
@@ -530,24 +364,6 @@ mod tests {
     }
 
     #[test]
-    fn the_template_adds_host_and_keeps_method_path_headers_and_body() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-test", HeaderValue::from_static("yes"));
-        let template = RequestTemplate {
-            method: Method::POST,
-            path: "/a/b?c=d".to_owned(),
-            headers,
-            body: Bytes::from_static(b"{}"),
-        };
-        let request = template.build(&HeaderValue::from_static("127.0.0.1:9"), None);
-        assert_eq!(request.method(), Method::POST);
-        assert_eq!(request.uri(), "/a/b?c=d");
-        assert_eq!(request.headers()["x-test"], "yes");
-        assert_eq!(request.headers()[HOST], "127.0.0.1:9");
-        assert_eq!(request.headers().len(), 2, "nothing else is added");
-    }
-
-    #[test]
     fn unique_values_join_the_run_the_worker_and_the_sequence_number() {
         let unique = UniqueHeader {
             name: HeaderName::from_static("idempotency-key"),
@@ -563,29 +379,6 @@ mod tests {
             fresh.run,
             UniqueHeader::fresh(fresh.name.clone()).run,
             "every run has its own values"
-        );
-    }
-
-    #[test]
-    fn the_unique_header_is_added_beside_the_templates_own() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-test", HeaderValue::from_static("yes"));
-        let template = RequestTemplate {
-            method: Method::POST,
-            path: "/".to_owned(),
-            headers,
-            body: Bytes::new(),
-        };
-        let name = HeaderName::from_static("idempotency-key");
-        let request = template.build(
-            &HeaderValue::from_static("127.0.0.1:9"),
-            Some((name.clone(), HeaderValue::from_static("k-0-0"))),
-        );
-        assert_eq!(request.headers()[&name], "k-0-0");
-        assert_eq!(request.headers()["x-test"], "yes");
-        assert!(
-            !template.headers.contains_key(&name),
-            "the template is unchanged"
         );
     }
 
@@ -618,12 +411,7 @@ mod tests {
             connections: 4,
             requests: 203,
             warmup: 10,
-            request: RequestTemplate {
-                method: Method::GET,
-                path: "/".to_owned(),
-                headers: HeaderMap::new(),
-                body: Bytes::new(),
-            },
+            request: RequestTemplate::get("/"),
         }
     }
 
@@ -666,12 +454,7 @@ mod tests {
             connections: 2,
             requests: 6,
             warmup: 0,
-            request: RequestTemplate {
-                method: Method::GET,
-                path: "/".to_owned(),
-                headers: HeaderMap::new(),
-                body: Bytes::new(),
-            },
+            request: RequestTemplate::get("/"),
         };
         let report = run(&spec).await.expect("the run completes");
         assert_eq!(report.transport_errors, 6);

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod e2e_airflow;
+mod http;
 mod load;
 mod process;
 mod redis;

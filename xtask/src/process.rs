@@ -12,7 +12,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use hyper::StatusCode;
 
-use crate::load;
+use crate::http::{self, RequestTemplate};
+
+/// How long one `GET /health` may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A running child process that is killed and reaped when the guard drops,
 /// so that an error, a failed target or a panic never leaves a server
@@ -54,6 +57,7 @@ impl ChildGuard {
         timeout: Duration,
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
+        let health = RequestTemplate::get("/health");
         loop {
             if let Some(status) = self.exit_status()? {
                 bail!(
@@ -61,9 +65,9 @@ impl ChildGuard {
                     self.name
                 );
             }
-            let last = match load::get_status(addr, "/health").await {
-                Ok(StatusCode::OK) => return Ok(()),
-                Ok(status) => format!("GET /health answered {status}"),
+            let last = match http::send_once(addr, &health, HEALTH_TIMEOUT).await {
+                Ok(answer) if answer.status == StatusCode::OK => return Ok(()),
+                Ok(answer) => format!("GET /health answered {}", answer.status),
                 Err(err) => err.to_string(),
             };
             if Instant::now() >= deadline {

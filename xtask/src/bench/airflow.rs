@@ -17,25 +17,25 @@
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr},
     path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use bytes::Bytes;
-use hyper::{
-    HeaderMap, Method,
-    header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue},
-};
+use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::{Args, STARTUP_TIMEOUT, maestro_command, mint_token, random_secret, report, unix_now};
+use super::{
+    Args, STARTUP_TIMEOUT, maestro_command, mint_token, random_secret,
+    report::{self, Cell, Check, Report, Row, Summary},
+    report_first_problem, unix_now,
+};
 use crate::{
     e2e_airflow,
-    load::{self, LoadReport, LoadSpec, RequestTemplate},
+    http::{self, RequestTemplate},
+    load::{self, LoadReport, LoadSpec},
     process::{ChildGuard, free_local_addr},
 };
 
@@ -50,18 +50,11 @@ const TOKEN_EXCHANGE: &str = "exchanged credentials for an Airflow token";
 /// How long Airflow may take to become healthy, and to parse the DAGs.
 const AIRFLOW_STARTUP: Duration = Duration::from_secs(300);
 const DAG_PARSE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one set-up call to Airflow may take.
+const SET_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The issue's target for the latency Maestro adds, at the median.
-const ADDED_P50_TARGET_MICROS: i64 = 2_000;
-
-/// One endpoint, measured straight and through Maestro.
-struct Pair {
-    name: &'static str,
-    direct: LoadReport,
-    maestro: LoadReport,
-    /// The most Maestro may add at the median, when the row has a target.
-    target: Option<i64>,
-}
+const ADDED_P50_TARGET: Duration = Duration::from_millis(2);
 
 /// One `maestro` on the Airflow backend, logging to a file of its own in
 /// the bench's Airflow home.
@@ -139,19 +132,6 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
     let up = e2e_airflow::start("python3", "airflow-bench-home", AIRFLOW_STARTUP, || Ok(()))?;
     let airflow = SocketAddr::from((Ipv4Addr::LOCALHOST, up.port));
 
-    let token = airflow_token(airflow, &up.password)?;
-    wait_for_dag(airflow, &token)?;
-    let (status, _) = call(
-        airflow,
-        "PATCH",
-        &format!("/api/v2/dags/{DAG_ID}"),
-        Some(&token),
-        Some(&json!({"is_paused": false})),
-    )?;
-    if status != 200 {
-        bail!("unpausing {DAG_ID} answered {status}");
-    }
-
     let secret = random_secret();
     // Two Maestros: the default, and one that reads the DAG before every
     // execute (`MAESTRO_AIRFLOW_DAG_CACHE_MS=0`), to show what the cache of
@@ -170,6 +150,12 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    let token = runtime.block_on(async {
+        let token = airflow_token(airflow, &up.password).await?;
+        wait_for_dag(airflow, &token).await?;
+        set_paused(airflow, &token, false).await?;
+        anyhow::Ok(token)
+    })?;
     let pairs = runtime.block_on(async {
         let mut servers = Vec::new();
         for (gateway, command) in [
@@ -192,11 +178,10 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
             warmup: args.airflow_warmup,
             request,
         };
-        let plan = format!(
-            "{} warm-up + {} requests over {} connections",
-            report::thousands(args.airflow_warmup),
-            report::thousands(args.airflow_requests),
-            args.airflow_connections
+        let plan = report::plan(
+            args.airflow_warmup,
+            args.airflow_requests,
+            args.airflow_connections,
         );
         let get_direct = request(
             Method::GET,
@@ -246,14 +231,14 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
                 &default,
                 get_direct,
                 get_through,
-                Some(ADDED_P50_TARGET_MICROS),
+                Some(ADDED_P50_TARGET),
             ),
             (
                 "execute",
                 &default,
                 execute_direct.clone(),
                 execute_through.clone(),
-                Some(ADDED_P50_TARGET_MICROS),
+                Some(ADDED_P50_TARGET),
             ),
             (
                 "execute, DAG read every time (`MAESTRO_AIRFLOW_DAG_CACHE_MS=0`)",
@@ -273,10 +258,14 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
             println!("== {name}, straight to Airflow and through Maestro in turns: {plan} each");
             let (direct, maestro) =
                 in_turns(&spec(airflow, direct), &spec(gateway.addr, through)).await?;
-            pairs.push(Pair {
+            // Not a target: on `airflow standalone` both sides meet SQLite's
+            // write lock now and then (Airflow answers 500 after 5 s, which
+            // Maestro passes on as 502); the table shows both counts.
+            report_first_problem(&format!("{name} through Maestro"), &maestro);
+            pairs.push(Measured {
                 name,
-                direct,
-                maestro,
+                direct: Summary::new(&direct, args.airflow_requests),
+                maestro: Summary::new(&maestro, args.airflow_requests),
                 target,
             });
         }
@@ -289,95 +278,116 @@ pub(super) fn run(args: &Args, maestro: &Path) -> anyhow::Result<()> {
     let uncached_exchanges = uncached.token_exchanges()?;
     // Leave the DAG as the tests expect it, although the home is thrown
     // away with the next start anyway.
-    let _ = call(
-        airflow,
-        "PATCH",
-        &format!("/api/v2/dags/{DAG_ID}"),
-        Some(&token),
-        Some(&json!({"is_paused": true})),
-    );
+    let _ = runtime.block_on(set_paused(airflow, &token, true));
     drop(up);
 
-    let mut missed = Vec::new();
-    println!();
-    println!(
-        "Maestro in front of Apache Airflow 3.3.2 (airflow standalone, SQLite), {} connections, {} requests per target after {} warm-up; load average {} before, {} after",
+    let setup = format!(
+        "Maestro in front of Apache Airflow {} (airflow standalone, SQLite), {} connections, {} requests per target after {} warm-up; load average {load_before} before, {load_after} after.",
+        e2e_airflow::AIRFLOW_VERSION,
         args.airflow_connections,
         report::thousands(args.airflow_requests),
         report::thousands(args.airflow_warmup),
-        load_before,
-        load_after
     );
-    println!();
-    println!(
-        "| endpoint | direct p50 | direct p99 | Maestro p50 | Maestro p99 | added p50 | added p99 | ratio p50 | ratio p99 | non-2xx direct / Maestro |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for pair in &pairs {
-        let quantile = |report: &LoadReport, q: f64| {
-            i64::try_from(report.latency.value_at_quantile(q)).unwrap_or(i64::MAX)
-        };
-        let (d50, d99) = (quantile(&pair.direct, 0.5), quantile(&pair.direct, 0.99));
-        let (m50, m99) = (quantile(&pair.maestro, 0.5), quantile(&pair.maestro, 0.99));
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
-            pair.name,
-            millis(d50),
-            millis(d99),
-            millis(m50),
-            millis(m99),
-            millis(m50 - d50),
-            millis(m99 - d99),
-            ratio(m50, d50),
-            ratio(m99, d99),
-            failed(&pair.direct),
-            failed(&pair.maestro),
-        );
-        if let Some(target) = pair.target
-            && m50 - d50 > target
-        {
-            missed.push(format!(
-                "{}: added p50 {} over the {} target",
-                pair.name,
-                millis(m50 - d50),
-                millis(target)
-            ));
-        }
-        // Not a target: on `airflow standalone` both sides meet SQLite's
-        // write lock now and then (Airflow answers 500 after 5 s, which
-        // Maestro passes on as 502); the table shows both counts.
-        if let Some(err) = &pair.maestro.first_transport_error {
-            eprintln!(
-                "{} through Maestro: first transport error: {err}",
-                pair.name
-            );
-        }
-        if !pair.maestro.failures_by_status.is_empty() {
-            eprintln!(
-                "{} through Maestro answered {:?}",
-                pair.name, pair.maestro.failures_by_status
-            );
-        }
+    let exchanges = TokenExchanges {
+        default: exchanges,
+        uncached: uncached_exchanges,
+        per_target: args.airflow_requests + args.airflow_warmup,
+    };
+    let report = report(setup, &pairs, &exchanges);
+    super::print(&report);
+    super::judge(&[report], args.no_check)
+}
+
+/// One endpoint's figures, straight to Airflow and through Maestro.
+#[derive(Debug, Clone, PartialEq)]
+struct Measured {
+    name: &'static str,
+    direct: Summary,
+    maestro: Summary,
+    /// The most Maestro may add at the median, when the row has a target.
+    target: Option<Duration>,
+}
+
+/// The token exchanges the two Maestros made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TokenExchanges {
+    /// By the default Maestro, over three endpoints' requests.
+    default: usize,
+    /// By the one without the DAG cache, over one endpoint's requests.
+    uncached: usize,
+    /// Requests per endpoint and side, warm-up included.
+    per_target: u64,
+}
+
+/// One row per endpoint with the latency Maestro adds, a target per row
+/// that has one, and one for the token exchanges.
+fn report(setup: String, rows: &[Measured], exchanges: &TokenExchanges) -> Report {
+    let mut checks: Vec<Check> = rows
+        .iter()
+        .filter_map(|row| {
+            let target = row.target?;
+            let added = Cell::difference(row.maestro.p50, row.direct.p50);
+            Some(Check {
+                target: format!("{}: added p50 <= {}", row.name, report::millis(target)),
+                measured: added.to_string(),
+                passed: row.maestro.p50.saturating_sub(row.direct.p50) <= target,
+            })
+        })
+        .collect();
+    checks.push(Check {
+        target: "one token exchange (`POST /auth/token`) per Maestro".to_owned(),
+        measured: format!(
+            "{} for {} requests by the default Maestro, {} for {} by the one without the cache",
+            exchanges.default,
+            report::thousands(3 * exchanges.per_target),
+            exchanges.uncached,
+            report::thousands(exchanges.per_target)
+        ),
+        passed: exchanges.default == 1 && exchanges.uncached == 1,
+    });
+    let columns = [
+        "direct p50",
+        "direct p99",
+        "Maestro p50",
+        "Maestro p99",
+        "added p50",
+        "added p99",
+        "ratio p50",
+        "ratio p99",
+        "non-2xx direct / Maestro",
+    ];
+    let rows = rows
+        .iter()
+        .map(|row| {
+            let (direct, maestro) = (&row.direct, &row.maestro);
+            let (d50, d99) = (Cell::latency(direct.p50), Cell::latency(direct.p99));
+            let (m50, m99) = (Cell::latency(maestro.p50), Cell::latency(maestro.p99));
+            let (ratio50, ratio99) = (m50.ratio_to(&d50), m99.ratio_to(&d99));
+            Row::new(
+                row.name,
+                vec![
+                    d50,
+                    d99,
+                    m50,
+                    m99,
+                    Cell::difference(maestro.p50, direct.p50),
+                    Cell::difference(maestro.p99, direct.p99),
+                    ratio50,
+                    ratio99,
+                    Cell::pair(Cell::Count(direct.failed()), Cell::Count(maestro.failed())),
+                ],
+            )
+        })
+        .collect();
+    Report {
+        title: "Airflow".to_owned(),
+        setup,
+        corner: "endpoint".to_owned(),
+        columns: columns.map(str::to_owned).to_vec(),
+        rows,
+        checks,
+        notes: Vec::new(),
     }
-    println!();
-    let per_target = args.airflow_requests + args.airflow_warmup;
-    println!(
-        "Token exchanges (`POST /auth/token`): {exchanges} for {} requests by the default Maestro, {uncached_exchanges} for {} by the one without the cache",
-        report::thousands(3 * per_target),
-        report::thousands(per_target)
-    );
-    if exchanges != 1 || uncached_exchanges != 1 {
-        missed.push(format!(
-            "{exchanges} and {uncached_exchanges} token exchanges, not 1 each"
-        ));
-    }
-    for miss in &missed {
-        eprintln!("missed: {miss}");
-    }
-    if !missed.is_empty() && !args.no_check {
-        bail!("{} of the Airflow targets missed", missed.len());
-    }
-    Ok(())
 }
 
 /// In how many turns each side's requests are sent.
@@ -418,23 +428,6 @@ async fn in_turns(
     merged.context("no turns")
 }
 
-/// Non-2xx answers and requests without an answer.
-fn failed(report: &LoadReport) -> u64 {
-    report.non_2xx() + report.transport_errors
-}
-
-fn millis(micros: i64) -> String {
-    format!("{:.2} ms", micros as f64 / 1000.0)
-}
-
-fn ratio(numerator: i64, denominator: i64) -> String {
-    if denominator > 0 {
-        format!("{:.2}×", numerator as f64 / denominator as f64)
-    } else {
-        "–".to_owned()
-    }
-}
-
 /// The 1-, 5- and 15-minute load averages, as `/proc/loadavg` has them.
 fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")
@@ -455,37 +448,19 @@ fn request(
     token: &str,
     body: Option<Value>,
 ) -> anyhow::Result<RequestTemplate> {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        AUTHORIZATION,
-        HeaderValue::from_str(&format!("Bearer {token}"))
-            .context("the token is not a header value")?,
-    );
-    let body = match body {
-        Some(body) => {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Bytes::from(serde_json::to_vec(&body)?)
-        }
-        None => Bytes::new(),
-    };
-    Ok(RequestTemplate {
-        method,
-        path: path.to_owned(),
-        headers,
-        body,
-    })
+    let request = RequestTemplate::new(method, path).bearer(token)?;
+    match body {
+        Some(body) => request.json(&body),
+        None => Ok(request),
+    }
 }
 
 /// The bench's own token for Airflow's API.
-fn airflow_token(airflow: SocketAddr, password: &str) -> anyhow::Result<String> {
-    let (status, answer) = call(
-        airflow,
-        "POST",
-        "/auth/token",
-        None,
-        Some(&json!({"username": e2e_airflow::USERNAME, "password": password})),
-    )?;
-    if !(200..300).contains(&status) {
+async fn airflow_token(airflow: SocketAddr, password: &str) -> anyhow::Result<String> {
+    let request = RequestTemplate::new(Method::POST, "/auth/token")
+        .json(&json!({"username": e2e_airflow::USERNAME, "password": password}))?;
+    let (status, answer) = call(airflow, &request).await?;
+    if !status.is_success() {
         bail!("POST /auth/token answered {status}");
     }
     answer["access_token"]
@@ -495,87 +470,122 @@ fn airflow_token(airflow: SocketAddr, password: &str) -> anyhow::Result<String> 
 }
 
 /// Waits until Airflow's DAG processor has parsed the bench's DAG.
-fn wait_for_dag(airflow: SocketAddr, token: &str) -> anyhow::Result<()> {
+async fn wait_for_dag(airflow: SocketAddr, token: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + DAG_PARSE_TIMEOUT;
+    let request = request(Method::GET, &format!("/api/v2/dags/{DAG_ID}"), token, None)?;
     loop {
-        let (status, _) = call(
-            airflow,
-            "GET",
-            &format!("/api/v2/dags/{DAG_ID}"),
-            Some(token),
-            None,
-        )?;
-        if status == 200 {
+        let (status, _) = call(airflow, &request).await?;
+        if status == StatusCode::OK {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!("Airflow did not know {DAG_ID} within {DAG_PARSE_TIMEOUT:?} (last: {status})");
         }
-        std::thread::sleep(Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Pauses or unpauses the bench's DAG.
+async fn set_paused(airflow: SocketAddr, token: &str, paused: bool) -> anyhow::Result<()> {
+    let request = request(
+        Method::PATCH,
+        &format!("/api/v2/dags/{DAG_ID}"),
+        token,
+        Some(json!({"is_paused": paused})),
+    )?;
+    let (status, _) = call(airflow, &request).await?;
+    if status != StatusCode::OK {
+        bail!("setting is_paused of {DAG_ID} to {paused} answered {status}");
+    }
+    Ok(())
 }
 
 /// One request to Airflow on a connection of its own, for the set-up: the
 /// status and the body as JSON (`null` when it is not JSON).
-fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> anyhow::Result<(u16, Value)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("cannot connect to Airflow at {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !body.is_empty() {
-        head.push_str("Content-Type: application/json\r\n");
-    }
-    if let Some(token) = token {
-        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .with_context(|| format!("{method} {path}: no answer from Airflow"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("{method} {path}: not an HTTP answer"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|status| status.parse().ok())
-        .with_context(|| format!("{method} {path}: no status in the answer"))?;
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+async fn call(
+    airflow: SocketAddr,
+    request: &RequestTemplate,
+) -> anyhow::Result<(StatusCode, Value)> {
+    let answer = http::send_once(airflow, request, SET_UP_TIMEOUT)
+        .await
+        .with_context(|| {
+            format!(
+                "{} {}: no answer from Airflow at {airflow}",
+                request.method, request.path
+            )
+        })?;
+    Ok((answer.status, answer.json()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn added_latency_is_shown_in_milliseconds_and_ratios_guard_against_zero() {
-        assert_eq!(millis(1_234), "1.23 ms");
-        assert_eq!(millis(-500), "-0.50 ms");
-        assert_eq!(ratio(3_000, 2_000), "1.50×");
-        assert_eq!(ratio(3_000, 0), "–");
+    fn summary(p50_micros: u64, p99_micros: u64, non_2xx: u64) -> Summary {
+        Summary {
+            non_2xx,
+            ..Summary::all_answered(1_000, 100.0, p50_micros, p99_micros)
+        }
+    }
+
+    fn rows() -> Vec<Measured> {
+        vec![
+            Measured {
+                name: "get pipeline",
+                direct: summary(14_830, 27_310, 0),
+                maestro: summary(16_250, 25_000, 0),
+                target: Some(ADDED_P50_TARGET),
+            },
+            Measured {
+                name: "execute, against a bare trigger (no `conf`)",
+                direct: summary(30_000, 80_000, 3),
+                maestro: summary(34_000, 0, 1),
+                target: None,
+            },
+        ]
+    }
+
+    fn exchanges(default: usize) -> TokenExchanges {
+        TokenExchanges {
+            default,
+            uncached: 1,
+            per_target: 1_100,
+        }
     }
 
     #[test]
-    fn requests_carry_the_bearer_token_and_json_only_with_a_body() {
-        let get = request(Method::GET, "/a", "t0k3n", None).expect("request");
-        assert_eq!(get.headers[AUTHORIZATION], "Bearer t0k3n");
-        assert!(get.headers.get(CONTENT_TYPE).is_none());
-        assert!(get.body.is_empty());
-        let post = request(Method::POST, "/b", "t0k3n", Some(json!({"x": 1}))).expect("request");
-        assert_eq!(post.headers[CONTENT_TYPE], "application/json");
-        assert_eq!(post.body, Bytes::from_static(br#"{"x":1}"#));
+    fn each_endpoint_shows_what_maestro_adds_with_signed_differences_and_guarded_ratios() {
+        let markdown = report("Set-up.".to_owned(), &rows(), &exchanges(1)).markdown();
+        for line in [
+            "| endpoint | direct p50 | direct p99 | Maestro p50 | Maestro p99 | added p50 | added p99 | ratio p50 | ratio p99 | non-2xx direct / Maestro |",
+            "| get pipeline | 14.83 ms | 27.31 ms | 16.25 ms | 25.00 ms | 1.42 ms | -2.31 ms | 1.10x | 0.92x | 0 / 0 |",
+            "| execute, against a bare trigger (no `conf`) | 30.00 ms | 80.00 ms | 34.00 ms | 0.00 ms | 4.00 ms | -80.00 ms | 1.13x | 0.00x | 3 / 1 |",
+            "| get pipeline: added p50 <= 2.00 ms | 1.42 ms | PASS |",
+            "| one token exchange (`POST /auth/token`) per Maestro | 1 for 3,300 requests by the default Maestro, 1 for 1,100 by the one without the cache | PASS |",
+        ] {
+            assert!(
+                markdown.contains(&format!("\n{line}\n")),
+                "{line}\n{markdown}"
+            );
+        }
+        assert_eq!(
+            markdown.matches("| PASS |").count(),
+            2,
+            "rows without a target have no check"
+        );
+    }
+
+    #[test]
+    fn more_than_2_ms_added_or_a_second_token_exchange_misses() {
+        let mut rows = rows();
+        rows[0].maestro.p50 = rows[0].direct.p50 + Duration::from_micros(2_001);
+        let report = report(String::new(), &rows, &exchanges(2));
+        assert_eq!(
+            report.missed(),
+            [
+                "get pipeline: added p50 <= 2.00 ms",
+                "one token exchange (`POST /auth/token`) per Maestro"
+            ]
+        );
     }
 }

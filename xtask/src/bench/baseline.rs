@@ -65,9 +65,12 @@ pub(crate) async fn serve(listener: TcpListener) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::{self, LoadSpec, RequestTemplate};
+    use crate::{
+        http::{self, RequestTemplate},
+        load::{self, LoadSpec},
+    };
     use bytes::Bytes;
-    use hyper::{HeaderMap, Method, header::CONTENT_TYPE, http::HeaderValue};
+    use hyper::{Method, header::CONTENT_TYPE, http::HeaderValue};
 
     async fn start() -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -77,14 +80,12 @@ mod tests {
     }
 
     fn execute_with_body(body: &'static [u8]) -> RequestTemplate {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        RequestTemplate {
-            method: Method::POST,
-            path: EXECUTE_PATH.to_owned(),
-            headers,
-            body: Bytes::from_static(body),
-        }
+        let mut request = RequestTemplate::new(Method::POST, EXECUTE_PATH);
+        request
+            .headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        request.body = Bytes::from_static(body);
+        request
     }
 
     #[tokio::test]
@@ -139,27 +140,13 @@ mod tests {
     #[tokio::test]
     async fn the_baseline_answers_the_services_success_shape() {
         let addr = start().await;
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .expect("handshake");
-        tokio::spawn(connection);
-        let request = hyper::Request::post(EXECUTE_PATH)
-            .header(CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(Bytes::from_static(
-                br#"{"pipeline_id": "abc"}"#,
-            )))
-            .expect("request");
-        let response = sender.send_request(request).await.expect("answer");
-        assert_eq!(response.status(), 200);
-        let body = http_body_util::BodyExt::collect(response.into_body())
+        let request = execute_with_body(br#"{"pipeline_id": "abc"}"#);
+        let answer = http::send_once(addr, &request, http::REQUEST_TIMEOUT)
             .await
-            .expect("body")
-            .to_bytes();
-        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            .expect("answer");
+        assert_eq!(answer.status, 200);
         assert_eq!(
-            body,
+            answer.json(),
             serde_json::json!({"status": true, "data": {
                 "message": "Pipeline execution triggered successfully",
                 "pipeline_id": "abc",

@@ -8,23 +8,21 @@
 //! bench's own, started by `scripts/redis-test-server.sh` and stopped on
 //! every way out.
 
-use std::{fmt::Write as _, path::Path};
+use std::path::Path;
 
 use hyper::{
     StatusCode,
     header::{HeaderName, HeaderValue},
 };
-use uuid::Uuid;
 
 use super::{
-    Args, BENCH_CUSTOMER, Backend, STARTUP_TIMEOUT, execute_request, maestro_command, mint_token,
-    random_secret,
-    report::{self, Check, Summary, millis, optional_times, ratio, thousands, times},
-    report_first_problem, unix_now,
+    Args, Backend, ExecuteLoad,
+    report::{self, Cell, Check, Report, Row, Summary, ratio, thousands, times},
+    report_first_problem, start_maestro,
 };
 use crate::{
-    load::{self, LoadReport, LoadSpec, RequestTemplate, UniqueHeader},
-    process::{ChildGuard, free_local_addr},
+    http::{self, RequestTemplate},
+    load::{self, LoadReport, LoadSpec, UniqueHeader},
     redis::RedisServer,
 };
 
@@ -87,57 +85,29 @@ impl Results {
     }
 }
 
-/// Measures the three runs, prints their report, and returns the checks of
-/// the targets for the caller to count.
+/// Measures the three runs and reports them.
 ///
 /// # Errors
 /// When starting Redis or a server, or loading one, fails.
-pub(super) fn run(
-    runtime: &tokio::runtime::Runtime,
-    args: &Args,
-    maestro: &Path,
-) -> anyhow::Result<Vec<Check>> {
-    let results = runtime.block_on(measure(args, maestro))?;
-    let checks = checks(&results);
-    println!();
-    print!("{}", text(&results, &checks));
-    println!();
-    println!("For docs/performance.md (Idempotency-Key):");
-    println!();
-    print!("{}", markdown(&results, &checks));
-    Ok(checks)
+pub(super) async fn run(args: &Args, maestro: &Path) -> anyhow::Result<Report> {
+    Ok(report(&measure(args, maestro).await?))
 }
 
 async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
-    let pipeline = Uuid::new_v4();
-    let secret = random_secret();
-    let token = mint_token(&secret, BENCH_CUSTOMER, unix_now()?)?;
-    let request = execute_request(&token, pipeline)?;
-    let spec = |addr| LoadSpec {
-        addr,
-        connections: args.connections,
-        requests: args.idempotency_requests,
-        warmup: args.warmup,
-        request: request.clone(),
-    };
-    let plan = format!(
-        "{} warm-up + {} requests over {} connections",
-        thousands(args.warmup),
-        thousands(args.idempotency_requests),
-        args.connections
-    );
-    let setup = Backend::Memory.prepare(pipeline)?;
+    let load = ExecuteLoad::new(args, args.idempotency_requests)?;
+    let plan = load.plan();
+    let setup = Backend::Memory.prepare(load.pipeline)?;
 
     let plain = {
-        let (_server, addr) = start_maestro(maestro, &secret, &setup.env).await?;
+        let (_server, addr) = start_maestro(maestro, &load.secret, &setup.env).await?;
         println!("== maestro (memory backend) without Idempotency-Key on {addr}: {plan}");
-        load::run(&spec(addr)).await?
+        load::run(&load.at(addr)).await?
     };
 
     let (memory_store, memory_store_replays) = {
-        let (_server, addr) = start_maestro(maestro, &secret, &setup.env).await?;
+        let (_server, addr) = start_maestro(maestro, &load.secret, &setup.env).await?;
         println!("== maestro, fresh Idempotency-Key per request, memory store, on {addr}: {plan}");
-        keyed_run(&spec(addr)).await?
+        keyed_run(&load.at(addr)).await?
     };
 
     let (redis_store, redis_store_replays) = {
@@ -147,9 +117,9 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
         let (_redis, url) = RedisServer::start("maestro-bench-redis-")?;
         let mut env = setup.env.clone();
         env.push(("MAESTRO_REDIS_URL", url));
-        let (_server, addr) = start_maestro(maestro, &secret, &env).await?;
+        let (_server, addr) = start_maestro(maestro, &load.secret, &env).await?;
         println!("== maestro, fresh Idempotency-Key per request, Redis store, on {addr}: {plan}");
-        keyed_run(&spec(addr)).await?
+        keyed_run(&load.at(addr)).await?
     };
     drop(setup);
 
@@ -174,19 +144,6 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
     })
 }
 
-/// Starts `maestro` with `env` on a free port and waits until it is ready.
-async fn start_maestro(
-    maestro: &Path,
-    secret: &str,
-    env: &[(&'static str, String)],
-) -> anyhow::Result<(ChildGuard, std::net::SocketAddr)> {
-    let addr = free_local_addr()?;
-    let mut command = maestro_command(maestro, addr, secret, env);
-    let mut server = ChildGuard::spawn("maestro", &mut command)?;
-    server.wait_until_healthy(addr, STARTUP_TIMEOUT).await?;
-    Ok((server, addr))
-}
-
 /// Loads `spec` with a fresh key per request, then sends the run's first
 /// key again: the answer must be a replay, which shows that the keys
 /// reached the store rather than being ignored.
@@ -207,14 +164,18 @@ async fn replays(spec: &LoadSpec, unique: &UniqueHeader) -> bool {
     };
     let mut repeat: RequestTemplate = spec.request.clone();
     repeat.headers.insert(unique.name.clone(), first_key);
-    match load::send_once(spec.addr, &repeat).await {
-        Ok((status, headers)) => {
-            let replayed = status == StatusCode::OK
-                && headers
+    match http::send_once(spec.addr, &repeat, http::REQUEST_TIMEOUT).await {
+        Ok(answer) => {
+            let replayed = answer.status == StatusCode::OK
+                && answer
+                    .headers
                     .get(IDEMPOTENT_REPLAYED)
                     .is_some_and(|value| value == "true");
             if !replayed {
-                eprintln!("a repeated Idempotency-Key was answered {status} {headers:?}");
+                eprintln!(
+                    "a repeated Idempotency-Key was answered {} {:?}",
+                    answer.status, answer.headers
+                );
             }
             replayed
         }
@@ -270,108 +231,44 @@ fn checks(results: &Results) -> Vec<Check> {
     ]
 }
 
-/// The plain-text report printed after the runs.
-fn text(results: &Results, checks: &[Check]) -> String {
-    let mut out = String::new();
-    for (name, summary) in results.runs() {
-        let _ = writeln!(out, "{name:<24} {}", summary.one_line());
-    }
-    let _ = writeln!(
-        out,
-        "throughput with keys / without: memory store {}, Redis store {}",
-        optional_times(results.memory_store_ratio()),
-        optional_times(results.redis_store_ratio()),
-    );
-    for check in checks {
-        let _ = writeln!(
-            out,
-            "{}  {} (measured: {})",
-            check.verdict(),
-            check.target,
-            check.measured
-        );
-    }
-    out
-}
-
-/// The runs as markdown tables, to paste into `docs/performance.md`.
-fn markdown(results: &Results, checks: &[Check]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "`cargo xtask bench` (`Idempotency-Key` runs, memory backend): {} connections, {} warm-up then {} measured requests per run, a fresh `maestro` per run, {} CPUs.",
-        results.connections,
-        thousands(results.warmup),
-        thousands(results.requests),
-        results.cpus,
-    );
-    let _ = writeln!(out);
+/// The three runs side by side, with their throughput as a share of the
+/// run without keys.
+fn report(results: &Results) -> Report {
     let runs = results.runs();
-    let _ = writeln!(out, "| | {} | {} | {} |", runs[0].0, runs[1].0, runs[2].0);
-    let _ = writeln!(out, "| --- | ---: | ---: | ---: |");
-    let row = |out: &mut String, name: &str, cell: &dyn Fn(&Summary) -> String| {
-        let _ = writeln!(
-            out,
-            "| {name} | {} | {} | {} |",
-            cell(runs[0].1),
-            cell(runs[1].1),
-            cell(runs[2].1)
-        );
-    };
-    row(&mut out, "throughput", &|summary| {
-        format!(
-            "{} req/s",
-            thousands(summary.requests_per_second.round() as u64)
-        )
-    });
-    row(&mut out, "throughput / without keys", &|summary| {
-        optional_times(ratio(
-            summary.requests_per_second,
-            results.plain.requests_per_second,
-        ))
-    });
-    row(&mut out, "p50 latency", &|summary| millis(summary.p50));
-    row(&mut out, "p99 latency", &|summary| millis(summary.p99));
-    row(&mut out, "max latency", &|summary| millis(summary.max));
-    row(&mut out, "non-2xx / transport errors", &|summary| {
-        format!(
-            "{} / {}",
-            thousands(summary.non_2xx),
-            thousands(summary.transport_errors)
-        )
-    });
-    let _ = writeln!(out);
-    let _ = writeln!(out, "| target | measured | result |");
-    let _ = writeln!(out, "| --- | --- | --- |");
-    for check in checks {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} |",
-            check.target,
-            check.measured,
-            check.verdict()
-        );
+    let mut rows = Summary::rows(&runs.map(|(_, summary)| summary));
+    let plain = Cell::Throughput(results.plain.requests_per_second);
+    rows.insert(
+        1,
+        Row::new(
+            "throughput / without keys",
+            runs.iter()
+                .map(|(_, summary)| Cell::Throughput(summary.requests_per_second).ratio_to(&plain))
+                .collect(),
+        ),
+    );
+    Report {
+        title: "Idempotency-Key".to_owned(),
+        setup: format!(
+            "`cargo xtask bench` (`Idempotency-Key` runs, memory backend): {} connections, {} warm-up then {} measured requests per run, a fresh `maestro` per run, {} CPUs.",
+            results.connections,
+            thousands(results.warmup),
+            thousands(results.requests),
+            results.cpus,
+        ),
+        corner: String::new(),
+        columns: runs.iter().map(|(name, _)| (*name).to_owned()).collect(),
+        rows,
+        checks: checks(results),
+        notes: Vec::new(),
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn summary(requests_per_second: f64) -> Summary {
-        Summary {
-            requests_per_second,
-            p50: Duration::from_micros(1_000),
-            p99: Duration::from_micros(3_000),
-            max: Duration::from_micros(9_000),
-            requests: 50_000,
-            answered: 50_000,
-            non_2xx: 0,
-            transport_errors: 0,
-        }
+        Summary::all_answered(50_000, requests_per_second, 1_000, 3_000)
     }
 
     /// Runs that meet every target.
@@ -390,11 +287,7 @@ mod tests {
     }
 
     fn failed(results: &Results) -> Vec<String> {
-        checks(results)
-            .into_iter()
-            .filter(|check| !check.passed)
-            .map(|check| check.target)
-            .collect()
+        report::missed(&checks(results))
     }
 
     #[test]
@@ -476,7 +369,7 @@ mod tests {
     #[test]
     fn the_markdown_has_every_run_its_ratio_and_a_verdict_per_target() {
         let results = good_runs();
-        let markdown = markdown(&results, &checks(&results));
+        let markdown = report(&results).markdown();
         assert!(
             markdown
                 .contains("| | without keys | fresh key, memory store | fresh key, Redis store |"),
@@ -505,9 +398,14 @@ mod tests {
     fn the_text_report_gives_both_ratios_and_each_verdict() {
         let mut results = good_runs();
         results.redis_store.requests_per_second = 2_000.0;
-        let text = text(&results, &checks(&results));
+        let text = report(&results).text();
         assert!(
-            text.contains("throughput with keys / without: memory store 0.90x, Redis store 0.10x"),
+            text.lines()
+                .any(|line| line.starts_with("throughput / without keys")
+                    && line
+                        .split_whitespace()
+                        .skip(4)
+                        .eq(["1.00x", "0.90x", "0.10x"])),
             "{text}"
         );
         assert!(

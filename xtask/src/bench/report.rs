@@ -1,19 +1,252 @@
-//! The bench's figures: one summary per target, the ratios between them,
-//! the issue's targets checked one by one, and a markdown table for
-//! `docs/performance.md`.
+//! The bench's one report model, used by every mode: a table of figures
+//! (one row per measure, one column per target or run), the targets
+//! checked, and notes; rendered as plain text for the terminal and as
+//! markdown for `docs/performance.md`. With it, the summary of one load run
+//! and the number formats every mode shares.
 
-use std::{fmt::Write as _, time::Duration};
+use std::{fmt, fmt::Write as _, time::Duration};
 
 use crate::load::LoadReport;
 
-/// Throughput must be at least this share of the baseline's.
-const MIN_THROUGHPUT_RATIO: f64 = 0.5;
-/// The service's p99 latency must not exceed this.
-const MAX_P99: Duration = Duration::from_millis(5);
-/// The service's resident memory after the load must stay under this.
-const MAX_RSS_BYTES: u64 = 64 * 1024 * 1024;
-/// The number of executes the memory target speaks of.
-const RSS_TARGET_EXECUTES: u64 = 200_000;
+/// One mode's report.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Report {
+    /// What the report is of, e.g. `Idempotency-Key`.
+    pub(crate) title: String,
+    /// How the run was set up, in one sentence.
+    pub(crate) setup: String,
+    /// The head of the first column, which names the rows; often empty.
+    pub(crate) corner: String,
+    /// The heads of the other columns.
+    pub(crate) columns: Vec<String>,
+    /// The figures.
+    pub(crate) rows: Vec<Row>,
+    /// The targets, each with what was measured against it.
+    pub(crate) checks: Vec<Check>,
+    /// Sentences that follow the tables.
+    pub(crate) notes: Vec<String>,
+}
+
+/// One measure across the columns.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Row {
+    /// What is measured, e.g. `p99 latency`.
+    pub(crate) name: String,
+    /// One cell per column.
+    pub(crate) cells: Vec<Cell>,
+}
+
+impl Row {
+    /// A row named `name`.
+    pub(crate) fn new(name: impl Into<String>, cells: Vec<Cell>) -> Self {
+        Self {
+            name: name.into(),
+            cells,
+        }
+    }
+}
+
+/// One figure with its unit.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Cell {
+    /// Nothing to show.
+    Empty,
+    /// Requests per second, as `12,345 req/s`.
+    Throughput(f64),
+    /// Milliseconds, as `1.25 ms`; negative for a difference that went
+    /// the other way.
+    Millis(f64),
+    /// A ratio, as `0.83x`, or `n/a` when there is nothing to divide by.
+    Ratio(Option<f64>),
+    /// A count, as `1,234`.
+    Count(u64),
+    /// Bytes, as `12.0 MiB`, or `unavailable`.
+    Mebibytes(Option<u64>),
+    /// Two figures of one measure, as `3 / 0`.
+    Pair(Box<(Cell, Cell)>),
+}
+
+impl Cell {
+    /// A latency.
+    pub(crate) fn latency(duration: Duration) -> Self {
+        Self::Millis(duration.as_secs_f64() * 1000.0)
+    }
+
+    /// `after - before`, which may be negative.
+    pub(crate) fn difference(after: Duration, before: Duration) -> Self {
+        Self::Millis((after.as_secs_f64() - before.as_secs_f64()) * 1000.0)
+    }
+
+    /// This figure as a share of `other` when both are throughputs or both
+    /// milliseconds; nothing otherwise.
+    pub(crate) fn ratio_to(&self, other: &Self) -> Self {
+        match (self, other) {
+            (Self::Throughput(numerator), Self::Throughput(denominator))
+            | (Self::Millis(numerator), Self::Millis(denominator)) => {
+                Self::Ratio(ratio(*numerator, *denominator))
+            }
+            _ => Self::Empty,
+        }
+    }
+
+    /// Two figures of one measure.
+    pub(crate) fn pair(first: Self, second: Self) -> Self {
+        Self::Pair(Box::new((first, second)))
+    }
+}
+
+impl fmt::Display for Cell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => Ok(()),
+            Self::Throughput(rate) => write!(f, "{} req/s", thousands(rate.round() as u64)),
+            Self::Millis(millis) => write!(f, "{millis:.2} ms"),
+            Self::Ratio(ratio) => f.write_str(&optional_times(*ratio)),
+            Self::Count(count) => f.write_str(&thousands(*count)),
+            Self::Mebibytes(bytes) => f.write_str(&optional_mebibytes(*bytes)),
+            Self::Pair(pair) => write!(f, "{} / {}", pair.0, pair.1),
+        }
+    }
+}
+
+/// One target and how it fared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Check {
+    /// The target, as the issue words it.
+    pub(crate) target: String,
+    /// What was measured against it.
+    pub(crate) measured: String,
+    /// Whether the target holds.
+    pub(crate) passed: bool,
+}
+
+impl Check {
+    /// `PASS` or `FAIL`.
+    pub(crate) fn verdict(&self) -> &'static str {
+        if self.passed { "PASS" } else { "FAIL" }
+    }
+}
+
+impl Report {
+    /// The report for the terminal: the set-up, the table with its columns
+    /// aligned, a verdict line per target, and the notes.
+    pub(crate) fn text(&self) -> String {
+        let mut lines = vec![self.head()];
+        lines.extend(self.body());
+        let widths = (0..=self.columns.len())
+            .map(|column| {
+                lines
+                    .iter()
+                    .map(|line| line.get(column).map_or(0, |cell| cell.chars().count()))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect::<Vec<_>>();
+
+        let mut out = format!("{}: {}\n", self.title, self.setup);
+        for line in &lines {
+            let mut text = String::new();
+            for (column, cell) in line.iter().enumerate() {
+                let width = widths[column];
+                // Names to the left, figures to the right, as in markdown.
+                let _ = match column {
+                    0 => write!(text, "{cell:<width$}"),
+                    _ => write!(text, "  {cell:>width$}"),
+                };
+            }
+            let _ = writeln!(out, "{}", text.trim_end());
+        }
+        for check in &self.checks {
+            let _ = writeln!(
+                out,
+                "{}  {} (measured: {})",
+                check.verdict(),
+                check.target,
+                check.measured
+            );
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "{note}");
+        }
+        out
+    }
+
+    /// The report as markdown, to paste into `docs/performance.md`: the
+    /// set-up, the table of figures, the table of targets, and the notes.
+    pub(crate) fn markdown(&self) -> String {
+        let mut out = format!("{}\n\n", self.setup);
+        out.push_str(&markdown_row(&self.head()));
+        let alignments: Vec<String> = std::iter::once("---")
+            .chain(self.columns.iter().map(|_| "---:"))
+            .map(str::to_owned)
+            .collect();
+        out.push_str(&markdown_row(&alignments));
+        for line in self.body() {
+            out.push_str(&markdown_row(&line));
+        }
+        if !self.checks.is_empty() {
+            out.push_str("\n| target | measured | result |\n| --- | --- | --- |\n");
+            for check in &self.checks {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} |",
+                    check.target,
+                    check.measured,
+                    check.verdict()
+                );
+            }
+        }
+        for note in &self.notes {
+            let _ = write!(out, "\n{note}\n");
+        }
+        out
+    }
+
+    /// The targets missed.
+    pub(crate) fn missed(&self) -> Vec<String> {
+        missed(&self.checks)
+    }
+
+    fn head(&self) -> Vec<String> {
+        std::iter::once(self.corner.clone())
+            .chain(self.columns.iter().cloned())
+            .collect()
+    }
+
+    fn body(&self) -> Vec<Vec<String>> {
+        self.rows
+            .iter()
+            .map(|row| {
+                std::iter::once(row.name.clone())
+                    .chain(row.cells.iter().map(ToString::to_string))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// The targets of `checks` that were missed.
+pub(crate) fn missed(checks: &[Check]) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|check| !check.passed)
+        .map(|check| check.target.clone())
+        .collect()
+}
+
+/// `| a | b |`, with an empty cell as `| |`.
+fn markdown_row(cells: &[String]) -> String {
+    let mut out = "|".to_owned();
+    for cell in cells {
+        if cell.is_empty() {
+            out.push_str(" |");
+        } else {
+            let _ = write!(out, " {cell} |");
+        }
+    }
+    out.push('\n');
+    out
+}
 
 /// The figures of one measured phase.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,239 +290,52 @@ impl Summary {
         self.answered == self.requests && self.non_2xx == 0 && self.transport_errors == 0
     }
 
-    /// Throughput, latencies and failures on one line.
-    pub(crate) fn one_line(&self) -> String {
-        format!(
-            "{} req/s, p50 {}, p99 {}, max {}, non-2xx {}, transport errors {}",
-            thousands(self.requests_per_second.round() as u64),
-            millis(self.p50),
-            millis(self.p99),
-            millis(self.max),
-            thousands(self.non_2xx),
-            thousands(self.transport_errors),
-        )
-    }
-}
-
-/// How a run was set up, for the report's header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Settings {
-    /// The service's backend.
-    pub(crate) backend: &'static str,
-    /// Concurrent connections.
-    pub(crate) connections: usize,
-    /// Measured requests per target.
-    pub(crate) requests: u64,
-    /// Warm-up requests per target.
-    pub(crate) warmup: u64,
-    /// CPUs available to this process.
-    pub(crate) cpus: usize,
-}
-
-/// Everything one bench run measured.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Results {
-    /// How the run was set up.
-    pub(crate) settings: Settings,
-    /// The service under load.
-    pub(crate) service: Summary,
-    /// The bare axum baseline under the same load.
-    pub(crate) baseline: Summary,
-    /// The service's RSS once started, before any request.
-    pub(crate) service_rss_idle: Option<u64>,
-    /// The service's RSS after the warm-up and the measured phase.
-    pub(crate) service_rss_after: Option<u64>,
-}
-
-impl Results {
-    /// Service throughput as a share of the baseline's.
-    fn throughput_ratio(&self) -> Option<f64> {
-        ratio(
-            self.service.requests_per_second,
-            self.baseline.requests_per_second,
-        )
+    /// Non-2xx answers and requests that got no answer.
+    pub(crate) fn failed(&self) -> u64 {
+        self.non_2xx + self.transport_errors
     }
 
-    /// Executes the service had served when its RSS was read.
-    fn executes(&self) -> u64 {
-        self.settings.warmup + self.settings.requests
+    /// For tests: `requests` requests, all answered 2xx, at
+    /// `requests_per_second`, with the maximum latency three times the p99.
+    #[cfg(test)]
+    pub(crate) fn all_answered(
+        requests: u64,
+        requests_per_second: f64,
+        p50_micros: u64,
+        p99_micros: u64,
+    ) -> Self {
+        Self {
+            requests_per_second,
+            p50: Duration::from_micros(p50_micros),
+            p99: Duration::from_micros(p99_micros),
+            max: Duration::from_micros(p99_micros * 3),
+            requests,
+            answered: requests,
+            non_2xx: 0,
+            transport_errors: 0,
+        }
     }
-}
 
-/// One target and how it fared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Check {
-    /// The target, as the issue words it.
-    pub(crate) target: String,
-    /// What was measured against it.
-    pub(crate) measured: String,
-    /// Whether the target holds.
-    pub(crate) passed: bool,
-}
-
-impl Check {
-    /// `PASS` or `FAIL`.
-    pub(crate) fn verdict(&self) -> &'static str {
-        if self.passed { "PASS" } else { "FAIL" }
+    /// The rows every load run has, with one cell per summary in `runs`.
+    pub(crate) fn rows(runs: &[&Self]) -> Vec<Row> {
+        let row = |name: &str, cell: &dyn Fn(&Self) -> Cell| {
+            Row::new(name, runs.iter().map(|summary| cell(summary)).collect())
+        };
+        vec![
+            row("throughput", &|summary| {
+                Cell::Throughput(summary.requests_per_second)
+            }),
+            row("p50 latency", &|summary| Cell::latency(summary.p50)),
+            row("p99 latency", &|summary| Cell::latency(summary.p99)),
+            row("max latency", &|summary| Cell::latency(summary.max)),
+            row("non-2xx / transport errors", &|summary| {
+                Cell::pair(
+                    Cell::Count(summary.non_2xx),
+                    Cell::Count(summary.transport_errors),
+                )
+            }),
+        ]
     }
-}
-
-/// Checks the issue's targets, plus the baseline's own health: a baseline
-/// that failed requests makes the throughput ratio meaningless.
-pub(crate) fn checks(results: &Results) -> Vec<Check> {
-    let service = &results.service;
-    let throughput = results.throughput_ratio();
-    let rss = results.service_rss_after;
-    vec![
-        Check {
-            target: format!("throughput >= {MIN_THROUGHPUT_RATIO}x the baseline"),
-            measured: throughput.map_or_else(|| "no baseline throughput".to_owned(), times),
-            passed: throughput.is_some_and(|ratio| ratio >= MIN_THROUGHPUT_RATIO),
-        },
-        Check {
-            target: format!("p99 <= {}", millis(MAX_P99)),
-            measured: millis(service.p99),
-            passed: service.answered > 0 && service.p99 <= MAX_P99,
-        },
-        Check {
-            target: "zero non-2xx answers".to_owned(),
-            measured: failures(service),
-            passed: service.all_2xx(),
-        },
-        Check {
-            target: format!(
-                "RSS < {} after {} executes",
-                mebibytes(MAX_RSS_BYTES),
-                thousands(RSS_TARGET_EXECUTES)
-            ),
-            measured: rss.map_or_else(
-                || "unavailable".to_owned(),
-                |bytes| {
-                    format!(
-                        "{} after {} executes",
-                        mebibytes(bytes),
-                        thousands(results.executes())
-                    )
-                },
-            ),
-            passed: rss.is_some_and(|bytes| bytes < MAX_RSS_BYTES),
-        },
-        Check {
-            target: "the baseline answered every request 2xx".to_owned(),
-            measured: failures(&results.baseline),
-            passed: results.baseline.all_2xx(),
-        },
-    ]
-}
-
-/// The plain-text report printed after a run.
-pub(crate) fn text(results: &Results, checks: &[Check]) -> String {
-    let mut out = String::new();
-    let service = &results.service;
-    let baseline = &results.baseline;
-    let _ = writeln!(out, "service:  {}", service.one_line());
-    let _ = writeln!(out, "baseline: {}", baseline.one_line());
-    let _ = writeln!(
-        out,
-        "ratios (service / baseline): throughput {}, p50 {}, p99 {}",
-        optional_times(results.throughput_ratio()),
-        optional_times(ratio(service.p50.as_secs_f64(), baseline.p50.as_secs_f64())),
-        optional_times(ratio(service.p99.as_secs_f64(), baseline.p99.as_secs_f64())),
-    );
-    let _ = writeln!(
-        out,
-        "service RSS: {} idle, {} after {} executes",
-        optional_mebibytes(results.service_rss_idle),
-        optional_mebibytes(results.service_rss_after),
-        thousands(results.executes()),
-    );
-    for check in checks {
-        let _ = writeln!(
-            out,
-            "{}  {} (measured: {})",
-            check.verdict(),
-            check.target,
-            check.measured
-        );
-    }
-    out
-}
-
-/// The run as markdown tables, to paste into `docs/performance.md`.
-pub(crate) fn markdown(results: &Results, checks: &[Check]) -> String {
-    let settings = &results.settings;
-    let service = &results.service;
-    let baseline = &results.baseline;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "`cargo xtask bench --backend {}`: {} connections, {} warm-up then {} measured requests per target, {} CPUs.",
-        settings.backend,
-        settings.connections,
-        thousands(settings.warmup),
-        thousands(settings.requests),
-        settings.cpus,
-    );
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "| | service ({} backend) | bare axum baseline | service / baseline |",
-        settings.backend
-    );
-    let _ = writeln!(out, "| --- | ---: | ---: | ---: |");
-    let _ = writeln!(
-        out,
-        "| throughput | {} req/s | {} req/s | {} |",
-        thousands(service.requests_per_second.round() as u64),
-        thousands(baseline.requests_per_second.round() as u64),
-        optional_times(results.throughput_ratio()),
-    );
-    for (name, of_service, of_baseline) in [
-        ("p50 latency", service.p50, baseline.p50),
-        ("p99 latency", service.p99, baseline.p99),
-        ("max latency", service.max, baseline.max),
-    ] {
-        let _ = writeln!(
-            out,
-            "| {name} | {} | {} | {} |",
-            millis(of_service),
-            millis(of_baseline),
-            optional_times(ratio(of_service.as_secs_f64(), of_baseline.as_secs_f64())),
-        );
-    }
-    let _ = writeln!(
-        out,
-        "| non-2xx / transport errors | {} / {} | {} / {} | |",
-        thousands(service.non_2xx),
-        thousands(service.transport_errors),
-        thousands(baseline.non_2xx),
-        thousands(baseline.transport_errors),
-    );
-    let _ = writeln!(
-        out,
-        "| RSS idle / after {} executes | {} / {} | | |",
-        thousands(results.executes()),
-        optional_mebibytes(results.service_rss_idle),
-        optional_mebibytes(results.service_rss_after),
-    );
-    let _ = writeln!(out);
-    let _ = writeln!(out, "| target | measured | result |");
-    let _ = writeln!(out, "| --- | --- | --- |");
-    for check in checks {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} |",
-            check.target,
-            check.measured,
-            check.verdict()
-        );
-    }
-    out
-}
-
-/// `numerator / denominator`, when the denominator is positive.
-pub(crate) fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
-    (denominator > 0.0).then(|| numerator / denominator)
 }
 
 /// Non-2xx and unanswered requests of `summary`, in words.
@@ -300,6 +346,21 @@ pub(crate) fn failures(summary: &Summary) -> String {
         thousands(summary.non_2xx),
         thousands(unanswered)
     )
+}
+
+/// What a load phase sends, e.g. `5,000 warm-up + 200,000 requests over 32
+/// connections`.
+pub(crate) fn plan(warmup: u64, requests: u64, connections: usize) -> String {
+    format!(
+        "{} warm-up + {} requests over {connections} connections",
+        thousands(warmup),
+        thousands(requests),
+    )
+}
+
+/// `numerator / denominator`, when the denominator is positive.
+pub(crate) fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
+    (denominator > 0.0).then(|| numerator / denominator)
 }
 
 /// A ratio as `0.83x`.
@@ -314,10 +375,11 @@ pub(crate) fn optional_times(ratio: Option<f64>) -> String {
 
 /// A duration as `1.25 ms`.
 pub(crate) fn millis(duration: Duration) -> String {
-    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
+    Cell::latency(duration).to_string()
 }
 
-fn mebibytes(bytes: u64) -> String {
+/// Bytes as `12.0 MiB`.
+pub(crate) fn mebibytes(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
@@ -342,120 +404,148 @@ pub(crate) fn thousands(value: u64) -> String {
 mod tests {
     use super::*;
 
-    fn summary(requests_per_second: f64, p99_micros: u64) -> Summary {
-        Summary {
-            requests_per_second,
-            p50: Duration::from_micros(p99_micros / 2),
-            p99: Duration::from_micros(p99_micros),
-            max: Duration::from_micros(p99_micros * 3),
-            requests: 200_000,
-            answered: 200_000,
-            non_2xx: 0,
-            transport_errors: 0,
+    fn report() -> Report {
+        Report {
+            title: "example".to_owned(),
+            setup: "Two runs, 2 CPUs.".to_owned(),
+            corner: String::new(),
+            columns: vec!["first".to_owned(), "second, longer".to_owned()],
+            rows: vec![
+                Row::new(
+                    "throughput",
+                    vec![Cell::Throughput(30_000.4), Cell::Throughput(1_234_567.0)],
+                ),
+                Row::new("ratio", vec![Cell::Ratio(Some(0.6)), Cell::Ratio(None)]),
+                Row::new(
+                    "added p50",
+                    vec![
+                        Cell::difference(Duration::from_micros(500), Duration::from_micros(1_000)),
+                        Cell::Empty,
+                    ],
+                ),
+                Row::new(
+                    "failed / RSS",
+                    vec![
+                        Cell::pair(Cell::Count(1_000), Cell::Count(0)),
+                        Cell::Mebibytes(Some(12 * 1024 * 1024)),
+                    ],
+                ),
+            ],
+            checks: vec![
+                Check {
+                    target: "a target".to_owned(),
+                    measured: "0.60x".to_owned(),
+                    passed: true,
+                },
+                Check {
+                    target: "another".to_owned(),
+                    measured: "n/a".to_owned(),
+                    passed: false,
+                },
+            ],
+            notes: vec!["A note.".to_owned()],
         }
     }
 
-    /// A run that meets every target.
-    fn good_run() -> Results {
-        Results {
-            settings: Settings {
-                backend: "memory",
-                connections: 32,
-                requests: 200_000,
-                warmup: 5_000,
-                cpus: 2,
-            },
-            service: summary(30_000.0, 2_000),
-            baseline: summary(50_000.0, 1_000),
-            service_rss_idle: Some(8 * 1024 * 1024),
-            service_rss_after: Some(20 * 1024 * 1024),
-        }
-    }
-
-    fn failed(results: &Results) -> Vec<String> {
-        checks(results)
-            .into_iter()
-            .filter(|check| !check.passed)
-            .map(|check| check.target)
-            .collect()
-    }
-
     #[test]
-    fn a_run_within_every_target_passes_them_all() {
-        assert_eq!(failed(&good_run()), Vec::<String>::new());
-    }
-
-    #[test]
-    fn throughput_under_half_the_baseline_fails_that_target_alone() {
-        let mut results = good_run();
-        results.service.requests_per_second = 24_999.0;
-        assert_eq!(failed(&results), ["throughput >= 0.5x the baseline"]);
-        results.service.requests_per_second = 25_000.0;
-        assert_eq!(failed(&results), Vec::<String>::new());
-    }
-
-    #[test]
-    fn a_p99_over_5_ms_fails() {
-        let mut results = good_run();
-        results.service.p99 = Duration::from_micros(5_001);
-        assert_eq!(failed(&results), ["p99 <= 5.00 ms"]);
-    }
-
-    #[test]
-    fn any_non_2xx_or_unanswered_request_fails() {
-        let mut results = good_run();
-        results.service.non_2xx = 1;
-        assert_eq!(failed(&results), ["zero non-2xx answers"]);
-        let mut results = good_run();
-        results.service.transport_errors = 1;
-        results.service.answered = 199_999;
-        assert_eq!(failed(&results), ["zero non-2xx answers"]);
-    }
-
-    #[test]
-    fn rss_at_64_mib_or_unknown_fails() {
-        let mut results = good_run();
-        results.service_rss_after = Some(MAX_RSS_BYTES);
-        assert_eq!(failed(&results), ["RSS < 64.0 MiB after 200,000 executes"]);
-        results.service_rss_after = None;
-        assert_eq!(failed(&results), ["RSS < 64.0 MiB after 200,000 executes"]);
-    }
-
-    #[test]
-    fn a_baseline_that_failed_requests_fails_the_run() {
-        let mut results = good_run();
-        results.baseline.non_2xx = 3;
+    fn the_markdown_has_the_figures_the_targets_and_the_notes() {
         assert_eq!(
-            failed(&results),
-            ["the baseline answered every request 2xx"]
+            report().markdown(),
+            "Two runs, 2 CPUs.\n\
+             \n\
+             | | first | second, longer |\n\
+             | --- | ---: | ---: |\n\
+             | throughput | 30,000 req/s | 1,234,567 req/s |\n\
+             | ratio | 0.60x | n/a |\n\
+             | added p50 | -0.50 ms | |\n\
+             | failed / RSS | 1,000 / 0 | 12.0 MiB |\n\
+             \n\
+             | target | measured | result |\n\
+             | --- | --- | --- |\n\
+             | a target | 0.60x | PASS |\n\
+             | another | n/a | FAIL |\n\
+             \n\
+             A note.\n"
         );
     }
 
     #[test]
-    fn the_markdown_has_the_ratios_and_a_verdict_per_target() {
-        let results = good_run();
-        let markdown = markdown(&results, &checks(&results));
-        assert!(
-            markdown.contains("| throughput | 30,000 req/s | 50,000 req/s | 0.60x |"),
-            "{markdown}"
+    fn the_text_aligns_the_columns_and_gives_a_verdict_per_target() {
+        let text = report().text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "example: Two runs, 2 CPUs.",
+                "                     first   second, longer",
+                "throughput    30,000 req/s  1,234,567 req/s",
+                "ratio                0.60x              n/a",
+                "added p50         -0.50 ms",
+                "failed / RSS     1,000 / 0         12.0 MiB",
+                "PASS  a target (measured: 0.60x)",
+                "FAIL  another (measured: n/a)",
+                "A note.",
+            ]
         );
-        assert!(
-            markdown.contains("| p99 latency | 2.00 ms | 1.00 ms | 2.00x |"),
-            "{markdown}"
-        );
-        assert!(
-            markdown.contains("| RSS idle / after 205,000 executes | 8.0 MiB / 20.0 MiB | | |"),
-            "{markdown}"
-        );
-        assert_eq!(markdown.matches("| PASS |").count(), 5, "{markdown}");
+        assert_eq!(report().missed(), ["another"]);
     }
 
     #[test]
-    fn thousands_are_grouped_by_commas() {
+    fn a_report_without_targets_has_no_target_table() {
+        let report = Report {
+            checks: Vec::new(),
+            notes: Vec::new(),
+            ..report()
+        };
+        assert!(!report.markdown().contains("| target |"));
+    }
+
+    #[test]
+    fn the_rows_of_load_runs_give_one_cell_per_run() {
+        let summary = Summary {
+            requests_per_second: 20_000.0,
+            p50: Duration::from_micros(1_000),
+            p99: Duration::from_micros(3_000),
+            max: Duration::from_micros(9_000),
+            requests: 100,
+            answered: 99,
+            non_2xx: 2,
+            transport_errors: 1,
+        };
+        let rows = Summary::rows(&[&summary, &summary]);
+        let names: Vec<&str> = rows.iter().map(|row| row.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "throughput",
+                "p50 latency",
+                "p99 latency",
+                "max latency",
+                "non-2xx / transport errors"
+            ]
+        );
+        assert!(rows.iter().all(|row| row.cells.len() == 2));
+        assert_eq!(rows[2].cells[0].to_string(), "3.00 ms");
+        assert_eq!(rows[4].cells[1].to_string(), "2 / 1");
+        assert!(!summary.all_2xx());
+        assert_eq!(summary.failed(), 3);
+        assert_eq!(failures(&summary), "2 non-2xx, 1 unanswered");
+    }
+
+    #[test]
+    fn numbers_are_formatted_with_their_units() {
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000), "1,000");
         assert_eq!(thousands(200_000), "200,000");
         assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(millis(Duration::from_micros(1_234)), "1.23 ms");
+        assert_eq!(mebibytes(64 * 1024 * 1024), "64.0 MiB");
+        assert_eq!(optional_times(Some(1.5)), "1.50x");
+        assert_eq!(optional_times(ratio(3.0, 0.0)), "n/a");
+        assert_eq!(
+            plan(5_000, 200_000, 32),
+            "5,000 warm-up + 200,000 requests over 32 connections"
+        );
     }
 }
