@@ -36,6 +36,16 @@
 //! Architecture Invariant: every `.rs` file of every member (its folder,
 //! and the folders of targets outside it, like `tests/api`) starts with a
 //! `//!` line saying what it is for.
+//!
+//! Architecture Invariant: the domain speaks the language of pipelines
+//! only: no HTTP status, header, route or engine name (Airflow, DAG) in
+//! `crates/domain/src`. The words clients see are the adapters'.
+//!
+//! Architecture Invariant: one clock. Only `domain::SystemClock` and
+//! `runtime::TokioClock` read the wall clock; the rest of the code reads
+//! "now" through a `domain::Clock` and waits on tokio's timers. The
+//! system's monotonic clock (`std::time::Instant`) is read only to measure
+//! latencies for metrics and logs.
 
 use std::{
     collections::BTreeSet,
@@ -311,6 +321,130 @@ fn every_rust_file_starts_with_a_module_doc_line() {
             .filter_map(|file| manifest::check_module_doc(&relative(&root, file), &read(file)))
             .collect(),
     );
+}
+
+/// Every `.rs` file under `crates/*/src`, relative to the root, with its
+/// text.
+fn crate_sources() -> Vec<(String, String)> {
+    let root = project_root()
+        .canonicalize()
+        .expect("the workspace root exists");
+    let mut files = Vec::new();
+    rust_files(&root.join("crates"), &mut files);
+    files
+        .into_iter()
+        .map(|file| (relative(&root, &file), file))
+        .filter(|(name, _)| name.split('/').nth(2) == Some("src"))
+        .map(|(name, file)| (name, read(&file)))
+        .collect()
+}
+
+/// The lines of `text` outside comments that hold one of `words`.
+fn code_lines_with<'a>(text: &'a str, words: &[&str]) -> Vec<(usize, &'a str)> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim_start().starts_with("//"))
+        .filter(|(_, line)| words.iter().any(|word| line.contains(word)))
+        .map(|(index, line)| (index + 1, line.trim()))
+        .collect()
+}
+
+#[test]
+fn the_domain_speaks_only_of_pipelines() {
+    const FOREIGN: &[&str] = &[
+        "StatusCode",
+        "status code",
+        "header",
+        "/pipeline/",
+        "Airflow",
+        "DAG",
+        "HTTP",
+    ];
+    let sources = crate_sources();
+    assert!(
+        sources
+            .iter()
+            .any(|(name, _)| name == "crates/domain/src/lib.rs")
+    );
+    let violations: Vec<Violation> = sources
+        .iter()
+        .filter(|(name, _)| name.starts_with("crates/domain/src/"))
+        .flat_map(|(name, text)| {
+            // Doc comments count too: they are the domain's words.
+            text.lines().enumerate().filter_map(move |(index, line)| {
+                let word = FOREIGN.iter().find(|word| line.contains(**word))?;
+                // The crate's own description of what it is not.
+                if line.contains("knows no web framework, HTTP client") {
+                    return None;
+                }
+                Some(Violation {
+                    file: name.clone(),
+                    rule: "the domain speaks the language of pipelines only",
+                    detail: format!("line {} says {word:?}: {}", index + 1, line.trim()),
+                })
+            })
+        })
+        .collect();
+    assert_none(violations);
+}
+
+#[test]
+fn only_the_clocks_read_the_time() {
+    // Where each reading is allowed, and why.
+    const WALL: &[&str] = &["Utc::now", "SystemTime", "Local::now"];
+    const WALL_READERS: &[&str] = &[
+        "crates/domain/src/clock.rs", // SystemClock
+        "crates/runtime/src/lib.rs",  // TokioClock
+    ];
+    const MONOTONIC: &[&str] = &[
+        "std::time::Instant",
+        "time::{Duration, Instant}",
+        "time::Instant}",
+    ];
+    const LATENCY_MEASURERS: &[&str] = &[
+        "crates/adapter-http/src/observe.rs",
+        "crates/adapter-http/src/instrument.rs",
+    ];
+    let sources = crate_sources();
+    let mut violations = Vec::new();
+    for (name, text) in &sources {
+        if name.contains("-test-support/") {
+            continue;
+        }
+        if !WALL_READERS.contains(&name.as_str()) {
+            for (line, code) in code_lines_with(text, WALL) {
+                violations.push(Violation {
+                    file: name.clone(),
+                    rule: "one clock",
+                    detail: format!("line {line} reads the wall clock: {code}"),
+                });
+            }
+        }
+        if !LATENCY_MEASURERS.contains(&name.as_str()) && !name.starts_with("crates/runtime/") {
+            for (line, code) in code_lines_with(text, MONOTONIC) {
+                // tokio's `Instant` is the runtime's clock, paused in tests.
+                if code.contains("tokio") {
+                    continue;
+                }
+                violations.push(Violation {
+                    file: name.clone(),
+                    rule: "one clock",
+                    detail: format!("line {line} uses std's Instant: {code}"),
+                });
+            }
+        }
+    }
+    assert_none(violations);
+}
+
+#[test]
+fn the_source_checks_catch_what_they_look_for() {
+    let text = "// Utc::now in a comment\nlet now = Utc::now();\nuse std::time::Instant;\n";
+    assert_eq!(
+        code_lines_with(text, &["Utc::now"]),
+        [(2, "let now = Utc::now();")]
+    );
+    assert_eq!(code_lines_with(text, &["std::time::Instant"]).len(), 1);
 }
 
 #[test]
