@@ -2,87 +2,21 @@
 //! on the Airflow backend: Airflow makes the run but answers after
 //! Maestro's timeout, the client sees 504 and retries with the same key,
 //! and gets that run, not a second one. Airflow is a small wiremock fake
-//! here that keeps its runs and filters them with `conf_contains` as
-//! Airflow does; `airflow_e2e` holds the tests against a real Airflow.
+//! here ([`crate::fake_airflow`]) that keeps its runs and filters them with
+//! `conf_contains` as Airflow does; `airflow_e2e` holds the tests against a
+//! real Airflow.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airflow_test_support::dag_runs_page;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use wiremock::MockServer;
 
+use crate::fake_airflow::{self, DAG};
 use crate::helpers::{SECRET, token};
 use crate::maestro::Maestro;
 
-const DAG: &str = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d";
 const TIMEOUT_MS: u64 = 400;
-
-/// A fake Airflow with one unpaused DAG of customer acme. The first post
-/// of a run makes the run at once but answers only after `slow_answer`;
-/// later posts answer at once.
-async fn slow_airflow(slow_answer: Duration) -> (MockServer, Arc<Mutex<Vec<Value>>>) {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(format!("/api/v2/dags/{DAG}")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "dag_id": DAG,
-            "dag_display_name": "orders",
-            "is_paused": false,
-            "tags": [{"name": "customer:acme"}],
-        })))
-        .mount(&server)
-        .await;
-    let runs: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let kept = Arc::clone(&runs);
-    Mock::given(method("POST"))
-        .and(path(format!("/api/v2/dags/{DAG}/dagRuns")))
-        .respond_with(move |request: &Request| {
-            let body: Value = serde_json::from_slice(&request.body).unwrap();
-            let run = json!({
-                "dag_run_id": body["dag_run_id"],
-                "dag_id": DAG,
-                "state": "queued",
-                "run_after": chrono::Utc::now().to_rfc3339(),
-                "queued_at": chrono::Utc::now().to_rfc3339(),
-                "conf": body["conf"],
-            });
-            let mut runs = kept.lock().unwrap();
-            runs.push(run.clone());
-            let delay = if runs.len() == 1 {
-                slow_answer
-            } else {
-                Duration::ZERO
-            };
-            ResponseTemplate::new(200)
-                .set_body_json(run)
-                .set_delay(delay)
-        })
-        .mount(&server)
-        .await;
-    let listed = Arc::clone(&runs);
-    Mock::given(method("GET"))
-        .and(path(format!("/api/v2/dags/{DAG}/dagRuns")))
-        .respond_with(move |request: &Request| {
-            let query = |name: &str| {
-                request
-                    .url
-                    .query_pairs()
-                    .find(|(key, _)| key == name)
-                    .map(|(_, value)| value.into_owned())
-            };
-            ResponseTemplate::new(200).set_body_json(dag_runs_page(
-                &listed.lock().unwrap(),
-                query("conf_contains").as_deref(),
-                query("limit").as_deref(),
-            ))
-        })
-        .mount(&server)
-        .await;
-    (server, runs)
-}
 
 fn gateway(airflow: &MockServer) -> Maestro {
     Maestro::start(&[
@@ -115,7 +49,7 @@ async fn execute(maestro: &Maestro, key: Option<&str>) -> (StatusCode, bool, Val
 
 #[tokio::test]
 async fn a_retry_with_the_key_after_a_timeout_gets_the_run_airflow_made_and_no_second_one() {
-    let (airflow, runs) = slow_airflow(Duration::from_millis(3 * TIMEOUT_MS)).await;
+    let (airflow, runs, _) = fake_airflow::start(Duration::from_millis(3 * TIMEOUT_MS)).await;
     let maestro = gateway(&airflow);
 
     let started = Instant::now();
@@ -141,7 +75,7 @@ async fn a_retry_with_the_key_after_a_timeout_gets_the_run_airflow_made_and_no_s
 
 #[tokio::test]
 async fn a_retry_with_a_new_key_after_a_timeout_is_a_new_execute() {
-    let (airflow, runs) = slow_airflow(Duration::from_millis(3 * TIMEOUT_MS)).await;
+    let (airflow, runs, _) = fake_airflow::start(Duration::from_millis(3 * TIMEOUT_MS)).await;
     let maestro = gateway(&airflow);
 
     let (status, _, _) = execute(&maestro, Some("first")).await;

@@ -26,6 +26,7 @@ use wiremock::{
 use crate::{
     fake_platform::SERVICE_TOKEN,
     helpers::{ACME, ACTIVE, SECRET, TestApp, fixture, token},
+    jwks,
     maestro::Maestro,
 };
 
@@ -441,20 +442,9 @@ async fn ready_becomes(base: &str, status: u16) -> Value {
 #[tokio::test]
 async fn ready_is_503_naming_the_token_keys_until_the_key_set_is_fetched() {
     let idp = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/jwks.json"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&idp)
-        .await;
+    jwks::serve_key_set(&idp, ResponseTemplate::new(503)).await;
     let url = format!("{}/jwks.json", idp.uri());
-    let fixture = fixture();
-    let maestro = Maestro::start(&[
-        ("MAESTRO_BIND", "127.0.0.1:0"),
-        ("MAESTRO_JWT_JWKS_URL", url.as_str()),
-        ("MAESTRO_JWT_AUDIENCE", "maestro"),
-        ("MAESTRO_MEMORY_FIXTURE", fixture.to_str().unwrap()),
-        ("MAESTRO_LOG_FORMAT", "json"),
-    ]);
+    let maestro = jwks::start(&url, &[("MAESTRO_JWT_AUDIENCE", "maestro")]);
     let base = format!("http://{}", maestro.addr());
 
     let (status, body) = ready(&base).await;
@@ -465,20 +455,8 @@ async fn ready_is_503_naming_the_token_keys_until_the_key_set_is_fetched() {
     );
 
     idp.reset().await;
-    let jwk = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../adapter-auth/tests/fixtures/rsa_public.jwk.json"
-    ))
-    .unwrap();
-    let mut jwk: Value = serde_json::from_str(&jwk).unwrap();
-    jwk["kid"] = json!("key-1");
-    jwk["alg"] = json!("RS256");
-    jwk["use"] = json!("sig");
-    Mock::given(method("GET"))
-        .and(path("/jwks.json"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"keys": [jwk]})))
-        .mount(&idp)
-        .await;
+    let keys = ResponseTemplate::new(200).set_body_json(jwks::key_set());
+    jwks::serve_key_set(&idp, keys).await;
     maestro.wait_for(|line| line.contains("JWKS keys loaded").then_some(()));
     let body = ready_becomes(&base, 200).await;
     assert_eq!(

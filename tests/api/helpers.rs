@@ -266,6 +266,12 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// The text of the answer to `GET path`, sent without credentials.
+    pub(crate) async fn text(&self, path: &str) -> String {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     /// `GET path` as `customer`, the path sent byte for byte: an HTTP
     /// client library would normalise `%2E` and `..` segments away before
     /// they reach the service, a client on a socket does not.

@@ -21,7 +21,8 @@ const FIXTURES: &str = concat!(
     "/../adapter-auth/tests/fixtures"
 );
 
-fn key_set() -> Value {
+/// The key set of the test key, as `key-1`.
+pub(crate) fn key_set() -> Value {
     let jwk = std::fs::read_to_string(format!("{FIXTURES}/rsa_public.jwk.json")).unwrap();
     let mut jwk: Value = serde_json::from_str(&jwk).unwrap();
     jwk["kid"] = json!("key-1");
@@ -46,9 +47,18 @@ fn rs256_token_with(kid: &str, extra: Value) -> String {
     jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
 }
 
+/// Makes `idp` answer `response` for the key set at `/jwks.json`.
+pub(crate) async fn serve_key_set(idp: &MockServer, response: ResponseTemplate) {
+    Mock::given(method("GET"))
+        .and(path("/jwks.json"))
+        .respond_with(response)
+        .mount(idp)
+        .await;
+}
+
 /// The binary over the test fixture, reading keys from `jwks_url`, with
 /// the default refetch interval (30 s) unless `env` says otherwise.
-fn start(jwks_url: &str, env: &[(&str, &str)]) -> Maestro {
+pub(crate) fn start(jwks_url: &str, env: &[(&str, &str)]) -> Maestro {
     let fixture = fixture();
     let mut all = vec![
         ("MAESTRO_BIND", "127.0.0.1:0"),
@@ -74,11 +84,7 @@ async fn list_status(base: &str, token: &str) -> u16 {
 #[tokio::test]
 async fn the_binary_accepts_rs256_tokens_whose_kid_is_in_the_key_set() {
     let idp = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/jwks.json"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(key_set()))
-        .mount(&idp)
-        .await;
+    serve_key_set(&idp, ResponseTemplate::new(200).set_body_json(key_set())).await;
     let maestro = start(
         &format!("{}/jwks.json", idp.uri()),
         &[("MAESTRO_JWT_JWKS_MIN_REFETCH_SECONDS", "1")],
@@ -104,11 +110,7 @@ async fn with_oidc_discovery_tokens_of_another_issuer_are_refused_though_no_issu
         })))
         .mount(&idp)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/jwks.json"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(key_set()))
-        .mount(&idp)
-        .await;
+    serve_key_set(&idp, ResponseTemplate::new(200).set_body_json(key_set())).await;
     let fixture = fixture();
     let maestro = Maestro::start(&[
         ("MAESTRO_BIND", "127.0.0.1:0"),
@@ -130,11 +132,7 @@ async fn with_oidc_discovery_tokens_of_another_issuer_are_refused_though_no_issu
 #[tokio::test]
 async fn a_key_set_down_at_start_is_used_within_seconds_of_coming_up() {
     let idp = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/jwks.json"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&idp)
-        .await;
+    serve_key_set(&idp, ResponseTemplate::new(503)).await;
     // The default refetch interval, 30 s: acceptance within seconds comes
     // from the refresher's backoff, not from a refused token's refetch.
     let maestro = start(
@@ -149,11 +147,7 @@ async fn a_key_set_down_at_start_is_used_within_seconds_of_coming_up() {
     assert_eq!(health.status(), 200, "the service runs without its keys");
 
     idp.reset().await;
-    Mock::given(method("GET"))
-        .and(path("/jwks.json"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(key_set()))
-        .mount(&idp)
-        .await;
+    serve_key_set(&idp, ResponseTemplate::new(200).set_body_json(key_set())).await;
     let up = Instant::now();
     // No fixed wait: the binary says when the keys are in (the wait is
     // bounded by the helper's patience), and then the token must pass.

@@ -10,6 +10,7 @@ mod binary;
 mod edge;
 mod errors;
 mod execute;
+mod fake_airflow;
 mod fake_platform;
 mod helpers;
 mod idempotency;

@@ -57,15 +57,7 @@ async fn metrics_count_refused_credentials_by_reason(backend: Backend) {
         .send()
         .await
         .unwrap();
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.text("/metrics").await;
     assert!(
         text.contains(r#"maestro_auth_rejected_total{reason="missing"} 1"#),
         "{text}"

@@ -83,6 +83,20 @@ async fn without(response: Response, secrets: &[&str], what: &str) -> (u16, Valu
     (status, body)
 }
 
+/// Checks that every backend route answers 502 `UpstreamError`, without
+/// `secrets`.
+async fn assert_every_route_is_an_upstream_error(app: &TestApp, secrets: &[&str]) {
+    for call in every_backend_route(app).await {
+        let (status, body) = without(call.response, secrets, call.route).await;
+        assert_eq!(status, 502, "{}: {body}", call.route);
+        assert_eq!(
+            body["detail"]["exception_type"], "UpstreamError",
+            "{}",
+            call.route
+        );
+    }
+}
+
 /// Checks that every backend route answers `status` and `exception_type`
 /// in the error envelope, and `/ready` 503, all without `secrets`; returns
 /// how long the slowest route took.
@@ -192,15 +206,7 @@ async fn an_upstream_5xx_or_garbage_is_502_upstream_error_without_its_body() {
         ]
         .map(str::to_owned);
         let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        for call in every_backend_route(&app).await {
-            let (status, body) = without(call.response, &secrets, call.route).await;
-            assert_eq!(status, 502, "{}: {body}", call.route);
-            assert_eq!(
-                body["detail"]["exception_type"], "UpstreamError",
-                "{}",
-                call.route
-            );
-        }
+        assert_every_route_is_an_upstream_error(&app, &secrets).await;
     }
 }
 
@@ -219,15 +225,7 @@ async fn a_refused_service_token_is_502_and_the_token_reaches_no_answer_and_no_l
     let mut app = gateway(&upstream.uri(), &[]).await;
 
     let secrets = [SERVICE_TOKEN, &upstream.uri()];
-    for call in every_backend_route(&app).await {
-        let (status, body) = without(call.response, &secrets, call.route).await;
-        assert_eq!(status, 502, "{}: {body}", call.route);
-        assert_eq!(
-            body["detail"]["exception_type"], "UpstreamError",
-            "{}",
-            call.route
-        );
-    }
+    assert_every_route_is_an_upstream_error(&app, &secrets).await;
     let sent = upstream.received_requests().await.unwrap();
     assert!(
         sent.iter().all(|request| request.headers["authorization"]
@@ -300,15 +298,7 @@ async fn the_gateway_logs_each_request_without_any_token_and_counts_its_runs() {
     assert_eq!(status, 200, "{body}");
     let run_id = body["data"]["run_id"].as_str().unwrap().to_owned();
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.text("/metrics").await;
     assert!(
         metrics.contains(r#"maestro_runs_triggered_total{backend="platform-api"} 1"#),
         "{metrics}"

@@ -8,6 +8,8 @@
 //! not every helper is used here.
 #![allow(dead_code, unused_imports, unused_macros)]
 
+#[path = "../api/fake_airflow.rs"]
+mod fake_airflow;
 #[path = "../api/fake_platform.rs"]
 mod fake_platform;
 #[path = "../api/helpers.rs"]

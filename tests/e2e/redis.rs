@@ -3,16 +3,14 @@
 //! Needs `MAESTRO_TEST_REDIS_URL` (`scripts/redis-test-server.sh` starts a
 //! server and prints it).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airflow_test_support::dag_runs_page;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use wiremock::MockServer;
 
+use crate::fake_airflow::{self, DAG};
 use crate::fake_platform::{FakePlatform, memory_config};
 use crate::helpers::{ACME, ACTIVE, SECRET, TestApp, concurrent_executes, replayed, token};
 use crate::maestro::Maestro;
@@ -48,86 +46,9 @@ async fn two_instances_sharing_redis_start_exactly_one_run_for_one_key() {
     assert!(run_ids.contains(body["data"]["run_id"].as_str().unwrap()));
 }
 
-/// Acme's DAG on the fake Airflow.
-const DAG: &str = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d";
-
 /// The instances' upstream timeout: their claims of a key are in flight
 /// for twice that and 5 s (7 s), the shortest the wiring allows.
 const TIMEOUT_MS: &str = "1000";
-
-/// A slow upstream: a fake Airflow with acme's one unpaused DAG that keeps
-/// the runs posted to it and lists them filtered by `conf_contains` as
-/// Airflow does. The first post makes its run and then never answers;
-/// later posts answer at once. Each post, as it arrives, is signalled on
-/// the receiver.
-async fn stalling_airflow() -> (
-    MockServer,
-    Arc<Mutex<Vec<Value>>>,
-    mpsc::UnboundedReceiver<()>,
-) {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(format!("/api/v2/dags/{DAG}")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "dag_id": DAG,
-            "dag_display_name": "orders",
-            "is_paused": false,
-            "tags": [{"name": "customer:acme"}],
-        })))
-        .mount(&server)
-        .await;
-    let runs: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let (posted, posts) = mpsc::unbounded_channel();
-    let kept = Arc::clone(&runs);
-    Mock::given(method("POST"))
-        .and(path(format!("/api/v2/dags/{DAG}/dagRuns")))
-        .respond_with(move |request: &Request| {
-            let body: Value = serde_json::from_slice(&request.body).unwrap();
-            let now = chrono::Utc::now().to_rfc3339();
-            let run = json!({
-                "dag_run_id": body["dag_run_id"],
-                "dag_id": DAG,
-                "state": "queued",
-                "run_after": now,
-                "queued_at": now,
-                "conf": body["conf"],
-            });
-            let mut runs = kept.lock().unwrap();
-            runs.push(run.clone());
-            let stall = if runs.len() == 1 {
-                Duration::from_secs(3600)
-            } else {
-                Duration::ZERO
-            };
-            drop(runs);
-            let _ = posted.send(());
-            ResponseTemplate::new(200)
-                .set_body_json(run)
-                .set_delay(stall)
-        })
-        .mount(&server)
-        .await;
-    let listed = Arc::clone(&runs);
-    Mock::given(method("GET"))
-        .and(path(format!("/api/v2/dags/{DAG}/dagRuns")))
-        .respond_with(move |request: &Request| {
-            let query = |name: &str| {
-                request
-                    .url
-                    .query_pairs()
-                    .find(|(key, _)| key == name)
-                    .map(|(_, value)| value.into_owned())
-            };
-            ResponseTemplate::new(200).set_body_json(dag_runs_page(
-                &listed.lock().unwrap(),
-                query("conf_contains").as_deref(),
-                query("limit").as_deref(),
-            ))
-        })
-        .mount(&server)
-        .await;
-    (server, runs, posts)
-}
 
 /// `maestro` on the Airflow backend in front of `airflow`, keeping its
 /// `Idempotency-Key` claims in the test Redis, and its address.
@@ -175,7 +96,8 @@ async fn execute(addr: &str, key: &str) -> reqwest::Result<(StatusCode, Option<u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_the_instance_holding_the_key_was_killed_gets_its_run_and_starts_no_second() {
-    let (airflow, runs, mut posts) = stalling_airflow().await;
+    // A slow upstream: its first post makes its run, then never answers.
+    let (airflow, runs, mut posts) = fake_airflow::start(Duration::from_secs(3600)).await;
     let (mut first, first_addr) = airflow_gateway(&airflow).await;
     let (_second, second_addr) = airflow_gateway(&airflow).await;
     // A key of its own, since the Redis server may outlive one test run.

@@ -116,6 +116,16 @@ impl Answer {
         })
     }
 
+    /// The body of a 200 as `T`, `None` for a 404, and any other status
+    /// as unexpected.
+    pub(crate) fn found<T: DeserializeOwned>(&self) -> Result<Option<T>, BackendError> {
+        match self.status {
+            StatusCode::OK => self.json().map(Some),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.unexpected()),
+        }
+    }
+
     /// The error for a status the caller did not expect.
     pub(crate) fn unexpected(&self) -> BackendError {
         BackendError::upstream(format!("{}: answered {}", self.what, self.status))

@@ -213,6 +213,22 @@ impl AirflowBackend {
         }
     }
 
+    /// What `read` finds about the DAG `id`, read at the same time as the
+    /// DAG itself: `None` when the DAG is not the caller's, whatever `read`
+    /// found.
+    async fn if_visible<T>(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        read: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<Option<T>, BackendError> {
+        let (dag, found) = tokio::join!(self.visible_dag(ctx, id, false), read);
+        if dag?.is_none() {
+            return Ok(None);
+        }
+        found.map(Some)
+    }
+
     /// Every DAG with `tag`, optionally only those whose newest run is in
     /// `last_state`, following Airflow's pages to the end.
     async fn dags_tagged(
@@ -269,19 +285,15 @@ impl AirflowBackend {
             .http
             .send(&Call::new(Method::GET, path, request_id(ctx)))
             .await?;
-        match answer.status {
-            StatusCode::OK => {
-                let run: DagRun = answer.json()?;
-                if run.dag_run_id != run_id.as_str() || run.dag_id != id.as_str() {
-                    return Err(BackendError::upstream(format!(
-                        "GET DAG run {run_id} of {id}: Airflow answered with another run"
-                    )));
-                }
-                Ok(Some(run))
-            }
-            StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(answer.unexpected()),
+        let Some(run) = answer.found::<DagRun>()? else {
+            return Ok(None);
+        };
+        if run.dag_run_id != run_id.as_str() || run.dag_id != id.as_str() {
+            return Err(BackendError::upstream(format!(
+                "GET DAG run {run_id} of {id}: Airflow answered with another run"
+            )));
         }
+        Ok(Some(run))
     }
 
     /// One page of the pipeline's runs, newest (most recently created)
@@ -308,12 +320,9 @@ impl AirflowBackend {
                 call = call.query("state", airflow_state(status));
             }
             let answer = self.http.send(&call).await?;
-            match answer.status {
-                StatusCode::OK => {}
-                StatusCode::NOT_FOUND => return Ok(None),
-                _ => return Err(answer.unexpected()),
-            }
-            let page: DagRunPage = answer.json()?;
+            let Some(page) = answer.found::<DagRunPage>()? else {
+                return Ok(None);
+            };
             let received = page.dag_runs.len();
             offset += received as u64;
             total = page.total_entries.or(total);
@@ -389,12 +398,9 @@ impl AirflowBackend {
         // hide the run that carries it.
         .query("limit", MARKED_RUNS_LIMIT);
         let answer = self.http.send(&call).await?;
-        match answer.status {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok(None),
-            _ => return Err(answer.unexpected()),
-        }
-        let page: DagRunPage = answer.json()?;
+        let Some(page) = answer.found::<DagRunPage>()? else {
+            return Ok(None);
+        };
         // `conf_contains` matches the text anywhere in the conf: only our
         // own mark counts.
         Ok(page.dag_runs.into_iter().find(|run| {
@@ -677,16 +683,10 @@ impl Orchestrator for AirflowBackend {
         query: &RunQuery,
     ) -> Result<RunPage, ListRunsError> {
         self.within("list runs", async {
-            // Both at once: the runs are thrown away unless the DAG turns
-            // out to be the caller's.
-            let (dag, page) = tokio::join!(
-                self.visible_dag(ctx, id, false),
-                self.run_page(ctx, id, query)
-            );
-            if dag?.is_none() {
-                return Err(ListRunsError::NotFound(id.clone()));
-            }
-            page?.ok_or_else(|| ListRunsError::NotFound(id.clone()))
+            let page = self.if_visible(ctx, id, self.run_page(ctx, id, query));
+            page.await?
+                .flatten()
+                .ok_or_else(|| ListRunsError::NotFound(id.clone()))
         })
         .await
     }
@@ -698,16 +698,12 @@ impl Orchestrator for AirflowBackend {
         run_id: &RunId,
     ) -> Result<Run, GetRunError> {
         self.within("get run", async {
-            // Both at once; a run id `.` or `..` only reads the DAG (see
-            // `dag_run`).
-            let (dag, run) = tokio::join!(
-                self.visible_dag(ctx, id, false),
-                self.dag_run(ctx, id, run_id)
-            );
-            if dag?.is_none() {
-                return Err(GetRunError::PipelineNotFound(id.clone()));
-            }
-            let run = run?.ok_or_else(|| GetRunError::run_not_found(id, run_id))?;
+            // A run id `.` or `..` only reads the DAG (see `dag_run`).
+            let run = self.if_visible(ctx, id, self.dag_run(ctx, id, run_id));
+            let run = run
+                .await?
+                .ok_or_else(|| GetRunError::PipelineNotFound(id.clone()))?
+                .ok_or_else(|| GetRunError::run_not_found(id, run_id))?;
             Ok(run.into_run(id.clone())?)
         })
         .await

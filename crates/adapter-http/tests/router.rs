@@ -9,6 +9,7 @@ use adapter_http::{
     router,
 };
 use axum::{
+    Router,
     body::Body,
     http::{Request, StatusCode},
 };
@@ -164,17 +165,7 @@ async fn backend_calls_are_counted_by_operation_and_outcome() {
     let app = router(state);
     let response = app.clone().oneshot(execute()).await.unwrap();
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
-    let response = app.oneshot(get("/metrics")).await.unwrap();
-    let text = String::from_utf8(
-        response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = metrics_text(app).await;
     assert!(
         text.contains(r#"maestro_backend_calls_total{operation="execute",outcome="timeout"} 1"#),
         "{text}"
@@ -184,6 +175,13 @@ async fn backend_calls_are_counted_by_operation_and_outcome() {
         !text.contains("maestro_runs_triggered_total{"),
         "a failed execute triggered nothing"
     );
+}
+
+/// The text `app` serves at `/metrics`.
+async fn metrics_text(app: Router) -> String {
+    let response = app.oneshot(get("/metrics")).await.unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
 }
 
 /// A state whose verifier takes the bearer token to be the customer id, and
@@ -242,16 +240,6 @@ async fn a_customer_over_its_rate_limit_gets_429_with_retry_after_and_others_do_
     let response = app.clone().oneshot(list_as("acme")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 
-    let response = app.oneshot(get("/metrics")).await.unwrap();
-    let text = String::from_utf8(
-        response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = metrics_text(app).await;
     assert!(text.contains("maestro_rate_limited_total 1"), "{text}");
 }

@@ -433,51 +433,17 @@ mod tests {
         Setup::paused_clock("")
     }
 
-    /// One test per scenario of the conformance kit, each on a store of
-    /// its own.
-    macro_rules! scenarios {
-        ($($scenario:ident),* $(,)?) => {$(
-            #[tokio::test(start_paused = true)]
-            async fn $scenario() {
-                let store = MemoryIdempotencyStore::default();
-                kit::$scenario(&store, &setup()).await;
-            }
-        )*};
+    domain::idempotency_conformance_tests! {
+        #[tokio::test(start_paused = true)]
+        |scenario| {
+            let store = MemoryIdempotencyStore::default();
+            scenario(&store, &setup()).await;
+        }
+        |scenario| {
+            let store = MemoryIdempotencyStore::default();
+            scenario(&store, &setup(), advance).await;
+        }
     }
-
-    /// One test per scenario of the conformance kit that lets time pass,
-    /// on tokio's paused clock.
-    macro_rules! scenarios_that_let_time_pass {
-        ($($scenario:ident),* $(,)?) => {$(
-            #[tokio::test(start_paused = true)]
-            async fn $scenario() {
-                let store = MemoryIdempotencyStore::default();
-                kit::$scenario(&store, &setup(), advance).await;
-            }
-        )*};
-    }
-
-    scenarios!(
-        a_claimed_key_is_in_flight_then_done_with_its_outcome,
-        another_fingerprint_is_a_mismatch_in_flight_and_done,
-        keys_are_scoped_to_their_customer,
-        a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once,
-        a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own,
-        a_customer_at_its_bound_forgets_its_own_entry_closest_to_expiry_never_a_claim,
-        one_customers_keys_never_push_out_another_customers_entries,
-        at_its_bound_a_customer_still_retries_and_repeats_its_keys,
-    );
-
-    scenarios_that_let_time_pass!(
-        a_failed_attempt_is_noted_for_the_retention_and_no_longer,
-        a_retry_is_in_flight_until_its_own_deadline_not_the_retention,
-        a_release_by_a_lost_lease_writes_nothing,
-        an_outcome_is_kept_for_its_retention_and_no_longer,
-        a_claim_past_its_deadline_is_taken_over_as_a_retry,
-        a_claim_past_its_deadline_is_remembered_for_the_retention_and_no_longer,
-        a_request_past_its_deadline_still_records_until_its_key_is_taken_over,
-        a_customer_full_of_claims_in_flight_is_refused_new_keys_until_a_deadline_passes,
-    );
 
     fn customer(name: &str) -> CustomerId {
         CustomerId::parse(name).unwrap()

@@ -163,50 +163,19 @@ async fn fresh_store() -> (RedisIdempotencyStore, String) {
     (store(&config).await, config.key_prefix)
 }
 
-/// One test per scenario of the conformance kit that needs no time to pass.
-macro_rules! scenarios {
-    ($($scenario:ident),* $(,)?) => {$(
-        #[tokio::test]
-        async fn $scenario() {
-            let (store, _) = fresh_store().await;
-            kit::$scenario(&store, &setup()).await;
-        }
-    )*};
+// One test per scenario of the conformance kit, each on a store of its
+// own, time passing for the test's own keys by [`age`].
+domain::idempotency_conformance_tests! {
+    #[tokio::test]
+    |scenario| {
+        let (store, _) = fresh_store().await;
+        scenario(&store, &setup()).await;
+    }
+    |scenario| {
+        let (store, prefix) = fresh_store().await;
+        scenario(&store, &setup(), |period| age(&prefix, period)).await;
+    }
 }
-
-/// One test per scenario of the conformance kit about expiry, time passing
-/// for the test's own keys by [`age`].
-macro_rules! scenarios_that_let_time_pass {
-    ($($scenario:ident),* $(,)?) => {$(
-        #[tokio::test]
-        async fn $scenario() {
-            let (store, prefix) = fresh_store().await;
-            kit::$scenario(&store, &setup(), |period| age(&prefix, period)).await;
-        }
-    )*};
-}
-
-scenarios!(
-    a_claimed_key_is_in_flight_then_done_with_its_outcome,
-    another_fingerprint_is_a_mismatch_in_flight_and_done,
-    keys_are_scoped_to_their_customer,
-    a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once,
-    a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own,
-    a_customer_at_its_bound_forgets_its_own_entry_closest_to_expiry_never_a_claim,
-    one_customers_keys_never_push_out_another_customers_entries,
-    at_its_bound_a_customer_still_retries_and_repeats_its_keys,
-);
-
-scenarios_that_let_time_pass!(
-    a_failed_attempt_is_noted_for_the_retention_and_no_longer,
-    a_retry_is_in_flight_until_its_own_deadline_not_the_retention,
-    a_release_by_a_lost_lease_writes_nothing,
-    an_outcome_is_kept_for_its_retention_and_no_longer,
-    a_claim_past_its_deadline_is_taken_over_as_a_retry,
-    a_claim_past_its_deadline_is_remembered_for_the_retention_and_no_longer,
-    a_request_past_its_deadline_still_records_until_its_key_is_taken_over,
-    a_customer_full_of_claims_in_flight_is_refused_new_keys_until_a_deadline_passes,
-);
 
 fn acme() -> CustomerId {
     CustomerId::parse("acme").unwrap()
@@ -327,20 +296,25 @@ async fn a_customers_keys_are_indexed_in_flight_then_as_entries_that_may_be_forg
     assert_eq!(acme_index(&config, "forgettable").await, ["k", "other"]);
 }
 
-#[tokio::test]
-async fn a_claim_of_the_shape_before_deadlines_is_in_flight_until_it_expires() {
-    let config = config();
-    let (store, prefix) = (store(&config).await, config.key_prefix.clone());
-    let old = r#"{"state":"in_flight","fingerprint":"p1","token":"0f3c"}"#;
+/// Sets `redis_key` to `value` behind the store's back, for a minute.
+async fn set_for_a_minute(redis_key: &str, value: &str) {
     let mut raw = raw_connection().await;
     let _: () = redis::cmd("SET")
-        .arg(acme_redis_key(&config, "k"))
-        .arg(old)
+        .arg(redis_key)
+        .arg(value)
         .arg("PX")
         .arg(60_000)
         .query_async(&mut raw)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_claim_of_the_shape_before_deadlines_is_in_flight_until_it_expires() {
+    let config = config();
+    let (store, prefix) = (store(&config).await, config.key_prefix.clone());
+    let old = r#"{"state":"in_flight","fingerprint":"p1","token":"0f3c"}"#;
+    set_for_a_minute(&acme_redis_key(&config, "k"), old).await;
 
     // Where a claim of today's shape would be past its deadline.
     age(&prefix, Duration::from_secs(50)).await;
@@ -380,15 +354,7 @@ async fn a_record_in_the_shape_before_opaque_records_fails_the_claim_and_stays()
     let store = store(&config).await;
     let redis_key = acme_redis_key(&config, "k");
     let old = r#"{"state":"done","fingerprint":"p1","status":200,"body":"e30="}"#;
-    let mut raw = raw_connection().await;
-    let _: () = redis::cmd("SET")
-        .arg(&redis_key)
-        .arg(old)
-        .arg("PX")
-        .arg(60_000)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    set_for_a_minute(&redis_key, old).await;
 
     let claim = store.claim(&acme(), &key("k"), "p1", terms()).await;
 
@@ -568,31 +534,6 @@ async fn the_use_case_over_redis_tells_the_retry_of_a_failed_execute_since_when_
     assert_eq!(outcomes, [false, true]);
 }
 
-/// Keeps tokio's paused clock from skipping ahead on its own while it
-/// lasts: a paused runtime with nothing to do skips to its next timer, even
-/// while it waits for a socket, but not while a blocking task runs.
-struct HeldClock {
-    release: std::sync::mpsc::Sender<()>,
-    holder: tokio::task::JoinHandle<()>,
-}
-
-impl HeldClock {
-    fn hold() -> Self {
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let holder = tokio::task::spawn_blocking(move || {
-            // Returns when the sender is dropped.
-            let _ = released.recv();
-        });
-        Self { release, holder }
-    }
-
-    /// Lets the paused clock skip ahead to the next timer again.
-    async fn release(self) {
-        drop(self.release);
-        self.holder.await.expect("the holding task ends");
-    }
-}
-
 /// A TCP proxy to the test server that can stop passing bytes on, to stand
 /// for a Redis that hangs (a network partition, a server stuck on disk).
 async fn hanging_proxy() -> (String, Arc<AtomicBool>) {
@@ -640,7 +581,11 @@ async fn pass_on(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, hung: Arc<Atom
 async fn a_hanging_server_fails_each_operation_at_the_timeout() {
     // The clock stands still while the store connects and claims through
     // the proxy; once Redis hangs, it skips to each operation's deadline.
-    let held = HeldClock::hold();
+    // A paused runtime with nothing to do skips to its next timer, even
+    // while it waits for a socket, but not while a blocking task runs: one
+    // runs until `release` is dropped.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = tokio::task::spawn_blocking(move || released.recv());
     let (proxied, hung) = hanging_proxy().await;
     let config = RedisConfig {
         timeout: Duration::from_millis(300),
@@ -652,7 +597,8 @@ async fn a_hanging_server_fails_each_operation_at_the_timeout() {
     let store = store(&config).await;
     let lease = acquire(&store, "k").await;
     hung.store(true, Ordering::SeqCst);
-    held.release().await;
+    drop(release);
+    let _ = holder.await.expect("the holding task ends");
 
     let started = Instant::now();
     let claim = store.claim(&acme(), &key("other"), "p1", terms()).await;

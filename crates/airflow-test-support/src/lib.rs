@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::Client;
+use reqwest::{Client, RequestBuilder};
 use serde_json::{Value, json};
 
 // The DAGs of tests/airflow/dags/maestro_e2e.py.
@@ -75,6 +75,16 @@ const PARSE_DEADLINE: Duration = Duration::from_secs(120);
 /// When it is not set, naming it and the command that sets it.
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; run cargo xtask e2e-airflow"))
+}
+
+/// The JSON answer to `request`, sent.
+///
+/// # Panics
+///
+/// On any failure or a status other than 2xx.
+async fn json_of(request: RequestBuilder) -> Value {
+    let response = request.send().await.unwrap().error_for_status().unwrap();
+    response.json().await.unwrap()
 }
 
 /// A run id as it travels in a path: `:` and `+` percent-encoded.
@@ -146,20 +156,11 @@ impl Airflow {
         let url = env("MAESTRO_E2E_AIRFLOW_URL")
             .trim_end_matches('/')
             .to_owned();
-        let answer: Value = client
-            .post(format!("{url}/auth/token"))
-            .json(&json!({
-                "username": env("MAESTRO_E2E_AIRFLOW_USERNAME"),
-                "password": env("MAESTRO_E2E_AIRFLOW_PASSWORD"),
-            }))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = json_of(client.post(format!("{url}/auth/token")).json(&json!({
+            "username": env("MAESTRO_E2E_AIRFLOW_USERNAME"),
+            "password": env("MAESTRO_E2E_AIRFLOW_PASSWORD"),
+        })))
+        .await;
         let airflow = Self {
             client,
             url,
@@ -175,17 +176,8 @@ impl Airflow {
     ///
     /// On any failure or a status other than 2xx.
     pub async fn get(&self, path: &str) -> Value {
-        self.client
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        let url = format!("{}{path}", self.url);
+        json_of(self.client.get(url).bearer_auth(&self.token)).await
     }
 
     /// The DAG processor parses the DAG files after the API answers; wait

@@ -207,21 +207,9 @@ pub struct JwtArgs {
     #[arg(long, env = "MAESTRO_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
 
-    /// When set, tokens must carry this `iss`.
-    #[arg(long, env = "MAESTRO_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-
-    /// When set, tokens must carry this `aud`.
-    #[arg(long, env = "MAESTRO_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-
-    /// The claim that names the caller's customer.
-    #[arg(
-        long,
-        env = "MAESTRO_JWT_CUSTOMER_CLAIM",
-        default_value = "customer_id"
-    )]
-    pub jwt_customer_claim: String,
+    /// The claims tokens must carry.
+    #[command(flatten)]
+    pub claims: ClaimArgs,
 
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     #[arg(long, env = "MAESTRO_JWT_LEEWAY_SECONDS", default_value_t = 30)]
@@ -325,21 +313,33 @@ pub struct TokenArgs {
     #[arg(long, env = "MAESTRO_JWT_HS256_SECRET", hide_env_values = true, value_parser = secret)]
     pub jwt_hs256_secret: Option<SecretString>,
 
-    /// Put this `iss` in the token.
-    #[arg(long, env = "MAESTRO_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
+    /// The claims to put in the token.
+    #[command(flatten)]
+    pub claims: ClaimArgs,
+}
 
-    /// Put this `aud` in the token.
-    #[arg(long, env = "MAESTRO_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-
-    /// The claim that names the customer.
+/// The claims of a token besides its lifetime: what the service requires
+/// of the tokens it takes, and what `maestro token` puts in the ones it
+/// mints, so that the two agree.
+#[derive(Debug, Args)]
+pub struct ClaimArgs {
+    /// The claim that names the caller's customer.
     #[arg(
         long,
         env = "MAESTRO_JWT_CUSTOMER_CLAIM",
         default_value = "customer_id"
     )]
     pub jwt_customer_claim: String,
+
+    /// When set, the `iss` the service requires of tokens, and that
+    /// `maestro token` puts in them.
+    #[arg(long, env = "MAESTRO_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, the `aud` the service requires of tokens, and that
+    /// `maestro token` puts in them.
+    #[arg(long, env = "MAESTRO_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
 }
 
 fn secret(raw: &str) -> Result<SecretString, String> {
@@ -417,7 +417,7 @@ mod tests {
         };
         assert_eq!(config.backend, Backend::Memory);
         assert_eq!(config.upstream_timeout(), Duration::from_secs(10));
-        assert_eq!(config.jwt.jwt_customer_claim, "customer_id");
+        assert_eq!(config.jwt.claims.jwt_customer_claim, "customer_id");
         assert_eq!(config.airflow.airflow_customer_tag_prefix, "customer:");
         assert_eq!(
             Duration::from_millis(config.airflow.airflow_dag_cache_ms),

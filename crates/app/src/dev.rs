@@ -102,10 +102,12 @@ pub fn mint_token(args: &TokenArgs) -> anyhow::Result<String> {
     // service agree on the time.
     let now = runtime::TokioClock::start().now();
     let mut claims = TokenClaims::new(customer, now, Duration::from_secs(args.ttl_seconds));
-    claims.customer_claim.clone_from(&args.jwt_customer_claim);
+    claims
+        .customer_claim
+        .clone_from(&args.claims.jwt_customer_claim);
     claims.subject.clone_from(&args.subject);
-    claims.issuer.clone_from(&args.jwt_issuer);
-    claims.audience.clone_from(&args.jwt_audience);
+    claims.issuer.clone_from(&args.claims.jwt_issuer);
+    claims.audience.clone_from(&args.claims.jwt_audience);
     Ok(mint_hs256(secret.expose_secret().as_bytes(), &claims)?)
 }
 

@@ -240,11 +240,12 @@ fn auth(config: &ServeConfig, demo: Option<Demo>, clock: &Arc<dyn Clock>) -> any
         // A token from an OIDC provider names it in `iss`: with discovery,
         // the issuer is checked even when MAESTRO_JWT_ISSUER is unset.
         issuer: jwt
+            .claims
             .jwt_issuer
             .clone()
             .or_else(|| jwt.jwt_oidc_issuer_url.clone()),
-        audience: jwt.jwt_audience.clone(),
-        customer_claim: jwt.jwt_customer_claim.clone(),
+        audience: jwt.claims.jwt_audience.clone(),
+        customer_claim: jwt.claims.jwt_customer_claim.clone(),
         leeway: Duration::from_secs(jwt.jwt_leeway_seconds),
     };
     let jwks_source = match (&jwt.jwt_jwks_url, &jwt.jwt_oidc_issuer_url) {
@@ -268,7 +269,7 @@ fn auth(config: &ServeConfig, demo: Option<Demo>, clock: &Arc<dyn Clock>) -> any
                 }
                 other => anyhow!(other).context("invalid JWKS settings"),
             })?;
-        if jwt.jwt_audience.is_none() {
+        if jwt.claims.jwt_audience.is_none() {
             // An identity provider signs tokens for many services with the
             // same keys; without an audience, one meant for any of them is
             // taken here too.

@@ -16,20 +16,22 @@
 //! domain = { workspace = true, features = ["testkit"] }
 //! ```
 //!
-//! and run the scenarios from its tests:
+//! and run the scenarios from its tests, one test each, with
+//! [`idempotency_conformance_tests!`](crate::idempotency_conformance_tests):
 //!
 //! ```text
-//! use domain::idempotency_testkit::{self as kit, Setup};
+//! use domain::idempotency_testkit::Setup;
 //!
-//! #[tokio::test(start_paused = true)]
-//! async fn an_outcome_is_kept_for_its_retention_and_no_longer() {
-//!     let store = MyStore::default();
-//!     kit::an_outcome_is_kept_for_its_retention_and_no_longer(
-//!         &store,
-//!         &Setup::paused_clock(""),
-//!         tokio::time::advance,
-//!     )
-//!     .await;
+//! domain::idempotency_conformance_tests! {
+//!     #[tokio::test(start_paused = true)]
+//!     |scenario| {
+//!         let store = MyStore::default();
+//!         scenario(&store, &Setup::paused_clock("")).await;
+//!     }
+//!     |scenario| {
+//!         let store = MyStore::default();
+//!         scenario(&store, &Setup::paused_clock(""), tokio::time::advance).await;
+//!     }
 //! }
 //! ```
 //!
@@ -210,6 +212,30 @@ async fn claim_for(
         .unwrap_or_else(|err| panic!("claiming {key} of {scope:?} failed: {err}"))
 }
 
+/// Claims a key of `scope` expected to be taken as `attempt` (free, as a
+/// first attempt; holding a failed attempt, as a retry), and returns the
+/// lease.
+async fn take(
+    store: &dyn IdempotencyStore,
+    scope: &CustomerId,
+    key: &IdempotencyKey,
+    (terms, attempt): (ClaimTerms, Attempt),
+    why: &str,
+) -> Lease {
+    match (
+        attempt,
+        claim_for(store, scope, key, FINGERPRINT, terms).await,
+    ) {
+        (Attempt::First, Claim::Acquired(lease)) | (Attempt::Retry, Claim::Retry(lease)) => lease,
+        (Attempt::First, other) => {
+            panic!("{why}: expected the claim of {key} to be acquired, got {other:?}")
+        }
+        (Attempt::Retry, other) => {
+            panic!("{why}: expected the claim of {key} to be a retry, got {other:?}")
+        }
+    }
+}
+
 /// Claims a key expected free, and returns the lease.
 async fn acquire(
     store: &dyn IdempotencyStore,
@@ -218,25 +244,7 @@ async fn acquire(
     terms: ClaimTerms,
     why: &str,
 ) -> Lease {
-    match claim_for(store, scope, key, FINGERPRINT, terms).await {
-        Claim::Acquired(lease) => lease,
-        other => panic!("{why}: expected the claim of {key} to be acquired, got {other:?}"),
-    }
-}
-
-/// Claims a key of `scope` expected to hold a failed attempt, and returns
-/// the lease.
-async fn retry_for(
-    store: &dyn IdempotencyStore,
-    scope: &CustomerId,
-    key: &IdempotencyKey,
-    terms: ClaimTerms,
-    why: &str,
-) -> Lease {
-    match claim_for(store, scope, key, FINGERPRINT, terms).await {
-        Claim::Retry(lease) => lease,
-        other => panic!("{why}: expected the claim of {key} to be a retry, got {other:?}"),
-    }
+    take(store, scope, key, (terms, Attempt::First), why).await
 }
 
 /// Claims a key of acme expected to hold a failed attempt, and returns the
@@ -247,7 +255,7 @@ async fn retry(
     terms: ClaimTerms,
     why: &str,
 ) -> Lease {
-    retry_for(store, &acme(), key, terms, why).await
+    take(store, &acme(), key, (terms, Attempt::Retry), why).await
 }
 
 async fn expect_claim_for(
@@ -423,10 +431,7 @@ async fn lasts_the_short_lifetime(
 
     wait.wait(setup.margin * 2).await;
     let why = format!("{what}, just after its lifetime ended");
-    match then {
-        Attempt::First => acquire(store, &acme(), key, setup.held(), &why).await,
-        Attempt::Retry => retry(store, key, setup.held(), &why).await,
-    }
+    take(store, &acme(), key, (setup.held(), then), &why).await
 }
 
 /// A claimed key is in flight for a repeat of the request, then, once
@@ -477,15 +482,8 @@ pub async fn a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_
     let retry = retry(store, &key, setup.held(), "the claim after a release").await;
     assert_ne!(retry, first, "the retry got the released claim's lease");
     let why = "a repeat while the retry runs";
-    expect_claim(
-        store,
-        &key,
-        FINGERPRINT,
-        setup.held(),
-        &Claim::InFlight,
-        why,
-    )
-    .await;
+    let in_flight = Claim::InFlight;
+    expect_claim(store, &key, FINGERPRINT, setup.held(), &in_flight, why).await;
 
     let why = "the released lease after the retry claimed the key";
     expect_complete_lost(store, &key, &first, setup.long, why).await;
@@ -602,15 +600,8 @@ pub async fn a_claim_past_its_deadline_is_taken_over_as_a_retry(
     let lost = acquire(store, &acme(), &key, setup.due(), "a free key").await;
     wait.wait(setup.before_short()).await;
     let why = "a repeat against the lost request's claim, before its deadline";
-    expect_claim(
-        store,
-        &key,
-        FINGERPRINT,
-        setup.held(),
-        &Claim::InFlight,
-        why,
-    )
-    .await;
+    let in_flight = Claim::InFlight;
+    expect_claim(store, &key, FINGERPRINT, setup.held(), &in_flight, why).await;
 
     wait.wait(setup.margin * 2).await;
     let why = "another fingerprint against the lost request's claim, past its deadline";
@@ -624,15 +615,8 @@ pub async fn a_claim_past_its_deadline_is_taken_over_as_a_retry(
     expect_complete_lost(store, &key, &lost, setup.long, why).await;
     expect_release_lost(store, &key, &lost, setup.long, why).await;
     let why = "a repeat after the lost request's late answer";
-    expect_claim(
-        store,
-        &key,
-        FINGERPRINT,
-        setup.held(),
-        &Claim::InFlight,
-        why,
-    )
-    .await;
+    let in_flight = Claim::InFlight;
+    expect_claim(store, &key, FINGERPRINT, setup.held(), &in_flight, why).await;
 
     complete(store, &key, &next, "next", setup.long).await;
     let done = Claim::Done(outcome("next"));
@@ -817,7 +801,7 @@ pub async fn at_its_bound_a_customer_still_retries_and_repeats_its_keys(
     let in_flight = Claim::InFlight;
     expect_claim_for(store, &initech(), &running, FINGERPRINT, &in_flight, why).await;
     let why = "a retry of the failed attempt at the bound";
-    retry_for(store, &initech(), &failed, bounded, why).await;
+    take(store, &initech(), &failed, (bounded, Attempt::Retry), why).await;
     let why = "the kept outcome after the retry took the failed attempt over";
     expect_claim_for(store, &initech(), &kept, FINGERPRINT, &done, why).await;
 }
@@ -842,6 +826,51 @@ pub fn assert_exactly_one_took_the_key(claims: impl IntoIterator<Item = Claim>, 
         took, 1,
         "of the concurrent claims, {took} took the key as {expected:?}, not exactly one"
     );
+}
+
+/// Writes one test per scenario of [`idempotency_testkit`](crate::idempotency_testkit),
+/// named after it, so that a store runs them all and a failure names the
+/// rule broken. It takes the tests' attribute and two bodies, each naming
+/// the scenario it runs: the first runs the scenarios that need no time to
+/// pass (they take a store and a [`Setup`](crate::idempotency_testkit::Setup)),
+/// the second those that let time pass (they also take a
+/// [`Wait`](crate::idempotency_testkit::Wait)). The module's documentation shows it
+/// in use.
+#[macro_export]
+macro_rules! idempotency_conformance_tests {
+    (
+        #[$test:meta]
+        |$timeless:ident| $timeless_body:block
+        |$timed:ident| $timed_body:block
+    ) => {
+        $crate::idempotency_conformance_tests!(@each #[$test] |$timeless| $timeless_body [
+            a_claimed_key_is_in_flight_then_done_with_its_outcome,
+            another_fingerprint_is_a_mismatch_in_flight_and_done,
+            keys_are_scoped_to_their_customer,
+            a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once,
+            a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own,
+            a_customer_at_its_bound_forgets_its_own_entry_closest_to_expiry_never_a_claim,
+            one_customers_keys_never_push_out_another_customers_entries,
+            at_its_bound_a_customer_still_retries_and_repeats_its_keys,
+        ]);
+        $crate::idempotency_conformance_tests!(@each #[$test] |$timed| $timed_body [
+            a_failed_attempt_is_noted_for_the_retention_and_no_longer,
+            a_retry_is_in_flight_until_its_own_deadline_not_the_retention,
+            a_release_by_a_lost_lease_writes_nothing,
+            an_outcome_is_kept_for_its_retention_and_no_longer,
+            a_claim_past_its_deadline_is_taken_over_as_a_retry,
+            a_claim_past_its_deadline_is_remembered_for_the_retention_and_no_longer,
+            a_request_past_its_deadline_still_records_until_its_key_is_taken_over,
+            a_customer_full_of_claims_in_flight_is_refused_new_keys_until_a_deadline_passes,
+        ]);
+    };
+    (@each #[$test:meta] |$scenario:ident| $body:block [$($name:ident),* $(,)?]) => {$(
+        #[$test]
+        async fn $name() {
+            let $scenario = $crate::idempotency_testkit::$name;
+            $body
+        }
+    )*};
 }
 
 #[cfg(test)]
@@ -911,7 +940,7 @@ mod tests {
             })
         }
 
-        fn wait(self: &Arc<Self>) -> impl Fn(Duration) -> std::future::Ready<()> {
+        fn wait(self: &Arc<Self>) -> impl Fn(Duration) -> std::future::Ready<()> + use<> {
             let store = self.clone();
             move |elapsed| {
                 store.state.lock().unwrap().now += elapsed;
@@ -1063,46 +1092,30 @@ mod tests {
         }
     }
 
-    /// Runs every scenario, each on a store of its own.
-    async fn every_scenario(setup: &Setup) {
-        macro_rules! on_a_fresh_store {
-            ($($scenario:ident),* $(,)?) => {$(
-                let store = Arc::new(Reference::default());
-                $scenario(store.as_ref(), setup).await;
-            )*};
-        }
-        macro_rules! on_a_fresh_store_letting_time_pass {
-            ($($scenario:ident),* $(,)?) => {$(
-                let store = Arc::new(Reference::default());
-                $scenario(store.as_ref(), setup, store.wait()).await;
-            )*};
-        }
-        on_a_fresh_store!(
-            a_claimed_key_is_in_flight_then_done_with_its_outcome,
-            another_fingerprint_is_a_mismatch_in_flight_and_done,
-            keys_are_scoped_to_their_customer,
-            a_released_claim_lets_the_next_claim_with_its_fingerprint_retry_at_once,
-            a_failed_attempt_refuses_another_fingerprint_and_stays_for_its_own,
-            a_customer_at_its_bound_forgets_its_own_entry_closest_to_expiry_never_a_claim,
-            one_customers_keys_never_push_out_another_customers_entries,
-            at_its_bound_a_customer_still_retries_and_repeats_its_keys,
-        );
-        on_a_fresh_store_letting_time_pass!(
-            a_failed_attempt_is_noted_for_the_retention_and_no_longer,
-            a_retry_is_in_flight_until_its_own_deadline_not_the_retention,
-            a_release_by_a_lost_lease_writes_nothing,
-            an_outcome_is_kept_for_its_retention_and_no_longer,
-            a_claim_past_its_deadline_is_taken_over_as_a_retry,
-            a_claim_past_its_deadline_is_remembered_for_the_retention_and_no_longer,
-            a_request_past_its_deadline_still_records_until_its_key_is_taken_over,
-            a_customer_full_of_claims_in_flight_is_refused_new_keys_until_a_deadline_passes,
-        );
-    }
+    /// A store that keeps the rules passes every scenario, under either
+    /// setup, on a store of its own each time.
+    mod a_store_that_keeps_the_rules_passes {
+        use super::*;
 
-    #[tokio::test]
-    async fn a_store_that_keeps_the_rules_passes_every_scenario() {
-        every_scenario(&Setup::paused_clock("")).await;
-        every_scenario(&Setup::real_clock("test:")).await;
+        fn setups() -> [Setup; 2] {
+            [Setup::paused_clock(""), Setup::real_clock("test:")]
+        }
+
+        crate::idempotency_conformance_tests! {
+            #[tokio::test]
+            |scenario| {
+                for setup in setups() {
+                    let store = Arc::new(Reference::default());
+                    scenario(store.as_ref(), &setup).await;
+                }
+            }
+            |scenario| {
+                for setup in setups() {
+                    let store = Arc::new(Reference::default());
+                    scenario(store.as_ref(), &setup, store.wait()).await;
+                }
+            }
+        }
     }
 
     #[tokio::test]

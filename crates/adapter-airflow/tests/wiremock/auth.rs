@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use adapter_airflow::AirflowConfig;
+use adapter_airflow::{AirflowBackend, AirflowConfig};
 use domain::{BackendErrorKind, Clock, GetPipelineError, ManualClock, PipelineRepository};
 
 use serde_json::json;
@@ -246,27 +246,38 @@ async fn a_token_cached_before_the_clock_was_stepped_back_is_renewed() {
     assert_eq!(fake.requests(Endpoint::Token).await.len(), 2);
 }
 
-#[tokio::test]
-async fn a_thousand_concurrent_requests_share_one_token_exchange() {
-    let fake = Fake::happy().await;
-    let issued = fake.mount_token_sequence(Duration::from_millis(200)).await;
-    // A generous timeout: a thousand requests through wiremock take
-    // seconds on a busy machine, and timing is not what is tested here.
-    let backend = Arc::new(backend_with(
+/// A backend exchanging the credentials with `fake`, with a generous
+/// timeout: a thousand requests through wiremock take seconds on a busy
+/// machine, and timing is not what is tested here.
+fn patient_backend(fake: &Fake) -> Arc<AirflowBackend> {
+    Arc::new(backend_with(
         &fake.uri(),
         credentials(),
         Duration::from_secs(60),
-    ));
+    ))
+}
 
-    let tasks: Vec<_> = (0..1000)
+/// Performs `count` reads at once through `backend`, asserting that each is
+/// done.
+async fn all_done_at_once(backend: &Arc<AirflowBackend>, count: usize) {
+    let tasks: Vec<_> = (0..count)
         .map(|_| {
-            let backend = Arc::clone(&backend);
+            let backend = Arc::clone(backend);
             tokio::spawn(async move { perform(&backend, Op::Get).await })
         })
         .collect();
     for task in tasks {
         assert_eq!(task.await.unwrap(), Outcome::Done);
     }
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_requests_share_one_token_exchange() {
+    let fake = Fake::happy().await;
+    let issued = fake.mount_token_sequence(Duration::from_millis(200)).await;
+    let backend = patient_backend(&fake);
+
+    all_done_at_once(&backend, 1000).await;
 
     assert_eq!(issued.load(Ordering::SeqCst), 1);
 }
@@ -275,27 +286,13 @@ async fn a_thousand_concurrent_requests_share_one_token_exchange() {
 async fn a_thousand_concurrent_requests_refused_together_share_one_renewal() {
     let fake = Fake::happy().await;
     let issued = fake.mount_token_sequence(Duration::from_millis(100)).await;
-    // A generous timeout: a thousand requests through wiremock take
-    // seconds on a busy machine, and timing is not what is tested here.
-    let backend = Arc::new(backend_with(
-        &fake.uri(),
-        credentials(),
-        Duration::from_secs(60),
-    ));
+    let backend = patient_backend(&fake);
     // Every request starts with token-1 in the cache...
     assert_eq!(perform(&backend, Op::Get).await, Outcome::Done);
     // ...which Airflow then stops accepting.
     refuse(&fake, "token-1", ResponseTemplate::new(401)).await;
 
-    let tasks: Vec<_> = (0..1000)
-        .map(|_| {
-            let backend = Arc::clone(&backend);
-            tokio::spawn(async move { perform(&backend, Op::Get).await })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap(), Outcome::Done);
-    }
+    all_done_at_once(&backend, 1000).await;
 
     assert_eq!(issued.load(Ordering::SeqCst), 2);
 }

@@ -104,47 +104,60 @@ async fn a_paused_pipeline_is_refused_before_anything_is_sent() {
     assert!(fake.requests(Endpoint::RunPost).await.is_empty());
 }
 
+/// Mounts on `fake` acme's trigger endpoint, answering each post's body
+/// with `post`, and the lookup of any of its runs, answering with `lookup`:
+/// both see the state they share, which starts empty and is returned.
+async fn mount_trigger_and_lookup<T: Send + 'static>(
+    fake: &Fake,
+    post: impl Fn(&Value, &mut Option<T>) -> ResponseTemplate + Send + Sync + 'static,
+    lookup: impl Fn(&Option<T>) -> ResponseTemplate + Send + Sync + 'static,
+) -> Arc<Mutex<Option<T>>> {
+    let state: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
+    let posted = Arc::clone(&state);
+    Mock::given(method("POST"))
+        .and(path(format!("/api/v2/dags/{ACME_DAG}/dagRuns")))
+        .respond_with(move |request: &Request| post(&body(request), &mut posted.lock().unwrap()))
+        .mount(&fake.server)
+        .await;
+    let looked_up = Arc::clone(&state);
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path_regex(format!(
+            "^/api/v2/dags/{ACME_DAG}/dagRuns/.+$"
+        )))
+        .respond_with(move |_: &Request| lookup(&looked_up.lock().unwrap()))
+        .mount(&fake.server)
+        .await;
+    state
+}
+
 /// A trigger endpoint whose first answer is lost (a proxy answers 502 after
 /// Airflow created the run), and which answers 409 to the same id after.
 #[tokio::test]
 async fn a_retry_after_a_lost_answer_gets_409_for_our_own_id_and_succeeds_with_one_run() {
     let fake = Fake::start().await;
     fake.mount_dag(common::acme_dag()).await;
-    let created: Arc<Mutex<Option<Value>>> = Arc::default();
-    let store = Arc::clone(&created);
-    Mock::given(method("POST"))
-        .and(path(format!("/api/v2/dags/{ACME_DAG}/dagRuns")))
-        .respond_with(move |request: &Request| {
-            let sent = body(request);
-            let mut created = store.lock().unwrap();
-            match created.as_ref() {
-                None => {
-                    *created = Some(dag_run(
-                        ACME_DAG,
-                        sent["dag_run_id"].as_str().unwrap(),
-                        "running",
-                        sent["conf"].clone(),
-                    ));
-                    ResponseTemplate::new(502).set_body_string("Bad Gateway")
-                }
-                Some(_) => ResponseTemplate::new(409).set_body_json(json!({
-                    "detail": {"reason": "Unique constraint violation", "statement": "hidden"}
-                })),
+    mount_trigger_and_lookup(
+        &fake,
+        |sent, created: &mut Option<Value>| match created.as_ref() {
+            None => {
+                *created = Some(dag_run(
+                    ACME_DAG,
+                    sent["dag_run_id"].as_str().unwrap(),
+                    "running",
+                    sent["conf"].clone(),
+                ));
+                ResponseTemplate::new(502).set_body_string("Bad Gateway")
             }
-        })
-        .mount(&fake.server)
-        .await;
-    let lookup = Arc::clone(&created);
-    Mock::given(method("GET"))
-        .and(wiremock::matchers::path_regex(format!(
-            "^/api/v2/dags/{ACME_DAG}/dagRuns/.+$"
-        )))
-        .respond_with(move |_: &Request| match lookup.lock().unwrap().as_ref() {
+            Some(_) => ResponseTemplate::new(409).set_body_json(json!({
+                "detail": {"reason": "Unique constraint violation", "statement": "hidden"}
+            })),
+        },
+        |created| match created {
             Some(run) => ResponseTemplate::new(200).set_body_json(run.clone()),
             None => ResponseTemplate::new(404),
-        })
-        .mount(&fake.server)
-        .await;
+        },
+    )
+    .await;
 
     let run = backend(&fake.uri())
         .trigger(&ctx("acme"), &trigger_of(ACME_DAG))
@@ -162,13 +175,9 @@ async fn a_retry_after_a_lost_answer_gets_409_for_our_own_id_and_succeeds_with_o
 async fn a_409_for_another_triggers_run_takes_the_next_id_instead_of_claiming_that_run() {
     let fake = Fake::start().await;
     fake.mount_dag(common::acme_dag()).await;
-    let taken: Arc<Mutex<Option<String>>> = Arc::default();
-    let store = Arc::clone(&taken);
-    Mock::given(method("POST"))
-        .and(path(format!("/api/v2/dags/{ACME_DAG}/dagRuns")))
-        .respond_with(move |request: &Request| {
-            let sent = body(request);
-            let mut taken = store.lock().unwrap();
+    let taken = mount_trigger_and_lookup(
+        &fake,
+        |sent, taken: &mut Option<String>| {
             if taken.is_none() {
                 *taken = Some(sent["dag_run_id"].as_str().unwrap().to_owned());
                 return ResponseTemplate::new(409).set_body_json(json!({"detail": "conflict"}));
@@ -179,25 +188,18 @@ async fn a_409_for_another_triggers_run_takes_the_next_id_instead_of_claiming_th
                 "queued",
                 sent["conf"].clone(),
             ))
-        })
-        .mount(&fake.server)
-        .await;
-    let lookup = Arc::clone(&taken);
-    Mock::given(method("GET"))
-        .and(wiremock::matchers::path_regex(format!(
-            "^/api/v2/dags/{ACME_DAG}/dagRuns/.+$"
-        )))
-        .respond_with(move |_: &Request| {
-            let id = lookup.lock().unwrap().clone().unwrap();
+        },
+        |taken| {
+            let id = taken.clone().unwrap();
             ResponseTemplate::new(200).set_body_json(dag_run(
                 ACME_DAG,
                 &id,
                 "success",
                 json!({"maestro": {"trigger_id": "someone-else"}}),
             ))
-        })
-        .mount(&fake.server)
-        .await;
+        },
+    )
+    .await;
 
     let run = backend(&fake.uri())
         .trigger(&ctx("acme"), &trigger_of(ACME_DAG))

@@ -71,6 +71,37 @@ fn service(
     )
 }
 
+/// Executes acme's `key()` through `service`, with claims in `store`.
+async fn execute(
+    store: MockIdempotencyStore,
+    service: &PipelineService,
+) -> Result<Idempotent, IdempotencyError> {
+    idempotency(store)
+        .execute(service, &ctx(), &key(), TriggerRequest::new(pipeline()))
+        .await
+}
+
+/// A store whose claims find `record` kept.
+fn replaying(record: Vec<u8>) -> MockIdempotencyStore {
+    let mut store = MockIdempotencyStore::new();
+    store
+        .expect_claim()
+        .returning(move |_, _, _, _| Ok(Claim::Done(record.clone())));
+    store
+}
+
+/// Asserts that the execute ran and failed, and that its outcome was kept
+/// or released without an error.
+fn assert_ran_and_failed(ran: &Idempotent) {
+    assert!(matches!(
+        ran,
+        Idempotent::Ran {
+            outcome: Err(_),
+            record_error: None
+        }
+    ));
+}
+
 /// A service that must not be asked to trigger.
 fn untouched() -> PipelineService {
     let mut orchestrator = MockOrchestrator::new();
@@ -153,10 +184,7 @@ async fn a_first_execute_carries_the_key_and_keeps_its_run_for_the_retention() {
     store.expect_release().never();
     let (service, seen) = service(|_| Ok(a_run()));
 
-    let ran = idempotency(store)
-        .execute(&service, &ctx(), &key(), TriggerRequest::new(pipeline()))
-        .await
-        .unwrap();
+    let ran = execute(store, &service).await.unwrap();
 
     assert!(
         matches!(ran, Idempotent::Ran { outcome: Ok(run), record_error: None } if run == a_run())
@@ -180,10 +208,7 @@ async fn a_retry_after_a_failed_attempt_looks_back_exactly_one_retention_from_no
     store.expect_complete().returning(|_, _, _, _, _| Ok(()));
     let (service, seen) = service(|_| Ok(a_run()));
 
-    idempotency(store)
-        .execute(&service, &ctx(), &key(), TriggerRequest::new(pipeline()))
-        .await
-        .unwrap();
+    execute(store, &service).await.unwrap();
 
     let seen = seen.lock().unwrap();
     assert_eq!(seen[0].idempotency_key(), Some(&key()));
@@ -214,17 +239,8 @@ async fn a_missing_pipeline_is_kept_briefly_and_a_paused_one_for_the_retention()
         store.expect_release().never();
         let (service, _) = service(move |_| Err(refusal()));
 
-        let ran = idempotency(store)
-            .execute(&service, &ctx(), &key(), TriggerRequest::new(pipeline()))
-            .await
-            .unwrap();
-        assert!(matches!(
-            ran,
-            Idempotent::Ran {
-                outcome: Err(_),
-                record_error: None
-            }
-        ));
+        let ran = execute(store, &service).await.unwrap();
+        assert_ran_and_failed(&ran);
     }
 }
 
@@ -254,17 +270,8 @@ async fn a_full_queue_and_a_backend_failure_are_released_not_kept() {
             .returning(|_, _, _, _| Ok(()));
         let (service, _) = service(move |_| Err(failure()));
 
-        let ran = idempotency(store)
-            .execute(&service, &ctx(), &key(), TriggerRequest::new(pipeline()))
-            .await
-            .unwrap();
-        assert!(matches!(
-            ran,
-            Idempotent::Ran {
-                outcome: Err(_),
-                record_error: None
-            }
-        ));
+        let ran = execute(store, &service).await.unwrap();
+        assert_ran_and_failed(&ran);
     }
 }
 
@@ -277,20 +284,9 @@ async fn a_kept_outcome_is_given_again_without_running_anything() {
     ];
     for outcome in outcomes {
         let record = Kept::of(&outcome()).unwrap().encode();
-        let mut store = MockIdempotencyStore::new();
-        store
-            .expect_claim()
-            .returning(move |_, _, _, _| Ok(Claim::Done(record.clone())));
+        let store = replaying(record);
 
-        let replayed = idempotency(store)
-            .execute(
-                &untouched(),
-                &ctx(),
-                &key(),
-                TriggerRequest::new(pipeline()),
-            )
-            .await
-            .unwrap();
+        let replayed = execute(store, &untouched()).await.unwrap();
         let Idempotent::Replayed(again) = replayed else {
             panic!("expected a replay, got {replayed:?}");
         };
@@ -309,19 +305,8 @@ async fn an_unreadable_record_is_a_store_failure_and_runs_nothing() {
         b"not json".to_vec(),
         br#"{"kept":"paused","pipeline_id":"nope"}"#.to_vec(),
     ] {
-        let mut store = MockIdempotencyStore::new();
-        store
-            .expect_claim()
-            .returning(move |_, _, _, _| Ok(Claim::Done(record.clone())));
-        let err = idempotency(store)
-            .execute(
-                &untouched(),
-                &ctx(),
-                &key(),
-                TriggerRequest::new(pipeline()),
-            )
-            .await
-            .unwrap_err();
+        let store = replaying(record);
+        let err = execute(store, &untouched()).await.unwrap_err();
         assert!(matches!(err, IdempotencyError::Store(_)), "{err:?}");
     }
 }
@@ -342,15 +327,7 @@ async fn in_flight_mismatched_and_failing_claims_run_nothing() {
         store.expect_complete().never();
         store.expect_release().never();
 
-        let err = idempotency(store)
-            .execute(
-                &untouched(),
-                &ctx(),
-                &key(),
-                TriggerRequest::new(pipeline()),
-            )
-            .await
-            .unwrap_err();
+        let err = execute(store, &untouched()).await.unwrap_err();
         let name = match err {
             IdempotencyError::InFlight => "InFlight",
             IdempotencyError::KeyReused => "KeyReused",
@@ -369,10 +346,7 @@ async fn a_lost_claim_still_answers_with_the_executes_own_outcome() {
         .returning(|_, _, _, _, _| Err(StoreError::ClaimLost));
     let (service, _) = service(|_| Ok(a_run()));
 
-    let ran = idempotency(store)
-        .execute(&service, &ctx(), &key(), TriggerRequest::new(pipeline()))
-        .await
-        .unwrap();
+    let ran = execute(store, &service).await.unwrap();
     assert!(matches!(
         ran,
         Idempotent::Ran { outcome: Ok(run), record_error: Some(StoreError::ClaimLost) } if run == a_run()
