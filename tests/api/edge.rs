@@ -576,6 +576,27 @@ async fn ready_is_503_naming_redis_while_redis_does_not_answer() {
 }
 
 #[tokio::test]
+async fn a_redis_down_at_start_leaves_the_service_up_and_unready_until_it_answers() {
+    let redis = FakeRedis::start();
+    redis.stop();
+    let fixture = fixture();
+    let maestro = Maestro::start(&[
+        ("MAESTRO_BIND", "127.0.0.1:0"),
+        ("MAESTRO_JWT_HS256_SECRET", SECRET),
+        ("MAESTRO_MEMORY_FIXTURE", fixture.to_str().unwrap()),
+        ("MAESTRO_REDIS_URL", redis.url.as_str()),
+        ("MAESTRO_LOG_FORMAT", "json"),
+    ]);
+    let base = format!("http://{}", maestro.addr());
+    let body = ready_becomes(&base, 503).await;
+    assert_eq!(body["checks"]["redis"], "unavailable", "{body}");
+
+    redis.resume();
+    let body = ready_becomes(&base, 200).await;
+    assert_eq!(body["checks"]["redis"], "ok", "{body}");
+}
+
+#[tokio::test]
 async fn ready_is_503_naming_the_backend_when_platform_api_health_answers_5xx() {
     const UPSTREAM_TEXT: &str = "upstream-health-diagnostic-0d4f";
     let upstream = MockServer::start().await;

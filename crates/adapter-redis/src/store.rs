@@ -5,7 +5,12 @@
 //! Each customer's keys are indexed by deadline and expiry, so that a
 //! customer at its bound makes room from its own keys alone.
 
-use std::{fmt, future::Future, sync::LazyLock, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use domain::{Claim, ClaimTerms, CustomerId, IdempotencyKey, IdempotencyStore, Lease, StoreError};
@@ -13,6 +18,8 @@ use redis::{
     Client, Script,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
+
+use tokio::sync::OnceCell;
 
 use crate::{ConnectError, RedisConfig, record::Record};
 
@@ -151,7 +158,11 @@ const CLAIM_ATTEMPTS: usize = 3;
 /// fails, and its request is answered 503).
 #[derive(Clone)]
 pub struct RedisIdempotencyStore {
-    connection: ConnectionManager,
+    /// Made on first use, and again after a failed first attempt, so that
+    /// the service starts (and says it is not ready) while Redis is down.
+    connection: Arc<OnceCell<ConnectionManager>>,
+    client: Client,
+    manager_config: ConnectionManagerConfig,
     key_prefix: String,
     timeout: Duration,
 }
@@ -168,14 +179,14 @@ impl fmt::Debug for RedisIdempotencyStore {
 }
 
 impl RedisIdempotencyStore {
-    /// Connects to the server of `config`, and fails if it does not answer,
-    /// so that a wrong URL shows at startup.
+    /// A store for the server of `config`, which it connects to on first
+    /// use (and tries again on each use until it answers): the service
+    /// starts while Redis is down, and its readiness says so.
     ///
     /// # Errors
     /// [`ConnectError::InvalidUrl`] or [`ConnectError::TlsUnsupported`] for
-    /// a URL this store cannot use; [`ConnectError::Connect`] when the server
-    /// does not answer within the connect timeout.
-    pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
+    /// a URL this store cannot use.
+    pub fn new(config: &RedisConfig) -> Result<Self, ConnectError> {
         let url = config.url();
         if url.starts_with("rediss://") || url.starts_with("valkeys://") {
             return Err(ConnectError::TlsUnsupported);
@@ -186,15 +197,45 @@ impl RedisIdempotencyStore {
             .set_connection_timeout(Some(config.connect_timeout))
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_max_delay(RECONNECT_MAX_DELAY);
-        let connection = client
-            .get_connection_manager_with_config(manager_config)
-            .await
-            .map_err(ConnectError::Connect)?;
         Ok(Self {
-            connection,
+            connection: Arc::new(OnceCell::new()),
+            client,
+            manager_config,
             key_prefix: config.key_prefix.clone(),
             timeout: config.timeout,
         })
+    }
+
+    /// Connects to the server of `config`, and fails if it does not answer,
+    /// so that a wrong URL shows at once.
+    ///
+    /// # Errors
+    /// As [`RedisIdempotencyStore::new`]; [`ConnectError::Connect`] when the
+    /// server does not answer within the connect timeout.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
+        let store = Self::new(config)?;
+        store
+            .connection
+            .get_or_try_init(|| {
+                store
+                    .client
+                    .get_connection_manager_with_config(store.manager_config.clone())
+            })
+            .await
+            .map_err(ConnectError::Connect)?;
+        Ok(store)
+    }
+
+    /// The connection, made now if it was not yet.
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        self.connection
+            .get_or_try_init(|| {
+                self.client
+                    .get_connection_manager_with_config(self.manager_config.clone())
+            })
+            .await
+            .cloned()
+            .map_err(|err| failed("connecting", err))
     }
 
     /// Whether Redis answers, for readiness checks.
@@ -202,8 +243,8 @@ impl RedisIdempotencyStore {
     /// # Errors
     /// [`StoreError::Failed`] when it does not.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
         self.within("PING", async {
+            let mut connection = self.connection().await?;
             redis::cmd("PING")
                 .query_async::<String>(&mut connection)
                 .await
@@ -297,7 +338,7 @@ impl RedisIdempotencyStore {
         fingerprint: &str,
         terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let in_flight = millis(terms.in_flight);
         let retention = millis(terms.retention);
         let lifetime = in_flight.saturating_add(retention);
@@ -372,7 +413,7 @@ impl RedisIdempotencyStore {
         keys: &Keys,
         replacement: &Replacement<'_>,
     ) -> Result<bool, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let mut invocation = REPLACE.key(&keys.entry);
         invocation
             .key(&keys.in_flight)

@@ -98,9 +98,17 @@ async fn idempotency(
 ) -> anyhow::Result<(Idempotency, Option<RedisIdempotencyStore>)> {
     let (store, redis): (Arc<dyn IdempotencyStore>, _) = match &config.redis_url {
         Some(url) => {
-            let redis = RedisIdempotencyStore::connect(&RedisConfig::new(url.clone()))
-                .await
+            // A URL this store cannot use is refused now; a server that
+            // does not answer yet is not: the service starts, unready,
+            // and connects when Redis answers.
+            let redis = RedisIdempotencyStore::new(&RedisConfig::new(url.clone()))
                 .context("cannot use MAESTRO_REDIS_URL")?;
+            if let Err(err) = redis.ping().await {
+                tracing::warn!(
+                    error = %err,
+                    "Redis does not answer yet; /ready says so until it does"
+                );
+            }
             (Arc::new(redis.clone()), Some(redis))
         }
         None => (
