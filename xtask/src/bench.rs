@@ -32,7 +32,7 @@ mod airflow;
 mod baseline;
 mod idempotency;
 mod memory;
-mod report;
+pub(crate) mod report;
 
 /// The customer the bench's pipeline belongs to and its token names.
 const BENCH_CUSTOMER: &str = "bench";

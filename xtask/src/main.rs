@@ -6,10 +6,12 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod e2e_airflow;
+mod fuzz;
 mod http;
 mod load;
 mod process;
 mod redis;
+mod soak;
 #[cfg(test)]
 mod tidy;
 
@@ -31,6 +33,15 @@ enum Command {
     /// Run the Airflow backend's end-to-end tests against a real Apache
     /// Airflow 3, installed into target/ and stopped afterwards.
     E2eAirflow(e2e_airflow::Args),
+    /// Fuzz the release `maestro` against its OpenAPI document with
+    /// schemathesis (installed into target/), every check on; fail on any
+    /// finding but the contract's state errors.
+    Fuzz(fuzz::Args),
+    /// Drive mixed traffic, with faults, against the release `maestro`
+    /// for some minutes, then check that no accepted run was lost, no
+    /// `Idempotency-Key` made two runs, and memory and descriptors came
+    /// back to their level.
+    Soak(soak::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +49,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::BenchBaseline(args) => bench::run_baseline(&args),
         Command::E2eAirflow(args) => e2e_airflow::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
+        Command::Soak(args) => soak::run(&args),
     }
 }
 

@@ -1,24 +1,257 @@
 //! The JSON bodies of successful answers, field for field as the contract
-//! has them.
+//! has them, and how the request's parameters are documented.
 
-use domain::{Pipeline, PipelineStatus, PipelineSummary, Run, RunStatus, format_timestamp};
+use domain::{
+    Pipeline, PipelineStatus, PipelineSummary, Run, RunQuery, RunStatus, format_timestamp,
+};
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{
+    IntoParams, ToSchema,
+    openapi::{
+        KnownFormat, Object, ObjectBuilder, Required, SchemaFormat, Type,
+        path::{Parameter, ParameterBuilder, ParameterIn},
+    },
+};
+
+/// A pipeline id as clients send it: a UUID, hyphenated or underscored (the
+/// two may be mixed), in any letter case; `domain::PipelineId::parse`
+/// accepts exactly these.
+pub(crate) const PIPELINE_ID_PATTERN: &str =
+    "^[0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{12}$";
+
+/// A pipeline id as the service answers it: normalized, lower-case and
+/// underscored.
+pub(crate) const NORMALIZED_PIPELINE_ID_PATTERN: &str =
+    "^[0-9a-f]{8}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{12}$";
+
+/// A run id: `domain::RunId::parse` takes 1 to 250 bytes without control
+/// characters. A pattern counts characters, not bytes, so it says what is
+/// surely taken: up to 250 printable ASCII characters (every backend's run
+/// ids, `manual__2024-12-18T10:30:00.000000+00:00` among them), or up to
+/// 62 of any other characters but controls (62 four-byte characters fit
+/// in 250 bytes). A longer non-ASCII id within 250 bytes is taken too, and
+/// answered 404 like any run that does not exist.
+pub(crate) const RUN_ID_PATTERN: &str = r"^(?:[\x20-\x7e]{1,250}|[^\x00-\x1f\x7f-\x9f]{1,62})$";
+
+/// An `Idempotency-Key`: 1 to 255 visible ASCII characters, as
+/// `domain::IdempotencyKey::parse` takes them.
+pub(crate) const IDEMPOTENCY_KEY_PATTERN: &str = r"^[\x21-\x7e]{1,255}$";
+
+/// The pipeline the examples name: `orders-etl`, an active pipeline of the
+/// embedded default's demo customer, so that "Try it out" on `/docs` works
+/// against `maestro serve` as it starts.
+const EXAMPLE_PIPELINE_ID: &str = "c7142061-8fd4-46da-8da4-acfa6a4426d4";
+
+/// The same, as answers write it.
+const EXAMPLE_NORMALIZED_PIPELINE_ID: &str = "c7142061_8fd4_46da_8da4_acfa6a4426d4";
+
+/// A run id as execute returns it.
+const EXAMPLE_RUN_ID: &str = "manual__2024-12-18T10:30:00.000000+00:00";
+
+/// A pipeline id as a request carries it, in a path or a body.
+fn pipeline_id_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(PIPELINE_ID_PATTERN))
+        .description(Some(
+            "The pipeline's UUID, hyphenated or underscored, in any letter case.",
+        ))
+        .examples([EXAMPLE_PIPELINE_ID])
+        .build()
+}
+
+/// A pipeline id as an answer carries it.
+fn normalized_pipeline_id_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(NORMALIZED_PIPELINE_ID_PATTERN))
+        .description(Some(
+            "The pipeline's id, normalized: lower-case, underscored.",
+        ))
+        .examples([EXAMPLE_NORMALIZED_PIPELINE_ID])
+        .build()
+}
+
+/// A string that is always `text`.
+fn constant(text: &'static str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([text]))
+        .build()
+}
+
+fn always_true() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Boolean)
+        .enum_values(Some([true]))
+        .description(Some("Always `true`."))
+        .build()
+}
+
+/// An RFC 3339 instant in UTC, as the service writes them.
+fn timestamp_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        .description(Some("RFC 3339, UTC."))
+        .examples(["2024-12-18T10:30:00.000000+00:00"])
+        .build()
+}
+
+/// A path parameter, required as every path parameter is.
+fn path_parameter(name: &str, description: &str, schema: Object) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .description(Some(description))
+        .schema(Some(schema))
+        .build()
+}
+
+/// `{pipeline_id}` in a route's path: `params(PipelineIdParam)`.
+pub(crate) struct PipelineIdParam;
+
+impl IntoParams for PipelineIdParam {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![path_parameter(
+            "pipeline_id",
+            "The pipeline's UUID, hyphenated or underscored, in any letter case. Anything else is 400 `InvalidPipelineId`.",
+            pipeline_id_schema(),
+        )]
+    }
+}
+
+/// `{run_id}` in a route's path, after `{pipeline_id}`:
+/// `params(PipelineIdParam, RunIdParam)`.
+pub(crate) struct RunIdParam;
+
+impl IntoParams for RunIdParam {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(RUN_ID_PATTERN))
+            .examples([EXAMPLE_RUN_ID])
+            .build();
+        vec![path_parameter(
+            "run_id",
+            "The run id execute returned, percent-encoded (it holds `:` and `+`): 1 to 250 bytes without control characters, else 400 `InvalidRunId`. `.` and `..` are no run's id: 404.",
+            schema,
+        )]
+    }
+}
+
+/// The optional `Idempotency-Key` header of execute.
+pub(crate) struct IdempotencyKeyParam;
+
+impl IntoParams for IdempotencyKeyParam {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        // Built by hand: utoipa makes an optional header nullable, and a
+        // header has no null.
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(IDEMPOTENCY_KEY_PATTERN))
+            .examples(["order-4711-retry-safe"])
+            .build();
+        vec![
+            ParameterBuilder::new()
+                .name("Idempotency-Key")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(
+                    "1 to 255 visible ASCII characters, else 400 `InvalidIdempotencyKey`. A repeat with the same key and pipeline within the retention window (24 h by default) gets the first answer again, with `Idempotent-Replayed: true`, and starts nothing. See docs/idempotency.md.",
+                ))
+                .schema(Some(schema))
+                .build(),
+        ]
+    }
+}
+
+/// The query of a run listing: `limit`, `offset` and `status`, with the
+/// domain's bounds.
+pub(crate) struct RunsQueryParams;
+
+impl IntoParams for RunsQueryParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let query = |name: &str, description: String, schema: Object| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(description))
+                .schema(Some(schema))
+                .build()
+        };
+        let limit = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+            .minimum(Some(1))
+            .maximum(Some(RunQuery::MAX_LIMIT))
+            .build();
+        let offset = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(0))
+            .maximum(Some(RunQuery::MAX_OFFSET))
+            .build();
+        let status = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(run_status_pattern()))
+            .examples(["SUCCESS"])
+            .build();
+        vec![
+            query(
+                "limit",
+                format!(
+                    "At most this many runs, 1 to {} (default 100)",
+                    RunQuery::MAX_LIMIT
+                ),
+                limit,
+            ),
+            query(
+                "offset",
+                "Skip this many matching runs, newest first (default 0)".to_owned(),
+                offset,
+            ),
+            query(
+                "status",
+                "Only runs with this status: QUEUED, RUNNING, SUCCESS or FAILED, in any letter case".to_owned(),
+                status,
+            ),
+        ]
+    }
+}
+
+/// The run statuses in any letter case, as `RunStatus::parse` takes them:
+/// `^(?:[Qq][Uu][Ee][Uu][Ee][Dd]|...)$`.
+fn run_status_pattern() -> String {
+    let names: Vec<String> = RunStatus::ALL
+        .iter()
+        .map(|status| {
+            status
+                .as_str()
+                .chars()
+                .map(|c| format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase()))
+                .collect()
+        })
+        .collect();
+    format!("^(?:{})$", names.join("|"))
+}
 
 /// The body of execute, pause and unpause: `{"pipeline_id": "..."}`.
-/// `customer_id` and any other field are ignored.
+/// `customer_id` and any other field are ignored. A missing, null or empty
+/// `pipeline_id` is 400 `{"detail": "pipeline_id is required"}`.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)] // Only documents the request; the extractor reads it.
 pub(crate) struct PipelineIdRequest {
-    /// The pipeline's UUID, hyphenated or underscored, in any letter case.
-    #[schema(example = "1b33ad2f-33d3-4837-9eeb-83c82c8b909d")]
+    #[schema(schema_with = pipeline_id_schema)]
     pipeline_id: String,
 }
 
 /// `200` of execute.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ExecuteResponse {
-    /// Always `true`.
+    #[schema(schema_with = always_true)]
     status: bool,
     data: ExecuteData,
 }
@@ -26,10 +259,9 @@ pub(crate) struct ExecuteResponse {
 /// What execute triggered.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ExecuteData {
-    #[schema(example = "Pipeline execution triggered successfully")]
+    #[schema(schema_with = execute_message)]
     message: &'static str,
-    /// The normalized pipeline id.
-    #[schema(example = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d")]
+    #[schema(schema_with = normalized_pipeline_id_schema)]
     pipeline_id: String,
     /// The new run's id, to watch it with the run routes.
     #[schema(example = "manual__2024-12-18T10:30:00.000000+00:00")]
@@ -52,7 +284,7 @@ impl ExecuteResponse {
 /// `200` of pause and unpause.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ActionResponse {
-    /// Always `true`.
+    #[schema(schema_with = always_true)]
     status: bool,
     data: ActionData,
 }
@@ -60,11 +292,24 @@ pub(crate) struct ActionResponse {
 /// What pause or unpause did.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ActionData {
-    #[schema(example = "Pipeline paused successfully")]
+    #[schema(schema_with = action_message)]
     message: &'static str,
-    /// The normalized pipeline id.
-    #[schema(example = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d")]
+    #[schema(schema_with = normalized_pipeline_id_schema)]
     pipeline_id: String,
+}
+
+fn execute_message() -> Object {
+    constant("Pipeline execution triggered successfully")
+}
+
+fn action_message() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([
+            "Pipeline paused successfully",
+            "Pipeline unpaused successfully",
+        ]))
+        .build()
 }
 
 impl ActionResponse {
@@ -122,7 +367,7 @@ impl From<RunStatus> for RunStatusBody {
 /// `200` of get pipeline.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PipelineResponse {
-    /// Always `true`.
+    #[schema(schema_with = always_true)]
     status: bool,
     data: PipelineBody,
 }
@@ -139,23 +384,21 @@ impl PipelineResponse {
 /// A pipeline (PIPELINE).
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PipelineBody {
-    /// The normalized id.
-    #[schema(example = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d")]
+    #[schema(schema_with = normalized_pipeline_id_schema)]
     id: String,
     name: String,
     description: String,
     /// The cron schedule, or null for a pipeline that only runs on demand.
-    #[schema(example = "0 6 * * *")]
+    #[schema(example = "0 6 * * *", required = true)]
     cron: Option<String>,
     customer_id: String,
     status: PipelineStatusBody,
-    /// RFC 3339, UTC.
-    #[schema(example = "2024-12-01T09:00:00.000000+00:00")]
+    #[schema(schema_with = timestamp_schema)]
     created_at: String,
-    /// RFC 3339, UTC.
-    #[schema(example = "2024-12-18T10:30:00.000000+00:00")]
+    #[schema(schema_with = timestamp_schema)]
     updated_at: String,
     /// The pipeline's jobs, passed through as the backend has them.
+    #[schema(value_type = Vec<Object>)]
     jobs: Vec<serde_json::Value>,
 }
 
@@ -178,14 +421,19 @@ impl From<Pipeline> for PipelineBody {
 /// A pipeline in a listing (PIPELINE_SUMMARY).
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PipelineSummaryBody {
-    #[schema(example = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d")]
+    #[schema(schema_with = normalized_pipeline_id_schema)]
     pipeline_id: String,
     customer_id: String,
     name: String,
     description: String,
+    /// The cron schedule, or null for a pipeline that only runs on demand.
+    #[schema(required = true)]
     cron: Option<String>,
     /// The newest run's status, or null when it never ran.
+    #[schema(required = true)]
     last_status: Option<RunStatusBody>,
+    /// The pipeline's jobs, passed through as the backend has them.
+    #[schema(value_type = Vec<Object>)]
     jobs: Vec<serde_json::Value>,
 }
 
@@ -210,16 +458,15 @@ pub(crate) struct RunBody {
     /// The run id execute returned.
     #[schema(example = "manual__2024-12-18T10:30:00.000000+00:00")]
     pipeline_run_id: String,
-    #[schema(example = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d")]
+    #[schema(schema_with = normalized_pipeline_id_schema)]
     pipeline_id: String,
     last_status: RunStatusBody,
-    /// RFC 3339, UTC.
-    #[schema(example = "2024-12-18T10:30:00.000000+00:00")]
+    #[schema(schema_with = timestamp_schema)]
     created_at: String,
-    /// RFC 3339, UTC.
-    #[schema(example = "2024-12-18T10:31:00.000000+00:00")]
+    #[schema(schema_with = timestamp_schema)]
     updated_at: String,
     /// The error text of a failed run, else null.
+    #[schema(required = true)]
     trace: Option<String>,
 }
 
@@ -236,9 +483,13 @@ impl From<Run> for RunBody {
     }
 }
 
-/// `200` of `/health` and `/ready`.
+/// `200` of `/health`: `{"status": "ok"}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct StatusBody {
-    #[schema(example = "ok")]
+    #[schema(schema_with = ok)]
     pub(crate) status: &'static str,
+}
+
+fn ok() -> Object {
+    constant("ok")
 }

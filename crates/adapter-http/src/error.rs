@@ -11,7 +11,10 @@ use domain::{
     PipelineId, SetPausedError,
 };
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{
+    ToSchema,
+    openapi::{Object, ObjectBuilder, Type},
+};
 
 /// The error envelope every error but a few framework-level ones uses:
 /// `{"detail": {"status": false, "exception_type", "traceback", "data": null}}`.
@@ -24,14 +27,15 @@ pub(crate) struct ErrorEnvelope {
 /// human message, never a stack trace.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ErrorDetail {
-    /// Always `false`.
+    #[schema(schema_with = always_false)]
     status: bool,
     /// The error's name, which clients branch on (`PipelineNotFound`, ...).
+    #[schema(example = "PipelineNotFound")]
     exception_type: &'static str,
     /// The human message, kept to the contract's exact text.
+    #[schema(example = "Pipeline with id 1b33ad2f_33d3_4837_9eeb_83c82c8b909d not found")]
     traceback: String,
-    /// Always `null`.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = always_null, required = true)]
     data: Option<()>,
 }
 
@@ -40,7 +44,53 @@ pub(crate) struct ErrorDetail {
 /// `Not Found`, `Method Not Allowed`).
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PlainDetail {
+    /// One of the fixed texts.
+    #[schema(schema_with = plain_detail_texts)]
     detail: &'static str,
+}
+
+/// An error body of either shape, where one status has both: the envelope,
+/// or a bare `{"detail": "..."}` (400 `pipeline_id is required` beside the
+/// envelope's 400s; 401 `Not authenticated` beside `InvalidToken`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Only documents the answers; `ApiError` writes them.
+pub(crate) enum ErrorBody {
+    /// The error envelope.
+    Envelope(ErrorEnvelope),
+    /// A bare `{"detail": "..."}`.
+    Plain(PlainDetail),
+}
+
+/// The texts a [`PlainDetail`] holds, each written by one `ApiError`
+/// constructor.
+const PLAIN_DETAIL_TEXTS: [&str; 4] = [
+    "pipeline_id is required",
+    "Not authenticated",
+    "Not Found",
+    "Method Not Allowed",
+];
+
+fn plain_detail_texts() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(PLAIN_DETAIL_TEXTS))
+        .build()
+}
+
+fn always_false() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Boolean)
+        .enum_values(Some([false]))
+        .description(Some("Always `false`."))
+        .build()
+}
+
+fn always_null() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Null)
+        .description(Some("Always `null`."))
+        .build()
 }
 
 #[derive(Debug)]

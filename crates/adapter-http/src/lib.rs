@@ -26,7 +26,11 @@ use domain::{AuthContext, Clock, Idempotency, PipelineService};
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::{
     Modify, OpenApi,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::{
+        Object, RefOr, Type,
+        header::Header,
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
 };
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
@@ -216,12 +220,16 @@ impl AppState {
     }
 }
 
-/// The OpenAPI document of the API, generated from the handlers.
+/// The OpenAPI document of the API, generated from the handlers'
+/// `#[utoipa::path]` annotations (see the top of `routes.rs` for how a
+/// route lists its answers). `tests/openapi.rs` checks that it is whole:
+/// every reference resolves, every path parameter has a pattern, every
+/// route lists the answers it can give.
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
         title = "Maestro",
-        description = "Trigger, pause and watch your pipelines. Every `/platform/...` route takes `Authorization: Bearer <JWT>`; the customer comes from the token, never from the request.",
+        description = "Trigger, pause and watch your pipelines. Every `/platform/...` route takes `Authorization: Bearer <JWT>`; the customer comes from the token, never from the request.\n\nEvery answer carries `X-Request-Id`: the request's own when it sends one of 1 to 128 visible ASCII characters, a fresh UUID otherwise. A method a route does not have is 405 `{\"detail\": \"Method Not Allowed\"}` with `Allow`; a route that does not exist is 404 `{\"detail\": \"Not Found\"}`.",
     ),
     paths(
         routes::execute,
@@ -234,12 +242,18 @@ impl AppState {
         routes::health,
         routes::ready,
         routes::metrics,
+        routes::openapi_json,
+        routes::docs,
+        routes::docs_page,
     ),
-    modifiers(&BearerAuth),
+    // The bodies that only the shared answer sets of `routes` name: an
+    // `IntoResponses` type does not register the schemas it refers to.
+    components(schemas(error::ErrorBody, error::ErrorEnvelope, error::PlainDetail)),
+    modifiers(&BearerAuth, &RequestIdHeader),
     tags(
         (name = "pipelines", description = "Trigger, pause and inspect pipelines"),
         (name = "runs", description = "Watch the runs of a pipeline"),
-        (name = "operations", description = "Health, readiness and metrics; no authentication"),
+        (name = "operations", description = "Health, readiness, metrics and this documentation; no authentication"),
     )
 )]
 pub struct ApiDoc;
@@ -258,6 +272,42 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Adds `X-Request-Id` to every answer of every route: the layers of
+/// `observe` set it on all of them, so no route lists it itself.
+struct RequestIdHeader;
+
+impl Modify for RequestIdHeader {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let header = Header::builder()
+            .schema(Object::with_type(Type::String))
+            .description(Some(
+                "The request's correlation id: the client's own `X-Request-Id` when it is 1 to 128 visible ASCII characters, a fresh UUID otherwise",
+            ))
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for response in operation.responses.responses.values_mut() {
+                    if let RefOr::T(response) = response {
+                        response
+                            .headers
+                            .insert("X-Request-Id".to_owned(), header.clone());
+                    }
+                }
+            }
+        }
     }
 }
 

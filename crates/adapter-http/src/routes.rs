@@ -12,33 +12,49 @@ use domain::{ExecuteError, Run, TriggerRequest};
 use crate::{
     AppState,
     dto::{
-        ActionResponse, ExecuteResponse, PipelineIdRequest, PipelineResponse, PipelineSummaryBody,
-        RunBody, StatusBody,
+        ActionResponse, ExecuteResponse, IdempotencyKeyParam, PipelineIdParam, PipelineIdRequest,
+        PipelineResponse, PipelineSummaryBody, RunBody, RunIdParam, RunsQueryParams, StatusBody,
     },
-    error::{ApiError, ErrorEnvelope, PlainDetail},
+    error::{ApiError, ErrorBody, ErrorEnvelope},
     extract::{Authenticated, PipelineIdBody, PipelinePath, RunPath, RunsQuery},
     idempotency::{self, IdempotencyKeyHeader},
     readiness::Report,
 };
 
-/// The answers every `/platform/...` route may give: a refused credential,
-/// the rate limit, the edge's timeouts, and the backend failing.
+// The OpenAPI document: a route's `#[utoipa::path]` lists its own answers,
+// then the shared sets below that apply to it, then any answer of a shared
+// status that says more for this route (it replaces the shared one):
+//
+//     responses(
+//         (status = 200, ...),
+//         (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
+//         PlatformFailures,
+//         BodyFailures, // when the route reads a body
+//     ),
+//
+// Path parameters come from `dto` (`params(PipelineIdParam, RunIdParam)`),
+// which holds their patterns. `tests/openapi.rs` checks the result.
+
+/// What every `/platform/...` route may answer besides its own answers: a
+/// refused credential, the rate limit, the backend failing, and the
+/// per-request timeout.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // Only documents the answers; `ApiError` produces them.
-pub(crate) enum CommonFailures {
-    /// `{"detail": "Not authenticated"}` without a token; `InvalidToken` for a bad one.
-    #[response(status = 401)]
-    Unauthorized(PlainDetail),
-    /// `RateLimited`, with `Retry-After`, when rate limits are configured.
-    #[response(status = 429)]
+pub(crate) enum PlatformFailures {
+    /// `{"detail": "Not authenticated"}` without a bearer token;
+    /// `InvalidToken` for a token that does not verify.
+    #[response(status = 401, headers(
+        ("WWW-Authenticate" = String, description = "`Bearer` without a token; `Bearer error=\"invalid_token\"` for a refused one")
+    ))]
+    Unauthorized(ErrorBody),
+    /// `RateLimited`: the customer's rate limit, where one is configured.
+    #[response(status = 429, headers(
+        ("Retry-After" = u64, description = "Seconds to wait before retrying")
+    ))]
     RateLimited(ErrorEnvelope),
     /// `UpstreamError`: the backend answered unexpectedly.
     #[response(status = 502)]
-    Upstream(ErrorEnvelope),
-    /// `RequestTimeout`: the request body did not arrive within the body
-    /// timeout (30 s by default); the connection is closed.
-    #[response(status = 408)]
-    BodyTimeout(ErrorEnvelope),
+    UpstreamError(ErrorEnvelope),
     /// `UpstreamUnavailable`: the backend cannot be reached; or
     /// `ServiceTimeout`: the request was not answered within the
     /// per-request timeout (60 s by default).
@@ -46,7 +62,26 @@ pub(crate) enum CommonFailures {
     Unavailable(ErrorEnvelope),
     /// `UpstreamTimeout`: the backend did not answer in time.
     #[response(status = 504)]
-    Timeout(ErrorEnvelope),
+    UpstreamTimeout(ErrorEnvelope),
+}
+
+/// What a route that reads a JSON body may answer besides: the body's
+/// transport failing. (A body that is not valid JSON, not an object or of a
+/// wrong type is a 400, which each route lists with its own.)
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only documents the answers; `ApiError` produces them.
+pub(crate) enum BodyFailures {
+    /// `RequestTimeout`: the request body did not arrive within the body
+    /// timeout (30 s by default); the connection is closed.
+    #[response(status = 408)]
+    BodyTimeout(ErrorEnvelope),
+    /// `PayloadTooLarge`: the body is over 64 KiB.
+    #[response(status = 413)]
+    PayloadTooLarge(ErrorEnvelope),
+    /// `UnsupportedMediaType`: the request has no `Content-Type:
+    /// application/json` (or another JSON type).
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorEnvelope),
 }
 
 /// Trigger an immediate execution of a pipeline, whatever its cron
@@ -70,16 +105,22 @@ pub(crate) enum CommonFailures {
     path = "/platform/pipeline/execute",
     tag = "pipelines",
     request_body = PipelineIdRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A repeat with the same key and pipeline within the retention window (24 h by default) gets the first answer again, with `Idempotent-Replayed: true`, and starts nothing. See docs/idempotency.md.")),
+    params(IdempotencyKeyParam),
     responses(
         (status = 200, description = "The run was triggered (or, with `Idempotent-Replayed: true`, the first answer to this key)", body = ExecuteResponse,
             headers(("Idempotent-Replayed" = String, description = "`true` on an answer given again"))),
-        (status = 400, description = "`PipelinePaused`, `InvalidPipelineId`, `InvalidRequestBody`, `InvalidIdempotencyKey`, or `{\"detail\": \"pipeline_id is required\"}`", body = ErrorEnvelope),
-        (status = 409, description = "`IdempotencyKeyInProgress`: the first request with this key is still running; retry after `Retry-After`", body = ErrorEnvelope),
+        (status = 400, description = "`PipelinePaused` (`Cannot execute paused pipeline. Use /pipeline/unpause first.`), `InvalidPipelineId`, `InvalidRequestBody`, `InvalidIdempotencyKey`, or `{\"detail\": \"pipeline_id is required\"}`", body = ErrorBody,
+            headers(("Idempotent-Replayed" = String, description = "`true` on a `PipelinePaused` given again"))),
+        (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope,
+            headers(("Idempotent-Replayed" = String, description = "`true` on an answer given again"))),
+        (status = 409, description = "`IdempotencyKeyInProgress`: the first request with this key is still running; retry after `Retry-After`", body = ErrorEnvelope,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 422, description = "`IdempotencyKeyReused`: the key was used for another pipeline", body = ErrorEnvelope),
-        (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
-        CommonFailures,
-        (status = 429, description = "`PipelineQueueFull`: the pipeline's queue is at its bound, nothing was started; or `RateLimited`, with `Retry-After`", body = ErrorEnvelope),
+        PlatformFailures,
+        BodyFailures,
+        (status = 429, description = "`PipelineQueueFull`: the pipeline's queue is at its bound, nothing was started; or `RateLimited`, with `Retry-After`", body = ErrorEnvelope,
+            headers(("Retry-After" = u64, description = "With `RateLimited`: seconds to wait before retrying"))),
+        (status = 503, description = "`UpstreamUnavailable`: the backend cannot be reached; `IdempotencyStoreUnavailable`: the key store cannot be reached, nothing ran; or `ServiceTimeout`: the request was not answered within the per-request timeout (60 s by default)", body = ErrorEnvelope),
     ),
     security(("bearer" = []))
 )]
@@ -120,9 +161,10 @@ pub(crate) fn execute_answer(state: &AppState, outcome: Result<Run, ExecuteError
     request_body = PipelineIdRequest,
     responses(
         (status = 200, description = "The pipeline is paused", body = ActionResponse),
-        (status = 400, description = "`PipelineAlreadyPaused`, `InvalidPipelineId`, `InvalidRequestBody`, or `pipeline_id is required`", body = ErrorEnvelope),
+        (status = 400, description = "`PipelineAlreadyPaused` (`Pipeline is already paused`), `InvalidPipelineId`, `InvalidRequestBody`, or `{\"detail\": \"pipeline_id is required\"}`", body = ErrorBody),
         (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
-        CommonFailures,
+        PlatformFailures,
+        BodyFailures,
     ),
     security(("bearer" = []))
 )]
@@ -147,9 +189,10 @@ pub(crate) async fn pause(
     request_body = PipelineIdRequest,
     responses(
         (status = 200, description = "The pipeline is unpaused", body = ActionResponse),
-        (status = 400, description = "`PipelineNotPaused`, `InvalidPipelineId`, `InvalidRequestBody`, or `pipeline_id is required`", body = ErrorEnvelope),
+        (status = 400, description = "`PipelineNotPaused` (`Pipeline is not paused`), `InvalidPipelineId`, `InvalidRequestBody`, or `{\"detail\": \"pipeline_id is required\"}`", body = ErrorBody),
         (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
-        CommonFailures,
+        PlatformFailures,
+        BodyFailures,
     ),
     security(("bearer" = []))
 )]
@@ -171,12 +214,12 @@ pub(crate) async fn unpause(
     get,
     path = "/platform/pipeline/{pipeline_id}",
     tag = "pipelines",
-    params(("pipeline_id" = String, Path, description = "UUID, hyphenated or underscored")),
+    params(PipelineIdParam),
     responses(
         (status = 200, description = "The pipeline", body = PipelineResponse),
-        (status = 400, description = "`InvalidPipelineId`", body = ErrorEnvelope),
+        (status = 400, description = "`InvalidPipelineId`, or `InvalidPath` when the path does not decode", body = ErrorEnvelope),
         (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
-        CommonFailures,
+        PlatformFailures,
     ),
     security(("bearer" = []))
 )]
@@ -196,7 +239,7 @@ pub(crate) async fn get_pipeline(
     tag = "pipelines",
     responses(
         (status = 200, description = "The caller's pipelines, ordered by name", body = [PipelineSummaryBody]),
-        CommonFailures,
+        PlatformFailures,
     ),
     security(("bearer" = []))
 )]
@@ -214,18 +257,13 @@ pub(crate) async fn list_pipelines(
     get,
     path = "/platform/pipeline/{pipeline_id}/pipeline_run",
     tag = "runs",
-    params(
-        ("pipeline_id" = String, Path, description = "UUID, hyphenated or underscored"),
-        ("limit" = Option<u32>, Query, description = "At most this many runs, 1 to 1000 (default 100)"),
-        ("offset" = Option<u64>, Query, description = "Skip this many matching runs, newest first (default 0)"),
-        ("status" = Option<String>, Query, description = "Only runs with this status: QUEUED, RUNNING, SUCCESS or FAILED"),
-    ),
+    params(PipelineIdParam, RunsQueryParams),
     responses(
         (status = 200, description = "One page of runs", body = [RunBody],
             headers(("X-Total-Count" = u64, description = "How many runs match, in all pages"))),
-        (status = 400, description = "`InvalidPipelineId` or `InvalidQueryParameter`", body = ErrorEnvelope),
+        (status = 400, description = "`InvalidPipelineId`, `InvalidQueryParameter`, or `InvalidPath` when the path does not decode", body = ErrorEnvelope),
         (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope),
-        CommonFailures,
+        PlatformFailures,
     ),
     security(("bearer" = []))
 )]
@@ -248,15 +286,12 @@ pub(crate) async fn list_runs(
     get,
     path = "/platform/pipeline/{pipeline_id}/pipeline_run/{run_id}",
     tag = "runs",
-    params(
-        ("pipeline_id" = String, Path, description = "UUID, hyphenated or underscored"),
-        ("run_id" = String, Path, description = "The run id execute returned, percent-encoded"),
-    ),
+    params(PipelineIdParam, RunIdParam),
     responses(
         (status = 200, description = "The run", body = RunBody),
-        (status = 400, description = "`InvalidPipelineId` or `InvalidRunId`", body = ErrorEnvelope),
+        (status = 400, description = "`InvalidPipelineId`, `InvalidRunId`, or `InvalidPath` when the path does not decode", body = ErrorEnvelope),
         (status = 404, description = "`PipelineNotFound` or `PipelineRunNotFound`", body = ErrorEnvelope),
-        CommonFailures,
+        PlatformFailures,
     ),
     security(("bearer" = []))
 )]
@@ -304,7 +339,8 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Re
 
 /// The metrics, in the Prometheus (OpenMetrics) text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+    responses((status = 200, description = "OpenMetrics text (`application/openmetrics-text; version=1.0.0; charset=utf-8`)",
+        body = String, content_type = "application/openmetrics-text")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
@@ -314,6 +350,26 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         state.metrics().render(),
     )
 }
+
+/// This document, OpenAPI 3.1.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", body = Object)))]
+#[allow(dead_code)] // Only documents the route; `SwaggerUi` serves it.
+pub(crate) fn openapi_json() {}
+
+/// The interactive API documentation (Swagger UI), served from the binary,
+/// with no call to any other host.
+#[utoipa::path(get, path = "/docs", tag = "operations",
+    responses((status = 303, description = "To `/docs/`, the page itself",
+        headers(("Location" = String, description = "`/docs/`")))))]
+#[allow(dead_code)] // Only documents the route; `SwaggerUi` serves it.
+pub(crate) fn docs() {}
+
+/// The page of the interactive API documentation.
+#[utoipa::path(get, path = "/docs/", tag = "operations",
+    responses((status = 200, description = "The Swagger UI page", body = String, content_type = "text/html")))]
+#[allow(dead_code)] // Only documents the route; `SwaggerUi` serves it.
+pub(crate) fn docs_page() {}
 
 /// Answers a route that does not exist.
 pub(crate) async fn not_found() -> ApiError {
