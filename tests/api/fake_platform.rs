@@ -7,8 +7,14 @@
 //! the service token is refused with 401 as a real upstream would, and a
 //! request that breaks the contract in any other way (no request id, a
 //! customer header and body that disagree, a pipeline id not in normal form,
-//! a missing `limit`...) gets a `ContractViolation` refusal, which Maestro
+//! a missing `limit`, an execute without `conf`, a body with a field the
+//! route does not take...) gets a `ContractViolation` refusal, which Maestro
 //! turns into a 502, with the reason printed for the failing test.
+//!
+//! Run parameters go through it as a compliant upstream takes them: the
+//! execute body's `conf` reaches the memory backend's trigger, every run
+//! carries its `conf` back, and a `conf` that is no run's parameters is
+//! refused with 400 `InvalidConf` naming the parameter.
 
 use std::{
     future::Future,
@@ -19,14 +25,14 @@ use std::{
 
 use adapter_memory::{MemoryBackend, MemoryConfig};
 use domain::{
-    Caller, Clock as _, CustomerId, ExecuteError, GetPipelineError, GetRunError, ListRunsError,
-    Orchestrator as _, Pipeline, PipelineId, PipelineRepository as _, PipelineSummary,
-    RequestContext, Run, RunId, RunQuery, RunStatus, SetPausedError, TriggerRequest,
-    format_timestamp,
+    Caller, CancelRunError, Clock as _, CustomerId, ExecuteError, GetPipelineError, GetRunError,
+    InvalidConf, ListRunsError, Orchestrator as _, Pipeline, PipelineId, PipelineRepository as _,
+    PipelineSummary, RequestContext, Run, RunConf, RunId, RunQuery, RunStatus, SetPausedError,
+    TriggerRequest, format_timestamp,
 };
 use percent_encoding::percent_decode_str;
 use runtime::TokioClock;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
 
 use crate::helpers::fixture;
@@ -45,6 +51,14 @@ pub(crate) fn memory_config(queue_limit: usize) -> MemoryConfig {
         run_duration: Duration::from_secs(3600),
         queue_limit,
         ..MemoryConfig::default()
+    }
+}
+
+/// [`memory_config`] with runs that take `run_duration`.
+pub(crate) fn memory_config_with_runs(queue_limit: usize, run_duration: Duration) -> MemoryConfig {
+    MemoryConfig {
+        run_duration,
+        ..memory_config(queue_limit)
     }
 }
 
@@ -151,6 +165,9 @@ impl Upstream {
             ("GET", ["pipeline", id, "pipeline_run", run_id]) => {
                 self.get_run(&ctx, request, id, run_id)
             }
+            ("POST", ["pipeline", id, "pipeline_run", run_id, "cancel"]) => {
+                self.cancel_run(&ctx, request, id, run_id)
+            }
             _ => Err(violation(format!("no route {method} {route}"))),
         }
     }
@@ -165,10 +182,14 @@ impl Upstream {
         Ok(success(json!({"status": "ok"})))
     }
 
-    /// `POST /pipeline/execute`.
+    /// `POST /pipeline/execute`, the run parameters in `conf`.
     fn execute(&self, ctx: &RequestContext, request: &Request) -> Answer {
-        let id = write_body(ctx, request)?;
-        match now(self.backend.trigger(ctx, &TriggerRequest::new(id.clone()))) {
+        let mut body = write_body(ctx, request, &["pipeline_id", "customer_id", "conf"])?;
+        let id = body_id(&body)?;
+        let conf = RunConf::parse(body.remove("conf").unwrap_or_default())
+            .map_err(|err| invalid_conf(&err))?;
+        let trigger = TriggerRequest::new(id.clone()).with_conf(conf);
+        match now(self.backend.trigger(ctx, &trigger)) {
             Ok(run) => Ok(success(json!({
                 "message": "Pipeline execution triggered successfully",
                 "pipeline_id": run.pipeline_id.as_str(),
@@ -176,8 +197,17 @@ impl Upstream {
                 "last_status": run.status.as_str(),
                 "created_at": format_timestamp(&run.created_at),
                 "updated_at": format_timestamp(&run.updated_at),
+                "conf": run.conf.as_map(),
             }))),
             Err(ExecuteError::NotFound(_)) => Err(pipeline_not_found(&id)),
+            Err(ExecuteError::ConfRefused {
+                parameter, reason, ..
+            }) => Err(refusal(
+                400,
+                "InvalidConf",
+                &format!("the pipeline refused the run parameters: {reason}"),
+                json!({"parameter": parameter, "reason": reason}),
+            )),
             Err(ExecuteError::Paused(_)) => Err(refusal(
                 400,
                 "PipelinePaused",
@@ -197,7 +227,8 @@ impl Upstream {
 
     /// `POST /pipeline/pause` and `POST /pipeline/unpause`.
     fn set_paused(&self, ctx: &RequestContext, request: &Request, paused: bool) -> Answer {
-        let id = write_body(ctx, request)?;
+        let body = write_body(ctx, request, &["pipeline_id", "customer_id"])?;
+        let id = body_id(&body)?;
         match now(self.backend.set_paused(ctx, &id, paused)) {
             Ok(()) => {
                 let message = if paused {
@@ -271,25 +302,39 @@ impl Upstream {
     ) -> Answer {
         no_body(request)?;
         let id = normal_id(raw_id)?;
-        if raw_run_id.contains(':') || raw_run_id.contains('+') {
-            return Err(violation(format!(
-                "run id {raw_run_id:?} is not percent-encoded"
-            )));
-        }
-        let decoded = percent_decode_str(raw_run_id)
-            .decode_utf8()
-            .map_err(|_| violation(format!("run id {raw_run_id:?} is not UTF-8")))?;
-        let run_id = RunId::parse(&decoded).map_err(|err| violation(err.to_string()))?;
+        let run_id = run_id_segment(raw_run_id)?;
         match now(self.backend.get_run(ctx, &id, &run_id)) {
             Ok(run) => Ok(success(run_json(&run))),
             Err(GetRunError::PipelineNotFound(_)) => Err(pipeline_not_found(&id)),
-            Err(GetRunError::RunNotFound { .. }) => Err(refusal(
-                404,
-                "PipelineRunNotFound",
-                &format!("Pipeline run with id {run_id} not found for pipeline {id}"),
-                Value::Null,
-            )),
+            Err(GetRunError::RunNotFound { .. }) => Err(run_not_found(&id, &run_id)),
             Err(GetRunError::Backend(err)) => Err(failure(&err)),
+            Err(other) => panic!("the memory backend failed unexpectedly: {other:?}"),
+        }
+    }
+
+    /// `POST /pipeline/{pipeline_id}/pipeline_run/{run_id}/cancel`, the run
+    /// id percent-encoded and the customer alone in the body.
+    fn cancel_run(
+        &self,
+        ctx: &RequestContext,
+        request: &Request,
+        raw_id: &str,
+        raw_run_id: &str,
+    ) -> Answer {
+        write_body(ctx, request, &["customer_id"])?;
+        let id = normal_id(raw_id)?;
+        let run_id = run_id_segment(raw_run_id)?;
+        match now(self.backend.cancel_run(ctx, &id, &run_id)) {
+            Ok(run) => Ok(success(run_json(&run))),
+            Err(CancelRunError::PipelineNotFound(_)) => Err(pipeline_not_found(&id)),
+            Err(CancelRunError::RunNotFound { .. }) => Err(run_not_found(&id, &run_id)),
+            Err(CancelRunError::AlreadyFinished { status, .. }) => Err(refusal(
+                400,
+                "PipelineRunAlreadyFinished",
+                &format!("Pipeline run {run_id} already finished with status {status}"),
+                json!({"status": status.as_str()}),
+            )),
+            Err(CancelRunError::Backend(err)) => Err(failure(&err)),
             Err(other) => panic!("the memory backend failed unexpectedly: {other:?}"),
         }
     }
@@ -327,31 +372,60 @@ fn customer(request: &Request) -> Result<RequestContext, Refusal> {
     Ok(RequestContext::new(Caller::new(customer)))
 }
 
-/// The body of execute, pause and unpause: `{"pipeline_id", "customer_id"}`,
-/// JSON, the id in normal form and the customer the header's.
-fn write_body(ctx: &RequestContext, request: &Request) -> Result<PipelineId, Refusal> {
+/// The JSON body of a write: an object with exactly the route's `fields`
+/// (execute `{"pipeline_id", "customer_id", "conf"}`, pause and unpause
+/// without `conf`, cancel `{"customer_id"}`), the customer the header's.
+fn write_body(
+    ctx: &RequestContext,
+    request: &Request,
+    fields: &[&str],
+) -> Result<Map<String, Value>, Refusal> {
     if header(request, "content-type") != Some("application/json") {
         return Err(violation("the content type is not application/json"));
     }
     let body: Value =
         serde_json::from_slice(&request.body).map_err(|err| violation(err.to_string()))?;
-    let fields = body.as_object().map(|object| object.len());
-    let (Some(2), Some(pipeline_id), Some(customer_id)) = (
-        fields,
-        body["pipeline_id"].as_str(),
-        body["customer_id"].as_str(),
-    ) else {
-        return Err(violation(format!(
-            "the body {body} is not {{pipeline_id, customer_id}}"
-        )));
+    let Value::Object(object) = body else {
+        return Err(violation(format!("the body {body} is not an object")));
     };
-    if customer_id != ctx.customer().as_str() {
+    let exact = object.len() == fields.len() && fields.iter().all(|f| object.contains_key(*f));
+    if !exact {
+        return Err(violation(format!(
+            "the body {} does not hold exactly {fields:?}",
+            Value::Object(object)
+        )));
+    }
+    let customer_id = object["customer_id"].as_str();
+    if customer_id != Some(ctx.customer().as_str()) {
         return Err(violation(format!(
             "the body names {customer_id:?}, the header {:?}",
             ctx.customer().as_str()
         )));
     }
-    normal_id(pipeline_id)
+    Ok(object)
+}
+
+/// The body's `pipeline_id`, which Maestro sends in the normal form only.
+fn body_id(body: &Map<String, Value>) -> Result<PipelineId, Refusal> {
+    let raw = body["pipeline_id"]
+        .as_str()
+        .ok_or_else(|| violation("pipeline_id is not a string"))?;
+    normal_id(raw)
+}
+
+/// A run id from its path segment: percent-encoded, and never a dot
+/// segment, which Maestro never sends.
+fn run_id_segment(raw: &str) -> Result<RunId, Refusal> {
+    if raw.contains(':') || raw.contains('+') {
+        return Err(violation(format!("run id {raw:?} is not percent-encoded")));
+    }
+    let decoded = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| violation(format!("run id {raw:?} is not UTF-8")))?;
+    if matches!(decoded.as_ref(), "." | "..") {
+        return Err(violation(format!("the dot segment {raw:?} as a run id")));
+    }
+    RunId::parse(&decoded).map_err(|err| violation(err.to_string()))
 }
 
 /// A GET has no body.
@@ -427,6 +501,7 @@ fn run_json(run: &Run) -> Value {
         "created_at": format_timestamp(&run.created_at),
         "updated_at": format_timestamp(&run.updated_at),
         "trace": run.trace,
+        "conf": run.conf.as_map(),
     })
 }
 
@@ -450,6 +525,30 @@ fn pipeline_not_found(id: &PipelineId) -> Refusal {
         "PipelineNotFound",
         &format!("Pipeline with id {id} not found"),
         Value::Null,
+    )
+}
+
+fn run_not_found(id: &PipelineId, run_id: &RunId) -> Refusal {
+    refusal(
+        404,
+        "PipelineRunNotFound",
+        &format!("Pipeline run with id {run_id} not found for pipeline {id}"),
+        Value::Null,
+    )
+}
+
+/// A `conf` that cannot be a run's parameters, named as the contract asks:
+/// the parameter when one is at fault, and the reason.
+fn invalid_conf(err: &InvalidConf) -> Refusal {
+    let parameter = match err {
+        InvalidConf::ReservedKey { key } => Some(*key),
+        _ => None,
+    };
+    refusal(
+        400,
+        "InvalidConf",
+        &err.to_string(),
+        json!({"parameter": parameter, "reason": err.to_string()}),
     )
 }
 

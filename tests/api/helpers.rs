@@ -195,18 +195,27 @@ impl TestApp {
     /// up the upstream rather than the binary.
     pub(crate) async fn spawn_platform_api(extra: &[&str]) -> Self {
         let mut queue_limit = adapter_memory::MemoryConfig::DEFAULT_QUEUE_LIMIT;
+        let mut run_duration = std::time::Duration::from_secs(3600);
         let mut flags = Vec::new();
         let mut extra = extra.iter().copied();
         while let Some(flag) = extra.next() {
             match flag {
                 "--memory-queue-limit" => queue_limit = extra.next().unwrap().parse().unwrap(),
+                "--memory-run-seconds" => {
+                    run_duration =
+                        std::time::Duration::from_secs_f64(extra.next().unwrap().parse().unwrap());
+                }
                 other if other.starts_with("--memory-") => {
                     panic!("{other} has no upstream equivalent here")
                 }
                 other => flags.push(other.to_owned()),
             }
         }
-        let upstream = FakePlatform::start(fake_platform::memory_config(queue_limit)).await;
+        let upstream = FakePlatform::start(fake_platform::memory_config_with_runs(
+            queue_limit,
+            run_duration,
+        ))
+        .await;
         let mut app = Self::gateway(upstream.url(), flags, Vec::new()).await;
         app.upstream = Some(upstream);
         app
@@ -404,6 +413,20 @@ impl TestApp {
     }
 
     /// Executes and returns the new run id.
+    /// `POST .../pipeline_run/{run_id}/cancel` with no body.
+    pub(crate) async fn cancel(&self, customer: &str, pipeline_id: &str, run_id: &str) -> Response {
+        let encoded =
+            percent_encoding::utf8_percent_encode(run_id, percent_encoding::NON_ALPHANUMERIC);
+        self.client
+            .post(self.url(&format!(
+                "/platform/pipeline/{pipeline_id}/pipeline_run/{encoded}/cancel"
+            )))
+            .bearer_auth(token(customer))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub(crate) async fn run_id_of_execute(&self, customer: &str, pipeline_id: &str) -> String {
         let response = self.execute(customer, pipeline_id).await;
         assert_eq!(response.status(), 200);

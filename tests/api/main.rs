@@ -15,6 +15,7 @@ mod fake_platform;
 mod helpers;
 mod idempotency;
 mod jwks;
+mod lifecycle;
 mod maestro;
 mod operations;
 mod pause;

@@ -23,6 +23,7 @@ async fn a_run_is_fetched_by_its_percent_encoded_id_with_every_field(backend: Ba
             "created_at": created_at,
             "updated_at": run["updated_at"],
             "trace": null,
+            "conf": {},
         })
     );
     assert!(created_at.ends_with("+00:00"));

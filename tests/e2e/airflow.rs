@@ -24,8 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airflow_test_support::{
-    ACME_NIGHTLY, ACME_ORDERS, ACME_TOGGLE, Airflow, Frozen, GLOBEX_FAILING, GLOBEX_OK, HOOLI_ONCE,
-    HYPHENATED, NOT_A_UUID, RUN_DEADLINE, TWO_CUSTOMERS, UNTAGGED, dag_run_ids, encoded, env,
+    ACME_NIGHTLY, ACME_ORDERS, ACME_TOGGLE, Airflow, ECHO_TASK, Frozen, GLOBEX_FAILING, GLOBEX_OK,
+    HOOLI_ONCE, HYPHENATED, NOT_A_UUID, RUN_DEADLINE, SLEEP_TASK, TWO_CUSTOMERS, UNTAGGED,
+    VANDELAY_PARAMS, VANDELAY_SLEEPER, dag_run_ids, encoded, env,
 };
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
@@ -109,6 +110,31 @@ impl Gateway {
             .bearer_auth(token(customer))
             .header("Idempotency-Key", key)
             .json(&json!({ "pipeline_id": pipeline }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /platform/pipeline/execute` with the run's parameters.
+    async fn execute_with_conf(&self, customer: &str, pipeline: &str, conf: &Value) -> Response {
+        self.client
+            .post(format!("{}/platform/pipeline/execute", self.url))
+            .bearer_auth(token(customer))
+            .json(&json!({ "pipeline_id": pipeline, "conf": conf }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST .../pipeline_run/{run_id}/cancel`, the id percent-encoded.
+    async fn cancel(&self, customer: &str, pipeline: &str, run_id: &str) -> Response {
+        self.client
+            .post(format!(
+                "{}/platform/pipeline/{pipeline}/pipeline_run/{}/cancel",
+                self.url,
+                encoded(run_id)
+            ))
+            .bearer_auth(token(customer))
             .send()
             .await
             .unwrap()
@@ -678,6 +704,131 @@ async fn two_instances_sharing_redis_start_exactly_one_dag_run_for_one_idempoten
     assert_eq!(finished["last_status"], "SUCCESS", "{finished}");
     assert_eq!(airflow.run_count(HOOLI_ONCE).await, count_before + 1);
     airflow.set_paused(HOOLI_ONCE, true).await;
+}
+
+#[tokio::test]
+async fn execute_with_a_conf_reaches_the_task_and_a_value_the_dag_refuses_is_400_invalid_conf() {
+    let airflow = Airflow::connect().await;
+    let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
+    airflow.set_paused(VANDELAY_PARAMS, false).await;
+    let before = airflow.run_count(VANDELAY_PARAMS).await;
+
+    let refused = maestro
+        .execute_with_conf("vandelay", VANDELAY_PARAMS, &json!({"date": "2024-13-45"}))
+        .await;
+    assert_error(
+        refused,
+        StatusCode::BAD_REQUEST,
+        "InvalidConf",
+        "The pipeline refused the parameter date: the value fails the parameter's \"format\" check",
+    )
+    .await;
+    assert_eq!(airflow.run_count(VANDELAY_PARAMS).await, before);
+
+    let parameters = json!({"date": "2024-12-18", "full_refresh": true});
+    let response = maestro
+        .execute_with_conf("vandelay", VANDELAY_PARAMS, &parameters)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let run_id = body["data"]["run_id"].as_str().unwrap().to_owned();
+    // Held by Maestro until the run finishes (or 30 s pass).
+    let deadline = Instant::now() + RUN_DEADLINE;
+    let run = loop {
+        let response = maestro
+            .get(
+                "vandelay",
+                &format!(
+                    "/platform/pipeline/{VANDELAY_PARAMS}/pipeline_run/{}?wait_seconds=30",
+                    encoded(&run_id)
+                ),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let run: Value = response.json().await.unwrap();
+        if matches!(run["last_status"].as_str(), Some("SUCCESS" | "FAILED")) {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "{run_id} did not finish: {run}");
+    };
+    assert_eq!(run["last_status"], "SUCCESS", "{run}");
+    assert_eq!(run["conf"], parameters, "{run}");
+    let returned = airflow.returned(VANDELAY_PARAMS, &run_id, ECHO_TASK).await;
+    assert_eq!(returned["params"], parameters, "{returned}");
+    assert_eq!(returned["conf"]["date"], "2024-12-18", "{returned}");
+    assert_eq!(returned["conf"]["maestro"]["customer_id"], "vandelay");
+    airflow.set_paused(VANDELAY_PARAMS, true).await;
+}
+
+#[tokio::test]
+async fn cancel_fails_the_running_run_with_its_trace_and_the_next_queued_run_starts() {
+    let airflow = Airflow::connect().await;
+    let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
+    airflow.set_paused(VANDELAY_SLEEPER, false).await;
+    let first = maestro.execute("vandelay", VANDELAY_SLEEPER).await;
+    let second = maestro.execute("vandelay", VANDELAY_SLEEPER).await;
+    airflow
+        .wait_for_task_state(VANDELAY_SLEEPER, &first, SLEEP_TASK, "running")
+        .await;
+
+    let response = maestro.cancel("vandelay", VANDELAY_SLEEPER, &first).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"status": true, "data": {
+            "message": "Pipeline run cancelled successfully",
+            "pipeline_id": VANDELAY_SLEEPER,
+            "run_id": first,
+        }})
+    );
+    let (status, run) = maestro.run("vandelay", VANDELAY_SLEEPER, &first).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(run["last_status"], "FAILED", "{run}");
+    assert_eq!(run["trace"], "Cancelled through the API", "{run}");
+    let seen = airflow.run(VANDELAY_SLEEPER, &first).await;
+    assert_eq!(seen["state"], "failed", "{seen}");
+    assert_eq!(seen["note"], "Cancelled through the API", "{seen}");
+
+    // The queued run behind it starts.
+    let deadline = Instant::now() + RUN_DEADLINE;
+    loop {
+        let (_, run) = maestro.run("vandelay", VANDELAY_SLEEPER, &second).await;
+        if run["last_status"] == "RUNNING" {
+            break;
+        }
+        assert_eq!(run["last_status"], "QUEUED", "{run}");
+        assert!(Instant::now() < deadline, "{second} did not start: {run}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    assert_error(
+        maestro.cancel("vandelay", VANDELAY_SLEEPER, &first).await,
+        StatusCode::BAD_REQUEST,
+        "PipelineRunAlreadyFinished",
+        &format!("Pipeline run {first} already finished with status FAILED"),
+    )
+    .await;
+    let unknown = "manual__2020-01-01T00:00:00.000000+00:00";
+    assert_error(
+        maestro.cancel("vandelay", VANDELAY_SLEEPER, unknown).await,
+        StatusCode::NOT_FOUND,
+        "PipelineRunNotFound",
+        &format!("Pipeline run with id {unknown} not found for pipeline {VANDELAY_SLEEPER}"),
+    )
+    .await;
+    assert_error(
+        maestro.cancel("acme", VANDELAY_SLEEPER, &second).await,
+        StatusCode::NOT_FOUND,
+        "PipelineNotFound",
+        &format!("Pipeline with id {VANDELAY_SLEEPER} not found"),
+    )
+    .await;
+
+    // Nothing left sleeping.
+    let response = maestro.cancel("vandelay", VANDELAY_SLEEPER, &second).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    airflow.set_paused(VANDELAY_SLEEPER, true).await;
 }
 
 #[tokio::test]

@@ -48,10 +48,11 @@ const GRACE: Duration = Duration::from_secs(120);
 
 /// The answers to schema-valid requests that depend on the state earlier
 /// requests left, as the contract has them: `(status, exception_type)`.
-const STATE_ERRORS: [(u16, &str); 4] = [
+const STATE_ERRORS: [(u16, &str); 5] = [
     (400, "PipelinePaused"),
     (400, "PipelineAlreadyPaused"),
     (400, "PipelineNotPaused"),
+    (400, "PipelineRunAlreadyFinished"),
     (422, "IdempotencyKeyReused"),
 ];
 

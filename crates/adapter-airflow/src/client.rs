@@ -116,6 +116,13 @@ impl Answer {
         })
     }
 
+    /// The `detail` text of an error answer (`{"detail": "..."}`), if it
+    /// has one. For the backend to read, never to pass on.
+    pub(crate) fn detail(&self) -> Option<String> {
+        let body: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        body.get("detail")?.as_str().map(str::to_owned)
+    }
+
     /// The body of a 200 as `T`, `None` for a 404, and any other status
     /// as unexpected.
     pub(crate) fn found<T: DeserializeOwned>(&self) -> Result<Option<T>, BackendError> {

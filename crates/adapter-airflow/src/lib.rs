@@ -47,10 +47,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    BackendError, BackendErrorKind, Clock, CustomerId, ExecuteError, GetPipelineError, GetRunError,
-    IdempotencyKey, ListRunsError, ManualRunClock, Orchestrator, PipelineId, PipelineRepository,
-    PipelineSummary, RequestContext, Run, RunId, RunPage, RunQuery, RunStatus, SetPausedError,
-    Timestamp, TriggerRequest,
+    BackendError, BackendErrorKind, CancelRunError, Clock, CustomerId, ExecuteError,
+    GetPipelineError, GetRunError, IdempotencyKey, ListRunsError, ManualRunClock, Orchestrator,
+    PipelineId, PipelineRepository, PipelineSummary, RequestContext, Run, RunConf, RunId, RunPage,
+    RunQuery, RunStatus, SetPausedError, Timestamp, TriggerRequest,
 };
 use reqwest::{Method, StatusCode};
 
@@ -62,7 +62,7 @@ pub use config::{
 use client::{Answer, Call, Http, segment};
 use token::Tokens;
 use triggerable::Triggerable;
-use wire::{Dag, DagPage, DagRun, DagRunPage, Health, airflow_state};
+use wire::{Dag, DagPage, DagRun, DagRunPage, Health, airflow_state, param_refusal};
 
 /// The page size asked of Airflow. Airflow caps it at its
 /// `[api] maximum_page_limit` (100 by default) and Maestro pages on by
@@ -457,14 +457,18 @@ impl AirflowBackend {
                 return Err(ExecuteError::Paused(id.clone()));
             }
         }
-        let conf = serde_json::json!({
-            "maestro": {
+        // The client's parameters, with Maestro's audit block beside them
+        // under the key `RunConf::parse` keeps clients from using.
+        let mut conf = request.conf().as_map().clone();
+        conf.insert(
+            RunConf::RESERVED_KEY.to_owned(),
+            serde_json::json!({
                 "customer_id": ctx.customer().as_str(),
                 "sub": ctx.caller().subject(),
                 "request_id": ctx.request_id(),
                 "trigger_id": trigger_id,
-            }
-        });
+            }),
+        );
         let path = format!("/api/v2/dags/{}/dagRuns", segment(id.as_str()));
         for _ in 0..RUN_ID_ATTEMPTS {
             let run_id = self.next_run_id(id);
@@ -489,6 +493,24 @@ impl AirflowBackend {
                 StatusCode::NOT_FOUND => {
                     self.triggerable.forget(id);
                     return Err(ExecuteError::NotFound(id.clone()));
+                }
+                StatusCode::BAD_REQUEST => {
+                    // The DAG's `params` refusing the conf is the caller's to
+                    // fix; any other 400 (import errors, manual runs not
+                    // allowed) is not.
+                    let Some(refusal) = answer.detail().as_deref().and_then(param_refusal) else {
+                        return Err(answer.unexpected().into());
+                    };
+                    tracing::info!(
+                        request_id = ctx.request_id(),
+                        parameter = refusal.parameter.as_deref(),
+                        "Airflow refused the run parameters"
+                    );
+                    return Err(ExecuteError::ConfRefused {
+                        pipeline_id: id.clone(),
+                        parameter: refusal.parameter,
+                        reason: refusal.reason,
+                    });
                 }
                 StatusCode::CONFLICT => match self.dag_run(ctx, id, &run_id).await? {
                     Some(run) if run.trigger_id() == Some(trigger_id.as_str()) => {
@@ -559,6 +581,88 @@ impl AirflowBackend {
             StatusCode::NOT_FOUND => Err(SetPausedError::NotFound(id.clone())),
             _ => Err(answer.unexpected().into()),
         }
+    }
+}
+
+impl AirflowBackend {
+    /// Reads the run (and the DAG, for visibility, at the same time), and
+    /// fails it with the cancel note when it has not finished.
+    async fn cancel_visible(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        run_id: &RunId,
+    ) -> Result<Run, CancelRunError> {
+        let (dag, run) = tokio::join!(
+            self.visible_dag(ctx, id, false),
+            self.dag_run(ctx, id, run_id)
+        );
+        if dag?.is_none() {
+            return Err(CancelRunError::PipelineNotFound(id.clone()));
+        }
+        let run = run?
+            .ok_or_else(|| CancelRunError::run_not_found(id, run_id))?
+            .into_run(id.clone())?;
+        if run.status.is_finished() {
+            return Err(already_finished(id, run_id, run.status));
+        }
+        // One PATCH sets both: Airflow 3.3 writes the note, then fails the
+        // run (its running tasks failed, the rest skipped). It would fail a
+        // run that has finished too, so the read above is the check; the
+        // window is one round trip (see docs/backends/airflow.md).
+        let call = Call::new(
+            Method::PATCH,
+            format!(
+                "/api/v2/dags/{}/dagRuns/{}",
+                segment(id.as_str()),
+                segment(run_id.as_str())
+            ),
+            request_id(ctx),
+        )
+        .json(serde_json::json!({
+            "state": "failed",
+            "note": Run::CANCELLED_TRACE,
+        }));
+        let answer = self.http.send(&call).await?;
+        match answer.status {
+            StatusCode::OK => {
+                let run: DagRun = answer.json()?;
+                if run.dag_run_id != run_id.as_str() || run.dag_id != id.as_str() {
+                    return Err(BackendError::upstream(format!(
+                        "{}: Airflow answered with another run",
+                        call.what()
+                    ))
+                    .into());
+                }
+                Ok(run.into_run(id.clone())?)
+            }
+            StatusCode::NOT_FOUND => Err(CancelRunError::run_not_found(id, run_id)),
+            // Not what Airflow 3.3 answers for a run that finished in the
+            // meantime, but what a later Airflow (or a proxy's rule) might:
+            // read the run again and, when it has finished, say so.
+            StatusCode::BAD_REQUEST | StatusCode::CONFLICT => {
+                match self.dag_run(ctx, id, run_id).await? {
+                    None => Err(CancelRunError::run_not_found(id, run_id)),
+                    Some(run) => {
+                        let run = run.into_run(id.clone())?;
+                        if run.status.is_finished() {
+                            Err(already_finished(id, run_id, run.status))
+                        } else {
+                            Err(answer.unexpected().into())
+                        }
+                    }
+                }
+            }
+            _ => Err(answer.unexpected().into()),
+        }
+    }
+}
+
+fn already_finished(id: &PipelineId, run_id: &RunId, status: RunStatus) -> CancelRunError {
+    CancelRunError::AlreadyFinished {
+        pipeline_id: id.clone(),
+        run_id: run_id.clone(),
+        status,
     }
 }
 
@@ -662,6 +766,12 @@ impl PipelineRepository for AirflowBackend {
 
 #[async_trait]
 impl Orchestrator for AirflowBackend {
+    /// The client's parameters are the DAG run's `conf`, with Maestro's
+    /// audit block beside them under `maestro`; Airflow's refusal of them
+    /// by the DAG's declared `params` (a 400 `Invalid input for param
+    /// <name>: ...`) is [`ExecuteError::ConfRefused`] naming the parameter,
+    /// in Maestro's words.
+    ///
     /// With an idempotency key, the run's `conf` carries a mark derived
     /// from the customer and the key, the same for every attempt; a retry
     /// after a failed attempt ([`TriggerRequest::retry_since`]) first looks
@@ -707,6 +817,21 @@ impl Orchestrator for AirflowBackend {
             Ok(run.into_run(id.clone())?)
         })
         .await
+    }
+
+    /// Reads the run, then PATCHes the DAG run to `failed` with the note
+    /// [`Run::CANCELLED_TRACE`], which reads back as the run's `trace`.
+    /// Airflow fails the run's running tasks (their processes are stopped)
+    /// and skips the rest; a queued run never starts. A run that has
+    /// finished is not patched.
+    async fn cancel_run(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        run_id: &RunId,
+    ) -> Result<Run, CancelRunError> {
+        self.within("cancel run", self.cancel_visible(ctx, id, run_id))
+            .await
     }
 
     /// Asks Airflow's `/api/v2/monitor/health`, which needs no token: ready

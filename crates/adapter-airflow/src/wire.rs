@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use domain::{
-    BackendError, CustomerId, Pipeline, PipelineId, PipelineStatus, Run, RunId, RunStatus,
+    BackendError, CustomerId, Pipeline, PipelineId, PipelineStatus, Run, RunConf, RunId, RunStatus,
     Timestamp,
 };
 use serde::{Deserialize, Deserializer};
@@ -190,6 +190,11 @@ impl DagRun {
     /// `created_at` is `run_after` (for a triggered run, the moment of the
     /// trigger); `updated_at` is the latest of `run_after`, `queued_at`,
     /// `start_date` and `end_date`, which is when the state last moved.
+    /// `conf` is the run's `conf` without Maestro's own block (a `conf`
+    /// that is not an object, which Airflow does not make, reads as none).
+    /// A failed run's `trace` is its note when it has one (a cancel through
+    /// Maestro writes [`Run::CANCELLED_TRACE`] there), and
+    /// [`FAILED_TRACE`] otherwise.
     ///
     /// Errors: an upstream error for a state Airflow 3 does not document or
     /// an id that cannot be a run id.
@@ -213,9 +218,14 @@ impl DagRun {
                 .filter(|note| !note.trim().is_empty())
                 .unwrap_or_else(|| FAILED_TRACE.to_owned())
         });
+        let conf = match self.conf {
+            Some(serde_json::Value::Object(map)) => RunConf::from_engine(map),
+            _ => RunConf::default(),
+        };
         let mut run = Run::new(id, pipeline, status, self.run_after);
         run.updated_at = updated_at;
         run.trace = trace;
+        run.conf = conf;
         Ok(run)
     }
 
@@ -227,6 +237,67 @@ impl DagRun {
             .get("trigger_id")?
             .as_str()
     }
+}
+
+/// A trigger Airflow refused because the DAG's declared `params` reject
+/// the `conf`: what Maestro tells the caller of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ParamRefusal {
+    /// The parameter Airflow names, when it is a name fit to repeat.
+    pub(crate) parameter: Option<String>,
+    /// Why, in Maestro's own words.
+    pub(crate) reason: String,
+}
+
+/// What Airflow's `ParamValidationError` says before the parameter's name.
+const PARAM_REFUSAL_PREFIX: &str = "Invalid input for param ";
+
+/// The longest parameter name repeated to the caller.
+const MAX_PARAMETER_NAME: usize = 100;
+
+/// The longest JSON Schema keyword named in a reason.
+const MAX_KEYWORD: usize = 32;
+
+/// The refusal in the `detail` of Airflow's 400 to a trigger, when it is a
+/// `ParamValidationError`: `Invalid input for param <name>: <why>`, where
+/// `<why>` is jsonschema's message (quoting the value, then the whole
+/// schema and instance on further lines) or `No value passed`. Any other
+/// 400 detail (import errors, manual runs not allowed) is `None`.
+///
+/// Only the name is taken from Airflow's text, and only when it is short
+/// and plain (letters, digits, `_`, `-`, `.` and spaces: no control,
+/// format or quoting characters); the reason is Maestro's wording, naming at most the
+/// JSON Schema keyword that failed (`format`, `type`, ...), so that no
+/// value, schema or other text of Airflow's reaches the caller.
+pub(crate) fn param_refusal(detail: &str) -> Option<ParamRefusal> {
+    let rest = detail.strip_prefix(PARAM_REFUSAL_PREFIX)?;
+    let (name, why) = rest.split_once(": ").unwrap_or((rest, ""));
+    let parameter = (!name.is_empty()
+        && name.chars().count() <= MAX_PARAMETER_NAME
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ' ')))
+    .then(|| name.to_owned());
+    let reason = if why.starts_with("No value passed") {
+        "the parameter needs a value and has no default".to_owned()
+    } else {
+        match failed_keyword(why) {
+            Some(keyword) => format!("the value fails the parameter's {keyword:?} check"),
+            None => "the value does not match the parameter's schema".to_owned(),
+        }
+    };
+    Some(ParamRefusal { parameter, reason })
+}
+
+/// The keyword of jsonschema's `Failed validating '<keyword>' in schema`,
+/// when it is a plain word.
+fn failed_keyword(why: &str) -> Option<&str> {
+    let (_, after) = why.split_once("Failed validating '")?;
+    let (keyword, _) = after.split_once('\'')?;
+    (!keyword.is_empty()
+        && keyword.len() <= MAX_KEYWORD
+        && keyword.chars().all(|c| c.is_ascii_alphanumeric()))
+    .then_some(keyword)
 }
 
 fn parse_time(raw: &str) -> Result<Timestamp, chrono::ParseError> {
@@ -444,6 +515,97 @@ mod tests {
         let mut bare = run("queued");
         bare.conf = None;
         assert_eq!(bare.trigger_id(), None);
+    }
+
+    #[test]
+    fn a_run_reads_its_conf_back_without_the_audit_block() {
+        let mut with_parameters = run("queued");
+        with_parameters.conf = Some(serde_json::json!({
+            "date": "2024-12-18",
+            "maestro": {"trigger_id": "t-1"},
+        }));
+        let read = with_parameters
+            .into_run(PipelineId::parse(ID).unwrap())
+            .unwrap();
+        assert_eq!(
+            serde_json::Value::Object(read.conf.into_map()),
+            serde_json::json!({"date": "2024-12-18"})
+        );
+        let only_ours = run("queued").into_run(PipelineId::parse(ID).unwrap());
+        assert!(only_ours.unwrap().conf.is_empty());
+        let mut odd = run("queued");
+        odd.conf = Some(serde_json::json!("not an object"));
+        assert!(
+            odd.into_run(PipelineId::parse(ID).unwrap())
+                .unwrap()
+                .conf
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_param_validation_error_names_the_parameter_and_only_the_failed_keyword() {
+        // As Airflow 3.3.2 words it.
+        let refusal = param_refusal(
+            "Invalid input for param date: '2024-13-45' is not a 'date'\n\nFailed validating 'format' in schema:\n    {'type': 'string', 'format': 'date'}\n\nOn instance:\n    '2024-13-45'",
+        )
+        .unwrap();
+        assert_eq!(refusal.parameter.as_deref(), Some("date"));
+        assert_eq!(
+            refusal.reason,
+            "the value fails the parameter's \"format\" check"
+        );
+
+        let refusal = param_refusal("Invalid input for param date: No value passed").unwrap();
+        assert_eq!(
+            refusal.reason,
+            "the parameter needs a value and has no default"
+        );
+
+        let refusal = param_refusal(
+            "Invalid input for param n: 3 is less than 5\n\nFailed validating 'minimum' in schema",
+        )
+        .unwrap();
+        assert_eq!(refusal.parameter.as_deref(), Some("n"));
+        assert_eq!(
+            refusal.reason,
+            "the value fails the parameter's \"minimum\" check"
+        );
+    }
+
+    #[test]
+    fn an_odd_name_or_keyword_is_not_repeated() {
+        for detail in [
+            "Invalid input for param : 1 is not of type 'string'",
+            "Invalid input for param a\u{202e}b: bad",
+            "Invalid input for param a\u{7}b: bad",
+            "Invalid input for param a'b: bad",
+        ] {
+            let refusal = param_refusal(detail).unwrap();
+            assert_eq!(refusal.parameter, None, "{detail}");
+        }
+        let long = format!("Invalid input for param {}: bad", "p".repeat(101));
+        assert_eq!(param_refusal(&long).unwrap().parameter, None);
+        let fits = format!("Invalid input for param {}: bad", "p".repeat(100));
+        assert!(param_refusal(&fits).unwrap().parameter.is_some());
+
+        let refusal = param_refusal(
+            "Invalid input for param d: x\nFailed validating 'format <script>' in schema",
+        )
+        .unwrap();
+        assert_eq!(
+            refusal.reason,
+            "the value does not match the parameter's schema"
+        );
+    }
+
+    #[test]
+    fn other_details_are_no_param_refusal() {
+        assert_eq!(
+            param_refusal("Dag with dag_id: 'x' has import errors and cannot be triggered"),
+            None
+        );
+        assert_eq!(param_refusal(""), None);
     }
 
     #[test]

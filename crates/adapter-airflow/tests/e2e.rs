@@ -25,18 +25,23 @@
 //! ```
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
 use airflow_test_support::{
-    ACME_NIGHTLY, ACME_ORDERS, ACME_TOGGLE, Airflow, GLOBEX_FAILING, GLOBEX_OK, HYPHENATED,
-    NOT_A_UUID, TWO_CUSTOMERS, UNTAGGED, dag_run_ids, env, signal_airflow,
+    ACME_NIGHTLY, ACME_ORDERS, ACME_TOGGLE, Airflow, ECHO_TASK, GLOBEX_FAILING, GLOBEX_OK,
+    HYPHENATED, NOT_A_UUID, RUN_DEADLINE, SLEEP_TASK, TWO_CUSTOMERS, UNTAGGED, VANDELAY_PARAMS,
+    VANDELAY_SLEEPER, dag_run_ids, env, signal_airflow,
 };
 use domain::{
-    BackendErrorKind, Caller, Clock, CustomerId, ExecuteError, GetPipelineError, GetRunError,
-    IdempotencyKey, ListRunsError, Orchestrator, PipelineId, PipelineRepository, PipelineStatus,
-    RequestContext, RunId, RunQuery, RunStatus, SetPausedError, SystemClock, TriggerRequest,
+    BackendErrorKind, Caller, CancelRunError, Clock, CustomerId, ExecuteError, GetPipelineError,
+    GetRunError, IdempotencyKey, ListRunsError, Orchestrator, PipelineId, PipelineRepository,
+    PipelineStatus, RequestContext, Run, RunConf, RunId, RunQuery, RunStatus, RunWatch,
+    SetPausedError, SystemClock, TriggerRequest,
 };
+use runtime::PollingRunWatch;
+use serde_json::{Value, json};
 
 /// What a call may take over the timeout: scheduling on a busy machine.
 const SLACK: Duration = Duration::from_millis(500);
@@ -101,6 +106,9 @@ async fn each_customer_lists_exactly_its_dags() {
     globex.sort_unstable();
     assert_eq!(listed("acme").await, acme);
     assert_eq!(listed("globex").await, globex);
+    let mut vandelay = vec![VANDELAY_PARAMS, VANDELAY_SLEEPER];
+    vandelay.sort_unstable();
+    assert_eq!(listed("vandelay").await, vandelay);
     assert!(listed("initech").await.is_empty());
 
     // Airflow itself has more DAGs tagged for acme: the ones Maestro must
@@ -446,6 +454,299 @@ async fn a_retry_with_an_idempotency_key_finds_the_run_of_the_failed_attempt_by_
     airflow.set_paused(GLOBEX_OK, true).await;
 }
 
+fn conf(value: Value) -> RunConf {
+    RunConf::parse(value).unwrap()
+}
+
+#[tokio::test]
+async fn a_parameter_value_the_dags_params_reject_is_refused_naming_it_and_makes_no_run() {
+    let airflow = Airflow::connect().await;
+    let backend = backend();
+    let vandelay = ctx("vandelay");
+    let pipeline = id(VANDELAY_PARAMS);
+    airflow.set_paused(VANDELAY_PARAMS, false).await;
+    let before = airflow.run_count(VANDELAY_PARAMS).await;
+
+    for (parameters, name, keyword) in [
+        (json!({"date": "2024-13-45"}), "date", "format"),
+        (json!({"date": 20241218}), "date", "type"),
+        (json!({"full_refresh": "yes"}), "full_refresh", "type"),
+    ] {
+        let err = backend
+            .trigger(
+                &vandelay,
+                &trigger_of(&pipeline).with_conf(conf(parameters.clone())),
+            )
+            .await
+            .unwrap_err();
+        let ExecuteError::ConfRefused {
+            pipeline_id,
+            parameter,
+            reason,
+        } = &err
+        else {
+            panic!("{parameters}: {err:?}");
+        };
+        assert_eq!(pipeline_id, &pipeline);
+        assert_eq!(parameter.as_deref(), Some(name), "{parameters}");
+        assert!(reason.contains(keyword), "{parameters}: {reason}");
+        assert!(reason.len() <= 200);
+        let text = format!("{err} {err:?}");
+        for quoted in [
+            "2024-13-45",
+            "yes",
+            "Failed validating",
+            "On instance",
+            "127.0.0.1",
+        ] {
+            assert!(!text.contains(quoted), "{text}");
+        }
+    }
+    assert_eq!(airflow.run_count(VANDELAY_PARAMS).await, before);
+    airflow.set_paused(VANDELAY_PARAMS, true).await;
+}
+
+#[tokio::test]
+async fn a_good_conf_reaches_the_task_beside_the_audit_block_and_the_run_reads_it_back() {
+    let airflow = Airflow::connect().await;
+    let backend = backend();
+    let vandelay = ctx("vandelay");
+    let pipeline = id(VANDELAY_PARAMS);
+    airflow.set_paused(VANDELAY_PARAMS, false).await;
+    let parameters = json!({"date": "2024-12-18", "full_refresh": true, "tables": ["orders"]});
+
+    let run = backend
+        .trigger(
+            &vandelay,
+            &trigger_of(&pipeline).with_conf(conf(parameters.clone())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(Value::Object(run.conf.clone().into_map()), parameters);
+    let seen = airflow
+        .wait_until_finished(VANDELAY_PARAMS, run.id.as_str())
+        .await;
+    assert_eq!(seen["state"], "success", "{seen}");
+
+    // What the task was given: the client's conf and Maestro's block beside
+    // it, and the declared params resolved from the conf.
+    let returned = airflow
+        .returned(VANDELAY_PARAMS, run.id.as_str(), ECHO_TASK)
+        .await;
+    let mut given = returned["conf"].clone();
+    assert_eq!(given["maestro"]["customer_id"], "vandelay");
+    assert!(given["maestro"]["trigger_id"].is_string(), "{returned}");
+    given.as_object_mut().unwrap().remove("maestro");
+    assert_eq!(given, parameters);
+    assert_eq!(
+        returned["params"],
+        json!({"date": "2024-12-18", "full_refresh": true})
+    );
+
+    let read = backend
+        .get_run(&vandelay, &pipeline, &run.id)
+        .await
+        .unwrap();
+    assert_eq!(read.status, RunStatus::Success);
+    assert_eq!(Value::Object(read.conf.into_map()), parameters);
+    let listed = backend
+        .list_runs(&vandelay, &pipeline, &RunQuery::default())
+        .await
+        .unwrap();
+    let listed = listed
+        .runs
+        .iter()
+        .find(|listed| listed.id == run.id)
+        .unwrap();
+    assert_eq!(Value::Object(listed.conf.clone().into_map()), parameters);
+    airflow.set_paused(VANDELAY_PARAMS, true).await;
+}
+
+#[tokio::test]
+async fn a_polling_run_watch_over_the_backend_sees_a_short_run_reach_success() {
+    let airflow = Airflow::connect().await;
+    let backend: Arc<dyn Orchestrator> = Arc::new(backend());
+    let vandelay = ctx("vandelay");
+    let pipeline = id(VANDELAY_PARAMS);
+    airflow.set_paused(VANDELAY_PARAMS, false).await;
+    let watch = PollingRunWatch::new(Arc::clone(&backend), Duration::from_millis(500));
+
+    let run = backend
+        .trigger(&vandelay, &trigger_of(&pipeline))
+        .await
+        .unwrap();
+    let mut seen = vec![run.status];
+    let mut last = run;
+    let finished = tokio::time::timeout(RUN_DEADLINE, async {
+        while !last.status.is_finished() {
+            last = watch.changed(&vandelay, &last).await.unwrap();
+            seen.push(last.status);
+        }
+        last
+    })
+    .await
+    .expect("the run did not finish in time");
+
+    assert_eq!(finished.status, RunStatus::Success, "{seen:?}");
+    assert!(finished.conf.is_empty());
+    // The DAG's defaults, since the conf gave none.
+    let returned = airflow
+        .returned(VANDELAY_PARAMS, finished.id.as_str(), ECHO_TASK)
+        .await;
+    assert_eq!(
+        returned["params"],
+        json!({"date": "2024-01-01", "full_refresh": false})
+    );
+    assert_eq!(watch.watched_runs(), 0);
+    airflow.set_paused(VANDELAY_PARAMS, true).await;
+}
+
+/// Reads the run through the backend until it is in `status`.
+async fn wait_for_status(
+    backend: &AirflowBackend,
+    ctx: &RequestContext,
+    run: &Run,
+    status: RunStatus,
+) {
+    let deadline = Instant::now() + RUN_DEADLINE;
+    loop {
+        let now = backend
+            .get_run(ctx, &run.pipeline_id, &run.id)
+            .await
+            .unwrap();
+        if now.status == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} is {:?}, not {status:?}",
+            run.id,
+            now.status
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_running_run_ends_failed_with_the_cancel_trace_and_the_next_queued_run_starts()
+{
+    let airflow = Airflow::connect().await;
+    let backend = backend();
+    let vandelay = ctx("vandelay");
+    let pipeline = id(VANDELAY_SLEEPER);
+    airflow.set_paused(VANDELAY_SLEEPER, false).await;
+
+    let running = backend
+        .trigger(&vandelay, &trigger_of(&pipeline))
+        .await
+        .unwrap();
+    let next = backend
+        .trigger(&vandelay, &trigger_of(&pipeline))
+        .await
+        .unwrap();
+    let last = backend
+        .trigger(&vandelay, &trigger_of(&pipeline))
+        .await
+        .unwrap();
+    airflow
+        .wait_for_task_state(VANDELAY_SLEEPER, running.id.as_str(), SLEEP_TASK, "running")
+        .await;
+    assert_eq!(
+        backend
+            .get_run(&vandelay, &pipeline, &last.id)
+            .await
+            .unwrap()
+            .status,
+        RunStatus::Queued
+    );
+
+    // A queued run: failed at once, and it never starts.
+    let cancelled = backend
+        .cancel_run(&vandelay, &pipeline, &last.id)
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, RunStatus::Failed);
+    assert_eq!(cancelled.trace.as_deref(), Some(Run::CANCELLED_TRACE));
+
+    // The running one: failed with the cancel trace, its task stopped, and
+    // the queued run behind it starts.
+    let started = Instant::now();
+    let cancelled = backend
+        .cancel_run(&vandelay, &pipeline, &running.id)
+        .await
+        .unwrap();
+    assert_eq!(cancelled.id, running.id);
+    assert_eq!(cancelled.status, RunStatus::Failed);
+    assert_eq!(cancelled.trace.as_deref(), Some(Run::CANCELLED_TRACE));
+    let seen = airflow.run(VANDELAY_SLEEPER, running.id.as_str()).await;
+    assert_eq!(seen["state"], "failed");
+    assert_eq!(seen["note"], Run::CANCELLED_TRACE);
+    assert_eq!(
+        airflow
+            .task_state(VANDELAY_SLEEPER, running.id.as_str(), SLEEP_TASK)
+            .await
+            .as_deref(),
+        Some("failed")
+    );
+    wait_for_status(&backend, &vandelay, &next, RunStatus::Running).await;
+    println!(
+        "the next run started {:?} after the cancel",
+        started.elapsed()
+    );
+    let read = backend
+        .get_run(&vandelay, &pipeline, &running.id)
+        .await
+        .unwrap();
+    assert_eq!(read.status, RunStatus::Failed);
+    assert_eq!(read.trace.as_deref(), Some(Run::CANCELLED_TRACE));
+
+    // Finished runs are not changed again; unknown runs and other
+    // customers are refused.
+    let err = backend
+        .cancel_run(&vandelay, &pipeline, &running.id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CancelRunError::AlreadyFinished {
+                status: RunStatus::Failed,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let unknown = RunId::parse("manual__2020-01-01T00:00:00.000000+00:00").unwrap();
+    assert!(matches!(
+        backend.cancel_run(&vandelay, &pipeline, &unknown).await,
+        Err(CancelRunError::RunNotFound { .. })
+    ));
+    assert!(matches!(
+        backend.cancel_run(&ctx("acme"), &pipeline, &next.id).await,
+        Err(CancelRunError::PipelineNotFound(_))
+    ));
+
+    // The run that started is cancelled too, so that nothing is left
+    // sleeping; the queued run cancelled first never ran.
+    let cancelled = backend
+        .cancel_run(&vandelay, &pipeline, &next.id)
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, RunStatus::Failed);
+    let never = airflow.run(VANDELAY_SLEEPER, last.id.as_str()).await;
+    assert_eq!(never["state"], "failed");
+    assert!(never["start_date"].is_null(), "{never}");
+    // Airflow skips the tasks of a run failed before they ran.
+    assert_eq!(
+        airflow
+            .task_state(VANDELAY_SLEEPER, last.id.as_str(), SLEEP_TASK)
+            .await
+            .as_deref(),
+        Some("skipped")
+    );
+    airflow.set_paused(VANDELAY_SLEEPER, true).await;
+}
+
 /// Runs `call`, and returns the kind of its backend failure (`None` for a
 /// success) and how long it took.
 async fn timed<T, E>(
@@ -503,6 +804,12 @@ async fn failures(
     })
     .await;
     failures.push(("get run", kind, took));
+    let (kind, took) = timed(backend.cancel_run(&acme, &orders, &run), |err| match err {
+        CancelRunError::Backend(err) => Some(err.kind()),
+        _ => None,
+    })
+    .await;
+    failures.push(("cancel run", kind, took));
     let (kind, took) = timed(backend.health(), |err| Some(err.kind())).await;
     failures.push(("health", kind, took));
     failures

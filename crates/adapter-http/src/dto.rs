@@ -281,6 +281,138 @@ impl ExecuteResponse {
     }
 }
 
+/// `200` of cancel.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CancelResponse {
+    #[schema(schema_with = always_true)]
+    status: bool,
+    data: CancelData,
+}
+
+/// What cancel did.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CancelData {
+    #[schema(schema_with = cancel_message)]
+    message: &'static str,
+    #[schema(schema_with = normalized_pipeline_id_schema)]
+    pipeline_id: String,
+    /// The cancelled run's id.
+    #[schema(example = "manual__2024-12-18T10:30:00.000000+00:00")]
+    run_id: String,
+}
+
+fn cancel_message() -> Object {
+    constant("Pipeline run cancelled successfully")
+}
+
+/// The body a route that takes none accepts: nothing, or `{}` (its fields
+/// are ignored).
+#[derive(Debug, ToSchema)]
+#[schema(as = EmptyObject)]
+#[allow(dead_code)] // Only documents the request.
+pub(crate) struct EmptyObject {}
+
+impl CancelResponse {
+    pub(crate) fn new(run: &Run) -> Self {
+        Self {
+            status: true,
+            data: CancelData {
+                message: "Pipeline run cancelled successfully",
+                pipeline_id: run.pipeline_id.to_string(),
+                run_id: run.id.to_string(),
+            },
+        }
+    }
+}
+
+/// The body of execute: `{"pipeline_id": "...", "conf": {...}}`.
+/// `customer_id` and any other field are ignored. A missing, null or empty
+/// `pipeline_id` is 400 `{"detail": "pipeline_id is required"}`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Only documents the request; the extractor reads it.
+pub(crate) struct ExecuteRequest {
+    #[schema(schema_with = pipeline_id_schema)]
+    pipeline_id: String,
+    /// The run's parameters: a JSON object of at most 16 KiB as compact
+    /// JSON, without the reserved top-level key `maestro`; absent or null,
+    /// none. Anything else is 400 `InvalidConf`, as are values the pipeline
+    /// refuses (on Airflow, a DAG's declared `params`).
+    #[schema(schema_with = conf_schema)]
+    conf: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A run's parameters as a request carries them: an object (or null)
+/// whose top-level keys are anything but the reserved `maestro`.
+fn conf_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Object,
+            Type::Null,
+        ]))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(any_text_but(domain::RunConf::RESERVED_KEY)))
+                .build(),
+        ))
+        .examples([serde_json::json!({"date": "2024-12-18", "full_refresh": true})])
+        .build()
+}
+
+/// A pattern matching any text but `word`, without look-ahead (which not
+/// every JSON Schema tool reads): texts that part from `word` at some
+/// character, its proper prefixes, and `word` followed by more.
+fn any_text_but(word: &str) -> String {
+    let mut branches = Vec::new();
+    for (at, c) in word.char_indices() {
+        let prefix = regex_escape(&word[..at]);
+        branches.push(format!(
+            "{prefix}[^{}][\\s\\S]*",
+            regex_escape(&c.to_string())
+        ));
+        branches.push(prefix);
+    }
+    branches.push(format!("{}[\\s\\S]+", regex_escape(word)));
+    format!("^(?:{})$", branches.join("|"))
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let special = "\\^$.|?*+()[]{}-".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
+}
+
+/// The query of a run read: `wait_seconds`.
+pub(crate) struct WaitQueryParams;
+
+impl IntoParams for WaitQueryParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let seconds = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+            .minimum(Some(0))
+            .maximum(Some(crate::extract::MAX_WAIT_SECONDS))
+            .build();
+        vec![
+            ParameterBuilder::new()
+                .name("wait_seconds")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(
+                    "Wait up to this many seconds, 0 to 60, for the run to finish; the answer comes when it does, or with the run as it is when the time is up. Default 0: answer at once.",
+                ))
+                .schema(Some(seconds))
+                .build(),
+        ]
+    }
+}
+
 /// `200` of pause and unpause.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ActionResponse {
@@ -468,6 +600,9 @@ pub(crate) struct RunBody {
     /// The error text of a failed run, else null.
     #[schema(required = true)]
     trace: Option<String>,
+    /// The parameters the run was triggered with (`{}` when none).
+    #[schema(value_type = Object, example = json!({"date": "2024-12-18", "full_refresh": true}))]
+    conf: serde_json::Map<String, serde_json::Value>,
 }
 
 impl From<Run> for RunBody {
@@ -479,6 +614,7 @@ impl From<Run> for RunBody {
             created_at: format_timestamp(&run.created_at),
             updated_at: format_timestamp(&run.updated_at),
             trace: run.trace,
+            conf: run.conf.into_map(),
         }
     }
 }
@@ -492,4 +628,20 @@ pub(crate) struct StatusBody {
 
 fn ok() -> Object {
     constant("ok")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_conf_key_pattern_is_any_text_but_the_reserved_key() {
+        // Each branch: a proper prefix of `maestro` then another character,
+        // a proper prefix alone, or `maestro` with more after it.
+        assert_eq!(
+            any_text_but("maestro"),
+            r"^(?:[^m][\s\S]*||m[^a][\s\S]*|m|ma[^e][\s\S]*|ma|mae[^s][\s\S]*|mae|maes[^t][\s\S]*|maes|maest[^r][\s\S]*|maest|maestr[^o][\s\S]*|maestr|maestro[\s\S]+)$"
+        );
+        assert_eq!(regex_escape("a.b-c"), r"a\.b\-c");
+    }
 }

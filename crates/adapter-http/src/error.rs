@@ -7,8 +7,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use domain::{
-    BackendError, BackendErrorKind, ExecuteError, GetPipelineError, GetRunError, ListRunsError,
-    PipelineId, SetPausedError,
+    BackendError, BackendErrorKind, CancelRunError, ExecuteError, GetPipelineError, GetRunError,
+    InvalidConf, ListRunsError, PipelineId, RunId, SetPausedError,
 };
 use serde::Serialize;
 use utoipa::{
@@ -160,6 +160,39 @@ impl ApiError {
     /// 400 `InvalidRequestBody`: malformed JSON, not an object, a wrong type.
     pub(crate) fn invalid_body(message: impl Into<String>) -> Self {
         Self::envelope(StatusCode::BAD_REQUEST, "InvalidRequestBody", message)
+    }
+
+    /// 400 `InvalidConf`: the execute body's `conf` cannot be a run's
+    /// parameters.
+    pub(crate) fn invalid_conf(err: InvalidConf) -> Self {
+        let message = match err {
+            InvalidConf::NotAnObject { found } => {
+                format!("conf must be a JSON object, not {found}")
+            }
+            InvalidConf::TooLarge { bytes, max } => {
+                format!("conf must be at most {max} bytes as compact JSON; it is {bytes}")
+            }
+            InvalidConf::ReservedKey { key } => {
+                format!("conf must not use the top-level key \"{key}\", which is reserved")
+            }
+            other => format!("conf is not usable: {other}"),
+        };
+        Self::envelope(StatusCode::BAD_REQUEST, "InvalidConf", message)
+    }
+
+    /// 429 `TooManyWaits`: the customer has `limit` requests waiting on
+    /// runs already.
+    pub(crate) fn too_many_waits(limit: usize) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::envelope(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyWaits",
+                format!(
+                    "Too many requests waiting on runs: at most {limit} at a time. Retry without wait_seconds, or later."
+                ),
+            )
+        }
     }
 
     /// 400 `InvalidQueryParameter`.
@@ -321,6 +354,14 @@ fn pipeline_not_found(id: &PipelineId) -> ApiError {
     )
 }
 
+fn run_not_found(pipeline_id: &PipelineId, run_id: &RunId) -> ApiError {
+    ApiError::envelope(
+        StatusCode::NOT_FOUND,
+        "PipelineRunNotFound",
+        format!("Pipeline run with id {run_id} not found for pipeline {pipeline_id}"),
+    )
+}
+
 /// The answer to a way of failing that the domain added after this mapping
 /// was written (its errors are `#[non_exhaustive]`): a 500, and the error
 /// in the log so that it gets its own mapping.
@@ -344,7 +385,38 @@ impl From<ExecuteError> for ApiError {
                     "Pipeline queue is full ({limit} runs waiting). Retry when earlier runs have finished."
                 ),
             ),
+            ExecuteError::ConfRefused {
+                parameter, reason, ..
+            } => Self::envelope(
+                StatusCode::BAD_REQUEST,
+                "InvalidConf",
+                match parameter {
+                    Some(parameter) => {
+                        format!("The pipeline refused the parameter {parameter}: {reason}")
+                    }
+                    None => format!("The pipeline refused the parameters: {reason}"),
+                },
+            ),
             ExecuteError::Backend(err) => err.into(),
+            other => unmapped(&other),
+        }
+    }
+}
+
+impl From<CancelRunError> for ApiError {
+    fn from(err: CancelRunError) -> Self {
+        match err {
+            CancelRunError::PipelineNotFound(id) => pipeline_not_found(&id),
+            CancelRunError::RunNotFound {
+                pipeline_id,
+                run_id,
+            } => run_not_found(&pipeline_id, &run_id),
+            CancelRunError::AlreadyFinished { run_id, status, .. } => Self::envelope(
+                StatusCode::BAD_REQUEST,
+                "PipelineRunAlreadyFinished",
+                format!("Pipeline run {run_id} already finished with status {status}"),
+            ),
+            CancelRunError::Backend(err) => err.into(),
             other => unmapped(&other),
         }
     }
@@ -393,11 +465,7 @@ impl From<GetRunError> for ApiError {
             GetRunError::RunNotFound {
                 pipeline_id,
                 run_id,
-            } => Self::envelope(
-                StatusCode::NOT_FOUND,
-                "PipelineRunNotFound",
-                format!("Pipeline run with id {run_id} not found for pipeline {pipeline_id}"),
-            ),
+            } => run_not_found(&pipeline_id, &run_id),
             GetRunError::Backend(err) => err.into(),
             other => unmapped(&other),
         }

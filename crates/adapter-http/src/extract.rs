@@ -6,7 +6,7 @@ use axum::{
     extract::{FromRequest, FromRequestParts, Path, Query, Request, rejection::JsonRejection},
     http::{StatusCode, header, request::Parts},
 };
-use domain::{InvalidRunQuery, PipelineId, RequestContext, RunId, RunQuery, RunStatus};
+use domain::{InvalidRunQuery, PipelineId, RequestContext, RunConf, RunId, RunQuery, RunStatus};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -64,8 +64,9 @@ fn bearer_token(parts: &Parts) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// The `pipeline_id` of a JSON body `{"pipeline_id": "..."}`, normalized.
-/// Any other field, `customer_id` included, is ignored.
+/// The `pipeline_id` of a JSON body `{"pipeline_id": "..."}`, normalized:
+/// the body of pause and unpause. Any other field, `customer_id`
+/// included, is ignored.
 #[derive(Debug)]
 pub(crate) struct PipelineIdBody(pub(crate) PipelineId);
 
@@ -73,22 +74,103 @@ impl<S: Send + Sync> FromRequest<S> for PipelineIdBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let Json(body) = Json::<Value>::from_request(req, state)
+        let mut fields = json_object(req, state).await?;
+        pipeline_id(&mut fields).map(Self)
+    }
+}
+
+/// The body of execute: `{"pipeline_id": "...", "conf": {...}}`, the id
+/// normalized and the run parameters checked (absent or null: none). Any
+/// other field, `customer_id` included, is ignored.
+#[derive(Debug)]
+pub(crate) struct ExecuteBody {
+    pub(crate) pipeline_id: PipelineId,
+    pub(crate) conf: RunConf,
+}
+
+impl<S: Send + Sync> FromRequest<S> for ExecuteBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let mut fields = json_object(req, state).await?;
+        // The id first: a body without one answers as it always has.
+        let pipeline_id = pipeline_id(&mut fields)?;
+        let conf = RunConf::parse(fields.remove("conf").unwrap_or(Value::Null))
+            .map_err(ApiError::invalid_conf)?;
+        Ok(Self { pipeline_id, conf })
+    }
+}
+
+/// The body of a route that takes none: nothing, `null`, or a JSON object
+/// whose fields are ignored (`{}`).
+#[derive(Debug)]
+pub(crate) struct NoBody;
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|media| {
+                let media = media.trim();
+                media.eq_ignore_ascii_case("application/json") || media.ends_with("+json")
+            });
+        let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(json_rejection)?;
-        let Value::Object(mut fields) = body else {
-            return Err(ApiError::invalid_body(
-                "The request body must be a JSON object",
-            ));
-        };
-        match fields.remove("pipeline_id") {
-            None | Some(Value::Null) => Err(ApiError::pipeline_id_required()),
-            Some(Value::String(raw)) if raw.is_empty() => Err(ApiError::pipeline_id_required()),
-            Some(Value::String(raw)) => PipelineId::parse(&raw)
-                .map(Self)
-                .map_err(|_| ApiError::invalid_pipeline_id()),
-            Some(_) => Err(ApiError::invalid_body("pipeline_id must be a string")),
+            .map_err(|err| {
+                if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::payload_too_large(BODY_LIMIT)
+                } else {
+                    ApiError::invalid_body("The request body could not be read")
+                }
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self);
         }
+        if !json {
+            return Err(ApiError::unsupported_media_type());
+        }
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(_) | Value::Null) => Ok(Self),
+            Ok(_) => Err(ApiError::invalid_body(
+                "The request body must be a JSON object",
+            )),
+            Err(err) => Err(ApiError::invalid_body(format!(
+                "The request body is not valid JSON: {err}"
+            ))),
+        }
+    }
+}
+
+/// A JSON object body, or the contract's answer to anything else.
+async fn json_object<S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let Json(body) = Json::<Value>::from_request(req, state)
+        .await
+        .map_err(json_rejection)?;
+    match body {
+        Value::Object(fields) => Ok(fields),
+        _ => Err(ApiError::invalid_body(
+            "The request body must be a JSON object",
+        )),
+    }
+}
+
+/// The body's `pipeline_id`, normalized.
+fn pipeline_id(fields: &mut serde_json::Map<String, Value>) -> Result<PipelineId, ApiError> {
+    match fields.remove("pipeline_id") {
+        None | Some(Value::Null) => Err(ApiError::pipeline_id_required()),
+        Some(Value::String(raw)) if raw.is_empty() => Err(ApiError::pipeline_id_required()),
+        Some(Value::String(raw)) => {
+            PipelineId::parse(&raw).map_err(|_| ApiError::invalid_pipeline_id())
+        }
+        Some(_) => Err(ApiError::invalid_body("pipeline_id must be a string")),
     }
 }
 
@@ -214,4 +296,40 @@ fn limit_error() -> ApiError {
         "limit must be an integer between 1 and {}",
         RunQuery::MAX_LIMIT
     ))
+}
+
+/// The `wait_seconds` of a run read: how long the answer may wait for the
+/// run to finish, 0 (the default: answer at once) to 60.
+#[derive(Debug)]
+pub(crate) struct WaitQuery(pub(crate) std::time::Duration);
+
+/// The longest wait a run read may ask for, in seconds.
+pub(crate) const MAX_WAIT_SECONDS: u64 = 60;
+
+#[derive(Debug, Deserialize)]
+struct RawWaitQuery {
+    wait_seconds: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WaitQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(raw) = Query::<RawWaitQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::invalid_query("The query string could not be decoded"))?;
+        let seconds = match raw.wait_seconds {
+            None => 0,
+            Some(text) => text
+                .parse::<u64>()
+                .ok()
+                .filter(|seconds| *seconds <= MAX_WAIT_SECONDS)
+                .ok_or_else(|| {
+                    ApiError::invalid_query(format!(
+                        "wait_seconds must be an integer between 0 and {MAX_WAIT_SECONDS}"
+                    ))
+                })?,
+        };
+        Ok(Self(std::time::Duration::from_secs(seconds)))
+    }
 }

@@ -5,9 +5,9 @@ use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use domain::{
-    BackendError, BackendErrorKind, ExecuteError, GetPipelineError, GetRunError, ListRunsError,
-    Orchestrator, Pipeline, PipelineId, PipelineRepository, PipelineSummary, RequestContext, Run,
-    RunId, RunPage, RunQuery, SetPausedError, TriggerRequest,
+    BackendError, BackendErrorKind, CancelRunError, ExecuteError, GetPipelineError, GetRunError,
+    ListRunsError, Orchestrator, Pipeline, PipelineId, PipelineRepository, PipelineSummary,
+    RequestContext, Run, RunId, RunPage, RunQuery, SetPausedError, TriggerRequest,
 };
 
 use crate::Metrics;
@@ -96,6 +96,7 @@ impl<T> Outcome for Result<T, ExecuteError> {
             Err(ExecuteError::NotFound(_)) => "not_found",
             Err(ExecuteError::Paused(_)) => "paused",
             Err(ExecuteError::QueueFull { .. }) => "queue_full",
+            Err(ExecuteError::ConfRefused { .. }) => "conf_refused",
             Err(ExecuteError::Backend(err)) => backend_outcome(err),
             Err(_) => "other",
         }
@@ -108,6 +109,19 @@ impl<T> Outcome for Result<T, ListRunsError> {
             Ok(_) => "ok",
             Err(ListRunsError::NotFound(_)) => "not_found",
             Err(ListRunsError::Backend(err)) => backend_outcome(err),
+            Err(_) => "other",
+        }
+    }
+}
+
+impl<T> Outcome for Result<T, CancelRunError> {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Ok(_) => "ok",
+            Err(CancelRunError::PipelineNotFound(_)) => "not_found",
+            Err(CancelRunError::RunNotFound { .. }) => "run_not_found",
+            Err(CancelRunError::AlreadyFinished { .. }) => "already_finished",
+            Err(CancelRunError::Backend(err)) => backend_outcome(err),
             Err(_) => "other",
         }
     }
@@ -193,6 +207,16 @@ impl Orchestrator for Instrumented<dyn Orchestrator> {
         run_id: &RunId,
     ) -> Result<Run, GetRunError> {
         self.measure("get_run", self.inner.get_run(ctx, id, run_id))
+            .await
+    }
+
+    async fn cancel_run(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        run_id: &RunId,
+    ) -> Result<Run, CancelRunError> {
+        self.measure("cancel_run", self.inner.cancel_run(ctx, id, run_id))
             .await
     }
 

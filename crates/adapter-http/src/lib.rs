@@ -6,14 +6,7 @@
 //! [`router`] builds the whole API over an [`AppState`]; tests call it in
 //! process, and the `maestro` binary serves it.
 
-use std::{
-    any::Any,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{any::Any, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -23,6 +16,7 @@ use axum::{
     routing::{get, post},
 };
 use domain::{AuthContext, Clock, Idempotency, PipelineService};
+use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::{
     Modify, OpenApi,
@@ -45,6 +39,7 @@ mod observe;
 pub mod ratelimit;
 mod readiness;
 mod routes;
+pub mod wait;
 
 pub use edge::{DEFAULT_BODY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, RequestDeadline};
 pub use metrics::{ConnectionClose, Metrics, OpenConnection};
@@ -64,12 +59,15 @@ struct Inner {
     auth: Arc<dyn AuthContext>,
     metrics: Metrics,
     backend: &'static str,
-    draining: AtomicBool,
+    /// `true` once the service drains; shared by every copy of the state,
+    /// so that waiting requests end when it turns.
+    draining: Arc<watch::Sender<bool>>,
     rate_limiter: Option<ratelimit::RateLimiter>,
     idempotency: Idempotency,
     readiness: Arc<Readiness>,
     request_timeout: Duration,
     body_timeout: Duration,
+    waits: Arc<wait::Waits>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -106,11 +104,12 @@ impl AppState {
                 auth,
                 metrics,
                 backend,
-                draining: AtomicBool::new(false),
+                draining: Arc::new(watch::channel(false).0),
                 rate_limiter: None,
                 idempotency,
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 body_timeout: DEFAULT_BODY_TIMEOUT,
+                waits: wait::Waits::new(wait::DEFAULT_WAITS_PER_CUSTOMER),
             }),
         }
     }
@@ -123,12 +122,13 @@ impl AppState {
             auth: inner.auth.clone(),
             metrics: inner.metrics.clone(),
             backend: inner.backend,
-            draining: AtomicBool::new(self.is_draining()),
+            draining: Arc::clone(&inner.draining),
             rate_limiter: inner.rate_limiter.clone(),
             idempotency: inner.idempotency.clone(),
             readiness: inner.readiness.clone(),
             request_timeout: inner.request_timeout,
             body_timeout: inner.body_timeout,
+            waits: Arc::clone(&inner.waits),
         };
         change(&mut copy);
         Self {
@@ -170,15 +170,37 @@ impl AppState {
         self.with(|inner| inner.body_timeout = timeout)
     }
 
+    /// The same state, letting each customer hold at most `limit`
+    /// requests waiting on runs (`?wait_seconds=N`) at once; more are
+    /// answered 429 `TooManyWaits`. Default
+    /// [`wait::DEFAULT_WAITS_PER_CUSTOMER`].
+    #[must_use]
+    pub fn with_waits_per_customer(self, limit: usize) -> Self {
+        self.with(|inner| inner.waits = wait::Waits::new(limit))
+    }
+
     /// Marks the service as shutting down: `/ready` answers 503 from now on,
     /// so that load balancers stop sending requests while in-flight ones
-    /// finish.
+    /// finish, and every request waiting on a run is answered at once with
+    /// the run as it is.
     pub fn start_draining(&self) {
-        self.inner.draining.store(true, Ordering::Relaxed);
+        self.inner.draining.send_replace(true);
     }
 
     pub(crate) fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::Relaxed)
+        *self.inner.draining.borrow()
+    }
+
+    /// Resolves once the service starts draining.
+    pub(crate) async fn drained(&self) {
+        let mut draining = self.inner.draining.subscribe();
+        // The sender lives as long as the state: the wait ends only when
+        // draining starts.
+        let _ = draining.wait_for(|draining| *draining).await;
+    }
+
+    pub(crate) fn waits(&self) -> &Arc<wait::Waits> {
+        &self.inner.waits
     }
 
     pub(crate) fn service(&self) -> &PipelineService {
@@ -239,6 +261,7 @@ impl AppState {
         routes::list_pipelines,
         routes::list_runs,
         routes::get_run,
+        routes::cancel_run,
         routes::health,
         routes::ready,
         routes::metrics,
@@ -336,6 +359,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/platform/pipeline/{pipeline_id}/pipeline_run/{run_id}",
             get(routes::get_run),
+        )
+        .route(
+            "/platform/pipeline/{pipeline_id}/pipeline_run/{run_id}/cancel",
+            post(routes::cancel_run),
         )
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))

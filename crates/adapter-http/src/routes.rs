@@ -12,11 +12,16 @@ use domain::{ExecuteError, Run, TriggerRequest};
 use crate::{
     AppState,
     dto::{
-        ActionResponse, ExecuteResponse, IdempotencyKeyParam, PipelineIdParam, PipelineIdRequest,
-        PipelineResponse, PipelineSummaryBody, RunBody, RunIdParam, RunsQueryParams, StatusBody,
+        ActionResponse, CancelResponse, EmptyObject, ExecuteRequest, ExecuteResponse,
+        IdempotencyKeyParam, PipelineIdParam, PipelineIdRequest, PipelineResponse,
+        PipelineSummaryBody, RunBody, RunIdParam, RunsQueryParams, StatusBody, WaitQueryParams,
     },
+    edge::RequestDeadline,
     error::{ApiError, ErrorBody, ErrorEnvelope},
-    extract::{Authenticated, PipelineIdBody, PipelinePath, RunPath, RunsQuery},
+    extract::{
+        Authenticated, ExecuteBody, NoBody, PipelineIdBody, PipelinePath, RunPath, RunsQuery,
+        WaitQuery,
+    },
     idempotency::{self, IdempotencyKeyHeader},
     readiness::Report,
 };
@@ -104,12 +109,12 @@ pub(crate) enum BodyFailures {
     post,
     path = "/platform/pipeline/execute",
     tag = "pipelines",
-    request_body = PipelineIdRequest,
+    request_body = ExecuteRequest,
     params(IdempotencyKeyParam),
     responses(
         (status = 200, description = "The run was triggered (or, with `Idempotent-Replayed: true`, the first answer to this key)", body = ExecuteResponse,
             headers(("Idempotent-Replayed" = String, description = "`true` on an answer given again"))),
-        (status = 400, description = "`PipelinePaused` (`Cannot execute paused pipeline. Use /pipeline/unpause first.`), `InvalidPipelineId`, `InvalidRequestBody`, `InvalidIdempotencyKey`, or `{\"detail\": \"pipeline_id is required\"}`", body = ErrorBody,
+        (status = 400, description = "`PipelinePaused` (`Cannot execute paused pipeline. Use /pipeline/unpause first.`), `InvalidConf` (the `conf` is not usable, or the pipeline refused it, naming the parameter), `InvalidPipelineId`, `InvalidRequestBody`, `InvalidIdempotencyKey`, or `{\"detail\": \"pipeline_id is required\"}`", body = ErrorBody,
             headers(("Idempotent-Replayed" = String, description = "`true` on a `PipelinePaused` given again"))),
         (status = 404, description = "`PipelineNotFound`", body = ErrorEnvelope,
             headers(("Idempotent-Replayed" = String, description = "`true` on an answer given again"))),
@@ -128,10 +133,10 @@ pub(crate) async fn execute(
     State(state): State<AppState>,
     Authenticated(ctx): Authenticated,
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
-    PipelineIdBody(id): PipelineIdBody,
+    ExecuteBody { pipeline_id, conf }: ExecuteBody,
 ) -> Result<Response, ApiError> {
-    tracing::Span::current().record("pipeline_id", id.as_str());
-    let request = TriggerRequest::new(id);
+    tracing::Span::current().record("pipeline_id", pipeline_id.as_str());
+    let request = TriggerRequest::new(pipeline_id).with_conf(conf);
     if let Some(key) = key {
         return Ok(idempotency::execute_once(&state, ctx, key, request).await);
     }
@@ -282,16 +287,26 @@ pub(crate) async fn list_runs(
 
 /// One run of one of the caller's pipelines. The run id holds `:` and `+`:
 /// percent-encode it.
+///
+/// With `wait_seconds=N` (1 to 60), the answer waits until the run has
+/// finished or N seconds have passed, whichever comes first, and gives the
+/// run as it is then. Waiting costs the backend nothing per request: the
+/// service hears of run changes once for all who wait. Each customer may
+/// have 100 requests waiting at once (`MAESTRO_MAX_WAITS_PER_CUSTOMER`);
+/// past that, 429 `TooManyWaits`. On shutdown, waiting requests are
+/// answered at once with the run as it is.
 #[utoipa::path(
     get,
     path = "/platform/pipeline/{pipeline_id}/pipeline_run/{run_id}",
     tag = "runs",
-    params(PipelineIdParam, RunIdParam),
+    params(PipelineIdParam, RunIdParam, WaitQueryParams),
     responses(
-        (status = 200, description = "The run", body = RunBody),
-        (status = 400, description = "`InvalidPipelineId`, `InvalidRunId`, or `InvalidPath` when the path does not decode", body = ErrorEnvelope),
+        (status = 200, description = "The run: finished, or as it is when the wait ended", body = RunBody),
+        (status = 400, description = "`InvalidPipelineId`, `InvalidRunId`, `InvalidQueryParameter` (`wait_seconds`), or `InvalidPath` when the path does not decode", body = ErrorEnvelope),
         (status = 404, description = "`PipelineNotFound` or `PipelineRunNotFound`", body = ErrorEnvelope),
         PlatformFailures,
+        (status = 429, description = "`TooManyWaits`: the customer has as many requests waiting on runs as allowed; or `RateLimited`, where a rate limit is configured", body = ErrorEnvelope,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
     security(("bearer" = []))
 )]
@@ -299,9 +314,59 @@ pub(crate) async fn get_run(
     State(state): State<AppState>,
     Authenticated(ctx): Authenticated,
     RunPath(id, run_id): RunPath,
+    WaitQuery(wait): WaitQuery,
+    deadline: RequestDeadline,
 ) -> Result<Json<RunBody>, ApiError> {
-    let run = state.service().get_run(&ctx, &id, &run_id).await?;
+    if wait.is_zero() {
+        let run = state.service().get_run(&ctx, &id, &run_id).await?;
+        return Ok(Json(run.into()));
+    }
+    let waits = state.waits();
+    let _waiting = waits
+        .enter(ctx.customer())
+        .ok_or_else(|| ApiError::too_many_waits(waits.limit()))?;
+    // The answer may take the wait on top of the per-request timeout.
+    deadline.extend(wait);
+    let until = async {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = state.drained() => {}
+        }
+    };
+    let run = state
+        .service()
+        .wait_for_run(&ctx, &id, &run_id, until)
+        .await?;
     Ok(Json(run.into()))
+}
+
+/// Cancel a run that has not finished: a queued run never starts, a
+/// running one is stopped; either ends `FAILED` with the trace `Cancelled
+/// through the API`, and the pipeline's next queued run starts. A paused
+/// pipeline's runs can be cancelled. No body, or `{}`.
+#[utoipa::path(
+    post,
+    path = "/platform/pipeline/{pipeline_id}/pipeline_run/{run_id}/cancel",
+    tag = "runs",
+    params(PipelineIdParam, RunIdParam),
+    request_body(content = Option<EmptyObject>, description = "None, or `{}` (its fields are ignored)"),
+    responses(
+        (status = 200, description = "The run is cancelled", body = CancelResponse),
+        (status = 400, description = "`PipelineRunAlreadyFinished` (`Pipeline run <run_id> already finished with status <STATUS>`), `InvalidPipelineId`, `InvalidRunId`, `InvalidRequestBody`, or `InvalidPath` when the path does not decode", body = ErrorEnvelope),
+        (status = 404, description = "`PipelineNotFound` or `PipelineRunNotFound`", body = ErrorEnvelope),
+        PlatformFailures,
+        BodyFailures,
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn cancel_run(
+    State(state): State<AppState>,
+    Authenticated(ctx): Authenticated,
+    RunPath(id, run_id): RunPath,
+    NoBody: NoBody,
+) -> Result<Json<CancelResponse>, ApiError> {
+    let run = state.service().cancel_run(&ctx, &id, &run_id).await?;
+    Ok(Json(CancelResponse::new(&run)))
 }
 
 /// Liveness: the process serves requests.

@@ -1,19 +1,21 @@
 //! [`MemoryBackend`]: the ports over a fixed set of pipelines, each behind
-//! its own lock.
+//! its own lock, with a change signal that wakes the waiters of its runs.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::TimeDelta;
 use domain::{
-    BackendError, Clock, CustomerId, ExecuteError, GetPipelineError, GetRunError, ListRunsError,
-    Orchestrator, Pipeline, PipelineId, PipelineRepository, PipelineSummary, RequestContext, Run,
-    RunId, RunPage, RunQuery, SetPausedError, TriggerRequest,
+    BackendError, CancelRunError, Clock, CustomerId, ExecuteError, GetPipelineError, GetRunError,
+    ListRunsError, Orchestrator, Pipeline, PipelineId, PipelineRepository, PipelineSummary,
+    RequestContext, Run, RunId, RunPage, RunQuery, RunWatch, SetPausedError, TriggerRequest,
 };
 use runtime::TokioClock;
+use tokio::sync::watch;
 
 use crate::state::{Limits, PipelineState};
 use crate::{FixtureError, MemoryConfig, demo_pipelines, load_fixture};
@@ -25,6 +27,9 @@ use crate::{FixtureError, MemoryConfig, demo_pipelines, load_fixture};
 /// Every operation is scoped to the caller's customer; another customer's
 /// pipeline is exactly as not found as a missing one. The set of pipelines
 /// is fixed at construction; their state (paused or not, runs) changes.
+///
+/// It is its own [`RunWatch`]: a waiter is woken by the change it waits
+/// for, with no polling (see its [`RunWatch`] implementation).
 #[derive(Clone)]
 pub struct MemoryBackend {
     inner: Arc<Inner>,
@@ -41,7 +46,7 @@ struct Inner {
 }
 
 /// One pipeline: its owner, readable without the lock since it never
-/// changes, and its state.
+/// changes, its state, and the signal of changes to it.
 ///
 /// A std [`Mutex`] rather than tokio's: the state is only ever touched in
 /// short, synchronous sections (no `.await` while it is held, there being no
@@ -53,6 +58,26 @@ struct Inner {
 struct Slot {
     customer: CustomerId,
     state: Mutex<PipelineState>,
+    /// Bumped after every change made to the state (trigger, pause,
+    /// unpause, cancel); waiters subscribe under the state's lock, so none
+    /// misses a change made after it looked. The changes the simulation
+    /// makes by itself need no signal: each waiter knows when the next one
+    /// is due. A tokio `watch` rather than a `Notify`: a receiver is
+    /// counted, so that [`MemoryBackend::waiters`] can tell that none is
+    /// left behind.
+    changes: watch::Sender<()>,
+}
+
+impl Slot {
+    /// Locks the pipeline's state.
+    fn lock(&self) -> MutexGuard<'_, PipelineState> {
+        lock(&self.state)
+    }
+
+    /// Wakes the pipeline's waiters: its state changed.
+    fn changed(&self) {
+        self.changes.send_replace(());
+    }
 }
 
 impl MemoryBackend {
@@ -82,7 +107,15 @@ impl MemoryBackend {
                 .or_default()
                 .push(id.clone());
             let state = Mutex::new(PipelineState::new(pipeline, limits));
-            by_id.insert(id, Slot { customer, state });
+            let changes = watch::Sender::new(());
+            by_id.insert(
+                id,
+                Slot {
+                    customer,
+                    state,
+                    changes,
+                },
+            );
         }
         Self {
             inner: Arc::new(Inner {
@@ -123,6 +156,25 @@ impl MemoryBackend {
         &self.inner.config
     }
 
+    /// How many waiters ([`RunWatch::changed`]) wait now, on every
+    /// pipeline: none is left behind once its wait is over or dropped.
+    pub fn waiters(&self) -> usize {
+        self.inner
+            .pipelines
+            .values()
+            .map(|slot| slot.changes.receiver_count())
+            .sum()
+    }
+
+    /// The caller's pipeline with this id; `None` when it is missing or
+    /// another customer's.
+    fn slot(&self, ctx: &RequestContext, id: &PipelineId) -> Option<&Slot> {
+        self.inner
+            .pipelines
+            .get(id)
+            .filter(|slot| slot.customer == *ctx.customer())
+    }
+
     /// The caller's pipeline with this id, locked; `None` when it is missing
     /// or another customer's.
     fn visible(
@@ -130,12 +182,7 @@ impl MemoryBackend {
         ctx: &RequestContext,
         id: &PipelineId,
     ) -> Option<MutexGuard<'_, PipelineState>> {
-        let slot = self
-            .inner
-            .pipelines
-            .get(id)
-            .filter(|slot| slot.customer == *ctx.customer())?;
-        Some(lock(&slot.state))
+        self.slot(ctx, id).map(Slot::lock)
     }
 }
 
@@ -179,7 +226,7 @@ impl PipelineRepository for MemoryBackend {
             .iter()
             .filter_map(|id| self.inner.pipelines.get(id))
             .map(|slot| {
-                let mut state = lock(&slot.state);
+                let mut state = slot.lock();
                 let last_status = state.last_status(self.clock.now());
                 PipelineSummary::new(state.pipeline().clone(), last_status)
             })
@@ -193,10 +240,14 @@ impl PipelineRepository for MemoryBackend {
         id: &PipelineId,
         paused: bool,
     ) -> Result<(), SetPausedError> {
-        let mut state = self
-            .visible(ctx, id)
+        let slot = self
+            .slot(ctx, id)
             .ok_or_else(|| SetPausedError::NotFound(id.clone()))?;
-        state.set_paused(paused, self.clock.now())
+        let mut state = slot.lock();
+        state.set_paused(paused, self.clock.now())?;
+        drop(state);
+        slot.changed();
+        Ok(())
     }
 }
 
@@ -212,10 +263,14 @@ impl Orchestrator for MemoryBackend {
         // An idempotency key needs nothing here: a trigger either answers or
         // fails before it made a run, so a retry has no lost run to find.
         let id = request.pipeline_id();
-        let mut state = self
-            .visible(ctx, id)
+        let slot = self
+            .slot(ctx, id)
             .ok_or_else(|| ExecuteError::NotFound(id.clone()))?;
-        state.trigger(self.clock.now())
+        let mut state = slot.lock();
+        let run = state.trigger(request.conf(), self.clock.now())?;
+        drop(state);
+        slot.changed();
+        Ok(run)
     }
 
     async fn list_runs(
@@ -244,7 +299,85 @@ impl Orchestrator for MemoryBackend {
             .ok_or_else(|| GetRunError::run_not_found(id, run_id))
     }
 
+    async fn cancel_run(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        run_id: &RunId,
+    ) -> Result<Run, CancelRunError> {
+        let slot = self
+            .slot(ctx, id)
+            .ok_or_else(|| CancelRunError::PipelineNotFound(id.clone()))?;
+        let mut state = slot.lock();
+        let run = state.cancel(run_id, self.clock.now())?;
+        drop(state);
+        slot.changed();
+        Ok(run)
+    }
+
     async fn health(&self) -> Result<(), BackendError> {
         Ok(())
     }
+}
+
+/// Waits are woken by the change itself: by the pipeline's change signal
+/// when a trigger, pause, unpause or cancel changes its state, and by a
+/// timer set to the next instant the simulation changes the run by itself
+/// (the end of a running run, the start of a queued one behind a run whose
+/// end is known, or the instant a finished run is forgotten). Nothing is
+/// polled. A waiter costs a signal receiver and a timer, and leaves nothing
+/// behind when its wait is over or dropped.
+///
+/// The timer runs on tokio's time, which the default clock ([`TokioClock`])
+/// follows, so that under paused time a waiter wakes exactly at the
+/// transition. With a clock that does not follow tokio's time (a
+/// [`domain::ManualClock`]) changes made through the backend still wake
+/// waiters at once, and a waiter re-reads the run whenever its timer fires.
+#[async_trait]
+impl RunWatch for MemoryBackend {
+    async fn changed(&self, ctx: &RequestContext, seen: &Run) -> Result<Run, GetRunError> {
+        let id = &seen.pipeline_id;
+        let slot = self
+            .slot(ctx, id)
+            .ok_or_else(|| GetRunError::PipelineNotFound(id.clone()))?;
+        loop {
+            let (mut changes, next_change) = {
+                let mut state = slot.lock();
+                let now = self.clock.now();
+                let watched = state
+                    .watch(&seen.id, now)
+                    .ok_or_else(|| GetRunError::run_not_found(id, &seen.id))?;
+                if differs(&watched.run, seen) {
+                    return Ok(watched.run);
+                }
+                // Subscribed under the lock: every change after this read is
+                // one this receiver has not seen yet.
+                let changes = slot.changes.subscribe();
+                let next_change = watched
+                    .next_change
+                    .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO));
+                (changes, next_change)
+            };
+            // The lock is released: the wait holds nothing but the receiver
+            // and the timer.
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = sleep_for(next_change) => {}
+            }
+        }
+    }
+}
+
+/// Sleeps for `duration`, or for ever when there is none.
+async fn sleep_for(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether the run read differs from the one seen: another status, or a
+/// later `updated_at`.
+fn differs(run: &Run, seen: &Run) -> bool {
+    run.status != seen.status || run.updated_at > seen.updated_at
 }

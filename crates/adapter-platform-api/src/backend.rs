@@ -5,11 +5,12 @@ use std::{fmt, sync::Arc};
 
 use async_trait::async_trait;
 use domain::{
-    BackendError, Clock, ExecuteError, GetPipelineError, GetRunError, ListRunsError, Orchestrator,
-    Pipeline, PipelineId, PipelineRepository, PipelineSummary, RequestContext, Run, RunId, RunPage,
-    RunQuery, SetPausedError, TriggerRequest,
+    BackendError, CancelRunError, Clock, ExecuteError, GetPipelineError, GetRunError,
+    ListRunsError, Orchestrator, Pipeline, PipelineId, PipelineRepository, PipelineSummary,
+    RequestContext, Run, RunId, RunPage, RunQuery, SetPausedError, TriggerRequest,
 };
 use runtime::TokioClock;
+use serde_json::Value;
 use serde_json::json;
 
 use crate::client::{Answer, Client, Request, Success, path_segment};
@@ -68,9 +69,22 @@ impl PlatformApiBackend {
         }
     }
 
-    /// The body of the three writes: the normalized id and the customer.
-    fn write_body(ctx: &RequestContext, id: &PipelineId) -> serde_json::Value {
+    /// The body of pause and unpause: the normalized id and the customer.
+    fn write_body(ctx: &RequestContext, id: &PipelineId) -> Value {
         json!({"pipeline_id": id.as_str(), "customer_id": ctx.customer().as_str()})
+    }
+
+    /// The body of execute: pause's, and the run's parameters (`{}` when
+    /// none), so that the upstream always gets the one shape.
+    fn execute_body(ctx: &RequestContext, trigger: &TriggerRequest) -> Value {
+        let mut body = Self::write_body(ctx, trigger.pipeline_id());
+        body["conf"] = Value::Object(trigger.conf().as_map().clone());
+        body
+    }
+
+    /// The body of cancel: the ids are in the path, so only the customer.
+    fn cancel_body(ctx: &RequestContext) -> Value {
+        json!({"customer_id": ctx.customer().as_str()})
     }
 
     /// Reads a success's `data` with `read`, or says why it is malformed.
@@ -170,8 +184,10 @@ impl PipelineRepository for PlatformApiBackend {
 
 #[async_trait]
 impl Orchestrator for PlatformApiBackend {
-    /// Posts the pipeline and the customer to the execute route, as the
-    /// upstream contract has it.
+    /// Posts the pipeline, the customer and the run's parameters to the
+    /// execute route, as the upstream contract has it. The run answered
+    /// carries the parameters the upstream says it recorded, not the ones
+    /// sent: an upstream that ignores them shows none.
     ///
     /// The contract carries neither the idempotency key nor a way to find
     /// the run a failed attempt may have made (no query by key or mark), so
@@ -195,15 +211,38 @@ impl Orchestrator for PlatformApiBackend {
         let request = Request::write(
             "/pipeline/execute".to_owned(),
             ctx,
-            Self::write_body(ctx, id),
+            Self::execute_body(ctx, trigger),
         );
         match self.client.call(&request).await? {
             Answer::Success(success) => {
                 let received_at = self.client.now();
-                Ok(self.data(&request, success, |data| wire::triggered(data, received_at))?)
+                let triggered =
+                    self.data(&request, success, |data| wire::triggered(data, received_at))?;
+                if !triggered.conf_answered && !trigger.conf().is_empty() {
+                    tracing::warn!(
+                        pipeline_id = %id,
+                        run_id = %triggered.run.id,
+                        "the Platform-API upstream did not say which run parameters it recorded; the run shows none"
+                    );
+                }
+                Ok(triggered.run)
             }
             Answer::Refused(refusal) => match Refused::parse(&refusal.exception_type) {
                 Some(Refused::NotFound) => Err(ExecuteError::NotFound(id.clone())),
+                Some(Refused::InvalidConf) => {
+                    let refused = wire::conf_refusal(&refusal.data, |text| self.client.scrub(text));
+                    tracing::info!(
+                        pipeline_id = %id,
+                        parameter = refused.parameter.as_deref(),
+                        reason = %refused.reason,
+                        "the Platform-API upstream refused the run parameters"
+                    );
+                    Err(ExecuteError::ConfRefused {
+                        pipeline_id: id.clone(),
+                        parameter: refused.parameter,
+                        reason: refused.reason,
+                    })
+                }
                 Some(Refused::Paused) => Err(ExecuteError::Paused(id.clone())),
                 Some(Refused::QueueFull) => Err(ExecuteError::QueueFull {
                     pipeline_id: id.clone(),
@@ -271,6 +310,45 @@ impl Orchestrator for PlatformApiBackend {
             Answer::Refused(refusal) => match Refused::parse(&refusal.exception_type) {
                 Some(Refused::NotFound) => Err(GetRunError::PipelineNotFound(id.clone())),
                 Some(Refused::RunNotFound) => Err(GetRunError::run_not_found(id, run_id)),
+                _ => Err(self.client.unexpected_refusal(&request, &refusal).into()),
+            },
+        }
+    }
+
+    /// Posts the cancel of one run. Like every write it is sent once; a
+    /// run id that is a dot segment is answered as [`Self::get_run`]
+    /// answers it, since no run has such an id.
+    async fn cancel_run(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        run_id: &RunId,
+    ) -> Result<Run, CancelRunError> {
+        let Some(segment) = path_segment(run_id.as_str()) else {
+            return match self.visible_pipeline(ctx, id).await? {
+                Some(_) => Err(CancelRunError::run_not_found(id, run_id)),
+                None => Err(CancelRunError::PipelineNotFound(id.clone())),
+            };
+        };
+        let request = Request::write(
+            format!("/pipeline/{id}/pipeline_run/{segment}/cancel"),
+            ctx,
+            Self::cancel_body(ctx),
+        );
+        match self.client.call(&request).await? {
+            Answer::Success(success) => Ok(self.data(&request, success, wire::cancelled)?),
+            Answer::Refused(refusal) => match Refused::parse(&refusal.exception_type) {
+                Some(Refused::NotFound) => Err(CancelRunError::PipelineNotFound(id.clone())),
+                Some(Refused::RunNotFound) => Err(CancelRunError::run_not_found(id, run_id)),
+                Some(Refused::RunAlreadyFinished) => {
+                    let status = wire::finished_status(&refusal.data)
+                        .map_err(|why| self.client.malformed(&request, &why))?;
+                    Err(CancelRunError::AlreadyFinished {
+                        pipeline_id: id.clone(),
+                        run_id: run_id.clone(),
+                        status,
+                    })
+                }
                 _ => Err(self.client.unexpected_refusal(&request, &refusal).into()),
             },
         }

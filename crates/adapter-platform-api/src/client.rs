@@ -573,8 +573,9 @@ impl Client {
         )
     }
 
-    /// `text` with every form of the token replaced.
-    fn scrub(&self, text: &str) -> String {
+    /// `text` with every form of the token replaced: for upstream text that
+    /// reaches a log or, bounded, the caller.
+    pub(crate) fn scrub(&self, text: &str) -> String {
         self.redactions
             .iter()
             .fold(text.to_owned(), |text, secret| {

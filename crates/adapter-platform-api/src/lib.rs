@@ -6,8 +6,13 @@
 //! customer id added, a bearer service token, the request id passed on, and
 //! the same `{"status", "data"}` and `{"detail": {...}}` envelopes back.
 //!
+//! Execute forwards the run's parameters (`conf`, `{}` when none), and runs
+//! read back the parameters the upstream recorded (none when an older
+//! upstream leaves `conf` out). Cancel posts to the run's own route.
+//!
 //! Upstream refusals keep their meaning (`PipelineNotFound` stays not-found,
-//! and so on); anything else the upstream does becomes a
+//! `InvalidConf` names the refused parameter with a bounded reason, and so
+//! on); anything else the upstream does becomes a
 //! [`domain::BackendError`] of the right kind, whose context is for the log
 //! and never holds the service token. Reads are retried on connection
 //! failures and 502/503; writes never are. Every call, retries included, is
@@ -15,8 +20,9 @@
 //!
 //! A run id is percent-encoded into its path segment. The ids `.` and `..`
 //! never go into a path, since URL normalisation would turn them into
-//! another route: the backend reads the pipeline instead, and answers that
-//! the run is not found (or that the pipeline is not). Any other path that
+//! another route: for a read or a cancel of such a run, the backend reads
+//! the pipeline instead, and answers that the run is not found (or that the
+//! pipeline is not). Any other path that
 //! the URL library would rewrite is refused before it is sent.
 //!
 //! "Now" is read from a [`domain::Clock`]: [`runtime::TokioClock`] unless

@@ -5,8 +5,8 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use domain::{
-    CustomerId, Pipeline, PipelineId, PipelineStatus, PipelineSummary, Run, RunId, RunStatus,
-    Timestamp,
+    CustomerId, Pipeline, PipelineId, PipelineStatus, PipelineSummary, Run, RunConf, RunId,
+    RunStatus, Timestamp,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -37,7 +37,9 @@ pub(crate) struct ErrorDetail {
     /// The human message, for the log.
     #[serde(default)]
     pub(crate) traceback: Value,
-    /// `null`, or `{"limit": n}` for `PipelineQueueFull`.
+    /// `null`, or what the refusal carries: `{"limit": n}` for
+    /// `PipelineQueueFull`, `{"parameter", "reason"}` for `InvalidConf`,
+    /// `{"status"}` for `PipelineRunAlreadyFinished`.
     #[serde(default)]
     pub(crate) data: Value,
 }
@@ -95,6 +97,10 @@ pub(crate) enum Refused {
     NotPaused,
     /// `PipelineRunNotFound`.
     RunNotFound,
+    /// `PipelineRunAlreadyFinished`.
+    RunAlreadyFinished,
+    /// `InvalidConf`.
+    InvalidConf,
 }
 
 impl Refused {
@@ -107,6 +113,8 @@ impl Refused {
             "PipelineAlreadyPaused" => Self::AlreadyPaused,
             "PipelineNotPaused" => Self::NotPaused,
             "PipelineRunNotFound" => Self::RunNotFound,
+            "PipelineRunAlreadyFinished" => Self::RunAlreadyFinished,
+            "InvalidConf" => Self::InvalidConf,
             _ => return None,
         })
     }
@@ -119,6 +127,74 @@ pub(crate) fn queue_limit(data: &Value) -> usize {
         .and_then(Value::as_u64)
         .and_then(|limit| usize::try_from(limit).ok())
         .unwrap_or(0)
+}
+
+/// The most characters of an `InvalidConf` reason that reach the caller.
+const MAX_REASON_CHARS: usize = 200;
+
+/// The most characters of a parameter name that reach the caller.
+const MAX_PARAMETER_CHARS: usize = 100;
+
+/// What the caller is told when an `InvalidConf` gives no usable reason.
+const DEFAULT_CONF_REASON: &str = "the pipeline does not accept these parameters";
+
+/// What an `InvalidConf` refusal says, fit for Maestro's caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConfRefusal {
+    /// The parameter refused, when the upstream names one.
+    pub(crate) parameter: Option<String>,
+    /// Why, in a few words.
+    pub(crate) reason: String,
+}
+
+/// The parameter and reason an `InvalidConf` carries in `data`, as the
+/// caller may see them: each first passed through `scrub` (which takes out
+/// what must never be shown), then made one line of printable text,
+/// bounded; the reason a fixed text when the upstream gives none. Nothing
+/// else of the refusal (its `traceback`, the rest of `data`) is taken.
+pub(crate) fn conf_refusal(data: &Value, scrub: impl Fn(&str) -> String) -> ConfRefusal {
+    let text = |field: &str, max_chars: usize| {
+        data.get(field)
+            .and_then(Value::as_str)
+            .map(|raw| one_line(&scrub(raw), max_chars))
+            .filter(|text| !text.is_empty())
+    };
+    ConfRefusal {
+        parameter: text("parameter", MAX_PARAMETER_CHARS),
+        reason: text("reason", MAX_REASON_CHARS).unwrap_or_else(|| DEFAULT_CONF_REASON.to_owned()),
+    }
+}
+
+/// The status a `PipelineRunAlreadyFinished` carries in `data.status`:
+/// `SUCCESS` or `FAILED`.
+pub(crate) fn finished_status(data: &Value) -> Result<RunStatus, Malformed> {
+    let raw = data
+        .get("status")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Malformed::field("data.status", "missing or not a string"))?;
+    let status = run_status("data.status", raw)?;
+    if status.is_finished() {
+        Ok(status)
+    } else {
+        Err(Malformed::field(
+            "data.status",
+            format_args!("{} is not a finished status", quote(raw)),
+        ))
+    }
+}
+
+/// `raw` as one line: control characters as spaces, runs of whitespace as
+/// one space, trimmed, and cut to `max_chars` (with `...` when cut).
+fn one_line(raw: &str, max_chars: usize) -> String {
+    let words: Vec<&str> = raw
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
+        .collect();
+    let line = words.join(" ");
+    match line.char_indices().nth(max_chars) {
+        Some((end, _)) => format!("{}...", &line[..end]),
+        None => line,
+    }
 }
 
 /// What a pipeline and a pipeline summary share.
@@ -157,6 +233,9 @@ struct WireRun {
     created_at: String,
     updated_at: String,
     trace: Option<String>,
+    /// Missing from upstreams older than the run parameters.
+    #[serde(default)]
+    conf: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +245,8 @@ struct WireTriggered {
     last_status: Option<String>,
     created_at: Option<String>,
     updated_at: Option<String>,
+    #[serde(default)]
+    conf: Option<Value>,
 }
 
 impl WirePipelineFields {
@@ -225,14 +306,40 @@ pub(crate) fn run(data: Value) -> Result<Run, Malformed> {
     );
     run.updated_at = timestamp("updated_at", &wire.updated_at)?;
     run.trace = wire.trace;
+    run.conf = conf(wire.conf)?;
     Ok(run)
 }
 
+/// The `data` of `POST /pipeline/{id}/pipeline_run/{run_id}/cancel`: the
+/// run as the cancel left it, which is `FAILED`.
+pub(crate) fn cancelled(data: Value) -> Result<Run, Malformed> {
+    let run = run(data)?;
+    if run.status == RunStatus::Failed {
+        Ok(run)
+    } else {
+        Err(Malformed::field(
+            "last_status",
+            format_args!("a cancelled run is FAILED, not {}", run.status),
+        ))
+    }
+}
+
+/// The run execute started, and whether the answer said which parameters
+/// the upstream recorded for it.
+#[derive(Debug)]
+pub(crate) struct Triggered {
+    /// The run.
+    pub(crate) run: Run,
+    /// Whether the answer carried `conf`.
+    pub(crate) conf_answered: bool,
+}
+
 /// The `data` of `POST /pipeline/execute`: the run it started. What the
-/// upstream leaves out is filled in as the contract says: `QUEUED`, and
-/// `received_at` for the times.
-pub(crate) fn triggered(data: Value, received_at: Timestamp) -> Result<Run, Malformed> {
+/// upstream leaves out is filled in as the contract says: `QUEUED`,
+/// `received_at` for the times, and no parameters.
+pub(crate) fn triggered(data: Value, received_at: Timestamp) -> Result<Triggered, Malformed> {
     let wire: WireTriggered = shape(data)?;
+    let conf_answered = wire.conf.as_ref().is_some_and(|conf| !conf.is_null());
     let created_at = wire
         .created_at
         .map(|at| timestamp("created_at", &at))
@@ -250,7 +357,18 @@ pub(crate) fn triggered(data: Value, received_at: Timestamp) -> Result<Run, Malf
     if let Some(at) = wire.updated_at {
         run.updated_at = timestamp("updated_at", &at)?;
     }
-    Ok(run)
+    run.conf = conf(wire.conf)?;
+    Ok(Triggered { run, conf_answered })
+}
+
+/// A run's `conf`: an object, taken as the upstream recorded it (without
+/// Maestro's reserved key); missing or `null` is no parameters.
+fn conf(raw: Option<Value>) -> Result<RunConf, Malformed> {
+    match raw {
+        None | Some(Value::Null) => Ok(RunConf::default()),
+        Some(Value::Object(map)) => Ok(RunConf::from_engine(map)),
+        Some(_) => Err(Malformed::field("conf", "not an object")),
+    }
 }
 
 /// A list's `data`, each item read with `read`; a bad item is named by its
@@ -396,11 +514,13 @@ mod tests {
     #[test]
     fn a_trigger_answer_with_only_the_public_fields_is_a_queued_run_received_now() {
         let now = Utc.with_ymd_and_hms(2024, 12, 18, 10, 30, 1).unwrap();
-        let run = triggered(
+        let Triggered { run, conf_answered } = triggered(
             json!({"message": "Pipeline execution triggered successfully", "pipeline_id": ID, "run_id": "manual__2024-12-18T10:30:00+00:00"}),
             now,
         )
         .unwrap();
+        assert!(!conf_answered);
+        assert!(run.conf.is_empty());
         assert_eq!(run.status, RunStatus::Queued);
         assert_eq!((run.created_at, run.updated_at), (now, now));
         assert_eq!(run.id.as_str(), "manual__2024-12-18T10:30:00+00:00");
@@ -432,10 +552,129 @@ mod tests {
             "PipelineAlreadyPaused",
             "PipelineNotPaused",
             "PipelineRunNotFound",
+            "PipelineRunAlreadyFinished",
+            "InvalidConf",
         ] {
             assert!(Refused::parse(name).is_some(), "{name}");
         }
         assert_eq!(Refused::parse("pipelinenotfound"), None);
         assert_eq!(Refused::parse("InternalError"), None);
+    }
+
+    #[test]
+    fn a_runs_conf_is_its_object_without_the_reserved_key_and_missing_or_null_is_empty() {
+        let mut json = run_json();
+        assert!(run(json.clone()).unwrap().conf.is_empty());
+        json["conf"] = Value::Null;
+        assert!(run(json.clone()).unwrap().conf.is_empty());
+        json["conf"] = json!({"date": "2024-12-18", "maestro": {"key": "k"}});
+        assert_eq!(
+            Value::Object(run(json.clone()).unwrap().conf.into_map()),
+            json!({"date": "2024-12-18"})
+        );
+        json["conf"] = json!(["date"]);
+        let why = run(json).unwrap_err().to_string();
+        assert_eq!(why, "field `conf`: not an object");
+    }
+
+    #[test]
+    fn a_trigger_answer_that_names_its_conf_says_so() {
+        let now = Utc.with_ymd_and_hms(2024, 12, 18, 10, 30, 1).unwrap();
+        let answer = |conf: Value| {
+            triggered(json!({"pipeline_id": ID, "run_id": "r", "conf": conf}), now).unwrap()
+        };
+        let echoed = answer(json!({"full_refresh": true}));
+        assert!(echoed.conf_answered);
+        assert_eq!(echoed.run.conf.as_map()["full_refresh"], json!(true));
+        assert!(answer(json!({})).conf_answered);
+        assert!(!answer(Value::Null).conf_answered);
+    }
+
+    #[test]
+    fn only_a_failed_run_is_a_cancelled_one() {
+        let mut json = run_json();
+        json["last_status"] = json!("FAILED");
+        assert_eq!(cancelled(json.clone()).unwrap().status, RunStatus::Failed);
+        json["last_status"] = json!("RUNNING");
+        let why = cancelled(json).unwrap_err().to_string();
+        assert!(why.starts_with("field `last_status`"), "{why}");
+    }
+
+    #[test]
+    fn an_already_finished_refusal_carries_a_finished_status() {
+        assert_eq!(
+            finished_status(&json!({"status": "SUCCESS"})).unwrap(),
+            RunStatus::Success
+        );
+        assert_eq!(
+            finished_status(&json!({"status": "failed"})).unwrap(),
+            RunStatus::Failed
+        );
+        for data in [
+            Value::Null,
+            json!({}),
+            json!({"status": 1}),
+            json!({"status": "RUNNING"}),
+            json!({"status": "DONE"}),
+        ] {
+            let why = finished_status(&data).unwrap_err().to_string();
+            assert!(why.starts_with("field `data.status`"), "{data}: {why}");
+        }
+    }
+
+    fn conf_refusal_of(data: &Value) -> ConfRefusal {
+        conf_refusal(data, str::to_owned)
+    }
+
+    #[test]
+    fn a_conf_refusal_is_scrubbed_before_it_is_cut() {
+        let token = "t0ken";
+        let reason = format!("{}{token}", "r".repeat(MAX_REASON_CHARS - 2));
+        let refused = conf_refusal(&json!({"reason": reason}), |raw| {
+            raw.replace(token, "[redacted]")
+        });
+        assert_eq!(
+            refused.reason,
+            format!("{}[r...", "r".repeat(MAX_REASON_CHARS - 2))
+        );
+    }
+
+    #[test]
+    fn a_conf_refusal_gives_the_caller_one_bounded_line_of_each_field_and_nothing_else() {
+        assert_eq!(
+            conf_refusal_of(&json!({"parameter": "date", "reason": "must be a date", "sql": "x"})),
+            ConfRefusal {
+                parameter: Some("date".to_owned()),
+                reason: "must be a date".to_owned()
+            }
+        );
+        let forged = conf_refusal_of(&json!({
+            "parameter": "da\nte",
+            "reason": "  bad\r\nERROR forged line\u{1b}[31m  ",
+        }));
+        assert_eq!(forged.parameter.as_deref(), Some("da te"));
+        assert_eq!(forged.reason, "bad ERROR forged line [31m");
+        let long =
+            conf_refusal_of(&json!({"parameter": "p".repeat(500), "reason": "r".repeat(5000)}));
+        assert_eq!(
+            long.parameter.unwrap(),
+            format!("{}...", "p".repeat(MAX_PARAMETER_CHARS))
+        );
+        assert_eq!(long.reason, format!("{}...", "r".repeat(MAX_REASON_CHARS)));
+        for data in [
+            Value::Null,
+            json!({"parameter": 3, "reason": {"text": "no"}}),
+            json!({"parameter": " ", "reason": "\n"}),
+            json!("the raw body"),
+        ] {
+            assert_eq!(
+                conf_refusal_of(&data),
+                ConfRefusal {
+                    parameter: None,
+                    reason: DEFAULT_CONF_REASON.to_owned()
+                },
+                "{data}"
+            );
+        }
     }
 }

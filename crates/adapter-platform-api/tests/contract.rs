@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use adapter_platform_api::{ConfigError, PlatformApiBackend, PlatformApiConfig};
 use domain::{
-    BackendErrorKind, Caller, Clock, CustomerId, ExecuteError, GetPipelineError, GetRunError,
-    IdempotencyKey, ListRunsError, ManualClock, Orchestrator, PipelineId, PipelineRepository,
-    PipelineStatus, RequestContext, RunId, RunQuery, RunStatus, SetPausedError, TriggerRequest,
+    BackendErrorKind, Caller, CancelRunError, Clock, CustomerId, ExecuteError, GetPipelineError,
+    GetRunError, IdempotencyKey, ListRunsError, ManualClock, Orchestrator, PipelineId,
+    PipelineRepository, PipelineStatus, RequestContext, Run, RunConf, RunId, RunQuery, RunStatus,
+    SetPausedError, TriggerRequest,
 };
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
@@ -134,6 +135,18 @@ fn run_json(run_id: &str, status: &str) -> Value {
     })
 }
 
+/// A run as a cancel leaves it.
+fn cancelled_json() -> Value {
+    let mut run = run_json(RUN_ID, "FAILED");
+    run["trace"] = json!(Run::CANCELLED_TRACE);
+    run
+}
+
+/// The cancel route of [`RUN_ID`].
+fn cancel_route() -> String {
+    format!("/pipeline/{ID}/pipeline_run/{ENCODED_RUN_ID}/cancel")
+}
+
 fn triggered_json() -> Value {
     json!({
         "message": "Pipeline execution triggered successfully",
@@ -192,14 +205,25 @@ fn assert_pipeline_route_headers(request: &Request) {
     );
 }
 
-fn assert_write(request: &Request, route: &str) {
+/// A write to `route` for [`ctx`], with this JSON body.
+fn assert_write(request: &Request, route: &str, body: &Value) {
     assert_eq!(request.method.as_str(), "POST");
     assert_eq!(request.url.path(), route);
     assert_eq!(request.url.query(), None);
     assert_pipeline_route_headers(request);
     assert_eq!(header(request, "content-type"), Some("application/json"));
-    let body: Value = request.body_json().expect("a JSON body");
-    assert_eq!(body, json!({"pipeline_id": ID, "customer_id": CUSTOMER}));
+    let sent: Value = request.body_json().expect("a JSON body");
+    assert_eq!(&sent, body);
+}
+
+/// The body of pause and unpause for [`ctx`].
+fn pause_body() -> Value {
+    json!({"pipeline_id": ID, "customer_id": CUSTOMER})
+}
+
+/// The body of execute for [`ctx`] and no run parameters.
+fn execute_body() -> Value {
+    json!({"pipeline_id": ID, "customer_id": CUSTOMER, "conf": {}})
 }
 
 fn assert_read(request: &Request, route: &str) {
@@ -219,7 +243,11 @@ async fn execute_posts_the_normalized_id_and_the_customer_with_token_request_id_
 
     backend(&server).trigger(&ctx(), &trigger()).await.unwrap();
 
-    assert_write(&the_one_request(&server).await, "/pipeline/execute");
+    assert_write(
+        &the_one_request(&server).await,
+        "/pipeline/execute",
+        &execute_body(),
+    );
 }
 
 #[tokio::test]
@@ -234,7 +262,7 @@ async fn execute_posts_the_same_request_for_a_key_and_a_retry_since_the_upstream
 
     assert_eq!(run.id, run_id());
     let request = the_one_request(&server).await;
-    assert_write(&request, "/pipeline/execute");
+    assert_write(&request, "/pipeline/execute", &execute_body());
     let sent: Vec<&str> = request.headers.keys().map(|name| name.as_str()).collect();
     assert!(
         sent.iter().all(|name| !name.contains("idempotency")),
@@ -257,8 +285,55 @@ async fn pause_and_unpause_post_the_same_body_to_their_own_routes() {
             .await
             .unwrap();
 
-        assert_write(&the_one_request(&server).await, route);
+        assert_write(&the_one_request(&server).await, route, &pause_body());
     }
+}
+
+/// Run parameters as a client may send them: nested, with escapes, text
+/// beyond ASCII, a number past `i64` and one with a fraction. Written
+/// compact with the keys in the order Maestro keeps them, so this text is
+/// also the bytes the upstream must get.
+const CONF: &str = r#"{"date":"2024-12-18","full_refresh":true,"limits":{"max":18446744073709551615,"ratio":0.25},"note":"caf\u00e9 \"x\"\n","tags":["a",null,{"deep":[]}]}"#;
+
+fn conf() -> RunConf {
+    RunConf::parse(serde_json::from_str(CONF).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn execute_forwards_the_run_parameters_byte_for_byte_in_the_body() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, success(triggered_json())).await;
+
+    backend(&server)
+        .trigger(&ctx(), &trigger().with_conf(conf()))
+        .await
+        .unwrap();
+
+    let request = the_one_request(&server).await;
+    let mut body = execute_body();
+    body["conf"] = serde_json::from_str(CONF).unwrap();
+    assert_write(&request, "/pipeline/execute", &body);
+    let text = String::from_utf8(request.body.clone()).unwrap();
+    // serde_json writes `\u00e9` back as the character itself.
+    let expected = CONF.replace("\\u00e9", "\u{e9}");
+    assert!(text.contains(&format!(r#""conf":{expected}"#)), "{text}");
+}
+
+#[tokio::test]
+async fn cancel_posts_the_customer_to_the_runs_cancel_route_with_the_run_id_encoded() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, success(cancelled_json())).await;
+
+    backend(&server)
+        .cancel_run(&ctx(), &id(), &run_id())
+        .await
+        .unwrap();
+
+    assert_write(
+        &the_one_request(&server).await,
+        &cancel_route(),
+        &json!({"customer_id": CUSTOMER}),
+    );
 }
 
 #[tokio::test]
@@ -479,6 +554,96 @@ async fn execute_accepts_the_public_answer_alone_as_a_queued_run() {
 }
 
 #[tokio::test]
+async fn execute_returns_the_run_parameters_the_upstream_recorded() {
+    let server = MockServer::start().await;
+    let mut answer = triggered_json();
+    answer["conf"] = serde_json::from_str(CONF).unwrap();
+    answer_everything_with(&server, success(answer)).await;
+
+    let run = backend(&server)
+        .trigger(&ctx(), &trigger().with_conf(conf()))
+        .await
+        .unwrap();
+
+    assert_eq!(run.conf, conf());
+}
+
+#[tokio::test]
+async fn an_older_upstream_that_leaves_conf_out_of_its_answers_gives_runs_without_parameters() {
+    // `triggered_json` and `run_json` are the answers of an upstream from
+    // before the run parameters: no `conf` anywhere.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(success(triggered_json()))
+        .mount(&server)
+        .await;
+    Mock::given(path(format!("/pipeline/{ID}/pipeline_run")))
+        .respond_with(
+            success(json!([run_json(RUN_ID, "RUNNING")])).insert_header("X-Total-Count", "1"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(success(run_json(RUN_ID, "RUNNING")))
+        .mount(&server)
+        .await;
+    let backend = backend(&server);
+
+    let triggered = backend
+        .trigger(&ctx(), &trigger().with_conf(conf()))
+        .await
+        .unwrap();
+    let page = backend
+        .list_runs(&ctx(), &id(), &RunQuery::default())
+        .await
+        .unwrap();
+    let run = backend.get_run(&ctx(), &id(), &run_id()).await.unwrap();
+
+    for run in [&triggered, &page.runs[0], &run] {
+        assert_eq!(run.conf, RunConf::default());
+    }
+}
+
+#[tokio::test]
+async fn runs_read_back_their_parameters_without_maestros_reserved_block() {
+    let server = MockServer::start().await;
+    let mut answer = run_json(RUN_ID, "SUCCESS");
+    answer["conf"] = serde_json::from_str(CONF).unwrap();
+    answer["conf"]["maestro"] = json!({"idempotency_key": "k"});
+    Mock::given(path(format!("/pipeline/{ID}/pipeline_run")))
+        .respond_with(success(json!([answer.clone()])).insert_header("X-Total-Count", "1"))
+        .mount(&server)
+        .await;
+    answer_everything_with(&server, success(answer)).await;
+    let backend = backend(&server);
+
+    let run = backend.get_run(&ctx(), &id(), &run_id()).await.unwrap();
+    let page = backend
+        .list_runs(&ctx(), &id(), &RunQuery::default())
+        .await
+        .unwrap();
+
+    assert_eq!(run.conf, conf());
+    assert_eq!(page.runs[0].conf, conf());
+}
+
+#[tokio::test]
+async fn cancel_returns_the_run_as_the_cancel_left_it() {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, success(cancelled_json())).await;
+
+    let run = backend(&server)
+        .cancel_run(&ctx(), &id(), &run_id())
+        .await
+        .unwrap();
+
+    assert_eq!(run.id, run_id());
+    assert_eq!(run.pipeline_id.as_str(), ID);
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.trace.as_deref(), Some(Run::CANCELLED_TRACE));
+}
+
+#[tokio::test]
 async fn get_returns_the_pipeline_with_its_jobs_untouched() {
     let server = MockServer::start().await;
     answer_everything_with(&server, success(pipeline_json())).await;
@@ -588,10 +753,11 @@ enum Route {
     List,
     Runs,
     Run,
+    Cancel,
     Health,
 }
 
-const ROUTES: [Route; 8] = [
+const ROUTES: [Route; 9] = [
     Route::Execute,
     Route::Pause,
     Route::Unpause,
@@ -599,6 +765,7 @@ const ROUTES: [Route; 8] = [
     Route::List,
     Route::Runs,
     Route::Run,
+    Route::Cancel,
     Route::Health,
 ];
 
@@ -618,6 +785,7 @@ impl Route {
                 success(json!([run_json(RUN_ID, "RUNNING")])).insert_header("X-Total-Count", "1")
             }
             Self::Run => success(run_json(RUN_ID, "RUNNING")),
+            Self::Cancel => success(cancelled_json()),
             Self::Health => ResponseTemplate::new(200),
         }
     }
@@ -633,6 +801,8 @@ enum Outcome {
     AlreadyPaused,
     NotPaused,
     RunNotFound,
+    ConfRefused,
+    AlreadyFinished(RunStatus),
     Backend(BackendErrorKind),
 }
 
@@ -672,6 +842,9 @@ async fn call(backend: &PlatformApiBackend, route: Route) -> Called {
                     ExecuteError::Paused(got) => asked(got, Outcome::Paused),
                     ExecuteError::QueueFull { pipeline_id, limit } => {
                         asked(pipeline_id, Outcome::QueueFull(*limit))
+                    }
+                    ExecuteError::ConfRefused { pipeline_id, .. } => {
+                        asked(pipeline_id, Outcome::ConfRefused)
                     }
                     ExecuteError::Backend(err) => Outcome::Backend(err.kind()),
                     other => panic!("{route:?}: unexpected {other:?}"),
@@ -721,6 +894,11 @@ async fn call(backend: &PlatformApiBackend, route: Route) -> Called {
             .await
             .map(drop)
             .map_err(|err| (get_run_outcome(&err, &run_id()), written_out(&err))),
+        Route::Cancel => backend
+            .cancel_run(&ctx, &id, &run_id())
+            .await
+            .map(drop)
+            .map_err(|err| (cancel_outcome(&err, &run_id()), written_out(&err))),
         Route::Health => backend
             .health()
             .await
@@ -751,6 +929,34 @@ fn get_run_outcome(err: &GetRunError, asked_run: &RunId) -> Outcome {
             Outcome::RunNotFound
         }
         GetRunError::Backend(err) => Outcome::Backend(err.kind()),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// What a failed `cancel_run` of [`id`]'s run `run_id` came to; the error
+/// must name both.
+fn cancel_outcome(err: &CancelRunError, asked_run: &RunId) -> Outcome {
+    match err {
+        CancelRunError::PipelineNotFound(got) => {
+            assert_eq!(got, &id());
+            Outcome::NotFound
+        }
+        CancelRunError::RunNotFound {
+            pipeline_id,
+            run_id,
+        } => {
+            assert_eq!((pipeline_id, run_id), (&id(), asked_run));
+            Outcome::RunNotFound
+        }
+        CancelRunError::AlreadyFinished {
+            pipeline_id,
+            run_id,
+            status,
+        } => {
+            assert_eq!((pipeline_id, run_id), (&id(), asked_run));
+            Outcome::AlreadyFinished(*status)
+        }
+        CancelRunError::Backend(err) => Outcome::Backend(err.kind()),
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -792,6 +998,14 @@ async fn each_contract_refusal_becomes_its_domain_error() {
         (Route::Runs, 404, "PipelineNotFound", Outcome::NotFound),
         (Route::Run, 404, "PipelineNotFound", Outcome::NotFound),
         (Route::Run, 404, "PipelineRunNotFound", Outcome::RunNotFound),
+        (Route::Execute, 400, "InvalidConf", Outcome::ConfRefused),
+        (Route::Cancel, 404, "PipelineNotFound", Outcome::NotFound),
+        (
+            Route::Cancel,
+            404,
+            "PipelineRunNotFound",
+            Outcome::RunNotFound,
+        ),
     ];
     for (route, status, exception_type, expected) in cases {
         let (called, requests) = against(route, refusal(status, exception_type)).await;
@@ -804,6 +1018,128 @@ async fn each_contract_refusal_becomes_its_domain_error() {
             requests, 1,
             "{route:?}: a refusal is an answer, not retried"
         );
+    }
+}
+
+/// What an execute refused with `InvalidConf` and this `data` tells the
+/// caller: the parameter and the reason.
+async fn conf_refused_with(data: Value) -> (Option<String>, String) {
+    let server = MockServer::start().await;
+    answer_everything_with(&server, refusal_with_data(400, "InvalidConf", data)).await;
+    let err = backend(&server)
+        .trigger(&ctx(), &trigger().with_conf(conf()))
+        .await
+        .unwrap_err();
+    assert_eq!(requests(&server).await.len(), 1, "a refusal is not retried");
+    match err {
+        ExecuteError::ConfRefused {
+            pipeline_id,
+            parameter,
+            reason,
+        } => {
+            assert_eq!(pipeline_id, id());
+            (parameter, reason)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_conf_is_a_conf_refusal_naming_the_parameter_and_the_reason() {
+    let (parameter, reason) =
+        conf_refused_with(json!({"parameter": "date", "reason": "must be a date like 2024-12-18"}))
+            .await;
+    assert_eq!(parameter.as_deref(), Some("date"));
+    assert_eq!(reason, "must be a date like 2024-12-18");
+}
+
+#[tokio::test]
+async fn invalid_conf_without_a_parameter_or_reason_gives_a_fixed_reason_never_the_traceback() {
+    for data in [
+        Value::Null,
+        json!({"parameter": null}),
+        json!({"reason": ["not", "text"]}),
+    ] {
+        let (parameter, reason) = conf_refused_with(data.clone()).await;
+        assert_eq!(parameter, None, "{data}");
+        assert_eq!(
+            reason, "the pipeline does not accept these parameters",
+            "{data}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn invalid_conf_gives_the_caller_one_short_line_and_never_the_token() {
+    let (parameter, reason) = conf_refused_with(json!({
+        "parameter": format!("date\n{TOKEN}"),
+        "reason": format!("bad\r\nforged: Bearer {TOKEN} {}", "x".repeat(1000)),
+    }))
+    .await;
+    assert_eq!(parameter.as_deref(), Some("date [redacted]"));
+    assert!(
+        reason.starts_with("bad forged: Bearer [redacted] xxx"),
+        "{reason}"
+    );
+    assert!(reason.chars().count() <= 203, "{}", reason.len());
+    assert!(!reason.contains(TOKEN));
+}
+
+#[tokio::test]
+async fn an_already_finished_run_is_refused_with_the_status_the_upstream_gives() {
+    for status in [RunStatus::Success, RunStatus::Failed] {
+        let (called, requests) = against(
+            Route::Cancel,
+            refusal_with_data(
+                400,
+                "PipelineRunAlreadyFinished",
+                json!({"status": status.as_str()}),
+            ),
+        )
+        .await;
+        assert_eq!(called.outcome, Outcome::AlreadyFinished(status));
+        assert_eq!(requests, 1);
+    }
+}
+
+#[tokio::test]
+async fn an_already_finished_refusal_without_a_finished_status_is_an_upstream_error() {
+    for data in [
+        Value::Null,
+        json!({"status": "RUNNING"}),
+        json!({"state": "SUCCESS"}),
+    ] {
+        let (called, _) = against(
+            Route::Cancel,
+            refusal_with_data(400, "PipelineRunAlreadyFinished", data.clone()),
+        )
+        .await;
+        assert_eq!(called.outcome, UPSTREAM, "{data}");
+        assert!(called.text.contains("data.status"), "{}", called.text);
+    }
+}
+
+#[tokio::test]
+async fn each_answer_of_cancel_becomes_its_outcome() {
+    let cases = [
+        (success(cancelled_json()), Outcome::Done),
+        (refusal(404, "PipelineRunNotFound"), Outcome::RunNotFound),
+        (refusal(404, "PipelineNotFound"), Outcome::NotFound),
+        (
+            refusal_with_data(
+                400,
+                "PipelineRunAlreadyFinished",
+                json!({"status": "SUCCESS"}),
+            ),
+            Outcome::AlreadyFinished(RunStatus::Success),
+        ),
+        (ResponseTemplate::new(500), UPSTREAM),
+        (refusal(500, "PipelineRunNotFound"), UPSTREAM),
+    ];
+    for (template, expected) in cases {
+        let (called, requests) = against(Route::Cancel, template).await;
+        assert_eq!(called.outcome, expected, "{}", called.text);
+        assert_eq!(requests, 1, "{expected:?}: sent once");
     }
 }
 
@@ -835,6 +1171,12 @@ async fn a_refusal_the_route_cannot_answer_is_an_upstream_error() {
         (Route::List, 404, "PipelineNotFound"),
         (Route::Runs, 404, "PipelineRunNotFound"),
         (Route::Run, 400, "PipelinePaused"),
+        (Route::Run, 400, "PipelineRunAlreadyFinished"),
+        (Route::Execute, 400, "PipelineRunAlreadyFinished"),
+        (Route::Pause, 400, "InvalidConf"),
+        (Route::Cancel, 400, "InvalidConf"),
+        (Route::Cancel, 400, "PipelinePaused"),
+        (Route::Cancel, 429, "PipelineQueueFull"),
     ];
     for (route, status, exception_type) in cases {
         let (called, _) = against(route, refusal(status, exception_type)).await;
@@ -920,7 +1262,19 @@ async fn data_of_the_wrong_shape_is_an_upstream_error() {
             Route::Runs,
             success(json!([naive_time.clone()])).insert_header("X-Total-Count", "1"),
         ),
-        (Route::Run, success(naive_time)),
+        (Route::Run, success(naive_time.clone())),
+        (Route::Cancel, success(naive_time)),
+        (Route::Cancel, success(run_json(RUN_ID, "RUNNING"))),
+        (Route::Cancel, success(run_json(RUN_ID, "SUCCESS"))),
+        (
+            Route::Execute,
+            success(json!({"pipeline_id": ID, "run_id": RUN_ID, "conf": "date=2024-12-18"})),
+        ),
+        (Route::Run, success(with_conf(json!(["date"])))),
+        (
+            Route::Runs,
+            success(json!([with_conf(json!(1))])).insert_header("X-Total-Count", "1"),
+        ),
         (
             Route::Run,
             success(json!({"pipeline_run_id": "", "pipeline_id": ID})),
@@ -931,6 +1285,13 @@ async fn data_of_the_wrong_shape_is_an_upstream_error() {
         assert_eq!(called.outcome, UPSTREAM, "{route:?}");
         assert!(called.text.contains("malformed answer"), "{}", called.text);
     }
+}
+
+/// A run whose `conf` is `conf`.
+fn with_conf(conf: Value) -> Value {
+    let mut run = run_json(RUN_ID, "SUCCESS");
+    run["conf"] = conf;
+    run
 }
 
 #[tokio::test]
@@ -1097,6 +1458,73 @@ async fn a_dot_segment_run_id_is_a_backend_error_when_the_pipeline_cannot_be_rea
         .unwrap_err();
 
     assert_eq!(get_run_outcome(&err, &run_id), UPSTREAM);
+}
+
+#[tokio::test]
+async fn a_dot_segment_run_id_is_never_sent_to_the_cancel_route() {
+    for raw in [".", ".."] {
+        let run_id = RunId::parse(raw).unwrap();
+
+        // A visible pipeline: the run is not found, and only the pipeline
+        // is read.
+        let server = upstream_with_the_pipeline(pipeline_json()).await;
+        let err = backend(&server)
+            .cancel_run(&ctx(), &id(), &run_id)
+            .await
+            .unwrap_err();
+        assert_eq!(cancel_outcome(&err, &run_id), Outcome::RunNotFound, "{raw}");
+        assert_read(&the_one_request(&server).await, &format!("/pipeline/{ID}"));
+
+        // Another customer's, or a missing one: the pipeline is not found.
+        let mut foreign = pipeline_json();
+        foreign["customer_id"] = json!("globex");
+        for template in [refusal(404, "PipelineNotFound"), success(foreign)] {
+            let server = MockServer::start().await;
+            answer_everything_with(&server, template).await;
+            let err = backend(&server)
+                .cancel_run(&ctx(), &id(), &run_id)
+                .await
+                .unwrap_err();
+            assert_eq!(cancel_outcome(&err, &run_id), Outcome::NotFound, "{raw}");
+            assert_read(&the_one_request(&server).await, &format!("/pipeline/{ID}"));
+        }
+
+        // The pipeline cannot be read: a backend error, and still no POST.
+        let server = MockServer::start().await;
+        answer_everything_with(&server, ResponseTemplate::new(500)).await;
+        let err = backend(&server)
+            .cancel_run(&ctx(), &id(), &run_id)
+            .await
+            .unwrap_err();
+        assert_eq!(cancel_outcome(&err, &run_id), UPSTREAM, "{raw}");
+        let sent = requests(&server).await;
+        assert!(
+            sent.iter().all(|request| request.method.as_str() == "GET"),
+            "{sent:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cancel_of_a_run_id_that_spells_dots_in_percent_encoding_reaches_its_own_route() {
+    for (raw, segment) in [("%2e%2e", "%252e%252e"), ("...", "..."), ("./..", ".%2F..")] {
+        let server = MockServer::start().await;
+        let mut answer = cancelled_json();
+        answer["pipeline_run_id"] = json!(raw);
+        answer_everything_with(&server, success(answer)).await;
+
+        let run = backend(&server)
+            .cancel_run(&ctx(), &id(), &RunId::parse(raw).unwrap())
+            .await
+            .unwrap();
+
+        assert_eq!(run.id.as_str(), raw);
+        assert_write(
+            &the_one_request(&server).await,
+            &format!("/pipeline/{ID}/pipeline_run/{segment}/cancel"),
+            &json!({"customer_id": CUSTOMER}),
+        );
+    }
 }
 
 #[tokio::test]
@@ -1407,7 +1835,13 @@ async fn a_read_is_not_retried_after_a_500_or_a_504() {
 
 #[tokio::test]
 async fn writes_and_health_are_never_retried() {
-    for route in [Route::Execute, Route::Pause, Route::Unpause, Route::Health] {
+    for route in [
+        Route::Execute,
+        Route::Pause,
+        Route::Unpause,
+        Route::Cancel,
+        Route::Health,
+    ] {
         for status in [502, 503] {
             let (called, requests) = against(route, ResponseTemplate::new(status)).await;
             assert_eq!(called.outcome, UPSTREAM, "{route:?} {status}");
@@ -1418,14 +1852,20 @@ async fn writes_and_health_are_never_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn a_write_that_timed_out_is_not_sent_again() {
-    let (server, arrived) = slow_upstream(503).await;
-    let backend = backend_at(&server.uri(), SHORT_TIMEOUT);
+    for route in [Route::Execute, Route::Cancel] {
+        let (server, arrived) = slow_upstream(503).await;
+        let backend = backend_at(&server.uri(), SHORT_TIMEOUT);
 
-    let (called, took) = call_timing_out(&backend, Route::Execute, &arrived).await;
+        let (called, took) = call_timing_out(&backend, route, &arrived).await;
 
-    assert_eq!(called.outcome, Outcome::Backend(BackendErrorKind::Timeout));
-    assert_eq!(took, SHORT_TIMEOUT);
-    assert_eq!(requests(&server).await.len(), 1);
+        assert_eq!(
+            called.outcome,
+            Outcome::Backend(BackendErrorKind::Timeout),
+            "{route:?}"
+        );
+        assert_eq!(took, SHORT_TIMEOUT, "{route:?}");
+        assert_eq!(requests(&server).await.len(), 1, "{route:?}");
+    }
 }
 
 // --- The token ---

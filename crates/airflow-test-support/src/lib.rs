@@ -4,8 +4,9 @@
 //! (`tests/e2e/airflow.rs`, in the `e2e` target of `app`), both built only
 //! with their crate's `e2e` feature: the ids of the test DAGs, a small
 //! client of Airflow's own REST API to check what Maestro did (token
-//! exchange, DAG and DAG-run reads, pausing), and signals to Airflow's
-//! process group. The tests over a fake Airflow on wiremock use it too, for
+//! exchange, DAG and DAG-run reads, pausing, task states and what a task
+//! returned through XCom), and signals to Airflow's process group. The
+//! tests over a fake Airflow on wiremock use it too, for
 //! the fake's answer to a `conf_contains` query ([`dag_runs_page`]).
 //!
 //! What talks to Airflow finds the one `cargo xtask e2e-airflow` starts
@@ -24,7 +25,8 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Client, RequestBuilder};
 use serde_json::{Value, json};
 
-// The DAGs of tests/airflow/dags/maestro_e2e.py.
+// The DAGs of tests/airflow/dags/maestro_e2e.py and, for customer
+// vandelay, of tests/airflow/dags/maestro_e2e_lifecycle.py.
 
 /// Acme's fast on-demand DAG, one run at a time.
 pub const ACME_ORDERS: &str = "9f362da2_da3e_4051_82af_ad4b98242de3";
@@ -47,8 +49,21 @@ pub const HYPHENATED: &str = "ca5e64f3-e10d-4f1f-80f7-1821e7cd6029";
 /// Hooli's only DAG, triggered by the Idempotency-Key test alone, which
 /// counts its runs.
 pub const HOOLI_ONCE: &str = "39ea25ea_a128_4d37_bc60_a039ca1fa7c0";
+/// Vandelay's DAG that declares the parameters `date` (a string of format
+/// `date`, default `2024-01-01`) and `full_refresh` (a boolean, default
+/// false), and whose one task, [`ECHO_TASK`], returns the `conf` it was
+/// triggered with and the params it resolved to, as its XCom
+/// `return_value`: `{"conf": {...}, "params": {"date", "full_refresh"}}`.
+pub const VANDELAY_PARAMS: &str = "67dde500_a1c4_4267_b434_c954a1676979";
+/// The task of [`VANDELAY_PARAMS`].
+pub const ECHO_TASK: &str = "echo";
+/// Vandelay's DAG whose one task, [`SLEEP_TASK`], sleeps for 120 s, one run
+/// at a time: for cancelling a run while its task runs.
+pub const VANDELAY_SLEEPER: &str = "bd28c0e8_4f3d_4381_a4ea_bfb0a8a3b424";
+/// The task of [`VANDELAY_SLEEPER`].
+pub const SLEEP_TASK: &str = "sleep";
 /// Every test DAG, which [`Airflow::connect`] waits for.
-pub const ALL_DAGS: [&str; 10] = [
+pub const ALL_DAGS: [&str; 12] = [
     ACME_ORDERS,
     ACME_NIGHTLY,
     ACME_TOGGLE,
@@ -59,6 +74,8 @@ pub const ALL_DAGS: [&str; 10] = [
     NOT_A_UUID,
     HYPHENATED,
     HOOLI_ONCE,
+    VANDELAY_PARAMS,
+    VANDELAY_SLEEPER,
 ];
 
 /// How long a run of the test DAGs may take to finish, queueing included.
@@ -270,6 +287,73 @@ impl Airflow {
             encoded(run_id)
         ))
         .await
+    }
+
+    /// The state of the task `task_id` in the run (`None` before the
+    /// scheduler has made its task instance, or before it has a state).
+    ///
+    /// # Panics
+    ///
+    /// When the run cannot be read.
+    pub async fn task_state(&self, dag_id: &str, run_id: &str, task_id: &str) -> Option<String> {
+        let answer = self
+            .client
+            .get(format!(
+                "{}/api/v2/dags/{dag_id}/dagRuns/{}/taskInstances/{task_id}",
+                self.url,
+                encoded(run_id)
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        let instance: Value = answer.error_for_status().unwrap().json().await.unwrap();
+        instance["state"].as_str().map(str::to_owned)
+    }
+
+    /// Waits until the task `task_id` of the run is in `state`.
+    ///
+    /// # Panics
+    ///
+    /// When the run cannot be read, or the task is not in `state` within
+    /// [`RUN_DEADLINE`].
+    pub async fn wait_for_task_state(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        task_id: &str,
+        state: &str,
+    ) {
+        let deadline = Instant::now() + RUN_DEADLINE;
+        loop {
+            let now = self.task_state(dag_id, run_id, task_id).await;
+            if now.as_deref() == Some(state) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{task_id} of {run_id} is {now:?}, not {state}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The value the task `task_id` of the run returned (its XCom
+    /// `return_value`), as JSON.
+    ///
+    /// # Panics
+    ///
+    /// When the task has no such XCom, or it cannot be read.
+    pub async fn returned(&self, dag_id: &str, run_id: &str, task_id: &str) -> Value {
+        self.get(&format!(
+            "/api/v2/dags/{dag_id}/dagRuns/{}/taskInstances/{task_id}/xcomEntries/return_value",
+            encoded(run_id)
+        ))
+        .await["value"]
+            .clone()
     }
 
     /// Waits until the run has finished, and returns Airflow's view of it.

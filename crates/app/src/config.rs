@@ -110,6 +110,27 @@ pub struct ServeConfig {
     )]
     pub idempotency_keys_per_customer: usize,
 
+    /// How often, in milliseconds, the engine is asked about the runs that
+    /// requests wait on (`?wait_seconds=N`), once for all who wait on a
+    /// run. The memory backend needs no asking: its runs tell.
+    #[arg(
+        long,
+        env = "MAESTRO_EVENTS_POLL_MS",
+        default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(10..)
+    )]
+    pub events_poll_ms: u64,
+
+    /// The most requests one customer may have waiting on runs at once;
+    /// more are answered 429 `TooManyWaits`.
+    #[arg(
+        long,
+        env = "MAESTRO_MAX_WAITS_PER_CUSTOMER",
+        default_value_t = adapter_http::wait::DEFAULT_WAITS_PER_CUSTOMER,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub max_waits_per_customer: usize,
+
     /// A Redis server (`redis://host:port/db`) that keeps `Idempotency-Key`
     /// answers for every instance; unset keeps them in this process only.
     #[arg(long, env = "MAESTRO_REDIS_URL", hide_env_values = true, value_parser = secret)]

@@ -18,9 +18,9 @@ use adapter_redis::{RedisConfig, RedisIdempotencyStore};
 use anyhow::{Context as _, anyhow, bail};
 use domain::{
     AuthContext, Clock, CustomerId, Idempotency, IdempotencyConfig, IdempotencyStore, Orchestrator,
-    PipelineRepository, PipelineService,
+    PipelineRepository, PipelineService, RunWatch,
 };
-use runtime::TokioClock;
+use runtime::{PollingRunWatch, TokioClock};
 
 use crate::{
     Backend, ServeConfig,
@@ -53,17 +53,26 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
     // The one clock every part of the service reads: it follows tokio's,
     // so tests can pause it.
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::start());
-    let (repository, orchestrator, demo) = backend(config, &clock)?;
+    let (repository, orchestrator, watch, demo) = backend(config, &clock)?;
     let Auth {
         context: auth,
         keys: auth_keys,
         dev_banner,
     } = auth(config, demo, &clock)?;
     let metrics = Metrics::default();
-    let service = PipelineService::new(
-        metrics.instrument_repository(repository),
-        metrics.instrument_orchestrator(orchestrator),
-    );
+    let orchestrator = metrics.instrument_orchestrator(orchestrator);
+    // Waiting requests hear of run changes from the backend itself where it
+    // can tell, or from one watcher that reads each waited-on run once per
+    // interval for all who wait on it (its reads are counted as backend
+    // calls like any other).
+    let watch = watch.unwrap_or_else(|| {
+        Arc::new(PollingRunWatch::new(
+            orchestrator.clone(),
+            Duration::from_millis(config.events_poll_ms),
+        ))
+    });
+    let service = PipelineService::new(metrics.instrument_repository(repository), orchestrator)
+        .with_run_watch(watch);
     let (idempotency, redis) = idempotency(config, &clock).await?;
     // Besides the backend, `/ready` checks what else a request needs.
     let mut checks: Vec<Arc<dyn ReadinessCheck>> =
@@ -74,7 +83,8 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
     let mut state = AppState::new(service, auth, config.backend.name(), metrics, idempotency)
         .with_readiness_checks(checks, clock.clone())
         .with_body_timeout(config.edge.body_timeout_seconds)
-        .with_request_timeout(config.edge.request_timeout_seconds);
+        .with_request_timeout(config.edge.request_timeout_seconds)
+        .with_waits_per_customer(config.max_waits_per_customer);
     if let Some(limit) =
         RateLimitConfig::from_settings(config.rate_limit_per_minute, config.rate_limit_burst)
             .context("invalid rate-limit settings")?
@@ -136,6 +146,9 @@ struct Demo {
 type Ports = (
     Arc<dyn PipelineRepository>,
     Arc<dyn Orchestrator>,
+    // A backend that tells of its runs' changes by itself; the others are
+    // watched by polling.
+    Option<Arc<dyn RunWatch>>,
     Option<Demo>,
 );
 
@@ -166,7 +179,7 @@ fn backend(config: &ServeConfig, clock: &Arc<dyn Clock>) -> anyhow::Result<Ports
                 ),
             };
             let backend = Arc::new(backend.with_clock(clock.clone()));
-            Ok((backend.clone(), backend, demo))
+            Ok((backend.clone(), backend.clone(), Some(backend), demo))
         }
         Backend::PlatformApi => {
             let settings = &config.platform_api;
@@ -185,7 +198,7 @@ fn backend(config: &ServeConfig, clock: &Arc<dyn Clock>) -> anyhow::Result<Ports
             .context("invalid Platform-API settings")?
             .with_clock(clock.clone());
             let backend = Arc::new(backend);
-            Ok((backend.clone(), backend, None))
+            Ok((backend.clone(), backend, None, None))
         }
         Backend::Airflow => {
             let settings = &config.airflow;
@@ -217,7 +230,7 @@ fn backend(config: &ServeConfig, clock: &Arc<dyn Clock>) -> anyhow::Result<Ports
                     .context("invalid Airflow settings")?
                     .with_clock(clock.clone()),
             );
-            Ok((backend.clone(), backend, None))
+            Ok((backend.clone(), backend, None, None))
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::{PipelineId, RunId};
+use crate::{PipelineId, RunId, RunStatus};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -108,9 +108,80 @@ pub enum ExecuteError {
         /// The bound that was reached.
         limit: usize,
     },
+    /// The pipeline refused the run's parameters (an engine that checks
+    /// them against the pipeline's declared parameters); nothing was
+    /// started.
+    #[error("pipeline {pipeline_id} refused the run parameters: {reason}")]
+    ConfRefused {
+        /// The pipeline asked for.
+        pipeline_id: PipelineId,
+        /// The parameter refused, when the engine names one.
+        parameter: Option<String>,
+        /// Why, in a few words fit for the caller (never an engine's raw
+        /// answer).
+        reason: String,
+    },
     /// The backend failed; a run may or may not have started.
     #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+/// Why a run was not cancelled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CancelRunError {
+    /// No pipeline with this id belongs to the caller's customer.
+    #[error("pipeline {0} not found")]
+    PipelineNotFound(PipelineId),
+    /// The pipeline is the caller's, but has no run with this id.
+    #[error("run {run_id} of pipeline {pipeline_id} not found")]
+    RunNotFound {
+        /// The caller's pipeline.
+        pipeline_id: PipelineId,
+        /// The run id asked for.
+        run_id: RunId,
+    },
+    /// The run had already finished; nothing changed.
+    #[error("run {run_id} of pipeline {pipeline_id} already finished with status {status}")]
+    AlreadyFinished {
+        /// The caller's pipeline.
+        pipeline_id: PipelineId,
+        /// The run.
+        run_id: RunId,
+        /// How it finished.
+        status: RunStatus,
+    },
+    /// The backend failed; the run may or may not have been cancelled.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl CancelRunError {
+    /// The caller's pipeline `pipeline_id` has no run `run_id`.
+    pub fn run_not_found(pipeline_id: &PipelineId, run_id: &RunId) -> Self {
+        Self::RunNotFound {
+            pipeline_id: pipeline_id.clone(),
+            run_id: run_id.clone(),
+        }
+    }
+}
+
+impl From<GetRunError> for CancelRunError {
+    /// A cancel that found no run, or no pipeline, for the reason a read
+    /// would not.
+    fn from(err: GetRunError) -> Self {
+        match err {
+            GetRunError::PipelineNotFound(id) => Self::PipelineNotFound(id),
+            GetRunError::RunNotFound {
+                pipeline_id,
+                run_id,
+            } => Self::RunNotFound {
+                pipeline_id,
+                run_id,
+            },
+            GetRunError::Backend(err) => Self::Backend(err),
+        }
+    }
 }
 
 /// Why a pipeline was not paused or unpaused.

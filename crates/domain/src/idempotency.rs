@@ -30,10 +30,11 @@ use std::{fmt, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::{
-    Clock, CustomerId, ExecuteError, PipelineId, PipelineService, RequestContext, Run, RunId,
-    RunStatus, Timestamp, TriggerRequest, format_timestamp,
+    Clock, CustomerId, ExecuteError, PipelineId, PipelineService, RequestContext, Run, RunConf,
+    RunId, RunStatus, Timestamp, TriggerRequest, format_timestamp,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -486,7 +487,9 @@ impl Idempotency {
             Some(kept) => {
                 let retention = match kept {
                     Kept::NotFound { .. } => self.config.not_found_retention,
-                    Kept::Run(_) | Kept::Paused { .. } => self.config.retention,
+                    Kept::Run(_) | Kept::Paused { .. } | Kept::ConfRefused { .. } => {
+                        self.config.retention
+                    }
                 };
                 self.store
                     .complete(scope, key, &lease, &kept.encode(), retention)
@@ -516,9 +519,19 @@ impl Idempotency {
 }
 
 /// What an execute asks for, normalized: two executes with the same key
-/// must ask for the same.
+/// must ask for the same pipeline with the same parameters. The parameters
+/// count by a digest of their canonical form (key order does not matter),
+/// so that a kept key costs the store the same few bytes whatever the
+/// conf; without parameters the fingerprint is the pipeline id alone, as
+/// it was before runs had parameters.
 fn fingerprint(request: &TriggerRequest) -> String {
-    request.pipeline_id().as_str().to_owned()
+    let pipeline = request.pipeline_id().as_str();
+    if request.conf().is_empty() {
+        return pipeline.to_owned();
+    }
+    let digest = Sha256::digest(request.conf().fingerprint().as_bytes());
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("{pipeline}:conf-sha256:{hex}")
 }
 
 /// The outcome of an execute, as kept: a run, or a final refusal.
@@ -526,8 +539,17 @@ fn fingerprint(request: &TriggerRequest) -> String {
 #[serde(tag = "kept", rename_all = "snake_case")]
 enum Kept {
     Run(KeptRun),
-    NotFound { pipeline_id: String },
-    Paused { pipeline_id: String },
+    NotFound {
+        pipeline_id: String,
+    },
+    Paused {
+        pipeline_id: String,
+    },
+    ConfRefused {
+        pipeline_id: String,
+        parameter: Option<String>,
+        reason: String,
+    },
 }
 
 /// A run as kept; instants as RFC 3339 text.
@@ -539,6 +561,9 @@ struct KeptRun {
     created_at: String,
     updated_at: String,
     trace: Option<String>,
+    /// Absent in records of versions before run parameters.
+    #[serde(default)]
+    conf: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Kept {
@@ -554,12 +579,23 @@ impl Kept {
                 created_at: format_timestamp(&run.created_at),
                 updated_at: format_timestamp(&run.updated_at),
                 trace: run.trace.clone(),
+                conf: run.conf.as_map().clone(),
             })),
             Err(ExecuteError::NotFound(id)) => Some(Self::NotFound {
                 pipeline_id: id.as_str().to_owned(),
             }),
             Err(ExecuteError::Paused(id)) => Some(Self::Paused {
                 pipeline_id: id.as_str().to_owned(),
+            }),
+            // The same parameters would be refused again.
+            Err(ExecuteError::ConfRefused {
+                pipeline_id,
+                parameter,
+                reason,
+            }) => Some(Self::ConfRefused {
+                pipeline_id: pipeline_id.as_str().to_owned(),
+                parameter: parameter.clone(),
+                reason: reason.clone(),
             }),
             Err(ExecuteError::QueueFull { .. } | ExecuteError::Backend(_)) => None,
         }
@@ -592,10 +628,20 @@ impl Kept {
                 );
                 run.updated_at = parse_instant(&kept.updated_at)?;
                 run.trace = kept.trace;
+                run.conf = RunConf::from_engine(kept.conf);
                 Ok(run)
             }
             Self::NotFound { pipeline_id } => Err(ExecuteError::NotFound(pipeline(&pipeline_id)?)),
             Self::Paused { pipeline_id } => Err(ExecuteError::Paused(pipeline(&pipeline_id)?)),
+            Self::ConfRefused {
+                pipeline_id,
+                parameter,
+                reason,
+            } => Err(ExecuteError::ConfRefused {
+                pipeline_id: pipeline(&pipeline_id)?,
+                parameter,
+                reason,
+            }),
         })
     }
 }

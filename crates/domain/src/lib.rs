@@ -107,6 +107,7 @@
 
 mod auth;
 mod clock;
+mod conf;
 mod error;
 mod idempotency;
 #[cfg(feature = "testkit")]
@@ -118,16 +119,17 @@ mod service;
 
 pub use auth::{AuthContext, AuthError, Caller, CustomerId, InvalidCustomerId, RequestContext};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use conf::{InvalidConf, RunConf};
 pub use error::{
-    BackendError, BackendErrorKind, ExecuteError, GetPipelineError, GetRunError, ListRunsError,
-    SetPausedError,
+    BackendError, BackendErrorKind, CancelRunError, ExecuteError, GetPipelineError, GetRunError,
+    ListRunsError, SetPausedError,
 };
 pub use idempotency::{
     Attempt, Claim, ClaimTerms, Idempotency, IdempotencyConfig, IdempotencyError, IdempotencyKey,
     IdempotencyStore, Idempotent, InvalidIdempotencyKey, Lease, StoreError,
 };
 pub use pipeline::{InvalidPipelineId, Pipeline, PipelineId, PipelineStatus, PipelineSummary};
-pub use ports::{Orchestrator, PipelineRepository, TriggerRequest};
+pub use ports::{Orchestrator, PipelineRepository, RunWatch, TriggerRequest};
 pub use run::{
     InvalidRunId, InvalidRunQuery, InvalidRunStatus, ManualRunClock, Run, RunId, RunPage, RunQuery,
     RunStatus, Timestamp, format_timestamp,
@@ -139,4 +141,4 @@ pub use auth::MockAuthContext;
 #[cfg(any(test, feature = "mock"))]
 pub use idempotency::MockIdempotencyStore;
 #[cfg(any(test, feature = "mock"))]
-pub use ports::{MockOrchestrator, MockPipelineRepository};
+pub use ports::{MockOrchestrator, MockPipelineRepository, MockRunWatch};

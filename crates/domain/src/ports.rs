@@ -13,9 +13,9 @@
 use async_trait::async_trait;
 
 use crate::{
-    BackendError, ExecuteError, GetPipelineError, GetRunError, IdempotencyKey, ListRunsError,
-    Pipeline, PipelineId, PipelineSummary, RequestContext, Run, RunId, RunPage, RunQuery,
-    SetPausedError, Timestamp,
+    BackendError, CancelRunError, ExecuteError, GetPipelineError, GetRunError, IdempotencyKey,
+    ListRunsError, Pipeline, PipelineId, PipelineSummary, RequestContext, Run, RunConf, RunId,
+    RunPage, RunQuery, SetPausedError, Timestamp,
 };
 
 /// Everything a trigger needs: which pipeline, and what makes the trigger
@@ -37,6 +37,7 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TriggerRequest {
     pipeline_id: PipelineId,
+    conf: RunConf,
     idempotency_key: Option<IdempotencyKey>,
     retry_since: Option<Timestamp>,
 }
@@ -46,9 +47,17 @@ impl TriggerRequest {
     pub fn new(pipeline_id: PipelineId) -> Self {
         Self {
             pipeline_id,
+            conf: RunConf::default(),
             idempotency_key: None,
             retry_since: None,
         }
+    }
+
+    /// The same trigger, with the run's parameters.
+    #[must_use]
+    pub fn with_conf(mut self, conf: RunConf) -> Self {
+        self.conf = conf;
+        self
     }
 
     /// The same trigger, sent with the client's idempotency key (scoped to
@@ -75,6 +84,11 @@ impl TriggerRequest {
     /// The pipeline to run.
     pub fn pipeline_id(&self) -> &PipelineId {
         &self.pipeline_id
+    }
+
+    /// The run's parameters (empty when none were given).
+    pub fn conf(&self) -> &RunConf {
+        &self.conf
     }
 
     /// The client's idempotency key, if it sent one.
@@ -149,8 +163,9 @@ pub trait Orchestrator: Send + Sync {
     /// [`ExecuteError::NotFound`] when no such pipeline belongs to the
     /// caller's customer; [`ExecuteError::Paused`] when it is paused;
     /// [`ExecuteError::QueueFull`] when its queue is at its bound;
-    /// [`ExecuteError::Backend`] when the backend fails. On every error but
-    /// the last, nothing was started.
+    /// [`ExecuteError::ConfRefused`] when the pipeline refuses the
+    /// parameters; [`ExecuteError::Backend`] when the backend fails. On
+    /// every error but the last, nothing was started.
     async fn trigger(
         &self,
         ctx: &RequestContext,
@@ -182,9 +197,47 @@ pub trait Orchestrator: Send + Sync {
         run_id: &RunId,
     ) -> Result<Run, GetRunError>;
 
+    /// Cancels a run of the caller's pipeline that has not finished: a
+    /// queued run never starts, a running one is stopped; either ends
+    /// `FAILED` with the trace [`Run::CANCELLED_TRACE`], and the pipeline's
+    /// next queued run starts as after any finished run. Answers the run
+    /// as it is after the cancel.
+    ///
+    /// # Errors
+    /// [`CancelRunError::PipelineNotFound`] when no such pipeline belongs to
+    /// the caller's customer; [`CancelRunError::RunNotFound`] when it has no
+    /// run with this id; [`CancelRunError::AlreadyFinished`] when the run
+    /// had finished (nothing changed); [`CancelRunError::Backend`] when the
+    /// backend fails.
+    async fn cancel_run(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        run_id: &RunId,
+    ) -> Result<Run, CancelRunError>;
+
     /// Whether the backend answers, for readiness checks.
     ///
     /// # Errors
     /// [`BackendError`] when it does not.
     async fn health(&self) -> Result<(), BackendError>;
+}
+
+/// Where changes of runs are heard: what lets a request wait for a run to
+/// finish without asking the backend once per waiting request.
+///
+/// An implementation watches the runs someone waits on (a backend that
+/// tells of changes by itself, or one watcher polling for all waiters
+/// together) and wakes the waiters of a run when it changes.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait RunWatch: Send + Sync {
+    /// The run `seen` (of the caller's pipeline) once it differs from
+    /// `seen`: another status, or a later `updated_at`. Waits as long as
+    /// it takes; callers bound the wait.
+    ///
+    /// # Errors
+    /// As [`Orchestrator::get_run`]: the pipeline or the run is gone, or
+    /// the backend fails.
+    async fn changed(&self, ctx: &RequestContext, seen: &Run) -> Result<Run, GetRunError>;
 }

@@ -5,7 +5,7 @@ use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
-use crate::PipelineId;
+use crate::{PipelineId, RunConf};
 
 /// An instant, in UTC.
 pub type Timestamp = DateTime<Utc>;
@@ -172,11 +172,16 @@ pub struct Run {
     pub updated_at: Timestamp,
     /// The error text of a failed run.
     pub trace: Option<String>,
+    /// The parameters it was triggered with (empty when none were given).
+    pub conf: RunConf,
 }
 
 impl Run {
+    /// The trace of a run cancelled through Maestro.
+    pub const CANCELLED_TRACE: &'static str = "Cancelled through the API";
+
     /// A run of `pipeline_id` made at `created_at`, in `status` since then,
-    /// without a trace.
+    /// without a trace or parameters.
     pub fn new(
         id: RunId,
         pipeline_id: PipelineId,
@@ -190,6 +195,7 @@ impl Run {
             created_at,
             updated_at: created_at,
             trace: None,
+            conf: RunConf::default(),
         }
     }
 }

@@ -6,12 +6,12 @@
 //! gave back, so that a faulty backend still cannot show one customer
 //! another's pipeline or run.
 
-use std::sync::Arc;
+use std::{future::Future, pin::pin, sync::Arc, task::Poll};
 
 use crate::{
-    BackendError, ExecuteError, GetPipelineError, GetRunError, ListRunsError, Orchestrator,
-    Pipeline, PipelineId, PipelineRepository, PipelineSummary, RequestContext, Run, RunId, RunPage,
-    RunQuery, SetPausedError, TriggerRequest,
+    BackendError, CancelRunError, ExecuteError, GetPipelineError, GetRunError, ListRunsError,
+    Orchestrator, Pipeline, PipelineId, PipelineRepository, PipelineSummary, RequestContext, Run,
+    RunId, RunPage, RunQuery, RunWatch, SetPausedError, TriggerRequest,
 };
 
 /// The use cases, over whichever backend the ports were given.
@@ -21,6 +21,7 @@ use crate::{
 pub struct PipelineService {
     pipelines: Arc<dyn PipelineRepository>,
     orchestrator: Arc<dyn Orchestrator>,
+    watch: Option<Arc<dyn RunWatch>>,
 }
 
 impl std::fmt::Debug for PipelineService {
@@ -39,7 +40,17 @@ impl PipelineService {
         Self {
             pipelines,
             orchestrator,
+            watch: None,
         }
+    }
+
+    /// The same use cases, hearing of run changes from `watch`, so that
+    /// [`PipelineService::wait_for_run`] waits without asking the backend
+    /// once per waiting request.
+    #[must_use]
+    pub fn with_run_watch(mut self, watch: Arc<dyn RunWatch>) -> Self {
+        self.watch = Some(watch);
+        self
     }
 
     /// Triggers a run of the caller's pipeline now, whatever its schedule;
@@ -167,6 +178,78 @@ impl PipelineService {
         Ok(run)
     }
 
+    /// The caller's run once it has finished, or as it is when `until`
+    /// resolves, whichever comes first: a deadline, or the service
+    /// shutting down.
+    ///
+    /// The run is read once; then the service's [`RunWatch`] tells of its
+    /// changes, so that waiting costs the backend nothing per waiting
+    /// request. Without a watch, the run is answered as it is at once.
+    ///
+    /// # Errors
+    /// See [`GetRunError`].
+    pub async fn wait_for_run(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        run_id: &RunId,
+        until: impl Future<Output = ()> + Send,
+    ) -> Result<Run, GetRunError> {
+        let mut run = self.get_run(ctx, id, run_id).await?;
+        let Some(watch) = &self.watch else {
+            return Ok(run);
+        };
+        let mut until = pin!(until);
+        while !run.status.is_finished() {
+            let changed = watch.changed(ctx, &run);
+            match first(changed, until.as_mut()).await {
+                Either::Left(changed) => {
+                    let changed = changed?;
+                    // Only the run asked for, of the pipeline asked for.
+                    if changed.pipeline_id != *id || changed.id != *run_id {
+                        return Err(GetRunError::run_not_found(id, run_id));
+                    }
+                    run = changed;
+                }
+                Either::Right(()) => break,
+            }
+        }
+        Ok(run)
+    }
+
+    /// Cancels a run of the caller's pipeline that has not finished: it
+    /// ends `FAILED` with the trace [`Run::CANCELLED_TRACE`], and the next
+    /// queued run starts. A paused pipeline's runs can be cancelled.
+    ///
+    /// # Errors
+    /// See [`CancelRunError`].
+    pub async fn cancel_run(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        run_id: &RunId,
+    ) -> Result<Run, CancelRunError> {
+        if run_id.is_dot_segment() {
+            // As for `get_run`: no backend is asked for `.` or `..`.
+            return match self.get_pipeline(ctx, id).await {
+                Ok(_) => Err(CancelRunError::run_not_found(id, run_id)),
+                Err(GetPipelineError::NotFound(_)) => {
+                    Err(CancelRunError::PipelineNotFound(id.clone()))
+                }
+                Err(GetPipelineError::Backend(err)) => Err(err.into()),
+            };
+        }
+        let run = self.orchestrator.cancel_run(ctx, id, run_id).await?;
+        if run.pipeline_id != *id || run.id != *run_id {
+            return Err(BackendError::upstream(format!(
+                "cancel of run {run_id} of {id} answered with run {} of {}",
+                run.id, run.pipeline_id
+            ))
+            .into());
+        }
+        Ok(run)
+    }
+
     /// Whether the backend answers.
     ///
     /// # Errors
@@ -174,6 +257,27 @@ impl PipelineService {
     pub async fn ready(&self) -> Result<(), BackendError> {
         self.orchestrator.health().await
     }
+}
+
+/// Which of two futures finished first.
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Runs `left` and `right` together and answers with the first to finish,
+/// `left` first when both are ready; the other is dropped. Written here so
+/// that the domain needs no async runtime.
+async fn first<A: Future, B: Future>(left: A, right: B) -> Either<A::Output, B::Output> {
+    let mut left = pin!(left);
+    let mut right = pin!(right);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(value) = left.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(value));
+        }
+        right.as_mut().poll(cx).map(Either::Right)
+    })
+    .await
 }
 
 #[cfg(test)]

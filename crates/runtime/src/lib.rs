@@ -1,8 +1,15 @@
 //! What the adapters and the `maestro` binary share on the tokio runtime:
-//! [`TokioClock`], the [`domain::Clock`] of the running service.
+//! [`TokioClock`], the [`domain::Clock`] of the running service, and
+//! [`PollingRunWatch`], the [`domain::RunWatch`] of backends that must be
+//! polled for changes.
 //!
-//! Not an adapter: it implements no port against the outside world, and
-//! depends only on `domain` and tokio.
+//! Not an adapter: it talks to nothing outside the process itself (the
+//! watch reads through another port), and depends only on `domain` and
+//! tokio.
+
+mod watch;
+
+pub use watch::PollingRunWatch;
 
 use chrono::{TimeDelta, Utc};
 use domain::{Clock, Timestamp};

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
 use domain::{
-    BackendErrorKind, Caller, Clock, CustomerId, ExecuteError, GetPipelineError, GetRunError,
-    ListRunsError, ManualClock, Orchestrator, PipelineId, PipelineRepository, RequestContext,
-    RunId, RunQuery, SetPausedError, TriggerRequest,
+    BackendErrorKind, Caller, CancelRunError, Clock, CustomerId, ExecuteError, GetPipelineError,
+    GetRunError, ListRunsError, ManualClock, Orchestrator, PipelineId, PipelineRepository,
+    RequestContext, Run, RunId, RunQuery, SetPausedError, TriggerRequest,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path, path_regex};
@@ -30,6 +30,8 @@ pub(crate) const UNTAGGED_DAG: &str = "3d55cf4b_55f5_4a59_9aad_a5ea4eab1b2f";
 pub(crate) const RUN_ID: &str = "manual__2024-12-18T10:30:00.000000+00:00";
 /// The same run id as it travels in a path.
 pub(crate) const RUN_ID_IN_PATH: &str = "manual__2024-12-18T10%3A30%3A00.000000%2B00%3A00";
+/// A running run of Acme's pipeline, which a cancel fails.
+pub(crate) const RUNNING_RUN_ID: &str = "manual__2024-12-18T10:32:00.000000+00:00";
 /// The fixed token most tests use.
 pub(crate) const FIXED_TOKEN: &str = "fixed-token-3f9a";
 /// The password the credential tests use.
@@ -46,6 +48,15 @@ pub(crate) fn id(raw: &str) -> PipelineId {
 
 pub(crate) fn run_id() -> RunId {
     RunId::parse(RUN_ID).unwrap()
+}
+
+pub(crate) fn running_run_id() -> RunId {
+    RunId::parse(RUNNING_RUN_ID).unwrap()
+}
+
+/// A run id as it travels in a path.
+pub(crate) fn in_path(run_id: &str) -> String {
+    run_id.replace(':', "%3A").replace('+', "%2B")
 }
 
 /// Where the tests' clocks start: 2026-11-29T09:00:00Z, a few minutes
@@ -254,12 +265,7 @@ impl Fake {
         fake.mount_runs(
             ACME_DAG,
             vec![
-                dag_run(
-                    ACME_DAG,
-                    "manual__2024-12-18T10:32:00.000000+00:00",
-                    "running",
-                    json!({}),
-                ),
+                dag_run(ACME_DAG, RUNNING_RUN_ID, "running", json!({})),
                 dag_run(
                     ACME_DAG,
                     "manual__2024-12-18T10:31:00.000000+00:00",
@@ -271,6 +277,13 @@ impl Fake {
         )
         .await;
         fake.mount_run(ACME_DAG, dag_run(ACME_DAG, RUN_ID, "success", json!({})))
+            .await;
+        fake.mount_run(
+            ACME_DAG,
+            dag_run(ACME_DAG, RUNNING_RUN_ID, "running", json!({})),
+        )
+        .await;
+        fake.mount_run_patch_echo(ACME_DAG, RUNNING_RUN_ID, "running")
             .await;
         fake.mount_trigger_echo(ACME_DAG).await;
         fake.mount_patch_echo(acme_dag()).await;
@@ -348,14 +361,31 @@ impl Fake {
 
     /// `GET /api/v2/dags/{dag_id}/dagRuns/{dag_run_id}` for one run.
     pub(crate) async fn mount_run(&self, dag_id: &str, run: Value) {
-        let encoded = run["dag_run_id"]
-            .as_str()
-            .unwrap()
-            .replace(':', "%3A")
-            .replace('+', "%2B");
+        let encoded = in_path(run["dag_run_id"].as_str().unwrap());
         Mock::given(method("GET"))
             .and(path(format!("/api/v2/dags/{dag_id}/dagRuns/{encoded}")))
             .respond_with(ResponseTemplate::new(200).set_body_json(run))
+            .mount(&self.server)
+            .await;
+    }
+
+    /// `PATCH /api/v2/dags/{dag_id}/dagRuns/{run_id}` of a run in `state`,
+    /// answering the run with the posted state and note, as Airflow does.
+    pub(crate) async fn mount_run_patch_echo(&self, dag_id: &str, run_id: &str, state: &str) {
+        let run = dag_run(dag_id, run_id, state, json!({}));
+        Mock::given(method("PATCH"))
+            .and(path(format!(
+                "/api/v2/dags/{dag_id}/dagRuns/{}",
+                in_path(run_id)
+            )))
+            .respond_with(move |request: &Request| {
+                let body: Value = serde_json::from_slice(&request.body).unwrap();
+                let mut run = run.clone();
+                run["state"] = body["state"].clone();
+                run["note"] = body["note"].clone();
+                run["end_date"] = json!("2026-11-29T08:58:00.000000Z");
+                ResponseTemplate::new(200).set_body_json(run)
+            })
             .mount(&self.server)
             .await;
     }
@@ -492,6 +522,7 @@ pub(crate) enum Endpoint {
     RunPost,
     RunList,
     RunGet,
+    RunPatch,
     Health,
     Token,
 }
@@ -536,6 +567,10 @@ impl Endpoint {
                 "GET",
                 "^/api/v2/dags/1b33ad2f_33d3_4837_9eeb_83c82c8b909d/dagRuns/.+$",
             ),
+            Self::RunPatch => (
+                "PATCH",
+                "^/api/v2/dags/1b33ad2f_33d3_4837_9eeb_83c82c8b909d/dagRuns/.+$",
+            ),
             Self::Health => ("GET", "^/api/v2/monitor/health$"),
             Self::Token => ("POST", "^/auth/token$"),
         }
@@ -552,17 +587,22 @@ pub(crate) enum Op {
     Trigger,
     ListRuns,
     GetRun,
+    Cancel,
     Health,
 }
 
 /// Every call, with the Airflow endpoints it reaches on the happy path.
-pub(crate) const CALLS: [(Op, &[Endpoint]); 7] = [
+pub(crate) const CALLS: [(Op, &[Endpoint]); 8] = [
     (Op::Get, &[Endpoint::DagDetails]),
     (Op::List, &[Endpoint::DagList]),
     (Op::Pause, &[Endpoint::DagGet, Endpoint::DagPatch]),
     (Op::Trigger, &[Endpoint::DagGet, Endpoint::RunPost]),
     (Op::ListRuns, &[Endpoint::DagGet, Endpoint::RunList]),
     (Op::GetRun, &[Endpoint::DagGet, Endpoint::RunGet]),
+    (
+        Op::Cancel,
+        &[Endpoint::DagGet, Endpoint::RunGet, Endpoint::RunPatch],
+    ),
     (Op::Health, &[Endpoint::Health]),
 ];
 
@@ -574,6 +614,7 @@ pub(crate) enum Outcome {
     RunNotFound,
     Paused,
     Unchanged,
+    Finished,
     Failed(BackendErrorKind),
 }
 
@@ -636,6 +677,11 @@ pub(crate) async fn perform_on(
             Err(other) => panic!("{op:?}: {other:?}"),
         },
         Op::GetRun => get_run_outcome(backend, &ctx, &pipeline, &run_id()).await,
+        Op::Cancel => {
+            cancel_outcome(backend, &ctx, &pipeline, &running_run_id())
+                .await
+                .0
+        }
         Op::Health => match backend.health().await {
             Ok(()) => Outcome::Done,
             Err(err) => Outcome::Failed(err.kind()),
@@ -666,6 +712,44 @@ pub(crate) async fn get_run_outcome(
         Err(GetRunError::Backend(err)) => Outcome::Failed(err.kind()),
         Err(other) => panic!("get run: {other:?}"),
     }
+}
+
+/// Cancels run `run` of `pipeline`, checks that a refusal names both, and
+/// gives the run as the cancel left it.
+pub(crate) async fn cancel_outcome(
+    backend: &AirflowBackend,
+    ctx: &RequestContext,
+    pipeline: &PipelineId,
+    run: &RunId,
+) -> (Outcome, Option<Run>) {
+    let outcome = match backend.cancel_run(ctx, pipeline, run).await {
+        Ok(cancelled) => {
+            assert_eq!((&cancelled.pipeline_id, &cancelled.id), (pipeline, run));
+            return (Outcome::Done, Some(cancelled));
+        }
+        Err(CancelRunError::PipelineNotFound(id)) => {
+            assert_eq!(&id, pipeline);
+            Outcome::NotFound
+        }
+        Err(CancelRunError::RunNotFound {
+            pipeline_id,
+            run_id,
+        }) => {
+            assert_eq!((&pipeline_id, &run_id), (pipeline, run));
+            Outcome::RunNotFound
+        }
+        Err(CancelRunError::AlreadyFinished {
+            pipeline_id,
+            run_id,
+            ..
+        }) => {
+            assert_eq!((&pipeline_id, &run_id), (pipeline, run));
+            Outcome::Finished
+        }
+        Err(CancelRunError::Backend(err)) => Outcome::Failed(err.kind()),
+        Err(other) => panic!("cancel run: {other:?}"),
+    };
+    (outcome, None)
 }
 
 /// Performs `op` as Acme on Acme's pipeline.

@@ -59,7 +59,8 @@ async fn a_404_means_not_found_where_a_dag_or_run_is_asked_for_and_an_upstream_e
         Duration::from_secs(5),
         |op, endpoint| match (op, endpoint) {
             (Op::List | Op::Health, _) => Outcome::Failed(BackendErrorKind::Upstream),
-            (Op::GetRun, Endpoint::RunGet) => Outcome::RunNotFound,
+            (Op::GetRun, Endpoint::RunGet)
+            | (Op::Cancel, Endpoint::RunGet | Endpoint::RunPatch) => Outcome::RunNotFound,
             _ => Outcome::NotFound,
         },
     )

@@ -13,7 +13,9 @@ use std::time::Duration;
 use adapter_airflow::AirflowBackend;
 use airflow_test_support::dag_runs_page;
 use chrono::TimeDelta;
-use domain::{Clock, ExecuteError, IdempotencyKey, ManualClock, Orchestrator, TriggerRequest};
+use domain::{
+    Clock, ExecuteError, IdempotencyKey, ManualClock, Orchestrator, RunConf, TriggerRequest,
+};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, Request, ResponseTemplate};
@@ -272,6 +274,38 @@ async fn a_run_whose_conf_merely_contains_the_mark_elsewhere_is_not_taken_for_it
 
     assert_ne!(run.id.as_str(), "manual__2026-01-01T00:00:00.000000+00:00");
     assert_eq!(ledger.run_ids().len(), 2);
+}
+
+#[tokio::test]
+async fn a_keyed_trigger_with_parameters_is_found_by_its_mark_and_not_by_parameters_quoting_it() {
+    let ledger = Ledger::start(false).await;
+    let backend = ledger.backend();
+    let mark = common::keyed_mark("acme", "k1");
+    // Another run whose parameters quote the mark, as a client may.
+    let quoting = RunConf::parse(json!({"ref": mark, "date": "2024-12-18"})).unwrap();
+    let other = backend
+        .trigger(&ctx("acme"), &trigger_of(ACME_DAG).with_conf(quoting))
+        .await
+        .unwrap();
+    let parameters = RunConf::parse(json!({"date": "2024-12-18"})).unwrap();
+    ledger.answer_next(Answer::FailedAfterCreating);
+    let failed = backend
+        .trigger(&ctx("acme"), &keyed("k1").with_conf(parameters.clone()))
+        .await;
+    assert!(matches!(failed, Err(ExecuteError::Backend(_))));
+
+    let run = backend
+        .trigger(
+            &ctx("acme"),
+            &retry(&ledger.clock, "k1").with_conf(parameters.clone()),
+        )
+        .await
+        .unwrap();
+
+    assert_ne!(run.id, other.id);
+    assert_eq!(run.conf, parameters);
+    assert_eq!(ledger.run_ids().len(), 2);
+    assert_eq!(ledger.marks()[1], mark);
 }
 
 #[tokio::test]

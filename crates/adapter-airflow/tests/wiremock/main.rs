@@ -5,7 +5,9 @@
 //! test moves: no test sleeps, and none depends on today's date.
 
 mod auth;
+mod cancel;
 mod common;
+mod conf;
 mod failures;
 mod idempotent_trigger;
 mod pipelines;

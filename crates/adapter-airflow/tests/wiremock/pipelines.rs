@@ -59,7 +59,15 @@ async fn another_customers_dag_and_an_untagged_dag_look_exactly_like_a_missing_o
     let fake = Fake::happy().await;
     let backend = backend(&fake.uri());
     let missing = "00000000_0000_4000_8000_000000000000";
-    for op in [Op::Get, Op::Pause, Op::Unpause, Op::Trigger, Op::ListRuns] {
+    for op in [
+        Op::Get,
+        Op::Pause,
+        Op::Unpause,
+        Op::Trigger,
+        Op::ListRuns,
+        Op::GetRun,
+        Op::Cancel,
+    ] {
         for (customer, pipeline) in [
             ("globex", ACME_DAG),
             ("acme", GLOBEX_DAG),
@@ -73,9 +81,16 @@ async fn another_customers_dag_and_an_untagged_dag_look_exactly_like_a_missing_o
             );
         }
     }
-    // Nothing was changed or triggered in Airflow.
+    // Nothing was changed, triggered or cancelled in Airflow.
     assert!(fake.requests(Endpoint::DagPatch).await.is_empty());
     assert!(fake.requests(Endpoint::RunPost).await.is_empty());
+    let patched_runs = fake.server.received_requests().await.unwrap();
+    assert!(
+        !patched_runs
+            .iter()
+            .any(|request| request.method.as_str() == "PATCH"
+                && request.url.path().contains("/dagRuns/"))
+    );
 }
 
 #[tokio::test]

@@ -19,10 +19,10 @@ use axum::{
 };
 use chrono::{TimeZone, Utc};
 use domain::{
-    BackendError, Caller, Claim, ClaimTerms, CustomerId, ExecuteError, GetRunError, Idempotency,
-    IdempotencyConfig, IdempotencyStore, Lease, ListRunsError, ManualClock, MockAuthContext,
-    MockPipelineRepository, Orchestrator, PipelineId, PipelineService, Run, RunId, RunPage,
-    RunQuery, RunStatus, StoreError,
+    BackendError, Caller, CancelRunError, Claim, ClaimTerms, CustomerId, ExecuteError, GetRunError,
+    Idempotency, IdempotencyConfig, IdempotencyStore, Lease, ListRunsError, ManualClock,
+    MockAuthContext, MockPipelineRepository, Orchestrator, PipelineId, PipelineService, Run, RunId,
+    RunPage, RunQuery, RunStatus, StoreError,
 };
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
@@ -119,6 +119,15 @@ impl Orchestrator for Upstream {
         _: &RunId,
     ) -> Result<Run, GetRunError> {
         Err(GetRunError::PipelineNotFound(id.clone()))
+    }
+
+    async fn cancel_run(
+        &self,
+        _: &RequestContext,
+        id: &PipelineId,
+        _: &RunId,
+    ) -> Result<Run, CancelRunError> {
+        Err(CancelRunError::PipelineNotFound(id.clone()))
     }
 
     async fn health(&self) -> Result<(), BackendError> {

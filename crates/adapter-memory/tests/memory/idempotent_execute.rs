@@ -17,9 +17,9 @@ use adapter_memory::{
 };
 use async_trait::async_trait;
 use domain::{
-    BackendError, Caller, CustomerId, ExecuteError, GetRunError, Idempotency, IdempotencyConfig,
-    IdempotencyError, IdempotencyKey, Idempotent, ListRunsError, Orchestrator, PipelineId,
-    PipelineService, RequestContext, Run, RunId, RunPage, RunQuery, TriggerRequest,
+    BackendError, Caller, CancelRunError, CustomerId, ExecuteError, GetRunError, Idempotency,
+    IdempotencyConfig, IdempotencyError, IdempotencyKey, Idempotent, ListRunsError, Orchestrator,
+    PipelineId, PipelineService, RequestContext, Run, RunId, RunPage, RunQuery, TriggerRequest,
 };
 use runtime::TokioClock;
 use tokio::sync::Semaphore;
@@ -77,6 +77,15 @@ impl Orchestrator for Upstream {
         run_id: &RunId,
     ) -> Result<Run, GetRunError> {
         self.backend.get_run(ctx, id, run_id).await
+    }
+
+    async fn cancel_run(
+        &self,
+        ctx: &RequestContext,
+        id: &PipelineId,
+        run_id: &RunId,
+    ) -> Result<Run, CancelRunError> {
+        self.backend.cancel_run(ctx, id, run_id).await
     }
 
     async fn health(&self) -> Result<(), BackendError> {

@@ -319,3 +319,193 @@ async fn ready_asks_the_orchestrator() {
         .returning(|| Err(BackendError::unavailable("down")));
     assert!(with_orchestrator(orchestrator).ready().await.is_err());
 }
+
+#[tokio::test]
+async fn cancel_passes_the_run_and_each_refusal_through() {
+    let mut orchestrator = MockOrchestrator::new();
+    orchestrator
+        .expect_cancel_run()
+        .with(always(), eq(id()), eq(RunId::manual(&at())))
+        .times(1)
+        .returning(|_, _, _| {
+            let mut run = run(ID, RunStatus::Failed);
+            run.trace = Some(Run::CANCELLED_TRACE.to_owned());
+            Ok(run)
+        });
+    let cancelled = with_orchestrator(orchestrator)
+        .cancel_run(&ctx("acme"), &id(), &RunId::manual(&at()))
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled.trace.as_deref(),
+        Some("Cancelled through the API")
+    );
+
+    let mut orchestrator = MockOrchestrator::new();
+    orchestrator.expect_cancel_run().returning(|_, id, run_id| {
+        Err(CancelRunError::AlreadyFinished {
+            pipeline_id: id.clone(),
+            run_id: run_id.clone(),
+            status: RunStatus::Success,
+        })
+    });
+    let err = with_orchestrator(orchestrator)
+        .cancel_run(&ctx("acme"), &id(), &RunId::manual(&at()))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CancelRunError::AlreadyFinished {
+            status: RunStatus::Success,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn cancel_refuses_another_runs_answer_and_never_sends_dot_ids() {
+    let mut orchestrator = MockOrchestrator::new();
+    orchestrator
+        .expect_cancel_run()
+        .returning(|_, _, _| Ok(run(OTHER_ID, RunStatus::Failed)));
+    let err = with_orchestrator(orchestrator)
+        .cancel_run(&ctx("acme"), &id(), &RunId::manual(&at()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CancelRunError::Backend(_)));
+
+    let mut repo = MockPipelineRepository::new();
+    repo.expect_get().returning(|_, _| Ok(pipeline("acme", ID)));
+    let mut orchestrator = MockOrchestrator::new();
+    orchestrator.expect_cancel_run().never();
+    let err = service(repo, orchestrator)
+        .cancel_run(&ctx("acme"), &id(), &RunId::parse("..").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CancelRunError::RunNotFound { .. }));
+}
+
+/// A watch that answers each `changed` with the next of `runs`, then
+/// never again.
+fn watching(runs: Vec<Run>) -> Arc<dyn RunWatch> {
+    let runs = std::sync::Mutex::new(runs.into_iter());
+    let mut watch = crate::MockRunWatch::new();
+    watch.expect_changed().returning(move |_, _| {
+        runs.lock()
+            .unwrap()
+            .next()
+            .map_or_else(|| panic!("asked after the last change"), Ok)
+    });
+    Arc::new(watch)
+}
+
+#[tokio::test]
+async fn a_wait_reads_the_run_once_then_follows_the_watch_to_the_finish() {
+    let mut orchestrator = MockOrchestrator::new();
+    orchestrator
+        .expect_get_run()
+        .times(1)
+        .returning(|_, _, _| Ok(run(ID, RunStatus::Queued)));
+    let service = with_orchestrator(orchestrator).with_run_watch(watching(vec![
+        run(ID, RunStatus::Running),
+        run(ID, RunStatus::Success),
+    ]));
+
+    let finished = service
+        .wait_for_run(
+            &ctx("acme"),
+            &id(),
+            &RunId::manual(&at()),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished.status, RunStatus::Success);
+}
+
+/// A watch that never hears of a change.
+struct Silent;
+
+#[async_trait::async_trait]
+impl RunWatch for Silent {
+    async fn changed(&self, _: &RequestContext, _: &Run) -> Result<Run, GetRunError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_wait_answers_the_run_as_it_is_when_the_deadline_comes() {
+    let mut orchestrator = MockOrchestrator::new();
+    orchestrator
+        .expect_get_run()
+        .times(1)
+        .returning(|_, _, _| Ok(run(ID, RunStatus::Running)));
+    let service = with_orchestrator(orchestrator).with_run_watch(Arc::new(Silent));
+
+    let as_is = service
+        .wait_for_run(
+            &ctx("acme"),
+            &id(),
+            &RunId::manual(&at()),
+            std::future::ready(()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(as_is.status, RunStatus::Running);
+}
+
+#[tokio::test]
+async fn a_wait_refuses_a_change_of_another_run_from_a_faulty_watch() {
+    let mut orchestrator = MockOrchestrator::new();
+    orchestrator
+        .expect_get_run()
+        .returning(|_, _, _| Ok(run(ID, RunStatus::Running)));
+    let service = with_orchestrator(orchestrator)
+        .with_run_watch(watching(vec![run(OTHER_ID, RunStatus::Success)]));
+    let err = service
+        .wait_for_run(
+            &ctx("acme"),
+            &id(),
+            &RunId::manual(&at()),
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GetRunError::RunNotFound { .. }));
+}
+
+#[tokio::test]
+async fn a_wait_without_a_watch_answers_at_once_and_a_finished_run_needs_no_watch() {
+    let mut orchestrator = MockOrchestrator::new();
+    orchestrator
+        .expect_get_run()
+        .returning(|_, _, _| Ok(run(ID, RunStatus::Running)));
+    let at_once = with_orchestrator(orchestrator)
+        .wait_for_run(
+            &ctx("acme"),
+            &id(),
+            &RunId::manual(&at()),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(at_once.status, RunStatus::Running);
+
+    let mut orchestrator = MockOrchestrator::new();
+    orchestrator
+        .expect_get_run()
+        .returning(|_, _, _| Ok(run(ID, RunStatus::Failed)));
+    let mut watch = crate::MockRunWatch::new();
+    watch.expect_changed().never();
+    let finished = with_orchestrator(orchestrator)
+        .with_run_watch(Arc::new(watch))
+        .wait_for_run(
+            &ctx("acme"),
+            &id(),
+            &RunId::manual(&at()),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished.status, RunStatus::Failed);
+}
