@@ -205,6 +205,8 @@ struct Outcomes {
     traffic: Duration,
     end: Option<Level>,
     healthy_at_end: bool,
+    /// When the service's process exited, if it did during the traffic.
+    exited_at: Option<Duration>,
     upstream: Option<UpstreamFigures>,
     log_levels: BTreeMap<String, u64>,
 }
@@ -338,7 +340,14 @@ async fn soak(args: &Args, maestro: &Path) -> anyhow::Result<Report> {
     let outages = fake.map(|upstream| tokio::spawn(outages(upstream, until)));
     traffic::run(Arc::clone(&traffic), until).await;
     let traffic_took = started.elapsed();
-    sampler.abort();
+    let exited_at = sampler.await.context("the sampler failed")?;
+    if let Some(at) = exited_at {
+        eprintln!(
+            "warning: maestro exited {:.0} s into the traffic; see {}",
+            at.as_secs_f64(),
+            log.display()
+        );
+    }
     let upstream = match outages {
         Some(outages) => Some(outages.await.context("the outage task failed")?),
         None => None,
@@ -398,6 +407,7 @@ async fn soak(args: &Args, maestro: &Path) -> anyhow::Result<Report> {
         traffic: traffic_took,
         end,
         healthy_at_end,
+        exited_at,
         upstream: upstream_figures,
     }))
 }
@@ -451,19 +461,22 @@ fn sample(pid: u32, at: Duration) -> anyhow::Result<Sample> {
     })
 }
 
-/// Samples every [`SAMPLE_EVERY`] until aborted, and says how it goes
-/// every minute.
+/// Samples every [`SAMPLE_EVERY`] until `until`, and says how it goes
+/// every minute; when the service's process exited meanwhile, when.
 async fn sample_until(
     pid: u32,
     started: Instant,
     until: Instant,
     samples: Arc<Mutex<Vec<Sample>>>,
     record: Arc<Record>,
-) {
+) -> Option<Duration> {
     let mut next_word = started + Duration::from_secs(60);
-    loop {
+    while Instant::now() < until {
         sleep(SAMPLE_EVERY).await;
         let Ok(taken) = sample(pid, started.elapsed()) else {
+            if has_exited(pid) {
+                return Some(started.elapsed());
+            }
             continue;
         };
         samples
@@ -483,6 +496,17 @@ async fn sample_until(
             );
         }
     }
+    None
+}
+
+/// Whether process `pid`, a child not reaped yet, has exited: it is a
+/// zombie, or gone.
+fn has_exited(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        // `pid (name) state ...`; the name may hold spaces and parentheses.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+    })
 }
 
 /// Takes the upstream down every [`UPSTREAM_UP_FOR`] for
@@ -677,6 +701,12 @@ fn report(outcomes: &Outcomes) -> Report {
     ));
 
     let mut notes = vec![format!("The service's log: `{}`.", outcomes.log.display())];
+    if let Some(at) = outcomes.exited_at {
+        notes.push(format!(
+            "The service's process exited {:.0} s into the traffic: its log says why (a shutdown signal, a panic).",
+            at.as_secs_f64()
+        ));
+    }
     notes.extend(
         outcomes
             .problems
@@ -900,4 +930,33 @@ fn checks(outcomes: &Outcomes, level: Option<Level>, unexpected: &[String]) -> V
         passed: outcomes.healthy_at_end,
     });
     checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_process_has_not_exited_and_an_unreaped_one_has() {
+        assert!(!has_exited(std::process::id()));
+        let mut child = Command::new("true").spawn().expect("true starts");
+        // Waits for the exit itself (no time is assumed): a zombie shows
+        // up in /proc once `true` has run, however long that takes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !has_exited(child.id()) {
+            assert!(std::time::Instant::now() < deadline, "`true` never exited");
+            std::thread::yield_now();
+        }
+        assert!(has_exited(child.id()), "a zombie until it is reaped");
+        child.wait().expect("reaped");
+    }
+
+    #[test]
+    fn minutes_are_positive_and_may_be_fractions() {
+        assert_eq!(positive_minutes("10"), Ok(10.0));
+        assert_eq!(positive_minutes("0.5"), Ok(0.5));
+        assert!(positive_minutes("0").is_err());
+        assert!(positive_minutes("-1").is_err());
+        assert!(positive_minutes("soon").is_err());
+    }
 }

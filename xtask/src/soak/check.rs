@@ -20,8 +20,8 @@ pub(super) const FD_SLACK: u64 = 4;
 
 /// What the memory backend keeps per run in its history, rounded up: the
 /// soak raises the history limit so that every run stays listed, so RSS
-/// grows by this much per run by design (0.21 KiB measured; with a history
-/// limit of 100 per pipeline RSS stays flat over 23,000 executes).
+/// grows by this much per run by design (0.23 KiB measured; with a history
+/// limit of 100 per pipeline RSS stays flat over 20,000 executes).
 pub(super) const RUN_BYTES: u64 = 256;
 
 /// The first part of the traffic is warm-up: allocator arenas, pools and
