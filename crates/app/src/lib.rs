@@ -6,6 +6,7 @@
 
 pub mod config;
 mod dev;
+mod events;
 mod readiness;
 mod server;
 mod telemetry;
@@ -52,6 +53,7 @@ pub async fn serve(
         banner.print(addr);
     }
     server::run(listener, built.router, built.state, shutdown, edge).await;
+    built.loops.stop().await;
     Ok(())
 }
 

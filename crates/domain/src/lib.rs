@@ -101,7 +101,9 @@
 //! - `mock`: mockall mocks of the ports (`MockOrchestrator`, ...), for
 //!   other crates' tests.
 //! - `testkit`: `domain::idempotency_testkit`, the scenarios every
-//!   [`IdempotencyStore`] must pass.
+//!   [`IdempotencyStore`] must pass, and `domain::feed_testkit`, those of
+//!   every [`EventLog`], [`Listeners`], [`WebhookStore`] and
+//!   [`DeliveryQueue`].
 
 #![warn(missing_docs)]
 
@@ -110,6 +112,8 @@ mod clock;
 mod conf;
 mod error;
 mod feed;
+#[cfg(feature = "testkit")]
+pub mod feed_testkit;
 mod idempotency;
 #[cfg(feature = "testkit")]
 pub mod idempotency_testkit;

@@ -163,6 +163,28 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// `customer`'s webhook `id`, told of every change of every pipeline
+    /// (set [`Webhook::events`] and [`Webhook::pipeline_ids`] to narrow
+    /// it): how a store that keeps webhooks outside this process reads one
+    /// back.
+    pub fn new(
+        id: WebhookId,
+        customer: CustomerId,
+        url: WebhookUrl,
+        secret: WebhookSecret,
+        created_at: Timestamp,
+    ) -> Self {
+        Self {
+            id,
+            customer,
+            url,
+            events: RunEventType::ALL.to_vec(),
+            pipeline_ids: Vec::new(),
+            secret,
+            created_at,
+        }
+    }
+
     /// Whether `event` (of any customer) is one this webhook is told of.
     pub fn wants(&self, event: &RunEvent) -> bool {
         event.change.customer == self.customer
@@ -278,6 +300,27 @@ impl Delivery {
             due: now,
         }
     }
+
+    /// The delivery of `event` to webhook `webhook` of `customer`, first
+    /// due at `first_due`, with no attempt made yet (set
+    /// [`Delivery::attempts`] and [`Delivery::due`] as kept): how a store
+    /// that keeps deliveries outside this process reads one back.
+    pub fn stored(
+        webhook: WebhookId,
+        customer: CustomerId,
+        event: RunEvent,
+        first_due: Timestamp,
+    ) -> Self {
+        Self {
+            id: DeliveryId::of(&webhook, &event.id),
+            webhook,
+            customer,
+            event,
+            attempts: 0,
+            first_due,
+            due: first_due,
+        }
+    }
 }
 
 /// How long after its first attempt a delivery is retried at most.
@@ -391,6 +434,17 @@ pub trait WebhookSender: Send + Sync {
     /// One attempt of `delivery` to `webhook`, signed with its secret, at
     /// `now` (the signature's timestamp).
     async fn send(&self, webhook: &Webhook, delivery: &Delivery, now: Timestamp) -> SendOutcome;
+
+    /// Whether deliveries to `url` could be made, as far as can be told at
+    /// registration (where its host resolves, say); every delivery checks
+    /// again. By default, every URL of a valid form can.
+    ///
+    /// # Errors
+    /// [`InvalidWebhookUrl`] saying why not.
+    async fn check_url(&self, url: &WebhookUrl) -> Result<(), InvalidWebhookUrl> {
+        let _ = url;
+        Ok(())
+    }
 }
 
 /// Registering, listing and deleting a customer's webhooks.
@@ -400,6 +454,7 @@ pub trait WebhookSender: Send + Sync {
 pub struct Webhooks {
     store: std::sync::Arc<dyn WebhookStore>,
     allow_http: bool,
+    sender: Option<std::sync::Arc<dyn WebhookSender>>,
 }
 
 impl fmt::Debug for Webhooks {
@@ -437,7 +492,19 @@ impl Webhooks {
     /// Webhooks kept in `store`; `allow_http` lets their URLs be `http://`
     /// (development and tests).
     pub fn new(store: std::sync::Arc<dyn WebhookStore>, allow_http: bool) -> Self {
-        Self { store, allow_http }
+        Self {
+            store,
+            allow_http,
+            sender: None,
+        }
+    }
+
+    /// The same, refusing at registration the URLs `sender` could not
+    /// deliver to ([`WebhookSender::check_url`]).
+    #[must_use]
+    pub fn checking_urls_with(mut self, sender: std::sync::Arc<dyn WebhookSender>) -> Self {
+        self.sender = Some(sender);
+        self
     }
 
     /// Registers a webhook for the caller's customer, with the id and
@@ -453,6 +520,9 @@ impl Webhooks {
         now: Timestamp,
     ) -> Result<Webhook, RegisterWebhookError> {
         let url = WebhookUrl::parse(&new.url, self.allow_http)?;
+        if let Some(sender) = &self.sender {
+            sender.check_url(&url).await?;
+        }
         let mut events = if new.events.is_empty() {
             RunEventType::ALL.to_vec()
         } else {
@@ -556,6 +626,35 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_and_a_delivery_read_back_by_a_store_are_those_made() {
+        let pipeline = PipelineId::parse("1b33ad2f_33d3_4837_9eeb_83c82c8b909d").unwrap();
+        let customer = CustomerId::parse("acme").unwrap();
+        let mut webhook = Webhook::new(
+            WebhookId::new([1; 16]),
+            customer.clone(),
+            WebhookUrl::parse("https://hooks.example/", false).unwrap(),
+            WebhookSecret::new([2; 32]),
+            at(0),
+        );
+        assert_eq!(webhook.events, RunEventType::ALL);
+        assert!(webhook.pipeline_ids.is_empty());
+        webhook.pipeline_ids = vec![pipeline.clone()];
+        let run = crate::Run::new(
+            crate::RunId::manual(&at(0)),
+            pipeline,
+            crate::RunStatus::Success,
+            at(0),
+        );
+        let event = RunEvent::new(
+            crate::EventId::parse("1734517800000-0").unwrap(),
+            crate::RunChange::new(customer.clone(), run),
+        );
+        let made = Delivery::new(&webhook, event.clone(), at(5));
+        let stored = Delivery::stored(webhook.id.clone(), customer, event, at(5));
+        assert_eq!(stored, made);
+    }
+
+    #[test]
     fn ids_and_secrets_round_trip_and_a_secret_never_shows() {
         let id = WebhookId::new([0xab; 16]);
         assert_eq!(id.as_str(), format!("wh_{}", "ab".repeat(16)));
@@ -565,5 +664,32 @@ mod tests {
             format!("{:?}", WebhookSecret::new([7; 32])),
             "WebhookSecret(..)"
         );
+    }
+
+    #[tokio::test]
+    async fn a_url_the_sender_refuses_is_not_registered() {
+        let mut sender = MockWebhookSender::new();
+        sender
+            .expect_check_url()
+            .returning(|_| Err(InvalidWebhookUrl::ForbiddenAddress));
+        // A store that is never asked to keep anything.
+        let store = MockWebhookStore::new();
+        let webhooks = Webhooks::new(std::sync::Arc::new(store), false)
+            .checking_urls_with(std::sync::Arc::new(sender));
+        let ctx = RequestContext::new(crate::Caller::new(CustomerId::parse("acme").unwrap()));
+        let refused = webhooks
+            .register(
+                &ctx,
+                NewWebhook::new("https://10.0.0.1/hook"),
+                ([1; 16], [2; 32]),
+                at(0),
+            )
+            .await;
+        assert!(matches!(
+            refused,
+            Err(RegisterWebhookError::InvalidUrl(
+                InvalidWebhookUrl::ForbiddenAddress
+            ))
+        ));
     }
 }
