@@ -10,8 +10,7 @@ use axum::{
     response::sse::{Event, KeepAlive, Sse},
 };
 use domain::{
-    CustomerRead, EventFilter, EventId, PipelineId, RequestContext, RunEvent, Timestamp,
-    format_timestamp,
+    CustomerRead, EventFilter, EventId, PipelineId, RequestContext, RunEvent, format_timestamp,
 };
 use futures_util::{Stream, StreamExt as _, stream};
 use serde::Deserialize;
@@ -259,10 +258,11 @@ fn gap_event() -> Event {
 /// The body of a webhook delivery: `{"type", "timestamp", "data": RUN}`,
 /// the run as the API's run routes show it. The app hands this to the
 /// webhook sender, so that deliveries and the API show runs alike.
-pub fn webhook_body(event: &RunEvent, at: Timestamp) -> Vec<u8> {
+pub fn webhook_body(event: &RunEvent) -> Vec<u8> {
     let body = serde_json::json!({
         "type": event.change.event_type().as_str(),
-        "timestamp": format_timestamp(&at),
+        // When the change happened: the same on every attempt.
+        "timestamp": format_timestamp(&event.change.run.updated_at),
         "data": RunBody::from(event.change.run.clone()),
     });
     serde_json::to_vec(&body).unwrap_or_default()

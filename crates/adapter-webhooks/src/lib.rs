@@ -21,11 +21,11 @@
 //! // The binary renders the run as the HTTP API does; any renderer will do here.
 //! let sender = HttpWebhookSender::new(
 //!     WebhooksConfig::new(false),
-//!     Arc::new(|event: &domain::RunEvent, at: domain::Timestamp| {
+//!     Arc::new(|event: &domain::RunEvent| {
 //!         format!(
 //!             r#"{{"type":"{}","timestamp":"{}","data":{{}}}}"#,
 //!             event.change.event_type(),
-//!             domain::format_timestamp(&at),
+//!             domain::format_timestamp(&event.change.run.updated_at),
 //!         )
 //!         .into_bytes()
 //!     }),

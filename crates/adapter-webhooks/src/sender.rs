@@ -35,11 +35,12 @@ use crate::{
 /// What the requests say they come from.
 const USER_AGENT: &str = concat!("maestro/", env!("CARGO_PKG_VERSION"));
 
-/// Renders a delivery's body at the attempt's time: the JSON
-/// `{"type": <event type>, "timestamp": <RFC 3339 of the attempt>, "data": <the run>}`.
-/// The run's JSON shape is the HTTP API's, so the binary passes a renderer
-/// from there.
-pub type RenderBody = Arc<dyn Fn(&RunEvent, Timestamp) -> Vec<u8> + Send + Sync>;
+/// Renders a delivery's body: the JSON
+/// `{"type": <event type>, "timestamp": <RFC 3339 of the change>, "data": <the run>}`,
+/// the same on every attempt (the attempt's time is in the
+/// `webhook-timestamp` header). The run's JSON shape is the HTTP API's, so
+/// the binary passes a renderer from there.
+pub type RenderBody = Arc<dyn Fn(&RunEvent) -> Vec<u8> + Send + Sync>;
 
 /// How deliveries are made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +140,7 @@ impl HttpWebhookSender {
             }
         };
 
-        let body = (self.render)(&delivery.event, now);
+        let body = (self.render)(&delivery.event);
         let timestamp = now.timestamp();
         let signature = sign(
             webhook.secret.bytes(),
@@ -273,7 +274,7 @@ mod tests {
     use super::*;
 
     fn sender() -> HttpWebhookSender {
-        HttpWebhookSender::new(WebhooksConfig::new(true), Arc::new(|_, _| Vec::new()))
+        HttpWebhookSender::new(WebhooksConfig::new(true), Arc::new(|_| Vec::new()))
     }
 
     #[tokio::test]

@@ -31,10 +31,10 @@ fn at(seconds: i64) -> Timestamp {
 
 /// The body as the binary's renderer shapes it, with a small run.
 fn render() -> RenderBody {
-    Arc::new(|event: &RunEvent, now: Timestamp| {
+    Arc::new(|event: &RunEvent| {
         serde_json::to_vec(&serde_json::json!({
             "type": event.change.event_type().as_str(),
-            "timestamp": format_timestamp(&now),
+            "timestamp": format_timestamp(&event.change.run.updated_at),
             "data": {
                 "run_id": event.change.run.id.as_str(),
                 "pipeline_id": event.change.run.pipeline_id.as_str(),
@@ -136,7 +136,11 @@ async fn a_receiver_verifies_every_attempts_signature_and_sees_one_id() {
         );
         let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
         assert_eq!(body["type"], "run.succeeded");
-        assert_eq!(body["timestamp"], format_timestamp(&now));
+        // The body is the same on every attempt: the change's time.
+        assert_eq!(
+            body["timestamp"],
+            format_timestamp(&delivery.event.change.run.updated_at)
+        );
         assert_eq!(
             body["data"]["run_id"],
             "manual__2024-12-18T10:30:00.000000+00:00"
