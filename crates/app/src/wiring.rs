@@ -55,7 +55,19 @@ pub struct Built {
 pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
     // The one clock every part of the service reads: it follows tokio's,
     // so tests can pause it.
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::start());
+    build_with_clock(config, Arc::new(TokioClock::start())).await
+}
+
+/// [`build`], with every part of the service reading the time from
+/// `clock`: tests hand in a `domain::ManualClock` to move time on by hand
+/// (a webhook's retries, a token's expiry) without waiting for it.
+///
+/// # Errors
+/// As [`build`].
+pub async fn build_with_clock(
+    config: &ServeConfig,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Built> {
     let (repository, orchestrator, watch, demo, engine) = backend(config, &clock)?;
     let Auth {
         context: auth,
