@@ -31,6 +31,7 @@ use report::Report;
 mod airflow;
 mod baseline;
 mod idempotency;
+mod lifecycle;
 mod memory;
 pub(crate) mod report;
 
@@ -83,6 +84,20 @@ pub(crate) struct Args {
     /// 100,000 keys, so warm-up plus these stay under it by default.
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     idempotency_requests: u64,
+
+    /// With the memory backend: skip the run-lifecycle rows (execute with
+    /// a 1 KiB `conf` against execute without, in alternating turns; then
+    /// 1,000 requests waiting on runs with `?wait_seconds=60`: the RSS they
+    /// add and how soon each is answered after its run ends, beside the
+    /// bare axum baseline holding as many), which otherwise follow the
+    /// `Idempotency-Key` runs.
+    #[arg(long)]
+    no_lifecycle: bool,
+
+    /// Measured executes per side of the `conf` comparison (without
+    /// `conf`, with a 1 KiB `conf`), in ten alternating turns.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    conf_requests: u64,
 
     /// Only report: exit 0 even when a target is missed.
     #[arg(long)]
@@ -200,6 +215,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     if !args.no_idempotency {
         reports.push(runtime.block_on(idempotency::run(args, &maestro))?);
         print(&reports[1]);
+    }
+    if !args.no_lifecycle {
+        for report in runtime.block_on(lifecycle::run(args, &maestro))? {
+            print(&report);
+            reports.push(report);
+        }
     }
     judge(&reports, args.no_check)
 }

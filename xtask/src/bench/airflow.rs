@@ -391,14 +391,15 @@ fn report(setup: String, rows: &[Measured], exchanges: &TokenExchanges) -> Repor
 }
 
 /// In how many turns each side's requests are sent.
-const TURNS: u64 = 10;
+pub(super) const TURNS: u64 = 10;
 
 /// Runs `direct` and `maestro` in [`TURNS`] alternating blocks (direct
 /// first in even turns, Maestro first in odd ones) and merges each side's
 /// blocks. Airflow slows down as runs pile up in its queue and its
 /// scheduler works through them, so two phases one after the other would
-/// charge that drift to whichever side went second.
-async fn in_turns(
+/// charge that drift to whichever side went second. The run-lifecycle
+/// bench compares its two kinds of execute the same way.
+pub(super) async fn in_turns(
     direct: &LoadSpec,
     maestro: &LoadSpec,
 ) -> anyhow::Result<(LoadReport, LoadReport)> {
@@ -429,7 +430,7 @@ async fn in_turns(
 }
 
 /// The 1-, 5- and 15-minute load averages, as `/proc/loadavg` has them.
-fn load_average() -> String {
+pub(super) fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|text| {

@@ -2,9 +2,19 @@
 //! the service and answering a body of the same shape, with no auth, no
 //! state and no middleware. It measures what axum, hyper and serde cost on
 //! this machine, so the service's figures can be read as a ratio of it.
+//!
+//! Beside it, for the waiting requests of `bench/lifecycle.rs`, a request
+//! that is answered at an instant it names, the bare counterpart of a
+//! request waiting on a run that ends then, and a count of those waiting.
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use axum::{
     Json, Router,
+    extract::Path,
     routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
@@ -46,12 +56,63 @@ async fn execute(Json(body): Json<ExecuteBody>) -> Json<ExecuteAnswer> {
     })
 }
 
-/// The baseline's routes: execute, and `/health` so that it is waited for
-/// exactly like the service.
+/// Where a request waits until the instant that follows, in microseconds
+/// since the Unix epoch (`/bench/wait/1764410403123456`).
+pub(crate) const WAIT_PATH: &str = "/bench/wait";
+/// How many requests wait at [`WAIT_PATH`] now, as a number.
+pub(crate) const WAITING_PATH: &str = "/bench/waiting";
+
+/// Requests waiting at [`WAIT_PATH`]. A static rather than router state, so
+/// that execute's path is exactly what it was.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// What a wait answers: the instant it waited for.
+#[derive(Debug, Serialize)]
+struct WaitAnswer {
+    due_unix_micros: u64,
+}
+
+/// Counts a waiting request while it lives.
+struct Waiting;
+
+impl Waiting {
+    fn enter() -> Self {
+        WAITING.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answers once the wall clock reaches `due`: a timer and nothing else,
+/// what waiting costs axum, hyper and tokio alone.
+async fn wait(Path(due): Path<u64>) -> Json<WaitAnswer> {
+    let _waiting = Waiting::enter();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_micros(due).saturating_sub(now);
+    tokio::time::sleep(left).await;
+    Json(WaitAnswer {
+        due_unix_micros: due,
+    })
+}
+
+/// The baseline's routes: execute, `/health` so that it is waited for
+/// exactly like the service, and the wait with its count.
 pub(crate) fn router() -> Router {
     Router::new()
         .route(EXECUTE_PATH, post(execute))
         .route("/health", get(|| async { "ok" }))
+        .route(&format!("{WAIT_PATH}/{{due}}"), get(wait))
+        .route(
+            WAITING_PATH,
+            get(|| async { WAITING.load(Ordering::SeqCst).to_string() }),
+        )
 }
 
 /// Serves the baseline on `listener` until the process ends.
@@ -135,6 +196,45 @@ mod tests {
             [422]
         );
         assert_eq!(report.answered(), 10);
+    }
+
+    /// Requests waiting at `addr`, as the baseline counts them.
+    async fn waiting(addr: std::net::SocketAddr) -> usize {
+        let request = RequestTemplate::get(WAITING_PATH);
+        let answer = http::send_once(addr, &request, http::REQUEST_TIMEOUT)
+            .await
+            .expect("answer");
+        String::from_utf8_lossy(&answer.body)
+            .parse()
+            .expect("a number")
+    }
+
+    fn unix_micros() -> u64 {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+        u64::try_from(now.as_micros()).expect("micros")
+    }
+
+    #[tokio::test]
+    async fn a_wait_is_answered_at_its_instant_and_counted_until_then() {
+        let addr = start().await;
+        let due = unix_micros() + 300_000;
+        let request = RequestTemplate::get(format!("{WAIT_PATH}/{due}"));
+        let waiter =
+            tokio::spawn(
+                async move { http::send_once(addr, &request, http::REQUEST_TIMEOUT).await },
+            );
+        // Polling, not a test of timing: the count has no other signal.
+        // Other tests of this process may wait too, so at least this one.
+        let mut counted = waiting(addr).await;
+        while counted == 0 && unix_micros() < due {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            counted = waiting(addr).await;
+        }
+        assert!(counted >= 1, "the wait is counted while it waits");
+        let answer = waiter.await.expect("no panic").expect("answer");
+        assert!(unix_micros() >= due, "not answered before its instant");
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.json(), serde_json::json!({"due_unix_micros": due}));
     }
 
     #[tokio::test]

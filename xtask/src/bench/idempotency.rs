@@ -97,6 +97,14 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
     let load = ExecuteLoad::new(args, args.idempotency_requests)?;
     let plan = load.plan();
     let setup = Backend::Memory.prepare(load.pipeline)?;
+    // Every key of a run stays kept, so that its first is still replayed
+    // at the end: the bound on keys per customer (which would forget the
+    // oldest) is not what this measures.
+    let mut keyed_env = setup.env.clone();
+    keyed_env.push((
+        "MAESTRO_IDEMPOTENCY_KEYS_PER_CUSTOMER",
+        "10000000".to_owned(),
+    ));
 
     let plain = {
         let (_server, addr) = start_maestro(maestro, &load.secret, &setup.env).await?;
@@ -105,7 +113,7 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
     };
 
     let (memory_store, memory_store_replays) = {
-        let (_server, addr) = start_maestro(maestro, &load.secret, &setup.env).await?;
+        let (_server, addr) = start_maestro(maestro, &load.secret, &keyed_env).await?;
         println!("== maestro, fresh Idempotency-Key per request, memory store, on {addr}: {plan}");
         keyed_run(&load.at(addr)).await?
     };
@@ -115,7 +123,7 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
         // dropped first): Redis is stopped on every way out of the block.
         println!("== starting a throwaway redis-server");
         let (_redis, url) = RedisServer::start("maestro-bench-redis-")?;
-        let mut env = setup.env.clone();
+        let mut env = keyed_env.clone();
         env.push(("MAESTRO_REDIS_URL", url));
         let (_server, addr) = start_maestro(maestro, &load.secret, &env).await?;
         println!("== maestro, fresh Idempotency-Key per request, Redis store, on {addr}: {plan}");
