@@ -194,9 +194,18 @@ impl MemoryBackend {
         self.inner.any_change.send_replace(());
     }
 
-    /// The time now, on the backend's clock.
-    pub(crate) fn now(&self) -> Timestamp {
-        self.clock.now()
+    /// The instant a feed reads the pipelines at: the clock's now, or the
+    /// latest instant a pipeline dated an operation, when that is later.
+    /// Operations are dated strictly after the last read of their pipeline,
+    /// so with a clock that stands still (or runs behind the run ids a
+    /// burst of triggers hands out) they would otherwise stay ahead of every
+    /// read until the clock passed them.
+    pub fn feed_now(&self) -> Timestamp {
+        self.inner
+            .pipelines
+            .values()
+            .map(|slot| slot.lock().latest())
+            .fold(self.clock.now(), Timestamp::max)
     }
 
     /// A receiver woken by the next change made through the backend, on

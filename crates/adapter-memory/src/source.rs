@@ -107,9 +107,10 @@ impl MemoryChanges {
         self.backend.feeds_waiting()
     }
 
-    /// Reads every pipeline once, at the backend's time now.
+    /// Reads every pipeline once, at the backend's time now (or the latest
+    /// instant an operation was dated, when the clock is behind it).
     fn scan(&self, after: Option<Cursor>) -> Scan {
-        let now = self.backend.now();
+        let now = self.backend.feed_now();
         let from = after.map_or(now, |cursor| cursor.at);
         let keep_from = self.backend.reader_at(self.reader, from);
         let mut found = Vec::new();

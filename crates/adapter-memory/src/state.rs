@@ -355,6 +355,11 @@ impl PipelineState {
         self.journal = None;
     }
 
+    /// The latest instant the state was brought to, or an operation dated.
+    pub(crate) fn latest(&self) -> Timestamp {
+        self.latest
+    }
+
     /// The pipeline's own `now`: the caller's, or the latest instant already
     /// reached when that is later.
     fn tick(&mut self, now: Timestamp) -> Timestamp {

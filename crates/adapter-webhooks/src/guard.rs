@@ -60,6 +60,12 @@ pub(crate) enum Refusal {
     },
 }
 
+/// Whether `host` is `localhost` or a name under it.
+fn is_localhost(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
 impl fmt::Display for Refusal {
     // Names the host, never the path or query, which may hold a token.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -146,6 +152,15 @@ impl AddressGuard {
             .unwrap_or(&host)
             .parse::<IpAddr>()
             .ok();
+        // `localhost` and every name under it are loopback whatever a
+        // resolver says (RFC 6761), in any case and with a final dot.
+        if !self.allow_insecure && literal.is_none() && is_localhost(&host) {
+            return Err(Refusal::Forbidden {
+                host,
+                ip: IpAddr::from([127, 0, 0, 1]),
+                kind: "loopback",
+            });
+        }
         let (is_ip, addrs) = match literal {
             Some(ip) => (true, vec![SocketAddr::new(ip, port)]),
             None => {
@@ -433,6 +448,32 @@ mod tests {
                 "{raw}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn localhost_and_names_under_it_are_loopback_without_a_resolver() {
+        let guard = AddressGuard::new(false);
+        for raw in [
+            "https://LOCALHOST./",
+            "https://Localhost/",
+            "https://api.localhost/",
+            "https://a.b.LOCALHOST./",
+        ] {
+            assert_eq!(
+                guard.check_url(&url(raw)).await,
+                Err(InvalidWebhookUrl::ForbiddenAddress),
+                "{raw}"
+            );
+        }
+        // A name that merely contains the word is not under it.
+        assert!(!is_localhost("localhost.example.com"));
+        assert!(!is_localhost("notlocalhost"));
+        assert!(
+            AddressGuard::new(true)
+                .check_url(&url("https://LOCALHOST./"))
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test]
