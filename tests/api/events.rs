@@ -137,7 +137,10 @@ async fn a_stream_resumed_with_last_event_id_gets_exactly_what_it_missed() {
     // Then what happens next, and nothing in between.
     let fourth = app.run_id_of_execute(ACME, SCHEDULED).await;
     let next = resumed.next_run().await;
-    assert_eq!(changes(std::slice::from_ref(&next)), [(fourth, "QUEUED".to_owned())]);
+    assert_eq!(
+        changes(std::slice::from_ref(&next)),
+        [(fourth, "QUEUED".to_owned())]
+    );
     assert_eq!(watching.next_run().await, next);
 
     // Resumed from the newest, a stream has nothing to catch up on.

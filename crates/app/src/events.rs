@@ -25,7 +25,10 @@ use runtime::{
     feed::FeedPump,
     metrics::{DeliveryOutcome, WebhookMetrics},
 };
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 
 /// The most events a log kept in this process holds (besides the hour of
 /// retention): enough for an hour of about 30 changes a second.
@@ -125,6 +128,9 @@ pub(crate) fn start(
     let (stop, shutdown) = watch::channel(false);
     let pump = FeedPump::new(settings.instance, source, log.clone());
     let leadership = pump.leadership();
+    // This instance's enqueues wake its worker at once; another
+    // instance's are taken at the next poll.
+    let enqueued = Arc::new(Notify::new());
     let handles = vec![
         pump.spawn(shutdown.clone()),
         Dispatcher::new(
@@ -135,6 +141,7 @@ pub(crate) fn start(
             leadership,
         )
         .with_metrics(metrics.clone())
+        .with_wake(Arc::clone(&enqueued))
         .spawn(shutdown.clone()),
         DeliveryWorker::new(
             settings.instance,
@@ -144,6 +151,7 @@ pub(crate) fn start(
             clock.clone(),
         )
         .with_metrics(metrics)
+        .with_wake(enqueued)
         .spawn(shutdown),
     ];
     Feed {

@@ -15,7 +15,7 @@ use domain::{
     next_attempt,
 };
 use tokio::{
-    sync::watch,
+    sync::{Notify, watch},
     task::{JoinError, JoinHandle, JoinSet},
     time::{MissedTickBehavior, sleep},
 };
@@ -54,6 +54,8 @@ pub struct DeliveryWorker {
     poll: Duration,
     lease: Duration,
     drain: Duration,
+    /// Notified when deliveries were enqueued in this process.
+    wake: Option<Arc<Notify>>,
 }
 
 impl fmt::Debug for DeliveryWorker {
@@ -111,7 +113,20 @@ impl DeliveryWorker {
             poll: Self::DEFAULT_POLL,
             lease: Self::DEFAULT_LEASE,
             drain: Self::DEFAULT_DRAIN,
+            wake: None,
         }
+    }
+
+    /// Asks for due deliveries as soon as `enqueued` is notified (by the
+    /// [`Dispatcher`](crate::dispatch::Dispatcher) of the same process,
+    /// given it with
+    /// [`with_wake`](crate::dispatch::Dispatcher::with_wake)), besides every
+    /// poll interval: deliveries enqueued here go out within milliseconds,
+    /// those enqueued by another instance within the interval.
+    #[must_use]
+    pub fn with_wake(mut self, enqueued: Arc<Notify>) -> Self {
+        self.wake = Some(enqueued);
+        self
     }
 
     /// Reports outcomes and the pending deliveries to `metrics`.
@@ -198,6 +213,7 @@ impl DeliveryWorker {
                 Some(ended) = attempts.join_next(), if full => this.ended(ended),
                 // Below it, all that was due is under way.
                 () = sleep(idle), if !full => {}
+                () = woken(this.wake.as_deref()), if !full => {}
             }
         }
         this.drain(attempts).await;
@@ -321,6 +337,14 @@ impl DeliveryWorker {
     }
 }
 
+/// Completes when `wake` is notified; never without one.
+async fn woken(wake: Option<&Notify>) {
+    match wake {
+        Some(wake) => wake.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use domain::{EventId, RunEvent, RunStatus, Webhook};
@@ -429,6 +453,33 @@ mod tests {
             ]
         );
         assert!(setup.queue.waiting().is_empty());
+        stop(stop_it, working).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_woken_by_an_enqueue_takes_it_at_once_not_at_its_next_poll() {
+        let setup = Setup::new(Duration::ZERO);
+        let webhook = setup.store.register("acme", &[], &[], 1).await;
+        let wake = Arc::new(Notify::new());
+        let (stop_it, shutdown) = watch::channel(false);
+        let working = setup
+            .worker()
+            .with_poll_interval(Duration::from_secs(60))
+            .with_wake(Arc::clone(&wake))
+            .spawn(shutdown);
+        // The worker's first look finds nothing; it is idle for a minute.
+        until(Duration::from_secs(1), || setup.queue.takes() >= 1).await;
+
+        setup.enqueue(&webhook, 1).await;
+        wake.notify_one();
+        let took = until(Duration::from_secs(1), || setup.sender.sent().len() == 1).await;
+        assert!(took < Duration::from_millis(100), "sent after {took:?}");
+
+        // Without a wake, the loop's next turn takes it: the pending
+        // report's (every 15 s) comes before the poll's.
+        setup.enqueue(&webhook, 2).await;
+        let took = until(Duration::from_secs(61), || setup.sender.sent().len() == 3).await;
+        assert!(took >= Duration::from_secs(10), "sent after {took:?}");
         stop(stop_it, working).await;
     }
 

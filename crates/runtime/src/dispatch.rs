@@ -22,7 +22,11 @@ use domain::{
     Clock, CustomerId, Delivery, DeliveryQueue, EventId, EventLog, FeedRead, RunEvent,
     StorageError, Webhook, WebhookStore,
 };
-use tokio::{sync::watch, task::JoinHandle, time::sleep};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+    time::sleep,
+};
 
 use crate::{
     feed::Leadership,
@@ -55,6 +59,8 @@ pub struct Dispatcher {
     clock: Arc<dyn Clock>,
     leadership: Leadership,
     metrics: Arc<dyn WebhookMetrics>,
+    /// Notified after a page that made deliveries.
+    enqueued: Option<Arc<Notify>>,
 }
 
 impl fmt::Debug for Dispatcher {
@@ -97,7 +103,19 @@ impl Dispatcher {
             clock,
             leadership,
             metrics: Arc::new(NoMetrics),
+            enqueued: None,
         }
+    }
+
+    /// Notifies `enqueued` after each page that made deliveries: a
+    /// [`DeliveryWorker`](crate::deliver::DeliveryWorker) of the same
+    /// process given it with
+    /// [`with_wake`](crate::deliver::DeliveryWorker::with_wake) takes them
+    /// at once rather than at its next poll.
+    #[must_use]
+    pub fn with_wake(mut self, enqueued: Arc<Notify>) -> Self {
+        self.enqueued = Some(enqueued);
+        self
     }
 
     /// Counts gaps (see [`WebhookMetrics::dispatch_gap`]) in `metrics`.
@@ -213,6 +231,9 @@ impl Dispatcher {
             );
         }
         self.queue.enqueue(&deliveries, &last.id).await?;
+        if let Some(enqueued) = self.enqueued.as_ref().filter(|_| !deliveries.is_empty()) {
+            enqueued.notify_one();
+        }
         tracing::debug!(
             events = events.len(),
             deliveries = deliveries.len(),

@@ -452,6 +452,7 @@ struct QueueState {
     done: Vec<DeliveryId>,
     given_up: Vec<DeliveryId>,
     take_failures: usize,
+    takes: usize,
 }
 
 impl FakeQueue {
@@ -487,6 +488,11 @@ impl FakeQueue {
 
     pub(crate) fn enqueues(&self) -> usize {
         lock(&self.state).enqueues
+    }
+
+    /// How many times a worker asked for due deliveries.
+    pub(crate) fn takes(&self) -> usize {
+        lock(&self.state).takes
     }
 
     pub(crate) fn done(&self) -> Vec<DeliveryId> {
@@ -529,6 +535,7 @@ impl DeliveryQueue for FakeQueue {
         lease: Duration,
     ) -> Result<Vec<Delivery>, StorageError> {
         let mut state = lock(&self.state);
+        state.takes += 1;
         fail(&mut state.take_failures, "take due deliveries")?;
         let until = now + TimeDelta::from_std(lease).unwrap();
         let mut due: Vec<_> = state
