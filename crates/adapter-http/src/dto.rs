@@ -49,7 +49,7 @@ const EXAMPLE_NORMALIZED_PIPELINE_ID: &str = "c7142061_8fd4_46da_8da4_acfa6a4426
 const EXAMPLE_RUN_ID: &str = "manual__2024-12-18T10:30:00.000000+00:00";
 
 /// A pipeline id as a request carries it, in a path or a body.
-fn pipeline_id_schema() -> Object {
+pub(crate) fn pipeline_id_schema() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .pattern(Some(PIPELINE_ID_PATTERN))

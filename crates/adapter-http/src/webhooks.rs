@@ -10,7 +10,10 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use domain::{NewWebhook, PipelineId, RegisterWebhookError, RunEventType, Webhook, WebhookId};
 use serde::Serialize;
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{
+    ToSchema,
+    openapi::{ArrayBuilder, ObjectBuilder, Type, schema::SchemaType},
+};
 
 use crate::{
     AppState,
@@ -95,15 +98,40 @@ fn strings(value: Option<Value>, field: &str) -> Result<Vec<String>, ApiError> {
 pub(crate) struct RegisterRequest {
     /// Where deliveries go: `https`, its host not resolving to a loopback,
     /// private, link-local or unspecified address.
-    #[schema(example = "https://hooks.example.com/maestro")]
+    #[schema(
+        example = "https://hooks.example.com/maestro",
+        max_length = 2048,
+        pattern = r#"^[Hh][Tt][Tt][Pp][Ss]://[!"$-.0-9;->A-~][!"$-.0-9:->A-~]*([/?#][!-~]*)?$"#
+    )]
     url: String,
-    /// The changes to be told of, any of `run.queued`, `run.running`,
-    /// `run.succeeded`, `run.failed`; absent, null or empty: all.
-    #[schema(example = json!(["run.succeeded", "run.failed"]))]
+    /// The changes to be told of; absent, null or empty: all.
+    #[schema(schema_with = events_schema)]
     events: Option<Vec<String>>,
     /// The pipelines to be told of; absent, null or empty: all of the
     /// caller's.
+    #[schema(schema_with = pipeline_ids_schema)]
     pipeline_ids: Option<Vec<String>>,
+}
+
+/// The `events` of a registration: an array (or null) of the four names.
+fn events_schema() -> utoipa::openapi::Array {
+    let name = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(RunEventType::ALL.map(RunEventType::as_str)));
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(name)
+        .examples([serde_json::json!(["run.succeeded", "run.failed"])])
+        .build()
+}
+
+/// The `pipeline_ids` of a registration: an array (or null) of pipeline
+/// ids as requests carry them.
+fn pipeline_ids_schema() -> utoipa::openapi::Array {
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(crate::dto::pipeline_id_schema())
+        .build()
 }
 
 /// A webhook as listed: everything but its secret.
