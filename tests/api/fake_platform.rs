@@ -11,6 +11,11 @@
 //! route does not take...) gets a `ContractViolation` refusal, which Maestro
 //! turns into a 502, with the reason printed for the failing test.
 //!
+//! The feed's source over the Platform-API (`PlatformApiChanges`) polls
+//! only routes of the contract (`GET /pipelines`, then `GET
+//! /pipeline/{id}/pipeline_run?limit&offset`), which the fake serves like
+//! any other call; the test at the end of this file holds that.
+//!
 //! Run parameters go through it as a compliant upstream takes them: the
 //! execute body's `conf` reaches the memory backend's trigger, every run
 //! carries its `conf` back, and a `conf` that is no run's parameters is
@@ -563,4 +568,53 @@ fn violation(why: impl std::fmt::Display) -> Refusal {
 /// The memory backend failing, which it never does.
 fn failure(err: &domain::BackendError) -> Refusal {
     refusal(500, "BackendError", &err.to_string(), Value::Null)
+}
+
+#[tokio::test]
+async fn the_fake_serves_what_the_feeds_source_polls() {
+    use std::sync::Arc;
+
+    use adapter_platform_api::{
+        PlatformApiBackend, PlatformApiChanges, PlatformApiConfig, WatchedCustomers,
+    };
+    use domain::{RunChangeSource as _, StorageError};
+
+    use crate::helpers::{ACME, ACTIVE};
+
+    let fake = FakePlatform::start(memory_config(10)).await;
+    let backend = PlatformApiBackend::new(PlatformApiConfig {
+        base_url: fake.url(),
+        token: SERVICE_TOKEN.into(),
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let acme = CustomerId::parse(ACME).unwrap();
+    let watched: Arc<dyn WatchedCustomers> = Arc::new(move || {
+        let acme = acme.clone();
+        async move { Ok::<_, StorageError>(vec![acme]) }
+    });
+    let source = PlatformApiChanges::new(backend.clone(), watched, Duration::ZERO);
+
+    let (past, cursor) = source.changes(None).await.unwrap();
+    assert!(past.is_empty(), "{past:?}");
+    let ctx = RequestContext::new(Caller::new(CustomerId::parse(ACME).unwrap()));
+    let run = backend
+        .trigger(
+            &ctx,
+            &TriggerRequest::new(PipelineId::parse(ACTIVE).unwrap()),
+        )
+        .await
+        .unwrap();
+    let (changes, _) = source.changes(Some(cursor)).await.unwrap();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].customer.as_str(), ACME);
+    assert_eq!(changes[0].run.id, run.id);
+    // The fake answered every poll as the contract has it: a violation
+    // would have been a 502, and the poll an error.
+    assert!(
+        fake.requests()
+            .await
+            .iter()
+            .any(|request| request.url.path().ends_with("/pipeline_run"))
+    );
 }

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::{
     fake_platform::{self, FakePlatform, SERVICE_TOKEN},
+    feed::{EventStream, PATIENCE},
     maestro::Maestro,
 };
 
@@ -80,6 +81,13 @@ pub(crate) fn sign_with(secret: &[u8], claims: &Value) -> String {
     .unwrap()
 }
 
+/// A clock that shows the wall clock's time now and moves only when a test
+/// moves it: near enough to the real time for a receiver that checks a
+/// webhook's timestamp against its own clock.
+pub(crate) fn manual_clock() -> domain::ManualClock {
+    domain::ManualClock::new(chrono::Utc::now())
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
@@ -130,6 +138,12 @@ pub(crate) enum Backend {
 pub(crate) struct TestApp {
     pub(crate) base: String,
     pub(crate) client: Client,
+    /// The state of the service served in process.
+    state: Option<adapter_http::AppState>,
+    /// The rest of the service served in process (`app::build`'s answer,
+    /// whose type is not public): kept for as long as the app, since the
+    /// feed's and the webhooks' loops stop when it is dropped.
+    _service: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// The binary, on the Platform-API backend; dropping it kills it.
     maestro: Option<Maestro>,
     /// The fake upstream, when the binary is in front of it.
@@ -158,6 +172,19 @@ impl TestApp {
 
     /// The service with extra `maestro serve` flags.
     pub(crate) async fn spawn_with(extra: &[&str]) -> Self {
+        Self::spawn_on_clock(None, extra).await
+    }
+
+    /// The service on the memory backend as [`TestApp::spawn_with`] makes
+    /// it (`--memory-run-seconds` among `extra` replaces its hour), with every part of it reading the time from `clock`: a test
+    /// moves the service's time (runs ending, webhook retries falling due)
+    /// by moving the clock. Timers that pace the service's loops still run
+    /// on real time.
+    pub(crate) async fn spawn_with_clock(clock: Arc<dyn domain::Clock>, extra: &[&str]) -> Self {
+        Self::spawn_on_clock(Some(clock), extra).await
+    }
+
+    async fn spawn_on_clock(clock: Option<Arc<dyn domain::Clock>>, extra: &[&str]) -> Self {
         let fixture = fixture();
         let mut args = vec![
             "maestro",
@@ -168,20 +195,30 @@ impl TestApp {
             SECRET,
             "--memory-fixture",
             fixture.to_str().unwrap(),
-            "--memory-run-seconds",
-            "3600",
         ];
+        // Runs stay RUNNING an hour unless the test says otherwise.
+        if !extra.contains(&"--memory-run-seconds") {
+            args.extend_from_slice(&["--memory-run-seconds", "3600"]);
+        }
         args.extend_from_slice(extra);
         let Some(Command::Serve(config)) = Cli::try_parse_from(args).unwrap().command else {
             unreachable!()
         };
-        let built = app::build(&config).await.unwrap();
+        let built = match clock {
+            Some(clock) => app::build_with_clock(&config, clock).await,
+            None => app::build(&config).await,
+        }
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, built.router).await });
+        let router = built.router.clone();
+        let state = built.state.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await });
         Self {
             base: format!("http://{addr}"),
             client: Client::new(),
+            state: Some(state),
+            _service: Some(Box::new(built)),
             maestro: None,
             upstream: None,
         }
@@ -245,6 +282,8 @@ impl TestApp {
         Self {
             base: format!("http://{addr}"),
             client: Client::new(),
+            state: None,
+            _service: None,
             maestro: Some(maestro),
             upstream: None,
         }
@@ -432,6 +471,115 @@ impl TestApp {
         assert_eq!(response.status(), 200);
         let body: Value = response.json().await.unwrap();
         body["data"]["run_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Starts draining, as on SIGTERM: open event streams end. Only for
+    /// the service served in process.
+    pub(crate) fn start_draining(&self) {
+        self.state
+            .as_ref()
+            .expect("the service served in process")
+            .start_draining();
+    }
+
+    /// `GET /platform/events{query}` as `customer`, with `Last-Event-ID`
+    /// when given: the stream, or the answer when it is not one.
+    pub(crate) async fn open_events(
+        &self,
+        customer: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<EventStream, Response> {
+        EventStream::open(
+            &self.client,
+            &self.url(&format!("/platform/events{query}")),
+            &token(customer),
+            last_event_id,
+        )
+        .await
+    }
+
+    /// The stream of `customer`'s events, which must open.
+    pub(crate) async fn events(&self, customer: &str, query: &str) -> EventStream {
+        self.resume_events(customer, query, None).await
+    }
+
+    /// The stream of `customer`'s events from `last_event_id`, which must
+    /// open.
+    pub(crate) async fn resume_events(
+        &self,
+        customer: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> EventStream {
+        match self.open_events(customer, query, last_event_id).await {
+            Ok(stream) => stream,
+            Err(response) => {
+                let status = response.status();
+                panic!(
+                    "the stream did not open: {status} {}",
+                    response.text().await.unwrap()
+                )
+            }
+        }
+    }
+
+    /// `POST /platform/webhooks` with `body`, as `customer`.
+    pub(crate) async fn register_webhook(&self, customer: &str, body: &Value) -> Response {
+        self.post_json("/platform/webhooks", customer, body).await
+    }
+
+    /// Registers `body` as `customer`, which must succeed: the webhook's
+    /// id and secret.
+    pub(crate) async fn webhook(&self, customer: &str, body: &Value) -> (String, String) {
+        let (status, registered) = json_of(self.register_webhook(customer, body).await).await;
+        assert_eq!(status, 201, "{registered}");
+        let data = &registered["data"];
+        (
+            data["id"].as_str().unwrap().to_owned(),
+            data["secret"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// `GET /platform/webhooks` as `customer`.
+    pub(crate) async fn list_webhooks(&self, customer: &str) -> Response {
+        self.get("/platform/webhooks", customer).await
+    }
+
+    /// `DELETE /platform/webhooks/{id}` as `customer`.
+    pub(crate) async fn delete_webhook(&self, customer: &str, id: &str) -> Response {
+        self.client
+            .delete(self.url(&format!("/platform/webhooks/{id}")))
+            .bearer_auth(token(customer))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one series of `GET /metrics`, named with its labels
+    /// as the text shows it (`maestro_webhook_deliveries_total{outcome="failed"}`);
+    /// 0 when it is not there yet.
+    pub(crate) async fn metric(&self, series: &str) -> f64 {
+        let text = self.text("/metrics").await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.trim().parse().unwrap())
+    }
+
+    /// Waits until the metric `series` is as `wanted` says, within
+    /// [`PATIENCE`], reading it every few milliseconds.
+    pub(crate) async fn wait_for_metric(&self, series: &str, wanted: impl Fn(f64) -> bool) {
+        let reached = tokio::time::timeout(PATIENCE, async {
+            while !wanted(self.metric(series).await) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            reached.is_ok(),
+            "{series} is still {} after {PATIENCE:?}",
+            self.metric(series).await
+        );
     }
 }
 

@@ -13,7 +13,9 @@
 //!   share for their Idempotency-Key store.
 //!
 //! The DAG ids and the client of Airflow's API come from the
-//! `airflow-test-support` crate, which the adapter's e2e tests share.
+//! `airflow-test-support` crate, which the adapter's e2e tests share; the
+//! event test's DAG (`tests/airflow/dags/maestro_e2e_events.py`) is this
+//! file's alone.
 //!
 //! The harness runs them one at a time, after the adapter's own e2e tests,
 //! and [`airflow_stopped_mid_test_gives_504_within_the_timeout_and_ready_503`]
@@ -31,6 +33,9 @@ use airflow_test_support::{
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 
+use crate::events::{
+    Attempt, EventStream, Frame, Receiver, by_delivery, finished, register_webhook, statuses,
+};
 use crate::helpers::{SECRET, token};
 use crate::maestro::Maestro;
 
@@ -45,7 +50,7 @@ const SLACK: Duration = Duration::from_millis(750);
 /// The real `maestro` binary on the Airflow backend, as the test's
 /// Airflow account, verifying the test tokens.
 struct Gateway {
-    _maestro: Maestro,
+    maestro: Maestro,
     url: String,
     client: Client,
 }
@@ -74,7 +79,7 @@ impl Gateway {
         let maestro = Maestro::start(&settings);
         let url = format!("http://{}", maestro.addr());
         Self {
-            _maestro: maestro,
+            maestro,
             url,
             // Longer than any timeout of Maestro's: Maestro answers first.
             client: Client::builder()
@@ -829,6 +834,194 @@ async fn cancel_fails_the_running_run_with_its_trace_and_the_next_queued_run_sta
     let response = maestro.cancel("vandelay", VANDELAY_SLEEPER, &second).await;
     assert_eq!(response.status(), StatusCode::OK);
     airflow.set_paused(VANDELAY_SLEEPER, true).await;
+}
+
+/// Soylent's only DAG (`tests/airflow/dags/maestro_e2e_events.py`): one
+/// run at a time, each about five seconds long; only the event test
+/// triggers it.
+const SOYLENT_EVENTS: &str = "5ead5761_50ca_4cae_b968_fc9506ad5eeb";
+
+/// How often the event test's Maestro asks Airflow for run changes: the
+/// default.
+const EVENTS_POLL: Duration = Duration::from_secs(2);
+
+/// Waits until Airflow has parsed `dag_id`, a DAG of `customer`:
+/// [`Airflow::connect`] waits for the shared test DAGs only.
+async fn wait_for_dag(airflow: &Airflow, customer: &str, dag_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !airflow.tagged(customer).await.contains(dag_id) {
+        assert!(Instant::now() < deadline, "Airflow did not parse {dag_id}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The instant Airflow recorded that the run took `status`: `queued_at`,
+/// `start_date` or `end_date`.
+fn recorded(run: &Value, status: &str) -> std::time::SystemTime {
+    let field = match status {
+        "QUEUED" => "queued_at",
+        "RUNNING" => "start_date",
+        _ => "end_date",
+    };
+    let at = chrono::DateTime::parse_from_rfc3339(run[field].as_str().unwrap())
+        .unwrap_or_else(|err| panic!("{field} of {run}: {err}"));
+    at.into()
+}
+
+/// How long after `from` the instant `to` came, in seconds (negative when
+/// before).
+fn seconds_after(to: std::time::SystemTime, from: std::time::SystemTime) -> f64 {
+    match to.duration_since(from) {
+        Ok(after) => after.as_secs_f64(),
+        Err(before) => -before.duration().as_secs_f64(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_started_in_airflow_and_through_maestro_reach_a_stream_and_a_webhook_within_two_polls()
+{
+    let airflow = Airflow::connect().await;
+    wait_for_dag(&airflow, "soylent", SOYLENT_EVENTS).await;
+    // Paused, as the DAG starts: a run triggered now waits queued.
+    airflow.set_paused(SOYLENT_EVENTS, true).await;
+    let receiver = Receiver::start(&[], 200).await;
+    let poll = EVENTS_POLL.as_millis().to_string();
+    let maestro = Gateway::start_with(
+        PATIENT_TIMEOUT_MS,
+        &[
+            ("MAESTRO_EVENTS_POLL_MS", &poll),
+            ("MAESTRO_WEBHOOKS_ALLOW_INSECURE", "true"),
+            // The feed's first append says that its source has a cursor:
+            // from then on it tells every change.
+            ("RUST_LOG", "info,runtime::feed=debug"),
+        ],
+    );
+    tokio::task::block_in_place(|| {
+        maestro.maestro.wait_for(|line| {
+            let line: Value = serde_json::from_str(line).ok()?;
+            (line["message"] == "appended run changes to the feed").then_some(())
+        });
+    });
+    let mut stream = EventStream::open(
+        &maestro.url,
+        "soylent",
+        &format!("?pipeline_id={SOYLENT_EVENTS}"),
+        None,
+    )
+    .await;
+    let (_, secret) = register_webhook(
+        &maestro.url,
+        "soylent",
+        &json!({ "url": receiver.url(), "pipeline_ids": [SOYLENT_EVENTS] }),
+    )
+    .await;
+
+    // One run triggered in Airflow directly, behind Maestro's back; it
+    // waits queued until the DAG is unpaused.
+    let direct = airflow.trigger(SOYLENT_EVENTS, json!({})).await["dag_run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stream
+        .read_until(RUN_DEADLINE, "the direct run queued", |frames| {
+            !statuses(frames, &direct).is_empty()
+        })
+        .await;
+    airflow.set_paused(SOYLENT_EVENTS, false).await;
+    // One through Maestro, which waits for the first (one run at a time).
+    let through = maestro.execute("soylent", SOYLENT_EVENTS).await;
+    let frames = stream
+        .read_until(RUN_DEADLINE, "both runs finished", |frames| {
+            finished(frames, &direct) && finished(frames, &through)
+        })
+        .await;
+    let attempts = receiver
+        .wait_until(RUN_DEADLINE, "six deliveries", |attempts| {
+            by_delivery(attempts).len() >= 6
+        })
+        .await;
+    airflow.set_paused(SOYLENT_EVENTS, true).await;
+
+    for run_id in [&direct, &through] {
+        assert_eq!(
+            statuses(&frames, run_id),
+            ["QUEUED", "RUNNING", "SUCCESS"],
+            "{run_id}"
+        );
+    }
+    assert_eq!(frames.len(), 6, "nothing but the two runs' changes");
+    let runs = [
+        airflow.run(SOYLENT_EVENTS, &direct).await,
+        airflow.run(SOYLENT_EVENTS, &through).await,
+    ];
+    let in_airflow = |run_id: &str| {
+        runs.iter()
+            .find(|run| run["dag_run_id"] == run_id)
+            .unwrap()
+            .clone()
+    };
+
+    // Each status reached the stream within two polls of when Airflow
+    // recorded it.
+    let bound = (EVENTS_POLL * 2).as_secs_f64();
+    let mut late = Vec::new();
+    for frame in &frames {
+        let run = in_airflow(&frame.run_id());
+        let lag = seconds_after(frame.received, recorded(&run, &frame.status()));
+        println!(
+            "stream:  {:<60} {:<8} {lag:.3} s after Airflow recorded it",
+            frame.run_id(),
+            frame.status()
+        );
+        if lag > bound {
+            late.push(format!(
+                "stream {} {} {lag:.3} s",
+                frame.run_id(),
+                frame.status()
+            ));
+        }
+    }
+
+    // Each reached the webhook once, signed, carrying the run as the
+    // stream told it, within two polls too.
+    let deliveries = by_delivery(&attempts);
+    assert_eq!(deliveries.len(), 6, "{:?}", deliveries.keys());
+    for (id, tried) in &deliveries {
+        assert_eq!(tried.len(), 1, "{id} was delivered more than once");
+        let attempt: &Attempt = &tried[0];
+        assert!(attempt.verifies(&secret), "a bad signature on {id}");
+        let body = attempt.json();
+        let status = body["data"]["last_status"].as_str().unwrap().to_owned();
+        let expected_type = match status.as_str() {
+            "QUEUED" => "run.queued",
+            "RUNNING" => "run.running",
+            "SUCCESS" => "run.succeeded",
+            _ => "run.failed",
+        };
+        assert_eq!(body["type"], expected_type, "{body}");
+        let told: &Frame = frames
+            .iter()
+            .find(|frame| frame.run_id() == attempt.run_id() && frame.status() == status)
+            .unwrap_or_else(|| panic!("the stream did not tell {body}"));
+        assert_eq!(
+            body["data"],
+            told.run(),
+            "the webhook and the stream differ"
+        );
+        let run = in_airflow(&attempt.run_id());
+        let lag = seconds_after(attempt.received, recorded(&run, &status));
+        println!(
+            "webhook: {:<60} {status:<8} {lag:.3} s after Airflow recorded it",
+            attempt.run_id()
+        );
+        if lag > bound {
+            late.push(format!("webhook {} {status} {lag:.3} s", attempt.run_id()));
+        }
+    }
+    assert!(
+        late.is_empty(),
+        "later than two polls ({bound} s) after Airflow: {late:#?}"
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! End-to-end tests against real servers, built only with the `e2e`
 //! feature: the `maestro` binary on a real Apache Airflow 3 (`airflow`),
-//! and instances sharing a real Redis (`redis`). `cargo xtask e2e-airflow`
+//! and instances sharing a real Redis (`redis`); `events` reads event
+//! streams and receives webhooks for both. `cargo xtask e2e-airflow`
 //! starts both and runs them; `.ci/run` runs `redis::` after starting a
 //! Redis server.
 //!
@@ -12,10 +13,13 @@
 mod fake_airflow;
 #[path = "../api/fake_platform.rs"]
 mod fake_platform;
+#[path = "../api/feed.rs"]
+mod feed;
 #[path = "../api/helpers.rs"]
 mod helpers;
 #[path = "../api/maestro.rs"]
 mod maestro;
 
 mod airflow;
+mod events;
 mod redis;

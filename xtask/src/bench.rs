@@ -30,6 +30,7 @@ use report::Report;
 
 mod airflow;
 mod baseline;
+mod events;
 mod idempotency;
 mod lifecycle;
 mod memory;
@@ -94,6 +95,14 @@ pub(crate) struct Args {
     #[arg(long)]
     no_lifecycle: bool,
 
+    /// With the memory backend: skip the events rows (1,000 event streams
+    /// open at once: the RSS they add and how soon a run's change reaches
+    /// the last of them, beside a bare axum event stream; then a webhook
+    /// fan-out of 1,000 deliveries to a receiver in the bench), which
+    /// otherwise follow the run-lifecycle rows.
+    #[arg(long)]
+    no_events: bool,
+
     /// Measured executes per side of the `conf` comparison (without
     /// `conf`, with a 1 KiB `conf`), in ten alternating turns.
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -115,6 +124,11 @@ pub(crate) struct BaselineArgs {
     /// The address to listen on.
     #[arg(long)]
     bind: SocketAddr,
+
+    /// Serve the bare event streams of `bench/events.rs` instead of the
+    /// execute and wait routes.
+    #[arg(long)]
+    events: bool,
 }
 
 /// The backends the service can be benchmarked on. The memory backend is
@@ -222,6 +236,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             reports.push(report);
         }
     }
+    if !args.no_events {
+        for report in runtime.block_on(events::run(&maestro))? {
+            print(&report);
+            reports.push(report);
+        }
+    }
     judge(&reports, args.no_check)
 }
 
@@ -265,9 +285,12 @@ pub(crate) fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("cannot bind {}", args.bind))?;
-        baseline::serve(listener)
-            .await
-            .context("the baseline stopped")
+        if args.events {
+            axum::serve(listener, events::baseline_router()).await
+        } else {
+            baseline::serve(listener).await
+        }
+        .context("the baseline stopped")
     })
 }
 
@@ -388,6 +411,20 @@ async fn start_maestro(
     let addr = free_local_addr()?;
     let mut command = maestro_command(maestro, addr, secret, env);
     let mut server = ChildGuard::spawn("maestro", &mut command)?;
+    server.wait_until_healthy(addr, STARTUP_TIMEOUT).await?;
+    Ok((server, addr))
+}
+
+/// Starts the bare axum baseline (`xtask bench-baseline`, with `args`
+/// after its address) on a free port and waits until it is ready.
+async fn start_baseline(args: &[&str]) -> anyhow::Result<(ChildGuard, SocketAddr)> {
+    let addr = free_local_addr()?;
+    let mut command = Command::new(env::current_exe().context("cannot find this xtask")?);
+    command
+        .args(["bench-baseline", "--bind", &addr.to_string()])
+        .args(args)
+        .stdin(Stdio::piped());
+    let mut server = ChildGuard::spawn("the baseline", &mut command)?;
     server.wait_until_healthy(addr, STARTUP_TIMEOUT).await?;
     Ok((server, addr))
 }

@@ -14,7 +14,9 @@
 //! requests in any order, so it pauses a pipeline and then executes or
 //! pauses it again, and expects a 2xx. The contract answers those 400
 //! `PipelinePaused`, `PipelineAlreadyPaused` and `PipelineNotPaused` (and
-//! a key sent again with another pipeline 422 `IdempotencyKeyReused`):
+//! a key sent again with another pipeline 422 `IdempotencyKeyReused`, an
+//! eleventh webhook 400 `TooManyWebhooks`, a webhook URL whose host
+//! resolves to an inner address 400 `InvalidWebhookUrl`):
 //! answers that depend on earlier requests, not on the request, which the
 //! document describes. Everything else fails the run. No check is
 //! excluded; `docs/fuzzing.md` says the same for readers.
@@ -47,12 +49,18 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const GRACE: Duration = Duration::from_secs(120);
 
 /// The answers to schema-valid requests that depend on the state earlier
-/// requests left, as the contract has them: `(status, exception_type)`.
-const STATE_ERRORS: [(u16, &str); 5] = [
+/// requests left, or on the world, as the contract has them:
+/// `(status, exception_type)`. `TooManyWebhooks` comes once ten webhooks
+/// were registered; `InvalidWebhookUrl`, for a URL of the documented form,
+/// when its host is or resolves to an address webhooks may not call,
+/// which depends on DNS at the time and no schema can state.
+const STATE_ERRORS: [(u16, &str); 7] = [
     (400, "PipelinePaused"),
     (400, "PipelineAlreadyPaused"),
     (400, "PipelineNotPaused"),
     (400, "PipelineRunAlreadyFinished"),
+    (400, "TooManyWebhooks"),
+    (400, "InvalidWebhookUrl"),
     (422, "IdempotencyKeyReused"),
 ];
 

@@ -7,7 +7,9 @@
 //! to no one, and looks exactly like a missing one.
 //!
 //! [`AirflowBackend`] implements both [`PipelineRepository`] and
-//! [`Orchestrator`]. Every call of a port is bounded, all its requests to
+//! [`Orchestrator`]; [`AirflowChanges`] over it is the feed's
+//! [`domain::RunChangeSource`], which polls Airflow for the runs changed
+//! since its cursor. Every call of a port is bounded, all its requests to
 //! Airflow included, by the configured timeout. `docs/backends/airflow.md`
 //! tells an operator how to set it up.
 //!
@@ -35,6 +37,7 @@
 //! ```
 
 mod age;
+mod changes;
 mod client;
 mod config;
 mod token;
@@ -54,6 +57,7 @@ use domain::{
 };
 use reqwest::{Method, StatusCode};
 
+pub use changes::{AirflowChanges, DEFAULT_POLL_INTERVAL, OVERLAP};
 pub use config::{
     AirflowAuth, AirflowConfig, ConfigError, DEFAULT_CUSTOMER_TAG_PREFIX, DEFAULT_DAG_CACHE_TTL,
     DEFAULT_TIMEOUT,

@@ -82,15 +82,23 @@ pub(crate) struct DagRun {
     pub(crate) conf: Option<serde_json::Value>,
     #[serde(default)]
     pub(crate) note: Option<String>,
+    /// When the scheduler last looked at the run: it moves (with the run's
+    /// `updated_at`, which Airflow does not answer) on every scheduler loop
+    /// while the run is running.
+    #[serde(default, deserialize_with = "optional_time")]
+    pub(crate) last_scheduling_decision: Option<Timestamp>,
 }
 
-/// One page of `GET /api/v2/dags/{dag_id}/dagRuns`.
+/// One page of `GET /api/v2/dags/{dag_id}/dagRuns` (or of `~`, every DAG).
 #[derive(Debug, Deserialize)]
 pub(crate) struct DagRunPage {
     pub(crate) dag_runs: Vec<DagRun>,
-    /// Exact under offset paging, which is the only paging Maestro uses.
+    /// Exact under offset paging; capped under keyset (`cursor`) paging.
     #[serde(default)]
     pub(crate) total_entries: Option<u64>,
+    /// Under keyset paging, the token of the next page; `null` on the last.
+    #[serde(default)]
+    pub(crate) next_cursor: Option<String>,
 }
 
 /// `GET /api/v2/monitor/health`.
@@ -118,6 +126,14 @@ impl Dag {
             return None;
         }
         Some(owner)
+    }
+
+    /// The pipeline and its customer, when the DAG is a pipeline of anyone:
+    /// the same rule as [`Dag::visible_to`], for whoever the tag names.
+    pub(crate) fn pipeline(&self, prefix: &str) -> Option<(PipelineId, CustomerId)> {
+        let customer = CustomerId::parse(self.owner(prefix)?).ok()?;
+        let id = self.visible_to(prefix, &customer)?;
+        Some((id, customer))
     }
 
     /// The pipeline id, when the DAG is a pipeline of `customer`: its

@@ -28,7 +28,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowConfig};
+use adapter_airflow::{AirflowAuth, AirflowBackend, AirflowChanges, AirflowConfig};
 use airflow_test_support::{
     ACME_NIGHTLY, ACME_ORDERS, ACME_TOGGLE, Airflow, ECHO_TASK, GLOBEX_FAILING, GLOBEX_OK,
     HYPHENATED, NOT_A_UUID, RUN_DEADLINE, SLEEP_TASK, TWO_CUSTOMERS, UNTAGGED, VANDELAY_PARAMS,
@@ -37,8 +37,8 @@ use airflow_test_support::{
 use domain::{
     BackendErrorKind, Caller, CancelRunError, Clock, CustomerId, ExecuteError, GetPipelineError,
     GetRunError, IdempotencyKey, ListRunsError, Orchestrator, PipelineId, PipelineRepository,
-    PipelineStatus, RequestContext, Run, RunConf, RunId, RunQuery, RunStatus, RunWatch,
-    SetPausedError, SystemClock, TriggerRequest,
+    PipelineStatus, RequestContext, Run, RunChangeSource, RunConf, RunId, RunQuery, RunStatus,
+    RunWatch, SetPausedError, SystemClock, Timestamp, TriggerRequest,
 };
 use runtime::PollingRunWatch;
 use serde_json::{Value, json};
@@ -599,6 +599,132 @@ async fn a_polling_run_watch_over_the_backend_sees_a_short_run_reach_success() {
     );
     assert_eq!(watch.watched_runs(), 0);
     airflow.set_paused(VANDELAY_PARAMS, true).await;
+}
+
+/// The instant Airflow says the run's `status` began.
+fn began(run: &Value, status: RunStatus) -> Timestamp {
+    let field = match status {
+        RunStatus::Queued => "queued_at",
+        RunStatus::Running => "start_date",
+        RunStatus::Success | RunStatus::Failed => "end_date",
+    };
+    let raw = run[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} of {run}"));
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+#[tokio::test]
+async fn runs_triggered_in_airflow_and_through_the_backend_reach_the_feed_within_two_polls() {
+    const POLL: Duration = Duration::from_secs(2);
+    let airflow = Airflow::connect().await;
+    let backend = Arc::new(backend());
+    airflow.set_paused(ACME_ORDERS, false).await;
+    let source = AirflowChanges::new(Arc::clone(&backend), POLL);
+
+    // From now: whatever earlier tests left is not told.
+    let (past, mut cursor) = source.changes(None).await.unwrap();
+    assert!(past.is_empty(), "{past:?}");
+    let (told, mut feed) = tokio::sync::mpsc::unbounded_channel();
+    let poller = tokio::spawn(async move {
+        loop {
+            let (changes, next) = source.changes(Some(cursor)).await.unwrap();
+            let at = SystemClock.now();
+            for change in changes {
+                told.send((change, at)).unwrap();
+            }
+            cursor = next;
+        }
+    });
+
+    // One run behind Maestro's back, one through it, and one of a DAG
+    // visible to no one.
+    let direct = airflow
+        .trigger(ACME_ORDERS, json!({"origin": "airflow"}))
+        .await;
+    let direct = direct["dag_run_id"].as_str().unwrap().to_owned();
+    let through = backend
+        .trigger(&ctx("acme"), &trigger_of(&id(ACME_ORDERS)))
+        .await
+        .unwrap();
+    let through = through.id.as_str().to_owned();
+    let hidden = airflow.trigger(UNTAGGED, json!({})).await;
+    let hidden = hidden["dag_run_id"].as_str().unwrap().to_owned();
+
+    let mut seen: Vec<(domain::RunChange, Timestamp)> = Vec::new();
+    let finished = |seen: &[(domain::RunChange, Timestamp)], run_id: &str| {
+        seen.iter()
+            .any(|(change, _)| change.run.id.as_str() == run_id && change.run.status.is_finished())
+    };
+    tokio::time::timeout(RUN_DEADLINE, async {
+        while !(finished(&seen, &direct) && finished(&seen, &through)) {
+            seen.push(feed.recv().await.expect("the poller stopped"));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("both runs were not told finished: {seen:?}"));
+    poller.abort();
+    airflow.set_paused(ACME_ORDERS, true).await;
+
+    assert!(
+        seen.iter()
+            .all(|(change, _)| change.run.id.as_str() != hidden),
+        "a run of a DAG visible to no one was told"
+    );
+    let life = [RunStatus::Queued, RunStatus::Running, RunStatus::Success];
+    for run_id in [&direct, &through] {
+        let in_airflow = airflow.run(ACME_ORDERS, run_id).await;
+        let changes: Vec<&(domain::RunChange, Timestamp)> = seen
+            .iter()
+            .filter(|(change, _)| change.run.id.as_str() == run_id.as_str())
+            .collect();
+        let statuses: Vec<RunStatus> = changes.iter().map(|(c, _)| c.run.status).collect();
+        // Each status once, in the order of a run's life, ending SUCCESS
+        // (a status shorter than a poll may be passed over).
+        assert_eq!(
+            statuses.last(),
+            Some(&RunStatus::Success),
+            "{run_id}: {statuses:?}"
+        );
+        let mut order = statuses
+            .iter()
+            .map(|s| life.iter().position(|l| l == s).unwrap());
+        let mut previous = order.next().unwrap();
+        for next in order {
+            assert!(next > previous, "{run_id}: {statuses:?}");
+            previous = next;
+        }
+        for (change, at) in changes {
+            assert_eq!(change.customer.as_str(), "acme");
+            assert_eq!(change.run.pipeline_id.as_str(), ACME_ORDERS);
+            let late = (*at - began(&in_airflow, change.run.status))
+                .to_std()
+                .unwrap_or_default();
+            eprintln!(
+                "{run_id} {:?} told {late:?} after it happened",
+                change.run.status
+            );
+            assert!(
+                late <= 2 * POLL,
+                "{run_id} {:?} was told {late:?} after it happened",
+                change.run.status
+            );
+        }
+        let last = &seen
+            .iter()
+            .rfind(|(change, _)| change.run.id.as_str() == run_id.as_str())
+            .unwrap()
+            .0
+            .run;
+        let expected = if *run_id == direct {
+            json!({"origin": "airflow"})
+        } else {
+            json!({})
+        };
+        assert_eq!(Value::Object(last.conf.as_map().clone()), expected);
+    }
 }
 
 /// Reads the run through the backend until it is in `status`.

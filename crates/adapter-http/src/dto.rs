@@ -49,7 +49,7 @@ const EXAMPLE_NORMALIZED_PIPELINE_ID: &str = "c7142061_8fd4_46da_8da4_acfa6a4426
 const EXAMPLE_RUN_ID: &str = "manual__2024-12-18T10:30:00.000000+00:00";
 
 /// A pipeline id as a request carries it, in a path or a body.
-fn pipeline_id_schema() -> Object {
+pub(crate) fn pipeline_id_schema() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .pattern(Some(PIPELINE_ID_PATTERN))
@@ -73,14 +73,14 @@ fn normalized_pipeline_id_schema() -> Object {
 }
 
 /// A string that is always `text`.
-fn constant(text: &'static str) -> Object {
+pub(crate) fn constant(text: &'static str) -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some([text]))
         .build()
 }
 
-fn always_true() -> Object {
+pub(crate) fn always_true() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::Boolean)
         .enum_values(Some([true]))
@@ -410,6 +410,69 @@ impl IntoParams for WaitQueryParams {
                 .schema(Some(seconds))
                 .build(),
         ]
+    }
+}
+
+/// The query and headers of `GET /platform/events`: repeated
+/// `pipeline_id` values and `Last-Event-ID`.
+pub(crate) struct EventsParams;
+
+impl IntoParams for EventsParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let ids = utoipa::openapi::ArrayBuilder::new()
+            .items(pipeline_id_schema())
+            .build();
+        let last = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(EVENT_ID_PATTERN))
+            .build();
+        vec![
+            ParameterBuilder::new()
+                .name("pipeline_id")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .style(Some(utoipa::openapi::path::ParameterStyle::Form))
+                .explode(Some(true))
+                .description(Some(
+                    "Only these pipelines' runs (repeat the key for several); none: every pipeline of the caller. A value that is not a pipeline id is 400 `InvalidQueryParameter`.",
+                ))
+                .schema(Some(ids))
+                .build(),
+            ParameterBuilder::new()
+                .name("Last-Event-ID")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(
+                    "The id of the last event received: the stream resumes after it, or starts with `event: gap` when the events after it are no longer kept. Not an event id: 400 `InvalidHeader`.",
+                ))
+                .schema(Some(last))
+                .build(),
+        ]
+    }
+}
+
+/// An event id as the service writes them: 1 to 64 visible ASCII
+/// characters (`domain::EventId::parse` accepts exactly these).
+pub(crate) const EVENT_ID_PATTERN: &str = "^[!-~]{1,64}$";
+
+/// `{id}` of `/platform/webhooks/{id}`.
+pub(crate) struct WebhookIdParam;
+
+/// A webhook id as the service writes them.
+pub(crate) const WEBHOOK_ID_PATTERN: &str = "^wh_[0-9a-f]{32}$";
+
+impl IntoParams for WebhookIdParam {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(WEBHOOK_ID_PATTERN))
+            .examples(["wh_0f3c8a2d9b7e4c1a8f6d2b5e9c0a7d31"])
+            .build();
+        vec![path_parameter(
+            "id",
+            "The webhook's id, as its registration answered. Another form, an unknown id or another customer's webhook: 404 `WebhookNotFound`.",
+            schema,
+        )]
     }
 }
 

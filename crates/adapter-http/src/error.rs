@@ -195,6 +195,73 @@ impl ApiError {
         }
     }
 
+    /// 429 `TooManyStreams`: the customer has `limit` event streams open.
+    pub(crate) fn too_many_streams(limit: usize) -> Self {
+        Self {
+            retry_after: Some(5),
+            ..Self::envelope(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyStreams",
+                format!("Too many event streams open: at most {limit} at a time."),
+            )
+        }
+    }
+
+    /// 400 `TooManyWebhooks`: the customer has `limit` webhooks.
+    pub(crate) fn too_many_webhooks(limit: usize) -> Self {
+        Self::envelope(
+            StatusCode::BAD_REQUEST,
+            "TooManyWebhooks",
+            format!("A customer may have at most {limit} webhooks. Delete one first."),
+        )
+    }
+
+    /// 400 `InvalidWebhookUrl`, saying what is wrong with it.
+    pub(crate) fn invalid_webhook_url(err: &domain::InvalidWebhookUrl) -> Self {
+        let message = match err {
+            domain::InvalidWebhookUrl::Scheme => "url must start with https://",
+            domain::InvalidWebhookUrl::Malformed => {
+                "url must name a host, without user information or spaces"
+            }
+            domain::InvalidWebhookUrl::TooLong => "url must be at most 2048 characters",
+            domain::InvalidWebhookUrl::ForbiddenAddress => {
+                "url must not name or resolve to a private, loopback, link-local or unspecified address"
+            }
+            _ => "url cannot be a webhook's",
+        };
+        Self::envelope(StatusCode::BAD_REQUEST, "InvalidWebhookUrl", message)
+    }
+
+    /// 404 `WebhookNotFound`.
+    pub(crate) fn webhook_not_found(id: &str) -> Self {
+        Self::envelope(
+            StatusCode::NOT_FOUND,
+            "WebhookNotFound",
+            format!("Webhook with id {id} not found"),
+        )
+    }
+
+    /// 400 `InvalidHeader`: a request header that cannot be used.
+    pub(crate) fn invalid_header(message: impl Into<String>) -> Self {
+        Self::envelope(StatusCode::BAD_REQUEST, "InvalidHeader", message)
+    }
+
+    /// 503 `EventStoreUnavailable`: where events or webhooks are kept does
+    /// not answer; the cause goes to the log.
+    pub(crate) fn feed_unavailable(err: &domain::StorageError) -> Self {
+        tracing::error!(error = %ErrorChain(err), "event or webhook store failed");
+        Self::envelope(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "EventStoreUnavailable",
+            "Events and webhooks cannot be reached right now. Retry later.",
+        )
+    }
+
+    /// `err`, a way of failing without an answer of its own: 500.
+    pub(crate) fn unmapped(err: &(dyn std::error::Error + 'static)) -> Self {
+        unmapped(err)
+    }
+
     /// 400 `InvalidQueryParameter`.
     pub(crate) fn invalid_query(message: impl Into<String>) -> Self {
         Self::envelope(StatusCode::BAD_REQUEST, "InvalidQueryParameter", message)
@@ -365,7 +432,7 @@ fn run_not_found(pipeline_id: &PipelineId, run_id: &RunId) -> ApiError {
 /// The answer to a way of failing that the domain added after this mapping
 /// was written (its errors are `#[non_exhaustive]`): a 500, and the error
 /// in the log so that it gets its own mapping.
-fn unmapped(err: &(dyn std::error::Error + 'static)) -> ApiError {
+pub(crate) fn unmapped(err: &(dyn std::error::Error + 'static)) -> ApiError {
     tracing::error!(error = %ErrorChain(err), "domain error without an HTTP mapping");
     ApiError::internal()
 }

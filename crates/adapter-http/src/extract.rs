@@ -147,7 +147,7 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
 }
 
 /// A JSON object body, or the contract's answer to anything else.
-async fn json_object<S: Send + Sync>(
+pub(crate) async fn json_object<S: Send + Sync>(
     req: Request,
     state: &S,
 ) -> Result<serde_json::Map<String, Value>, ApiError> {

@@ -15,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use domain::{AuthContext, Clock, Idempotency, PipelineService};
+use domain::{AuthContext, Clock, Events, Idempotency, Listeners, PipelineService, Webhooks};
 use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::{
@@ -31,6 +31,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 mod dto;
 mod edge;
 mod error;
+mod events;
 mod extract;
 mod idempotency;
 mod instrument;
@@ -39,7 +40,10 @@ mod observe;
 pub mod ratelimit;
 mod readiness;
 mod routes;
-pub mod wait;
+mod webhooks;
+
+pub use events::webhook_body;
+pub mod limits;
 
 pub use edge::{DEFAULT_BODY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, RequestDeadline};
 pub use metrics::{ConnectionClose, Metrics, OpenConnection};
@@ -67,7 +71,19 @@ struct Inner {
     readiness: Arc<Readiness>,
     request_timeout: Duration,
     body_timeout: Duration,
-    waits: Arc<wait::Waits>,
+    waits: Arc<limits::PerCustomer>,
+    streams: Arc<limits::PerCustomer>,
+    feed: Option<Feed>,
+    webhooks: Option<Webhooks>,
+    clock: Arc<dyn Clock>,
+}
+
+/// What the event stream reads: the feed as customers see it, and where a
+/// stream says its customer listens.
+#[derive(Clone)]
+pub(crate) struct Feed {
+    pub(crate) events: Events,
+    pub(crate) listeners: Arc<dyn Listeners>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -109,7 +125,11 @@ impl AppState {
                 idempotency,
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 body_timeout: DEFAULT_BODY_TIMEOUT,
-                waits: wait::Waits::new(wait::DEFAULT_WAITS_PER_CUSTOMER),
+                waits: limits::PerCustomer::new(limits::DEFAULT_WAITS_PER_CUSTOMER),
+                streams: limits::PerCustomer::new(limits::DEFAULT_STREAMS_PER_CUSTOMER),
+                feed: None,
+                webhooks: None,
+                clock: Arc::new(domain::SystemClock),
             }),
         }
     }
@@ -129,6 +149,10 @@ impl AppState {
             request_timeout: inner.request_timeout,
             body_timeout: inner.body_timeout,
             waits: Arc::clone(&inner.waits),
+            streams: Arc::clone(&inner.streams),
+            feed: inner.feed.clone(),
+            webhooks: inner.webhooks.clone(),
+            clock: Arc::clone(&inner.clock),
         };
         change(&mut copy);
         Self {
@@ -173,10 +197,37 @@ impl AppState {
     /// The same state, letting each customer hold at most `limit`
     /// requests waiting on runs (`?wait_seconds=N`) at once; more are
     /// answered 429 `TooManyWaits`. Default
-    /// [`wait::DEFAULT_WAITS_PER_CUSTOMER`].
+    /// [`limits::DEFAULT_WAITS_PER_CUSTOMER`].
     #[must_use]
     pub fn with_waits_per_customer(self, limit: usize) -> Self {
-        self.with(|inner| inner.waits = wait::Waits::new(limit))
+        self.with(|inner| inner.waits = limits::PerCustomer::new(limit))
+    }
+
+    /// The same state, serving `GET /platform/events` from `events`, each
+    /// stream saying to `listeners` that its customer listens, at most
+    /// `streams_per_customer` open per customer (more: 429
+    /// `TooManyStreams`).
+    #[must_use]
+    pub fn with_events(
+        self,
+        events: Events,
+        listeners: Arc<dyn Listeners>,
+        streams_per_customer: usize,
+    ) -> Self {
+        self.with(|inner| {
+            inner.feed = Some(Feed { events, listeners });
+            inner.streams = limits::PerCustomer::new(streams_per_customer);
+        })
+    }
+
+    /// The same state, serving `/platform/webhooks` from `webhooks`,
+    /// registrations stamped by `clock`.
+    #[must_use]
+    pub fn with_webhooks(self, webhooks: Webhooks, clock: Arc<dyn Clock>) -> Self {
+        self.with(|inner| {
+            inner.webhooks = Some(webhooks);
+            inner.clock = clock;
+        })
     }
 
     /// Marks the service as shutting down: `/ready` answers 503 from now on,
@@ -199,7 +250,23 @@ impl AppState {
         let _ = draining.wait_for(|draining| *draining).await;
     }
 
-    pub(crate) fn waits(&self) -> &Arc<wait::Waits> {
+    pub(crate) fn streams(&self) -> &Arc<limits::PerCustomer> {
+        &self.inner.streams
+    }
+
+    pub(crate) fn feed(&self) -> Option<&Feed> {
+        self.inner.feed.as_ref()
+    }
+
+    pub(crate) fn webhooks(&self) -> Option<&Webhooks> {
+        self.inner.webhooks.as_ref()
+    }
+
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        self.inner.clock.as_ref()
+    }
+
+    pub(crate) fn waits(&self) -> &Arc<limits::PerCustomer> {
         &self.inner.waits
     }
 
@@ -262,6 +329,10 @@ impl AppState {
         routes::list_runs,
         routes::get_run,
         routes::cancel_run,
+        events::events,
+        webhooks::register,
+        webhooks::list,
+        webhooks::delete,
         routes::health,
         routes::ready,
         routes::metrics,
@@ -276,6 +347,8 @@ impl AppState {
     tags(
         (name = "pipelines", description = "Trigger, pause and inspect pipelines"),
         (name = "runs", description = "Watch the runs of a pipeline"),
+        (name = "events", description = "A live stream of the caller's run changes"),
+        (name = "webhooks", description = "Endpoints told when the caller's runs change"),
         (name = "operations", description = "Health, readiness, metrics and this documentation; no authentication"),
     )
 )]
@@ -359,6 +432,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/platform/pipeline/{pipeline_id}/pipeline_run/{run_id}",
             get(routes::get_run),
+        )
+        .route("/platform/events", get(events::events))
+        .route(
+            "/platform/webhooks",
+            get(webhooks::list).post(webhooks::register),
+        )
+        .route(
+            "/platform/webhooks/{webhook_id}",
+            axum::routing::delete(webhooks::delete),
         )
         .route(
             "/platform/pipeline/{pipeline_id}/pipeline_run/{run_id}/cancel",

@@ -1,8 +1,12 @@
 //! Prometheus metrics: requests by route template and status, latency,
 //! runs triggered, refused credentials, open connections and those the
-//! edge's timeouts closed.
+//! edge's timeouts closed, open event streams, and webhook deliveries by
+//! outcome with the age of the oldest waiting.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -49,6 +53,11 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloseLabels {
     reason: &'static str,
 }
@@ -99,6 +108,11 @@ struct Inner {
     backend_latency: Family<OperationLabels, Histogram>,
     connections_open: Gauge,
     connections_closed: Family<CloseLabels, Counter>,
+    streams_open: Gauge,
+    deliveries: Family<OutcomeLabels, Counter>,
+    deliveries_pending: Gauge,
+    oldest_pending: Gauge<f64, AtomicU64>,
+    dispatch_gaps: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -173,8 +187,43 @@ impl Default for Metrics {
             "Connections the edge closed for a timeout, by reason",
             connections_closed.clone(),
         );
+        let streams_open = Gauge::default();
+        registry.register(
+            "event_streams_open",
+            "Event streams (GET /platform/events) open on this instance",
+            streams_open.clone(),
+        );
+        let deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts made by this instance, by outcome (delivered, failed, refused; given_up and dropped for deliveries let go)",
+            deliveries.clone(),
+        );
+        let deliveries_pending = Gauge::default();
+        registry.register(
+            "webhook_deliveries_pending",
+            "Webhook deliveries waiting, across every instance that shares the queue",
+            deliveries_pending.clone(),
+        );
+        let oldest_pending = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "webhook_oldest_pending_age_seconds",
+            "How long ago the oldest waiting webhook delivery was first due; 0 when none waits",
+            oldest_pending.clone(),
+        );
+        let dispatch_gaps = Counter::default();
+        registry.register(
+            "webhook_dispatch_gaps",
+            "Times the webhook dispatcher fell behind the event log's retention, so that events were never delivered",
+            dispatch_gaps.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                streams_open,
+                deliveries,
+                deliveries_pending,
+                oldest_pending,
+                dispatch_gaps,
                 registry,
                 in_flight,
                 requests,
@@ -278,6 +327,36 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts an event stream open until the guard is dropped.
+    pub(crate) fn stream_opened(&self) -> OpenStream {
+        self.inner.streams_open.inc();
+        OpenStream(self.inner.streams_open.clone())
+    }
+
+    /// Counts one webhook delivery attempt (or a delivery let go) that
+    /// ended with `outcome`, one of a closed set of labels.
+    pub fn webhook_delivery(&self, outcome: &'static str) {
+        self.inner
+            .deliveries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Sets the webhook deliveries waiting and the age of the oldest.
+    pub fn webhook_pending(&self, count: usize, oldest_age: Option<Duration>) {
+        self.inner
+            .deliveries_pending
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        self.inner
+            .oldest_pending
+            .set(oldest_age.map_or(0.0, |age| age.as_secs_f64()));
+    }
+
+    /// Counts one fall of the webhook dispatcher behind the event log.
+    pub fn webhook_dispatch_gap(&self) {
+        self.inner.dispatch_gaps.inc();
+    }
+
     /// The metrics in the OpenMetrics text format, which Prometheus scrapes.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
@@ -305,6 +384,16 @@ fn known_method(method: &str) -> &'static str {
 pub(crate) struct InFlight(Gauge);
 
 impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// An event stream counted open; dropping it stops counting it.
+#[derive(Debug)]
+pub(crate) struct OpenStream(Gauge);
+
+impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.dec();
     }

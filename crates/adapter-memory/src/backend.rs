@@ -12,12 +12,13 @@ use chrono::TimeDelta;
 use domain::{
     BackendError, CancelRunError, Clock, CustomerId, ExecuteError, GetPipelineError, GetRunError,
     ListRunsError, Orchestrator, Pipeline, PipelineId, PipelineRepository, PipelineSummary,
-    RequestContext, Run, RunId, RunPage, RunQuery, RunWatch, SetPausedError, TriggerRequest,
+    RequestContext, Run, RunId, RunPage, RunQuery, RunWatch, SetPausedError, Timestamp,
+    TriggerRequest,
 };
 use runtime::TokioClock;
 use tokio::sync::watch;
 
-use crate::state::{Limits, PipelineState};
+use crate::state::{Change, Limits, PipelineState};
 use crate::{FixtureError, MemoryConfig, demo_pipelines, load_fixture};
 
 /// The embedded backend: pipelines held in memory, runs simulated.
@@ -43,6 +44,24 @@ struct Inner {
     pipelines: HashMap<PipelineId, Slot>,
     /// Each customer's pipeline ids, in the order they were given.
     by_customer: HashMap<CustomerId, Vec<PipelineId>>,
+    /// Bumped after every change made through the backend, on any
+    /// pipeline: what wakes the feeds ([`crate::MemoryChanges`]), which
+    /// read every pipeline. Apart from the pipelines' own signals, so that
+    /// [`MemoryBackend::waiters`] counts the waiters of runs only.
+    any_change: watch::Sender<()>,
+    /// The feeds reading the backend, and where each read from last.
+    readers: Mutex<Readers>,
+}
+
+/// The feeds reading the backend: while there is one, every pipeline
+/// writes its runs' changes down, and forgets those that every feed has
+/// read past.
+#[derive(Debug, Default)]
+struct Readers {
+    next: u64,
+    /// Each feed's last position, by its number: where it last read from,
+    /// or when it was made, before its first read.
+    from: HashMap<u64, Timestamp>,
 }
 
 /// One pipeline: its owner, readable without the lock since it never
@@ -122,6 +141,8 @@ impl MemoryBackend {
                 config,
                 pipelines: by_id,
                 by_customer,
+                any_change: watch::Sender::new(()),
+                readers: Mutex::new(Readers::default()),
             }),
             clock: Arc::new(TokioClock::start()),
         }
@@ -166,6 +187,101 @@ impl MemoryBackend {
             .sum()
     }
 
+    /// Wakes the waiters of `slot`'s runs and the feeds: its state
+    /// changed.
+    fn changed(&self, slot: &Slot) {
+        slot.changed();
+        self.inner.any_change.send_replace(());
+    }
+
+    /// The instant a feed reads the pipelines at: the clock's now, or the
+    /// latest instant a pipeline dated an operation, when that is later.
+    /// Operations are dated strictly after the last read of their pipeline,
+    /// so with a clock that stands still (or runs behind the run ids a
+    /// burst of triggers hands out) they would otherwise stay ahead of every
+    /// read until the clock passed them.
+    pub fn feed_now(&self) -> Timestamp {
+        self.inner
+            .pipelines
+            .values()
+            .map(|slot| slot.lock().latest())
+            .fold(self.clock.now(), Timestamp::max)
+    }
+
+    /// A receiver woken by the next change made through the backend, on
+    /// any pipeline.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<()> {
+        self.inner.any_change.subscribe()
+    }
+
+    /// Counts a new feed among the readers, holding the changes from now
+    /// on until it reads; answers its number.
+    pub(crate) fn add_reader(&self) -> u64 {
+        let now = self.clock.now();
+        let mut readers = lock_readers(&self.inner.readers);
+        let id = readers.next;
+        readers.next += 1;
+        readers.from.insert(id, now);
+        id
+    }
+
+    /// Notes that feed `id` reads from `from`; answers the earliest
+    /// position of all the feeds, before which no change is needed any
+    /// more.
+    pub(crate) fn reader_at(&self, id: u64, from: Timestamp) -> Option<Timestamp> {
+        let mut readers = lock_readers(&self.inner.readers);
+        readers.from.insert(id, from);
+        readers.from.values().min().copied()
+    }
+
+    /// Forgets feed `id`; when it was the last, the pipelines stop writing
+    /// changes down.
+    pub(crate) fn remove_reader(&self, id: u64) {
+        // The readers' lock is held while the journals stop, so that a
+        // feed counted meanwhile finds them kept: readers, then a
+        // pipeline, is the one order these locks are taken in.
+        let mut readers = lock_readers(&self.inner.readers);
+        readers.from.remove(&id);
+        if readers.from.is_empty() {
+            for slot in self.inner.pipelines.values() {
+                slot.lock().stop_journal();
+            }
+        }
+    }
+
+    /// How many feeds wait for a change now.
+    pub(crate) fn feeds_waiting(&self) -> usize {
+        self.inner.any_change.receiver_count()
+    }
+
+    /// Reads every pipeline for a feed (see [`PipelineState::feed`]): adds
+    /// to `out` the changes from `from` to `now` with their customer, and
+    /// answers the first instant after `now` at which a pipeline will
+    /// change by itself.
+    pub(crate) fn feed(
+        &self,
+        now: Timestamp,
+        from: Timestamp,
+        keep_from: Option<Timestamp>,
+        out: &mut Vec<(CustomerId, Change)>,
+    ) -> Option<Timestamp> {
+        let mut next: Option<Timestamp> = None;
+        let mut changes = Vec::new();
+        for slot in self.inner.pipelines.values() {
+            let ahead = slot.lock().feed(now, from, keep_from, &mut changes);
+            next = match (next, ahead) {
+                (Some(next), Some(ahead)) => Some(next.min(ahead)),
+                (next, ahead) => next.or(ahead),
+            };
+            out.extend(
+                changes
+                    .drain(..)
+                    .map(|change| (slot.customer.clone(), change)),
+            );
+        }
+        next
+    }
+
     /// The caller's pipeline with this id; `None` when it is missing or
     /// another customer's.
     fn slot(&self, ctx: &RequestContext, id: &PipelineId) -> Option<&Slot> {
@@ -184,6 +300,12 @@ impl MemoryBackend {
     ) -> Option<MutexGuard<'_, PipelineState>> {
         self.slot(ctx, id).map(Slot::lock)
     }
+}
+
+/// Locks the feeds' positions; as with the pipelines, a poisoned lock is
+/// taken over (nothing under it panics).
+fn lock_readers(readers: &Mutex<Readers>) -> MutexGuard<'_, Readers> {
+    readers.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Locks a pipeline's state. A poisoned lock is taken over: the sections
@@ -246,7 +368,7 @@ impl PipelineRepository for MemoryBackend {
         let mut state = slot.lock();
         state.set_paused(paused, self.clock.now())?;
         drop(state);
-        slot.changed();
+        self.changed(slot);
         Ok(())
     }
 }
@@ -269,7 +391,7 @@ impl Orchestrator for MemoryBackend {
         let mut state = slot.lock();
         let run = state.trigger(request.conf(), self.clock.now())?;
         drop(state);
-        slot.changed();
+        self.changed(slot);
         Ok(run)
     }
 
@@ -311,7 +433,7 @@ impl Orchestrator for MemoryBackend {
         let mut state = slot.lock();
         let run = state.cancel(run_id, self.clock.now())?;
         drop(state);
-        slot.changed();
+        self.changed(slot);
         Ok(run)
     }
 

@@ -29,6 +29,13 @@
 //! `RunNotFound`. A waiter holds a signal receiver and a timer, no lock and
 //! no task, and leaves nothing behind ([`MemoryBackend::waiters`]).
 //!
+//! **The feed.** [`MemoryChanges`] tells every change of every run, from
+//! the simulation itself, at the instant it happens (the feed's
+//! [`domain::RunChangeSource`]); [`MemoryEventLog`] keeps the feed's events
+//! and its listeners, [`MemoryWebhookStore`] the webhooks and
+//! [`MemoryDeliveryQueue`] their pending deliveries, all in this process:
+//! the embedded default for one Maestro instance.
+//!
 //! ```
 //! use std::time::Duration;
 //!
@@ -64,9 +71,12 @@
 
 mod backend;
 mod demo;
+mod feed;
 mod fixture;
 mod idempotency;
+mod source;
 mod state;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -75,8 +85,11 @@ pub use demo::{
     ACME_CUSTOMER, ACME_PIPELINE_ID, DEMO_CUSTOMER, DEMO_PAUSED_PIPELINE_ID, DEMO_PIPELINE_ID,
     DEMO_SCHEDULED_PIPELINE_ID, demo_pipelines,
 };
+pub use feed::MemoryEventLog;
 pub use fixture::{FixtureError, PipelineAt, load_fixture, parse_fixture};
 pub use idempotency::MemoryIdempotencyStore;
+pub use source::MemoryChanges;
+pub use webhooks::{MemoryDeliveryQueue, MemoryWebhookStore};
 
 /// How the memory backend simulates runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

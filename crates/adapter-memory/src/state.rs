@@ -23,6 +23,12 @@
 //! `QUEUED` runs the waiting ones less theirs; a page of either is found by
 //! binary search and read by skipping each stretch of failed runs at once.
 //! See `docs/decisions/0002-memory-backend-simulation.md`.
+//!
+//! While a feed reads the pipeline, every change of a run (its appearance,
+//! start, end or cancel) is also written down at its instant in a
+//! [`Journal`], for the feed to tell ([`PipelineState::feed`]).
+
+mod journal;
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -32,6 +38,9 @@ use domain::{
     BackendError, CancelRunError, ExecuteError, ManualRunClock, Pipeline, PipelineStatus, Run,
     RunConf, RunId, RunPage, RunQuery, RunStatus, SetPausedError, Timestamp,
 };
+
+pub(crate) use journal::Change;
+use journal::Journal;
 
 /// The bounds and timing every pipeline's simulation follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +79,12 @@ pub(crate) struct PipelineState {
     /// `now` when theirs is earlier, so the pipeline's time never goes back.
     latest: Timestamp,
     limits: Limits,
+    /// The changes of runs, while a feed reads the pipeline; `None`
+    /// otherwise, when nothing is written down.
+    journal: Option<Journal>,
+    /// The run a trigger is making, while it does: its changes at the
+    /// instant it appears are told as its appearance.
+    appearing: Option<RunId>,
 }
 
 /// A run as it is now, and when the simulation will next change it by
@@ -97,6 +112,8 @@ impl PipelineState {
             run_clock: ManualRunClock::default(),
             latest: DateTime::<Utc>::MIN_UTC,
             limits,
+            journal: None,
+            appearing: None,
         }
     }
 
@@ -137,14 +154,26 @@ impl PipelineState {
                 limit: self.limits.queue_limit,
             });
         }
+        // A feed has told everything up to the instant it closed the
+        // journal at: the run is made after it, even when `now` is within
+        // the same microsecond (run instants are whole microseconds).
+        let made_at = match &self.journal {
+            Some(journal) => now.max(after(journal.closed(), TimeDelta::microseconds(1))),
+            None => now,
+        };
         // The state is brought to the run's instant, which may be a few
         // microseconds past `now`, so that its status is true at creation.
-        let (created_at, id) = self.run_clock.next(now);
+        let (created_at, id) = self.run_clock.next(made_at);
         let now = self.tick(created_at);
         let mut run = Run::new(id, self.pipeline.id.clone(), RunStatus::Queued, created_at);
         run.conf = conf.clone();
+        if let Some(journal) = self.journal.as_mut() {
+            journal.record(created_at, &run);
+            self.appearing = Some(run.id.clone());
+        }
         self.runs.push_back(run);
         self.advance(now);
+        self.appearing = None;
         // Read before evicting: with no history kept, a run that finished at
         // once is evicted straight away, yet it was created.
         let run = self.runs.back().cloned();
@@ -223,6 +252,9 @@ impl PipelineState {
         run.updated_at = now;
         run.trace = Some(Run::CANCELLED_TRACE.to_owned());
         let cancelled = run.clone();
+        if let Some(journal) = self.journal.as_mut() {
+            journal.record(now, &cancelled);
+        }
         // Usually the newest failed run, or one of the newest: the sorted
         // insert moves only the failed runs queued after it.
         let at = self.failed.partition_point(|failed| *failed < number);
@@ -278,6 +310,56 @@ impl PipelineState {
         })
     }
 
+    /// For a feed: writes changes down from now on (if it did not
+    /// already), plays the simulation to `now`, forgets the changes before
+    /// `keep_from`, adds to `out` those from `from` to `now` (both
+    /// included), in order, and closes the instants up to `now`: whatever
+    /// happens to the pipeline from here on is recorded at a later instant
+    /// (an operation in the very same nanosecond is dated the next one), so
+    /// that what was told of an instant never grows. Answers the first
+    /// instant after `now` at which the pipeline will change by itself, as
+    /// things stand: a change already written down for it (a new run's
+    /// instant may be a microsecond ahead), or the end of the running run.
+    pub(crate) fn feed(
+        &mut self,
+        now: Timestamp,
+        from: Timestamp,
+        keep_from: Option<Timestamp>,
+        out: &mut Vec<Change>,
+    ) -> Option<Timestamp> {
+        // Turned on before the state is brought to `now`, so that the
+        // changes made up to `now` are there to count, not to tell: a feed
+        // starting now tells none of them.
+        self.journal
+            .get_or_insert_with(|| Journal::new(DateTime::<Utc>::MIN_UTC));
+        let latest = self.tick(now);
+        self.settle(latest);
+        let journal = self.journal.as_mut()?;
+        if let Some(keep_from) = keep_from {
+            journal.forget_before(keep_from);
+        }
+        journal.copy(from, now, out);
+        journal.close(now);
+        let ahead = journal.next_after(now);
+        self.latest = self.latest.max(after(now, TimeDelta::nanoseconds(1)));
+        let end = self.nth_end(0);
+        match (ahead, end) {
+            (Some(ahead), Some(end)) => Some(ahead.min(end)),
+            (ahead, end) => ahead.or(end),
+        }
+    }
+
+    /// Stops writing changes down, and forgets those written: no feed
+    /// reads the pipeline any more.
+    pub(crate) fn stop_journal(&mut self) {
+        self.journal = None;
+    }
+
+    /// The latest instant the state was brought to, or an operation dated.
+    pub(crate) fn latest(&self) -> Timestamp {
+        self.latest
+    }
+
     /// The pipeline's own `now`: the caller's, or the latest instant already
     /// reached when that is later.
     fn tick(&mut self, now: Timestamp) -> Timestamp {
@@ -308,6 +390,7 @@ impl PipelineState {
                     };
                     run.status = RunStatus::Success;
                     run.updated_at = end;
+                    record(&mut self.journal, self.appearing.as_ref(), end, run);
                     self.settled += 1;
                     self.free_since = end;
                 }
@@ -319,6 +402,8 @@ impl PipelineState {
                     }
                     run.status = RunStatus::Running;
                     run.updated_at = self.free_since.max(run.created_at);
+                    let started = run.updated_at;
+                    record(&mut self.journal, self.appearing.as_ref(), started, run);
                 }
                 // A run cancelled while it waited, or the running run just
                 // cancelled: finished, so part of the prefix.
@@ -543,6 +628,25 @@ impl PipelineState {
             return None;
         }
         end.checked_add_signed(duration.checked_mul(i32::try_from(n).ok()?)?)
+    }
+}
+
+/// `by` after `at`, or `at` at the end of time.
+fn after(at: Timestamp, by: TimeDelta) -> Timestamp {
+    at.checked_add_signed(by).unwrap_or(at)
+}
+
+/// Writes down in `journal`, if it is kept, that `run` changed at `at`;
+/// a change of the `appearing` run at its creation instant is part of its
+/// appearance.
+fn record(journal: &mut Option<Journal>, appearing: Option<&RunId>, at: Timestamp, run: &Run) {
+    let Some(journal) = journal.as_mut() else {
+        return;
+    };
+    if appearing == Some(&run.id) && at == run.created_at {
+        journal.amend_appearance(at, run);
+    } else {
+        journal.record(at, run);
     }
 }
 

@@ -30,6 +30,11 @@
 //! between retries, the deadline of a call) are tokio timers, so tests run
 //! them on tokio's paused clock.
 //!
+//! [`PlatformApiChanges`] over the backend is the feed's
+//! [`domain::RunChangeSource`]: it polls the runs of the pipelines of the
+//! customers someone listens to ([`WatchedCustomers`]), with the same
+//! routes.
+//!
 //! One backend serves both ports:
 //!
 //! ```
@@ -48,10 +53,12 @@
 //! ```
 
 mod backend;
+mod changes;
 mod client;
 mod config;
 mod retry;
 mod wire;
 
 pub use backend::PlatformApiBackend;
+pub use changes::{DEFAULT_POLL_INTERVAL, MAX_PAGES, PlatformApiChanges, WINDOW, WatchedCustomers};
 pub use config::{ConfigError, PlatformApiConfig};

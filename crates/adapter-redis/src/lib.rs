@@ -1,5 +1,48 @@
-//! Maestro's Redis adapter: the idempotency store that several Maestro
-//! instances behind one load balancer share (`MAESTRO_REDIS_URL`).
+//! Maestro's Redis adapter: what several Maestro instances behind one load
+//! balancer share (`MAESTRO_REDIS_URL`): the idempotency store, the feed
+//! of run changes, webhooks and their pending deliveries.
+//!
+//! Every store talks to Redis through a [`Redis`] handle: one multiplexed
+//! connection made on first use, shared by the stores built on the same
+//! handle, and one operation timeout. Every operation that writes is one
+//! Lua script, atomic in Redis whichever instance sends it.
+//!
+//! - [`RedisIdempotencyStore`] ([`domain::IdempotencyStore`]), under
+//!   [`RedisConfig::key_prefix`]; described below.
+//! - [`RedisEventLog`] ([`domain::EventLog`] and [`domain::Listeners`]):
+//!   the feed in a Redis Stream, read by every instance through one
+//!   blocking reader per instance (see its documentation).
+//! - [`RedisWebhookStore`] ([`domain::WebhookStore`]) and
+//!   [`RedisDeliveryQueue`] ([`domain::DeliveryQueue`]): webhooks, their
+//!   signing secrets, and the deliveries waiting to be made. Redis holds
+//!   the secrets in the clear (base64): it must be protected as the
+//!   secrets are (a password, no access from outside the service's network,
+//!   snapshots kept as secrets).
+//!
+//! The feed's and the webhooks' keys are under
+//! [`RedisConfig::feed_key_prefix`]:
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `events` | stream | the feed: `customer`, `run` (JSON) per entry |
+//! | `events:trimmed` | string | the newest id trimmed away |
+//! | `events:lease` | string | who watches the engine, with a ttl |
+//! | `events:cursor` | string | where the engine's source resumes |
+//! | `listeners` | sorted set | customers with an open stream, by expiry |
+//! | `webhooks:<customer hex>` | hash | webhook id → webhook (JSON) |
+//! | `webhook-customers` | set | customers with a webhook |
+//! | `deliveries` | hash | delivery id → delivery (JSON) |
+//! | `deliveries:attempts` | hash | delivery id → attempts made |
+//! | `deliveries:scheduled` | hash | delivery id → when its next attempt is due (µs) |
+//! | `deliveries:due` | sorted set | delivery id by when it may be taken (µs) |
+//! | `deliveries:first-due` | sorted set | delivery id by first due time (µs) |
+//! | `deliveries:dispatched` | string | the last event turned into deliveries |
+//!
+//! These need Redis 6.2 or later (`XTRIM MINID`, `ZADD GT`), or Valkey;
+//! like the idempotency store, a single Redis (or a primary with
+//! replicas), not a Redis Cluster.
+//!
+//! # The idempotency store
 //!
 //! [`RedisIdempotencyStore`] implements [`domain::IdempotencyStore`]. Every
 //! operation is one Lua script, atomic in Redis whichever instance sends
@@ -90,14 +133,21 @@
 //! scripts/redis-test-server.sh stop
 //! ```
 
+mod connection;
+mod events;
+mod form;
 mod record;
 mod store;
+mod webhooks;
 
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+pub use connection::Redis;
+pub use events::RedisEventLog;
 pub use store::RedisIdempotencyStore;
+pub use webhooks::{RedisDeliveryQueue, RedisWebhookStore};
 
 /// Where Redis is and how to talk to it. `app` fills it from the
 /// environment (or the same flags on `maestro serve`).
@@ -106,9 +156,12 @@ pub struct RedisConfig {
     /// The server (`MAESTRO_REDIS_URL`): `redis://[user:password@]host[:port][/db]`
     /// or `unix:///path/to/socket`. A secret, since it may hold a password.
     pub url: SecretString,
-    /// Put before every key, so that Maestro's keys stand apart in a shared
-    /// Redis. Default [`Self::DEFAULT_KEY_PREFIX`].
+    /// Put before every idempotency key, so that Maestro's keys stand
+    /// apart in a shared Redis. Default [`Self::DEFAULT_KEY_PREFIX`].
     pub key_prefix: String,
+    /// Put before every key of the feed of run changes, webhooks and
+    /// deliveries. Default [`Self::DEFAULT_FEED_KEY_PREFIX`].
+    pub feed_key_prefix: String,
     /// The longest one store operation may take, waiting for a reconnection
     /// included, before it fails and its request is answered 503 rather
     /// than left hanging. Default [`Self::DEFAULT_TIMEOUT`].
@@ -121,6 +174,8 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// The default [`RedisConfig::key_prefix`].
     pub const DEFAULT_KEY_PREFIX: &'static str = "maestro:idempotency:";
+    /// The default [`RedisConfig::feed_key_prefix`].
+    pub const DEFAULT_FEED_KEY_PREFIX: &'static str = "maestro:feed:";
     /// The default [`RedisConfig::timeout`].
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
     /// The default [`RedisConfig::connect_timeout`].
@@ -132,6 +187,7 @@ impl RedisConfig {
         Self {
             url: url.into(),
             key_prefix: Self::DEFAULT_KEY_PREFIX.to_owned(),
+            feed_key_prefix: Self::DEFAULT_FEED_KEY_PREFIX.to_owned(),
             timeout: Self::DEFAULT_TIMEOUT,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
         }

@@ -5,23 +5,17 @@
 //! Each customer's keys are indexed by deadline and expiry, so that a
 //! customer at its bound makes room from its own keys alone.
 
-use std::{
-    fmt,
-    future::Future,
-    sync::{Arc, LazyLock},
-    time::Duration,
-};
+use std::{fmt, sync::LazyLock, time::Duration};
 
 use async_trait::async_trait;
 use domain::{Claim, ClaimTerms, CustomerId, IdempotencyKey, IdempotencyStore, Lease, StoreError};
-use redis::{
-    Client, Script,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+use redis::{Script, aio::ConnectionManager};
+
+use crate::{
+    ConnectError, RedisConfig,
+    connection::{Failure, NOW_MS, Redis, hex, millis},
+    record::Record,
 };
-
-use tokio::sync::OnceCell;
-
-use crate::{ConnectError, RedisConfig, record::Record};
 
 /// What the scripts share: Redis's own clock, and the upkeep of the
 /// indexes of one customer's keys.
@@ -34,11 +28,7 @@ use crate::{ConnectError, RedisConfig, record::Record};
 /// are milliseconds of Redis's `TIME`, the one clock every instance
 /// shares; no instance's clock is read. The indexes live as long as the
 /// longest-lived key they name.
-const PRELUDE: &str = r"
-local function now_ms()
-  local time = redis.call('TIME')
-  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-end
+const INDEXES: &str = r"
 local function keep_index(index, ttl)
   if redis.call('PTTL', index) < ttl then
     redis.call('PEXPIRE', index, ttl)
@@ -64,7 +54,7 @@ end
 /// right either way, and the claims left behind were due later.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}{}",
+        "{NOW_MS}{INDEXES}{}",
         r"
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -116,7 +106,7 @@ const FULL: i64 = -1;
 /// retry (takeover).
 static REPLACE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}{}",
+        "{NOW_MS}{INDEXES}{}",
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
@@ -138,12 +128,6 @@ return 1
     ))
 });
 
-/// How often the connection is tried again, after the first attempt, before
-/// a reconnection gives up (the next request starts another). Few, and
-/// soon: requests wait for a reconnection, within the operation timeout.
-const RECONNECT_RETRIES: usize = 2;
-const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
-
 /// How often a claim tries again when the failed attempt (or the claim
 /// past its deadline) that it read was gone before its takeover: another
 /// retry took it over, the request that held the claim finished late, or
@@ -153,18 +137,15 @@ const CLAIM_ATTEMPTS: usize = 3;
 /// Claims, outcomes and failed attempts of idempotency keys in Redis, shared
 /// by every Maestro instance that uses the same server and key prefix.
 ///
-/// Cheap to clone: clones share one multiplexed connection, which
-/// reconnects on its own after a failure (the command that saw the failure
-/// fails, and its request is answered 503).
+/// Cheap to clone: clones share the [`Redis`] handle's multiplexed
+/// connection, which reconnects on its own after a failure (the command
+/// that saw the failure fails, and its request is answered 503).
 #[derive(Clone)]
 pub struct RedisIdempotencyStore {
-    /// Made on first use, and again after a failed first attempt, so that
-    /// the service starts (and says it is not ready) while Redis is down.
-    connection: Arc<OnceCell<ConnectionManager>>,
-    client: Client,
-    manager_config: ConnectionManagerConfig,
-    key_prefix: String,
-    timeout: Duration,
+    /// Connected on first use, and again after a failed first attempt, so
+    /// that the service starts (and says it is not ready) while Redis is
+    /// down.
+    redis: Redis,
 }
 
 impl fmt::Debug for RedisIdempotencyStore {
@@ -172,9 +153,8 @@ impl fmt::Debug for RedisIdempotencyStore {
     // password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisIdempotencyStore")
-            .field("key_prefix", &self.key_prefix)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+            .field("redis", &self.redis)
+            .finish()
     }
 }
 
@@ -187,23 +167,7 @@ impl RedisIdempotencyStore {
     /// [`ConnectError::InvalidUrl`] or [`ConnectError::TlsUnsupported`] for
     /// a URL this store cannot use.
     pub fn new(config: &RedisConfig) -> Result<Self, ConnectError> {
-        let url = config.url();
-        if url.starts_with("rediss://") || url.starts_with("valkeys://") {
-            return Err(ConnectError::TlsUnsupported);
-        }
-        let client = Client::open(url).map_err(|_| ConnectError::InvalidUrl)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.timeout))
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_max_delay(RECONNECT_MAX_DELAY);
-        Ok(Self {
-            connection: Arc::new(OnceCell::new()),
-            client,
-            manager_config,
-            key_prefix: config.key_prefix.clone(),
-            timeout: config.timeout,
-        })
+        Redis::new(config).map(|redis| Self::on(&redis))
     }
 
     /// Connects to the server of `config`, and fails if it does not answer,
@@ -213,29 +177,26 @@ impl RedisIdempotencyStore {
     /// As [`RedisIdempotencyStore::new`]; [`ConnectError::Connect`] when the
     /// server does not answer within the connect timeout.
     pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
-        let store = Self::new(config)?;
-        store
-            .connection
-            .get_or_try_init(|| {
-                store
-                    .client
-                    .get_connection_manager_with_config(store.manager_config.clone())
-            })
-            .await
-            .map_err(ConnectError::Connect)?;
-        Ok(store)
+        Redis::connect(config).await.map(|redis| Self::on(&redis))
+    }
+
+    /// A store on `redis`'s connection, under its
+    /// [`RedisConfig::key_prefix`].
+    pub fn on(redis: &Redis) -> Self {
+        Self {
+            redis: redis.clone(),
+        }
+    }
+
+    /// The handle this store talks to Redis through, to share with the
+    /// other stores.
+    pub fn redis(&self) -> &Redis {
+        &self.redis
     }
 
     /// The connection, made now if it was not yet.
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        self.connection
-            .get_or_try_init(|| {
-                self.client
-                    .get_connection_manager_with_config(self.manager_config.clone())
-            })
-            .await
-            .cloned()
-            .map_err(|err| failed("connecting", err))
+        Ok(self.redis.connection().await?)
     }
 
     /// Whether Redis answers, for readiness checks.
@@ -243,37 +204,14 @@ impl RedisIdempotencyStore {
     /// # Errors
     /// [`StoreError::Failed`] when it does not.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.within("PING", async {
-            let mut connection = self.connection().await?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut connection)
-                .await
-                .map(drop)
-                .map_err(|err| failed("PING", err))
-        })
-        .await
+        self.redis
+            .ping()
+            .await
+            .map_err(|err| StoreError::failed("Redis PING failed").with_source(err))
     }
 
     fn keys(&self, scope: &CustomerId, key: &IdempotencyKey) -> Keys {
-        Keys::new(&self.key_prefix, scope, key)
-    }
-
-    /// Runs one store operation within the timeout. The connection's own
-    /// response timeout covers one command, but not the wait for a
-    /// reconnection, which retries with backoff.
-    async fn within<T>(
-        &self,
-        what: &str,
-        operation: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, operation)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::failed(format!(
-                    "Redis {what} took longer than {:?}",
-                    self.timeout
-                )))
-            })
+        Keys::new(self.redis.key_prefix(), scope, key)
     }
 }
 
@@ -298,11 +236,7 @@ struct Keys {
 
 impl Keys {
     fn new(prefix: &str, scope: &CustomerId, key: &IdempotencyKey) -> Self {
-        let mut customer = String::with_capacity(2 * scope.as_str().len());
-        for byte in scope.as_str().bytes() {
-            customer.push(char::from(HEX[usize::from(byte >> 4)]));
-            customer.push(char::from(HEX[usize::from(byte & 0x0f)]));
-        }
+        let customer = hex(scope.as_str());
         let customer_prefix = format!("{prefix}{customer}:");
         Self {
             entry: format!("{customer_prefix}{key}"),
@@ -314,21 +248,8 @@ impl Keys {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// The longest ttl sent, some 100 years: Redis refuses an expiry that
-/// overflows its clock.
-const MAX_TTL_MILLIS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
-
-/// Milliseconds for `PX`, which refuses 0 and overflowing expiries.
-fn millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis())
-        .unwrap_or(MAX_TTL_MILLIS)
-        .clamp(1, MAX_TTL_MILLIS)
-}
-
 fn failed(command: &str, err: redis::RedisError) -> StoreError {
-    StoreError::failed(format!("Redis {command} failed")).with_source(err)
+    Failure::redis(command, err).into()
 }
 
 impl RedisIdempotencyStore {
@@ -484,7 +405,8 @@ impl IdempotencyStore for RedisIdempotencyStore {
         terms: ClaimTerms,
     ) -> Result<Claim, StoreError> {
         let keys = self.keys(scope, key);
-        self.within("claim", self.try_claim(&keys, fingerprint, terms))
+        self.redis
+            .within("claim", self.try_claim(&keys, fingerprint, terms))
             .await
     }
 
@@ -498,11 +420,12 @@ impl IdempotencyStore for RedisIdempotencyStore {
     ) -> Result<(), StoreError> {
         let done = Record::done(claim_of(lease)?.fingerprint(), record);
         let keys = self.keys(scope, key);
-        self.within(
-            "complete",
-            self.replace_claim("EVALSHA complete", &keys, lease, &done, retention),
-        )
-        .await
+        self.redis
+            .within(
+                "complete",
+                self.replace_claim("EVALSHA complete", &keys, lease, &done, retention),
+            )
+            .await
     }
 
     async fn release(
@@ -514,11 +437,12 @@ impl IdempotencyStore for RedisIdempotencyStore {
     ) -> Result<(), StoreError> {
         let failed = Record::failed(claim_of(lease)?.fingerprint());
         let keys = self.keys(scope, key);
-        self.within(
-            "release",
-            self.replace_claim("EVALSHA release", &keys, lease, &failed, retention),
-        )
-        .await
+        self.redis
+            .within(
+                "release",
+                self.replace_claim("EVALSHA release", &keys, lease, &failed, retention),
+            )
+            .await
     }
 }
 
@@ -591,13 +515,5 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ConnectError::InvalidUrl), "{err:?}");
         assert!(!err.to_string().contains("hunter2"));
-    }
-
-    #[test]
-    fn ttls_are_whole_positive_milliseconds() {
-        assert_eq!(millis(Duration::ZERO), 1);
-        assert_eq!(millis(Duration::from_micros(1500)), 1);
-        assert_eq!(millis(Duration::from_secs(86_400)), 86_400_000);
-        assert_eq!(millis(Duration::MAX), MAX_TTL_MILLIS);
     }
 }

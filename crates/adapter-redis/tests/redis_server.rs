@@ -1,4 +1,5 @@
-//! The Redis idempotency store against a real `redis-server`: the port's
+//! The Redis stores against a real `redis-server`. The feed's stores are
+//! in [`feed`]. The idempotency store: the port's
 //! rules from `domain::idempotency_testkit`; and what is Redis's own: the
 //! stored JSON and its TTL, the indexes of a customer's keys, records byte
 //! for byte, records and claims of the shapes written by earlier versions,
@@ -44,6 +45,9 @@ use tokio::{
     },
     time::Instant,
 };
+
+#[path = "redis_server/feed.rs"]
+mod feed;
 
 const IN_FLIGHT: Duration = Duration::from_secs(30);
 const RETENTION: Duration = Duration::from_secs(60);

@@ -4,8 +4,8 @@
 //! (`tests/e2e/airflow.rs`, in the `e2e` target of `app`), both built only
 //! with their crate's `e2e` feature: the ids of the test DAGs, a small
 //! client of Airflow's own REST API to check what Maestro did (token
-//! exchange, DAG and DAG-run reads, pausing, task states and what a task
-//! returned through XCom), and signals to Airflow's process group. The
+//! exchange, DAG and DAG-run reads, pausing, triggering a run behind
+//! Maestro's back, task states and what a task returned through XCom), and signals to Airflow's process group. The
 //! tests over a fake Airflow on wiremock use it too, for
 //! the fake's answer to a `conf_contains` query ([`dag_runs_page`]).
 //!
@@ -246,6 +246,23 @@ impl Airflow {
             .unwrap()
             .error_for_status()
             .unwrap();
+    }
+
+    /// Triggers a run of the DAG straight in Airflow, as someone using
+    /// Airflow's own API would (not through Maestro), with `conf`; the run
+    /// as Airflow answered it.
+    ///
+    /// # Panics
+    ///
+    /// When Airflow refuses.
+    pub async fn trigger(&self, dag_id: &str, conf: Value) -> Value {
+        json_of(
+            self.client
+                .post(format!("{}/api/v2/dags/{dag_id}/dagRuns", self.url))
+                .bearer_auth(&self.token)
+                .json(&json!({ "logical_date": null, "conf": conf })),
+        )
+        .await
     }
 
     /// The DAG's latest 100 runs, oldest first.

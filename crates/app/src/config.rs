@@ -126,13 +126,41 @@ pub struct ServeConfig {
     #[arg(
         long,
         env = "MAESTRO_MAX_WAITS_PER_CUSTOMER",
-        default_value_t = adapter_http::wait::DEFAULT_WAITS_PER_CUSTOMER,
+        default_value_t = adapter_http::limits::DEFAULT_WAITS_PER_CUSTOMER,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
     )]
     pub max_waits_per_customer: usize,
 
-    /// A Redis server (`redis://host:port/db`) that keeps `Idempotency-Key`
-    /// answers for every instance; unset keeps them in this process only.
+    /// The most event streams (`GET /platform/events`) one customer may
+    /// have open at once on this instance; more are answered 429
+    /// `TooManyStreams`.
+    #[arg(
+        long,
+        env = "MAESTRO_MAX_STREAMS_PER_CUSTOMER",
+        default_value_t = adapter_http::limits::DEFAULT_STREAMS_PER_CUSTOMER,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub max_streams_per_customer: usize,
+
+    /// Lets webhooks use `http` and private, loopback or link-local
+    /// addresses: for development and tests only.
+    #[arg(
+        long,
+        env = "MAESTRO_WEBHOOKS_ALLOW_INSECURE",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub webhooks_allow_insecure: bool,
+
+    /// This instance's name among those sharing Redis (who holds the feed,
+    /// who makes a delivery); default: the host name and a random suffix.
+    #[arg(long, env = "MAESTRO_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// A Redis server (`redis://host:port/db`) that every instance shares:
+    /// `Idempotency-Key` answers, the feed of run changes, webhooks and
+    /// their pending deliveries. Unset keeps them in this process only.
     #[arg(long, env = "MAESTRO_REDIS_URL", hide_env_values = true, value_parser = secret)]
     pub redis_url: Option<SecretString>,
 

@@ -6,6 +6,7 @@
 
 pub mod config;
 mod dev;
+mod events;
 mod readiness;
 mod server;
 mod telemetry;
@@ -19,7 +20,7 @@ use tokio::net::TcpListener;
 pub use config::{Backend, Cli, Command, EdgeArgs, LogFormat, ServeConfig, TokenArgs};
 pub use dev::mint_token;
 pub use telemetry::init_tracing;
-pub use wiring::build;
+pub use wiring::{build, build_with_clock};
 
 /// Serves the API described by `config` until `shutdown` completes, then
 /// drains: `/ready` answers 503 at once, new connections are still served
@@ -52,6 +53,7 @@ pub async fn serve(
         banner.print(addr);
     }
     server::run(listener, built.router, built.state, shutdown, edge).await;
+    built.loops.stop().await;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use adapter_auth::KeyReadiness;
 use adapter_http::{CheckError, ReadinessCheck};
-use adapter_redis::RedisIdempotencyStore;
+
 use async_trait::async_trait;
 
 /// The token verifier has its keys: at once for a static key, once the key
@@ -29,9 +29,10 @@ impl ReadinessCheck for AuthKeys {
     }
 }
 
-/// Redis, where `Idempotency-Key` answers are kept, answers a `PING`.
+/// Redis, where `Idempotency-Key` answers, events and webhooks are kept,
+/// answers a `PING`.
 #[derive(Debug)]
-pub(crate) struct Redis(pub(crate) RedisIdempotencyStore);
+pub(crate) struct Redis(pub(crate) adapter_redis::Redis);
 
 #[async_trait]
 impl ReadinessCheck for Redis {

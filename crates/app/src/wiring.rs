@@ -14,7 +14,7 @@ use adapter_http::{
 };
 use adapter_memory::{MemoryBackend, MemoryConfig, MemoryIdempotencyStore};
 use adapter_platform_api::{PlatformApiBackend, PlatformApiConfig};
-use adapter_redis::{RedisConfig, RedisIdempotencyStore};
+use adapter_redis::{Redis, RedisConfig, RedisIdempotencyStore};
 use anyhow::{Context as _, anyhow, bail};
 use domain::{
     AuthContext, Clock, CustomerId, Idempotency, IdempotencyConfig, IdempotencyStore, Orchestrator,
@@ -25,6 +25,7 @@ use runtime::{PollingRunWatch, TokioClock};
 use crate::{
     Backend, ServeConfig,
     dev::{DevBanner, random_secret},
+    events::{self, Engine, FeedSettings, Loops},
     is_loopback, readiness,
 };
 
@@ -41,6 +42,8 @@ pub struct Built {
     /// ready before.
     pub auth_keys: Arc<dyn KeyReadiness>,
     pub(crate) dev_banner: Option<DevBanner>,
+    /// The feed's and the webhooks' loops, stopped after the API drains.
+    pub(crate) loops: Loops,
 }
 
 /// Wires the backend, the token verifier and the HTTP API that `config`
@@ -52,8 +55,20 @@ pub struct Built {
 pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
     // The one clock every part of the service reads: it follows tokio's,
     // so tests can pause it.
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::start());
-    let (repository, orchestrator, watch, demo) = backend(config, &clock)?;
+    build_with_clock(config, Arc::new(TokioClock::start())).await
+}
+
+/// [`build`], with every part of the service reading the time from
+/// `clock`: tests hand in a `domain::ManualClock` to move time on by hand
+/// (a webhook's retries, a token's expiry) without waiting for it.
+///
+/// # Errors
+/// As [`build`].
+pub async fn build_with_clock(
+    config: &ServeConfig,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Built> {
+    let (repository, orchestrator, watch, demo, engine) = backend(config, &clock)?;
     let Auth {
         context: auth,
         keys: auth_keys,
@@ -73,18 +88,44 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
     });
     let service = PipelineService::new(metrics.instrument_repository(repository), orchestrator)
         .with_run_watch(watch);
-    let (idempotency, redis) = idempotency(config, &clock).await?;
+    let redis = redis(config).await?;
+    let idempotency = idempotency(config, redis.as_ref(), &clock);
+    let instance = config.instance_id.clone().unwrap_or_else(instance_name);
+    let feed = events::start(
+        engine,
+        &FeedSettings {
+            poll_interval: Duration::from_millis(config.events_poll_ms),
+            allow_insecure: config.webhooks_allow_insecure,
+            redis: redis.as_ref(),
+            instance: &instance,
+        },
+        &clock,
+        &metrics,
+    );
+    if config.webhooks_allow_insecure {
+        tracing::warn!(
+            "MAESTRO_WEBHOOKS_ALLOW_INSECURE is on: webhooks may call http and private addresses; use it for development and tests only"
+        );
+    }
     // Besides the backend, `/ready` checks what else a request needs.
     let mut checks: Vec<Arc<dyn ReadinessCheck>> =
         vec![Arc::new(readiness::AuthKeys(auth_keys.clone()))];
     if let Some(redis) = redis {
         checks.push(Arc::new(readiness::Redis(redis)));
     }
-    let mut state = AppState::new(service, auth, config.backend.name(), metrics, idempotency)
-        .with_readiness_checks(checks, clock.clone())
-        .with_body_timeout(config.edge.body_timeout_seconds)
-        .with_request_timeout(config.edge.request_timeout_seconds)
-        .with_waits_per_customer(config.max_waits_per_customer);
+    let mut state = AppState::new(
+        service,
+        auth,
+        config.backend.name(),
+        metrics.clone(),
+        idempotency,
+    )
+    .with_readiness_checks(checks, clock.clone())
+    .with_body_timeout(config.edge.body_timeout_seconds)
+    .with_request_timeout(config.edge.request_timeout_seconds)
+    .with_waits_per_customer(config.max_waits_per_customer)
+    .with_events(feed.events, feed.listeners, config.max_streams_per_customer)
+    .with_webhooks(feed.webhooks, clock.clone());
     if let Some(limit) =
         RateLimitConfig::from_settings(config.rate_limit_per_minute, config.rate_limit_burst)
             .context("invalid rate-limit settings")?
@@ -96,35 +137,46 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
         state,
         auth_keys,
         dev_banner,
+        loops: feed.loops,
     })
 }
 
+/// This instance's name, unique among those sharing a store: the host's
+/// name and a random suffix, so that a restarted instance is a new holder.
+fn instance_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "maestro".to_owned());
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+/// The Redis every instance shares, when configured. A URL it cannot use
+/// is refused now; a server that does not answer yet is not: the service
+/// starts, unready, and connects when Redis answers.
+async fn redis(config: &ServeConfig) -> anyhow::Result<Option<Redis>> {
+    let Some(url) = &config.redis_url else {
+        return Ok(None);
+    };
+    let redis =
+        Redis::new(&RedisConfig::new(url.clone())).context("cannot use MAESTRO_REDIS_URL")?;
+    if let Err(err) = redis.ping().await {
+        tracing::warn!(
+            error = %err,
+            "Redis does not answer yet; /ready says so until it does"
+        );
+    }
+    Ok(Some(redis))
+}
+
 /// Where `Idempotency-Key` answers are kept: Redis when configured, shared
-/// by every instance; this process's memory otherwise. The Redis store is
-/// returned too, for readiness to ping.
-async fn idempotency(
-    config: &ServeConfig,
-    clock: &Arc<dyn Clock>,
-) -> anyhow::Result<(Idempotency, Option<RedisIdempotencyStore>)> {
-    let (store, redis): (Arc<dyn IdempotencyStore>, _) = match &config.redis_url {
-        Some(url) => {
-            // A URL this store cannot use is refused now; a server that
-            // does not answer yet is not: the service starts, unready,
-            // and connects when Redis answers.
-            let redis = RedisIdempotencyStore::new(&RedisConfig::new(url.clone()))
-                .context("cannot use MAESTRO_REDIS_URL")?;
-            if let Err(err) = redis.ping().await {
-                tracing::warn!(
-                    error = %err,
-                    "Redis does not answer yet; /ready says so until it does"
-                );
-            }
-            (Arc::new(redis.clone()), Some(redis))
-        }
-        None => (
-            Arc::new(MemoryIdempotencyStore::default().with_clock(clock.clone())),
-            None,
-        ),
+/// by every instance; this process's memory otherwise.
+fn idempotency(config: &ServeConfig, redis: Option<&Redis>, clock: &Arc<dyn Clock>) -> Idempotency {
+    let store: Arc<dyn IdempotencyStore> = match redis {
+        Some(redis) => Arc::new(RedisIdempotencyStore::on(redis)),
+        None => Arc::new(MemoryIdempotencyStore::default().with_clock(clock.clone())),
     };
     let mut settings = IdempotencyConfig::default();
     settings.retention = config.idempotency_ttl;
@@ -134,7 +186,7 @@ async fn idempotency(
     // instance died reads as a failed attempt, and the next request with
     // the key runs as a retry.
     settings.in_flight = config.upstream_timeout() * 2 + Duration::from_secs(5);
-    Ok((Idempotency::new(store, settings, clock.clone()), redis))
+    Idempotency::new(store, settings, clock.clone())
 }
 
 /// The demo pipeline the development banner's curl line triggers.
@@ -150,6 +202,7 @@ type Ports = (
     // watched by polling.
     Option<Arc<dyn RunWatch>>,
     Option<Demo>,
+    Engine,
 );
 
 fn backend(config: &ServeConfig, clock: &Arc<dyn Clock>) -> anyhow::Result<Ports> {
@@ -179,7 +232,13 @@ fn backend(config: &ServeConfig, clock: &Arc<dyn Clock>) -> anyhow::Result<Ports
                 ),
             };
             let backend = Arc::new(backend.with_clock(clock.clone()));
-            Ok((backend.clone(), backend.clone(), Some(backend), demo))
+            Ok((
+                backend.clone(),
+                backend.clone(),
+                Some(backend.clone()),
+                demo,
+                Engine::Memory(backend),
+            ))
         }
         Backend::PlatformApi => {
             let settings = &config.platform_api;
@@ -197,8 +256,9 @@ fn backend(config: &ServeConfig, clock: &Arc<dyn Clock>) -> anyhow::Result<Ports
             })
             .context("invalid Platform-API settings")?
             .with_clock(clock.clone());
+            let engine = Engine::PlatformApi(backend.clone());
             let backend = Arc::new(backend);
-            Ok((backend.clone(), backend, None, None))
+            Ok((backend.clone(), backend, None, None, engine))
         }
         Backend::Airflow => {
             let settings = &config.airflow;
@@ -230,7 +290,13 @@ fn backend(config: &ServeConfig, clock: &Arc<dyn Clock>) -> anyhow::Result<Ports
                     .context("invalid Airflow settings")?
                     .with_clock(clock.clone()),
             );
-            Ok((backend.clone(), backend, None, None))
+            Ok((
+                backend.clone(),
+                backend.clone(),
+                None,
+                None,
+                Engine::Airflow(backend),
+            ))
         }
     }
 }

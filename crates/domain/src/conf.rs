@@ -1,6 +1,9 @@
 //! Run parameters: the JSON object a run is triggered with.
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::{Arc, LazyLock},
+};
 
 use serde_json::{Map, Value};
 
@@ -22,8 +25,14 @@ use serde_json::{Map, Value};
 /// assert_eq!(RunConf::parse(json!({"maestro": 1})), Err(InvalidConf::ReservedKey { key: "maestro" }));
 /// # Ok::<(), InvalidConf>(())
 /// ```
+///
+/// Cheap to clone: a run's parameters are shared, not copied, by the runs,
+/// events and answers that show them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RunConf(Map<String, Value>);
+pub struct RunConf(Option<Arc<Map<String, Value>>>);
+
+/// What an empty conf shows.
+static EMPTY: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
 
 /// Why a value cannot be a run's parameters.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,14 +87,22 @@ impl RunConf {
                 key: Self::RESERVED_KEY,
             });
         }
-        let bytes = compact_len(&Value::Object(map.clone()));
+        let bytes = compact_len(&map);
         if bytes > Self::MAX_BYTES {
             return Err(InvalidConf::TooLarge {
                 bytes,
                 max: Self::MAX_BYTES,
             });
         }
-        Ok(Self(map))
+        Ok(Self::of(map))
+    }
+
+    fn of(map: Map<String, Value>) -> Self {
+        if map.is_empty() {
+            Self(None)
+        } else {
+            Self(Some(Arc::new(map)))
+        }
     }
 
     /// A conf an engine gave back, taken as it is: what Maestro reads back
@@ -93,22 +110,24 @@ impl RunConf {
     /// but Maestro's own block never shows.
     pub fn from_engine(mut map: Map<String, Value>) -> Self {
         map.remove(Self::RESERVED_KEY);
-        Self(map)
+        Self::of(map)
     }
 
     /// The parameters.
     pub fn as_map(&self) -> &Map<String, Value> {
-        &self.0
+        self.0.as_deref().unwrap_or(&EMPTY)
     }
 
-    /// The parameters, as the object they are.
+    /// The parameters, as the object they are (copied if shared).
     pub fn into_map(self) -> Map<String, Value> {
         self.0
+            .map(|map| Arc::try_unwrap(map).unwrap_or_else(|shared| (*shared).clone()))
+            .unwrap_or_default()
     }
 
     /// Whether no parameter is set.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
     }
 
     /// The parameters as canonical JSON (keys sorted at every level, no
@@ -116,39 +135,54 @@ impl RunConf {
     /// they were written in.
     pub fn fingerprint(&self) -> String {
         let mut out = String::new();
-        write_canonical(&mut out, &Value::Object(self.0.clone()));
+        write_canonical_map(&mut out, self.as_map());
         out
     }
 }
 
 impl fmt::Display for RunConf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&Value::Object(self.0.clone()).to_string())
+        let text = serde_json::to_string(self.as_map()).map_err(|_| fmt::Error)?;
+        f.write_str(&text)
     }
 }
 
-/// The length of `value` as compact JSON, without building the text twice.
-fn compact_len(value: &Value) -> usize {
-    // Serializing a `Value` cannot fail.
-    serde_json::to_vec(value).map_or(usize::MAX, |bytes| bytes.len())
+/// The length of `map` as compact JSON, counted as it is written out
+/// rather than by building the text.
+fn compact_len(map: &Map<String, Value>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a map of JSON values to a counter cannot fail.
+    serde_json::to_writer(&mut count, map).map_or(usize::MAX, |()| count.0)
+}
+
+fn write_canonical_map(out: &mut String, map: &Map<String, Value>) {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    out.push('{');
+    for (i, key) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::String(key.clone()).to_string());
+        out.push(':');
+        write_canonical(out, &map[key]);
+    }
+    out.push('}');
 }
 
 fn write_canonical(out: &mut String, value: &Value) {
     match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                write_canonical(out, &map[key]);
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_canonical_map(out, map),
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {

@@ -101,7 +101,9 @@
 //! - `mock`: mockall mocks of the ports (`MockOrchestrator`, ...), for
 //!   other crates' tests.
 //! - `testkit`: `domain::idempotency_testkit`, the scenarios every
-//!   [`IdempotencyStore`] must pass.
+//!   [`IdempotencyStore`] must pass, and `domain::feed_testkit`, those of
+//!   every [`EventLog`], [`Listeners`], [`WebhookStore`] and
+//!   [`DeliveryQueue`].
 
 #![warn(missing_docs)]
 
@@ -109,6 +111,9 @@ mod auth;
 mod clock;
 mod conf;
 mod error;
+mod feed;
+#[cfg(feature = "testkit")]
+pub mod feed_testkit;
 mod idempotency;
 #[cfg(feature = "testkit")]
 pub mod idempotency_testkit;
@@ -116,6 +121,7 @@ mod pipeline;
 mod ports;
 mod run;
 mod service;
+mod webhooks;
 
 pub use auth::{AuthContext, AuthError, Caller, CustomerId, InvalidCustomerId, RequestContext};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -123,6 +129,11 @@ pub use conf::{InvalidConf, RunConf};
 pub use error::{
     BackendError, BackendErrorKind, CancelRunError, ExecuteError, GetPipelineError, GetRunError,
     ListRunsError, SetPausedError,
+};
+pub use feed::{
+    CustomerRead, EventFilter, EventId, EventLog, Events, FeedRead, InvalidEventId,
+    InvalidRunEventType, Listeners, MIN_EVENT_RETENTION, RunChange, RunChangeSource, RunEvent,
+    RunEventType, SourceCursor, StorageError,
 };
 pub use idempotency::{
     Attempt, Claim, ClaimTerms, Idempotency, IdempotencyConfig, IdempotencyError, IdempotencyKey,
@@ -135,10 +146,20 @@ pub use run::{
     RunStatus, Timestamp, format_timestamp,
 };
 pub use service::PipelineService;
+pub use webhooks::{
+    DELIVERY_RETRY_WINDOW, Delivery, DeliveryId, DeliveryQueue, InvalidWebhookId,
+    InvalidWebhookUrl, MAX_WEBHOOKS_PER_CUSTOMER, NewWebhook, RegisterWebhookError, SendOutcome,
+    Webhook, WebhookId, WebhookSecret, WebhookSender, WebhookStore, WebhookUrl, Webhooks,
+    next_attempt,
+};
 
 #[cfg(any(test, feature = "mock"))]
 pub use auth::MockAuthContext;
 #[cfg(any(test, feature = "mock"))]
+pub use feed::{MockEventLog, MockListeners, MockRunChangeSource};
+#[cfg(any(test, feature = "mock"))]
 pub use idempotency::MockIdempotencyStore;
 #[cfg(any(test, feature = "mock"))]
 pub use ports::{MockOrchestrator, MockPipelineRepository, MockRunWatch};
+#[cfg(any(test, feature = "mock"))]
+pub use webhooks::{MockDeliveryQueue, MockWebhookSender, MockWebhookStore};

@@ -1,12 +1,28 @@
 //! What the adapters and the `maestro` binary share on the tokio runtime:
-//! [`TokioClock`], the [`domain::Clock`] of the running service, and
+//! [`TokioClock`], the [`domain::Clock`] of the running service;
 //! [`PollingRunWatch`], the [`domain::RunWatch`] of backends that must be
-//! polled for changes.
+//! polled for changes; and the loops that move run changes and webhooks:
+//! [`feed::FeedPump`] (the engine into the event log, on the lease holder),
+//! [`dispatch::Dispatcher`] (the log into webhook deliveries, on the lease
+//! holder) and [`deliver::DeliveryWorker`] (deliveries to endpoints, on
+//! every instance).
+//!
+//! Each loop is a value built with its ports, started with `spawn(shutdown)`
+//! on its own task, and ended by sending `true` on the
+//! `tokio::sync::watch` channel whose receiver `shutdown` is (or by
+//! dropping its sender); the task's handle completes when the loop is done.
 //!
 //! Not an adapter: it talks to nothing outside the process itself (the
-//! watch reads through another port), and depends only on `domain` and
+//! loops work through the domain's ports), and depends only on `domain` and
 //! tokio.
 
+pub mod deliver;
+pub mod dispatch;
+pub mod feed;
+pub mod metrics;
+mod pace;
+#[cfg(test)]
+mod testing;
 mod watch;
 
 pub use watch::PollingRunWatch;

@@ -20,7 +20,6 @@ use std::{
     fs,
     net::SocketAddr,
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -33,15 +32,17 @@ use tempfile::NamedTempFile;
 use uuid::Uuid;
 
 use super::{
-    Args, BENCH_CUSTOMER, STARTUP_TIMEOUT, airflow, baseline, execute_request, mint_token,
-    random_secret,
-    report::{self, Cell, Check, Report, Row, Summary, mebibytes, millis, ratio, thousands, times},
-    report_first_problem, start_maestro, unix_now,
+    Args, BENCH_CUSTOMER, airflow, baseline, execute_request, mint_token, random_secret,
+    report::{
+        self, Cell, Check, Report, Row, RssReadings, Summary, mebibytes, millis, ratio, thousands,
+        times,
+    },
+    report_first_problem, start_baseline, start_maestro, unix_now,
 };
 use crate::{
     http::{self, Answer, RequestTemplate, TransportError},
     load::LoadSpec,
-    process::{ChildGuard, free_local_addr, resident_set_size},
+    process::{ChildGuard, resident_set_size},
 };
 
 /// Execute with a `conf` must keep at least this share of the throughput
@@ -68,16 +69,16 @@ const MAX_ADDED_RSS: u64 = 16 * 1024 * 1024;
 const MAX_WAKE_UP_P50: Duration = Duration::from_millis(5);
 /// How long the RSS is read after the service counts every waiting request
 /// in flight, so that each one has gone from its headers to its wait.
-const SETTLE: Duration = Duration::from_millis(100);
+pub(super) const SETTLE: Duration = Duration::from_millis(100);
 /// Waiting requests opened at once, then a pause: fewer than the listen
 /// backlog of 128, so that none waits for its SYN to be sent again.
-const CONNECT_BATCH: usize = 100;
+pub(super) const CONNECT_BATCH: usize = 100;
 /// The pause between two batches.
-const CONNECT_PAUSE: Duration = Duration::from_millis(10);
+pub(super) const CONNECT_PAUSE: Duration = Duration::from_millis(10);
 /// Descriptors the bench and the service need beside one socket per waiter.
-const SPARE_FILES: u64 = 256;
+pub(super) const SPARE_FILES: u64 = 256;
 /// How long a trigger or a read of `/metrics` may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The service's gauge of requests received and not yet answered.
 const IN_FLIGHT_GAUGE: &str = "maestro_http_requests_in_flight";
 
@@ -298,7 +299,7 @@ fn conf_report(results: &ConfResults) -> Report {
 
 /// The server a column's requests wait on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Server {
+pub(super) enum Server {
     /// The release `maestro`, on runs of the memory backend.
     Maestro,
     /// The bare axum baseline, on a timer to the same instants: what
@@ -372,20 +373,23 @@ impl Scenario {
 /// those seconds, where readings of the system clock seconds apart could
 /// differ by what it slews in between.
 #[derive(Debug, Clone, Copy)]
-struct WallClock {
+pub(super) struct WallClock {
     wall: DateTime<Utc>,
     instant: Instant,
 }
 
 impl WallClock {
-    fn start() -> Self {
+    /// Reads the system's clock now; started before a server, it reads the
+    /// time as the server does.
+    pub(super) fn start() -> Self {
         Self {
             wall: Utc::now(),
             instant: Instant::now(),
         }
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    /// The wall clock now.
+    pub(super) fn now(&self) -> DateTime<Utc> {
         TimeDelta::from_std(self.instant.elapsed())
             .ok()
             .and_then(|elapsed| self.wall.checked_add_signed(elapsed))
@@ -402,10 +406,8 @@ struct WaitResults {
     /// From the first end to the last.
     ends_span: Duration,
     /// The server's RSS after the set-up (triggers, or as many calls to the
-    /// baseline), before any wait.
-    rss_before: Option<u64>,
-    /// The server's RSS while every waiting request waited.
-    rss_waiting: Option<u64>,
+    /// baseline), before any wait, and while every waiting request waited.
+    rss: RssReadings,
     /// How long before the first end that RSS was read; `None` when the
     /// requests were not all waiting before it.
     all_waiting_ahead: Option<Duration>,
@@ -422,7 +424,7 @@ struct WaitResults {
 impl WaitResults {
     /// RSS added by the waiting requests.
     fn rss_added(&self) -> Option<u64> {
-        Some(self.rss_waiting?.saturating_sub(self.rss_before?))
+        self.rss.added()
     }
 
     fn wake_up(&self, quantile: f64) -> Option<Duration> {
@@ -466,14 +468,7 @@ async fn start(maestro: &Path, scenario: Scenario) -> anyhow::Result<Started> {
             })
         }
         Server::Baseline => {
-            let addr = free_local_addr()?;
-            let mut command =
-                Command::new(std::env::current_exe().context("cannot find this xtask")?);
-            command
-                .args(["bench-baseline", "--bind", &addr.to_string()])
-                .stdin(Stdio::piped());
-            let mut server = ChildGuard::spawn("the baseline", &mut command)?;
-            server.wait_until_healthy(addr, STARTUP_TIMEOUT).await?;
+            let (server, addr) = start_baseline(&[]).await?;
             Ok(Started {
                 server,
                 addr,
@@ -550,20 +545,50 @@ async fn make_end(
         ));
         return Ok((End { wait, due }, None));
     };
+    let run = trigger(addr, &execute_request(&token, pipeline)?, clock).await?;
+    let end = End {
+        wait: RequestTemplate::get(run_path(pipeline, &run.run_id, WAIT_SECONDS)).bearer(&token)?,
+        due: run.created + run_length,
+    };
+    Ok((end, Some(run.excess)))
+}
+
+/// A run triggered and read back from the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Triggered {
+    /// Its id.
+    pub(super) run_id: String,
+    /// When it was created, which its id names.
+    pub(super) created: DateTime<Utc>,
+    /// How far that instant fell outside the bench's send of the request
+    /// and the answer's arrival: zero when the two clocks agree.
+    pub(super) excess: Duration,
+}
+
+/// Sends `execute` (or what stands for it on a baseline), which must be
+/// answered 200 with a run id naming the instant the run was created.
+pub(super) async fn trigger(
+    addr: SocketAddr,
+    execute: &RequestTemplate,
+    clock: WallClock,
+) -> anyhow::Result<Triggered> {
     let sent = clock.now();
-    let answer = call(addr, &execute_request(&token, pipeline)?).await?;
+    let answer = call(addr, execute).await?;
     let arrived = clock.now();
     let run_id = run_id_of(&answer.json())?;
     let created = created_of(&run_id)?;
-    let end = End {
-        wait: RequestTemplate::get(run_path(pipeline, &run_id, WAIT_SECONDS)).bearer(&token)?,
-        due: created + run_length,
-    };
-    Ok((end, Some(outside(created, sent, arrived))))
+    Ok(Triggered {
+        excess: outside(created, sent, arrived),
+        run_id,
+        created,
+    })
 }
 
 async fn measure_waits(maestro: &Path, scenario: Scenario) -> anyhow::Result<WaitResults> {
-    ensure_open_files(WAITERS as u64 + SPARE_FILES)?;
+    ensure_open_files(
+        &format!("{} waiting requests", thousands(WAITERS as u64)),
+        WAITERS as u64 + SPARE_FILES,
+    )?;
     let load_average = airflow::load_average();
     // Started before the server, so that it reads the time as `maestro`
     // does (see `WallClock`).
@@ -644,8 +669,10 @@ async fn measure_waits(maestro: &Path, scenario: Scenario) -> anyhow::Result<Wai
         scenario,
         load_average,
         ends_span,
-        rss_before,
-        rss_waiting,
+        rss: RssReadings {
+            before: rss_before,
+            holding: rss_waiting,
+        },
         all_waiting_ahead,
         wake_ups,
         problems,
@@ -710,8 +737,7 @@ fn run_end(run: &Value, run_length: TimeDelta) -> Result<DateTime<Utc>, String> 
     let instant = |field: &str| {
         run[field]
             .as_str()
-            .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
-            .map(|at| at.with_timezone(&Utc))
+            .and_then(instant)
             .ok_or_else(|| format!("the run has no readable {field}"))
     };
     let due = instant("created_at")? + run_length;
@@ -723,7 +749,7 @@ fn run_end(run: &Value, run_length: TimeDelta) -> Result<DateTime<Utc>, String> 
 }
 
 /// How far `at` lies outside `from..=to`; zero inside.
-fn outside(at: DateTime<Utc>, from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
+pub(super) fn outside(at: DateTime<Utc>, from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
     let before = (from - at).to_std().unwrap_or_default();
     let after = (at - to).to_std().unwrap_or_default();
     before.max(after)
@@ -731,7 +757,7 @@ fn outside(at: DateTime<Utc>, from: DateTime<Utc>, to: DateTime<Utc>) -> Duratio
 
 /// The `quantile` of `sorted` by nearest rank: the smallest value with at
 /// least that share of the values at or below it.
-fn nearest_rank(sorted: &[Duration], quantile: f64) -> Option<Duration> {
+pub(super) fn nearest_rank(sorted: &[Duration], quantile: f64) -> Option<Duration> {
     let rank = (quantile * sorted.len() as f64).ceil() as usize;
     sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
 }
@@ -745,21 +771,21 @@ async fn in_flight(addr: SocketAddr) -> anyhow::Result<u64> {
 }
 
 /// The value of gauge `name` in OpenMetrics text.
-fn parse_gauge(text: &str, name: &str) -> Option<u64> {
+pub(super) fn parse_gauge(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .find_map(|value| value.trim().parse().ok())
 }
 
-/// Fails unless this process may open `needed` files; the service, started
-/// from it, inherits the same limit.
-fn ensure_open_files(needed: u64) -> anyhow::Result<()> {
+/// Fails unless this process may open `needed` files for `what`; the
+/// service, started from it, inherits the same limit.
+pub(super) fn ensure_open_files(what: &str, needed: u64) -> anyhow::Result<()> {
     let limits =
         fs::read_to_string("/proc/self/limits").context("cannot read /proc/self/limits")?;
     let soft = open_files_limit(&limits).context("/proc/self/limits has no Max open files line")?;
     if soft.is_some_and(|soft| soft < needed) {
         bail!(
-            "{WAITERS} waiting requests need {needed} open files in the bench and the service, and the limit is {}: raise it (ulimit -n) and run again",
+            "{what} need {needed} open files in the bench and the service, and the limit is {}: raise it (ulimit -n) and run again",
             soft.map_or_else(|| "unlimited".to_owned(), |soft| soft.to_string())
         );
     }
@@ -782,26 +808,25 @@ fn waits_checks(results: &[WaitResults]) -> Vec<Check> {
     let mut checks = Vec::new();
     for scenario in results.iter().filter(|results| results.scenario.judged) {
         let name = scenario.scenario.name();
-        let added = scenario.rss_added();
-        checks.push(Check {
-            target: format!(
-                "{name}: RSS added while {} requests wait < {}",
-                thousands(WAITERS as u64),
-                mebibytes(MAX_ADDED_RSS)
+        checks.push(Check::below(
+            &format!(
+                "{name}: RSS added while {} requests wait",
+                thousands(WAITERS as u64)
             ),
-            measured: added.map_or_else(|| "unavailable".to_owned(), mebibytes),
-            passed: scenario.all_waiting_ahead.is_some()
-                && added.is_some_and(|added| added < MAX_ADDED_RSS),
-        });
-        let p50 = scenario.wake_up(0.5);
-        checks.push(Check {
-            target: format!(
-                "{name}: median wake-up after the run's end < {}",
-                millis(MAX_WAKE_UP_P50)
-            ),
-            measured: p50.map_or_else(|| "no answer".to_owned(), millis),
-            passed: p50.is_some_and(|p50| p50 < MAX_WAKE_UP_P50),
-        });
+            scenario.rss_added(),
+            MAX_ADDED_RSS,
+            mebibytes,
+            "unavailable",
+            scenario.all_waiting_ahead.is_some(),
+        ));
+        checks.push(Check::below(
+            &format!("{name}: median wake-up after the run's end"),
+            scenario.wake_up(0.5),
+            MAX_WAKE_UP_P50,
+            millis,
+            "no answer",
+            true,
+        ));
         checks.push(Check {
             target: format!(
                 "{name}: all {} waited at once and were answered 200 with their run ended when due",
@@ -827,38 +852,25 @@ fn waiting_ahead(results: &WaitResults) -> String {
 }
 
 fn waits_report(results: &[WaitResults]) -> Report {
-    let row = |name: &str, cell: &dyn Fn(&WaitResults) -> Cell| {
-        Row::new(name, results.iter().map(cell).collect())
-    };
-    let wake_up = |quantile: f64| {
-        move |results: &WaitResults| results.wake_up(quantile).map_or(Cell::Empty, Cell::latency)
-    };
-    let rows = vec![
-        row("instants the waits end at", &|results| {
+    let rss: Vec<RssReadings> = results.iter().map(|results| results.rss).collect();
+    let mut rows = vec![
+        Row::across("instants the waits end at", results, |results| {
             Cell::Count(results.scenario.ends as u64)
         }),
-        row("from the first end to the last", &|results| {
+        Row::across("from the first end to the last", results, |results| {
             Cell::latency(results.ends_span)
         }),
-        row("RSS before the waits / while all wait", &|results| {
-            Cell::pair(
-                Cell::Mebibytes(results.rss_before),
-                Cell::Mebibytes(results.rss_waiting),
-            )
-        }),
-        row("RSS added", &|results| Cell::Mebibytes(results.rss_added())),
-        row("RSS added per waiting request, bytes", &|results| {
-            results
-                .rss_added()
-                .map_or(Cell::Empty, |added| Cell::Count(added / WAITERS as u64))
-        }),
-        row("wake-up p50", &wake_up(0.5)),
-        row("wake-up p99", &wake_up(0.99)),
-        row("wake-up max", &wake_up(1.0)),
-        row("answered as expected", &|results| {
-            Cell::Count(results.wake_ups.len() as u64)
-        }),
     ];
+    rows.extend(RssReadings::rows(
+        &rss,
+        "RSS before the waits / while all wait",
+        WAITERS as u64,
+        "waiting request",
+    ));
+    rows.extend(Row::quantiles("wake-up", results, WaitResults::wake_up));
+    rows.push(Row::across("answered as expected", results, |results| {
+        Cell::Count(results.wake_ups.len() as u64)
+    }));
     let notes = results
         .iter()
         .map(|results| {
@@ -906,6 +918,12 @@ fn waits_report(results: &[WaitResults]) -> Report {
 
 /// A fixture with `pipelines`, all of [`BENCH_CUSTOMER`].
 fn fixture(pipelines: &[Uuid]) -> anyhow::Result<NamedTempFile> {
+    let owned: Vec<(Uuid, &str)> = pipelines.iter().map(|id| (*id, BENCH_CUSTOMER)).collect();
+    customers_fixture(&owned)
+}
+
+/// A fixture with `pipelines`, each of the customer beside it.
+pub(super) fn customers_fixture(pipelines: &[(Uuid, &str)]) -> anyhow::Result<NamedTempFile> {
     let fixture = tempfile::Builder::new()
         .prefix("maestro-bench-lifecycle-")
         .suffix(".json")
@@ -914,9 +932,9 @@ fn fixture(pipelines: &[Uuid]) -> anyhow::Result<NamedTempFile> {
     let json = json!({"pipelines": pipelines
         .iter()
         .enumerate()
-        .map(|(index, id)| json!({
+        .map(|(index, (id, customer))| json!({
             "id": id.hyphenated().to_string(),
-            "customer_id": BENCH_CUSTOMER,
+            "customer_id": customer,
             "name": format!("bench-{index}"),
         }))
         .collect::<Vec<_>>()});
@@ -926,7 +944,7 @@ fn fixture(pipelines: &[Uuid]) -> anyhow::Result<NamedTempFile> {
 
 /// The memory backend over `fixture`, with runs of `run_seconds`, and
 /// `waits` requests allowed to wait at once when given.
-fn memory_env(
+pub(super) fn memory_env(
     fixture: &NamedTempFile,
     run_seconds: u64,
     waits: Option<usize>,
@@ -960,11 +978,21 @@ fn run_path(pipeline: Uuid, run_id: &str, wait_seconds: u64) -> String {
 
 /// Sends one set-up request on a connection of its own; its answer, which
 /// must be a 200.
-async fn call(addr: SocketAddr, request: &RequestTemplate) -> anyhow::Result<Answer> {
+pub(super) async fn call(addr: SocketAddr, request: &RequestTemplate) -> anyhow::Result<Answer> {
+    call_for(addr, request, StatusCode::OK).await
+}
+
+/// Sends one set-up request on a connection of its own; its answer, which
+/// must have status `expected`.
+pub(super) async fn call_for(
+    addr: SocketAddr,
+    request: &RequestTemplate,
+    expected: StatusCode,
+) -> anyhow::Result<Answer> {
     let answer = http::send_once(addr, request, CALL_TIMEOUT)
         .await
         .with_context(|| format!("{} {} got no answer", request.method, request.path))?;
-    if answer.status != StatusCode::OK {
+    if answer.status != expected {
         bail!(
             "{} {} answered {}: {}",
             request.method,
@@ -977,7 +1005,7 @@ async fn call(addr: SocketAddr, request: &RequestTemplate) -> anyhow::Result<Ans
 }
 
 /// The run id in an execute's answer.
-fn run_id_of(answer: &Value) -> anyhow::Result<String> {
+pub(super) fn run_id_of(answer: &Value) -> anyhow::Result<String> {
     answer["data"]["run_id"]
         .as_str()
         .map(str::to_owned)
@@ -986,12 +1014,18 @@ fn run_id_of(answer: &Value) -> anyhow::Result<String> {
 
 /// The instant a run was created, which its id names
 /// (`manual__2024-12-18T10:30:00.000000+00:00`).
-fn created_of(run_id: &str) -> anyhow::Result<DateTime<Utc>> {
+pub(super) fn created_of(run_id: &str) -> anyhow::Result<DateTime<Utc>> {
     run_id
         .strip_prefix("manual__")
-        .and_then(|instant| DateTime::parse_from_rfc3339(instant).ok())
-        .map(|at| at.with_timezone(&Utc))
+        .and_then(instant)
         .with_context(|| format!("the run id {run_id} does not name an instant"))
+}
+
+/// The instant an RFC 3339 text names, such as a run's `updated_at`.
+pub(super) fn instant(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|at| at.with_timezone(&Utc))
 }
 
 #[cfg(test)]
@@ -1001,9 +1035,7 @@ mod tests {
     use hyper::HeaderMap;
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .expect("an instant")
-            .with_timezone(&Utc)
+        instant(text).expect("an instant")
     }
 
     fn answer(status: StatusCode, body: &Value) -> Result<Answer, TransportError> {
@@ -1314,8 +1346,10 @@ mod tests {
             },
             load_average: "1.00 1.00 1.00".to_owned(),
             ends_span: Duration::from_millis(999),
-            rss_before: Some(10 * 1024 * 1024),
-            rss_waiting: Some(20 * 1024 * 1024),
+            rss: RssReadings {
+                before: Some(10 * 1024 * 1024),
+                holding: Some(20 * 1024 * 1024),
+            },
             all_waiting_ahead: Some(Duration::from_millis(1_500)),
             // 1,000 wake-ups from 1 µs to `wake_up_micros` µs.
             wake_ups: (1..=1_000)
@@ -1334,7 +1368,7 @@ mod tests {
         assert_eq!(good.wake_up(0.5), Some(Duration::from_micros(2_000)));
 
         let mut heavy = good.clone();
-        heavy.rss_waiting = Some(26 * 1024 * 1024);
+        heavy.rss.holding = Some(26 * 1024 * 1024);
         assert_eq!(
             report::missed(&waits_checks(&[heavy])),
             [

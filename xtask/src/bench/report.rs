@@ -44,6 +44,32 @@ impl Row {
             cells,
         }
     }
+
+    /// A row named `name` with a cell per column, made by `cell`.
+    pub(crate) fn across<T>(
+        name: impl Into<String>,
+        columns: &[T],
+        cell: impl Fn(&T) -> Cell,
+    ) -> Self {
+        Self::new(name, columns.iter().map(cell).collect())
+    }
+
+    /// The rows `<name> p50`, `<name> p99` and `<name> max` of a duration,
+    /// a cell per column from `quantile`; empty where it gives none.
+    pub(crate) fn quantiles<T>(
+        name: &str,
+        columns: &[T],
+        quantile: impl Fn(&T, f64) -> Option<Duration>,
+    ) -> Vec<Self> {
+        [("p50", 0.5), ("p99", 0.99), ("max", 1.0)]
+            .into_iter()
+            .map(|(label, rank)| {
+                Self::across(format!("{name} {label}"), columns, |column| {
+                    quantile(column, rank).map_or(Cell::Empty, Cell::latency)
+                })
+            })
+            .collect()
+    }
 }
 
 /// One figure with its unit.
@@ -53,6 +79,8 @@ pub(crate) enum Cell {
     Empty,
     /// Requests per second, as `12,345 req/s`.
     Throughput(f64),
+    /// Anything else per second, as `1,234/s`.
+    PerSecond(f64),
     /// Milliseconds, as `1.25 ms`; negative for a difference that went
     /// the other way.
     Millis(f64),
@@ -100,6 +128,7 @@ impl fmt::Display for Cell {
         match self {
             Self::Empty => Ok(()),
             Self::Throughput(rate) => write!(f, "{} req/s", thousands(rate.round() as u64)),
+            Self::PerSecond(rate) => write!(f, "{}/s", thousands(rate.round() as u64)),
             Self::Millis(millis) => write!(f, "{millis:.2} ms"),
             Self::Ratio(ratio) => f.write_str(&optional_times(*ratio)),
             Self::Count(count) => f.write_str(&thousands(*count)),
@@ -121,6 +150,24 @@ pub(crate) struct Check {
 }
 
 impl Check {
+    /// The target `<what> < <limit>`: passed when `measured` is below
+    /// `limit` and `also` holds. Both figures are written with `show`;
+    /// `missing` stands for a figure that was not measured.
+    pub(crate) fn below<T: PartialOrd + Copy>(
+        what: &str,
+        measured: Option<T>,
+        limit: T,
+        show: fn(T) -> String,
+        missing: &str,
+        also: bool,
+    ) -> Self {
+        Self {
+            target: format!("{what} < {}", show(limit)),
+            measured: measured.map_or_else(|| missing.to_owned(), show),
+            passed: also && measured.is_some_and(|measured| measured < limit),
+        }
+    }
+
     /// `PASS` or `FAIL`.
     pub(crate) fn verdict(&self) -> &'static str {
         if self.passed { "PASS" } else { "FAIL" }
@@ -338,6 +385,42 @@ impl Summary {
     }
 }
 
+/// A server's resident memory before some things (waiting requests, open
+/// streams) were held, and while they were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RssReadings {
+    /// Before; `None` when it could not be read.
+    pub(crate) before: Option<u64>,
+    /// While all were held.
+    pub(crate) holding: Option<u64>,
+}
+
+impl RssReadings {
+    /// What holding them added.
+    pub(crate) fn added(&self) -> Option<u64> {
+        Some(self.holding?.saturating_sub(self.before?))
+    }
+
+    /// The rows of memory, with one cell per column's readings: both
+    /// readings (the row named `readings`), what they added, and that per
+    /// one of the `count` things held (`each`, e.g. `waiting request`).
+    pub(crate) fn rows(columns: &[Self], readings: &str, count: u64, each: &str) -> Vec<Row> {
+        let row = |name: String, cell: &dyn Fn(&Self) -> Cell| {
+            Row::new(name, columns.iter().map(cell).collect())
+        };
+        vec![
+            row(readings.to_owned(), &|rss| {
+                Cell::pair(Cell::Mebibytes(rss.before), Cell::Mebibytes(rss.holding))
+            }),
+            row("RSS added".to_owned(), &|rss| Cell::Mebibytes(rss.added())),
+            row(format!("RSS added per {each}, bytes"), &|rss| {
+                rss.added()
+                    .map_or(Cell::Empty, |added| Cell::Count(added / count.max(1)))
+            }),
+        ]
+    }
+}
+
 /// Non-2xx and unanswered requests of `summary`, in words.
 pub(crate) fn failures(summary: &Summary) -> String {
     let unanswered = summary.requests.saturating_sub(summary.answered);
@@ -541,6 +624,105 @@ mod tests {
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(millis(Duration::from_micros(1_234)), "1.23 ms");
         assert_eq!(mebibytes(64 * 1024 * 1024), "64.0 MiB");
+        assert_eq!(Cell::PerSecond(1_234.4).to_string(), "1,234/s");
+    }
+
+    #[test]
+    fn a_target_below_a_limit_passes_only_under_it_and_when_the_rest_holds() {
+        let check = |measured, also| {
+            Check::below(
+                "p99",
+                measured,
+                Duration::from_millis(5),
+                millis,
+                "none",
+                also,
+            )
+        };
+        let passed = check(Some(Duration::from_micros(4_990)), true);
+        assert_eq!(
+            passed,
+            Check {
+                target: "p99 < 5.00 ms".to_owned(),
+                measured: "4.99 ms".to_owned(),
+                passed: true,
+            }
+        );
+        assert!(!check(Some(Duration::from_millis(5)), true).passed);
+        assert!(!check(Some(Duration::from_millis(1)), false).passed);
+        let missing = check(None, true);
+        assert_eq!(missing.measured, "none");
+        assert!(!missing.passed);
+    }
+
+    #[test]
+    fn quantile_rows_give_p50_p99_and_max_per_column() {
+        let columns = [Some(Duration::from_millis(2)), None];
+        let rows = Row::quantiles("wait", &columns, |column, rank| {
+            column.map(|base| base.mul_f64(rank * 2.0))
+        });
+        let text: Vec<String> = rows
+            .iter()
+            .map(|row| {
+                let cells: Vec<String> = row.cells.iter().map(ToString::to_string).collect();
+                format!("{}: {}", row.name, cells.join(" | "))
+            })
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "wait p50: 2.00 ms | ",
+                "wait p99: 3.96 ms | ",
+                "wait max: 4.00 ms | "
+            ]
+        );
+    }
+
+    #[test]
+    fn rss_rows_give_both_readings_what_was_added_and_that_per_thing_held() {
+        let mebibyte = 1024 * 1024;
+        let columns = [
+            RssReadings {
+                before: Some(10 * mebibyte),
+                holding: Some(20 * mebibyte),
+            },
+            RssReadings {
+                before: None,
+                holding: Some(mebibyte),
+            },
+        ];
+        assert_eq!(columns[0].added(), Some(10 * mebibyte));
+        assert_eq!(columns[1].added(), None);
+        let rows = RssReadings::rows(&columns, "RSS before / while held", 1_000, "stream");
+        let text: Vec<(String, Vec<String>)> = rows
+            .iter()
+            .map(|row| {
+                (
+                    row.name.clone(),
+                    row.cells.iter().map(ToString::to_string).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            text,
+            [
+                (
+                    "RSS before / while held".to_owned(),
+                    vec![
+                        "10.0 MiB / 20.0 MiB".to_owned(),
+                        "unavailable / 1.0 MiB".to_owned()
+                    ]
+                ),
+                (
+                    "RSS added".to_owned(),
+                    vec!["10.0 MiB".to_owned(), "unavailable".to_owned()]
+                ),
+                (
+                    "RSS added per stream, bytes".to_owned(),
+                    vec!["10,485".to_owned(), String::new()]
+                ),
+            ]
+        );
         assert_eq!(optional_times(Some(1.5)), "1.50x");
         assert_eq!(optional_times(ratio(3.0, 0.0)), "n/a");
         assert_eq!(

@@ -6,6 +6,7 @@
 
 mod auth;
 mod cancel;
+mod changes;
 mod common;
 mod conf;
 mod failures;

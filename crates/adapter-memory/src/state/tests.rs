@@ -788,6 +788,109 @@ fn cancel_and_check(state: &mut PipelineState, model: &mut Model, back: usize, n
     }
 }
 
+/// What the journal says, from `from` to `now`, as (status, instant, run
+/// index among `runs`).
+fn told(
+    state: &mut PipelineState,
+    now: Timestamp,
+    from: Timestamp,
+    runs: &[&Run],
+) -> (Vec<(RunStatus, Timestamp, usize)>, Option<Timestamp>) {
+    let mut out = Vec::new();
+    let next = state.feed(now, from, None, &mut out);
+    let told = out
+        .into_iter()
+        .map(|change| {
+            let index = runs.iter().position(|run| run.id == change.run.id).unwrap();
+            assert_eq!(change.run.updated_at, change.at);
+            (change.run.status, change.at, index)
+        })
+        .collect();
+    (told, next)
+}
+
+#[test]
+fn without_a_feed_nothing_is_written_down() {
+    let mut state = state(limits(10, 10, 10));
+    state.trigger(&conf(), t(0)).unwrap();
+    assert!(state.journal.is_none());
+    let (told, next) = told(&mut state, t(SECOND), t(0), &[]);
+    assert_eq!(told, [], "what came before the feed is not told");
+    assert_eq!(next, Some(t(10 * SECOND)), "the running run's end");
+    state.stop_journal();
+    assert!(state.journal.is_none());
+}
+
+#[test]
+fn a_feed_reads_each_change_at_its_instant_and_the_next_one_to_come() {
+    let mut state = state(limits(10, 10, 10));
+    assert_eq!(told(&mut state, t(0), t(0), &[]), (vec![], None));
+    let first = state.trigger(&conf(), t(SECOND)).unwrap();
+    let second = state.trigger(&conf(), t(2 * SECOND)).unwrap();
+    let third = state.trigger(&conf(), t(3 * SECOND)).unwrap();
+    state.cancel(&third.id, t(4 * SECOND)).unwrap();
+    let runs = [&first, &second, &third];
+    let (changes, next) = told(&mut state, t(15 * SECOND), t(0), &runs);
+    assert_eq!(
+        changes,
+        [
+            (Running, t(SECOND), 0),
+            (Queued, t(2 * SECOND), 1),
+            (Queued, t(3 * SECOND), 2),
+            (Failed, t(4 * SECOND), 2),
+            (Success, t(11 * SECOND), 0),
+            (Running, t(11 * SECOND), 1),
+        ]
+    );
+    assert_eq!(next, Some(t(21 * SECOND)));
+    // Read again from an instant: the changes from it on, and a forgotten
+    // past.
+    let mut out = Vec::new();
+    state.feed(
+        t(15 * SECOND),
+        t(4 * SECOND),
+        Some(t(11 * SECOND)),
+        &mut out,
+    );
+    assert_eq!(out.len(), 2, "the changes at 11 s");
+    assert_eq!(state.journal.as_ref().map(Journal::len), Some(2));
+}
+
+#[test]
+fn an_operation_in_the_instant_a_feed_read_is_dated_after_it() {
+    let mut state = state(limits(10, 10, 10));
+    let first = state.trigger(&conf(), t(0)).unwrap();
+    let second = state.trigger(&conf(), t(0)).unwrap();
+    let read_at = t(SECOND) + TimeDelta::nanoseconds(300);
+    told(&mut state, read_at, t(0), &[]);
+    let cancelled = state.cancel(&first.id, read_at).unwrap();
+    assert_eq!(cancelled.updated_at, read_at + TimeDelta::nanoseconds(1));
+    let third = state.trigger(&conf(), read_at).unwrap();
+    assert_eq!(third.created_at, t(SECOND + 1), "the next microsecond");
+    let runs = [&first, &second, &third];
+    let (changes, _) = told(&mut state, read_at, t(0), &runs);
+    assert_eq!(changes, [], "nothing new at the instant read");
+    let (changes, _) = told(&mut state, t(2 * SECOND), read_at, &runs);
+    assert_eq!(
+        changes,
+        [
+            (Failed, cancelled.updated_at, 0),
+            (Running, cancelled.updated_at, 1),
+            (Queued, third.created_at, 2),
+        ]
+    );
+}
+
+#[test]
+fn a_run_appears_once_with_its_status_at_its_instant() {
+    // Zero length: SUCCESS at once, told once.
+    let mut state = state(limits(0, 10, 10));
+    told(&mut state, t(0), t(0), &[]);
+    let run = state.trigger(&conf(), t(SECOND)).unwrap();
+    let (changes, _) = told(&mut state, t(2 * SECOND), t(0), &[&run]);
+    assert_eq!(changes, [(Success, t(SECOND), 0)]);
+}
+
 proptest! {
     #[test]
     fn random_histories_keep_the_simulation_invariants(

@@ -1,6 +1,5 @@
-//! Requests that wait for a run to finish (`?wait_seconds=N`): the bound
-//! on how many each customer may hold open, and the end of every wait when
-//! the service shuts down.
+//! Bounds on the long requests each customer may hold open at once: runs
+//! waited on (`?wait_seconds=N`) and event streams.
 
 use std::{
     collections::HashMap,
@@ -9,19 +8,23 @@ use std::{
 
 use domain::CustomerId;
 
-/// The default [`Waits`] bound per customer.
+/// The default bound on requests waiting on runs, per customer.
 pub const DEFAULT_WAITS_PER_CUSTOMER: usize = 100;
 
-/// How many requests each customer has waiting, up to a bound.
+/// The default bound on open event streams, per customer: the contract's 10.
+pub const DEFAULT_STREAMS_PER_CUSTOMER: usize = 10;
+
+/// How many long requests of one kind each customer holds open, up to a
+/// bound.
 #[derive(Debug)]
-pub(crate) struct Waits {
+pub(crate) struct PerCustomer {
     limit: usize,
     /// A std mutex: taken for a map update when a wait starts or ends,
     /// never across an `.await`.
     by_customer: Mutex<HashMap<CustomerId, usize>>,
 }
 
-impl Waits {
+impl PerCustomer {
     pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             limit,
@@ -34,9 +37,9 @@ impl Waits {
         self.limit
     }
 
-    /// A place for one more waiting request of `customer`, or `None` when
-    /// it holds its bound already.
-    pub(crate) fn enter(self: &Arc<Self>, customer: &CustomerId) -> Option<Waiting> {
+    /// A place for one more request of `customer`, or `None` when it holds
+    /// its bound already.
+    pub(crate) fn enter(self: &Arc<Self>, customer: &CustomerId) -> Option<Slot> {
         let mut by_customer = self
             .by_customer
             .lock()
@@ -46,25 +49,25 @@ impl Waits {
             return None;
         }
         *count += 1;
-        Some(Waiting {
-            waits: Arc::clone(self),
+        Some(Slot {
+            bound: Arc::clone(self),
             customer: customer.clone(),
         })
     }
 }
 
-/// One waiting request; dropping it (answered, or the client gone) frees
-/// its place.
+/// One open request; dropping it (answered, or the client gone) frees its
+/// place.
 #[derive(Debug)]
-pub(crate) struct Waiting {
-    waits: Arc<Waits>,
+pub(crate) struct Slot {
+    bound: Arc<PerCustomer>,
     customer: CustomerId,
 }
 
-impl Drop for Waiting {
+impl Drop for Slot {
     fn drop(&mut self) {
         let mut by_customer = self
-            .waits
+            .bound
             .by_customer
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -83,7 +86,7 @@ mod tests {
 
     #[test]
     fn each_customer_waits_up_to_its_bound_and_a_finished_wait_frees_a_place() {
-        let waits = Waits::new(2);
+        let waits = PerCustomer::new(2);
         let acme = CustomerId::parse("acme").unwrap();
         let globex = CustomerId::parse("globex").unwrap();
         let first = waits.enter(&acme).unwrap();
@@ -97,7 +100,7 @@ mod tests {
 
     #[test]
     fn nothing_is_kept_for_a_customer_with_no_wait() {
-        let waits = Waits::new(1);
+        let waits = PerCustomer::new(1);
         let acme = CustomerId::parse("acme").unwrap();
         drop(waits.enter(&acme));
         assert!(waits.by_customer.lock().unwrap().is_empty());
