@@ -1,5 +1,9 @@
-//! Maestro's Redis adapter: the idempotency store that several Maestro
-//! instances behind one load balancer share (`MAESTRO_REDIS_URL`).
+//! Maestro's Redis adapter: the idempotency store and the rate limits that
+//! several Maestro instances behind one load balancer share
+//! (`MAESTRO_REDIS_URL`), over one connection ([`Redis`]).
+//!
+//! [`RedisRateLimiter`] keeps each customer's GCRA bucket in one key,
+//! checked by one atomic script on Redis's clock (see its module).
 //!
 //! [`RedisIdempotencyStore`] implements [`domain::IdempotencyStore`]. Every
 //! operation is one Lua script, atomic in Redis whichever instance sends
@@ -90,6 +94,8 @@
 //! scripts/redis-test-server.sh stop
 //! ```
 
+mod connection;
+mod ratelimit;
 mod record;
 mod store;
 
@@ -97,6 +103,8 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+pub use connection::Redis;
+pub use ratelimit::{RateDecision, RateLimitError, RedisRateLimiter};
 pub use store::RedisIdempotencyStore;
 
 /// Where Redis is and how to talk to it. `app` fills it from the

@@ -5,23 +5,13 @@
 //! Each customer's keys are indexed by deadline and expiry, so that a
 //! customer at its bound makes room from its own keys alone.
 
-use std::{
-    fmt,
-    future::Future,
-    sync::{Arc, LazyLock},
-    time::Duration,
-};
+use std::{fmt, future::Future, sync::LazyLock, time::Duration};
 
 use async_trait::async_trait;
 use domain::{Claim, ClaimTerms, CustomerId, IdempotencyKey, IdempotencyStore, Lease, StoreError};
-use redis::{
-    Client, Script,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use redis::{Script, aio::ConnectionManager};
 
-use tokio::sync::OnceCell;
-
-use crate::{ConnectError, RedisConfig, record::Record};
+use crate::{ConnectError, Redis, RedisConfig, record::Record};
 
 /// What the scripts share: Redis's own clock, and the upkeep of the
 /// indexes of one customer's keys.
@@ -138,12 +128,6 @@ return 1
     ))
 });
 
-/// How often the connection is tried again, after the first attempt, before
-/// a reconnection gives up (the next request starts another). Few, and
-/// soon: requests wait for a reconnection, within the operation timeout.
-const RECONNECT_RETRIES: usize = 2;
-const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
-
 /// How often a claim tries again when the failed attempt (or the claim
 /// past its deadline) that it read was gone before its takeover: another
 /// retry took it over, the request that held the claim finished late, or
@@ -160,9 +144,7 @@ const CLAIM_ATTEMPTS: usize = 3;
 pub struct RedisIdempotencyStore {
     /// Made on first use, and again after a failed first attempt, so that
     /// the service starts (and says it is not ready) while Redis is down.
-    connection: Arc<OnceCell<ConnectionManager>>,
-    client: Client,
-    manager_config: ConnectionManagerConfig,
+    redis: Redis,
     key_prefix: String,
     timeout: Duration,
 }
@@ -187,23 +169,17 @@ impl RedisIdempotencyStore {
     /// [`ConnectError::InvalidUrl`] or [`ConnectError::TlsUnsupported`] for
     /// a URL this store cannot use.
     pub fn new(config: &RedisConfig) -> Result<Self, ConnectError> {
-        let url = config.url();
-        if url.starts_with("rediss://") || url.starts_with("valkeys://") {
-            return Err(ConnectError::TlsUnsupported);
-        }
-        let client = Client::open(url).map_err(|_| ConnectError::InvalidUrl)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.timeout))
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_max_delay(RECONNECT_MAX_DELAY);
-        Ok(Self {
-            connection: Arc::new(OnceCell::new()),
-            client,
-            manager_config,
+        Ok(Self::over(Redis::new(config)?, config))
+    }
+
+    /// A store over an existing connection handle (shared with the rate
+    /// limiter), with the key prefix and timeout of `config`.
+    pub fn over(redis: Redis, config: &RedisConfig) -> Self {
+        Self {
+            redis,
             key_prefix: config.key_prefix.clone(),
             timeout: config.timeout,
-        })
+        }
     }
 
     /// Connects to the server of `config`, and fails if it does not answer,
@@ -215,26 +191,23 @@ impl RedisIdempotencyStore {
     pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
         let store = Self::new(config)?;
         store
-            .connection
-            .get_or_try_init(|| {
-                store
-                    .client
-                    .get_connection_manager_with_config(store.manager_config.clone())
-            })
+            .redis
+            .connection()
             .await
             .map_err(ConnectError::Connect)?;
         Ok(store)
     }
 
+    /// The connection handle, to share with the rate limiter.
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
     /// The connection, made now if it was not yet.
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        self.connection
-            .get_or_try_init(|| {
-                self.client
-                    .get_connection_manager_with_config(self.manager_config.clone())
-            })
+        self.redis
+            .connection()
             .await
-            .cloned()
             .map_err(|err| failed("connecting", err))
     }
 

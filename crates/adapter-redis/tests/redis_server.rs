@@ -4,7 +4,7 @@
 //! for byte, records and claims of the shapes written by earlier versions,
 //! many concurrent claims and retries through separate connections (as
 //! from several Maestro instances), the use case over Redis, and a hanging
-//! server.
+//! server. And the shared rate limiter (`ratelimit`).
 //!
 //! Built only with the `redis-server` feature, since it needs a server:
 //!
@@ -44,6 +44,9 @@ use tokio::{
     },
     time::Instant,
 };
+
+#[path = "redis_server/ratelimit.rs"]
+mod ratelimit;
 
 const IN_FLIGHT: Duration = Duration::from_secs(30);
 const RETENTION: Duration = Duration::from_secs(60);
