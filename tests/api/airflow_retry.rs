@@ -1,7 +1,8 @@
 //! The case `Idempotency-Key` exists for, through the real `maestro` binary
-//! on the Airflow backend: Airflow makes the run but answers after
-//! Maestro's timeout, the client sees 504 and retries with the same key,
-//! and gets that run, not a second one. Airflow is a small wiremock fake
+//! on the Airflow backend: Airflow makes the run but answers neither the
+//! trigger nor Maestro's own retry of it within Maestro's timeout, the
+//! client sees 504 and retries with the same key, and gets that run, not a
+//! second one. Airflow is a small wiremock fake
 //! here ([`crate::fake_airflow`]) that keeps its runs and filters them with
 //! `conf_contains` as Airflow does; `airflow_e2e` holds the tests against a
 //! real Airflow.
@@ -49,7 +50,8 @@ async fn execute(maestro: &Maestro, key: Option<&str>) -> (StatusCode, bool, Val
 
 #[tokio::test]
 async fn a_retry_with_the_key_after_a_timeout_gets_the_run_airflow_made_and_no_second_one() {
-    let (airflow, runs, _) = fake_airflow::start(Duration::from_millis(3 * TIMEOUT_MS)).await;
+    let (airflow, runs, _) =
+        fake_airflow::start_stalling(Duration::from_millis(3 * TIMEOUT_MS), 2).await;
     let maestro = gateway(&airflow);
 
     let started = Instant::now();
@@ -75,7 +77,8 @@ async fn a_retry_with_the_key_after_a_timeout_gets_the_run_airflow_made_and_no_s
 
 #[tokio::test]
 async fn a_retry_with_a_new_key_after_a_timeout_is_a_new_execute() {
-    let (airflow, runs, _) = fake_airflow::start(Duration::from_millis(3 * TIMEOUT_MS)).await;
+    let (airflow, runs, _) =
+        fake_airflow::start_stalling(Duration::from_millis(3 * TIMEOUT_MS), 2).await;
     let maestro = gateway(&airflow);
 
     let (status, _, _) = execute(&maestro, Some("first")).await;

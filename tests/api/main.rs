@@ -24,4 +24,6 @@ mod pause;
 mod pipelines;
 mod platform_api;
 mod runs;
+mod shared_rate_limit;
+mod trigger_retry;
 mod webhooks;

@@ -68,6 +68,39 @@ use token::Tokens;
 use triggerable::Triggerable;
 use wire::{Dag, DagPage, DagRun, DagRunPage, Health, airflow_state, param_refusal};
 
+/// How a trigger sent a second time ended: what the retry's answer was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryOutcome {
+    /// Airflow made the run on the retry.
+    Succeeded,
+    /// Airflow answered 409 for the run id: the first attempt had made
+    /// the run after all (or, rarely, another trigger took the id, and the
+    /// next id is tried).
+    Conflict,
+    /// The retry failed too (5xx, no connection, or no answer in time):
+    /// the client is answered 502, 503 or 504.
+    Failed,
+    /// Airflow answered the retry otherwise (the DAG is gone, or it
+    /// refused the parameters).
+    Other,
+}
+
+impl RetryOutcome {
+    /// The outcome's name, for a metric's label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Succeeded => "ok",
+            Self::Conflict => "conflict",
+            Self::Failed => "failed",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// What is told how each retried trigger ended.
+type RetryObserver = Arc<dyn Fn(RetryOutcome) + Send + Sync>;
+
 /// The page size asked of Airflow. Airflow caps it at its
 /// `[api] maximum_page_limit` (100 by default) and Maestro pages on by
 /// what it got, so a larger cap on the Airflow side means fewer requests.
@@ -95,6 +128,8 @@ pub struct AirflowBackend {
     /// DAGs recently read unpaused and owned by a customer, which a trigger
     /// need not read again.
     triggerable: Triggerable,
+    /// Told how each retried trigger ended, for a metric.
+    on_retry: Option<RetryObserver>,
 }
 
 impl std::fmt::Debug for AirflowBackend {
@@ -137,6 +172,7 @@ impl AirflowBackend {
             timeout: config.timeout,
             clocks: Mutex::new(HashMap::new()),
             triggerable: Triggerable::new(config.dag_cache_ttl),
+            on_retry: None,
         })
     }
 
@@ -148,6 +184,17 @@ impl AirflowBackend {
     #[must_use]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.http.set_clock(clock);
+        self
+    }
+
+    /// The same backend telling `observe` how each retried trigger ended
+    /// (see [`RetryOutcome`]); the service counts them in a metric.
+    #[must_use]
+    pub fn with_retry_observer(
+        mut self,
+        observe: impl Fn(RetryOutcome) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_retry = Some(Arc::new(observe));
         self
     }
 
@@ -353,32 +400,71 @@ impl AirflowBackend {
         clocks.entry(id.clone()).or_default().next(self.now()).1
     }
 
-    /// Sends a trigger, and sends it once more when the answer was lost on
-    /// the way (the connection broke, or a proxy answered 502, 503 or 504):
-    /// the first one may have created the run, and the second then gets a
-    /// 409 for the same run id, which the caller recognizes as its own.
-    async fn send_trigger(&self, call: &Call<'_>) -> Result<Answer, BackendError> {
-        let lost = match self.http.send(call).await {
-            Ok(answer)
-                if !matches!(
-                    answer.status,
-                    StatusCode::BAD_GATEWAY
-                        | StatusCode::SERVICE_UNAVAILABLE
-                        | StatusCode::GATEWAY_TIMEOUT
+    /// Sends a trigger, and sends it once more, with the same run id, when
+    /// the first attempt failed in a way that may be passing: Airflow
+    /// answered 5xx (a proxy's 502, 503 or 504, or Airflow's own 500 when
+    /// its database was busy), the connection failed, or no answer came
+    /// within the first attempt's share of the time left. Never a third
+    /// time.
+    ///
+    /// The first attempt may have made the run all the same: the retry then
+    /// gets a 409 for the run id, and the caller reads that run and
+    /// recognizes it as its own by its mark. The first attempt gets half of
+    /// the time left until `deadline`, the retry the rest, so that both fit
+    /// in the call's one timeout.
+    async fn send_trigger(
+        &self,
+        call: &Call<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Answer, BackendError> {
+        let share = deadline.saturating_duration_since(tokio::time::Instant::now()) / 2;
+        let first = tokio::time::timeout(share, self.http.send(call))
+            .await
+            .unwrap_or_else(|_| {
+                Err(BackendError::timeout(format!(
+                    "{}: no answer within {share:?}, the first attempt's share of the timeout",
+                    call.what()
+                )))
+            });
+        let failure = match first {
+            Ok(answer) if !answer.status.is_server_error() => return Ok(answer),
+            Ok(answer) => answer.unexpected(),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    BackendErrorKind::Unavailable | BackendErrorKind::Timeout
                 ) =>
             {
-                return Ok(answer);
+                err
             }
-            Ok(answer) => answer.unexpected(),
-            Err(err) if err.kind() == BackendErrorKind::Unavailable => err,
             Err(err) => return Err(err),
         };
         tracing::warn!(
             request_id = call.request_id(),
-            error = %lost,
-            "the trigger's answer was lost; sending it again with the same run id"
+            error = %failure,
+            "the trigger failed in a way that may pass; sending it again with the same run id"
         );
-        self.http.send(call).await
+        // Bounded by the deadline here rather than by the caller's timeout
+        // alone, so that a retry that runs out of time is counted too.
+        let retried = tokio::time::timeout_at(deadline, self.http.send(call))
+            .await
+            .unwrap_or_else(|_| {
+                Err(BackendError::timeout(format!(
+                    "{}: the retry had no answer within the timeout",
+                    call.what()
+                )))
+            });
+        let outcome = match &retried {
+            Ok(answer) if answer.status.is_success() => RetryOutcome::Succeeded,
+            Ok(answer) if answer.status == StatusCode::CONFLICT => RetryOutcome::Conflict,
+            Ok(answer) if answer.status.is_server_error() => RetryOutcome::Failed,
+            Ok(_) => RetryOutcome::Other,
+            Err(_) => RetryOutcome::Failed,
+        };
+        if let Some(observe) = &self.on_retry {
+            observe(outcome);
+        }
+        retried
     }
 
     /// The newest run of the pipeline marked with `trigger_id` and made at
@@ -418,10 +504,11 @@ impl AirflowBackend {
         &self,
         ctx: &RequestContext,
         request: &TriggerRequest,
+        deadline: tokio::time::Instant,
     ) -> Result<Run, ExecuteError> {
         let id = request.pipeline_id();
         // Marks the runs this trigger makes, so that a 409 can tell our own
-        // run (an earlier attempt whose answer was lost) from another
+        // run (an earlier attempt that failed in passing) from another
         // trigger's run that happens to have the same id. With an
         // idempotency key, every trigger with the key has the same mark, so
         // that a retry can find the run of an attempt that failed.
@@ -482,7 +569,7 @@ impl AirflowBackend {
                     "logical_date": null,
                     "conf": conf,
                 }));
-            let answer = self.send_trigger(&call).await?;
+            let answer = self.send_trigger(&call, deadline).await?;
             match answer.status {
                 StatusCode::OK | StatusCode::CREATED => {
                     let run: DagRun = answer.json()?;
@@ -776,6 +863,11 @@ impl Orchestrator for AirflowBackend {
     /// <name>: ...`) is [`ExecuteError::ConfRefused`] naming the parameter,
     /// in Maestro's words.
     ///
+    /// A post that fails in passing (a 5xx, no connection, no answer within
+    /// half of the time left) is sent once more with the same run id, and a
+    /// 409 then answers with the run the first attempt made; each such
+    /// retry is told to [`AirflowBackend::with_retry_observer`]'s observer.
+    ///
     /// With an idempotency key, the run's `conf` carries a mark derived
     /// from the customer and the key, the same for every attempt; a retry
     /// after a failed attempt ([`TriggerRequest::retry_since`]) first looks
@@ -786,7 +878,8 @@ impl Orchestrator for AirflowBackend {
         ctx: &RequestContext,
         request: &TriggerRequest,
     ) -> Result<Run, ExecuteError> {
-        self.within("trigger", self.trigger_visible(ctx, request))
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.within("trigger", self.trigger_visible(ctx, request, deadline))
             .await
     }
 

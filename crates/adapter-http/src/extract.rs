@@ -41,10 +41,13 @@ impl FromRequestParts<AppState> for Authenticated {
         if let Some(limiter) = state.rate_limiter() {
             // After authentication, so that the limit is the verified
             // customer's: one customer's flood never spends another's quota.
-            limiter.check(caller.customer()).map_err(|refused| {
-                state.metrics().rate_limited();
-                ApiError::rate_limited(refused.as_secs())
-            })?;
+            limiter
+                .acquire(caller.customer())
+                .await
+                .map_err(|refused| {
+                    state.metrics().rate_limited();
+                    ApiError::rate_limited(refused.as_secs())
+                })?;
         }
         let request_id = observe::request_id(&parts.extensions).map(str::to_owned);
         let ctx = RequestContext::new(caller);

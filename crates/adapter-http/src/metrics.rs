@@ -1,7 +1,8 @@
 //! Prometheus metrics: requests by route template and status, latency,
-//! runs triggered, refused credentials, open connections and those the
-//! edge's timeouts closed, open event streams, and webhook deliveries by
-//! outcome with the age of the oldest waiting.
+//! runs triggered, refused credentials, backend calls and their retries,
+//! rate-limit checks decided without the shared store, open connections
+//! and those the edge's timeouts closed, open event streams, and webhook
+//! deliveries by outcome with the age of the oldest waiting.
 
 use std::{
     sync::{Arc, atomic::AtomicU64},
@@ -106,6 +107,8 @@ struct Inner {
     rate_limited: Counter,
     backend_calls: Family<BackendCallLabels, Counter>,
     backend_latency: Family<OperationLabels, Histogram>,
+    backend_retries: Family<BackendCallLabels, Counter>,
+    rate_limit_fallbacks: Family<ReasonLabels, Counter>,
     connections_open: Gauge,
     connections_closed: Family<CloseLabels, Counter>,
     streams_open: Gauge,
@@ -175,6 +178,18 @@ impl Default for Metrics {
             "Time a backend call took, by operation",
             backend_latency.clone(),
         );
+        let backend_retries = Family::<BackendCallLabels, Counter>::default();
+        registry.register(
+            "backend_retries",
+            "Backend calls sent a second time after a failure that may pass, by operation and how the retry ended",
+            backend_retries.clone(),
+        );
+        let rate_limit_fallbacks = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rate_limit_fallbacks",
+            "Rate-limit checks decided by this instance alone because the shared store (Redis) did not answer, by reason",
+            rate_limit_fallbacks.clone(),
+        );
         let connections_open = Gauge::default();
         registry.register(
             "http_connections_open",
@@ -233,6 +248,8 @@ impl Default for Metrics {
                 rate_limited,
                 backend_calls,
                 backend_latency,
+                backend_retries,
+                rate_limit_fallbacks,
                 connections_open,
                 connections_closed,
             }),
@@ -309,6 +326,25 @@ impl Metrics {
             .backend_latency
             .get_or_create(&OperationLabels { operation })
             .observe(latency.as_secs_f64());
+    }
+
+    /// Counts one backend call sent a second time, by how the retry ended
+    /// (`ok`, `conflict`, `failed`, `other`): for the backends that retry
+    /// by themselves, which `app` connects to this.
+    pub fn backend_retried(&self, operation: &'static str, outcome: &'static str) {
+        self.inner
+            .backend_retries
+            .get_or_create(&BackendCallLabels { operation, outcome })
+            .inc();
+    }
+
+    /// Counts one rate-limit check decided by this instance alone, and why
+    /// the shared store was not asked or did not answer.
+    pub(crate) fn rate_limit_fallback(&self, reason: &'static str) {
+        self.inner
+            .rate_limit_fallbacks
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts a connection open until the guard is dropped.

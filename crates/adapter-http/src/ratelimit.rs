@@ -1,8 +1,14 @@
 //! Per-customer rate limits: a GCRA limiter per [`CustomerId`], on the
-//! service's clock so that tests drive it with paused time.
+//! service's clock so that tests drive it with paused time; and, with a
+//! [`SharedRateLimitStore`] (Redis), the same limits shared by every
+//! instance, this instance's limiter deciding when the store does not
+//! answer ([`shared`]).
 //!
 //! Off by default: the state holds an `Option<RateLimiter>`, and with `None`
-//! no request is ever counted. See `docs/decisions/0006-rate-limits.md`.
+//! no request is ever counted. See `docs/decisions/0006-rate-limits.md` and
+//! `docs/decisions/0013-retries-and-shared-rate-limits.md`.
+
+pub mod shared;
 
 use std::{
     fmt,
@@ -15,6 +21,7 @@ use std::{
     time::Duration,
 };
 
+use crate::Metrics;
 use domain::CustomerId;
 use governor::{
     Quota,
@@ -23,6 +30,7 @@ use governor::{
     nanos::Nanos,
     state::keyed::DashMapStateStore,
 };
+pub use shared::{SharedRateLimitStore, SharedStoreError};
 
 /// How many requests a customer may make: a steady rate per minute, and a
 /// burst that may be spent at once after a quiet period.
@@ -111,6 +119,12 @@ impl RateLimitConfig {
         }
     }
 
+    /// The time one request's token takes to come back: a minute divided
+    /// by the limit, in whole nanoseconds (as the local limiter counts it).
+    pub fn interval(self) -> Duration {
+        Duration::from_secs(60) / self.per_minute.get()
+    }
+
     fn max_burst() -> NonZeroU32 {
         NonZeroU32::MIN.saturating_add(Self::MAX_BURST - 1)
     }
@@ -129,6 +143,12 @@ impl RateLimitConfig {
 pub struct RetryAfter(Duration);
 
 impl RetryAfter {
+    /// A refusal whose next request would be allowed after `wait`: for a
+    /// [`SharedRateLimitStore`] to answer with.
+    pub fn new(wait: Duration) -> Self {
+        Self(wait)
+    }
+
     /// The exact time until the next request would be allowed.
     pub fn wait(self) -> Duration {
         self.0
@@ -232,6 +252,9 @@ const SWEEP_EVERY: u64 = 1024;
 #[derive(Clone)]
 pub struct RateLimiter {
     inner: Arc<Inner>,
+    /// The store shared with the other instances, if any: it decides, and
+    /// `inner` only when it does not answer.
+    shared: Option<Arc<shared::Shared>>,
 }
 
 struct Inner {
@@ -251,6 +274,7 @@ impl fmt::Debug for RateLimiter {
         f.debug_struct("RateLimiter")
             .field("config", &self.inner.config)
             .field("tracked_customers", &self.tracked_customers())
+            .field("shared", &self.shared)
             .finish_non_exhaustive()
     }
 }
@@ -276,7 +300,23 @@ impl RateLimiter {
                 sweep_every: sweep_every.max(1),
                 sweep: Mutex::new(0),
             }),
+            shared: None,
         }
+    }
+
+    /// The same limits, shared by every instance through `store`: each
+    /// check asks the store first, and this limiter decides when the store
+    /// has not answered within `timeout` (or failed moments ago), counting
+    /// the fallback in `metrics`. See [`shared`].
+    #[must_use]
+    pub fn sharing(
+        mut self,
+        store: Arc<dyn SharedRateLimitStore>,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
+        self.shared = Some(Arc::new(shared::Shared::new(store, timeout, metrics)));
+        self
     }
 
     /// The configuration the limiter applies.
@@ -284,7 +324,35 @@ impl RateLimiter {
         self.inner.config
     }
 
-    /// Counts one request of `customer`.
+    /// Counts one request of `customer` against every instance's requests
+    /// when the limits are shared ([`Self::sharing`]), and against this
+    /// instance's alone otherwise, or when the shared store does not
+    /// answer in time.
+    ///
+    /// # Errors
+    /// [`RetryAfter`] when `customer` has spent its quota, with the time
+    /// until its next request would be allowed.
+    pub async fn acquire(&self, customer: &CustomerId) -> Result<(), RetryAfter> {
+        let Some(shared) = &self.shared else {
+            return self.check(customer);
+        };
+        let now = self.inner.clock.now().0;
+        match shared.ask(customer, self.inner.config, now).await {
+            Some(Ok(())) => {
+                // Counted here too, so that should the store stop
+                // answering, this instance goes on from its own recent use
+                // rather than from a full burst. Its verdict is the
+                // store's: the store saw every instance's requests.
+                let _ = self.check(customer);
+                Ok(())
+            }
+            Some(Err(refused)) => Err(refused),
+            None => self.check(customer),
+        }
+    }
+
+    /// Counts one request of `customer` against this instance's requests
+    /// alone, whether or not the limits are shared.
     ///
     /// A refused request is not counted, so a customer that keeps calling
     /// while refused is allowed again as soon as the wait has passed.

@@ -1,6 +1,6 @@
 //! Maestro's Redis adapter: what several Maestro instances behind one load
-//! balancer share (`MAESTRO_REDIS_URL`): the idempotency store, the feed
-//! of run changes, webhooks and their pending deliveries.
+//! balancer share (`MAESTRO_REDIS_URL`): the idempotency store, the rate
+//! limits, the feed of run changes, webhooks and their pending deliveries.
 //!
 //! Every store talks to Redis through a [`Redis`] handle: one multiplexed
 //! connection made on first use, shared by the stores built on the same
@@ -9,6 +9,8 @@
 //!
 //! - [`RedisIdempotencyStore`] ([`domain::IdempotencyStore`]), under
 //!   [`RedisConfig::key_prefix`]; described below.
+//! - [`RedisRateLimiter`]: each customer's GCRA bucket in one key, checked
+//!   by one atomic script on Redis's clock (see its module).
 //! - [`RedisEventLog`] ([`domain::EventLog`] and [`domain::Listeners`]):
 //!   the feed in a Redis Stream, read by every instance through one
 //!   blocking reader per instance (see its documentation).
@@ -136,6 +138,7 @@
 mod connection;
 mod events;
 mod form;
+mod ratelimit;
 mod record;
 mod store;
 mod webhooks;
@@ -146,6 +149,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use connection::Redis;
 pub use events::RedisEventLog;
+pub use ratelimit::{RateDecision, RateLimitError, RedisRateLimiter};
 pub use store::RedisIdempotencyStore;
 pub use webhooks::{RedisDeliveryQueue, RedisWebhookStore};
 

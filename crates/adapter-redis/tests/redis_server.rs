@@ -5,7 +5,7 @@
 //! for byte, records and claims of the shapes written by earlier versions,
 //! many concurrent claims and retries through separate connections (as
 //! from several Maestro instances), the use case over Redis, and a hanging
-//! server.
+//! server. And the shared rate limiter (`ratelimit`).
 //!
 //! Built only with the `redis-server` feature, since it needs a server:
 //!
@@ -48,6 +48,8 @@ use tokio::{
 
 #[path = "redis_server/feed.rs"]
 mod feed;
+#[path = "redis_server/ratelimit.rs"]
+mod ratelimit;
 
 const IN_FLIGHT: Duration = Duration::from_secs(30);
 const RETENTION: Duration = Duration::from_secs(60);

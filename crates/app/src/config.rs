@@ -94,6 +94,17 @@ pub struct ServeConfig {
     #[arg(long, env = "MAESTRO_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
 
+    /// With rate limits on and `MAESTRO_REDIS_URL` set, limits are shared
+    /// by every instance through Redis: how long a check may wait for
+    /// Redis, in milliseconds, before this instance decides alone.
+    #[arg(
+        long,
+        env = "MAESTRO_RATE_LIMIT_REDIS_TIMEOUT_MS",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub rate_limit_redis_timeout_ms: u64,
+
     /// How long the answer to an execute with an `Idempotency-Key` is given
     /// again to repeats: seconds, or a number with `s`, `m`, `h` or `d`.
     #[arg(long, env = "MAESTRO_IDEMPOTENCY_TTL", default_value = "24h", value_parser = duration)]
@@ -538,6 +549,22 @@ mod tests {
         );
         assert_eq!(parse(&["--idempotency-keys-per-customer", "5"]).unwrap(), 5);
         assert!(parse(&["--idempotency-keys-per-customer", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_shared_rate_limit_waits_50_ms_for_redis_by_default_and_never_zero() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["maestro", "serve"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).map(|cli| cli.command) {
+                Ok(Some(Command::Serve(config))) => Ok(config.rate_limit_redis_timeout_ms),
+                Ok(_) => panic!("expected serve"),
+                Err(err) => Err(err),
+            }
+        };
+        assert_eq!(parse(&[]).unwrap(), 50);
+        assert_eq!(parse(&["--rate-limit-redis-timeout-ms", "20"]).unwrap(), 20);
+        assert!(parse(&["--rate-limit-redis-timeout-ms", "0"]).is_err());
     }
 
     #[test]

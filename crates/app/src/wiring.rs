@@ -10,12 +10,13 @@ use adapter_auth::{
 };
 use adapter_http::{
     AppState, Metrics, ReadinessCheck,
-    ratelimit::{RateLimitConfig, RateLimiter},
+    ratelimit::{RateLimitConfig, RateLimiter, RetryAfter, SharedRateLimitStore, SharedStoreError},
 };
 use adapter_memory::{MemoryBackend, MemoryConfig, MemoryIdempotencyStore};
 use adapter_platform_api::{PlatformApiBackend, PlatformApiConfig};
-use adapter_redis::{Redis, RedisConfig, RedisIdempotencyStore};
+use adapter_redis::{RateDecision, Redis, RedisConfig, RedisIdempotencyStore, RedisRateLimiter};
 use anyhow::{Context as _, anyhow, bail};
+use async_trait::async_trait;
 use domain::{
     AuthContext, Clock, CustomerId, Idempotency, IdempotencyConfig, IdempotencyStore, Orchestrator,
     PipelineRepository, PipelineService, RunWatch,
@@ -68,13 +69,13 @@ pub async fn build_with_clock(
     config: &ServeConfig,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Built> {
-    let (repository, orchestrator, watch, demo, engine) = backend(config, &clock)?;
+    let metrics = Metrics::default();
+    let (repository, orchestrator, watch, demo, engine) = backend(config, &clock, &metrics)?;
     let Auth {
         context: auth,
         keys: auth_keys,
         dev_banner,
     } = auth(config, demo, &clock)?;
-    let metrics = Metrics::default();
     let orchestrator = metrics.instrument_orchestrator(orchestrator);
     // Waiting requests hear of run changes from the backend itself where it
     // can tell, or from one watcher that reads each waited-on run once per
@@ -110,6 +111,10 @@ pub async fn build_with_clock(
     // Besides the backend, `/ready` checks what else a request needs.
     let mut checks: Vec<Arc<dyn ReadinessCheck>> =
         vec![Arc::new(readiness::AuthKeys(auth_keys.clone()))];
+    // The rate limits share the one Redis connection of the other stores.
+    let shared_limits = redis
+        .as_ref()
+        .map(|redis| RedisRateLimiter::new(redis.clone()));
     if let Some(redis) = redis {
         checks.push(Arc::new(readiness::Redis(redis)));
     }
@@ -130,7 +135,18 @@ pub async fn build_with_clock(
         RateLimitConfig::from_settings(config.rate_limit_per_minute, config.rate_limit_burst)
             .context("invalid rate-limit settings")?
     {
-        state = state.with_rate_limiter(RateLimiter::new(limit, clock));
+        let mut limiter = RateLimiter::new(limit, clock);
+        if let Some(shared) = shared_limits {
+            tracing::info!(
+                "rate limits are shared by every instance through Redis (MAESTRO_REDIS_URL)"
+            );
+            limiter = limiter.sharing(
+                Arc::new(RedisLimits(shared)),
+                Duration::from_millis(config.rate_limit_redis_timeout_ms),
+                state.metrics().clone(),
+            );
+        }
+        state = state.with_rate_limiter(limiter);
     }
     Ok(Built {
         router: adapter_http::router(state.clone()),
@@ -189,6 +205,30 @@ fn idempotency(config: &ServeConfig, redis: Option<&Redis>, clock: &Arc<dyn Cloc
     Idempotency::new(store, settings, clock.clone())
 }
 
+/// The per-customer limits kept in Redis, as the HTTP adapter's shared
+/// store: the same GCRA, with the interval and burst of the local limiter.
+#[derive(Debug)]
+struct RedisLimits(RedisRateLimiter);
+
+#[async_trait]
+impl SharedRateLimitStore for RedisLimits {
+    async fn check(
+        &self,
+        customer: &CustomerId,
+        config: RateLimitConfig,
+    ) -> Result<Result<(), RetryAfter>, SharedStoreError> {
+        match self
+            .0
+            .check(customer, config.interval(), config.burst)
+            .await
+        {
+            Ok(RateDecision::Allowed) => Ok(Ok(())),
+            Ok(RateDecision::Refused { retry_after }) => Ok(Err(RetryAfter::new(retry_after))),
+            Err(err) => Err(SharedStoreError::new(err)),
+        }
+    }
+}
+
 /// The demo pipeline the development banner's curl line triggers.
 struct Demo {
     customer: &'static str,
@@ -205,7 +245,11 @@ type Ports = (
     Engine,
 );
 
-fn backend(config: &ServeConfig, clock: &Arc<dyn Clock>) -> anyhow::Result<Ports> {
+fn backend(
+    config: &ServeConfig,
+    clock: &Arc<dyn Clock>,
+    metrics: &Metrics,
+) -> anyhow::Result<Ports> {
     match config.backend {
         Backend::Memory => {
             let memory = &config.memory;
@@ -285,10 +329,14 @@ fn backend(config: &ServeConfig, clock: &Arc<dyn Clock>) -> anyhow::Result<Ports
                 .clone_from(&settings.airflow_customer_tag_prefix);
             airflow.timeout = config.upstream_timeout();
             airflow.dag_cache_ttl = Duration::from_millis(settings.airflow_dag_cache_ms);
+            let retries = metrics.clone();
             let backend = Arc::new(
                 AirflowBackend::new(airflow)
                     .context("invalid Airflow settings")?
-                    .with_clock(clock.clone()),
+                    .with_clock(clock.clone())
+                    .with_retry_observer(move |outcome| {
+                        retries.backend_retried("trigger", outcome.label());
+                    }),
             );
             Ok((
                 backend.clone(),

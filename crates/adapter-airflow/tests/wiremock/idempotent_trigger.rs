@@ -24,13 +24,16 @@ use crate::common::{
     self, ACME_DAG, Endpoint, Fake, backend_on, ctx, dag, dag_run, query, trigger_of,
 };
 
-/// How the fake answers a post after it made the run.
+/// How the fake answers a post.
 #[derive(Clone, Copy)]
 enum Answer {
+    /// Makes the run and answers with it (409 when the id is taken).
     Created,
-    /// Airflow made the run and then failed to answer (500 is not sent
-    /// again by the backend within the call).
+    /// Makes the run and then fails to answer (a 500).
     FailedAfterCreating,
+    /// Makes nothing and answers 503, as a proxy in front of an Airflow
+    /// that is down.
+    Unreachable,
 }
 
 /// A fake Airflow with Acme's DAG (`paused` as given) whose dagRuns
@@ -58,6 +61,25 @@ impl Ledger {
             .and(path(format!("/api/v2/dags/{ACME_DAG}/dagRuns")))
             .respond_with(move |request: &Request| {
                 let body: Value = serde_json::from_slice(&request.body).unwrap();
+                let answer = {
+                    let mut next = next.lock().unwrap();
+                    if next.is_empty() {
+                        Answer::Created
+                    } else {
+                        next.remove(0)
+                    }
+                };
+                if let Answer::Unreachable = answer {
+                    return ResponseTemplate::new(503);
+                }
+                let mut kept = kept.lock().unwrap();
+                if kept
+                    .iter()
+                    .any(|run| run["dag_run_id"] == body["dag_run_id"])
+                {
+                    return ResponseTemplate::new(409)
+                        .set_body_json(json!({"detail": "Unique constraint violation"}));
+                }
                 let mut run = dag_run(
                     ACME_DAG,
                     body["dag_run_id"].as_str().unwrap(),
@@ -70,16 +92,10 @@ impl Ledger {
                 let now = json!(stamps.now().to_rfc3339());
                 run["run_after"] = now.clone();
                 run["queued_at"] = now;
-                kept.lock().unwrap().push(run.clone());
-                let mut next = next.lock().unwrap();
-                let answer = if next.is_empty() {
-                    Answer::Created
-                } else {
-                    next.remove(0)
-                };
+                kept.push(run.clone());
                 match answer {
                     Answer::Created => ResponseTemplate::new(200).set_body_json(run),
-                    Answer::FailedAfterCreating => ResponseTemplate::new(500)
+                    Answer::FailedAfterCreating | Answer::Unreachable => ResponseTemplate::new(500)
                         .set_body_json(json!({"detail": "Internal Server Error"})),
                 }
             })
@@ -117,6 +133,14 @@ impl Ledger {
 
     fn answer_next(&self, answer: Answer) {
         self.answers.lock().unwrap().push(answer);
+    }
+
+    /// The next trigger fails although Airflow made its run: its post makes
+    /// the run and answers 500, and the post's one retry within the call
+    /// meets an Airflow that cannot be reached.
+    fn fail_next_trigger_after_making_its_run(&self) {
+        self.answer_next(Answer::FailedAfterCreating);
+        self.answer_next(Answer::Unreachable);
     }
 
     fn run_ids(&self) -> Vec<String> {
@@ -195,7 +219,7 @@ async fn a_retry_after_an_attempt_that_made_the_run_and_failed_answers_with_that
     let ledger = Ledger::start(false).await;
     let backend = ledger.backend();
     let acme = ctx("acme");
-    ledger.answer_next(Answer::FailedAfterCreating);
+    ledger.fail_next_trigger_after_making_its_run();
 
     let failed = backend.trigger(&acme, &keyed("k1")).await;
     assert!(
@@ -212,7 +236,11 @@ async fn a_retry_after_an_attempt_that_made_the_run_and_failed_answers_with_that
         .unwrap();
 
     assert_eq!(ledger.run_ids(), vec![run.id.as_str().to_owned()]);
-    assert_eq!(ledger.fake.requests(Endpoint::RunPost).await.len(), 1);
+    assert_eq!(
+        ledger.fake.requests(Endpoint::RunPost).await.len(),
+        2,
+        "the failed trigger's post and its retry; nothing from the client's retry"
+    );
     let lookups = ledger.fake.requests(Endpoint::RunList).await;
     assert_eq!(lookups.len(), 1);
     assert_eq!(
@@ -288,7 +316,7 @@ async fn a_keyed_trigger_with_parameters_is_found_by_its_mark_and_not_by_paramet
         .await
         .unwrap();
     let parameters = RunConf::parse(json!({"date": "2024-12-18"})).unwrap();
-    ledger.answer_next(Answer::FailedAfterCreating);
+    ledger.fail_next_trigger_after_making_its_run();
     let failed = backend
         .trigger(&ctx("acme"), &keyed("k1").with_conf(parameters.clone()))
         .await;
@@ -343,7 +371,7 @@ async fn a_retry_answers_with_the_earlier_run_even_if_the_dag_was_paused_since()
 async fn a_retry_by_another_customer_finds_nothing_of_the_owners() {
     let ledger = Ledger::start(false).await;
     let backend = ledger.backend();
-    ledger.answer_next(Answer::FailedAfterCreating);
+    ledger.fail_next_trigger_after_making_its_run();
     let _ = backend.trigger(&ctx("acme"), &keyed("k1")).await;
 
     let refused = backend

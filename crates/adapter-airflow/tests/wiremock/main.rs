@@ -14,3 +14,4 @@ mod idempotent_trigger;
 mod pipelines;
 mod runs;
 mod trigger_checks;
+mod trigger_retry;

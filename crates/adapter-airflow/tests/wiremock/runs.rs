@@ -214,25 +214,6 @@ async fn a_409_for_another_triggers_run_takes_the_next_id_instead_of_claiming_th
 }
 
 #[tokio::test]
-async fn a_trigger_is_sent_once_more_after_a_503_and_not_after_a_500() {
-    for (status, posts) in [(503, 2), (500, 1)] {
-        let fake = Fake::happy().await;
-        fake.fail(Endpoint::RunPost, ResponseTemplate::new(status))
-            .await;
-        assert_eq!(
-            perform(&backend(&fake.uri()), Op::Trigger).await,
-            Outcome::Failed(BackendErrorKind::Upstream)
-        );
-        let sent = fake.requests(Endpoint::RunPost).await;
-        assert_eq!(sent.len(), posts, "{status}");
-        assert!(
-            sent.iter()
-                .all(|post| body(post)["dag_run_id"] == body(&sent[0])["dag_run_id"])
-        );
-    }
-}
-
-#[tokio::test]
 async fn list_runs_pushes_limit_offset_order_and_status_down_to_airflow() {
     let fake = Fake::happy().await;
     let query_ = RunQuery::new(Some(2), Some(1), Some(RunStatus::Failed)).unwrap();
