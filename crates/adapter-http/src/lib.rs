@@ -39,12 +39,14 @@ mod observe;
 pub mod ratelimit;
 mod readiness;
 mod routes;
+mod trace;
 pub mod wait;
 
 pub use edge::{DEFAULT_BODY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, RequestDeadline};
 pub use metrics::{ConnectionClose, Metrics, OpenConnection};
 use readiness::Readiness;
 pub use readiness::{CheckError, ReadinessCheck};
+pub use trace::{trace_orchestrator, trace_repository};
 
 /// What every handler shares: the use cases, the credential verifier, the
 /// metrics, the readiness checks and the request-level limits. Cheap to
@@ -68,6 +70,8 @@ struct Inner {
     request_timeout: Duration,
     body_timeout: Duration,
     waits: Arc<wait::Waits>,
+    /// Whether request spans are made for an OpenTelemetry exporter.
+    span_export: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -110,6 +114,7 @@ impl AppState {
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 body_timeout: DEFAULT_BODY_TIMEOUT,
                 waits: wait::Waits::new(wait::DEFAULT_WAITS_PER_CUSTOMER),
+                span_export: false,
             }),
         }
     }
@@ -129,6 +134,7 @@ impl AppState {
             request_timeout: inner.request_timeout,
             body_timeout: inner.body_timeout,
             waits: Arc::clone(&inner.waits),
+            span_export: inner.span_export,
         };
         change(&mut copy);
         Self {
@@ -177,6 +183,19 @@ impl AppState {
     #[must_use]
     pub fn with_waits_per_customer(self, limit: usize) -> Self {
         self.with(|inner| inner.waits = wait::Waits::new(limit))
+    }
+
+    /// The same state, making each request's span for an OpenTelemetry
+    /// exporter: named and marked as OpenTelemetry reads it, the child of
+    /// the caller's `traceparent`, and its ids the ones passed on to the
+    /// backend. Use it when the tracing subscriber has an OpenTelemetry
+    /// layer, and wrap the ports with [`trace_repository`] and
+    /// [`trace_orchestrator`] so that each backend call is a span too.
+    /// Without it (the default), a request's trace ids are drawn at random
+    /// and nothing is exported.
+    #[must_use]
+    pub fn with_span_export(self) -> Self {
+        self.with(|inner| inner.span_export = true)
     }
 
     /// Marks the service as shutting down: `/ready` answers 503 from now on,
@@ -233,6 +252,10 @@ impl AppState {
         &self.inner.readiness
     }
 
+    pub(crate) fn exports_spans(&self) -> bool {
+        self.inner.span_export
+    }
+
     pub(crate) fn request_timeout(&self) -> Duration {
         self.inner.request_timeout
     }
@@ -251,7 +274,7 @@ impl AppState {
 #[openapi(
     info(
         title = "Maestro",
-        description = "Trigger, pause and watch your pipelines. Every `/platform/...` route takes `Authorization: Bearer <JWT>`; the customer comes from the token, never from the request.\n\nEvery answer carries `X-Request-Id`: the request's own when it sends one of 1 to 128 visible ASCII characters, a fresh UUID otherwise. A method a route does not have is 405 `{\"detail\": \"Method Not Allowed\"}` with `Allow`; a route that does not exist is 404 `{\"detail\": \"Not Found\"}`.",
+        description = "Trigger, pause and watch your pipelines. Every `/platform/...` route takes `Authorization: Bearer <JWT>`; the customer comes from the token, never from the request.\n\nEvery answer carries `X-Request-Id`: the request's own when it sends one of 1 to 128 visible ASCII characters, a fresh UUID otherwise. A request may carry a W3C `traceparent` (and `tracestate`): the request then continues that trace, and a missing or malformed one starts a new trace, never an error. A method a route does not have is 405 `{\"detail\": \"Method Not Allowed\"}` with `Allow`; a route that does not exist is 404 `{\"detail\": \"Not Found\"}`.",
     ),
     paths(
         routes::execute,

@@ -60,7 +60,14 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
         dev_banner,
     } = auth(config, demo, &clock)?;
     let metrics = Metrics::default();
-    let orchestrator = metrics.instrument_orchestrator(orchestrator);
+    // With span export, each backend call is a span of its own too.
+    let exported = config.tracing.traces_url().is_some();
+    let mut orchestrator = metrics.instrument_orchestrator(orchestrator);
+    let mut repository = metrics.instrument_repository(repository);
+    if exported {
+        orchestrator = adapter_http::trace_orchestrator(orchestrator);
+        repository = adapter_http::trace_repository(repository);
+    }
     // Waiting requests hear of run changes from the backend itself where it
     // can tell, or from one watcher that reads each waited-on run once per
     // interval for all who wait on it (its reads are counted as backend
@@ -71,8 +78,7 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
             Duration::from_millis(config.events_poll_ms),
         ))
     });
-    let service = PipelineService::new(metrics.instrument_repository(repository), orchestrator)
-        .with_run_watch(watch);
+    let service = PipelineService::new(repository, orchestrator).with_run_watch(watch);
     let (idempotency, redis) = idempotency(config, &clock).await?;
     // Besides the backend, `/ready` checks what else a request needs.
     let mut checks: Vec<Arc<dyn ReadinessCheck>> =
@@ -90,6 +96,9 @@ pub async fn build(config: &ServeConfig) -> anyhow::Result<Built> {
             .context("invalid rate-limit settings")?
     {
         state = state.with_rate_limiter(RateLimiter::new(limit, clock));
+    }
+    if exported {
+        state = state.with_span_export();
     }
     Ok(Built {
         router: adapter_http::router(state.clone()),

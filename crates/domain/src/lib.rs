@@ -116,6 +116,7 @@ mod pipeline;
 mod ports;
 mod run;
 mod service;
+mod trace;
 
 pub use auth::{AuthContext, AuthError, Caller, CustomerId, InvalidCustomerId, RequestContext};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -135,6 +136,7 @@ pub use run::{
     RunStatus, Timestamp, format_timestamp,
 };
 pub use service::PipelineService;
+pub use trace::{MAX_TRACE_STATE_LEN, SpanId, TraceContext, TraceId, TraceParent};
 
 #[cfg(any(test, feature = "mock"))]
 pub use auth::MockAuthContext;
