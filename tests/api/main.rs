@@ -1,7 +1,8 @@
 //! Black-box tests of the whole service: the HTTP contract on the memory
 //! backend, through the router served in process on port 0, and the same
 //! contract through the real `maestro` binary on the Platform-API backend,
-//! in front of a faithful fake upstream. The tests that need real servers
+//! in front of a faithful fake upstream (and a fake Airflow and an OTLP
+//! receiver, for tracing). The tests that need real servers
 //! (Airflow, Redis) are the `e2e` target (`tests/e2e`).
 
 mod airflow_retry;
@@ -25,5 +26,6 @@ mod pipelines;
 mod platform_api;
 mod runs;
 mod shared_rate_limit;
+mod tracing;
 mod trigger_retry;
 mod webhooks;

@@ -1103,3 +1103,55 @@ async fn airflow_stopped_mid_test_gives_504_within_the_timeout_and_ready_503() {
     assert_eq!(airflow.is_paused(ACME_ORDERS).await, paused);
     assert_eq!(airflow.run_count(ACME_ORDERS).await, run_count);
 }
+
+/// Airflow 3.3's REST API neither echoes a `traceparent` nor shows it on
+/// the run, so what this shows is that the real Airflow takes every call
+/// Maestro makes with one (the token exchange, the DAG's read, the run's
+/// post and read); that the calls carry the caller's trace with Maestro's
+/// span as the parent is shown against the fake Airflow
+/// (`tests/api/tracing.rs`).
+#[tokio::test]
+async fn a_traced_execute_and_read_go_through_to_airflow_which_accepts_the_trace_context() {
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let airflow = Airflow::connect().await;
+    let maestro = Gateway::start(PATIENT_TIMEOUT_MS);
+    airflow.set_paused(ACME_ORDERS, false).await;
+
+    let response = maestro
+        .client
+        .post(format!("{}/platform/pipeline/execute", maestro.url))
+        .bearer_auth(token("acme"))
+        .header("traceparent", TRACEPARENT)
+        .header("tracestate", "vendor=opaque")
+        .json(&json!({ "pipeline_id": ACME_ORDERS }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let run_id = body["data"]["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        airflow.run(ACME_ORDERS, &run_id).await["dag_run_id"],
+        run_id
+    );
+
+    let read = maestro
+        .client
+        .get(format!(
+            "{}/platform/pipeline/{ACME_ORDERS}/pipeline_run/{}",
+            maestro.url,
+            encoded(&run_id)
+        ))
+        .bearer_auth(token("acme"))
+        .header("traceparent", TRACEPARENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    // Left finished, so that the tests after it find the DAG as they expect.
+    let run = maestro
+        .wait_until_finished("acme", ACME_ORDERS, &run_id)
+        .await;
+    assert_eq!(run["last_status"], "SUCCESS", "{run}");
+    airflow.set_paused(ACME_ORDERS, true).await;
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use domain::{BackendError, Clock, Timestamp};
+use domain::{BackendError, Clock, RequestContext, Timestamp};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode};
@@ -53,18 +53,19 @@ pub(crate) struct Call<'a> {
     path: String,
     query: Vec<(&'static str, String)>,
     body: Option<serde_json::Value>,
-    request_id: Option<&'a str>,
+    /// The request the call serves, whose id and trace context it passes on.
+    ctx: Option<&'a RequestContext>,
 }
 
 impl<'a> Call<'a> {
-    /// A request with no query and no body.
-    pub(crate) fn new(method: Method, path: String, request_id: Option<&'a str>) -> Self {
+    /// A request with no query and no body, for the request `ctx` serves.
+    pub(crate) fn new(method: Method, path: String, ctx: Option<&'a RequestContext>) -> Self {
         Self {
             method,
             path,
             query: Vec::new(),
             body: None,
-            request_id,
+            ctx,
         }
     }
 
@@ -84,7 +85,7 @@ impl<'a> Call<'a> {
 
     /// The request id passed on to Airflow, for the log.
     pub(crate) fn request_id(&self) -> Option<&'a str> {
-        self.request_id
+        self.ctx.and_then(RequestContext::request_id)
     }
 
     /// The method and path, for the log.
@@ -209,11 +210,11 @@ impl Http {
         self.clock = clock;
     }
 
-    fn endpoint<'a>(&'a self, request_id: Option<&'a str>) -> Endpoint<'a> {
+    fn endpoint<'a>(&'a self, ctx: Option<&'a RequestContext>) -> Endpoint<'a> {
         Endpoint {
             client: &self.client,
             base: &self.base,
-            request_id,
+            ctx,
             clock: &*self.clock,
         }
     }
@@ -225,7 +226,7 @@ impl Http {
     /// Errors: the transport failing, or Airflow rejecting the token after
     /// the renewal (or a fixed token, which cannot be renewed).
     pub(crate) async fn send(&self, call: &Call<'_>) -> Result<Answer, BackendError> {
-        let endpoint = self.endpoint(call.request_id);
+        let endpoint = self.endpoint(call.ctx);
         let bearer = self.tokens.bearer(endpoint).await?;
         let answer = self.send_with(call, Some(&bearer.header)).await?;
         if !answer.rejects_token() {
@@ -273,10 +274,7 @@ impl Http {
         if let Some(bearer) = bearer {
             request = request.header(reqwest::header::AUTHORIZATION, bearer.clone());
         }
-        if let Some(id) = call.request_id {
-            request = request.header("x-request-id", id);
-        }
-        let response = request
+        let response = pass_on(request, call.ctx)
             .send()
             .await
             .map_err(|err| transport_error(err, &what))?;
@@ -284,6 +282,28 @@ impl Http {
         let body = read_body(response, &what).await?;
         Ok(Answer { status, body, what })
     }
+}
+
+/// Adds what every call passes on from the request it serves: its id, and
+/// its place in its trace (W3C `traceparent`, naming Maestro's span as the
+/// parent, and the caller's `tracestate`).
+pub(crate) fn pass_on(
+    mut request: reqwest::RequestBuilder,
+    ctx: Option<&RequestContext>,
+) -> reqwest::RequestBuilder {
+    let Some(ctx) = ctx else {
+        return request;
+    };
+    if let Some(id) = ctx.request_id() {
+        request = request.header("x-request-id", id);
+    }
+    if let Some(trace) = ctx.trace() {
+        request = request.header("traceparent", trace.traceparent());
+        if let Some(state) = trace.state() {
+            request = request.header("tracestate", state);
+        }
+    }
+    request
 }
 
 /// Reads a whole answer, refusing one over [`MAX_BODY`] bytes.

@@ -235,7 +235,7 @@ impl AirflowBackend {
         let start = self.triggerable.read_start();
         let answer = self
             .http
-            .send(&Call::new(Method::GET, path, request_id(ctx)))
+            .send(&Call::new(Method::GET, path, Some(ctx)))
             .await?;
         match answer.status {
             StatusCode::OK => {
@@ -290,7 +290,7 @@ impl AirflowBackend {
     ) -> Result<Vec<Dag>, BackendError> {
         let mut dags: Vec<Dag> = Vec::new();
         loop {
-            let mut call = Call::new(Method::GET, "/api/v2/dags".to_owned(), request_id(ctx))
+            let mut call = Call::new(Method::GET, "/api/v2/dags".to_owned(), Some(ctx))
                 .query("tags", tag)
                 .query("order_by", "dag_id")
                 .query("limit", PAGE_LIMIT)
@@ -334,7 +334,7 @@ impl AirflowBackend {
         );
         let answer = self
             .http
-            .send(&Call::new(Method::GET, path, request_id(ctx)))
+            .send(&Call::new(Method::GET, path, Some(ctx)))
             .await?;
         let Some(run) = answer.found::<DagRun>()? else {
             return Ok(None);
@@ -363,7 +363,7 @@ impl AirflowBackend {
         let mut offset = query.offset();
         let mut total = None;
         while runs.len() < limit {
-            let mut call = Call::new(Method::GET, path.clone(), request_id(ctx))
+            let mut call = Call::new(Method::GET, path.clone(), Some(ctx))
                 .query("limit", limit - runs.len())
                 .query("offset", offset)
                 .query("order_by", "-id");
@@ -480,7 +480,7 @@ impl AirflowBackend {
         let call = Call::new(
             Method::GET,
             format!("/api/v2/dags/{}/dagRuns", segment(id.as_str())),
-            request_id(ctx),
+            Some(ctx),
         )
         .query("conf_contains", trigger_id)
         .query("order_by", "-id")
@@ -563,12 +563,11 @@ impl AirflowBackend {
         let path = format!("/api/v2/dags/{}/dagRuns", segment(id.as_str()));
         for _ in 0..RUN_ID_ATTEMPTS {
             let run_id = self.next_run_id(id);
-            let call =
-                Call::new(Method::POST, path.clone(), request_id(ctx)).json(serde_json::json!({
-                    "dag_run_id": run_id.as_str(),
-                    "logical_date": null,
-                    "conf": conf,
-                }));
+            let call = Call::new(Method::POST, path.clone(), Some(ctx)).json(serde_json::json!({
+                "dag_run_id": run_id.as_str(),
+                "logical_date": null,
+                "conf": conf,
+            }));
             let answer = self.send_trigger(&call, deadline).await?;
             match answer.status {
                 StatusCode::OK | StatusCode::CREATED => {
@@ -644,7 +643,7 @@ impl AirflowBackend {
         let call = Call::new(
             Method::PATCH,
             format!("/api/v2/dags/{}", segment(id.as_str())),
-            request_id(ctx),
+            Some(ctx),
         )
         .query("update_mask", "is_paused")
         .json(serde_json::json!({ "is_paused": paused }));
@@ -708,7 +707,7 @@ impl AirflowBackend {
                 segment(id.as_str()),
                 segment(run_id.as_str())
             ),
-            request_id(ctx),
+            Some(ctx),
         )
         .json(serde_json::json!({
             "state": "failed",
@@ -769,10 +768,6 @@ fn keyed_trigger_id(customer: &CustomerId, key: &IdempotencyKey) -> String {
     // another pair.
     let name = format!("{}:{}:{}", customer.as_str().len(), customer, key);
     uuid::Uuid::new_v5(&TRIGGER_NAMESPACE, name.as_bytes()).to_string()
-}
-
-fn request_id(ctx: &RequestContext) -> Option<&str> {
-    ctx.request_id()
 }
 
 #[async_trait]

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use domain::{BackendError, Clock, Timestamp};
+use domain::{BackendError, Clock, RequestContext, Timestamp};
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::age::younger_than;
-use crate::client::{read_body, transport_error};
+use crate::client::{pass_on, read_body, transport_error};
 
 /// The longest a token is kept back from its expiry; shorter-lived tokens
 /// are renewed after nine tenths of their life.
@@ -79,7 +79,9 @@ impl Cached {
 pub(crate) struct Endpoint<'a> {
     pub(crate) client: &'a reqwest::Client,
     pub(crate) base: &'a str,
-    pub(crate) request_id: Option<&'a str>,
+    /// The request the exchange serves, whose id and trace context it
+    /// passes on.
+    pub(crate) ctx: Option<&'a RequestContext>,
     pub(crate) clock: &'a dyn Clock,
 }
 
@@ -216,17 +218,14 @@ async fn exchange(
     password: &SecretString,
 ) -> Result<Issued, BackendError> {
     const WHAT: &str = "POST /auth/token";
-    let mut request = endpoint
+    let request = endpoint
         .client
         .post(format!("{}/auth/token", endpoint.base))
         .json(&serde_json::json!({
             "username": username,
             "password": password.expose_secret(),
         }));
-    if let Some(id) = endpoint.request_id {
-        request = request.header("x-request-id", id);
-    }
-    let response = request
+    let response = pass_on(request, endpoint.ctx)
         .send()
         .await
         .map_err(|err| transport_error(err, WHAT))?;

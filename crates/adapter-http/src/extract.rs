@@ -10,13 +10,13 @@ use domain::{InvalidRunQuery, PipelineId, RequestContext, RunConf, RunId, RunQue
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{AppState, error::ApiError, observe};
+use crate::{AppState, error::ApiError, observe, trace};
 
 /// The largest request body accepted, in bytes.
 pub(crate) const BODY_LIMIT: usize = 64 * 1024;
 
-/// The verified caller of a `/platform/...` route, with the request's id:
-/// the [`RequestContext`] the use cases take.
+/// The verified caller of a `/platform/...` route, with the request's id
+/// and its place in its trace: the [`RequestContext`] the use cases take.
 #[derive(Debug)]
 pub(crate) struct Authenticated(pub(crate) RequestContext);
 
@@ -50,11 +50,15 @@ impl FromRequestParts<AppState> for Authenticated {
                 })?;
         }
         let request_id = observe::request_id(&parts.extensions).map(str::to_owned);
-        let ctx = RequestContext::new(caller);
-        Ok(Self(match request_id {
-            Some(id) => ctx.with_request_id(id),
-            None => ctx,
-        }))
+        let mut ctx = RequestContext::new(caller);
+        if let Some(id) = request_id {
+            ctx = ctx.with_request_id(id);
+        }
+        // Every request gets one from `trace::start`.
+        if let Some(trace) = trace::of_request(&parts.extensions, state.exports_spans()) {
+            ctx = ctx.with_trace(trace);
+        }
+        Ok(Self(ctx))
     }
 }
 

@@ -43,8 +43,17 @@ impl Metrics {
 }
 
 /// The outcome label of a call's result.
-trait Outcome {
+pub(crate) trait Outcome {
     fn outcome(&self) -> &'static str;
+}
+
+/// Whether an outcome label is the backend failing, rather than an answer
+/// (a pipeline not found is an answer).
+pub(crate) fn is_failure(outcome: &str) -> bool {
+    matches!(
+        outcome,
+        "unavailable" | "timeout" | "upstream_error" | "backend_error"
+    )
 }
 
 fn backend_outcome(err: &BackendError) -> &'static str {

@@ -44,11 +44,13 @@ mod webhooks;
 
 pub use events::webhook_body;
 pub mod limits;
+mod trace;
 
 pub use edge::{DEFAULT_BODY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, RequestDeadline};
 pub use metrics::{ConnectionClose, Metrics, OpenConnection};
 use readiness::Readiness;
 pub use readiness::{CheckError, ReadinessCheck};
+pub use trace::{trace_orchestrator, trace_repository};
 
 /// What every handler shares: the use cases, the credential verifier, the
 /// metrics, the readiness checks and the request-level limits. Cheap to
@@ -76,6 +78,8 @@ struct Inner {
     feed: Option<Feed>,
     webhooks: Option<Webhooks>,
     clock: Arc<dyn Clock>,
+    /// Whether request spans are made for an OpenTelemetry exporter.
+    span_export: bool,
 }
 
 /// What the event stream reads: the feed as customers see it, and where a
@@ -130,6 +134,7 @@ impl AppState {
                 feed: None,
                 webhooks: None,
                 clock: Arc::new(domain::SystemClock),
+                span_export: false,
             }),
         }
     }
@@ -153,6 +158,7 @@ impl AppState {
             feed: inner.feed.clone(),
             webhooks: inner.webhooks.clone(),
             clock: Arc::clone(&inner.clock),
+            span_export: inner.span_export,
         };
         change(&mut copy);
         Self {
@@ -230,6 +236,19 @@ impl AppState {
         })
     }
 
+    /// The same state, making each request's span for an OpenTelemetry
+    /// exporter: named and marked as OpenTelemetry reads it, the child of
+    /// the caller's `traceparent`, and its ids the ones passed on to the
+    /// backend. Use it when the tracing subscriber has an OpenTelemetry
+    /// layer, and wrap the ports with [`trace_repository`] and
+    /// [`trace_orchestrator`] so that each backend call is a span too.
+    /// Without it (the default), a request's trace ids are drawn at random
+    /// and nothing is exported.
+    #[must_use]
+    pub fn with_span_export(self) -> Self {
+        self.with(|inner| inner.span_export = true)
+    }
+
     /// Marks the service as shutting down: `/ready` answers 503 from now on,
     /// so that load balancers stop sending requests while in-flight ones
     /// finish, and every request waiting on a run is answered at once with
@@ -300,6 +319,10 @@ impl AppState {
         &self.inner.readiness
     }
 
+    pub(crate) fn exports_spans(&self) -> bool {
+        self.inner.span_export
+    }
+
     pub(crate) fn request_timeout(&self) -> Duration {
         self.inner.request_timeout
     }
@@ -318,7 +341,7 @@ impl AppState {
 #[openapi(
     info(
         title = "Maestro",
-        description = "Trigger, pause and watch your pipelines. Every `/platform/...` route takes `Authorization: Bearer <JWT>`; the customer comes from the token, never from the request.\n\nEvery answer carries `X-Request-Id`: the request's own when it sends one of 1 to 128 visible ASCII characters, a fresh UUID otherwise. A method a route does not have is 405 `{\"detail\": \"Method Not Allowed\"}` with `Allow`; a route that does not exist is 404 `{\"detail\": \"Not Found\"}`.",
+        description = "Trigger, pause and watch your pipelines. Every `/platform/...` route takes `Authorization: Bearer <JWT>`; the customer comes from the token, never from the request.\n\nEvery answer carries `X-Request-Id`: the request's own when it sends one of 1 to 128 visible ASCII characters, a fresh UUID otherwise. A request may carry a W3C `traceparent` (and `tracestate`): the request then continues that trace, and a missing or malformed one starts a new trace, never an error. A method a route does not have is 405 `{\"detail\": \"Method Not Allowed\"}` with `Allow`; a route that does not exist is 404 `{\"detail\": \"Not Found\"}`.",
     ),
     paths(
         routes::execute,

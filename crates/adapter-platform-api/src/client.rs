@@ -6,7 +6,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{BackendError, BackendErrorKind, Clock, CustomerId, RequestContext, Timestamp};
+use domain::{
+    BackendError, BackendErrorKind, Clock, CustomerId, RequestContext, Timestamp, TraceContext,
+};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -19,6 +21,10 @@ use crate::wire::{ErrorEnvelope, Malformed, SuccessEnvelope};
 
 /// The request id header, sent on every call.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The W3C trace context header, sent on every call a request makes.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The caller's vendor-specific trace data, sent beside it.
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// The customer header, sent on every pipeline route.
 const CUSTOMER_ID: HeaderName = HeaderName::from_static("x-customer-id");
 
@@ -93,6 +99,7 @@ pub(crate) struct Request<'a> {
     query: Vec<(&'static str, String)>,
     customer: Option<&'a CustomerId>,
     request_id: Option<&'a str>,
+    trace: Option<&'a TraceContext>,
     body: Option<Value>,
     /// Whether the call may be repeated after a failure: reads only.
     retry: bool,
@@ -107,6 +114,7 @@ impl<'a> Request<'a> {
             query: Vec::new(),
             customer: Some(ctx.customer()),
             request_id: ctx.request_id(),
+            trace: ctx.trace(),
             body: None,
             retry: true,
         }
@@ -121,6 +129,7 @@ impl<'a> Request<'a> {
             query: Vec::new(),
             customer: Some(ctx.customer()),
             request_id: ctx.request_id(),
+            trace: ctx.trace(),
             body: Some(body),
             retry: false,
         }
@@ -135,6 +144,7 @@ impl<'a> Request<'a> {
             query: Vec::new(),
             customer: None,
             request_id: None,
+            trace: None,
             body: None,
             retry: false,
         }
@@ -441,6 +451,16 @@ impl Client {
                     .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
             });
         headers.insert(REQUEST_ID, request_id);
+        if let Some(trace) = request.trace {
+            // Maestro's span as the parent of the upstream's work; the
+            // caller's vendor data as it came (checked printable when read).
+            if let Ok(value) = HeaderValue::try_from(trace.traceparent()) {
+                headers.insert(TRACEPARENT, value);
+            }
+            if let Some(Ok(value)) = trace.state().map(HeaderValue::from_str) {
+                headers.insert(TRACESTATE, value);
+            }
+        }
         if let Some(customer) = request.customer {
             // Percent-encoding leaves only visible ASCII, which every header
             // value may hold.

@@ -186,6 +186,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub airflow: AirflowArgs,
+
+    #[command(flatten)]
+    pub tracing: TracingArgs,
 }
 
 impl ServeConfig {
@@ -193,6 +196,73 @@ impl ServeConfig {
     pub fn upstream_timeout(&self) -> Duration {
         Duration::from_millis(self.upstream_timeout_ms)
     }
+}
+
+/// Span export over OpenTelemetry's OTLP/HTTP, with the standard
+/// variables' names. Off unless an endpoint is set; the W3C trace context
+/// is read and passed on either way.
+#[derive(Debug, Args)]
+pub struct TracingArgs {
+    /// An OpenTelemetry collector's OTLP/HTTP base URL
+    /// (`http://collector:4318`): spans are sent to its `/v1/traces` as
+    /// protobuf. Unset or empty, no span is exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = otlp_endpoint)]
+    pub otel_exporter_otlp_endpoint: Option<OtlpEndpoint>,
+
+    /// The `service.name` exported spans carry.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "maestro")]
+    pub otel_service_name: String,
+}
+
+/// Where spans go when they are exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OtlpEndpoint {
+    /// Nowhere: the variable was set but empty, which the OpenTelemetry
+    /// specification reads as unset.
+    Off,
+    /// The traces URL: the base URL with `/v1/traces`.
+    Traces(String),
+}
+
+impl TracingArgs {
+    /// The URL spans are sent to, when they are exported at all.
+    pub fn traces_url(&self) -> Option<&str> {
+        match self.otel_exporter_otlp_endpoint.as_ref()? {
+            OtlpEndpoint::Off => None,
+            OtlpEndpoint::Traces(url) => Some(url),
+        }
+    }
+
+    /// The service name, `maestro` when set empty.
+    pub fn service_name(&self) -> &str {
+        match self.otel_service_name.trim() {
+            "" => "maestro",
+            name => name,
+        }
+    }
+}
+
+/// Parses an OTLP/HTTP base URL: `http` or `https`, with a host; the
+/// traces URL is it with `/v1/traces`, as the OpenTelemetry specification
+/// builds it from `OTEL_EXPORTER_OTLP_ENDPOINT`.
+fn otlp_endpoint(raw: &str) -> Result<OtlpEndpoint, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(OtlpEndpoint::Off);
+    }
+    let uri: axum::http::Uri = raw
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a URL such as http://collector:4318"))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    if !scheme_ok || uri.host().is_none_or(str::is_empty) || uri.query().is_some() {
+        return Err(format!(
+            "`{raw}` is not an http or https URL such as http://collector:4318"
+        ));
+    }
+    Ok(OtlpEndpoint::Traces(format!(
+        "{}/v1/traces",
+        raw.trim_end_matches('/')
+    )))
 }
 
 /// The limits that keep slow, idle and flooding clients cheap. Seconds
@@ -457,6 +527,46 @@ fn non_negative_duration(raw: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_otlp_endpoint_is_a_base_url_and_empty_is_off() {
+        assert_eq!(
+            otlp_endpoint("http://collector:4318"),
+            Ok(OtlpEndpoint::Traces(
+                "http://collector:4318/v1/traces".to_owned()
+            ))
+        );
+        assert_eq!(
+            otlp_endpoint("https://otel.example/base/"),
+            Ok(OtlpEndpoint::Traces(
+                "https://otel.example/base/v1/traces".to_owned()
+            ))
+        );
+        assert_eq!(otlp_endpoint(""), Ok(OtlpEndpoint::Off));
+        for bad in [
+            "collector:4318",
+            "grpc://collector:4317",
+            "http://",
+            "not a url",
+        ] {
+            assert!(otlp_endpoint(bad).is_err(), "{bad}");
+        }
+        let Some(Command::Serve(config)) = Cli::try_parse_from([
+            "maestro",
+            "serve",
+            "--otel-exporter-otlp-endpoint",
+            "",
+            "--otel-service-name",
+            "",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected serve");
+        };
+        assert_eq!(config.tracing.traces_url(), None);
+        assert_eq!(config.tracing.service_name(), "maestro");
+    }
 
     #[test]
     fn the_command_line_is_well_formed() {

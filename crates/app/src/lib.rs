@@ -17,9 +17,11 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-pub use config::{Backend, Cli, Command, EdgeArgs, LogFormat, ServeConfig, TokenArgs};
+pub use config::{
+    Backend, Cli, Command, EdgeArgs, LogFormat, OtlpEndpoint, ServeConfig, TokenArgs, TracingArgs,
+};
 pub use dev::mint_token;
-pub use telemetry::init_tracing;
+pub use telemetry::{Telemetry, init_tracing};
 pub use wiring::{build, build_with_clock};
 
 /// Serves the API described by `config` until `shutdown` completes, then

@@ -24,10 +24,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    app::init_tracing(config.log_format);
-    app::serve(config, app::shutdown_signal())
+    let telemetry = app::init_tracing(config.log_format, &config.tracing)?;
+    let served = app::serve(config, app::shutdown_signal())
         .await
         .inspect_err(|err| {
             tracing::error!(error = format!("{err:#}"), "maestro stopped with an error");
-        })
+        });
+    // The spans of the last requests; the exporter blocks while it sends.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    served
 }

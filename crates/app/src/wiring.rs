@@ -76,7 +76,14 @@ pub async fn build_with_clock(
         keys: auth_keys,
         dev_banner,
     } = auth(config, demo, &clock)?;
-    let orchestrator = metrics.instrument_orchestrator(orchestrator);
+    // With span export, each backend call is a span of its own too.
+    let exported = config.tracing.traces_url().is_some();
+    let mut orchestrator = metrics.instrument_orchestrator(orchestrator);
+    let mut repository = metrics.instrument_repository(repository);
+    if exported {
+        orchestrator = adapter_http::trace_orchestrator(orchestrator);
+        repository = adapter_http::trace_repository(repository);
+    }
     // Waiting requests hear of run changes from the backend itself where it
     // can tell, or from one watcher that reads each waited-on run once per
     // interval for all who wait on it (its reads are counted as backend
@@ -87,8 +94,7 @@ pub async fn build_with_clock(
             Duration::from_millis(config.events_poll_ms),
         ))
     });
-    let service = PipelineService::new(metrics.instrument_repository(repository), orchestrator)
-        .with_run_watch(watch);
+    let service = PipelineService::new(repository, orchestrator).with_run_watch(watch);
     let redis = redis(config).await?;
     let idempotency = idempotency(config, redis.as_ref(), &clock);
     let instance = config.instance_id.clone().unwrap_or_else(instance_name);
@@ -147,6 +153,9 @@ pub async fn build_with_clock(
             );
         }
         state = state.with_rate_limiter(limiter);
+    }
+    if exported {
+        state = state.with_span_export();
     }
     Ok(Built {
         router: adapter_http::router(state.clone()),

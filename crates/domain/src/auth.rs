@@ -6,6 +6,8 @@ use std::fmt;
 use async_trait::async_trait;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
 
+use crate::TraceContext;
+
 /// The customer that owns pipelines. It only ever comes from a verified
 /// credential, never from what the request itself says.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,12 +86,13 @@ impl Caller {
     }
 }
 
-/// Everything a use case knows about the request it serves: who calls, and
-/// the request's correlation id.
+/// Everything a use case knows about the request it serves: who calls, the
+/// request's correlation id, and its place in a distributed trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestContext {
     caller: Caller,
     request_id: Option<String>,
+    trace: Option<TraceContext>,
 }
 
 impl RequestContext {
@@ -98,6 +101,7 @@ impl RequestContext {
         Self {
             caller,
             request_id: None,
+            trace: None,
         }
     }
 
@@ -106,6 +110,14 @@ impl RequestContext {
     #[must_use]
     pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
         self.request_id = Some(request_id.into());
+        self
+    }
+
+    /// The same context with the request's place in its trace, which
+    /// backends that take one pass on, so that their work joins the trace.
+    #[must_use]
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
         self
     }
 
@@ -122,6 +134,11 @@ impl RequestContext {
     /// The request's correlation id, if it has one.
     pub fn request_id(&self) -> Option<&str> {
         self.request_id.as_deref()
+    }
+
+    /// The request's place in its trace, if it has one.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
     }
 }
 

@@ -121,6 +121,7 @@ mod pipeline;
 mod ports;
 mod run;
 mod service;
+mod trace;
 mod webhooks;
 
 pub use auth::{AuthContext, AuthError, Caller, CustomerId, InvalidCustomerId, RequestContext};
@@ -146,6 +147,7 @@ pub use run::{
     RunStatus, Timestamp, format_timestamp,
 };
 pub use service::PipelineService;
+pub use trace::{MAX_TRACE_STATE_LEN, SpanId, TraceContext, TraceId, TraceParent};
 pub use webhooks::{
     DELIVERY_RETRY_WINDOW, Delivery, DeliveryId, DeliveryQueue, InvalidWebhookId,
     InvalidWebhookUrl, MAX_WEBHOOKS_PER_CUSTOMER, NewWebhook, RegisterWebhookError, SendOutcome,
