@@ -75,6 +75,10 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     airflow_connections: usize,
 
+    /// With `--backend airflow`: where Airflow keeps its metadata.
+    #[arg(long, value_enum, default_value_t = crate::e2e_airflow::MetadataDb::Postgres)]
+    airflow_metadata_db: crate::e2e_airflow::MetadataDb,
+
     /// With the memory backend: skip the `Idempotency-Key` runs (without
     /// keys, then a fresh key per request on the memory store and on a
     /// throwaway Redis), which otherwise follow the baseline comparison.

@@ -1,15 +1,21 @@
 //! `cargo xtask e2e-airflow`: the Airflow backend's end-to-end tests
 //! against a real Apache Airflow 3, started here and stopped afterwards.
 //!
-//! The steps: install `apache-airflow` into a venv under `target/` unless
-//! it is there already; start `airflow standalone` (SQLite, LocalExecutor)
-//! on a free loopback port with a fresh home under `target/` and the DAGs
-//! of `tests/airflow/dags/`; wait until it is healthy; run the adapter's
-//! tests (`crates/adapter-airflow/tests/e2e.rs`) and then the black-box
-//! tests of the `maestro` binary (`tests/api/airflow_e2e.rs`) against it.
+//! The steps: install `apache-airflow[postgres]` into a venv under
+//! `target/` unless it is there already; start a throwaway PostgreSQL
+//! cluster under `target/` (`scripts/postgres-test-server.sh`) for
+//! Airflow's metadata database, as production deployments have it
+//! (`--metadata-db sqlite` keeps it in SQLite instead, as `airflow
+//! standalone` does by default); start `airflow standalone`
+//! (LocalExecutor) on a free loopback port with a fresh home under
+//! `target/` and the DAGs of `tests/airflow/dags/`; wait until it is
+//! healthy; run the adapter's tests (`crates/adapter-airflow/tests/e2e.rs`)
+//! and then the black-box tests of the `maestro` binary
+//! (`tests/e2e/airflow.rs`) against it.
 //! Airflow runs in its own process group, which is killed on every way
-//! out: success, failure, panic and Ctrl-C. `cargo xtask bench --backend
-//! airflow` starts Airflow with the same functions.
+//! out: success, failure, panic and Ctrl-C, and the PostgreSQL cluster is
+//! stopped and deleted after it. `cargo xtask bench --backend airflow` and
+//! `cargo xtask stack` start Airflow with the same functions.
 //!
 //! The binary's tests also need a Redis server, which two `maestro`
 //! instances share for their Idempotency-Key store: the one named by
@@ -28,6 +34,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     http::{self, RequestTemplate},
+    postgres::PostgresServer,
     process::free_local_addr,
     redis::RedisServer,
 };
@@ -98,26 +105,55 @@ pub(crate) struct Args {
     /// until Enter is pressed, to look at it by hand.
     #[arg(long)]
     keep_running: bool,
+    /// Where Airflow keeps its metadata.
+    #[arg(long, value_enum, default_value_t = MetadataDb::Postgres)]
+    metadata_db: MetadataDb,
+}
+
+/// Where Airflow keeps its metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum MetadataDb {
+    /// A throwaway PostgreSQL cluster under `target/`, as production
+    /// deployments have it.
+    Postgres,
+    /// SQLite in Airflow's home, `airflow standalone`'s default: concurrent
+    /// triggers meet its write lock and answer 500 after 5 s.
+    Sqlite,
+}
+
+impl MetadataDb {
+    /// How reports name it.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Self::Postgres => "PostgreSQL",
+            Self::Sqlite => "SQLite",
+        }
+    }
 }
 
 /// An `airflow standalone` started on a free loopback port with a fresh
 /// home and the repository's test DAGs, healthy, with the password of
-/// [`USERNAME`]. Dropping it stops Airflow.
+/// [`USERNAME`]. Dropping it stops Airflow, then its PostgreSQL cluster.
 pub(crate) struct Started {
     pub(crate) airflow: Airflow,
     pub(crate) url: String,
     pub(crate) port: u16,
     pub(crate) home: PathBuf,
     pub(crate) password: String,
+    pub(crate) metadata_db: MetadataDb,
+    /// Declared after `airflow`, so that it is dropped (stopped) after
+    /// Airflow is.
+    _postgres: Option<PostgresServer>,
 }
 
-/// Makes the venv if needed, starts Airflow with a fresh home at
-/// `target/<home_name>`, and runs `while_booting` (a build, say) while
-/// Airflow boots, then waits until Airflow is healthy. Ctrl-C stops
-/// Airflow from then on.
+/// Makes the venv if needed, starts the metadata database and Airflow with
+/// a fresh home at `target/<home_name>`, and runs `while_booting` (a
+/// build, say) while Airflow boots, then waits until Airflow is healthy.
+/// Ctrl-C stops Airflow and the database from then on.
 pub(crate) fn start(
     python: &str,
     home_name: &str,
+    metadata_db: MetadataDb,
     startup_timeout: Duration,
     while_booting: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Started> {
@@ -141,13 +177,25 @@ pub(crate) fn start(
     let url = format!("http://127.0.0.1:{port}");
 
     let step = Instant::now();
-    let mut airflow = Airflow::start(&venv, &home, &dags, port)?;
+    // Ctrl-C from here on stops what has been started: the cluster, and
+    // Airflow once it runs.
+    let airflow_pgid = stop_on_ctrl_c();
+    let (postgres, sql_alchemy_conn) = match metadata_db {
+        MetadataDb::Postgres => {
+            let (server, url) = PostgresServer::start(&format!("{home_name}-postgres"))?;
+            println!("airflow: PostgreSQL started in {:.0?}", step.elapsed());
+            (Some(server), Some(sql_alchemy_conn(&url)?))
+        }
+        MetadataDb::Sqlite => (None, None),
+    };
+    let mut airflow = Airflow::start(&venv, &home, &dags, port, sql_alchemy_conn.as_deref())?;
+    airflow_pgid.store(airflow.pgid, std::sync::atomic::Ordering::SeqCst);
     println!(
-        "airflow: standalone started on {url} (process group {}, log {})",
+        "airflow: standalone started on {url} with its metadata in {} (process group {}, log {})",
+        metadata_db.describe(),
         airflow.pgid,
         airflow.log.display()
     );
-    stop_on_ctrl_c(airflow.pgid);
 
     let ready = (|| {
         while_booting()?;
@@ -162,6 +210,8 @@ pub(crate) fn start(
             port,
             home,
             password,
+            metadata_db,
+            _postgres: postgres,
         }),
         Err(err) => {
             airflow.stop();
@@ -191,6 +241,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let mut up = start(
         &args.python,
         "airflow-e2e-home",
+        args.metadata_db,
         Duration::from_secs(args.startup_timeout),
         build,
     )?;
@@ -265,15 +316,30 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     if outcome.is_err() {
         up.airflow.print_log_tail(60);
     }
+    // Stops the PostgreSQL cluster too.
+    drop(up);
     println!("e2e-airflow: done in {:.0?}", started.elapsed());
     outcome
 }
 
-/// Makes the venv and installs Airflow into it, unless a finished install
-/// of this version is there. A marker file written last tells a finished
-/// install from one that was interrupted.
+/// SQLAlchemy's URL for the cluster at `url` (`postgresql://...`), with
+/// the psycopg2 driver that Airflow's `postgres` extra installs.
+fn sql_alchemy_conn(url: &str) -> anyhow::Result<String> {
+    url.strip_prefix("postgresql://")
+        .map(|rest| format!("postgresql+psycopg2://{rest}"))
+        .context("the PostgreSQL URL does not start with postgresql://")
+}
+
+/// Makes the venv and installs Airflow into it, with its `postgres` extra
+/// (the PostgreSQL provider, which brings `psycopg2-binary` for the
+/// metadata database and `asyncpg`, which Airflow 3 derives its async
+/// connection from), unless a finished install of this version is there.
+/// A marker file written last tells a finished install from one that was
+/// interrupted.
 pub(crate) fn ensure_venv(python: &str, venv: &Path) -> anyhow::Result<()> {
-    let marker = venv.join(format!(".maestro-apache-airflow-{AIRFLOW_VERSION}"));
+    let marker = venv.join(format!(
+        ".maestro-apache-airflow-postgres-{AIRFLOW_VERSION}"
+    ));
     if marker.exists() {
         return Ok(());
     }
@@ -288,7 +354,7 @@ pub(crate) fn ensure_venv(python: &str, venv: &Path) -> anyhow::Result<()> {
             bail!("{python} -m venv {} failed ({status})", venv.display());
         }
     }
-    println!("airflow: installing apache-airflow=={AIRFLOW_VERSION} (about a minute)");
+    println!("airflow: installing apache-airflow[postgres]=={AIRFLOW_VERSION} (about a minute)");
     // Without Airflow's constraints file, which lives on GitHub: plain pip
     // resolution of this one pinned release works, and keeps the install
     // to PyPI alone.
@@ -297,12 +363,12 @@ pub(crate) fn ensure_venv(python: &str, venv: &Path) -> anyhow::Result<()> {
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            &format!("apache-airflow=={AIRFLOW_VERSION}"),
+            &format!("apache-airflow[postgres]=={AIRFLOW_VERSION}"),
         ])
         .status()
         .context("cannot run the venv's pip")?;
     if !status.success() {
-        bail!("pip install apache-airflow=={AIRFLOW_VERSION} failed ({status})");
+        bail!("pip install apache-airflow[postgres]=={AIRFLOW_VERSION} failed ({status})");
     }
     fs::write(&marker, "").with_context(|| format!("cannot write {}", marker.display()))?;
     Ok(())
@@ -356,10 +422,14 @@ pub(crate) fn read_password(home: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{} has no password for {USERNAME}", file.display()))
 }
 
-/// Kills Airflow's process group on Ctrl-C: it is in a group of its own,
-/// so the terminal's interrupt does not reach it, and the guard's drop
-/// does not run when the process is interrupted.
-pub(crate) fn stop_on_ctrl_c(pgid: u32) {
+/// On Ctrl-C, kills Airflow's process group (once its id is stored in the
+/// cell returned), then the harness's other child processes, its Redis and
+/// its PostgreSQL cluster, and exits: Airflow is in a group of its own, so
+/// the terminal's interrupt does not reach it, and no guard's drop runs
+/// when the process is interrupted.
+pub(crate) fn stop_on_ctrl_c() -> std::sync::Arc<std::sync::atomic::AtomicU32> {
+    let pgid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let airflow = pgid.clone();
     std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -368,13 +438,19 @@ pub(crate) fn stop_on_ctrl_c(pgid: u32) {
             return;
         };
         if runtime.block_on(tokio::signal::ctrl_c()).is_ok() {
-            eprintln!("airflow: interrupted; stopping Airflow");
-            signal_group(pgid, "-KILL");
-            // Exiting runs no destructor: stop the harness's Redis here.
+            eprintln!("airflow: interrupted; stopping Airflow and what runs beside it");
+            crate::process::kill_guarded();
+            let pgid = airflow.load(std::sync::atomic::Ordering::SeqCst);
+            if pgid != 0 {
+                signal_group(pgid, "-KILL");
+            }
+            // Exiting runs no destructor: stop the harness's servers here.
             crate::redis::stop_started();
+            crate::postgres::stop_started();
             std::process::exit(130);
         }
     });
+    pgid
 }
 
 /// Sends `signal` to every process of the group.
@@ -398,7 +474,15 @@ pub(crate) struct Airflow {
 }
 
 impl Airflow {
-    pub(crate) fn start(venv: &Path, home: &Path, dags: &Path, port: u16) -> anyhow::Result<Self> {
+    /// Starts `airflow standalone` with its metadata at `sql_alchemy_conn`
+    /// (SQLAlchemy's URL), or in SQLite in `home` when it is `None`.
+    pub(crate) fn start(
+        venv: &Path,
+        home: &Path,
+        dags: &Path,
+        port: u16,
+        sql_alchemy_conn: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let bin = venv.join("bin");
         let log = home.join("standalone.log");
         let output =
@@ -411,7 +495,22 @@ impl Airflow {
             }
             None => bin.clone().into_os_string(),
         };
-        let child = Command::new(bin.join("airflow"))
+        let mut command = Command::new(bin.join("airflow"));
+        if let Some(conn) = sql_alchemy_conn {
+            command
+                .env("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", conn)
+                // The API server commits its audit log entry of a POST or
+                // PATCH with a synchronous session on its event loop. Once
+                // the pool (5 and 10 more by default) is checked out by
+                // requests in its 40 worker threads, that checkout blocks
+                // the loop, the threads' requests wait for the loop, and
+                // the API server stands still until the pool's 30 s
+                // timeout: under a few dozen concurrent triggers it
+                // answers nothing. A pool that outgrows the worker threads
+                // never runs dry (docs/decisions/0015).
+                .env("AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW", "60");
+        }
+        let child = command
             .arg("standalone")
             .current_dir(home)
             // `standalone` starts its components as `airflow ...` from PATH.

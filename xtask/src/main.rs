@@ -9,9 +9,11 @@ mod e2e_airflow;
 mod fuzz;
 mod http;
 mod load;
+mod postgres;
 mod process;
 mod redis;
 mod soak;
+mod stack;
 #[cfg(test)]
 mod tidy;
 
@@ -42,6 +44,12 @@ enum Command {
     /// `Idempotency-Key` made two runs, and memory and descriptors came
     /// back to their level.
     Soak(soak::Args),
+    /// Start the production shape on this machine: PostgreSQL, Airflow on
+    /// it, Redis, two release `maestro` instances sharing Redis and HAProxy
+    /// in front; print the URL and a token and run until Ctrl-C. With
+    /// `--check`, restart both instances under steady traffic and check
+    /// that no request and no run was lost.
+    Stack(stack::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::E2eAirflow(args) => e2e_airflow::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Soak(args) => soak::run(&args),
+        Command::Stack(args) => stack::run(&args),
     }
 }
 

@@ -1,11 +1,15 @@
-//! Child processes under test: a guard that kills them on every exit path,
-//! a free port to start them on, the wait for their `/health`, and their
-//! resident memory.
+//! Child processes under test: a guard that kills them on every exit path
+//! (Ctrl-C too, through [`kill_guarded`]), a free port to start them on,
+//! the wait for their `/health`, and their resident memory.
 
 use std::{
     fmt,
     net::{Ipv4Addr, SocketAddr, TcpListener},
-    process::{Child, Command, ExitStatus},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -16,6 +20,43 @@ use crate::http::{self, RequestTemplate};
 
 /// How long one `GET /health` may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The ids of the processes under a guard, for [`kill_guarded`].
+static GUARDED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Set once [`kill_guarded`] has run: the processes are going away on
+/// purpose.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`kill_guarded`] has run, so that a process that exits now is
+/// no news.
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Kills every process still under a guard: for a Ctrl-C handler, which
+/// exits without running the guards' drops.
+pub(crate) fn kill_guarded() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    let pids = GUARDED
+        .lock()
+        .map(|mut guarded| std::mem::take(&mut *guarded))
+        .unwrap_or_default();
+    for pid in pids {
+        signal(pid, "KILL");
+    }
+}
+
+/// Sends `signal` (`TERM`, `KILL`, ...) to process `pid`; whether it was
+/// delivered.
+pub(crate) fn signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
 
 /// A running child process that is killed and reaped when the guard drops,
 /// so that an error, a failed target or a panic never leaves a server
@@ -31,6 +72,9 @@ impl ChildGuard {
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
+        if let Ok(mut guarded) = GUARDED.lock() {
+            guarded.push(child.id());
+        }
         Ok(Self {
             name: name.to_owned(),
             child,
@@ -43,7 +87,7 @@ impl ChildGuard {
     }
 
     /// The exit status if the process has already exited.
-    fn exit_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+    pub(crate) fn exit_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
         self.child
             .try_wait()
             .with_context(|| format!("cannot check whether {} is running", self.name))
@@ -98,6 +142,10 @@ impl Drop for ChildGuard {
         // already have exited, which is what we want anyway.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let pid = self.child.id();
+        if let Ok(mut guarded) = GUARDED.lock() {
+            guarded.retain(|guarded| *guarded != pid);
+        }
     }
 }
 
