@@ -116,6 +116,39 @@ struct Inner {
     deliveries_pending: Gauge,
     oldest_pending: Gauge<f64, AtomicU64>,
     dispatch_gaps: Counter,
+    log_drops: Arc<LogDrops>,
+}
+
+/// How many log lines the log writer dropped, read at each scrape from
+/// what [`Metrics::count_log_drops`] was given; 0 until then.
+#[derive(Default)]
+struct LogDrops(std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>);
+
+impl std::fmt::Debug for LogDrops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogDrops")
+            .field("counted", &self.0.get().is_some())
+            .finish()
+    }
+}
+
+impl prometheus_client::collector::Collector for LogDrops {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let dropped = prometheus_client::metrics::counter::ConstCounter::new(
+            self.0.get().map_or(0, |read| read()),
+        );
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer fell behind (its buffer was full)",
+            None,
+            dropped.metric_type(),
+        )?;
+        dropped.encode(metric)
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -126,6 +159,8 @@ fn latency_histogram() -> Histogram {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("maestro");
+        let log_drops = Arc::new(LogDrops::default());
+        registry.register_collector(Box::new(Arc::clone(&log_drops)));
         let in_flight = Gauge::default();
         registry.register(
             "http_requests_in_flight",
@@ -239,6 +274,7 @@ impl Default for Metrics {
                 deliveries_pending,
                 oldest_pending,
                 dispatch_gaps,
+                log_drops,
                 registry,
                 in_flight,
                 requests,
@@ -388,6 +424,12 @@ impl Metrics {
             .set(oldest_age.map_or(0.0, |age| age.as_secs_f64()));
     }
 
+    /// Reports the log lines dropped by the log writer, as `read` counts
+    /// them (read at each scrape). Only the first call counts.
+    pub fn count_log_drops(&self, read: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.inner.log_drops.0.set(Box::new(read));
+    }
+
     /// Counts one fall of the webhook dispatcher behind the event log.
     pub fn webhook_dispatch_gap(&self) {
         self.inner.dispatch_gaps.inc();
@@ -442,5 +484,37 @@ pub struct OpenConnection(Gauge);
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn dropped_log_lines_are_read_at_each_scrape() {
+        let metrics = Metrics::default();
+        assert!(
+            metrics
+                .render()
+                .contains("\nmaestro_log_lines_dropped_total 0\n")
+        );
+        let dropped = Arc::new(AtomicU64::new(3));
+        let read = Arc::clone(&dropped);
+        metrics.count_log_drops(move || read.load(Ordering::Relaxed));
+        assert!(
+            metrics
+                .render()
+                .contains("\nmaestro_log_lines_dropped_total 3\n")
+        );
+        dropped.store(5, Ordering::Relaxed);
+        let text = metrics.render();
+        assert!(
+            text.contains("\nmaestro_log_lines_dropped_total 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE maestro_log_lines_dropped counter\n"));
     }
 }

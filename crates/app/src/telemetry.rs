@@ -1,11 +1,24 @@
-//! Log set-up: `tracing` to standard error, as text or JSON lines; and,
-//! when an OTLP endpoint is configured, the spans of requests and backend
-//! calls exported over OTLP/HTTP.
+//! Log set-up: `tracing` to standard error, as text or JSON lines, written
+//! off the request path; and, when an OTLP endpoint is configured, the
+//! spans of requests and backend calls exported over OTLP/HTTP.
+//!
+//! A request formats its log line and hands it to a channel; one thread
+//! writes the lines to standard error in batches (as many as are waiting,
+//! through one buffer, flushed when the channel is empty), so that no
+//! request waits on a write. When the writer falls behind by
+//! [`LOG_BUFFER_LINES`] lines, the newest lines are dropped rather than
+//! stalling requests, and counted (`maestro_log_lines_dropped_total`).
+
+use std::{
+    io::{BufWriter, Write},
+    sync::OnceLock,
+};
 
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig as _};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{
     EnvFilter, Layer as _, filter::filter_fn, fmt, layer::SubscriberExt as _,
     util::SubscriberInitExt as _,
@@ -13,25 +26,64 @@ use tracing_subscriber::{
 
 use crate::{LogFormat, TracingArgs};
 
+/// How many log lines may wait for the writer before new ones are
+/// dropped: some seconds of the busiest traffic.
+pub(crate) const LOG_BUFFER_LINES: usize = 128 * 1024;
+
+/// The log lines the writer of [`init_tracing`] dropped so far; 0 before
+/// it is installed.
+pub(crate) fn log_lines_dropped() -> u64 {
+    DROPPED
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
+}
+
+/// The dropped-line counter of the installed log writer.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
 /// What [`init_tracing`] set up that must be stopped on the way out: the
-/// span exporter, when there is one.
+/// log writer's thread, and the span exporter, when there is one.
 #[derive(Debug)]
-#[must_use = "shut it down after serving, or the last spans are lost"]
+#[must_use = "shut it down after serving, or the last lines and spans are lost"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    writer: Option<WorkerGuard>,
 }
 
 impl Telemetry {
-    /// Exports the spans not sent yet and stops the exporter. Blocks until
-    /// the collector answers or the export times out
-    /// (`OTEL_EXPORTER_OTLP_TIMEOUT`, 10 s by default).
+    /// Exports the spans not sent yet and stops the exporter, then writes
+    /// the log lines still waiting. Blocks until the collector answers or
+    /// the export times out (`OTEL_EXPORTER_OTLP_TIMEOUT`, 10 s by default).
     pub fn shutdown(self) {
         if let Some(provider) = self.provider
             && let Err(err) = provider.shutdown()
         {
             tracing::warn!(error = %err, "the last spans may not have been exported");
         }
+        // Dropping the guard writes what waits and ends the thread.
+        drop(self.writer);
     }
+}
+
+/// A writer that hands each line to a thread writing `out` in batches,
+/// dropping (and counting) lines once `limit` wait.
+pub(crate) fn log_writer(
+    out: impl Write + Send + 'static,
+    limit: usize,
+) -> (NonBlocking, WorkerGuard) {
+    NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(limit)
+        .thread_name("maestro-log")
+        .finish(BufWriter::with_capacity(64 * 1024, out))
+}
+
+/// The process's log writer, to standard error; its dropped lines count in
+/// [`log_lines_dropped`].
+fn stderr_writer() -> (NonBlocking, WorkerGuard) {
+    let (writer, guard) = log_writer(std::io::stderr(), LOG_BUFFER_LINES);
+    let _ = DROPPED.set(writer.error_counter());
+    (writer, guard)
 }
 
 /// Installs the global log subscriber. `RUST_LOG` filters the log lines
@@ -48,8 +100,9 @@ impl Telemetry {
 /// When the span exporter cannot be built.
 pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = stderr_writer();
     let Some(url) = tracing.traces_url() else {
-        let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        let builder = fmt().with_env_filter(filter).with_writer(writer);
         // A second initialisation (in tests) keeps the first subscriber.
         let _ = match format {
             LogFormat::Text => builder.try_init(),
@@ -60,7 +113,10 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
                 .with_span_list(false)
                 .try_init(),
         };
-        return Ok(Telemetry { provider: None });
+        return Ok(Telemetry {
+            provider: None,
+            writer: Some(guard),
+        });
     };
     let exporter = SpanExporter::builder()
         .with_http()
@@ -84,7 +140,7 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
         .with_filter(filter_fn(|meta| {
             meta.is_span() && meta.target().starts_with("adapter_http")
         }));
-    let logs = fmt::layer().with_writer(std::io::stderr);
+    let logs = fmt::layer().with_writer(writer);
     let logs = match format {
         LogFormat::Text => logs.boxed(),
         LogFormat::Json => logs
@@ -106,5 +162,78 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
     );
     Ok(Telemetry {
         provider: Some(provider),
+        writer: Some(guard),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io,
+        sync::{Arc, Mutex},
+    };
+
+    use tracing_subscriber::fmt::MakeWriter as _;
+
+    use super::*;
+
+    /// What the writer's thread wrote, and a gate that holds it back.
+    #[derive(Clone, Default)]
+    struct Sink {
+        written: Arc<Mutex<Vec<u8>>>,
+        gate: Arc<Mutex<()>>,
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            let _open = self.gate.lock().unwrap();
+            self.written.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// One line, written at once as the log's formatter writes an event.
+    fn line(writer: &NonBlocking, n: usize) {
+        writer
+            .make_writer()
+            .write_all(format!("line {n}\n").as_bytes())
+            .unwrap();
+    }
+
+    #[test]
+    fn every_line_is_written_in_order_once_the_guard_is_dropped() {
+        let sink = Sink::default();
+        let (writer, guard) = log_writer(sink.clone(), 1024);
+        for n in 0..500 {
+            line(&writer, n);
+        }
+        drop(guard);
+        let written = String::from_utf8(sink.written.lock().unwrap().clone()).unwrap();
+        let expected: String = (0..500).map(|n| format!("line {n}\n")).collect();
+        assert_eq!(written, expected);
+        assert_eq!(writer.error_counter().dropped_lines(), 0);
+    }
+
+    #[test]
+    fn lines_beyond_the_limit_are_dropped_and_counted_never_waited_for() {
+        let sink = Sink::default();
+        // The writer's thread is stuck: the output does not take lines.
+        let held = sink.gate.lock().unwrap();
+        let (writer, guard) = log_writer(sink.clone(), 8);
+        for n in 0..100 {
+            line(&writer, n);
+        }
+        // At most the limit wait, and one more may be in the thread's hands.
+        let dropped = writer.error_counter().dropped_lines();
+        assert!((100 - 9..=100 - 8).contains(&dropped), "dropped {dropped}");
+        drop(held);
+        drop(guard);
+        let written = String::from_utf8(sink.written.lock().unwrap().clone()).unwrap();
+        assert_eq!(written.lines().count() + dropped, 100);
+        assert!(written.starts_with("line 0\n"), "the oldest lines are kept");
+    }
 }

@@ -70,6 +70,7 @@ pub async fn build_with_clock(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Built> {
     let metrics = Metrics::default();
+    metrics.count_log_drops(crate::telemetry::log_lines_dropped);
     let (repository, orchestrator, watch, demo, engine) = backend(config, &clock, &metrics)?;
     let Auth {
         context: auth,
