@@ -1294,7 +1294,7 @@ fn fanout_report(results: &FanoutResults) -> Report {
                 results.load_average,
                 results.clock_excess.as_micros()
             ),
-            "What bounds these figures is the delivery worker's pacing (`crates/runtime/src/deliver.rs`), not the sending: while it has room it asks the queue for due deliveries once a second (`DeliveryWorker::DEFAULT_POLL`), and nothing wakes it sooner when deliveries are enqueued, so each change first waits for its next look, up to a second (from the first change to the first delivery); from then on it keeps at most 16 attempts under way (`DEFAULT_CONCURRENCY`), taking the next as each ends, every attempt on a new HTTP client and connection (the rate from the first delivery). Where the changes fall between two looks decides most of the latency and of the rate from the first change. No target applies.".to_owned(),
+            "What bounds these figures is the delivery worker (`crates/runtime/src/deliver.rs`): the dispatcher of the same instance wakes it as soon as it has enqueued deliveries (another instance's are taken at its next look, once a second), and it keeps at most 16 attempts under way (`DEFAULT_CONCURRENCY`), taking the next as each ends, every attempt on a new HTTP client and connection, since each is checked against the addresses its host resolves to at that moment. No target applies.".to_owned(),
         ],
     }
 }
