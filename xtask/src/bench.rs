@@ -12,12 +12,11 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use hyper::Method;
-use serde::Serialize;
 use tempfile::NamedTempFile;
 use uuid::Uuid;
 
@@ -25,6 +24,7 @@ use crate::{
     http::RequestTemplate,
     load::{self, LoadSpec},
     process::{ChildGuard, free_local_addr},
+    token::unix_now,
 };
 use report::Report;
 
@@ -305,41 +305,12 @@ struct Built {
     xtask: PathBuf,
 }
 
-/// Builds `maestro` and this xtask in release, and finds the binaries in
-/// Cargo's own report, wherever the target directory is.
+/// Builds `maestro` and this xtask in release.
 fn build_release() -> anyhow::Result<Built> {
-    println!("== building maestro and xtask in release");
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(crate::project_root())
-        .args(["build", "--release", "-p", "app", "-p", "xtask", "--bins"])
-        .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run cargo build")?;
-    if !output.status.success() {
-        bail!("cargo build --release failed ({})", output.status);
-    }
-    let messages = String::from_utf8_lossy(&output.stdout);
-    let find = |name: &str| {
-        executable(&messages, name)
-            .with_context(|| format!("cargo build did not report a `{name}` executable"))
-    };
-    Ok(Built {
-        maestro: find("maestro")?,
-        xtask: find("xtask")?,
-    })
-}
-
-/// The executable Cargo reported for binary target `name` in its JSON
-/// messages.
-fn executable(messages: &str, name: &str) -> Option<PathBuf> {
-    messages
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|message| message["reason"] == "compiler-artifact")
-        .filter(|message| message["target"]["name"] == name)
-        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+    let built = crate::process::build_release(&["app", "xtask"], &["maestro", "xtask"])?;
+    let [maestro, xtask] = <[PathBuf; 2]>::try_from(built)
+        .map_err(|_| anyhow::anyhow!("cargo build reported the wrong number of executables"))?;
+    Ok(Built { maestro, xtask })
 }
 
 /// Runs this bench again from the release `xtask`, with the same options,
@@ -479,36 +450,9 @@ fn random_secret() -> String {
     format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
 
-fn unix_now() -> anyhow::Result<u64> {
-    Ok(SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("the clock is before 1970")?
-        .as_secs())
-}
-
-/// The claims of the bench's token.
-#[derive(Debug, Serialize)]
-struct Claims<'a> {
-    customer_id: &'a str,
-    sub: &'a str,
-    exp: u64,
-}
-
 /// An HS256 token for `customer`, valid for an hour from `now`.
 fn mint_token(secret: &str, customer: &str, now: u64) -> anyhow::Result<String> {
-    let claims = Claims {
-        customer_id: customer,
-        sub: customer,
-        exp: now + 3600,
-    };
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())
-        .context("the bench secret is not an HS256 key")?;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &key,
-    )
-    .context("cannot sign the bench token")
+    crate::token::mint(secret, customer, now + 3600)
 }
 
 /// `POST /platform/pipeline/execute` for `pipeline` with `token`. The
@@ -599,22 +543,5 @@ mod tests {
             !Path::new(&path).exists(),
             "the fixture is removed with the setup"
         );
-    }
-
-    #[test]
-    fn executables_are_found_in_cargos_json_messages() {
-        let messages = [
-            r#"{"reason":"compiler-artifact","target":{"name":"serde","kind":["lib"]},"executable":null}"#,
-            "not json: a stray line",
-            r#"{"reason":"compiler-artifact","target":{"name":"maestro","kind":["bin"]},"executable":"/t/release/maestro"}"#,
-            r#"{"reason":"build-finished","success":true}"#,
-        ]
-        .join("\n");
-        assert_eq!(
-            executable(&messages, "maestro"),
-            Some(PathBuf::from("/t/release/maestro"))
-        );
-        assert_eq!(executable(&messages, "serde"), None);
-        assert_eq!(executable(&messages, "xtask"), None);
     }
 }

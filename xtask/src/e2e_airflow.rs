@@ -34,9 +34,8 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     http::{self, RequestTemplate},
-    postgres::PostgresServer,
     process::free_local_addr,
-    redis::RedisServer,
+    test_server::{self, TestServer},
 };
 
 /// The Airflow release the tests are written against.
@@ -143,7 +142,7 @@ pub(crate) struct Started {
     pub(crate) metadata_db: MetadataDb,
     /// Declared after `airflow`, so that it is dropped (stopped) after
     /// Airflow is.
-    _postgres: Option<PostgresServer>,
+    _postgres: Option<TestServer>,
 }
 
 /// Makes the venv if needed, starts the metadata database and Airflow with
@@ -164,7 +163,17 @@ pub(crate) fn start(
     let dags = root.join("tests").join("airflow").join("dags");
 
     let step = Instant::now();
-    ensure_venv(python, &venv)?;
+    // With its `postgres` extra: the PostgreSQL provider, which brings
+    // `psycopg2-binary` for the metadata database and `asyncpg`, which
+    // Airflow 3 derives its async connection from. Without Airflow's
+    // constraints file, which lives on GitHub: plain pip resolution of this
+    // one pinned release works, and keeps the install to PyPI alone.
+    crate::venv::ensure(
+        python,
+        &venv,
+        &format!("apache-airflow[postgres]=={AIRFLOW_VERSION}"),
+        "airflow",
+    )?;
     println!("airflow: venv ready in {:.0?}", step.elapsed());
 
     if home.exists() {
@@ -182,7 +191,10 @@ pub(crate) fn start(
     let airflow_pgid = stop_on_ctrl_c();
     let (postgres, sql_alchemy_conn) = match metadata_db {
         MetadataDb::Postgres => {
-            let (server, url) = PostgresServer::start(&format!("{home_name}-postgres"))?;
+            let (server, url) = TestServer::start_in_target(
+                test_server::POSTGRES,
+                &format!("{home_name}-postgres"),
+            )?;
             println!("airflow: PostgreSQL started in {:.0?}", step.elapsed());
             (Some(server), Some(sql_alchemy_conn(&url)?))
         }
@@ -256,7 +268,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             println!(
                 "e2e-airflow: MAESTRO_TEST_REDIS_URL is not set; starting a throwaway redis-server"
             );
-            let (redis, redis_url) = RedisServer::start("maestro-e2e-redis-")?;
+            let (redis, redis_url) =
+                TestServer::start_in_temp(test_server::REDIS, "maestro-e2e-redis-")?;
             println!("e2e-airflow: redis-server at {redis_url}");
             (Some(redis), redis_url)
         }
@@ -330,50 +343,6 @@ fn sql_alchemy_conn(url: &str) -> anyhow::Result<String> {
         .context("the PostgreSQL URL does not start with postgresql://")
 }
 
-/// Makes the venv and installs Airflow into it, with its `postgres` extra
-/// (the PostgreSQL provider, which brings `psycopg2-binary` for the
-/// metadata database and `asyncpg`, which Airflow 3 derives its async
-/// connection from), unless a finished install of this version is there.
-/// A marker file written last tells a finished install from one that was
-/// interrupted.
-pub(crate) fn ensure_venv(python: &str, venv: &Path) -> anyhow::Result<()> {
-    let marker = venv.join(format!(
-        ".maestro-apache-airflow-postgres-{AIRFLOW_VERSION}"
-    ));
-    if marker.exists() {
-        return Ok(());
-    }
-    if !venv.join("bin").join("python").exists() {
-        println!("airflow: creating the venv {}", venv.display());
-        let status = Command::new(python)
-            .args(["-m", "venv"])
-            .arg(venv)
-            .status()
-            .with_context(|| format!("cannot run {python}; is Python 3 installed?"))?;
-        if !status.success() {
-            bail!("{python} -m venv {} failed ({status})", venv.display());
-        }
-    }
-    println!("airflow: installing apache-airflow[postgres]=={AIRFLOW_VERSION} (about a minute)");
-    // Without Airflow's constraints file, which lives on GitHub: plain pip
-    // resolution of this one pinned release works, and keeps the install
-    // to PyPI alone.
-    let status = Command::new(venv.join("bin").join("pip"))
-        .args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            &format!("apache-airflow[postgres]=={AIRFLOW_VERSION}"),
-        ])
-        .status()
-        .context("cannot run the venv's pip")?;
-    if !status.success() {
-        bail!("pip install apache-airflow[postgres]=={AIRFLOW_VERSION} failed ({status})");
-    }
-    fs::write(&marker, "").with_context(|| format!("cannot write {}", marker.display()))?;
-    Ok(())
-}
-
 /// `cargo test -p <package> --features <feature> --test <target>`, and
 /// with `env` set, `-- --test-threads=1 <filter> <extra>`.
 fn cargo_test(
@@ -445,8 +414,7 @@ pub(crate) fn stop_on_ctrl_c() -> std::sync::Arc<std::sync::atomic::AtomicU32> {
                 signal_group(pgid, "-KILL");
             }
             // Exiting runs no destructor: stop the harness's servers here.
-            crate::redis::stop_started();
-            crate::postgres::stop_started();
+            test_server::stop_started();
             std::process::exit(130);
         }
     });

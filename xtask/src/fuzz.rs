@@ -91,7 +91,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let work = target.join("fuzz");
 
     let step = Instant::now();
-    ensure_venv(&args.python, &venv)?;
+    crate::venv::ensure(
+        &args.python,
+        &venv,
+        &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
+        "fuzz",
+    )?;
     println!(
         "fuzz: schemathesis {SCHEMATHESIS_VERSION} ready in {:.0?}",
         step.elapsed()
@@ -99,7 +104,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
 
     let maestro = match &args.maestro_bin {
         Some(path) => path.clone(),
-        None => build_maestro()?,
+        None => crate::process::build_release_maestro()?,
     };
     if work.exists() {
         fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work.display()))?;
@@ -147,65 +152,6 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         );
         bail!("{}", verdict.headline())
     }
-}
-
-/// Makes the venv and installs schemathesis into it, unless a finished
-/// install of this version is there. A marker file written last tells a
-/// finished install from one that was interrupted.
-fn ensure_venv(python: &str, venv: &Path) -> anyhow::Result<()> {
-    let marker = venv.join(format!(".maestro-schemathesis-{SCHEMATHESIS_VERSION}"));
-    if marker.exists() {
-        return Ok(());
-    }
-    if !venv.join("bin").join("python").exists() {
-        println!("fuzz: creating the venv {}", venv.display());
-        let status = Command::new(python)
-            .args(["-m", "venv"])
-            .arg(venv)
-            .status()
-            .with_context(|| format!("cannot run {python}; is Python 3 installed?"))?;
-        if !status.success() {
-            bail!("{python} -m venv {} failed ({status})", venv.display());
-        }
-    }
-    println!("fuzz: installing schemathesis=={SCHEMATHESIS_VERSION}");
-    let status = Command::new(venv.join("bin").join("pip"))
-        .args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
-        ])
-        .status()
-        .context("cannot run the venv's pip")?;
-    if !status.success() {
-        bail!("pip install schemathesis=={SCHEMATHESIS_VERSION} failed ({status})");
-    }
-    fs::write(&marker, "").with_context(|| format!("cannot write {}", marker.display()))?;
-    Ok(())
-}
-
-/// Builds the release `maestro` and finds it in Cargo's own report.
-fn build_maestro() -> anyhow::Result<PathBuf> {
-    println!("== building maestro in release");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(crate::project_root())
-        .args(["build", "--release", "-p", "app", "--bin", "maestro"])
-        .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run cargo build")?;
-    if !output.status.success() {
-        bail!("cargo build --release failed ({})", output.status);
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|message| message["reason"] == "compiler-artifact")
-        .filter(|message| message["target"]["name"] == "maestro")
-        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
-        .context("cargo build did not report a `maestro` executable")
 }
 
 /// `maestro serve` on `addr` on the memory backend's demo set, verifying

@@ -9,13 +9,14 @@ mod e2e_airflow;
 mod fuzz;
 mod http;
 mod load;
-mod postgres;
 mod process;
-mod redis;
 mod soak;
 mod stack;
+mod test_server;
 #[cfg(test)]
 mod tidy;
+mod token;
+mod venv;
 
 #[derive(Debug, Parser)]
 #[command(about = "Maestro's project automation")]

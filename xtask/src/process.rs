@@ -5,6 +5,7 @@
 use std::{
     fmt,
     net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
         Mutex,
@@ -178,6 +179,57 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
     }
 }
 
+/// Builds, in release, the binary targets `bins` of the packages `packages`
+/// (`cargo build --release -p <package>... --bin <bin>...`), and finds each
+/// in Cargo's own report, wherever the target directory is: their paths,
+/// in the order of `bins`.
+pub(crate) fn build_release(packages: &[&str], bins: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
+    println!("== building {} in release", bins.join(" and "));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(crate::project_root())
+        .args(["build", "--release"]);
+    for package in packages {
+        command.args(["-p", package]);
+    }
+    for bin in bins {
+        command.args(["--bin", bin]);
+    }
+    let output = command
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo build")?;
+    if !output.status.success() {
+        bail!("cargo build --release failed ({})", output.status);
+    }
+    let messages = String::from_utf8_lossy(&output.stdout);
+    bins.iter()
+        .map(|bin| {
+            executable(&messages, bin)
+                .with_context(|| format!("cargo build did not report a `{bin}` executable"))
+        })
+        .collect()
+}
+
+/// The executable Cargo reported for binary target `name` in its JSON
+/// messages.
+fn executable(messages: &str, name: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| message["target"]["name"] == name)
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+}
+
+/// The release `maestro`, built now (see [`build_release`]).
+pub(crate) fn build_release_maestro() -> anyhow::Result<PathBuf> {
+    let mut built = build_release(&["app"], &["maestro"])?;
+    Ok(built.remove(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +286,22 @@ mod tests {
             .await
             .expect_err("an exited child is never healthy");
         assert!(err.to_string().contains("false exited"), "{err}");
+    }
+
+    #[test]
+    fn executables_are_found_in_cargos_json_messages() {
+        let messages = [
+            r#"{"reason":"compiler-artifact","target":{"name":"serde","kind":["lib"]},"executable":null}"#,
+            "not json: a stray line",
+            r#"{"reason":"compiler-artifact","target":{"name":"maestro","kind":["bin"]},"executable":"/t/release/maestro"}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+        ]
+        .join("\n");
+        assert_eq!(
+            executable(&messages, "maestro"),
+            Some(PathBuf::from("/t/release/maestro"))
+        );
+        assert_eq!(executable(&messages, "serde"), None);
+        assert_eq!(executable(&messages, "xtask"), None);
     }
 }

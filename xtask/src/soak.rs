@@ -138,7 +138,7 @@ impl SoakBackend {
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let maestro = match &args.maestro_bin {
         Some(path) => path.clone(),
-        None => build_maestro()?,
+        None => crate::process::build_release_maestro()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -161,29 +161,6 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Builds the release `maestro` and finds it in Cargo's own report.
-fn build_maestro() -> anyhow::Result<PathBuf> {
-    println!("== building maestro in release");
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(crate::project_root())
-        .args(["build", "--release", "-p", "app", "--bin", "maestro"])
-        .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run cargo build")?;
-    if !output.status.success() {
-        bail!("cargo build --release failed ({})", output.status);
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|message| message["reason"] == "compiler-artifact")
-        .filter(|message| message["target"]["name"] == "maestro")
-        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
-        .context("cargo build did not report a `maestro` executable")
 }
 
 /// What the soak measured, for the report.

@@ -33,7 +33,7 @@ use crate::{
     e2e_airflow::{self, MetadataDb},
     http::{self, RequestTemplate},
     process::{ChildGuard, free_local_addr},
-    redis::RedisServer,
+    test_server::{self, TestServer},
 };
 
 mod check;
@@ -110,12 +110,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         Duration::from_secs(args.startup_timeout),
         // Build while Airflow boots.
         || {
-            maestro = Some(build_maestro(&root)?);
+            maestro = Some(crate::process::build_release_maestro()?);
             Ok(())
         },
     )?;
     let maestro = maestro.context("the build did not run")?;
-    let (redis, redis_url) = RedisServer::start("maestro-stack-redis-")?;
+    let (redis, redis_url) = TestServer::start_in_temp(test_server::REDIS, "maestro-stack-redis-")?;
     println!("stack: redis-server at {redis_url}");
 
     let secret = format!(
@@ -202,7 +202,7 @@ struct Stack {
     instances: Vec<Instance>,
     front: SocketAddr,
     stats: SocketAddr,
-    _redis: RedisServer,
+    _redis: TestServer,
     airflow: e2e_airflow::Started,
 }
 
@@ -430,30 +430,6 @@ fn mint_token(settings: &Settings) -> anyhow::Result<String> {
         bail!("maestro token failed ({})", output.status);
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
-
-/// Builds the release `maestro` and finds it in Cargo's own report,
-/// wherever the target directory is.
-fn build_maestro(root: &Path) -> anyhow::Result<PathBuf> {
-    println!("stack: building maestro in release");
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(root)
-        .args(["build", "--release", "-p", "app", "--bin", "maestro"])
-        .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run cargo build")?;
-    if !output.status.success() {
-        bail!("cargo build --release failed ({})", output.status);
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|message| message["reason"] == "compiler-artifact")
-        .filter(|message| message["target"]["name"] == "maestro")
-        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
-        .context("cargo build did not report a `maestro` executable")
 }
 
 /// The `haproxy` program, after installing Debian's package when it is

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     http::{self, RequestTemplate},
     load::{self, LoadReport, LoadSpec, UniqueHeader},
-    redis::RedisServer,
+    test_server::{self, TestServer},
 };
 
 /// With a fresh key per request on the memory store, throughput must be at
@@ -122,7 +122,7 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
         // Dropped at the end of this block, after maestro (declared later,
         // dropped first): Redis is stopped on every way out of the block.
         println!("== starting a throwaway redis-server");
-        let (_redis, url) = RedisServer::start("maestro-bench-redis-")?;
+        let (_redis, url) = TestServer::start_in_temp(test_server::REDIS, "maestro-bench-redis-")?;
         let mut env = keyed_env.clone();
         env.push(("MAESTRO_REDIS_URL", url));
         let (_server, addr) = start_maestro(maestro, &load.secret, &env).await?;

@@ -3,12 +3,11 @@
 //! secret the tokens are signed with, and the fixture file that loads the
 //! pipelines into the memory backend (the fake upstream loads the same).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::Context as _;
-use serde::Serialize;
 use tempfile::NamedTempFile;
 use uuid::Uuid;
+
+use crate::token::{mint, unix_now};
 
 /// The customers.
 const CUSTOMERS: [&str; 3] = ["soak-a", "soak-b", "soak-c"];
@@ -138,38 +137,6 @@ pub(super) const UNSIGNED_TOKEN: &str =
 /// A pipeline id in normal form.
 fn normal_id(id: Uuid) -> String {
     id.hyphenated().to_string().replace('-', "_")
-}
-
-fn unix_now() -> anyhow::Result<u64> {
-    Ok(SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("the clock is before 1970")?
-        .as_secs())
-}
-
-/// The claims of the soak's tokens.
-#[derive(Debug, Serialize)]
-struct Claims<'a> {
-    customer_id: &'a str,
-    sub: &'a str,
-    exp: u64,
-}
-
-/// An HS256 token for `customer` that expires at `exp`.
-fn mint(secret: &str, customer: &str, exp: u64) -> anyhow::Result<String> {
-    let claims = Claims {
-        customer_id: customer,
-        sub: customer,
-        exp,
-    };
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())
-        .context("the soak secret is not an HS256 key")?;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &key,
-    )
-    .context("cannot sign a soak token")
 }
 
 #[cfg(test)]
