@@ -88,8 +88,11 @@ fn route(request: &Request) -> &str {
     request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
+        .map_or(UNMATCHED, MatchedPath::as_str)
 }
+
+/// The route of requests that match none.
+const UNMATCHED: &str = "unmatched";
 
 /// The request's span: its method, route, request id and trace id, and
 /// the customer, pipeline and run that the handlers record as they learn
@@ -153,11 +156,12 @@ fn answered(response: &Response, latency: Duration, span: &Span, exported: bool)
 async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let _in_flight = state.metrics().in_flight();
     let started = Instant::now();
-    let route = route(&request).to_owned();
+    // The matched path is shared, not copied: no allocation per request.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
     let response = next.run(request).await;
     state.metrics().observe_request(
-        &route,
+        matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
         method.as_str(),
         response.status().as_u16(),
         started.elapsed(),

@@ -47,7 +47,7 @@ static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 #[must_use = "shut it down after serving, or the last lines and spans are lost"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
-    writer: Option<WorkerGuard>,
+    writer: WorkerGuard,
 }
 
 impl Telemetry {
@@ -115,7 +115,7 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
         };
         return Ok(Telemetry {
             provider: None,
-            writer: Some(guard),
+            writer: guard,
         });
     };
     let exporter = SpanExporter::builder()
@@ -162,7 +162,7 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
     );
     Ok(Telemetry {
         provider: Some(provider),
-        writer: Some(guard),
+        writer: guard,
     })
 }
 
