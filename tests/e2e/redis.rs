@@ -190,51 +190,14 @@ const DB_RESTART: u8 = 13;
 /// may outlive a test run, and an old run's lease, log or deliveries would
 /// mislead this one.
 async fn fresh_database(db: u8) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
     let mut url = reqwest::Url::parse(&redis_url()).unwrap();
     url.set_path(&format!("/{db}"));
-    let mut commands: Vec<Vec<String>> = Vec::new();
-    if let Some(password) = url.password() {
-        let password = percent_encoding::percent_decode_str(password)
-            .decode_utf8()
-            .unwrap()
-            .into_owned();
-        let mut auth = vec!["AUTH".to_owned()];
-        if !url.username().is_empty() {
-            auth.push(url.username().to_owned());
-        }
-        auth.push(password);
-        commands.push(auth);
-    }
-    commands.push(vec!["SELECT".to_owned(), db.to_string()]);
-    commands.push(vec!["FLUSHDB".to_owned()]);
-    // The commands in Redis's protocol (RESP), each an array of strings.
-    let mut request = String::new();
-    for command in &commands {
-        request.push_str(&format!("*{}\r\n", command.len()));
-        for word in command {
-            request.push_str(&format!("${}\r\n{word}\r\n", word.len()));
-        }
-    }
-    let host = url.host_str().unwrap().to_owned();
-    let port = url.port().unwrap_or(6379);
-    let mut connection = tokio::net::TcpStream::connect((host.as_str(), port))
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("FLUSHDB")
+        .query_async::<()>(&mut connection)
         .await
-        .unwrap();
-    connection.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let mut chunk = [0_u8; 256];
-    while answer.windows(2).filter(|pair| pair == b"\r\n").count() < commands.len() {
-        let read = connection.read(&mut chunk).await.unwrap();
-        assert!(read > 0, "Redis closed the connection");
-        answer.extend_from_slice(&chunk[..read]);
-    }
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(
-        answer.lines().all(|line| line.starts_with('+')),
-        "Redis refused: {answer}"
-    );
+        .expect("Redis empties the database");
     url.to_string()
 }
 
