@@ -521,10 +521,20 @@ fn haproxy_config(
     servers: &[(String, SocketAddr)],
 ) -> String {
     let inter = CHECK_INTERVAL.as_millis();
-    let servers: String = servers
+    let checked: String = servers
         .iter()
         .map(|(name, addr)| format!("    server {name} {addr} check\n"))
         .collect();
+    // `/ready` is 503 while the engine does not answer, so a slow engine
+    // can make every instance unready at once; HAProxy would then answer
+    // 503 itself. The same instances, unchecked, as backups take the
+    // traffic in that case only, and Maestro answers it (late, or with its
+    // own documented errors).
+    let fallbacks: String = servers
+        .iter()
+        .map(|(name, addr)| format!("    server {name}-fallback {addr} backup\n"))
+        .collect();
+    let servers = format!("{checked}{fallbacks}");
     format!(
         "\
 # Written by `cargo xtask stack` (xtask/src/stack.rs); see
@@ -561,6 +571,8 @@ backend maestros
     # {inter} ms apart take it out well within that.
     option httpchk GET /ready
     http-check expect status 200
+    # The backups below share the traffic when they are used.
+    option allbackups
     default-server inter {inter} fall {fall} rise {rise}
 {servers}
 frontend stats
