@@ -154,44 +154,58 @@ impl ClaimRules {
 
     /// The caller verified claims name, the customer from the customer
     /// claim and the subject from `sub`, once the token's lifetime holds.
+    #[cfg(test)]
     pub(crate) fn caller(&self, claims: &Map<String, Value>) -> Result<Caller, AuthError> {
-        self.check_lifetime(claims)?;
-        let customer = match claims.get(&self.customer_claim) {
-            Some(Value::String(raw)) => {
-                CustomerId::parse(raw).map_err(|_| AuthError::MissingCustomer)?
-            }
-            _ => return Err(AuthError::MissingCustomer),
-        };
-        let caller = Caller::new(customer);
-        Ok(match claims.get("sub") {
-            Some(Value::String(sub)) if !sub.is_empty() => caller.with_subject(sub.clone()),
-            _ => caller,
-        })
+        self.admitted(&self.read(claims)?)
     }
 
-    /// Checks `exp` (required) and `nbf` (when present) against the clock,
-    /// each allowed the leeway for clock skew. As jsonwebtoken would have
-    /// it, a token is expired once `exp + leeway` is in the past, and not
-    /// yet valid while `nbf - leeway` is in the future.
-    fn check_lifetime(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {
-        let now = i128::from(self.clock.now().timestamp());
-        let leeway = i128::from(self.leeway.as_secs());
+    /// What verified claims say, read once: the lifetime still to be judged
+    /// on every use of the token, and the caller. Refused here only for a
+    /// lifetime that can never hold, so that the reasons come in the same
+    /// order as [`ClaimRules::admitted`] gives them.
+    pub(crate) fn read(&self, claims: &Map<String, Value>) -> Result<Claimed, AuthError> {
         // A missing or unreadable `exp` is refused as expired: a token
         // without an end is never accepted.
         let exp = present(claims, "exp")
             .and_then(numeric_date)
             .ok_or(AuthError::Expired)?;
-        if exp + leeway < now {
+        let nbf = present(claims, "nbf").map(|nbf| numeric_date(nbf).ok_or(()));
+        let customer = match claims.get(&self.customer_claim) {
+            Some(Value::String(raw)) => CustomerId::parse(raw).map_err(|_| ()),
+            _ => Err(()),
+        };
+        let caller = customer.map(|customer| {
+            let caller = Caller::new(customer);
+            match claims.get("sub") {
+                Some(Value::String(sub)) if !sub.is_empty() => caller.with_subject(sub.clone()),
+                _ => caller,
+            }
+        });
+        Ok(Claimed { exp, nbf, caller })
+    }
+
+    /// The caller of `claimed` when its lifetime holds now: `exp`
+    /// (required) and `nbf` (when present) are checked against the clock,
+    /// each allowed the leeway for clock skew. As jsonwebtoken would have
+    /// it, a token is expired once `exp + leeway` is in the past, and not
+    /// yet valid while `nbf - leeway` is in the future.
+    pub(crate) fn admitted(&self, claimed: &Claimed) -> Result<Caller, AuthError> {
+        let now = i128::from(self.clock.now().timestamp());
+        let leeway = i128::from(self.leeway.as_secs());
+        if claimed.exp + leeway < now {
             return Err(AuthError::Expired);
         }
-        if let Some(nbf) = present(claims, "nbf") {
-            let nbf = numeric_date(nbf)
-                .ok_or_else(|| AuthError::Malformed("claim nbf has the wrong type".to_owned()))?;
+        if let Some(nbf) = claimed.nbf {
+            let nbf =
+                nbf.map_err(|()| AuthError::Malformed("claim nbf has the wrong type".to_owned()))?;
             if nbf - leeway > now {
                 return Err(AuthError::NotYetValid);
             }
         }
-        Ok(())
+        claimed
+            .caller
+            .clone()
+            .map_err(|()| AuthError::MissingCustomer)
     }
 
     /// The configured issuer, for `Debug` output.
@@ -213,6 +227,19 @@ impl ClaimRules {
     pub(crate) fn leeway_seconds(&self) -> u64 {
         self.leeway.as_secs()
     }
+}
+
+/// What a verified token's claims say, as [`ClaimRules::read`] found it:
+/// kept by the verifiers' cache, and judged again by
+/// [`ClaimRules::admitted`] on every use.
+#[derive(Debug, Clone)]
+pub(crate) struct Claimed {
+    /// `exp`, in seconds since the Unix epoch.
+    exp: i128,
+    /// `nbf` when present: its value, or `Err` when it is not a date.
+    nbf: Option<Result<i128, ()>>,
+    /// The caller, or `Err` when the customer claim is missing or invalid.
+    caller: Result<Caller, ()>,
 }
 
 /// The claim `name`, unless it is absent or `null`.

@@ -23,7 +23,7 @@ mod keys;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -40,8 +40,9 @@ use self::fetch::{Http, JWKS_ENDPOINT, Source};
 pub use self::keys::MAX_RSA_BITS;
 use self::keys::{VerifyingKey, parse_key_set};
 use crate::KeyReadiness;
+use crate::cache::TokenCache;
 use crate::claims::{ClaimRules, ClaimsConfig, ClaimsConfigError};
-use crate::verify::{check_token_size, header_algorithm, verified_caller};
+use crate::verify::{check_token_size, header_algorithm, verified_claims};
 
 /// How often the key set is refreshed in the background unless configured
 /// otherwise.
@@ -211,6 +212,11 @@ struct Shared {
     /// the gate whether a fetch completed meanwhile, and whoever waits for a
     /// fetch ([`JwksVerifier::fetched`]) when one did.
     fetches: watch::Sender<u64>,
+    /// Tokens verified lately, stamped with the key map that verified
+    /// them: a token is taken from here only while that map is still the
+    /// one in use. The weak reference keeps the map's address from being
+    /// reused by a later one.
+    verified: TokenCache<Weak<HashMap<String, VerifyingKey>>>,
 }
 
 #[derive(Default)]
@@ -292,6 +298,7 @@ impl JwksVerifier {
                     jwks_uri: None,
                 }),
                 fetches: watch::Sender::new(0),
+                verified: TokenCache::new(),
             }),
         })
     }
@@ -368,6 +375,11 @@ impl JwksVerifier {
     async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         let shared = &self.shared;
         check_token_size(token)?;
+        if let Some(known) = shared.verified.get(token)
+            && std::ptr::eq(known.stamp.as_ptr(), Arc::as_ptr(&shared.snapshot().keys))
+        {
+            return shared.rules.admitted(&known.claimed);
+        }
         // Only the two algorithms a JWKS key can stand for get as far as a key
         // lookup: HS256 and `none` are refused here, and cannot trigger a
         // refetch either.
@@ -382,7 +394,7 @@ impl JwksVerifier {
             .filter(|kid| !kid.is_empty())
             .ok_or_else(|| AuthError::Malformed("header has no kid".to_owned()))?;
 
-        let key = match shared.lookup(&kid) {
+        let (key, keys) = match shared.lookup(&kid) {
             Ok(key) => key,
             Err(fetches_seen) => {
                 shared.refetch_for_unknown_kid(fetches_seen).await;
@@ -398,7 +410,10 @@ impl JwksVerifier {
             Algorithm::ES256 => &shared.es256,
             _ => &shared.rs256,
         };
-        verified_caller(token, &key.key, validation, &shared.rules)
+        let claimed = verified_claims(token, &key.key, validation, &shared.rules)?;
+        let caller = shared.rules.admitted(&claimed)?;
+        shared.verified.insert(token, keys, claimed);
+        Ok(caller)
     }
 }
 
@@ -447,11 +462,16 @@ impl Shared {
 
     /// The key named `kid`, or the number of fetches finished before the
     /// lookup, for [`Shared::refetch_for_unknown_kid`].
-    fn lookup(&self, kid: &str) -> Result<VerifyingKey, u64> {
+    fn lookup(
+        &self,
+        kid: &str,
+    ) -> Result<(VerifyingKey, Weak<HashMap<String, VerifyingKey>>), u64> {
         // Read the count before the keys: a fetch finishing in between then
         // shows as a changed count, never as a missed one.
         let fetches = *self.fetches.borrow();
-        self.snapshot().keys.get(kid).cloned().ok_or(fetches)
+        let keys = Arc::clone(&self.snapshot().keys);
+        let key = keys.get(kid).cloned().ok_or(fetches)?;
+        Ok((key, Arc::downgrade(&keys)))
     }
 
     /// Why a `kid` still unknown after the refetch is refused.

@@ -16,6 +16,7 @@
 //! `maestro` binary, and the HTTP side (reading the `Authorization` header,
 //! answering 401) is `adapter-http`'s.
 
+mod cache;
 pub mod claims;
 pub mod jwks;
 pub mod static_key;

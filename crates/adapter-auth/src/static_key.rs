@@ -17,9 +17,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::KeyReadiness;
+use crate::cache::TokenCache;
 use crate::claims::{ClaimRules, ClaimsConfig, ClaimsConfigError};
 use crate::verify::{
-    MIN_RSA_BITS, algorithm_name, bit_length, check_token_size, header_algorithm, verified_caller,
+    MIN_RSA_BITS, algorithm_name, bit_length, check_token_size, header_algorithm, verified_claims,
 };
 
 /// The shortest HS256 secret accepted: RFC 7518 section 3.2 requires a key
@@ -89,6 +90,9 @@ pub struct StaticKeyVerifier {
     key: DecodingKey,
     validation: Validation,
     rules: ClaimRules,
+    /// Tokens verified lately. The key never changes, so nothing stamps
+    /// them.
+    verified: Arc<TokenCache<()>>,
 }
 
 impl fmt::Debug for StaticKeyVerifier {
@@ -142,6 +146,7 @@ impl StaticKeyVerifier {
             key,
             validation: rules.validation(algorithm),
             rules,
+            verified: Arc::new(TokenCache::new()),
         })
     }
 
@@ -152,10 +157,16 @@ impl StaticKeyVerifier {
 
     fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         check_token_size(token)?;
+        if let Some(known) = self.verified.get(token) {
+            return self.rules.admitted(&known.claimed);
+        }
         if header_algorithm(token)? != self.algorithm() {
             return Err(AuthError::RefusedAlgorithm);
         }
-        verified_caller(token, &self.key, &self.validation, &self.rules)
+        let claimed = verified_claims(token, &self.key, &self.validation, &self.rules)?;
+        let caller = self.rules.admitted(&claimed)?;
+        self.verified.insert(token, (), claimed);
+        Ok(caller)
     }
 }
 
@@ -366,11 +377,46 @@ mod tests {
             .expect("valid configuration");
         let token = hs_token(&with(claims(), "exp", json!(NOW + 60)));
         assert!(auth.authenticate(&token).await.is_ok());
-        // 60 s of life and the 30 s leeway later, and not a moment before.
+        // 60 s of life and the 30 s leeway later, and not a moment before,
+        // although the token is now known to the verifier's cache.
         clock.advance(Duration::from_secs(90));
         assert!(auth.authenticate(&token).await.is_ok());
         clock.advance(Duration::from_secs(1));
         assert_eq!(auth.authenticate(&token).await, Err(AuthError::Expired));
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_vouches_for_no_other_text() {
+        let auth = hs_auth();
+        let token = hs_token(&claims());
+        assert!(auth.authenticate(&token).await.is_ok());
+        // The same header and claims with another signature, and the same
+        // signature under other claims: each is checked in full.
+        let (signed, signature) = token.rsplit_once('.').expect("three parts");
+        let forged = format!(
+            "{signed}.{}",
+            hs_token(&with(claims(), "sub", json!("x")))
+                .rsplit_once('.')
+                .expect("three parts")
+                .1
+        );
+        assert_eq!(
+            auth.authenticate(&forged).await,
+            Err(AuthError::BadSignature)
+        );
+        let other = hs_token(&with(claims(), "customer_id", json!("globex")));
+        let (other_signed, _) = other.rsplit_once('.').expect("three parts");
+        let swapped = format!("{other_signed}.{signature}");
+        assert_eq!(
+            auth.authenticate(&swapped).await,
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            auth.authenticate(&token)
+                .await
+                .map(|caller| caller.customer().clone()),
+            Ok(CustomerId::parse("acme").expect("valid id"))
+        );
     }
 
     #[tokio::test]

@@ -7,13 +7,13 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use domain::{AuthError, Caller};
+use domain::AuthError;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::claims::ClaimRules;
+use crate::claims::{ClaimRules, Claimed};
 
 /// The longest bearer token looked at. Real tokens are a few hundred bytes;
 /// refusing larger ones up front means nobody makes us decode megabytes.
@@ -23,16 +23,16 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const MIN_RSA_BITS: usize = 2048;
 
 /// Verifies `token`'s signature with `key` under `validation`, then reads
-/// its caller by `rules`.
-pub(crate) fn verified_caller(
+/// its claims by `rules` (their lifetime is judged later, on every use).
+pub(crate) fn verified_claims(
     token: &str,
     key: &DecodingKey,
     validation: &Validation,
     rules: &ClaimRules,
-) -> Result<Caller, AuthError> {
+) -> Result<Claimed, AuthError> {
     let data =
         jsonwebtoken::decode::<Map<String, Value>>(token, key, validation).map_err(auth_error)?;
-    rules.caller(&data.claims)
+    rules.read(&data.claims)
 }
 
 /// Refuses an empty token, and one too long to be worth decoding.
