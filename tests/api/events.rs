@@ -35,10 +35,12 @@ fn changes(events: &[RunEvent]) -> Vec<(String, String)> {
 }
 
 /// The statuses the events tell of `run_id`, in order.
-fn statuses_of(events: &[RunEvent], run_id: &str) -> Vec<String> {
+fn statuses_of(events: &[RunEvent], pipeline_id: &str, run_id: &str) -> Vec<String> {
+    // Run ids are unique within a pipeline only: two pipelines' runs made
+    // in the same microsecond share one.
     events
         .iter()
-        .filter(|event| event.run_id() == run_id)
+        .filter(|event| event.pipeline_id() == pipeline_id && event.run_id() == run_id)
         .map(|event| event.status().to_owned())
         .collect()
 }
@@ -83,8 +85,8 @@ async fn a_stream_tells_a_runs_changes_in_order_as_the_run_route_shows_them() {
     // The first ends; the second starts at the same instant.
     clock.advance(RUN);
     let handed_over = stream.next_runs(2).await;
-    assert_eq!(statuses_of(&handed_over, &first), ["SUCCESS"]);
-    assert_eq!(statuses_of(&handed_over, &second), ["RUNNING"]);
+    assert_eq!(statuses_of(&handed_over, ACTIVE, &first), ["SUCCESS"]);
+    assert_eq!(statuses_of(&handed_over, ACTIVE, &second), ["RUNNING"]);
     assert_as_the_route_shows(&app, &handed_over).await;
 
     clock.advance(RUN);
@@ -97,8 +99,8 @@ async fn a_stream_tells_a_runs_changes_in_order_as_the_run_route_shows_them() {
     assert_eq!(stream.next_run().await.run_id(), later);
 
     let all: Vec<RunEvent> = [appeared, handed_over, ended].concat();
-    assert_eq!(statuses_of(&all, &first), ["RUNNING", "SUCCESS"]);
-    assert_eq!(statuses_of(&all, &second), ["QUEUED", "RUNNING", "SUCCESS"]);
+    assert_eq!(statuses_of(&all, ACTIVE, &first), ["RUNNING", "SUCCESS"]);
+    assert_eq!(statuses_of(&all, ACTIVE, &second), ["QUEUED", "RUNNING", "SUCCESS"]);
     let mut ids: Vec<&str> = all.iter().map(|event| event.id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -125,12 +127,12 @@ async fn a_stream_resumed_with_last_event_id_gets_exactly_what_it_missed() {
     let third = app.run_id_of_execute(ACME, SCHEDULED).await;
     assert_eq!(app.cancel(ACME, ACTIVE, &second).await.status(), 200);
     let missed = watching.next_runs(5).await;
-    assert_eq!(statuses_of(&missed, &first), ["FAILED"]);
+    assert_eq!(statuses_of(&missed, ACTIVE, &first), ["FAILED"]);
     assert_eq!(
-        statuses_of(&missed, &second),
+        statuses_of(&missed, ACTIVE, &second),
         ["QUEUED", "RUNNING", "FAILED"]
     );
-    assert_eq!(statuses_of(&missed, &third), ["RUNNING"]);
+    assert_eq!(statuses_of(&missed, SCHEDULED, &third), ["RUNNING"]);
 
     let mut resumed = app.resume_events(ACME, "", Some(&last_seen.id)).await;
     assert_eq!(resumed.next_runs(5).await, missed);

@@ -45,6 +45,7 @@ pub struct FeedPump {
     log: Arc<dyn EventLog>,
     ttl: Duration,
     source_timeout: Duration,
+    batch_window: Duration,
     leading: watch::Sender<bool>,
 }
 
@@ -78,6 +79,13 @@ impl FeedPump {
     /// unanswered then is abandoned and asked again from the same cursor.
     pub const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_secs(60);
 
+    /// How long the pump lets changes gather after appending some, unless
+    /// [`FeedPump::with_batch_window`] says otherwise. Under load, one
+    /// source read and one append then carry every change of the window,
+    /// rather than each change waking the pump (and every reader of the
+    /// log) on its own; a quiet engine's first change is appended at once.
+    pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(2);
+
     /// A pump for the instance `holder` (unique in the cluster), reading
     /// `source` into `log`.
     pub fn new(
@@ -91,6 +99,7 @@ impl FeedPump {
             log,
             ttl: Self::DEFAULT_LEASE_TTL,
             source_timeout: Self::DEFAULT_SOURCE_TIMEOUT,
+            batch_window: Self::DEFAULT_BATCH_WINDOW,
             leading: watch::channel(false).0,
         }
     }
@@ -107,6 +116,14 @@ impl FeedPump {
     #[must_use]
     pub fn with_source_timeout(mut self, timeout: Duration) -> Self {
         self.source_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long changes gather after an append before the source is asked
+    /// again; zero asks at once.
+    #[must_use]
+    pub fn with_batch_window(mut self, window: Duration) -> Self {
+        self.batch_window = window;
         self
     }
 
@@ -219,6 +236,9 @@ impl FeedPump {
                 Ok(Some(ids)) => {
                     tracing::debug!(events = ids.len(), "appended run changes to the feed");
                     backoff.reset();
+                    if !ids.is_empty() && !self.batch_window.is_zero() {
+                        self.pause(self.batch_window, renew_at, shutdown).await?;
+                    }
                 }
                 Ok(None) => {
                     tracing::warn!(
