@@ -7,6 +7,7 @@
 pub mod config;
 mod dev;
 mod events;
+mod flushing;
 mod readiness;
 mod server;
 mod telemetry;

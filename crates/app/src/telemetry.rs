@@ -3,14 +3,14 @@
 //! spans of requests and backend calls exported over OTLP/HTTP.
 //!
 //! A request formats its log line and hands it to a channel; one thread
-//! writes the lines to standard error in batches (as many as are waiting,
-//! through one buffer, flushed when the channel is empty), so that no
-//! request waits on a write. When the writer falls behind by
+//! writes the lines to standard error in batches (through one buffer,
+//! flushed a few milliseconds after the channel empties: see
+//! [`crate::flushing`]), so that no request waits on a write. When the writer falls behind by
 //! [`LOG_BUFFER_LINES`] lines, the newest lines are dropped rather than
 //! stalling requests, and counted (`maestro_log_lines_dropped_total`).
 
 use std::{
-    io::{BufWriter, Write},
+    io::{IsTerminal as _, Write},
     sync::OnceLock,
 };
 
@@ -24,7 +24,7 @@ use tracing_subscriber::{
     util::SubscriberInitExt as _,
 };
 
-use crate::{LogFormat, TracingArgs};
+use crate::{LogFormat, TracingArgs, flushing::Flushing};
 
 /// How many log lines may wait for the writer before new ones are
 /// dropped: some seconds of the busiest traffic.
@@ -75,7 +75,7 @@ pub(crate) fn log_writer(
         .lossy(true)
         .buffered_lines_limit(limit)
         .thread_name("maestro-log")
-        .finish(BufWriter::with_capacity(64 * 1024, out))
+        .finish(Flushing::new(out))
 }
 
 /// The process's log writer, to standard error; its dropped lines count in
@@ -102,7 +102,10 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = stderr_writer();
     let Some(url) = tracing.traces_url() else {
-        let builder = fmt().with_env_filter(filter).with_writer(writer);
+        let builder = fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .with_ansi(colours());
         // A second initialisation (in tests) keeps the first subscriber.
         let _ = match format {
             LogFormat::Text => builder.try_init(),
@@ -140,7 +143,7 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
         .with_filter(filter_fn(|meta| {
             meta.is_span() && meta.target().starts_with("adapter_http")
         }));
-    let logs = fmt::layer().with_writer(writer);
+    let logs = fmt::layer().with_writer(writer).with_ansi(colours());
     let logs = match format {
         LogFormat::Text => logs.boxed(),
         LogFormat::Json => logs
@@ -164,6 +167,12 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
         provider: Some(provider),
         writer: guard,
     })
+}
+
+/// Whether text lines are coloured: only for a person at a terminal, never
+/// in a file or a log collector.
+fn colours() -> bool {
+    std::io::stderr().is_terminal()
 }
 
 #[cfg(test)]
