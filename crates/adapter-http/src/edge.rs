@@ -21,9 +21,8 @@ use std::{
 
 use axum::{
     body::{Body, Bytes, HttpBody},
-    extract::{FromRequestParts, Request, State},
+    extract::{FromRequestParts, Request},
     http::request::Parts,
-    middleware::Next,
     response::{IntoResponse as _, Response},
 };
 use http_body::{Frame, SizeHint};
@@ -112,13 +111,57 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestDeadline {
     }
 }
 
-/// Answers 503 `ServiceTimeout` when the handler has not answered within
-/// the per-request timeout, as [`RequestDeadline`] may have moved it.
-pub(crate) async fn limit_request(
-    State(state): State<AppState>,
+/// Runs `answer` on `request` under the edge's limits on one request:
+///
+/// - its body must arrive within the body timeout, or the request is
+///   answered 408 `RequestTimeout` (and the connection closed), whatever
+///   the handler made of the failed read;
+/// - it must be answered within the per-request timeout, as
+///   [`RequestDeadline`] may have moved it, or it is answered 503
+///   `ServiceTimeout`.
+///
+/// An answer ready at its first poll, as most are, never arms a timer.
+pub(crate) async fn within_limits<F, A>(
+    state: &AppState,
     mut request: Request,
-    next: Next,
-) -> Response {
+    answer: F,
+) -> Response
+where
+    F: FnOnce(Request) -> A,
+    A: Future<Output = Response>,
+{
+    let body_timeout = state.body_timeout();
+    let expired = Arc::new(AtomicBool::new(false));
+    let body_deadline = Instant::now() + body_timeout;
+    request = request.map(|body| {
+        Body::new(DeadlineBody {
+            inner: body,
+            deadline: body_deadline,
+            timer: None,
+            expired: expired.clone(),
+        })
+    });
+    let response = answer_in_time(state, request, answer).await;
+    if expired.load(Ordering::Acquire) {
+        tracing::info!(
+            timeout_seconds = body_timeout.as_secs_f64(),
+            "request body timed out: answered 408 RequestTimeout"
+        );
+        state
+            .metrics()
+            .connection_closed(ConnectionClose::BodyTimeout);
+        return ApiError::body_timeout(body_timeout).into_response();
+    }
+    response
+}
+
+/// Answers 503 `ServiceTimeout` when `answer` has not answered within the
+/// per-request timeout, as [`RequestDeadline`] may have moved it.
+async fn answer_in_time<F, A>(state: &AppState, mut request: Request, answer: F) -> Response
+where
+    F: FnOnce(Request) -> A,
+    A: Future<Output = Response>,
+{
     let timeout = state.request_timeout();
     let (at, mut changed) = watch::channel(Some(Instant::now() + timeout));
     // Held here too, so that `changed` only ends with this function, not
@@ -127,8 +170,13 @@ pub(crate) async fn limit_request(
     request.extensions_mut().insert(RequestDeadline {
         at: Some(at.clone()),
     });
-    let answer = next.run(request);
+    let answer = answer(request);
     tokio::pin!(answer);
+    if let Poll::Ready(response) =
+        std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await
+    {
+        return response;
+    }
     loop {
         let deadline = *changed.borrow_and_update();
         tokio::select! {
@@ -151,39 +199,6 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-/// Bounds the time the request body takes to arrive, and answers 408
-/// `RequestTimeout` (closing the connection) when it did not, whatever the
-/// handler made of the failed read.
-pub(crate) async fn limit_body(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let timeout = state.body_timeout();
-    let deadline = Instant::now() + timeout;
-    let expired = Arc::new(AtomicBool::new(false));
-    let request = request.map(|body| {
-        Body::new(DeadlineBody {
-            inner: body,
-            deadline,
-            timer: None,
-            expired: expired.clone(),
-        })
-    });
-    let response = next.run(request).await;
-    if expired.load(Ordering::Acquire) {
-        tracing::info!(
-            timeout_seconds = timeout.as_secs_f64(),
-            "request body timed out: answered 408 RequestTimeout"
-        );
-        state
-            .metrics()
-            .connection_closed(ConnectionClose::BodyTimeout);
-        return ApiError::body_timeout(timeout).into_response();
-    }
-    response
 }
 
 /// A request body that fails once its deadline has passed.
@@ -280,7 +295,16 @@ mod tests {
         .with_body_timeout(Duration::from_secs(5))
     }
 
-    /// Routes that take as long as asked, under the edge's layers.
+    /// The edge's limits as a layer of their own.
+    async fn limits(
+        axum::extract::State(state): axum::extract::State<AppState>,
+        request: Request<Body>,
+        next: middleware::Next,
+    ) -> axum::response::Response {
+        within_limits(&state, request, |request| next.run(request)).await
+    }
+
+    /// Routes that take as long as asked, under the edge's limits.
     fn app(state: AppState) -> Router {
         async fn slow(deadline: RequestDeadline, request: Request<Body>) -> &'static str {
             let query = request.uri().query().unwrap_or_default();
@@ -299,8 +323,7 @@ mod tests {
         Router::new()
             .route("/slow", get(slow))
             .route("/read", post(read))
-            .layer(middleware::from_fn_with_state(state.clone(), limit_body))
-            .layer(middleware::from_fn_with_state(state.clone(), limit_request))
+            .layer(middleware::from_fn_with_state(state.clone(), limits))
             .with_state(state)
     }
 

@@ -11,7 +11,6 @@ use std::{any::Any, sync::Arc, time::Duration};
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -476,18 +475,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
-        .layer(CatchPanicLayer::custom(panic_response))
-        // Every route, the long ones too, runs under the request deadline;
-        // a handler meant to hold its answer open moves or lifts it
-        // through the `RequestDeadline` extractor.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            edge::limit_body,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            edge::limit_request,
-        ));
+        .layer(CatchPanicLayer::custom(panic_response));
     observe::wrap(routes, &state).with_state(state)
 }
 
