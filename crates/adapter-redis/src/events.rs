@@ -78,6 +78,14 @@ return 0
 /// Otherwise adds every change, sets the cursor, trims what is older than
 /// the retention on Redis's clock (noting the newest id trimmed), and
 /// returns `{1, ids}`.
+///
+/// Whether anything is older is asked first, of the oldest entry
+/// (`XRANGE - (min COUNT 1`, which stops at the first entry): an
+/// `XREVRANGE` from an id older than every entry finds no node to start
+/// from, starts from the newest and walks the whole stream backwards, some
+/// 600 µs at 25,000 entries, on every append while the stream is younger
+/// than the retention. Once something is older, `XREVRANGE` starts from
+/// the node that holds it.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW_MS}{}",
@@ -91,6 +99,9 @@ for i = 4, #ARGV, 2 do
 end
 redis.call('SET', KEYS[3], ARGV[2])
 local min_id = string.format('%d-0', now_ms() - tonumber(ARGV[3]))
+if #redis.call('XRANGE', KEYS[1], '-', '(' .. min_id, 'COUNT', 1) == 0 then
+  return {1, ids}
+end
 local older = redis.call('XREVRANGE', KEYS[1], '(' .. min_id, '-', 'COUNT', 1)
 if #older > 0 then
   redis.call('SET', KEYS[4], older[1][1])

@@ -75,11 +75,10 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local held = redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3])
 while held >= bound do
-  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+  local oldest = redis.call('ZPOPMIN', KEYS[3])[1]
   if not oldest then
     return {-1, '', held}
   end
-  redis.call('ZREM', KEYS[3], oldest)
   redis.call('DEL', ARGV[6] .. oldest)
   held = held - 1
 end
