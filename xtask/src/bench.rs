@@ -34,6 +34,7 @@ mod events;
 mod idempotency;
 mod lifecycle;
 mod memory;
+mod openloop;
 pub(crate) mod report;
 
 /// The customer the bench's pipeline belongs to and its token names.
@@ -78,6 +79,18 @@ pub(crate) struct Args {
     /// With `--backend airflow`: where Airflow keeps its metadata.
     #[arg(long, value_enum, default_value_t = crate::e2e_airflow::MetadataDb::Postgres)]
     airflow_metadata_db: crate::e2e_airflow::MetadataDb,
+
+    /// With the memory backend: skip the open-loop runs (the baseline, then
+    /// the service, at a fixed rate of 70% of the baseline's throughput,
+    /// each request timed from the instant it was due), which otherwise
+    /// follow each closed-loop run.
+    #[arg(long)]
+    no_open_loop: bool,
+
+    /// Seconds each open-loop run measures, after a second of warm-up at
+    /// the same rate.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    open_loop_seconds: u64,
 
     /// With the memory backend: skip the `Idempotency-Key` runs (without
     /// keys, then a fresh key per request on the memory store and on a

@@ -30,8 +30,8 @@ use crate::{
 /// least this share of the run without keys.
 const MIN_MEMORY_STORE_RATIO: f64 = 0.8;
 /// The same on the Redis store, which costs two round trips to Redis per
-/// execute (the claim, then the answer).
-const MIN_REDIS_STORE_RATIO: f64 = 0.3;
+/// execute (the claim, then the answer) and shares the CPUs with Redis.
+const MIN_REDIS_STORE_RATIO: f64 = 0.6;
 
 /// The header the service reads the key from.
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -288,7 +288,7 @@ mod tests {
             cpus: 2,
             plain: summary(20_000.0),
             memory_store: summary(18_000.0),
-            redis_store: summary(8_000.0),
+            redis_store: summary(13_000.0),
             memory_store_replays: true,
             redis_store_replays: true,
         }
@@ -316,14 +316,14 @@ mod tests {
     }
 
     #[test]
-    fn the_redis_store_under_0_3x_fails_that_target_alone() {
+    fn the_redis_store_under_0_6x_fails_that_target_alone() {
         let mut results = good_runs();
-        results.redis_store.requests_per_second = 5_999.0;
+        results.redis_store.requests_per_second = 11_999.0;
         assert_eq!(
             failed(&results),
-            ["fresh key, Redis store: throughput >= 0.3x without keys"]
+            ["fresh key, Redis store: throughput >= 0.6x without keys"]
         );
-        results.redis_store.requests_per_second = 6_000.0;
+        results.redis_store.requests_per_second = 12_000.0;
         assert_eq!(failed(&results), Vec::<String>::new());
     }
 
@@ -339,7 +339,7 @@ mod tests {
             failed(&results),
             [
                 "fresh key, memory store: throughput >= 0.8x without keys",
-                "fresh key, Redis store: throughput >= 0.3x without keys",
+                "fresh key, Redis store: throughput >= 0.6x without keys",
                 "every request of the three runs answered 2xx",
             ]
         );
@@ -384,11 +384,11 @@ mod tests {
             "{markdown}"
         );
         assert!(
-            markdown.contains("| throughput | 20,000 req/s | 18,000 req/s | 8,000 req/s |"),
+            markdown.contains("| throughput | 20,000 req/s | 18,000 req/s | 13,000 req/s |"),
             "{markdown}"
         );
         assert!(
-            markdown.contains("| throughput / without keys | 1.00x | 0.90x | 0.40x |"),
+            markdown.contains("| throughput / without keys | 1.00x | 0.90x | 0.65x |"),
             "{markdown}"
         );
         assert!(
@@ -418,7 +418,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "FAIL  fresh key, Redis store: throughput >= 0.3x without keys (measured: 0.10x)"
+                "FAIL  fresh key, Redis store: throughput >= 0.6x without keys (measured: 0.10x)"
             ),
             "{text}"
         );
