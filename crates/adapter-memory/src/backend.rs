@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -39,33 +40,76 @@ pub struct MemoryBackend {
 
 struct Inner {
     config: MemoryConfig,
-    /// Never changes after construction, so it needs no lock: only each
-    /// pipeline's state does.
-    pipelines: HashMap<PipelineId, Slot>,
-    /// Each customer's pipeline ids, in the order they were given.
-    by_customer: HashMap<CustomerId, Vec<PipelineId>>,
+    /// The pipelines, by their number. Never changes after construction,
+    /// so it needs no lock: only each pipeline's state does.
+    slots: Vec<Slot>,
+    /// Each pipeline's number, by its id. Hashed with foldhash rather
+    /// than SipHash: the ids are the fixture's, so no client can choose
+    /// them to collide, and the hash is on every request's path.
+    numbers: HashMap<PipelineId, u32, foldhash::fast::RandomState>,
+    /// The customers, by their number.
+    customers: Vec<CustomerId>,
+    /// Each customer's number and pipelines' numbers, in the order they
+    /// were given.
+    by_customer: HashMap<CustomerId, Vec<u32>>,
     /// Bumped after every change made through the backend, on any
-    /// pipeline: what wakes the feeds ([`crate::MemoryChanges`]), which
-    /// read every pipeline. Apart from the pipelines' own signals, so that
-    /// [`MemoryBackend::waiters`] counts the waiters of runs only.
+    /// pipeline: what wakes the feeds ([`crate::MemoryChanges`]). Apart
+    /// from the pipelines' own signals, so that [`MemoryBackend::waiters`]
+    /// counts the waiters of runs only.
     any_change: watch::Sender<()>,
-    /// The feeds reading the backend, and where each read from last.
-    readers: Mutex<Readers>,
+    /// The feeds reading the backend: where each read from last, and which
+    /// pipelines each has to read next.
+    feeds: Mutex<Feeds>,
+    /// The latest instant any pipeline was brought to or dated an
+    /// operation at, in nanoseconds since the epoch (see
+    /// [`MemoryBackend::feed_now`]); `far` when one was beyond what that
+    /// can hold.
+    latest: AtomicI64,
+    far: AtomicBool,
 }
 
-/// The feeds reading the backend: while there is one, every pipeline
-/// writes its runs' changes down, and forgets those that every feed has
-/// read past.
+/// The feeds reading the backend.
+///
+/// A feed reads only the pipelines that may have changed since its last
+/// read, not every pipeline: those changed through the backend since
+/// (`touched`) and those that will change by themselves or still hold
+/// changes it may need (`live`), so that a read costs what changed, not
+/// how many pipelines there are. Its first read reads them all.
+///
+/// **Closing.** Every read closes the instants up to the time it read at
+/// (`closed`) for every pipeline, read or not: an operation on a pipeline
+/// first takes this lock, notes the pipeline as touched for every feed,
+/// and reads `closed`, which its changes are dated after. Both happen in
+/// one critical section, as does a read's taking its touched pipelines
+/// and moving `closed` on: so either the operation's pipeline is among
+/// those the read takes (and the read waits on the pipeline's lock for the
+/// operation to end), or the operation is dated after the read.
 #[derive(Debug, Default)]
-struct Readers {
+struct Feeds {
     next: u64,
-    /// Each feed's last position, by its number: where it last read from,
-    /// or when it was made, before its first read.
-    from: HashMap<u64, Timestamp>,
+    readers: HashMap<u64, Reader>,
+    /// The latest instant a feed read at; `None` before the first read.
+    closed: Option<Timestamp>,
 }
 
-/// One pipeline: its owner, readable without the lock since it never
-/// changes, its state, and the signal of changes to it.
+/// One feed's position and the pipelines it has to read.
+#[derive(Debug)]
+struct Reader {
+    /// Where it last read from, or when it was made, before its first read.
+    from: Timestamp,
+    /// Whether its next read reads every pipeline: its first does.
+    all: bool,
+    /// The pipelines changed through the backend since its last read.
+    touched: Vec<u32>,
+    /// Whether each pipeline is in `touched`.
+    marked: Vec<bool>,
+    /// The pipelines its last read found to change by themselves later, or
+    /// to still hold changes.
+    live: Vec<u32>,
+}
+
+/// One pipeline: its owner's number, readable without the lock since it
+/// never changes, its state, and the signal of changes to it.
 ///
 /// A std [`Mutex`] rather than tokio's: the state is only ever touched in
 /// short, synchronous sections (no `.await` while it is held, there being no
@@ -75,7 +119,7 @@ struct Readers {
 /// whole backend, so that executes of different pipelines never wait on
 /// each other.
 struct Slot {
-    customer: CustomerId,
+    customer: u32,
     state: Mutex<PipelineState>,
     /// Bumped after every change made to the state (trigger, pause,
     /// unpause, cancel); waiters subscribe under the state's lock, so none
@@ -83,8 +127,11 @@ struct Slot {
     /// makes by itself need no signal: each waiter knows when the next one
     /// is due. A tokio `watch` rather than a `Notify`: a receiver is
     /// counted, so that [`MemoryBackend::waiters`] can tell that none is
-    /// left behind.
-    changes: watch::Sender<()>,
+    /// left behind. Made by the first waiter: most pipelines never have
+    /// one, and a signal is some hundreds of bytes. A change made before
+    /// it exists has nobody to wake; one made after is seen, the signal
+    /// being made under the state's lock.
+    changes: OnceLock<watch::Sender<()>>,
 }
 
 impl Slot {
@@ -95,7 +142,17 @@ impl Slot {
 
     /// Wakes the pipeline's waiters: its state changed.
     fn changed(&self) {
-        self.changes.send_replace(());
+        if let Some(changes) = self.changes.get() {
+            changes.send_replace(());
+        }
+    }
+
+    /// A receiver of the pipeline's changes; call it under the state's
+    /// lock.
+    fn subscribe(&self) -> watch::Receiver<()> {
+        self.changes
+            .get_or_init(|| watch::Sender::new(()))
+            .subscribe()
     }
 }
 
@@ -113,36 +170,53 @@ impl MemoryBackend {
             queue_limit: config.queue_limit,
             history_limit: config.history_limit,
         };
-        let mut by_id = HashMap::with_capacity(pipelines.len());
-        let mut by_customer: HashMap<CustomerId, Vec<PipelineId>> = HashMap::new();
+        let mut slots = Vec::with_capacity(pipelines.len());
+        let mut numbers = HashMap::with_capacity_and_hasher(
+            pipelines.len(),
+            foldhash::fast::RandomState::default(),
+        );
+        let mut customers: Vec<CustomerId> = Vec::new();
+        let mut by_customer: HashMap<CustomerId, (u32, Vec<u32>)> = HashMap::new();
         for pipeline in pipelines {
-            if by_id.contains_key(&pipeline.id) {
+            if numbers.contains_key(&pipeline.id) {
                 continue;
             }
-            let id = pipeline.id.clone();
-            let customer = pipeline.customer_id.clone();
-            by_customer
-                .entry(customer.clone())
-                .or_default()
-                .push(id.clone());
-            let state = Mutex::new(PipelineState::new(pipeline, limits));
-            let changes = watch::Sender::new(());
-            by_id.insert(
-                id,
-                Slot {
-                    customer,
-                    state,
-                    changes,
-                },
-            );
+            let Ok(number) = u32::try_from(slots.len()) else {
+                break;
+            };
+            let next_customer = u32::try_from(customers.len()).unwrap_or(u32::MAX);
+            let (customer, owned) = by_customer
+                .entry(pipeline.customer_id.clone())
+                .or_insert_with(|| {
+                    customers.push(pipeline.customer_id.clone());
+                    (next_customer, Vec::new())
+                });
+            owned.push(number);
+            numbers.insert(pipeline.id.clone(), number);
+            slots.push(Slot {
+                customer: *customer,
+                state: Mutex::new(PipelineState::new(pipeline, limits)),
+                changes: OnceLock::new(),
+            });
         }
+        let by_customer = by_customer
+            .into_iter()
+            .map(|(customer, (_, mut owned))| {
+                owned.shrink_to_fit();
+                (customer, owned)
+            })
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 config,
-                pipelines: by_id,
+                slots,
+                numbers,
+                customers,
                 by_customer,
                 any_change: watch::Sender::new(()),
-                readers: Mutex::new(Readers::default()),
+                feeds: Mutex::new(Feeds::default()),
+                latest: AtomicI64::new(i64::MIN),
+                far: AtomicBool::new(false),
             }),
             clock: Arc::new(TokioClock::start()),
         }
@@ -181,9 +255,10 @@ impl MemoryBackend {
     /// pipeline: none is left behind once its wait is over or dropped.
     pub fn waiters(&self) -> usize {
         self.inner
-            .pipelines
-            .values()
-            .map(|slot| slot.changes.receiver_count())
+            .slots
+            .iter()
+            .filter_map(|slot| slot.changes.get())
+            .map(watch::Sender::receiver_count)
             .sum()
     }
 
@@ -201,11 +276,62 @@ impl MemoryBackend {
     /// burst of triggers hands out) they would otherwise stay ahead of every
     /// read until the clock passed them.
     pub fn feed_now(&self) -> Timestamp {
-        self.inner
-            .pipelines
-            .values()
-            .map(|slot| slot.lock().latest())
-            .fold(self.clock.now(), Timestamp::max)
+        let now = self.clock.now();
+        if self.inner.far.load(Ordering::SeqCst) {
+            // An instant beyond the nanosecond counter: ask every pipeline.
+            return self
+                .inner
+                .slots
+                .iter()
+                .map(|slot| slot.lock().latest())
+                .fold(now, Timestamp::max);
+        }
+        match self.inner.latest.load(Ordering::SeqCst) {
+            i64::MIN => now,
+            nanos => now.max(Timestamp::from_timestamp_nanos(nanos)),
+        }
+    }
+
+    /// Notes the instant `state` was brought to, for [`Self::feed_now`];
+    /// call it under the state's lock, after every section that may have
+    /// moved it.
+    fn publish(&self, state: &PipelineState) {
+        self.publish_instant(state.latest());
+    }
+
+    /// [`Self::publish`] of an instant a pipeline was brought to.
+    fn publish_instant(&self, latest: Timestamp) {
+        match latest.timestamp_nanos_opt() {
+            Some(nanos) => {
+                self.inner.latest.fetch_max(nanos, Ordering::SeqCst);
+            }
+            None if latest > Timestamp::UNIX_EPOCH => self.inner.far.store(true, Ordering::SeqCst),
+            // Before 1677: earlier than anything a clock reads.
+            None => {}
+        }
+    }
+
+    /// Notes, under pipeline `number`'s lock and before an operation
+    /// changes it, that the feeds have it to read, and closes its instants
+    /// up to the latest a feed read at (see [`Feeds`]); with no feed, it
+    /// writes nothing down any more.
+    fn touch(&self, number: u32, state: &mut PipelineState) {
+        let mut feeds = lock_feeds(&self.inner.feeds);
+        if feeds.readers.is_empty() {
+            drop(feeds);
+            state.stop_journal();
+            return;
+        }
+        let index = number as usize;
+        for reader in feeds.readers.values_mut() {
+            if !reader.all && reader.marked.get(index) == Some(&false) {
+                reader.marked[index] = true;
+                reader.touched.push(number);
+            }
+        }
+        let closed = feeds.closed;
+        drop(feeds);
+        state.catch_up(closed);
     }
 
     /// A receiver woken by the next change made through the backend, on
@@ -215,36 +341,42 @@ impl MemoryBackend {
     }
 
     /// Counts a new feed among the readers, holding the changes from now
-    /// on until it reads; answers its number.
+    /// on until it reads; answers its number. Its first read reads every
+    /// pipeline.
     pub(crate) fn add_reader(&self) -> u64 {
         let now = self.clock.now();
-        let mut readers = lock_readers(&self.inner.readers);
-        let id = readers.next;
-        readers.next += 1;
-        readers.from.insert(id, now);
+        let mut feeds = lock_feeds(&self.inner.feeds);
+        let id = feeds.next;
+        feeds.next += 1;
+        feeds.readers.insert(
+            id,
+            Reader {
+                from: now,
+                all: true,
+                touched: Vec::new(),
+                marked: vec![false; self.inner.slots.len()],
+                live: Vec::new(),
+            },
+        );
         id
-    }
-
-    /// Notes that feed `id` reads from `from`; answers the earliest
-    /// position of all the feeds, before which no change is needed any
-    /// more.
-    pub(crate) fn reader_at(&self, id: u64, from: Timestamp) -> Option<Timestamp> {
-        let mut readers = lock_readers(&self.inner.readers);
-        readers.from.insert(id, from);
-        readers.from.values().min().copied()
     }
 
     /// Forgets feed `id`; when it was the last, the pipelines stop writing
     /// changes down.
     pub(crate) fn remove_reader(&self, id: u64) {
-        // The readers' lock is held while the journals stop, so that a
-        // feed counted meanwhile finds them kept: readers, then a
-        // pipeline, is the one order these locks are taken in.
-        let mut readers = lock_readers(&self.inner.readers);
-        readers.from.remove(&id);
-        if readers.from.is_empty() {
-            for slot in self.inner.pipelines.values() {
-                slot.lock().stop_journal();
+        let last = {
+            let mut feeds = lock_feeds(&self.inner.feeds);
+            feeds.readers.remove(&id);
+            feeds.readers.is_empty()
+        };
+        if last {
+            // A pipeline's lock, then the feeds', as operations take them;
+            // a feed counted meanwhile finds the journals kept.
+            for slot in &self.inner.slots {
+                let mut state = slot.lock();
+                if lock_feeds(&self.inner.feeds).readers.is_empty() {
+                    state.stop_journal();
+                }
             }
         }
     }
@@ -254,41 +386,94 @@ impl MemoryBackend {
         self.inner.any_change.receiver_count()
     }
 
-    /// Reads every pipeline for a feed (see [`PipelineState::feed`]): adds
-    /// to `out` the changes from `from` to `now` with their customer, and
-    /// answers the first instant after `now` at which a pipeline will
-    /// change by itself.
-    pub(crate) fn feed(
+    /// One read by feed `reader` (see [`PipelineState::feed`]) of the
+    /// pipelines that may have changed since its last (all of them, the
+    /// first time), at [`Self::feed_now`]: adds to `out` the changes from
+    /// `from` (now, when `None`) to now with their customer, and answers
+    /// now and the first instant after it at which a pipeline will change
+    /// by itself.
+    pub(crate) fn read(
         &self,
-        now: Timestamp,
-        from: Timestamp,
-        keep_from: Option<Timestamp>,
+        reader: u64,
+        from: Option<Timestamp>,
         out: &mut Vec<(CustomerId, Change)>,
-    ) -> Option<Timestamp> {
+    ) -> (Timestamp, Option<Timestamp>) {
+        let now = self.feed_now();
+        let from = from.unwrap_or(now);
+        let (numbers, keep_from) = {
+            let mut feeds = lock_feeds(&self.inner.feeds);
+            feeds.closed = Some(feeds.closed.map_or(now, |closed| closed.max(now)));
+            let Some(position) = feeds.readers.get_mut(&reader) else {
+                return (now, None);
+            };
+            position.from = from;
+            let numbers: Vec<u32> = if std::mem::take(&mut position.all) {
+                position.touched.clear();
+                position.live.clear();
+                position.marked.fill(false);
+                (0..self.inner.slots.len())
+                    .filter_map(|index| u32::try_from(index).ok())
+                    .collect()
+            } else {
+                let mut numbers = std::mem::take(&mut position.touched);
+                for number in &numbers {
+                    if let Some(marked) = position.marked.get_mut(*number as usize) {
+                        *marked = false;
+                    }
+                }
+                numbers.append(&mut position.live);
+                numbers.sort_unstable();
+                numbers.dedup();
+                numbers
+            };
+            let keep_from = feeds.readers.values().map(|reader| reader.from).min();
+            (numbers, keep_from)
+        };
         let mut next: Option<Timestamp> = None;
+        let mut live = Vec::new();
         let mut changes = Vec::new();
-        for slot in self.inner.pipelines.values() {
-            let ahead = slot.lock().feed(now, from, keep_from, &mut changes);
+        for number in numbers {
+            let Some(slot) = self.inner.slots.get(number as usize) else {
+                continue;
+            };
+            let (ahead, holds) = {
+                let mut state = slot.lock();
+                let ahead = state.feed(now, from, keep_from, &mut changes);
+                self.publish(&state);
+                (ahead, state.holds_changes())
+            };
+            if ahead.is_some() || holds {
+                live.push(number);
+            }
             next = match (next, ahead) {
                 (Some(next), Some(ahead)) => Some(next.min(ahead)),
                 (next, ahead) => next.or(ahead),
             };
-            out.extend(
-                changes
-                    .drain(..)
-                    .map(|change| (slot.customer.clone(), change)),
-            );
+            if !changes.is_empty() {
+                let customer = self.customer_of(slot);
+                out.extend(changes.drain(..).map(|change| (customer.clone(), change)));
+            }
         }
-        next
+        if !live.is_empty() {
+            let mut feeds = lock_feeds(&self.inner.feeds);
+            if let Some(position) = feeds.readers.get_mut(&reader) {
+                position.live.append(&mut live);
+            }
+        }
+        (now, next)
     }
 
-    /// The caller's pipeline with this id; `None` when it is missing or
-    /// another customer's.
-    fn slot(&self, ctx: &RequestContext, id: &PipelineId) -> Option<&Slot> {
-        self.inner
-            .pipelines
-            .get(id)
-            .filter(|slot| slot.customer == *ctx.customer())
+    /// The owner of `slot`.
+    fn customer_of(&self, slot: &Slot) -> &CustomerId {
+        &self.inner.customers[slot.customer as usize]
+    }
+
+    /// The caller's pipeline with this id, and its number; `None` when it
+    /// is missing or another customer's.
+    fn slot(&self, ctx: &RequestContext, id: &PipelineId) -> Option<(u32, &Slot)> {
+        let number = *self.inner.numbers.get(id)?;
+        let slot = self.inner.slots.get(number as usize)?;
+        (self.customer_of(slot) == ctx.customer()).then_some((number, slot))
     }
 
     /// The caller's pipeline with this id, locked; `None` when it is missing
@@ -298,14 +483,14 @@ impl MemoryBackend {
         ctx: &RequestContext,
         id: &PipelineId,
     ) -> Option<MutexGuard<'_, PipelineState>> {
-        self.slot(ctx, id).map(Slot::lock)
+        self.slot(ctx, id).map(|(_, slot)| slot.lock())
     }
 }
 
-/// Locks the feeds' positions; as with the pipelines, a poisoned lock is
-/// taken over (nothing under it panics).
-fn lock_readers(readers: &Mutex<Readers>) -> MutexGuard<'_, Readers> {
-    readers.lock().unwrap_or_else(PoisonError::into_inner)
+/// Locks the feeds; as with the pipelines, a poisoned lock is taken over
+/// (nothing under it panics).
+fn lock_feeds(feeds: &Mutex<Feeds>) -> MutexGuard<'_, Feeds> {
+    feeds.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Locks a pipeline's state. A poisoned lock is taken over: the sections
@@ -319,7 +504,7 @@ impl fmt::Debug for MemoryBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryBackend")
             .field("config", &self.inner.config)
-            .field("pipelines", &self.inner.pipelines.len())
+            .field("pipelines", &self.inner.slots.len())
             .finish_non_exhaustive()
     }
 }
@@ -341,18 +526,22 @@ impl PipelineRepository for MemoryBackend {
     }
 
     async fn list(&self, ctx: &RequestContext) -> Result<Vec<PipelineSummary>, BackendError> {
-        let Some(ids) = self.inner.by_customer.get(ctx.customer()) else {
+        let Some(numbers) = self.inner.by_customer.get(ctx.customer()) else {
             return Ok(Vec::new());
         };
-        let summaries = ids
+        let now = self.clock.now();
+        let mut latest = now;
+        let summaries = numbers
             .iter()
-            .filter_map(|id| self.inner.pipelines.get(id))
+            .filter_map(|number| self.inner.slots.get(*number as usize))
             .map(|slot| {
                 let mut state = slot.lock();
-                let last_status = state.last_status(self.clock.now());
+                let last_status = state.last_status(now);
+                latest = latest.max(state.latest());
                 PipelineSummary::new(state.pipeline().clone(), last_status)
             })
             .collect();
+        self.publish_instant(latest);
         Ok(summaries)
     }
 
@@ -362,12 +551,15 @@ impl PipelineRepository for MemoryBackend {
         id: &PipelineId,
         paused: bool,
     ) -> Result<(), SetPausedError> {
-        let slot = self
+        let (number, slot) = self
             .slot(ctx, id)
             .ok_or_else(|| SetPausedError::NotFound(id.clone()))?;
         let mut state = slot.lock();
-        state.set_paused(paused, self.clock.now())?;
+        self.touch(number, &mut state);
+        let done = state.set_paused(paused, self.clock.now());
+        self.publish(&state);
         drop(state);
+        done?;
         self.changed(slot);
         Ok(())
     }
@@ -385,12 +577,15 @@ impl Orchestrator for MemoryBackend {
         // An idempotency key needs nothing here: a trigger either answers or
         // fails before it made a run, so a retry has no lost run to find.
         let id = request.pipeline_id();
-        let slot = self
+        let (number, slot) = self
             .slot(ctx, id)
             .ok_or_else(|| ExecuteError::NotFound(id.clone()))?;
         let mut state = slot.lock();
-        let run = state.trigger(request.conf(), self.clock.now())?;
+        self.touch(number, &mut state);
+        let run = state.trigger(request.conf(), self.clock.now());
+        self.publish(&state);
         drop(state);
+        let run = run?;
         self.changed(slot);
         Ok(run)
     }
@@ -404,7 +599,9 @@ impl Orchestrator for MemoryBackend {
         let mut state = self
             .visible(ctx, id)
             .ok_or_else(|| ListRunsError::NotFound(id.clone()))?;
-        Ok(state.list_runs(query, self.clock.now()))
+        let page = state.list_runs(query, self.clock.now());
+        self.publish(&state);
+        Ok(page)
     }
 
     async fn get_run(
@@ -416,9 +613,9 @@ impl Orchestrator for MemoryBackend {
         let mut state = self
             .visible(ctx, id)
             .ok_or_else(|| GetRunError::PipelineNotFound(id.clone()))?;
-        state
-            .get_run(run_id, self.clock.now())
-            .ok_or_else(|| GetRunError::run_not_found(id, run_id))
+        let run = state.get_run(run_id, self.clock.now());
+        self.publish(&state);
+        run.ok_or_else(|| GetRunError::run_not_found(id, run_id))
     }
 
     async fn cancel_run(
@@ -427,12 +624,15 @@ impl Orchestrator for MemoryBackend {
         id: &PipelineId,
         run_id: &RunId,
     ) -> Result<Run, CancelRunError> {
-        let slot = self
+        let (number, slot) = self
             .slot(ctx, id)
             .ok_or_else(|| CancelRunError::PipelineNotFound(id.clone()))?;
         let mut state = slot.lock();
-        let run = state.cancel(run_id, self.clock.now())?;
+        self.touch(number, &mut state);
+        let run = state.cancel(run_id, self.clock.now());
+        self.publish(&state);
         drop(state);
+        let run = run?;
         self.changed(slot);
         Ok(run)
     }
@@ -459,22 +659,22 @@ impl Orchestrator for MemoryBackend {
 impl RunWatch for MemoryBackend {
     async fn changed(&self, ctx: &RequestContext, seen: &Run) -> Result<Run, GetRunError> {
         let id = &seen.pipeline_id;
-        let slot = self
+        let (_, slot) = self
             .slot(ctx, id)
             .ok_or_else(|| GetRunError::PipelineNotFound(id.clone()))?;
         loop {
             let (mut changes, next_change) = {
                 let mut state = slot.lock();
                 let now = self.clock.now();
-                let watched = state
-                    .watch(&seen.id, now)
-                    .ok_or_else(|| GetRunError::run_not_found(id, &seen.id))?;
+                let watched = state.watch(&seen.id, now);
+                self.publish(&state);
+                let watched = watched.ok_or_else(|| GetRunError::run_not_found(id, &seen.id))?;
                 if differs(&watched.run, seen) {
                     return Ok(watched.run);
                 }
                 // Subscribed under the lock: every change after this read is
                 // one this receiver has not seen yet.
-                let changes = slot.changes.subscribe();
+                let changes = slot.subscribe();
                 let next_change = watched
                     .next_change
                     .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO));
@@ -502,4 +702,89 @@ async fn sleep_for(duration: Option<Duration>) {
 /// later `updated_at`.
 fn differs(run: &Run, seen: &Run) -> bool {
     run.status != seen.status || run.updated_at > seen.updated_at
+}
+
+#[cfg(test)]
+mod tests {
+    //! What a feed reads: the cost of a read follows what changed, not
+    //! how many pipelines there are. What it tells is tested through
+    //! [`crate::MemoryChanges`] in `tests/memory/feed.rs`.
+
+    use domain::{Caller, Pipeline, TriggerRequest};
+
+    use super::*;
+
+    impl MemoryBackend {
+        /// How many pipelines feed `reader`'s next read reads; `None`
+        /// for all of them.
+        fn to_read(&self, reader: u64) -> Option<usize> {
+            let feeds = lock_feeds(&self.inner.feeds);
+            let position = feeds.readers.get(&reader)?;
+            if position.all {
+                return None;
+            }
+            let mut numbers: Vec<u32> = position
+                .touched
+                .iter()
+                .chain(&position.live)
+                .copied()
+                .collect();
+            numbers.sort_unstable();
+            numbers.dedup();
+            Some(numbers.len())
+        }
+    }
+
+    fn pipeline_id(index: usize) -> PipelineId {
+        PipelineId::parse(&format!("00000000-0000-4000-8000-{index:012}")).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_its_first_read_a_feed_reads_only_the_pipelines_that_changed() {
+        let customer = CustomerId::parse("acme").unwrap();
+        let pipelines = (0..1_000)
+            .map(|index| {
+                Pipeline::new(
+                    pipeline_id(index),
+                    customer.clone(),
+                    format!("p{index}"),
+                    Timestamp::UNIX_EPOCH,
+                )
+            })
+            .collect();
+        let config = MemoryConfig {
+            run_duration: Duration::ZERO,
+            ..MemoryConfig::default()
+        };
+        let backend = MemoryBackend::new(config, pipelines);
+        let reader = backend.add_reader();
+        assert_eq!(backend.to_read(reader), None, "the first read reads all");
+        let mut out = Vec::new();
+        let (mut now, _) = backend.read(reader, None, &mut out);
+        assert_eq!(backend.to_read(reader), Some(0));
+
+        let ctx = RequestContext::new(Caller::new(customer.clone()));
+        let run = backend
+            .trigger(&ctx, &TriggerRequest::new(pipeline_id(7)))
+            .await
+            .unwrap();
+        assert_eq!(backend.to_read(reader), Some(1));
+        (now, _) = backend.read(reader, Some(now), &mut out);
+        assert_eq!(
+            out.iter()
+                .map(|(owner, change)| (owner, &change.run.id))
+                .collect::<Vec<_>>(),
+            [(&customer, &run.id)]
+        );
+
+        // The pipeline is read again only until its change is forgotten.
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            (now, _) = backend.read(reader, Some(now), &mut out);
+        }
+        assert_eq!(backend.to_read(reader), Some(0));
+        // A read tells its `from` instant again; the cursor of
+        // `MemoryChanges` skips what it told.
+        assert!(out.iter().all(|(_, change)| change.run.id == run.id));
+    }
 }

@@ -110,6 +110,13 @@ struct FixtureFile {
     pipelines: Vec<Value>,
 }
 
+/// The whole file, its pipelines read straight into their shape.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypedFixtureFile {
+    pipelines: Vec<RawPipeline>,
+}
+
 /// One pipeline as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,11 +188,35 @@ pub fn load_fixture(path: &Path, now: Timestamp) -> Result<Vec<Pipeline>, Fixtur
 /// [`FixtureError::UpdatedBeforeCreated`] for a pipeline that is not right;
 /// [`FixtureError::DuplicateId`] for two pipelines with one id.
 pub fn parse_fixture(json: &str, now: Timestamp) -> Result<Vec<Pipeline>, FixtureError> {
+    // The pipelines straight into their shape first, with no JSON tree
+    // between: a hundred thousand of them load several times faster so.
+    // Only a pipeline that does not fit takes the path through the tree,
+    // which can say which one it is.
+    if let Ok(file) = serde_json::from_str::<TypedFixtureFile>(json) {
+        return check_pipelines(
+            file.pipelines
+                .into_iter()
+                .enumerate()
+                .map(|(index, raw)| check_pipeline(index, raw, now)),
+        );
+    }
     let file: FixtureFile = serde_json::from_str(json).map_err(FixtureError::Json)?;
-    let mut first_index: HashMap<PipelineId, usize> = HashMap::new();
-    let mut pipelines = Vec::with_capacity(file.pipelines.len());
-    for (index, value) in file.pipelines.into_iter().enumerate() {
-        let pipeline = parse_pipeline(index, value, now)?;
+    check_pipelines(
+        file.pipelines
+            .into_iter()
+            .enumerate()
+            .map(|(index, value)| parse_pipeline(index, value, now)),
+    )
+}
+
+/// The pipelines, in order, unless one is wrong or two share an id.
+fn check_pipelines(
+    pipelines: impl ExactSizeIterator<Item = Result<Pipeline, FixtureError>>,
+) -> Result<Vec<Pipeline>, FixtureError> {
+    let mut first_index: HashMap<PipelineId, usize> = HashMap::with_capacity(pipelines.len());
+    let mut checked = Vec::with_capacity(pipelines.len());
+    for (index, pipeline) in pipelines.enumerate() {
+        let pipeline = pipeline?;
         if let Some(&first) = first_index.get(&pipeline.id) {
             return Err(FixtureError::DuplicateId {
                 id: pipeline.id,
@@ -194,9 +225,9 @@ pub fn parse_fixture(json: &str, now: Timestamp) -> Result<Vec<Pipeline>, Fixtur
             });
         }
         first_index.insert(pipeline.id.clone(), index);
-        pipelines.push(pipeline);
+        checked.push(pipeline);
     }
-    Ok(pipelines)
+    Ok(checked)
 }
 
 fn parse_pipeline(index: usize, value: Value, now: Timestamp) -> Result<Pipeline, FixtureError> {
@@ -204,17 +235,32 @@ fn parse_pipeline(index: usize, value: Value, now: Timestamp) -> Result<Pipeline
         index,
         id: value.get("id").and_then(Value::as_str).map(str::to_owned),
     };
+    // Once it has the pipeline's shape, its `id` is the string it named.
     let raw: RawPipeline = match serde_json::from_value(value) {
         Ok(raw) => raw,
         Err(source) => return Err(FixtureError::Pipeline { at, source }),
     };
+    check_pipeline(index, raw, now)
+}
+
+/// The pipeline `raw`, at `index` in the array, checked.
+fn check_pipeline(
+    index: usize,
+    raw: RawPipeline,
+    now: Timestamp,
+) -> Result<Pipeline, FixtureError> {
+    // Made only for an error: a pipeline that is right costs no copy.
+    let at = || PipelineAt {
+        index,
+        id: Some(raw.id.clone()),
+    };
     let id = match PipelineId::parse(&raw.id) {
         Ok(id) => id,
-        Err(source) => return Err(FixtureError::InvalidId { at, source }),
+        Err(source) => return Err(FixtureError::InvalidId { at: at(), source }),
     };
     let customer_id = match CustomerId::parse(&raw.customer_id) {
         Ok(customer_id) => customer_id,
-        Err(source) => return Err(FixtureError::InvalidCustomer { at, source }),
+        Err(source) => return Err(FixtureError::InvalidCustomer { at: at(), source }),
     };
     let created_at = match parse_instant(raw.created_at.as_deref(), "created_at", &at)? {
         Some(created_at) => created_at,
@@ -223,7 +269,7 @@ fn parse_pipeline(index: usize, value: Value, now: Timestamp) -> Result<Pipeline
     let updated_at =
         parse_instant(raw.updated_at.as_deref(), "updated_at", &at)?.unwrap_or(created_at);
     if updated_at < created_at {
-        return Err(FixtureError::UpdatedBeforeCreated { at });
+        return Err(FixtureError::UpdatedBeforeCreated { at: at() });
     }
     let mut pipeline = Pipeline::new(id, customer_id, raw.name, created_at);
     pipeline.description = raw.description;
@@ -237,13 +283,13 @@ fn parse_pipeline(index: usize, value: Value, now: Timestamp) -> Result<Pipeline
 fn parse_instant(
     raw: Option<&str>,
     field: &'static str,
-    at: &PipelineAt,
+    at: &impl Fn() -> PipelineAt,
 ) -> Result<Option<Timestamp>, FixtureError> {
     raw.map(|raw| {
         DateTime::parse_from_rfc3339(raw)
             .map(|instant| instant.with_timezone(&Utc))
             .map_err(|source| FixtureError::InvalidTimestamp {
-                at: at.clone(),
+                at: at(),
                 field,
                 source,
             })

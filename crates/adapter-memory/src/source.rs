@@ -107,14 +107,15 @@ impl MemoryChanges {
         self.backend.feeds_waiting()
     }
 
-    /// Reads every pipeline once, at the backend's time now (or the latest
-    /// instant an operation was dated, when the clock is behind it).
+    /// Reads the pipelines that may have changed since this reader's last
+    /// read (every pipeline, the first time), at the backend's time now (or
+    /// the latest instant an operation was dated, when the clock is behind
+    /// it).
     fn scan(&self, after: Option<Cursor>) -> Scan {
-        let now = self.backend.feed_now();
-        let from = after.map_or(now, |cursor| cursor.at);
-        let keep_from = self.backend.reader_at(self.reader, from);
         let mut found = Vec::new();
-        let next = self.backend.feed(now, from, keep_from, &mut found);
+        let (now, next) = self
+            .backend
+            .read(self.reader, after.map(|cursor| cursor.at), &mut found);
         found.sort_by(|(_, a), (_, b)| {
             (a.at, &a.run.pipeline_id, &a.run.id, a.stage()).cmp(&(
                 b.at,

@@ -42,6 +42,9 @@ use domain::{
 pub(crate) use journal::Change;
 use journal::Journal;
 
+/// Up to how many kept runs the runs' room grows one run at a time.
+const EXACT_GROWTH: usize = 16;
+
 /// The bounds and timing every pipeline's simulation follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
@@ -170,6 +173,12 @@ impl PipelineState {
         if let Some(journal) = self.journal.as_mut() {
             journal.record(created_at, &run);
             self.appearing = Some(run.id.clone());
+        }
+        if self.runs.len() == self.runs.capacity() && self.runs.len() < EXACT_GROWTH {
+            // Most pipelines keep a few runs: room for exactly one more,
+            // not for twice as many (at least four), which with a hundred
+            // thousand pipelines is tens of megabytes of empty room.
+            self.runs.reserve_exact(1);
         }
         self.runs.push_back(run);
         self.advance(now);
@@ -347,6 +356,29 @@ impl PipelineState {
             (Some(ahead), Some(end)) => Some(ahead.min(end)),
             (ahead, end) => ahead.or(end),
         }
+    }
+
+    /// For an operation, while a feed reads the backend: writes changes
+    /// down from now on (if it did not already), and closes the instants
+    /// up to `closed`, the latest instant a feed read the pipelines at
+    /// (`None` before the first read), as that read would have, had it
+    /// read this pipeline: the operation is dated after it.
+    pub(crate) fn catch_up(&mut self, closed: Option<Timestamp>) {
+        let journal = self
+            .journal
+            .get_or_insert_with(|| Journal::new(DateTime::<Utc>::MIN_UTC));
+        if let Some(closed) = closed {
+            journal.close(closed);
+            self.latest = self.latest.max(after(closed, TimeDelta::nanoseconds(1)));
+        }
+    }
+
+    /// Whether changes are written down that no feed may have read past
+    /// yet.
+    pub(crate) fn holds_changes(&self) -> bool {
+        self.journal
+            .as_ref()
+            .is_some_and(|journal| !journal.is_empty())
     }
 
     /// Stops writing changes down, and forgets those written: no feed

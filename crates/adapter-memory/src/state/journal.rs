@@ -111,10 +111,21 @@ impl Journal {
         self.record(at, run);
     }
 
-    /// Forgets the changes before `at`.
+    /// Forgets the changes before `at`. An emptied journal gives its
+    /// memory back: most pipelines change seldom, and each would otherwise
+    /// keep room for the changes it once had.
     pub(crate) fn forget_before(&mut self, at: Timestamp) {
         let before = self.changes.partition_point(|change| change.at < at);
-        self.changes.drain(..before);
+        if before == self.changes.len() {
+            self.changes = VecDeque::new();
+        } else {
+            self.changes.drain(..before);
+        }
+    }
+
+    /// Whether it holds no change.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.changes.is_empty()
     }
 
     /// Adds to `out` the changes from `from` to `to`, both included, in
