@@ -36,6 +36,7 @@ mod lifecycle;
 mod memory;
 mod openloop;
 pub(crate) mod report;
+mod scale;
 
 /// The customer the bench's pipeline belongs to and its token names.
 const BENCH_CUSTOMER: &str = "bench";
@@ -124,6 +125,12 @@ pub(crate) struct Args {
     /// `conf`, with a 1 KiB `conf`), in ten alternating turns.
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     conf_requests: u64,
+
+    /// With the memory backend: only the scale rows, 100,000 pipelines of
+    /// 10,000 customers rotated per request, each beside its baseline (see
+    /// `docs/performance.md`), instead of every other mode.
+    #[arg(long)]
+    scale: bool,
 
     /// Only report: exit 0 even when a target is missed.
     #[arg(long)]
@@ -241,6 +248,11 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    if args.scale {
+        let report = runtime.block_on(scale::run(args, &maestro))?;
+        print(&report);
+        return judge(&[report], args.no_check);
+    }
     let mut reports = vec![runtime.block_on(memory::run(args, &maestro))?];
     print(&reports[0]);
     if !args.no_idempotency {
