@@ -132,19 +132,24 @@ impl<W: Write + Send + 'static> Drop for Flushing<W> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::sync::mpsc;
 
     use super::*;
 
-    /// An output that records what reached it, and each write's size.
-    #[derive(Clone, Default)]
-    struct Recorded(Arc<Mutex<(Vec<u8>, usize)>>);
+    /// An output that records what reached it and how many writes it
+    /// took, and tells of each write.
+    #[derive(Clone)]
+    struct Recorded {
+        written: Arc<Mutex<(Vec<u8>, usize)>>,
+        wrote: mpsc::Sender<()>,
+    }
 
     impl Write for Recorded {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            let mut recorded = self.0.lock().unwrap();
-            recorded.0.extend_from_slice(bytes);
-            recorded.1 += 1;
+            let mut written = self.written.lock().unwrap();
+            written.0.extend_from_slice(bytes);
+            written.1 += 1;
+            let _ = self.wrote.send(());
             Ok(bytes.len())
         }
 
@@ -153,31 +158,39 @@ mod tests {
         }
     }
 
+    fn recorded() -> (Recorded, mpsc::Receiver<()>) {
+        let (wrote, writes) = mpsc::channel();
+        let out = Recorded {
+            written: Arc::default(),
+            wrote,
+        };
+        (out, writes)
+    }
+
     impl Recorded {
         fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().0.clone()).unwrap()
+            String::from_utf8(self.written.lock().unwrap().0.clone()).unwrap()
         }
 
         fn writes(&self) -> usize {
-            self.0.lock().unwrap().1
+            self.written.lock().unwrap().1
         }
     }
 
     #[test]
     fn lines_flushed_one_by_one_reach_the_output_together_and_soon() {
-        let out = Recorded::default();
+        let (out, writes) = recorded();
         let mut writer = Flushing::new(out.clone());
-        let asked = Instant::now();
         for n in 0..100 {
             writer.write_all(format!("line {n}\n").as_bytes()).unwrap();
             writer.flush().unwrap();
         }
         // Waits for the observable result, not for time to pass: the
         // flushing thread writes the lines a moment after the first flush.
-        let deadline = asked + Duration::from_secs(10);
         while out.text().lines().count() < 100 {
-            assert!(Instant::now() < deadline, "the lines were never flushed");
-            thread::yield_now();
+            writes
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the lines were never flushed");
         }
         let expected: String = (0..100).map(|n| format!("line {n}\n")).collect();
         assert_eq!(out.text(), expected);
@@ -190,7 +203,7 @@ mod tests {
 
     #[test]
     fn everything_is_written_when_the_output_is_dropped() {
-        let out = Recorded::default();
+        let (out, _writes) = recorded();
         let mut writer = Flushing::new(out.clone());
         writer.write_all(b"last words\n").unwrap();
         drop(writer);
