@@ -100,7 +100,10 @@ async fn a_stream_tells_a_runs_changes_in_order_as_the_run_route_shows_them() {
 
     let all: Vec<RunEvent> = [appeared, handed_over, ended].concat();
     assert_eq!(statuses_of(&all, ACTIVE, &first), ["RUNNING", "SUCCESS"]);
-    assert_eq!(statuses_of(&all, ACTIVE, &second), ["QUEUED", "RUNNING", "SUCCESS"]);
+    assert_eq!(
+        statuses_of(&all, ACTIVE, &second),
+        ["QUEUED", "RUNNING", "SUCCESS"]
+    );
     let mut ids: Vec<&str> = all.iter().map(|event| event.id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
