@@ -1,10 +1,17 @@
 //! The JSON bodies of successful answers, field for field as the contract
 //! has them, and how the request's parameters are documented.
 
+use std::fmt;
+
 use domain::{
-    Pipeline, PipelineStatus, PipelineSummary, Run, RunQuery, RunStatus, format_timestamp,
+    InvalidConf, Pipeline, PipelineStatus, PipelineSummary, Run, RunConf, RunConfSeed, RunQuery,
+    RunStatus, format_timestamp,
 };
-use serde::Serialize;
+use serde::{
+    Deserialize, Deserializer, Serialize, Serializer,
+    de::{self, MapAccess, SeqAccess, Visitor},
+};
+use serde_json::{Value, value::RawValue};
 use utoipa::{
     IntoParams, ToSchema,
     openapi::{
@@ -341,6 +348,127 @@ pub(crate) struct ExecuteRequest {
     conf: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// The fields execute reads of its body, taken in the one pass that reads
+/// the body: the `conf` is checked as it is read ([`RunConfSeed`]), and
+/// every other field read and dropped. As with a parsed
+/// object, the last of a repeated field is the one taken.
+#[derive(Debug)]
+pub(crate) enum ExecuteFields {
+    /// The body is a JSON object.
+    Object {
+        /// `pipeline_id`, if present, as sent.
+        pipeline_id: Option<Value>,
+        /// `conf`, checked: absent or null, none.
+        conf: Result<RunConf, InvalidConf>,
+    },
+    /// The body is JSON, but not an object.
+    NotAnObject,
+}
+
+impl ExecuteFields {
+    /// The fields of `body`.
+    ///
+    /// # Errors
+    /// When `body` is not JSON.
+    pub(crate) fn read(body: &[u8]) -> serde_json::Result<Self> {
+        let mut json = serde_json::Deserializer::from_slice(body);
+        let fields = (&mut json).deserialize_any(ExecuteFieldsVisitor {
+            conf: RunConfSeed::with_capacity(body.len()),
+        })?;
+        json.end()?;
+        Ok(fields)
+    }
+}
+
+struct ExecuteFieldsVisitor {
+    /// How the `conf` is read.
+    conf: RunConfSeed,
+}
+
+impl<'de> Visitor<'de> for ExecuteFieldsVisitor {
+    type Value = ExecuteFields;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ExecuteFields, A::Error> {
+        let (mut pipeline_id, mut conf) = (None, Ok(RunConf::default()));
+        while let Some(field) = map.next_key::<ExecuteField>()? {
+            match field {
+                ExecuteField::PipelineId => pipeline_id = Some(map.next_value()?),
+                ExecuteField::Conf => conf = map.next_value_seed(self.conf)?,
+                // Read as a value, not skipped: what a value refuses (a
+                // number out of range) is refused as before.
+                ExecuteField::Other => {
+                    map.next_value::<Value>()?;
+                }
+            }
+        }
+        Ok(ExecuteFields::Object { pipeline_id, conf })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ExecuteFields, A::Error> {
+        while seq.next_element::<Value>()?.is_some() {}
+        Ok(ExecuteFields::NotAnObject)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<ExecuteFields, E> {
+        Ok(ExecuteFields::NotAnObject)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<ExecuteFields, E> {
+        Ok(ExecuteFields::NotAnObject)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<ExecuteFields, E> {
+        Ok(ExecuteFields::NotAnObject)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<ExecuteFields, E> {
+        Ok(ExecuteFields::NotAnObject)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<ExecuteFields, E> {
+        Ok(ExecuteFields::NotAnObject)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<ExecuteFields, E> {
+        Ok(ExecuteFields::NotAnObject)
+    }
+}
+
+/// A field name of execute's body.
+enum ExecuteField {
+    PipelineId,
+    Conf,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for ExecuteField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(ExecuteFieldVisitor)
+    }
+}
+
+struct ExecuteFieldVisitor;
+
+impl Visitor<'_> for ExecuteFieldVisitor {
+    type Value = ExecuteField;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<ExecuteField, E> {
+        Ok(match name {
+            "pipeline_id" => ExecuteField::PipelineId,
+            "conf" => ExecuteField::Conf,
+            _ => ExecuteField::Other,
+        })
+    }
+}
+
 /// A run's parameters as a request carries them: an object (or null)
 /// whose top-level keys are anything but the reserved `maestro`.
 fn conf_schema() -> Object {
@@ -665,7 +793,16 @@ pub(crate) struct RunBody {
     trace: Option<String>,
     /// The parameters the run was triggered with (`{}` when none).
     #[schema(value_type = Object, example = json!({"date": "2024-12-18", "full_refresh": true}))]
-    conf: serde_json::Map<String, serde_json::Value>,
+    #[serde(serialize_with = "conf_as_written")]
+    conf: RunConf,
+}
+
+/// A run's parameters, their compact JSON written as it is.
+fn conf_as_written<S: Serializer>(conf: &RunConf, serializer: S) -> Result<S::Ok, S::Error> {
+    match serde_json::from_str::<&RawValue>(conf.as_json()) {
+        Ok(json) => json.serialize(serializer),
+        Err(_) => conf.as_map().serialize(serializer),
+    }
 }
 
 impl From<Run> for RunBody {
@@ -677,7 +814,7 @@ impl From<Run> for RunBody {
             created_at: format_timestamp(&run.created_at),
             updated_at: format_timestamp(&run.updated_at),
             trace: run.trace,
-            conf: run.conf.into_map(),
+            conf: run.conf,
         }
     }
 }
@@ -696,6 +833,39 @@ fn ok() -> Object {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn execute_fields_are_read_in_one_pass_as_a_parsed_object_has_them() {
+        let read = |body: &str| ExecuteFields::read(body.as_bytes());
+        let Ok(ExecuteFields::Object { pipeline_id, conf }) = read(
+            r#"{"customer_id": "x", "conf": {"a": 1}, "pipeline_id": "p", "conf": {"b": [true]}}"#,
+        ) else {
+            panic!("an object");
+        };
+        assert_eq!(pipeline_id, Some(serde_json::json!("p")));
+        assert_eq!(conf.unwrap().as_json(), r#"{"b":[true]}"#);
+        let Ok(ExecuteFields::Object { pipeline_id, conf }) = read(r#"{"conf": null}"#) else {
+            panic!("an object");
+        };
+        assert_eq!((pipeline_id, conf), (None, Ok(RunConf::default())));
+        assert_eq!(
+            read(r#"{"conf": [1]}"#).ok().map(|fields| match fields {
+                ExecuteFields::Object { conf, .. } => conf,
+                ExecuteFields::NotAnObject => Ok(RunConf::default()),
+            }),
+            Some(Err(InvalidConf::NotAnObject { found: "an array" }))
+        );
+        for body in ["[1, {}]", "null", "3", r#""x""#] {
+            assert!(
+                matches!(read(body), Ok(ExecuteFields::NotAnObject)),
+                "{body}"
+            );
+        }
+        // Not JSON, or not a value JSON can hold, anywhere in the body.
+        for body in ["{", r#"{"pipeline_id": "p"} x"#, r#"{"other": 1e400}"#] {
+            assert!(read(body).is_err(), "{body}");
+        }
+    }
 
     #[test]
     fn the_conf_key_pattern_is_any_text_but_the_reserved_key() {

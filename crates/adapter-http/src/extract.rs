@@ -10,7 +10,7 @@ use domain::{InvalidRunQuery, PipelineId, RequestContext, RunConf, RunId, RunQue
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{AppState, error::ApiError, observe, trace};
+use crate::{AppState, dto::ExecuteFields, error::ApiError, observe, trace};
 
 /// The largest request body accepted, in bytes.
 pub(crate) const BODY_LIMIT: usize = 64 * 1024;
@@ -82,7 +82,7 @@ impl<S: Send + Sync> FromRequest<S> for PipelineIdBody {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let mut fields = json_object(req, state).await?;
-        pipeline_id(&mut fields).map(Self)
+        pipeline_id(fields.remove("pipeline_id")).map(Self)
     }
 }
 
@@ -99,13 +99,50 @@ impl<S: Send + Sync> FromRequest<S> for ExecuteBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let mut fields = json_object(req, state).await?;
+        if req.headers().get(header::CONTENT_TYPE) != Some(&JSON) {
+            // Other media types (refused, or JSON with parameters) are
+            // checked as every JSON body is.
+            return Self::of(json_object(req, state).await?);
+        }
+        // The common case, read in one pass without building the body's
+        // value: its `conf` is checked as it is read.
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|err| json_rejection(err.into()))?;
+        match ExecuteFields::read(&bytes) {
+            Ok(ExecuteFields::Object { pipeline_id, conf }) => Ok(Self {
+                // The id first: a body without one answers as it always has.
+                pipeline_id: self::pipeline_id(pipeline_id)?,
+                conf: conf.map_err(ApiError::invalid_conf)?,
+            }),
+            Ok(ExecuteFields::NotAnObject) => Err(not_an_object()),
+            // Not JSON: answered as any JSON body that is not.
+            Err(_) => match Json::<Value>::from_bytes(&bytes) {
+                Err(rejection) => Err(json_rejection(rejection)),
+                Ok(Json(Value::Object(fields))) => Self::of(fields),
+                Ok(_) => Err(not_an_object()),
+            },
+        }
+    }
+}
+
+/// The media type of a JSON body as clients most often send it.
+const JSON: header::HeaderValue = header::HeaderValue::from_static("application/json");
+
+impl ExecuteBody {
+    /// The fields of a body already parsed.
+    fn of(mut fields: serde_json::Map<String, Value>) -> Result<Self, ApiError> {
         // The id first: a body without one answers as it always has.
-        let pipeline_id = pipeline_id(&mut fields)?;
+        let pipeline_id = pipeline_id(fields.remove("pipeline_id"))?;
         let conf = RunConf::parse(fields.remove("conf").unwrap_or(Value::Null))
             .map_err(ApiError::invalid_conf)?;
         Ok(Self { pipeline_id, conf })
     }
+}
+
+/// The answer to a body that is JSON but not an object.
+fn not_an_object() -> ApiError {
+    ApiError::invalid_body("The request body must be a JSON object")
 }
 
 /// The body of a route that takes none: nothing, `null`, or a JSON object
@@ -170,8 +207,8 @@ pub(crate) async fn json_object<S: Send + Sync>(
 }
 
 /// The body's `pipeline_id`, normalized.
-fn pipeline_id(fields: &mut serde_json::Map<String, Value>) -> Result<PipelineId, ApiError> {
-    match fields.remove("pipeline_id") {
+fn pipeline_id(field: Option<Value>) -> Result<PipelineId, ApiError> {
+    match field {
         None | Some(Value::Null) => Err(ApiError::pipeline_id_required()),
         Some(Value::String(raw)) if raw.is_empty() => Err(ApiError::pipeline_id_required()),
         Some(Value::String(raw)) => {

@@ -126,7 +126,7 @@ mod webhooks;
 
 pub use auth::{AuthContext, AuthError, Caller, CustomerId, InvalidCustomerId, RequestContext};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use conf::{InvalidConf, RunConf};
+pub use conf::{InvalidConf, RunConf, RunConfSeed};
 pub use error::{
     BackendError, BackendErrorKind, CancelRunError, ExecuteError, GetPipelineError, GetRunError,
     ListRunsError, SetPausedError,
