@@ -143,7 +143,7 @@ impl Slot {
     /// Wakes the pipeline's waiters: its state changed.
     fn changed(&self) {
         if let Some(changes) = self.changes.get() {
-            changes.send_replace(());
+            wake(changes);
         }
     }
 
@@ -266,7 +266,7 @@ impl MemoryBackend {
     /// changed.
     fn changed(&self, slot: &Slot) {
         slot.changed();
-        self.inner.any_change.send_replace(());
+        wake(&self.inner.any_change);
     }
 
     /// The instant a feed reads the pipelines at: the clock's now, or the
@@ -702,6 +702,21 @@ async fn sleep_for(duration: Option<Duration>) {
 /// later `updated_at`.
 fn differs(run: &Run, seen: &Run) -> bool {
     run.status != seen.status || run.updated_at > seen.updated_at
+}
+
+/// Wakes the receivers of `signal`, if it has any: with none, the send
+/// (which locks each of the channel's wait lists) is skipped, as most of
+/// them are under load, while the feed lets changes gather.
+///
+/// Nothing is missed: a receiver subscribes before it reads the state it
+/// waits on, under the lock that the change was made under (a pipeline's,
+/// or the feed's section), so either it reads the change, or its
+/// subscription happened before the change's count of receivers and is
+/// counted.
+fn wake(signal: &watch::Sender<()>) {
+    if signal.receiver_count() > 0 {
+        signal.send_replace(());
+    }
 }
 
 #[cfg(test)]
