@@ -12,10 +12,13 @@ use std::{
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::{
+    StatusCode,
+    header::{HeaderName, HeaderValue},
+};
 use tokio::sync::Barrier;
 
-use crate::http::{Connection, RequestTemplate};
+use crate::http::{Connection, RequestTemplate, TransportError};
 
 /// The largest latency the histogram holds, in microseconds (a minute);
 /// anything slower is recorded as a minute.
@@ -93,6 +96,40 @@ pub(crate) struct LoadReport {
 }
 
 impl LoadReport {
+    /// A report of no requests yet, whose answers' latencies go into
+    /// `latency`.
+    pub(crate) fn empty(latency: Histogram<u64>) -> Self {
+        Self {
+            elapsed: Duration::ZERO,
+            latency,
+            successes: 0,
+            failures_by_status: BTreeMap::new(),
+            transport_errors: 0,
+            first_transport_error: None,
+        }
+    }
+
+    /// Counts the outcome of a request sent at `sent`, and the latency of
+    /// its answer if it got one.
+    pub(crate) fn record(&mut self, sent: Instant, outcome: Result<StatusCode, TransportError>) {
+        match outcome {
+            Ok(status) => {
+                let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.latency.saturating_record(micros);
+                if status.is_success() {
+                    self.successes += 1;
+                } else {
+                    *self.failures_by_status.entry(status.as_u16()).or_default() += 1;
+                }
+            }
+            Err(err) => {
+                self.transport_errors += 1;
+                self.first_transport_error
+                    .get_or_insert_with(|| err.to_string());
+            }
+        }
+    }
+
     /// Adds `other`'s requests to this report, as if both had been one
     /// measured phase.
     ///
@@ -199,7 +236,7 @@ async fn run_with(
             sent: 0,
             warmup: share(spec.warmup, spec.connections, index),
             requests: share(spec.requests, spec.connections, index),
-            latency: new_histogram()?,
+            report: LoadReport::empty(new_histogram()?),
         };
         workers.push(tokio::spawn(worker.run(Arc::clone(&barrier))));
     }
@@ -244,7 +281,8 @@ struct Worker {
     sent: u64,
     warmup: u64,
     requests: u64,
-    latency: Histogram<u64>,
+    /// The measured phase's outcomes, empty until it starts.
+    report: LoadReport,
 }
 
 impl Worker {
@@ -266,44 +304,21 @@ impl Worker {
         }
         barrier.wait().await;
 
-        let mut successes = 0;
-        let mut failures_by_status = BTreeMap::new();
-        let mut transport_errors = 0;
-        let mut first_transport_error = None;
         let started = Instant::now();
         for _ in 0..self.requests {
             // Made before the clock starts: the generator's own work is not
             // the server's latency.
             let unique = self.next_unique();
             let sent = Instant::now();
-            match connection.send(&self.template, unique).await {
-                Ok(status) => {
-                    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    self.latency.saturating_record(micros);
-                    if status.is_success() {
-                        successes += 1;
-                    } else {
-                        *failures_by_status.entry(status.as_u16()).or_default() += 1;
-                    }
-                }
-                Err(err) => {
-                    transport_errors += 1;
-                    first_transport_error.get_or_insert_with(|| err.to_string());
-                }
-            }
+            let outcome = connection.send(&self.template, unique).await;
+            self.report.record(sent, outcome);
         }
         let finished = Instant::now();
+        self.report.elapsed = finished.duration_since(started);
         WorkerReport {
             started,
             finished,
-            report: LoadReport {
-                elapsed: finished.duration_since(started),
-                latency: self.latency,
-                successes,
-                failures_by_status,
-                transport_errors,
-                first_transport_error,
-            },
+            report: self.report,
         }
     }
 }

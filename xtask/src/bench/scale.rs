@@ -15,7 +15,6 @@
 //! plain path stays as it is.
 
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     path::Path,
     sync::Arc,
@@ -254,14 +253,7 @@ impl Rotation {
                 .await
             }));
         }
-        let mut report = LoadReport {
-            elapsed: Duration::ZERO,
-            latency: new_histogram()?,
-            successes: 0,
-            failures_by_status: BTreeMap::new(),
-            transport_errors: 0,
-            first_transport_error: None,
-        };
+        let mut report = LoadReport::empty(new_histogram()?);
         let mut window: Option<(Instant, Instant)> = None;
         for handle in workers {
             let (started, finished, part) = handle.await.context("a load worker panicked")?;
@@ -288,7 +280,7 @@ async fn worker(
     workers: usize,
     warmup: u64,
     measured: u64,
-    mut latency: Histogram<u64>,
+    latency: Histogram<u64>,
     barrier: &Barrier,
 ) -> (Instant, Instant, LoadReport) {
     let mut connection = Connection::new(addr);
@@ -304,39 +296,16 @@ async fn worker(
         let _ = connection.send(&requests[advance(&mut next)], None).await;
     }
     barrier.wait().await;
-    let mut successes = 0;
-    let mut failures_by_status = BTreeMap::new();
-    let mut transport_errors = 0;
-    let mut first_transport_error = None;
+    let mut report = LoadReport::empty(latency);
     let started = Instant::now();
     for _ in 0..measured {
         let request = &requests[advance(&mut next)];
         let sent = Instant::now();
-        match connection.send(request, None).await {
-            Ok(status) => {
-                let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-                latency.saturating_record(micros);
-                if status.is_success() {
-                    successes += 1;
-                } else {
-                    *failures_by_status.entry(status.as_u16()).or_default() += 1;
-                }
-            }
-            Err(err) => {
-                transport_errors += 1;
-                first_transport_error.get_or_insert_with(|| err.to_string());
-            }
-        }
+        let outcome = connection.send(request, None).await;
+        report.record(sent, outcome);
     }
     let finished = Instant::now();
-    let report = LoadReport {
-        elapsed: finished.duration_since(started),
-        latency,
-        successes,
-        failures_by_status,
-        transport_errors,
-        first_transport_error,
-    };
+    report.elapsed = finished.duration_since(started);
     (started, finished, report)
 }
 
