@@ -7,7 +7,7 @@
 pub mod config;
 mod dev;
 mod events;
-mod flushing;
+mod log_writer;
 mod readiness;
 mod server;
 mod telemetry;
