@@ -131,6 +131,10 @@ where
     A: Future<Output = Response>,
 {
     let body_timeout = state.body_timeout();
+    if request.body().is_end_stream() {
+        // No body to wait for (a GET): nothing to time.
+        return answer_in_time(state, request, answer).await;
+    }
     let expired = Arc::new(AtomicBool::new(false));
     let body_deadline = Instant::now() + body_timeout;
     request = request.map(|body| {
