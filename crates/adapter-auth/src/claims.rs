@@ -127,7 +127,7 @@ impl ClaimRules {
     /// The validation jsonwebtoken applies along with the signature: it
     /// pins `algorithm`, and requires and checks `iss` and `aud` when
     /// configured. Its own `exp` and `nbf` checks are off: they would read
-    /// the system clock, and [`ClaimRules::caller`] checks both instead.
+    /// the system clock, and [`ClaimRules::admitted`] checks both instead.
     pub(crate) fn validation(&self, algorithm: Algorithm) -> Validation {
         let mut validation = Validation::new(algorithm);
         let mut required = Vec::new();
@@ -150,13 +150,6 @@ impl ClaimRules {
         }
         validation.set_required_spec_claims(&required);
         validation
-    }
-
-    /// The caller verified claims name, the customer from the customer
-    /// claim and the subject from `sub`, once the token's lifetime holds.
-    #[cfg(test)]
-    pub(crate) fn caller(&self, claims: &Map<String, Value>) -> Result<Caller, AuthError> {
-        self.admitted(&self.read(claims)?)
     }
 
     /// What verified claims say, read once: the lifetime still to be judged
@@ -273,6 +266,14 @@ mod tests {
 
     use domain::ManualClock;
     use serde_json::json;
+
+    impl ClaimRules {
+        /// The caller verified claims name, the customer from the customer
+        /// claim and the subject from `sub`, once the token's lifetime holds.
+        pub(crate) fn caller(&self, claims: &Map<String, Value>) -> Result<Caller, AuthError> {
+            self.admitted(&self.read(claims)?)
+        }
+    }
 
     /// 2024-12-18T10:30:00Z, the seed's run date.
     const NOW: i64 = 1_734_517_800;
