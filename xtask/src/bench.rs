@@ -122,8 +122,10 @@ pub(crate) struct Args {
     no_events: bool,
 
     /// Measured executes per side of the `conf` comparison (without
-    /// `conf`, with a 1 KiB `conf`), in ten alternating turns.
-    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// `conf`, with a 1 KiB `conf`), in ten alternating turns: by default
+    /// turns of 10,000, long enough that a moment's noise on the shared
+    /// machine does not decide a turn.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     conf_requests: u64,
 
     /// With the memory backend: only the scale rows, 100,000 pipelines of

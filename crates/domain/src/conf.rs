@@ -40,8 +40,9 @@ pub struct RunConf(Option<Arc<Shared>>);
 
 /// A conf that holds at least one parameter.
 struct Shared {
-    /// The object as compact JSON.
-    json: Box<str>,
+    /// The object as compact JSON. It may hold a little room beyond its
+    /// length: see [`RunConf::of_json`].
+    json: String,
     /// The object, parsed from `json` on first use.
     map: OnceLock<Map<String, Value>>,
 }
@@ -121,7 +122,7 @@ impl RunConf {
             Self(None)
         } else {
             Self(Some(Arc::new(Shared {
-                json: json.into_boxed_str(),
+                json: kept(json),
                 map: OnceLock::from(map),
             })))
         }
@@ -130,14 +131,12 @@ impl RunConf {
     /// The object whose compact JSON is `json`, parsed when first needed.
     fn of_json(json: String) -> Self {
         if json == "{}" {
-            Self(None)
-        } else {
-            Self(Some(Arc::new(Shared {
-                // Without the room it was given beyond its length.
-                json: json.into_boxed_str(),
-                map: OnceLock::new(),
-            })))
+            return Self(None);
         }
+        Self(Some(Arc::new(Shared {
+            json: kept(json),
+            map: OnceLock::new(),
+        })))
     }
 
     /// A conf an engine gave back, taken as it is: what Maestro reads back
@@ -184,6 +183,18 @@ impl RunConf {
         write_canonical_map(&mut out, self.as_map());
         out
     }
+}
+
+/// `json` as a conf keeps it: with the room it was given beyond its length
+/// when that is little (the rest of a request's body, as [`RunConfSeed`]
+/// is given the body's length), since shrinking copies the whole text, on
+/// every execute, to save a few bytes; much room (a conf sent with many
+/// spaces) is given back.
+fn kept(mut json: String) -> String {
+    if json.capacity() - json.len() > json.len() / 4 {
+        json.shrink_to_fit();
+    }
+    json
 }
 
 /// Two confs are equal when they hold the same keys and values, whatever
@@ -745,6 +756,37 @@ mod tests {
                 max: RunConf::MAX_BYTES
             })
         );
+    }
+
+    /// The room `conf`'s text holds beyond its length.
+    fn room(conf: &RunConf) -> usize {
+        conf.0
+            .as_ref()
+            .map_or(0, |shared| shared.json.capacity() - shared.json.len())
+    }
+
+    #[test]
+    fn a_conf_keeps_little_room_beyond_its_text_and_never_much() {
+        let text = format!(r#"{{"k":"{}"}}"#, "x".repeat(1_000));
+        let read_with = |capacity| {
+            let mut json = serde_json::Deserializer::from_str(&text);
+            RunConfSeed::with_capacity(capacity)
+                .deserialize(&mut json)
+                .unwrap()
+                .unwrap()
+        };
+        // The rest of a body is little room, kept rather than copied away.
+        assert_eq!(room(&read_with(text.len() + 60)), 60);
+        // Much room (as a conf sent with many spaces leaves) is given back.
+        let spaced = read_with(4 * text.len());
+        assert!(
+            room(&spaced) <= text.len() / 4,
+            "{} bytes of room",
+            room(&spaced)
+        );
+        assert_eq!(spaced.as_json(), text);
+        let parsed = RunConf::parse(serde_json::from_str(&text).unwrap()).unwrap();
+        assert!(room(&parsed) <= text.len() / 4);
     }
 
     #[test]

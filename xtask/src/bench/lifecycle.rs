@@ -41,7 +41,7 @@ use super::{
 };
 use crate::{
     http::{self, Answer, RequestTemplate, TransportError},
-    load::LoadSpec,
+    load::{self, LoadSpec},
     process::{ChildGuard, resident_set_size},
 };
 
@@ -50,6 +50,13 @@ use crate::{
 const MIN_CONF_RATIO: f64 = 0.9;
 /// The size of that `conf` as compact JSON: 1 KiB.
 const CONF_BYTES: usize = 1024;
+/// The memory backend's default history limit
+/// (`MAESTRO_MEMORY_HISTORY_LIMIT`). Each side's pipeline is given this
+/// many runs before the measured turns, so that both are measured with a
+/// full history, where each new run drops the oldest, as on a service that
+/// has run for a while; a history still filling takes fresh memory on
+/// every execute, which costs more the larger the run.
+const FULL_HISTORY: u64 = 10_000;
 
 /// Requests waiting at once.
 const WAITERS: usize = 1_000;
@@ -157,9 +164,18 @@ async fn measure_conf(args: &Args, maestro: &Path) -> anyhow::Result<ConfResults
     let plain = spec(execute_request(&token, plain_pipeline)?);
     let with_conf = spec(execute_with_conf(&token, conf_pipeline, &conf)?);
     println!(
-        "== maestro (memory backend) on {addr}, execute without conf and with a 1 KiB conf in alternating turns: {} each",
+        "== maestro (memory backend) on {addr}, execute without conf and with a 1 KiB conf in alternating turns, each pipeline with a full history of {} runs first: {} each",
+        thousands(FULL_HISTORY),
         report::plan(args.warmup, args.conf_requests, args.connections)
     );
+    for side in [&plain, &with_conf] {
+        load::run(&LoadSpec {
+            requests: FULL_HISTORY,
+            warmup: 0,
+            ..side.clone()
+        })
+        .await?;
+    }
     let (plain, with_conf) = airflow::in_turns(&plain, &with_conf).await?;
     let conf_read_back = reads_back(addr, &token, conf_pipeline, &conf).await;
     drop(server);
@@ -277,8 +293,9 @@ fn conf_report(results: &ConfResults) -> Report {
     Report {
         title: "execute with a 1 KiB conf".to_owned(),
         setup: format!(
-            "`cargo xtask bench` (execute with a {CONF_BYTES}-byte `conf` against without, memory backend): one `maestro`, {} connections, {} warm-up then {} measured requests per side in {} alternating turns, {} CPUs, load average {} before.",
+            "`cargo xtask bench` (execute with a {CONF_BYTES}-byte `conf` against without, memory backend): one `maestro`, {} connections, each side's pipeline given a full history of {} runs first, {} warm-up then {} measured requests per side in {} alternating turns, {} CPUs, load average {} before.",
             results.connections,
+            thousands(FULL_HISTORY),
             thousands(results.warmup),
             thousands(results.requests),
             airflow::TURNS,
