@@ -23,6 +23,7 @@ use crate::{
     extract::Authenticated,
     limits::Slot,
     routes::PlatformFailures,
+    run_json,
 };
 
 /// How often a stream with nothing to tell sends a comment, so that
@@ -240,7 +241,8 @@ impl EventStream {
 
 /// `event: run` with the run as it is after the change.
 fn run_event(event: &RunEvent) -> Event {
-    let body = serde_json::to_string(&RunBody::from(event.change.run.clone())).unwrap_or_default();
+    // RUN is ASCII and UTF-8 text throughout: written from `&str`s.
+    let body = String::from_utf8(run_json::object(&event.change.run)).unwrap_or_default();
     Event::default()
         .id(event.id.as_str())
         .event("run")

@@ -39,6 +39,7 @@ mod observe;
 pub mod ratelimit;
 mod readiness;
 mod routes;
+mod run_json;
 mod webhooks;
 
 pub use events::webhook_body;

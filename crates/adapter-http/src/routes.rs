@@ -3,7 +3,7 @@
 use axum::{
     Json,
     extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 
@@ -24,6 +24,7 @@ use crate::{
     },
     idempotency::{self, IdempotencyKeyHeader},
     readiness::Report,
+    run_json,
 };
 
 // The OpenAPI document: a route's `#[utoipa::path]` lists its own answers,
@@ -279,10 +280,11 @@ pub(crate) async fn list_runs(
     RunsQuery(query): RunsQuery,
 ) -> Result<Response, ApiError> {
     let page = state.service().list_runs(&ctx, &id, &query).await?;
-    let mut headers = HeaderMap::new();
-    headers.insert("x-total-count", HeaderValue::from(page.total));
-    let runs: Vec<RunBody> = page.runs.into_iter().map(Into::into).collect();
-    Ok((headers, Json(runs)).into_response())
+    let mut answer = run_json::answer(run_json::array(&page.runs));
+    answer
+        .headers_mut()
+        .insert("x-total-count", HeaderValue::from(page.total));
+    Ok(answer)
 }
 
 /// One run of one of the caller's pipelines. The run id holds `:` and `+`:
@@ -316,10 +318,10 @@ pub(crate) async fn get_run(
     RunPath(id, run_id): RunPath,
     WaitQuery(wait): WaitQuery,
     deadline: RequestDeadline,
-) -> Result<Json<RunBody>, ApiError> {
+) -> Result<Response, ApiError> {
     if wait.is_zero() {
         let run = state.service().get_run(&ctx, &id, &run_id).await?;
-        return Ok(Json(run.into()));
+        return Ok(run_json::answer(run_json::object(&run)));
     }
     let waits = state.waits();
     let _waiting = waits
@@ -337,7 +339,7 @@ pub(crate) async fn get_run(
         .service()
         .wait_for_run(&ctx, &id, &run_id, until)
         .await?;
-    Ok(Json(run.into()))
+    Ok(run_json::answer(run_json::object(&run)))
 }
 
 /// Cancel a run that has not finished: a queued run never starts, a

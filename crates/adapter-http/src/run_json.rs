@@ -1,0 +1,248 @@
+//! Runs written as JSON by hand, for the routes that answer them: the RUN
+//! object of [`RunBody`](crate::dto::RunBody), byte for byte what its
+//! derived serialization writes (the tests compare the two), without its
+//! costs. The derived path escapes every key and every value a byte at a
+//! time and formats each instant into a string of its own; a page of 100
+//! runs spent most of its time there. Here the keys are written as they
+//! are, the pipeline id, status and instants are written from what is
+//! known to need no escape, and only the run id and the trace, text an
+//! engine may have made, go through serde_json's escaping.
+
+use axum::{
+    http::{HeaderValue, header},
+    response::{IntoResponse as _, Response},
+};
+use chrono::{Datelike as _, Timelike as _};
+use domain::{Run, RunStatus, Timestamp, format_timestamp};
+
+/// About what one run takes as JSON without parameters, to size the
+/// buffer once.
+const RUN_BYTES: usize = 256;
+
+/// A 200 answer of `json`, typed as `axum::Json` types its answers.
+pub(crate) fn answer(json: Vec<u8>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response()
+}
+
+/// `runs` as a JSON array of RUN objects.
+pub(crate) fn array(runs: &[Run]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + runs.iter().map(size_guess).sum::<usize>());
+    out.push(b'[');
+    for (index, run) in runs.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        write(&mut out, run);
+    }
+    out.push(b']');
+    out
+}
+
+/// `run` as a RUN object.
+pub(crate) fn object(run: &Run) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size_guess(run));
+    write(&mut out, run);
+    out
+}
+
+fn size_guess(run: &Run) -> usize {
+    RUN_BYTES + run.conf.as_json().len() + run.trace.as_ref().map_or(0, String::len)
+}
+
+/// Appends `run` as a RUN object, its fields in [`RunBody`]'s order.
+///
+/// [`RunBody`]: crate::dto::RunBody
+fn write(out: &mut Vec<u8>, run: &Run) {
+    out.extend_from_slice(br#"{"pipeline_run_id":"#);
+    string(out, run.id.as_str());
+    // A pipeline id is lowercase hexadecimal digits and underscores.
+    out.extend_from_slice(br#","pipeline_id":""#);
+    out.extend_from_slice(run.pipeline_id.as_str().as_bytes());
+    out.extend_from_slice(br#"","last_status":""#);
+    out.extend_from_slice(match run.status {
+        RunStatus::Queued => b"QUEUED",
+        RunStatus::Running => b"RUNNING",
+        RunStatus::Success => b"SUCCESS",
+        RunStatus::Failed => b"FAILED",
+    });
+    out.extend_from_slice(br#"","created_at":"#);
+    timestamp(out, &run.created_at);
+    out.extend_from_slice(br#","updated_at":"#);
+    timestamp(out, &run.updated_at);
+    out.extend_from_slice(br#","trace":"#);
+    match &run.trace {
+        Some(trace) => string(out, trace),
+        None => out.extend_from_slice(b"null"),
+    }
+    // The parameters are kept as compact JSON text, written as it is.
+    out.extend_from_slice(br#","conf":"#);
+    out.extend_from_slice(run.conf.as_json().as_bytes());
+    out.push(b'}');
+}
+
+/// Appends `text` as a JSON string, escaped as serde_json escapes it.
+fn string(out: &mut Vec<u8>, text: &str) {
+    // Writing a string into a vector cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+/// Appends `at` as a JSON string, as [`format_timestamp`] writes it
+/// (`"2024-12-18T10:30:00.000000+00:00"`), digit by digit. A year outside
+/// 0 to 9999, or a leap second, goes through [`format_timestamp`] itself.
+fn timestamp(out: &mut Vec<u8>, at: &Timestamp) {
+    let (date, time) = (at.date_naive(), at.time());
+    let Ok(year) = u32::try_from(date.year()) else {
+        return string(out, &format_timestamp(at));
+    };
+    if year > 9999 || time.nanosecond() >= 1_000_000_000 {
+        return string(out, &format_timestamp(at));
+    }
+    out.push(b'"');
+    digits(out, year, 4);
+    out.push(b'-');
+    digits(out, date.month(), 2);
+    out.push(b'-');
+    digits(out, date.day(), 2);
+    out.push(b'T');
+    digits(out, time.hour(), 2);
+    out.push(b':');
+    digits(out, time.minute(), 2);
+    out.push(b':');
+    digits(out, time.second(), 2);
+    out.push(b'.');
+    digits(out, time.nanosecond() / 1_000, 6);
+    out.extend_from_slice(br#"+00:00""#);
+}
+
+/// Appends the last `width` decimal digits of `value`, zero-padded.
+fn digits(out: &mut Vec<u8>, mut value: u32, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for slot in out[start..].iter_mut().rev() {
+        // A digit, 0 to 9.
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+    use domain::{PipelineId, RunConf, RunId};
+    use serde_json::json;
+
+    use super::*;
+    use crate::dto::RunBody;
+
+    /// What the derived serialization writes of `runs`.
+    fn derived(runs: &[Run]) -> Vec<u8> {
+        let bodies: Vec<RunBody> = runs.iter().cloned().map(Into::into).collect();
+        serde_json::to_vec(&bodies).unwrap()
+    }
+
+    fn instant(text: &str) -> Timestamp {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn run(id: &str, status: RunStatus, at: Timestamp) -> Run {
+        let pipeline = PipelineId::parse("0B6A3C5E-1F2D-4A7B-9C8D-7E6F5A4B3C2D").unwrap();
+        let mut run = Run::new(RunId::parse(id).unwrap(), pipeline, status, at);
+        run.updated_at = at + TimeDelta::microseconds(1_234_567);
+        run
+    }
+
+    #[test]
+    fn runs_are_written_byte_for_byte_as_the_derived_serialization_writes_them() {
+        let at = instant("2024-12-18T10:30:00.000001+00:00");
+        let mut failed = run("it \"quoted\" \\ and é ✓", RunStatus::Failed, at);
+        failed.trace = Some("line one\nline\ttwo \"q\" \u{1f} ✓".to_owned());
+        let mut with_conf = run(RunId::manual(&at).as_str(), RunStatus::Success, at);
+        with_conf.conf = RunConf::parse(json!({
+            "date": "2024-12-18", "note": "a \"quote\"\n", "n": [1, 2.5, -3e-7, null],
+            "nested": {"é": true},
+        }))
+        .unwrap();
+        let runs = vec![
+            run("queued", RunStatus::Queued, at),
+            run(
+                "running",
+                RunStatus::Running,
+                instant("1970-01-01T00:00:00+00:00"),
+            ),
+            failed,
+            with_conf,
+            run(
+                "y0",
+                RunStatus::Success,
+                instant("0000-01-01T00:00:00.999999+00:00"),
+            ),
+            run(
+                "y9999",
+                RunStatus::Success,
+                instant("9999-12-31T23:59:59.999999+00:00"),
+            ),
+            run(
+                "nanos",
+                RunStatus::Success,
+                instant("2026-12-01T20:30:00.123456789+00:00"),
+            ),
+        ];
+        for one in &runs {
+            let body = serde_json::to_vec(&RunBody::from(one.clone())).unwrap();
+            assert_eq!(String::from_utf8(object(one)), String::from_utf8(body));
+        }
+        assert_eq!(
+            String::from_utf8(array(&runs)).unwrap(),
+            String::from_utf8(derived(&runs)).unwrap()
+        );
+        assert_eq!(array(&[]), b"[]");
+    }
+
+    #[test]
+    fn instants_outside_four_digit_years_and_leap_seconds_are_written_as_format_timestamp_writes_them()
+     {
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_micro_opt(23, 59, 59, 1_500_000)
+            .unwrap()
+            .and_utc();
+        let far = NaiveDate::from_ymd_opt(12_345, 1, 2)
+            .unwrap()
+            .and_hms_opt(3, 4, 5)
+            .unwrap()
+            .and_utc();
+        let before = NaiveDate::from_ymd_opt(-1, 1, 2)
+            .unwrap()
+            .and_hms_opt(3, 4, 5)
+            .unwrap()
+            .and_utc();
+        for at in [leap, far, before] {
+            let runs = [run("r", RunStatus::Success, at)];
+            assert_eq!(array(&runs), derived(&runs), "{}", format_timestamp(&at));
+        }
+    }
+
+    #[test]
+    fn every_microsecond_of_a_second_and_every_second_of_a_day_is_written_alike() {
+        let start = instant("2026-02-28T00:00:00+00:00");
+        let runs: Vec<Run> = (0..86_400 * 2)
+            .step_by(7)
+            .map(|second| {
+                let at = start
+                    + TimeDelta::seconds(second)
+                    + TimeDelta::microseconds(second * 13 % 1_000_000);
+                run("r", RunStatus::Running, at)
+            })
+            .collect();
+        assert_eq!(array(&runs), derived(&runs));
+    }
+}
