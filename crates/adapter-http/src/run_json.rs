@@ -94,38 +94,29 @@ fn string(out: &mut Vec<u8>, text: &str) {
 }
 
 /// Appends `at` as a JSON string, as [`format_timestamp`] writes it
-/// (`"2024-12-18T10:30:00.000000+00:00"`), digit by digit. A year outside
-/// 0 to 9999, or a leap second, goes through [`format_timestamp`] itself.
+/// (`"2024-12-18T10:30:00.000000+00:00"`), its digits put into a copy of
+/// that text. A year outside 0 to 9999, or a leap second, goes through
+/// [`format_timestamp`] itself.
 fn timestamp(out: &mut Vec<u8>, at: &Timestamp) {
     let (date, time) = (at.date_naive(), at.time());
-    let Ok(year) = u32::try_from(date.year()) else {
-        return string(out, &format_timestamp(at));
-    };
+    let year = u32::try_from(date.year()).unwrap_or(u32::MAX);
     if year > 9999 || time.nanosecond() >= 1_000_000_000 {
         return string(out, &format_timestamp(at));
     }
-    out.push(b'"');
-    digits(out, year, 4);
-    out.push(b'-');
-    digits(out, date.month(), 2);
-    out.push(b'-');
-    digits(out, date.day(), 2);
-    out.push(b'T');
-    digits(out, time.hour(), 2);
-    out.push(b':');
-    digits(out, time.minute(), 2);
-    out.push(b':');
-    digits(out, time.second(), 2);
-    out.push(b'.');
-    digits(out, time.nanosecond() / 1_000, 6);
-    out.extend_from_slice(br#"+00:00""#);
+    let mut text = *br#""0000-00-00T00:00:00.000000+00:00""#;
+    digits(&mut text[1..5], year);
+    digits(&mut text[6..8], date.month());
+    digits(&mut text[9..11], date.day());
+    digits(&mut text[12..14], time.hour());
+    digits(&mut text[15..17], time.minute());
+    digits(&mut text[18..20], time.second());
+    digits(&mut text[21..27], time.nanosecond() / 1_000);
+    out.extend_from_slice(&text);
 }
 
-/// Appends the last `width` decimal digits of `value`, zero-padded.
-fn digits(out: &mut Vec<u8>, mut value: u32, width: usize) {
-    let start = out.len();
-    out.resize(start + width, b'0');
-    for slot in out[start..].iter_mut().rev() {
+/// Puts the last decimal digits of `value` into `slots`, zero-padded.
+fn digits(slots: &mut [u8], mut value: u32) {
+    for slot in slots.iter_mut().rev() {
         // A digit, 0 to 9.
         *slot = b'0' + (value % 10) as u8;
         value /= 10;
