@@ -94,6 +94,38 @@ async fn unusable_parameters_are_400_invalid_conf_saying_what_is_wrong(backend: 
     assert_eq!(app.run_count(ACME, ACTIVE).await, "0");
 }
 
+on_each_backend!(parameters_sent_as_json_of_another_spelling_are_read_alike);
+async fn parameters_sent_as_json_of_another_spelling_are_read_alike(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
+    let conf = json!({"date": "2024-12-18", "tables": ["a", "b"], "é": "\"quoted\""});
+    for content_type in [
+        "application/json; charset=utf-8",
+        "application/vnd.api+json",
+    ] {
+        let execute = |conf: &Value| {
+            app.client
+                .post(app.url("/platform/pipeline/execute"))
+                .bearer_auth(token(ACME))
+                .header("content-type", content_type)
+                .body(json!({"pipeline_id": ACTIVE, "conf": conf}).to_string())
+                .send()
+        };
+        let (status, body) = json_of(execute(&conf).await.unwrap()).await;
+        assert_eq!(status, 200, "{content_type}: {body}");
+        let run_id = body["data"]["run_id"].as_str().unwrap();
+        assert_eq!(run(&app, run_id).await["conf"], conf, "{content_type}");
+        let (status, body) = json_of(execute(&json!({"maestro": 1})).await.unwrap()).await;
+        assert_eq!(status, 400, "{content_type}: {body}");
+        assert_eq!(
+            body,
+            envelope(
+                "InvalidConf",
+                "conf must not use the top-level key \"maestro\", which is reserved"
+            )
+        );
+    }
+}
+
 on_each_backend!(an_idempotency_key_covers_the_parameters);
 async fn an_idempotency_key_covers_the_parameters(backend: Backend) {
     let app = TestApp::spawn_on(backend).await;

@@ -99,13 +99,12 @@ impl<S: Send + Sync> FromRequest<S> for ExecuteBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if req.headers().get(header::CONTENT_TYPE) != Some(&JSON) {
-            // Other media types (refused, or JSON with parameters) are
-            // checked as every JSON body is.
+        if !says_json(req.headers()) {
+            // Refused as every JSON body is refused.
             return Self::of(json_object(req, state).await?);
         }
-        // The common case, read in one pass without building the body's
-        // value: its `conf` is checked as it is read.
+        // Read in one pass without building the body's value: its `conf`
+        // is checked as it is read.
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|err| json_rejection(err.into()))?;
@@ -126,8 +125,28 @@ impl<S: Send + Sync> FromRequest<S> for ExecuteBody {
     }
 }
 
-/// The media type of a JSON body as clients most often send it.
-const JSON: header::HeaderValue = header::HeaderValue::from_static("application/json");
+/// Whether the request's `Content-Type` says JSON as axum's `Json` reads
+/// it: `application/json` or `application/...+json`, in any case, with or
+/// without parameters (`; charset=utf-8`).
+fn says_json(headers: &header::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    // A suffix after a name: `+json` alone is no media type.
+    let suffix = (subtype.len() > 5)
+        .then(|| subtype.get(subtype.len() - 5..))
+        .flatten();
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || suffix.is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json")))
+}
 
 impl ExecuteBody {
     /// The fields of a body already parsed.
@@ -154,15 +173,7 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(';').next())
-            .is_some_and(|media| {
-                let media = media.trim();
-                media.eq_ignore_ascii_case("application/json") || media.ends_with("+json")
-            });
+        let json = says_json(req.headers());
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|err| {
@@ -375,5 +386,46 @@ impl<S: Send + Sync> FromRequestParts<S> for WaitQuery {
                 })?,
         };
         Ok(Self(std::time::Duration::from_secs(seconds)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_is_read_as_json_exactly_when_axum_would_read_it_as_json() {
+        let media_types = [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/vnd.api+json",
+            "application/problem+JSON; q=1",
+            "application/+json",
+            "application/x-json",
+            "application/jsonx",
+            "text/json",
+            "text/x+json",
+            "application",
+            "json",
+            "",
+            "text/plain",
+        ];
+        for media_type in media_types {
+            let request = Request::builder()
+                .header(header::CONTENT_TYPE, media_type)
+                .body(Body::from("{}"))
+                .unwrap();
+            let ours = says_json(request.headers());
+            let axums = !matches!(
+                Json::<Value>::from_request(request, &()).await,
+                Err(JsonRejection::MissingJsonContentType(_))
+            );
+            assert_eq!(ours, axums, "{media_type:?}");
+        }
+        assert!(!says_json(&header::HeaderMap::new()));
     }
 }
