@@ -8,13 +8,19 @@
 //! request waiting on a run that ends then, and a count of those waiting.
 
 use std::{
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
     Json, Router,
+    body::Bytes,
     extract::Path,
+    http::{StatusCode, header},
+    response::{IntoResponse as _, Response},
     routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
@@ -102,11 +108,42 @@ async fn wait(Path(due): Path<u64>) -> Json<WaitAnswer> {
     })
 }
 
+/// Where a page of that many runs is answered (`/bench/runs/100`), for the
+/// list-runs rows of `--scale`.
+pub(crate) const RUNS_PATH: &str = "/bench/runs";
+/// The most runs a page of [`RUNS_PATH`] holds: list runs' largest `limit`.
+const MAX_PAGE: usize = 1_000;
+
+/// A page of `count` runs shaped as the service writes them, as bytes
+/// written the first time that page is asked for: the floor of what answering such a page costs any server
+/// on this machine (the network and hyper alone, no JSON).
+async fn runs_page(Path(count): Path<usize>) -> Response {
+    static PAGES: [OnceLock<Bytes>; MAX_PAGE + 1] = [const { OnceLock::new() }; MAX_PAGE + 1];
+    let Some(page) = PAGES.get(count) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let page = page.get_or_init(|| {
+        let run = serde_json::json!({
+            "pipeline_run_id": "manual__2024-12-18T10:30:00.000000+00:00",
+            "pipeline_id": "0b6a3c5e_1f2d_4a7b_9c8d_7e6f5a4b3c2d",
+            "last_status": "SUCCESS",
+            "created_at": "2024-12-18T10:30:00.000000+00:00",
+            "updated_at": "2024-12-18T10:30:00.000000+00:00",
+            "trace": null,
+            "conf": {},
+        });
+        Bytes::from(serde_json::to_vec(&vec![&run; count]).unwrap_or_default())
+    });
+    ([(header::CONTENT_TYPE, "application/json")], page.clone()).into_response()
+}
+
 /// The baseline's routes: execute, `/health` so that it is waited for
-/// exactly like the service, and the wait with its count.
+/// exactly like the service, the wait with its count, and the pages of
+/// runs.
 pub(crate) fn router() -> Router {
     Router::new()
         .route(EXECUTE_PATH, post(execute))
+        .route(&format!("{RUNS_PATH}/{{count}}"), get(runs_page))
         .route("/health", get(|| async { "ok" }))
         .route(&format!("{WAIT_PATH}/{{due}}"), get(wait))
         .route(
@@ -199,6 +236,43 @@ mod tests {
     }
 
     /// Requests waiting at `addr`, as the baseline counts them.
+    #[tokio::test]
+    async fn a_page_of_runs_holds_that_many_runs_shaped_as_the_services() {
+        let addr = start().await;
+        let page = |count: usize| {
+            let request = RequestTemplate::get(format!("{RUNS_PATH}/{count}"));
+            async move {
+                http::send_once(addr, &request, http::REQUEST_TIMEOUT)
+                    .await
+                    .expect("answer")
+            }
+        };
+        let answer = page(3).await;
+        assert_eq!(answer.status, 200);
+        let runs: Vec<serde_json::Value> = serde_json::from_slice(&answer.body).expect("JSON");
+        assert_eq!(runs.len(), 3);
+        let keys: Vec<&str> = runs[2]
+            .as_object()
+            .expect("a run")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "conf",
+                "created_at",
+                "last_status",
+                "pipeline_id",
+                "pipeline_run_id",
+                "trace",
+                "updated_at"
+            ]
+        );
+        assert_eq!(&page(0).await.body[..], b"[]");
+        assert_eq!(page(MAX_PAGE + 1).await.status, 404);
+    }
+
     async fn waiting(addr: std::net::SocketAddr) -> usize {
         let request = RequestTemplate::get(WAITING_PATH);
         let answer = http::send_once(addr, &request, http::REQUEST_TIMEOUT)

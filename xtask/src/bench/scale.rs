@@ -409,6 +409,10 @@ struct Results {
     runs_page: Summary,
     /// List runs of a pipeline with a full history.
     runs_full: Summary,
+    /// Bare axum answering a page of no runs, as bytes written once.
+    bare_empty: Summary,
+    /// Bare axum answering a page of 100 runs, as bytes written once.
+    bare_full: Summary,
 }
 
 /// Runs the scale comparison.
@@ -549,6 +553,16 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
     };
     let (empty_load, page_load, full_load) =
         (list_runs(empty)?, list_runs(page)?, list_runs(full)?);
+    // The floor: bare axum answering the same page as bytes written once.
+    let (bare_server, bare) = super::start_baseline(&[]).await?;
+    let bare_page = |runs: u64| Rotation {
+        requests: Arc::new(vec![RequestTemplate::get(format!(
+            "{}/{runs}",
+            baseline::RUNS_PATH
+        ))]),
+        connections: args.connections,
+    };
+    let (bare_empty_load, bare_full_load) = (bare_page(0), bare_page(ONE_PAGE));
     println!(
         "== list runs of an empty, a one-page and a full history, in {TURNS} alternating turns: {} requests each over {} connections",
         thousands(LIST_RUNS_REQUESTS),
@@ -558,14 +572,18 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
     let mut runs_empty: Option<LoadReport> = None;
     let mut runs_page: Option<LoadReport> = None;
     let mut runs_full: Option<LoadReport> = None;
+    let mut bare_empty: Option<LoadReport> = None;
+    let mut bare_full: Option<LoadReport> = None;
     for index in 0..TURNS {
         let warmup = if index == 0 { LIST_WARMUP } else { 0 };
-        for (load, total) in [
-            (&empty_load, &mut runs_empty),
-            (&page_load, &mut runs_page),
-            (&full_load, &mut runs_full),
+        for (load, addr, total) in [
+            (&empty_load, scale.addr, &mut runs_empty),
+            (&page_load, scale.addr, &mut runs_page),
+            (&full_load, scale.addr, &mut runs_full),
+            (&bare_empty_load, bare, &mut bare_empty),
+            (&bare_full_load, bare, &mut bare_full),
         ] {
-            let part = load.run(scale.addr, warmup, per_turn).await?;
+            let part = load.run(addr, warmup, per_turn).await?;
             match total {
                 Some(total) => total.merge(part)?,
                 None => *total = Some(part),
@@ -577,9 +595,16 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
         runs_page.context("no turn ran")?,
         runs_full.context("no turn ran")?,
     );
+    let (bare_empty, bare_full) = (
+        bare_empty.context("no turn ran")?,
+        bare_full.context("no turn ran")?,
+    );
     report_first_problem("list runs (empty)", &runs_empty);
     report_first_problem("list runs (one page)", &runs_page);
     report_first_problem("list runs (full)", &runs_full);
+    report_first_problem("bare axum, a page of no runs", &bare_empty);
+    report_first_problem("bare axum, a page of 100 runs", &bare_full);
+    drop(bare_server);
     drop(scale.guard);
     drop(fixture);
 
@@ -601,6 +626,8 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
         runs_empty: Summary::new(&runs_empty, runs),
         runs_page: Summary::new(&runs_page, runs),
         runs_full: Summary::new(&runs_full, runs),
+        bare_empty: Summary::new(&bare_empty, runs),
+        bare_full: Summary::new(&bare_full, runs),
     })
 }
 
@@ -766,6 +793,21 @@ fn report(results: &Results) -> Report {
         Cell::Throughput(results.runs_full.requests_per_second),
         Cell::Throughput(results.runs_empty.requests_per_second),
     );
+    pair(
+        "bare axum, a written page of 100 runs / of none, p50".to_owned(),
+        Cell::latency(results.bare_full.p50),
+        Cell::latency(results.bare_empty.p50),
+    );
+    pair(
+        "bare axum, a written page of 100 runs / of none, p99".to_owned(),
+        Cell::latency(results.bare_full.p99),
+        Cell::latency(results.bare_empty.p99),
+    );
+    pair(
+        "bare axum, a written page of 100 runs / of none, throughput".to_owned(),
+        Cell::Throughput(results.bare_full.requests_per_second),
+        Cell::Throughput(results.bare_empty.requests_per_second),
+    );
     Report {
         title: "memory backend at scale".to_owned(),
         setup: format!(
@@ -789,7 +831,7 @@ fn report(results: &Results) -> Report {
         rows,
         checks: checks(results),
         notes: vec![
-            "Baselines: execute, start-up and RSS against the same binary holding one pipeline (RSS after the executes is shown, not judged: at scale the executes leave two runs on each of 100,000 pipelines, against one history of 10,000 runs); list runs (default `limit`, 100) with a full history of 10,000 runs against a pipeline that never ran, and against one with a single page of 100 runs, on the scale server."
+            "Baselines: execute, start-up and RSS against the same binary holding one pipeline (RSS after the executes is shown, not judged: at scale the executes leave two runs on each of 100,000 pipelines, against one history of 10,000 runs); list runs (default `limit`, 100) with a full history of 10,000 runs against a pipeline that never ran, and against one with a single page of 100 runs, on the scale server; in the same turns, bare axum answering a page of 100 runs of the same shape, and one of none, as bytes written once (no JSON at all): the floor of what the size of the answer costs on this machine."
                 .to_owned(),
         ],
     }
