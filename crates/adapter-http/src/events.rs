@@ -241,7 +241,7 @@ impl EventStream {
 
 /// `event: run` with the run as it is after the change.
 fn run_event(event: &RunEvent) -> Event {
-    // RUN is ASCII and UTF-8 text throughout: written from `&str`s.
+    // Written from `&str`s and ASCII, so always UTF-8.
     let body = String::from_utf8(run_json::object(&event.change.run)).unwrap_or_default();
     Event::default()
         .id(event.id.as_str())
