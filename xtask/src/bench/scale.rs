@@ -768,45 +768,37 @@ fn report(results: &Results) -> Report {
         ),
         Cell::Empty,
     );
-    pair(
-        "list runs, full / empty history, p50".to_owned(),
-        Cell::latency(results.runs_full.p50),
-        Cell::latency(results.runs_empty.p50),
+    let mut compare = |name: &str, first: &Summary, second: &Summary| {
+        pair(
+            format!("{name}, p50"),
+            Cell::latency(first.p50),
+            Cell::latency(second.p50),
+        );
+        pair(
+            format!("{name}, p99"),
+            Cell::latency(first.p99),
+            Cell::latency(second.p99),
+        );
+        pair(
+            format!("{name}, throughput"),
+            Cell::Throughput(first.requests_per_second),
+            Cell::Throughput(second.requests_per_second),
+        );
+    };
+    compare(
+        "list runs, full / empty history",
+        &results.runs_full,
+        &results.runs_empty,
     );
-    pair(
-        "list runs, full / empty history, p99".to_owned(),
-        Cell::latency(results.runs_full.p99),
-        Cell::latency(results.runs_empty.p99),
+    compare(
+        "list runs, full / one-page history",
+        &results.runs_full,
+        &results.runs_page,
     );
-    pair(
-        "list runs, full / one-page history, p50".to_owned(),
-        Cell::latency(results.runs_full.p50),
-        Cell::latency(results.runs_page.p50),
-    );
-    pair(
-        "list runs, full / one-page history, p99".to_owned(),
-        Cell::latency(results.runs_full.p99),
-        Cell::latency(results.runs_page.p99),
-    );
-    pair(
-        "list runs throughput, full / empty history".to_owned(),
-        Cell::Throughput(results.runs_full.requests_per_second),
-        Cell::Throughput(results.runs_empty.requests_per_second),
-    );
-    pair(
-        "bare axum, a written page of 100 runs / of none, p50".to_owned(),
-        Cell::latency(results.bare_full.p50),
-        Cell::latency(results.bare_empty.p50),
-    );
-    pair(
-        "bare axum, a written page of 100 runs / of none, p99".to_owned(),
-        Cell::latency(results.bare_full.p99),
-        Cell::latency(results.bare_empty.p99),
-    );
-    pair(
-        "bare axum, a written page of 100 runs / of none, throughput".to_owned(),
-        Cell::Throughput(results.bare_full.requests_per_second),
-        Cell::Throughput(results.bare_empty.requests_per_second),
+    compare(
+        "bare axum, a written page of 100 runs / of none",
+        &results.bare_full,
+        &results.bare_empty,
     );
     Report {
         title: "memory backend at scale".to_owned(),
