@@ -9,15 +9,13 @@ use axum::{
     http::{HeaderName, request::Parts},
     response::sse::{Event, KeepAlive, Sse},
 };
-use domain::{
-    CustomerRead, EventFilter, EventId, PipelineId, RequestContext, RunEvent, format_timestamp,
-};
+use domain::{CustomerRead, EventFilter, EventId, PipelineId, RequestContext, RunEvent};
 use futures_util::{Stream, StreamExt as _, stream};
 use serde::Deserialize;
 
 use crate::{
     AppState,
-    dto::{EventsParams, RunBody},
+    dto::EventsParams,
     edge::RequestDeadline,
     error::{ApiError, ErrorEnvelope},
     extract::Authenticated,
@@ -260,12 +258,8 @@ fn gap_event() -> Event {
 /// The body of a webhook delivery: `{"type", "timestamp", "data": RUN}`,
 /// the run as the API's run routes show it. The app hands this to the
 /// webhook sender, so that deliveries and the API show runs alike.
+///
+/// `timestamp` is when the change happened, the same on every attempt.
 pub fn webhook_body(event: &RunEvent) -> Vec<u8> {
-    let body = serde_json::json!({
-        "type": event.change.event_type().as_str(),
-        // When the change happened: the same on every attempt.
-        "timestamp": format_timestamp(&event.change.run.updated_at),
-        "data": RunBody::from(event.change.run.clone()),
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
+    run_json::delivery(event.change.event_type().as_str(), &event.change.run)
 }

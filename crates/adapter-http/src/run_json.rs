@@ -52,6 +52,21 @@ pub(crate) fn object(run: &Run) -> Vec<u8> {
     out
 }
 
+/// A webhook delivery's body: `{"data": RUN, "timestamp", "type"}`, RUN
+/// written as the API's routes write it, `timestamp` being when the run
+/// changed.
+pub(crate) fn delivery(event_type: &str, run: &Run) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size_guess(run) + 80);
+    out.extend_from_slice(br#"{"data":"#);
+    write(&mut out, run);
+    out.extend_from_slice(br#","timestamp":"#);
+    timestamp(&mut out, &run.updated_at);
+    out.extend_from_slice(br#","type":"#);
+    string(&mut out, event_type);
+    out.push(b'}');
+    out
+}
+
 fn size_guess(run: &Run) -> usize {
     RUN_BYTES + run.conf.as_json().len() + run.trace.as_ref().map_or(0, String::len)
 }
@@ -151,8 +166,9 @@ mod tests {
         run
     }
 
-    #[test]
-    fn runs_are_written_byte_for_byte_as_the_derived_serialization_writes_them() {
+    /// Runs of every status, with escapes, non-ASCII text, parameters,
+    /// and instants at the edges of what is written quickly.
+    fn runs() -> Vec<Run> {
         let at = instant("2024-12-18T10:30:00.000001+00:00");
         let mut failed = run("it \"quoted\" \\ and é ✓", RunStatus::Failed, at);
         failed.trace = Some("line one\nline\ttwo \"q\" \u{1f} ✓".to_owned());
@@ -162,7 +178,7 @@ mod tests {
             "nested": {"é": true},
         }))
         .unwrap();
-        let runs = vec![
+        vec![
             run("queued", RunStatus::Queued, at),
             run(
                 "running",
@@ -186,7 +202,12 @@ mod tests {
                 RunStatus::Success,
                 instant("2026-12-01T20:30:00.123456789+00:00"),
             ),
-        ];
+        ]
+    }
+
+    #[test]
+    fn runs_are_written_byte_for_byte_as_the_derived_serialization_writes_them() {
+        let runs = runs();
         for one in &runs {
             let body = serde_json::to_vec(&RunBody::from(one.clone())).unwrap();
             assert_eq!(String::from_utf8(object(one)), String::from_utf8(body));
@@ -196,6 +217,25 @@ mod tests {
             String::from_utf8(derived(&runs)).unwrap()
         );
         assert_eq!(array(&[]), b"[]");
+    }
+
+    #[test]
+    fn deliveries_hold_what_the_json_tree_held_with_the_run_as_the_api_writes_it() {
+        let types = ["run.succeeded", "run.failed", "a \"b\""];
+        for (one, event_type) in runs().iter().zip(types.iter().cycle()) {
+            let tree = json!({
+                "type": event_type,
+                "timestamp": format_timestamp(&one.updated_at),
+                "data": RunBody::from(one.clone()),
+            });
+            let body = delivery(event_type, one);
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+                tree
+            );
+            let run = [br#"{"data":"#.as_slice(), &object(one), b","].concat();
+            assert!(body.starts_with(&run), "{}", String::from_utf8_lossy(&body));
+        }
     }
 
     #[test]
