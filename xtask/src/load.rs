@@ -49,6 +49,15 @@ impl UniqueHeader {
         }
     }
 
+    /// The same header with values of its own, apart from this one's and
+    /// from those of any other `part`: its run part is `{run}-{part}`.
+    pub(crate) fn part(&self, part: impl std::fmt::Display) -> Self {
+        Self {
+            name: self.name.clone(),
+            run: format!("{}-{part}", self.run),
+        }
+    }
+
     /// The value for request `seq` of worker `worker`.
     fn value(&self, worker: usize, seq: u64) -> HeaderValue {
         let value = format!("{}-{worker}-{seq}", self.run);

@@ -37,7 +37,7 @@ use super::{
 use crate::{
     e2e_airflow,
     http::{self, RequestTemplate},
-    load::{self, LoadReport, LoadSpec},
+    load::{self, LoadReport, LoadSpec, UniqueHeader},
     process::{ChildGuard, free_local_addr},
 };
 
@@ -430,18 +430,39 @@ pub(super) async fn in_turns(
     direct: &LoadSpec,
     maestro: &LoadSpec,
 ) -> anyhow::Result<(LoadReport, LoadReport)> {
+    in_turns_with_unique(direct, maestro, None).await
+}
+
+/// [`in_turns`], with `unique` on every request of `maestro`'s side when
+/// given: each turn takes its values from a [`UniqueHeader::part`] of its
+/// own (`t0`, `t1`, ...), so that no two requests of the run share one.
+pub(super) async fn in_turns_with_unique(
+    direct: &LoadSpec,
+    maestro: &LoadSpec,
+    unique: Option<&UniqueHeader>,
+) -> anyhow::Result<(LoadReport, LoadReport)> {
     let block = |spec: &LoadSpec, turn: u64| LoadSpec {
         requests: spec.requests / TURNS + u64::from(turn < spec.requests % TURNS),
         warmup: spec.warmup / TURNS,
         ..spec.clone()
     };
+    let second = |turn: u64| {
+        let spec = block(maestro, turn);
+        let unique = unique.map(|unique| unique.part(format_args!("t{turn}")));
+        async move {
+            match unique {
+                Some(unique) => load::run_with_unique_header(&spec, &unique).await,
+                None => load::run(&spec).await,
+            }
+        }
+    };
     let mut merged: Option<(LoadReport, LoadReport)> = None;
     for turn in 0..TURNS {
         let (d, m) = if turn % 2 == 0 {
             let d = load::run(&block(direct, turn)).await?;
-            (d, load::run(&block(maestro, turn)).await?)
+            (d, second(turn).await?)
         } else {
-            let m = load::run(&block(maestro, turn)).await?;
+            let m = second(turn).await?;
             (load::run(&block(direct, turn)).await?, m)
         };
         merged = Some(match merged {

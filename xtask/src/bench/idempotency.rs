@@ -4,7 +4,10 @@
 //!
 //! Each of the three runs gets a fresh `maestro` on the memory backend, with
 //! the same pipeline, token, connections and request counts; only the key
-//! header and `MAESTRO_REDIS_URL` differ. Redis is a throwaway server of the
+//! header and `MAESTRO_REDIS_URL` differ. The runs without keys and with
+//! the memory store go in alternating turns, so that the machine's drift
+//! weighs on both sides of their ratio alike; the Redis run follows. Redis
+//! is a throwaway server of the
 //! bench's own, started by `scripts/redis-test-server.sh` and stopped on
 //! every way out.
 
@@ -17,6 +20,7 @@ use hyper::{
 
 use super::{
     Args, Backend, ExecuteLoad,
+    airflow::{TURNS, in_turns_with_unique},
     report::{self, Cell, Check, Report, Row, Summary, ratio, thousands, times},
     report_first_problem, start_maestro,
 };
@@ -106,16 +110,20 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
         "10000000".to_owned(),
     ));
 
-    let plain = {
-        let (_server, addr) = start_maestro(maestro, &load.secret, &setup.env).await?;
-        println!("== maestro (memory backend) without Idempotency-Key on {addr}: {plan}");
-        load::run(&load.at(addr)).await?
-    };
-
-    let (memory_store, memory_store_replays) = {
-        let (_server, addr) = start_maestro(maestro, &load.secret, &keyed_env).await?;
-        println!("== maestro, fresh Idempotency-Key per request, memory store, on {addr}: {plan}");
-        keyed_run(&load.at(addr)).await?
+    // Without keys and with keys on the memory store in alternating turns,
+    // so that the machine's drift is shared by both sides of the ratio.
+    let (plain, (memory_store, memory_store_replays)) = {
+        let (_plain_server, plain_addr) = start_maestro(maestro, &load.secret, &setup.env).await?;
+        let (_keyed_server, keyed_addr) = start_maestro(maestro, &load.secret, &keyed_env).await?;
+        println!(
+            "== maestro (memory backend) without Idempotency-Key on {plain_addr}, and with a fresh one per request on the memory store on {keyed_addr}, in {TURNS} alternating turns: {plan}"
+        );
+        let unique = UniqueHeader::fresh(IDEMPOTENCY_KEY);
+        let keyed = load.at(keyed_addr);
+        let (plain, memory_store) =
+            in_turns_with_unique(&load.at(plain_addr), &keyed, Some(&unique)).await?;
+        let replays = replays(&keyed, &unique.part("t0")).await;
+        (plain, (memory_store, replays))
     };
 
     let (redis_store, redis_store_replays) = {
@@ -257,7 +265,7 @@ fn report(results: &Results) -> Report {
     Report {
         title: "Idempotency-Key".to_owned(),
         setup: format!(
-            "`cargo xtask bench` (`Idempotency-Key` runs, memory backend): {} connections, {} warm-up then {} measured requests per run, a fresh `maestro` per run, {} CPUs.",
+            "`cargo xtask bench` (`Idempotency-Key` runs, memory backend): {} connections, {} warm-up then {} measured requests per run, a fresh `maestro` per run, without keys and with the memory store in {TURNS} alternating turns, {} CPUs.",
             results.connections,
             thousands(results.warmup),
             thousands(results.requests),
