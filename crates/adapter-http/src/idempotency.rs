@@ -2,6 +2,11 @@
 //! per customer and key, its first answer given again to repeats. The rules
 //! are `domain::Idempotency`'s; `docs/idempotency.md` holds their table.
 
+use std::{
+    panic::{self, AssertUnwindSafe},
+    task::Poll,
+};
+
 use axum::{
     Json,
     extract::FromRequestParts,
@@ -65,9 +70,9 @@ fn invalid_key() -> ApiError {
 /// the fresh answer, the kept one again, or a refusal (see the module's
 /// table).
 ///
-/// The execute runs in a task of its own, so that it finishes and its
-/// outcome is kept even when the client gives up waiting: the client's
-/// retry then gets that outcome instead of a second run.
+/// The execute finishes and its outcome is kept even when the client gives
+/// up waiting ([`to_the_end`]): the client's retry then gets that outcome
+/// instead of a second run.
 pub(crate) async fn execute_once(
     state: &AppState,
     ctx: RequestContext,
@@ -83,14 +88,10 @@ pub(crate) async fn execute_once(
                 .await
         }
     };
-    let answer = match tokio::spawn(task.instrument(tracing::Span::current())).await {
-        Ok(answer) => answer,
-        Err(err) => {
-            // A panic in the use case: the claim is left to expire, since
-            // whether a run started is unknown.
-            tracing::error!(error = %err, "idempotent execute did not finish");
-            return ApiError::internal().into_response();
-        }
+    let Some(answer) = to_the_end(task.instrument(tracing::Span::current())).await else {
+        // A panic in the use case: the claim is left to expire, since
+        // whether a run started is unknown.
+        return ApiError::internal().into_response();
     };
     match answer {
         Ok(Idempotent::Ran {
@@ -150,6 +151,42 @@ pub(crate) async fn execute_once(
         Err(other) => {
             tracing::error!(error = %ErrorChain(&other), "idempotency error without an HTTP mapping");
             ApiError::internal().into_response()
+        }
+    }
+}
+
+/// Runs `task` to its end whether or not its caller goes on waiting, and
+/// gives its output; `None` when it panicked.
+///
+/// It is polled here first, and handed to a task of its own only when it
+/// has to wait: an execute on the embedded backend finishes at its first
+/// poll and then costs no task, one that waits on an engine goes on when
+/// its client is gone. (Moved into the task, it is polled again there at
+/// once, with that task's waker.)
+async fn to_the_end<F>(task: F) -> Option<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut task = Box::pin(task);
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(panic::catch_unwind(AssertUnwindSafe(|| {
+            task.as_mut().poll(cx)
+        })))
+    })
+    .await;
+    match first {
+        Ok(Poll::Ready(output)) => Some(output),
+        Ok(Poll::Pending) => match tokio::spawn(task).await {
+            Ok(output) => Some(output),
+            Err(err) => {
+                tracing::error!(error = %err, "idempotent execute did not finish");
+                None
+            }
+        },
+        Err(_) => {
+            tracing::error!("idempotent execute panicked");
+            None
         }
     }
 }

@@ -542,3 +542,27 @@ async fn two_hundred_concurrent_requests_with_one_key_run_once_and_answer_200_or
         "one stored 200"
     );
 }
+
+#[tokio::test]
+async fn a_task_ready_at_once_or_later_gives_its_output_and_one_that_panics_gives_none() {
+    assert_eq!(super::to_the_end(async { 7 }).await, Some(7));
+    assert_eq!(
+        super::to_the_end(async { panic!("at its first poll") }).await,
+        None::<()>
+    );
+
+    let (send, receive) = tokio::sync::oneshot::channel::<u32>();
+    let waiting = tokio::spawn(super::to_the_end(async move { receive.await.ok() }));
+    tokio::task::yield_now().await;
+    send.send(8).unwrap();
+    assert_eq!(waiting.await.unwrap(), Some(Some(8)));
+
+    let (send, receive) = tokio::sync::oneshot::channel::<()>();
+    let panicking = tokio::spawn(super::to_the_end(async move {
+        receive.await.ok();
+        panic!("after waiting")
+    }));
+    tokio::task::yield_now().await;
+    send.send(()).unwrap();
+    assert_eq!(panicking.await.unwrap(), None::<()>);
+}
