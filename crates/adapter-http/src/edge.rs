@@ -12,7 +12,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
@@ -27,7 +27,7 @@ use axum::{
 };
 use http_body::{Frame, SizeHint};
 use tokio::{
-    sync::watch,
+    sync::Notify,
     time::{Instant, Sleep},
 };
 
@@ -75,27 +75,56 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// without one) the methods do nothing.
 #[derive(Debug, Clone)]
 pub struct RequestDeadline {
-    at: Option<Arc<watch::Sender<Option<Instant>>>>,
+    at: Option<Arc<Deadline>>,
 }
 
 impl RequestDeadline {
     /// Gives the request `by` more time than the per-request timeout.
     pub fn extend(&self, by: Duration) {
-        if let Some(at) = &self.at {
-            at.send_modify(|at| {
-                if let Some(at) = at {
-                    *at += by;
-                }
-            });
+        if let Some(deadline) = &self.at {
+            deadline.change(|at| at.map(|at| at + by));
         }
     }
 
     /// Takes the per-request timeout off this request: it may take as long
     /// as it needs (a stream that lasts while the client listens).
     pub fn lift(&self) {
-        if let Some(at) = &self.at {
-            at.send_replace(None);
+        if let Some(deadline) = &self.at {
+            deadline.change(|_| None);
         }
+    }
+}
+
+/// A request's deadline (`None` when lifted), shared by the edge, which
+/// waits on it, and the handler, which may move it.
+#[derive(Debug)]
+struct Deadline {
+    /// A std lock: held to read or write the instant, never across an
+    /// await.
+    at: Mutex<Option<Instant>>,
+    /// Wakes the edge when the deadline moved. It has one waiter at most,
+    /// so a move made while it is not waiting is kept as a permit.
+    moved: Notify,
+}
+
+impl Deadline {
+    fn new(at: Instant) -> Self {
+        Self {
+            at: Mutex::new(Some(at)),
+            moved: Notify::new(),
+        }
+    }
+
+    fn get(&self) -> Option<Instant> {
+        *self.at.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn change(&self, change: impl FnOnce(Option<Instant>) -> Option<Instant>) {
+        {
+            let mut at = self.at.lock().unwrap_or_else(PoisonError::into_inner);
+            *at = change(*at);
+        }
+        self.moved.notify_one();
     }
 }
 
@@ -167,12 +196,9 @@ where
     A: Future<Output = Response>,
 {
     let timeout = state.request_timeout();
-    let (at, mut changed) = watch::channel(Some(Instant::now() + timeout));
-    // Held here too, so that `changed` only ends with this function, not
-    // when the handler drops the request's extensions.
-    let at = Arc::new(at);
+    let deadline = Arc::new(Deadline::new(Instant::now() + timeout));
     request.extensions_mut().insert(RequestDeadline {
-        at: Some(at.clone()),
+        at: Some(deadline.clone()),
     });
     let answer = answer(request);
     tokio::pin!(answer);
@@ -182,17 +208,19 @@ where
         return response;
     }
     loop {
-        let deadline = *changed.borrow_and_update();
+        // A move after this read wakes the wait below, as a permit if
+        // need be.
+        let at = deadline.get();
         tokio::select! {
             response = &mut answer => return response,
-            () = sleep_until(deadline) => {
+            () = sleep_until(at) => {
                 tracing::warn!(
                     timeout_seconds = timeout.as_secs_f64(),
                     "request timed out: answered 503 ServiceTimeout"
                 );
                 return ApiError::service_timeout(timeout).into_response();
             }
-            _ = changed.changed() => {}
+            () = deadline.moved.notified() => {}
         }
     }
 }
