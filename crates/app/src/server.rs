@@ -30,7 +30,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
     time::{Instant, sleep, sleep_until},
 };
 use tower::ServiceExt as _;
@@ -264,8 +264,13 @@ async fn serve_connection(
     // Once shutting down (idle timeout or drain), only the header-read
     // timeout still applies.
     let mut shutting_down = false;
+    // The watchdog's one timer, armed at the earliest instant a timeout
+    // could fall due whatever the connection does meanwhile: requests
+    // come and go without waking it, and a busy connection costs a wake-up
+    // per header-read timeout.
+    let check = sleep_until(activity.next_check(&edge, shutting_down, Instant::now()));
+    tokio::pin!(check);
     loop {
-        let deadline = activity.deadline(&edge, shutting_down);
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
@@ -273,16 +278,16 @@ async fn serve_connection(
                 }
                 return;
             }
-            () = activity.changed.notified() => {}
-            () = sleep_until_some(deadline.map(|(at, _)| at)) => {
+            () = check.as_mut() => {
+                let now = Instant::now();
                 match activity.deadline(&edge, shutting_down) {
-                    Some((at, Wait::Head)) if at <= Instant::now() => {
+                    Some((at, Wait::Head)) if at <= now => {
                         metrics.connection_closed(ConnectionClose::HeaderTimeout);
                         tracing::debug!("connection closed: no whole request head within the header-read timeout");
                         // Dropping the connection closes the socket.
                         return;
                     }
-                    Some((at, Wait::Idle)) if at <= Instant::now() => {
+                    Some((at, Wait::Idle)) if at <= now => {
                         metrics.connection_closed(ConnectionClose::IdleTimeout);
                         tracing::debug!("connection closed: idle for the idle timeout");
                         connection.as_mut().graceful_shutdown();
@@ -290,20 +295,13 @@ async fn serve_connection(
                     }
                     _ => {}
                 }
+                check.as_mut().reset(activity.next_check(&edge, shutting_down, now));
             }
             _ = closing.wait_for(|closing| *closing), if !shutting_down => {
                 connection.as_mut().graceful_shutdown();
                 shutting_down = true;
             }
         }
-    }
-}
-
-/// Completes at `deadline`, or never without one.
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -333,8 +331,6 @@ enum Phase {
 struct Activity {
     /// A std lock: held for a few instructions, never across an await.
     phase: Mutex<Phase>,
-    /// Wakes the watchdog when the phase changes.
-    changed: Notify,
 }
 
 impl Activity {
@@ -342,7 +338,6 @@ impl Activity {
     fn new() -> Self {
         Self {
             phase: Mutex::new(Phase::Head(Instant::now())),
-            changed: Notify::new(),
         }
     }
 
@@ -352,8 +347,6 @@ impl Activity {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         *phase = change(*phase);
-        drop(phase);
-        self.changed.notify_one();
     }
 
     /// Bytes came in: on an idle connection, a request has begun.
@@ -394,6 +387,22 @@ impl Activity {
             Phase::Idle(since) if !shutting_down => Some((since + edge.idle_timeout, Wait::Idle)),
             Phase::Idle(_) | Phase::Busy(_) => None,
         }
+    }
+
+    /// When the watchdog looks again, from `now`: the earliest instant a
+    /// timeout could fall due. That is the deadline it waits for now, or
+    /// one that a change from now on could bring, which is no sooner than
+    /// a timeout from now: a request ending now and the next head starting
+    /// at once.
+    fn next_check(&self, edge: &Edge, shutting_down: bool, now: Instant) -> Instant {
+        let soonest = if shutting_down {
+            edge.header_read_timeout
+        } else {
+            edge.header_read_timeout.min(edge.idle_timeout)
+        };
+        let change = now + soonest;
+        self.deadline(edge, shutting_down)
+            .map_or(change, |(at, _)| at.min(change))
     }
 }
 
@@ -513,6 +522,49 @@ mod tests {
             activity.deadline(&edge, false),
             Some((Instant::now() + edge.header_read_timeout, Wait::Head)),
             "the next request's head is timed from its first byte"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_looks_again_no_later_than_any_timeout_could_fall_due() {
+        let edge = edge();
+        let activity = Arc::new(Activity::new());
+        let opened = Instant::now();
+        // A head being read: its own deadline.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let now = Instant::now();
+        assert_eq!(
+            activity.next_check(&edge, false, now),
+            opened + edge.header_read_timeout
+        );
+
+        // In flight: a header-read timeout from now, as the request could
+        // end now and the next head start at once.
+        let busy = activity.request_started();
+        assert_eq!(
+            activity.next_check(&edge, false, now),
+            now + edge.header_read_timeout
+        );
+
+        // Idle: the next head could start at once, well before the idle
+        // deadline.
+        drop(busy);
+        assert_eq!(
+            activity.next_check(&edge, false, now),
+            now + edge.header_read_timeout
+        );
+        let short_idle = Edge {
+            idle_timeout: Duration::from_secs(2),
+            ..edge
+        };
+        assert_eq!(
+            activity.next_check(&short_idle, false, now),
+            now + short_idle.idle_timeout
+        );
+        // Closing: no idle deadline, only the header-read timeout.
+        assert_eq!(
+            activity.next_check(&short_idle, true, now),
+            now + edge.header_read_timeout
         );
     }
 }
