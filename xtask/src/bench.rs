@@ -31,6 +31,7 @@ use report::Report;
 mod airflow;
 mod baseline;
 mod events;
+mod floor;
 mod idempotency;
 mod lifecycle;
 mod memory;
@@ -155,6 +156,19 @@ pub(crate) struct BaselineArgs {
     /// execute and wait routes.
     #[arg(long)]
     events: bool,
+
+    /// Serve the contract's floor (`bench/floor.rs`) instead, its tokens
+    /// signed with this secret.
+    #[arg(long, requires_all = ["floor_customer", "floor_pipeline"])]
+    floor_secret: Option<String>,
+
+    /// The floor's one customer.
+    #[arg(long)]
+    floor_customer: Option<String>,
+
+    /// The floor's one pipeline, of that customer.
+    #[arg(long)]
+    floor_pipeline: Option<Uuid>,
 }
 
 /// The backends the service can be benchmarked on. The memory backend is
@@ -318,6 +332,17 @@ pub(crate) fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot bind {}", args.bind))?;
         if args.events {
             axum::serve(listener, events::baseline_router()).await
+        } else if let (Some(secret), Some(customer), Some(pipeline)) = (
+            &args.floor_secret,
+            &args.floor_customer,
+            args.floor_pipeline,
+        ) {
+            let settings = floor::FloorSettings {
+                secret: secret.clone(),
+                customer: customer.clone(),
+                pipeline,
+            };
+            axum::serve(listener, floor::router(&settings)?).await
         } else {
             baseline::serve(listener).await
         }

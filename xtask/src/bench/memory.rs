@@ -2,17 +2,18 @@
 //! memory backend against the bare axum baseline, loaded one after the
 //! other with the same requests, and the targets for it.
 
-use std::{env, path::Path, process::Command, process::Stdio, time::Duration};
+use std::{env, net::SocketAddr, path::Path, process::Command, process::Stdio, time::Duration};
 
 use anyhow::Context as _;
 
 use super::{
-    Args, ExecuteLoad, STARTUP_TIMEOUT,
+    Args, BENCH_CUSTOMER, ExecuteLoad, STARTUP_TIMEOUT,
+    airflow::{TURNS, in_turns},
     openloop::{self, OpenLoopReport, OpenLoopSpec, OpenLoopSummary},
     report::{
         Cell, Check, Report, Row, Summary, failures, mebibytes, millis, ratio, thousands, times,
     },
-    report_first_problem, start_maestro,
+    report_first_problem, start_baseline, start_maestro,
 };
 use crate::{
     load,
@@ -71,6 +72,26 @@ struct OpenLoop {
     baseline: OpenLoopSummary,
 }
 
+/// The contract's floor (`bench/floor.rs`) and the baseline, loaded in
+/// alternating turns.
+#[derive(Debug, Clone, PartialEq)]
+struct Floor {
+    /// Bare axum doing the contract's own work.
+    floor: Summary,
+    /// The bare baseline in the same turns.
+    baseline: Summary,
+}
+
+impl Floor {
+    /// The floor's throughput as a share of the baseline's.
+    fn ratio(&self) -> Option<f64> {
+        ratio(
+            self.floor.requests_per_second,
+            self.baseline.requests_per_second,
+        )
+    }
+}
+
 /// Everything one comparison measured.
 #[derive(Debug, Clone, PartialEq)]
 struct Results {
@@ -89,6 +110,8 @@ struct Results {
     service_rss_after: Option<u64>,
     /// The open-loop runs, unless skipped.
     open_loop: Option<OpenLoop>,
+    /// The contract's floor, on the memory backend.
+    floor: Option<Floor>,
 }
 
 impl Results {
@@ -122,7 +145,7 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
     // before the service starts, so the two never share the CPUs. Its
     // open-loop run follows its closed-loop one, at a share of the
     // throughput just measured.
-    let (baseline, baseline_open) = {
+    let (baseline, baseline_open, floor) = {
         let addr = free_local_addr()?;
         let mut command = Command::new(env::current_exe().context("cannot find this xtask")?);
         command
@@ -138,7 +161,12 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
             }
             None => None,
         };
-        (closed, open)
+        let floor = if args.backend.name() == "memory" {
+            Some(measure_floor(&load, addr).await?)
+        } else {
+            None
+        };
+        (closed, open, floor)
     };
 
     let setup = args.backend.prepare(load.pipeline)?;
@@ -192,6 +220,32 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
                 service: OpenLoopSummary::new(&service),
                 baseline: OpenLoopSummary::new(&baseline),
             }),
+        floor,
+    })
+}
+
+/// Loads the contract's floor and the baseline at `baseline` in
+/// alternating turns.
+async fn measure_floor(load: &ExecuteLoad, baseline: SocketAddr) -> anyhow::Result<Floor> {
+    let pipeline = load.pipeline.to_string();
+    let (_floor, addr) = start_baseline(&[
+        "--floor-secret",
+        &load.secret,
+        "--floor-customer",
+        BENCH_CUSTOMER,
+        "--floor-pipeline",
+        &pipeline,
+    ])
+    .await?;
+    println!(
+        "== the contract's floor (bare axum doing the contract's own work) on {addr}, in {TURNS} alternating turns with the baseline: {}",
+        load.plan()
+    );
+    let (bare, floor) = in_turns(&load.at(baseline), &load.at(addr)).await?;
+    report_first_problem("the contract's floor", &floor);
+    Ok(Floor {
+        floor: Summary::new(&floor, load.requests),
+        baseline: Summary::new(&bare, load.requests),
     })
 }
 
@@ -415,6 +469,25 @@ fn report(results: &Results) -> Report {
     if let Some(open) = &results.open_loop {
         rows.extend(OpenLoopSummary::rows(&[&open.service, &open.baseline]));
     }
+    let mut notes = Vec::new();
+    if let Some(floor) = &results.floor {
+        rows.push(Row::new(
+            "the contract's floor: throughput, in turns with the baseline",
+            vec![
+                Cell::Throughput(floor.floor.requests_per_second),
+                Cell::Throughput(floor.baseline.requests_per_second),
+                Cell::Ratio(floor.ratio()),
+            ],
+        ));
+        if let (Some(service), Some(floor)) = (results.throughput_ratio(), floor.ratio()) {
+            notes.push(format!(
+                "The contract's floor is bare axum doing only the contract's own work for each execute (the token, the body, the pipeline, the run and its history, the event log, a count; bench/floor.rs): it keeps {} of the baseline's throughput, and the service {}, {} of the floor.",
+                times(floor),
+                times(service),
+                times(service / floor),
+            ));
+        }
+    }
     rows.push(Row::new(
         format!(
             "RSS idle / after {} executes",
@@ -451,7 +524,7 @@ fn report(results: &Results) -> Report {
         ],
         rows,
         checks: checks(results),
-        notes: Vec::new(),
+        notes,
     }
 }
 
@@ -496,6 +569,10 @@ mod tests {
             open_loop: Some(OpenLoop {
                 service: open_summary(1_500, 4_000),
                 baseline: open_summary(500, 1_000),
+            }),
+            floor: Some(Floor {
+                floor: summary(47_000.0, 1_500),
+                baseline: summary(50_000.0, 1_000),
             }),
         }
     }
@@ -642,6 +719,7 @@ mod tests {
             "| open-loop p99.9 <= 5.00 ms | 4.00 ms | PASS |",
             "| throughput with the access log (RUST_LOG=info) | 42,000 req/s | 50,000 req/s | 0.84x |",
             "| with the access log on (RUST_LOG=info): throughput >= 0.8x the baseline | 0.84x | PASS |",
+            "| the contract's floor: throughput, in turns with the baseline | 47,000 req/s | 50,000 req/s | 0.94x |",
         ] {
             assert!(
                 markdown.contains(&format!("\n{line}\n")),
@@ -649,5 +727,9 @@ mod tests {
             );
         }
         assert_eq!(markdown.matches("| PASS |").count(), 9, "{markdown}");
+        assert!(
+            markdown.contains("it keeps 0.94x of the baseline's throughput, and the service 0.90x, 0.96x of the floor."),
+            "{markdown}"
+        );
     }
 }
