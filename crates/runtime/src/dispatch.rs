@@ -9,6 +9,10 @@
 //! reads on from the queue's record) and doubles nothing (the queue adds a
 //! delivery id once).
 //!
+//! While no customer has a webhook, the log is not read page by page: the
+//! dispatcher waits for a next event, then records the log's head as
+//! dispatched in one step.
+//!
 //! Why only on the lease holder: the record of what was dispatched is one
 //! position, so two dispatchers would move it back and forth, and a
 //! delivery made and forgotten already would be enqueued again. Over a
@@ -163,20 +167,34 @@ impl Dispatcher {
         // read again after any failure, in case the failed step was done
         // after all.
         let mut after: Option<Option<EventId>> = None;
+        // Whether no customer had a webhook at the last look: the log is
+        // then only watched for a next event (a page of one), not read.
+        let mut unwatched = false;
         loop {
             let step = match after.clone() {
                 None => self.queue.dispatched().await,
                 Some(from) => {
+                    let page = if unwatched { 1 } else { Self::PAGE };
                     let read = tokio::select! {
                         biased;
                         () = stopped(shutdown) => return End::Stopped,
                         () = self.leadership.lost() => return End::Lost,
-                        read = self.log.read(from.clone(), Self::PAGE, Self::READ_WAIT) => read,
+                        read = self.log.read(from.clone(), page, Self::READ_WAIT) => read,
                     };
                     match read {
                         Ok(read) => {
                             let short = matches!(&read, FeedRead::Events(events) if !events.is_empty() && events.len() < Self::PAGE);
-                            let advanced = self.advance(from, read).await;
+                            let advanced = match self.skip_unwatched(&read).await {
+                                Ok(Some(head)) => {
+                                    unwatched = true;
+                                    Ok(Some(head))
+                                }
+                                Ok(None) => {
+                                    unwatched = false;
+                                    self.advance(from, read).await
+                                }
+                                Err(err) => Err(err),
+                            };
                             if short && advanced.is_ok() {
                                 tokio::select! {
                                     biased;
@@ -222,6 +240,28 @@ impl Dispatcher {
             FeedRead::Events(events) => self.dispatch(&events).await.map(Some),
             FeedRead::Gap => self.skip_gap(from).await,
         }
+    }
+
+    /// When `read` brought events and no customer has a webhook: records
+    /// the log's head as dispatched, and answers it. Every event up to the
+    /// head was appended before the look at the webhooks, when none wanted
+    /// it; a webhook registered since is told of what comes after. `None`
+    /// when the events are to be dispatched as usual.
+    async fn skip_unwatched(&self, read: &FeedRead) -> Result<Option<EventId>, StorageError> {
+        if !matches!(read, FeedRead::Events(events) if !events.is_empty()) {
+            return Ok(None);
+        }
+        // The head first: an event after it may be for a webhook made
+        // after the look below.
+        let Some(head) = self.log.head().await? else {
+            return Ok(None);
+        };
+        if !self.webhooks.customers().await?.is_empty() {
+            return Ok(None);
+        }
+        self.queue.enqueue(&[], &head).await?;
+        tracing::debug!(up_to = %head, "no webhooks: events skipped");
+        Ok(Some(head))
     }
 
     /// Enqueues the deliveries of `events` (a page, not empty) and records
@@ -407,6 +447,33 @@ mod tests {
         setup.dispatched("1").await;
         assert!(setup.waiting().is_empty());
         assert_eq!(setup.queue.enqueues(), 1);
+        stop(stop_it, dispatching).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_any_webhook_the_log_is_skipped_to_its_head_and_a_new_webhook_gets_what_follows()
+     {
+        let setup = Setup::new();
+        for n in 1..=250 {
+            setup
+                .log
+                .push(change("acme", PIPELINE_A, RunStatus::Queued, n));
+        }
+        let (stop_it, dispatching) = setup.start(Leadership::always());
+        setup.dispatched("250").await;
+        assert_eq!(
+            setup.queue.enqueues(),
+            1,
+            "one step to the head, not one per page"
+        );
+        assert!(setup.waiting().is_empty());
+
+        let webhook = setup.store.register("acme", &[], &[], 1).await;
+        setup
+            .log
+            .push(change("acme", PIPELINE_A, RunStatus::Success, 1));
+        setup.dispatched("251").await;
+        assert_eq!(setup.waiting(), sorted(vec![(webhook.id.clone(), "251")]));
         stop(stop_it, dispatching).await;
     }
 
