@@ -166,9 +166,9 @@ pub(crate) struct BaselineArgs {
     #[arg(long)]
     floor_customer: Option<String>,
 
-    /// The floor's one pipeline, of that customer.
+    /// The floor's pipelines, of that customer.
     #[arg(long)]
-    floor_pipeline: Option<Uuid>,
+    floor_pipeline: Vec<Uuid>,
 }
 
 /// The backends the service can be benchmarked on. The memory backend is
@@ -332,15 +332,11 @@ pub(crate) fn run_baseline(args: &BaselineArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot bind {}", args.bind))?;
         if args.events {
             axum::serve(listener, events::baseline_router()).await
-        } else if let (Some(secret), Some(customer), Some(pipeline)) = (
-            &args.floor_secret,
-            &args.floor_customer,
-            args.floor_pipeline,
-        ) {
+        } else if let (Some(secret), Some(customer)) = (&args.floor_secret, &args.floor_customer) {
             let settings = floor::FloorSettings {
                 secret: secret.clone(),
                 customer: customer.clone(),
-                pipeline,
+                pipelines: args.floor_pipeline.clone(),
             };
             axum::serve(listener, floor::router(&settings)?).await
         } else {
@@ -440,6 +436,18 @@ async fn start_maestro(
     let mut server = ChildGuard::spawn("maestro", &mut command)?;
     server.wait_until_healthy(addr, STARTUP_TIMEOUT).await?;
     Ok((server, addr))
+}
+
+/// Starts the contract's floor (`bench/floor.rs`) for [`BENCH_CUSTOMER`]'s
+/// `pipelines`, its tokens signed with `secret`, on a free port, and waits
+/// until it is ready.
+async fn start_floor(secret: &str, pipelines: &[Uuid]) -> anyhow::Result<(ChildGuard, SocketAddr)> {
+    let pipelines: Vec<String> = pipelines.iter().map(Uuid::to_string).collect();
+    let mut args = vec!["--floor-secret", secret, "--floor-customer", BENCH_CUSTOMER];
+    for pipeline in &pipelines {
+        args.extend(["--floor-pipeline", pipeline.as_str()]);
+    }
+    start_baseline(&args).await
 }
 
 /// Starts the bare axum baseline (`xtask bench-baseline`, with `args`

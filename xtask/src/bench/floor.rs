@@ -10,7 +10,8 @@
 //!   `jsonwebtoken` the first time, then found by its exact text, its
 //!   expiry checked on every request (the service caches verified tokens
 //!   the same way, ADR 0016);
-//! - reads the body's `pipeline_id` and parses it as a UUID;
+//! - reads the body's `pipeline_id` and parses it as a UUID, and its
+//!   `conf`, when there is one, as JSON text checked and kept as sent;
 //! - finds the customer's pipeline in a map, refusing an unknown one;
 //! - makes a run, `manual__` and the instant, and keeps it in the
 //!   pipeline's history of the last 10,000 runs;
@@ -42,6 +43,7 @@ use axum::{
 use chrono::{SecondsFormat, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::baseline::EXECUTE_PATH;
@@ -51,13 +53,13 @@ const HISTORY: usize = 10_000;
 /// The changes the event log keeps, as the memory backend does.
 const EVENTS: usize = 100_000;
 
-/// The one customer and pipeline the floor holds, and the key its tokens
-/// are signed with.
+/// The one customer and the pipelines the floor holds, and the key its
+/// tokens are signed with.
 #[derive(Debug, Clone)]
 pub(crate) struct FloorSettings {
     pub(crate) secret: String,
     pub(crate) customer: String,
-    pub(crate) pipeline: Uuid,
+    pub(crate) pipelines: Vec<Uuid>,
 }
 
 /// The token claims the contract reads.
@@ -80,6 +82,7 @@ struct Verified {
 struct Run {
     id: String,
     created_at_micros: i64,
+    conf: Option<Box<RawValue>>,
 }
 
 /// A pipeline's last runs, oldest first.
@@ -109,6 +112,7 @@ struct Floor {
 #[derive(Debug, Deserialize)]
 struct ExecuteBody {
     pipeline_id: String,
+    conf: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -129,11 +133,12 @@ type Refusal = (StatusCode, &'static str);
 
 impl Floor {
     fn new(settings: &FloorSettings) -> anyhow::Result<Self> {
-        let mut pipelines = HashMap::new();
-        pipelines.insert(
-            (Arc::from(settings.customer.as_str()), settings.pipeline),
-            VecDeque::with_capacity(HISTORY),
-        );
+        let customer: Arc<str> = Arc::from(settings.customer.as_str());
+        let pipelines = settings
+            .pipelines
+            .iter()
+            .map(|pipeline| ((customer.clone(), *pipeline), History::new()))
+            .collect();
         Ok(Self {
             key: DecodingKey::from_secret(settings.secret.as_bytes())
                 .context("the secret is not an HS256 key")?,
@@ -184,7 +189,7 @@ impl Floor {
         Ok(verified.customer)
     }
 
-    fn execute(&self, headers: &HeaderMap, body: &ExecuteBody) -> Result<ExecuteAnswer, Refusal> {
+    fn execute(&self, headers: &HeaderMap, body: ExecuteBody) -> Result<ExecuteAnswer, Refusal> {
         let customer = self.customer(headers)?;
         let pipeline = Uuid::parse_str(&body.pipeline_id)
             .map_err(|_| (StatusCode::BAD_REQUEST, "not a pipeline id"))?;
@@ -207,6 +212,7 @@ impl Floor {
             history.push_back(Run {
                 id: run_id.clone(),
                 created_at_micros: now.timestamp_micros(),
+                conf: body.conf,
             });
         }
         {
@@ -251,7 +257,7 @@ async fn execute(
     headers: HeaderMap,
     Json(body): Json<ExecuteBody>,
 ) -> Result<Json<ExecuteAnswer>, Refusal> {
-    floor.execute(&headers, &body).map(Json)
+    floor.execute(&headers, body).map(Json)
 }
 
 /// The floor's routes: execute, and `/health` so that it is waited for
@@ -282,7 +288,7 @@ mod tests {
         FloorSettings {
             secret: "a floor secret of enough length".to_owned(),
             customer: "acme".to_owned(),
-            pipeline: Uuid::new_v4(),
+            pipelines: vec![Uuid::new_v4()],
         }
     }
 
@@ -312,7 +318,7 @@ mod tests {
         let addr = start(&settings).await;
         let now = token::unix_now().unwrap();
         let token = token::mint(&settings.secret, "acme", now + 60).unwrap();
-        let pipeline = settings.pipeline.hyphenated().to_string();
+        let pipeline = settings.pipelines[0].hyphenated().to_string();
 
         let (status, body) = execute(addr, &token, &pipeline).await;
         assert_eq!(status, 200);
@@ -328,7 +334,7 @@ mod tests {
         let settings = settings();
         let addr = start(&settings).await;
         let now = token::unix_now().unwrap();
-        let pipeline = settings.pipeline.hyphenated().to_string();
+        let pipeline = settings.pipelines[0].hyphenated().to_string();
         let other = token::mint(&settings.secret, "globex", now + 60).unwrap();
         assert_eq!(execute(addr, &other, &pipeline).await.0, 404);
         let forged = token::mint("another secret of enough length", "acme", now + 60).unwrap();

@@ -37,7 +37,7 @@ use super::{
         self, Cell, Check, Report, Row, RssReadings, Summary, mebibytes, millis, ratio, thousands,
         times,
     },
-    report_first_problem, start_baseline, start_maestro, unix_now,
+    report_first_problem, start_baseline, start_floor, start_maestro, unix_now,
 };
 use crate::{
     http::{self, Answer, RequestTemplate, TransportError},
@@ -125,6 +125,10 @@ struct ConfResults {
     with_conf: Summary,
     /// Whether a run triggered with the `conf` reads it back.
     conf_read_back: bool,
+    /// The contract's floor (`bench/floor.rs`) with the same two kinds of
+    /// execute, in turns of its own.
+    floor_plain: Summary,
+    floor_conf: Summary,
 }
 
 impl ConfResults {
@@ -132,6 +136,14 @@ impl ConfResults {
         ratio(
             self.with_conf.requests_per_second,
             self.plain.requests_per_second,
+        )
+    }
+
+    /// The floor's throughput with the `conf` as a share of without.
+    fn floor_ratio(&self) -> Option<f64> {
+        ratio(
+            self.floor_conf.requests_per_second,
+            self.floor_plain.requests_per_second,
         )
     }
 
@@ -161,8 +173,9 @@ async fn measure_conf(args: &Args, maestro: &Path) -> anyhow::Result<ConfResults
         warmup: args.warmup,
         request,
     };
-    let plain = spec(execute_request(&token, plain_pipeline)?);
-    let with_conf = spec(execute_with_conf(&token, conf_pipeline, &conf)?);
+    let plain_spec = spec(execute_request(&token, plain_pipeline)?);
+    let conf_spec = spec(execute_with_conf(&token, conf_pipeline, &conf)?);
+    let (plain, with_conf) = (plain_spec.clone(), conf_spec.clone());
     println!(
         "== maestro (memory backend) on {addr}, execute without conf and with a 1 KiB conf in alternating turns, each pipeline with a full history of {} runs first: {} each",
         thousands(FULL_HISTORY),
@@ -181,6 +194,27 @@ async fn measure_conf(args: &Args, maestro: &Path) -> anyhow::Result<ConfResults
     drop(server);
     drop(fixture);
 
+    // The same on the contract's floor, which keeps the `conf` as sent.
+    let (floor, floor_addr) = start_floor(&secret, &[plain_pipeline, conf_pipeline]).await?;
+    println!(
+        "== the contract's floor on {floor_addr}, the same executes, after the same full histories"
+    );
+    let on_floor = |side: &LoadSpec| LoadSpec {
+        addr: floor_addr,
+        ..side.clone()
+    };
+    let (floor_plain, floor_conf) = (on_floor(&plain_spec), on_floor(&conf_spec));
+    for side in [&floor_plain, &floor_conf] {
+        load::run(&LoadSpec {
+            requests: FULL_HISTORY,
+            warmup: 0,
+            ..side.clone()
+        })
+        .await?;
+    }
+    let (floor_plain, floor_conf) = airflow::in_turns(&floor_plain, &floor_conf).await?;
+    drop(floor);
+
     report_first_problem("maestro, execute without conf", &plain);
     report_first_problem("maestro, execute with a 1 KiB conf", &with_conf);
     Ok(ConfResults {
@@ -192,6 +226,8 @@ async fn measure_conf(args: &Args, maestro: &Path) -> anyhow::Result<ConfResults
         plain: Summary::new(&plain, args.conf_requests),
         with_conf: Summary::new(&with_conf, args.conf_requests),
         conf_read_back,
+        floor_plain: Summary::new(&floor_plain, args.conf_requests),
+        floor_conf: Summary::new(&floor_conf, args.conf_requests),
     })
 }
 
@@ -290,6 +326,30 @@ fn conf_report(results: &ConfResults) -> Report {
                 .collect(),
         ),
     );
+    let floor_plain = Cell::Throughput(results.floor_plain.requests_per_second);
+    let floor_conf = Cell::Throughput(results.floor_conf.requests_per_second);
+    rows.push(Row::new(
+        "the contract's floor: throughput / without conf",
+        vec![
+            floor_plain.ratio_to(&floor_plain),
+            floor_conf.ratio_to(&floor_plain),
+        ],
+    ));
+    rows.push(Row::new(
+        "the contract's floor: throughput",
+        vec![floor_plain, floor_conf],
+    ));
+    let notes = results
+        .floor_ratio()
+        .map(|floor| {
+            format!(
+                "The contract's floor (bare axum keeping the `conf` as sent; bench/floor.rs) keeps {} of its throughput with the `conf`, the service {}: what any server pays on this machine for the {CONF_BYTES} more bytes, read and kept, against what the service pays for checking and keeping them.",
+                times(floor),
+                results.ratio().map_or_else(|| "n/a".to_owned(), times),
+            )
+        })
+        .into_iter()
+        .collect();
     Report {
         title: "execute with a 1 KiB conf".to_owned(),
         setup: format!(
@@ -306,7 +366,7 @@ fn conf_report(results: &ConfResults) -> Report {
         columns: sides.iter().map(|(name, _)| (*name).to_owned()).collect(),
         rows,
         checks: conf_checks(results),
-        notes: Vec::new(),
+        notes,
     }
 }
 
@@ -1316,6 +1376,8 @@ mod tests {
             plain: summary(20_000.0),
             with_conf: summary(19_000.0),
             conf_read_back: true,
+            floor_plain: summary(40_000.0),
+            floor_conf: summary(37_000.0),
         }
     }
 
@@ -1353,6 +1415,15 @@ mod tests {
             "{markdown}"
         );
         assert_eq!(markdown.matches("| PASS |").count(), 3, "{markdown}");
+        assert!(
+            markdown
+                .contains("| the contract's floor: throughput / without conf | 1.00x | 0.93x |"),
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains("keeps 0.93x of its throughput with the `conf`, the service 0.95x"),
+            "{markdown}"
+        );
     }
 
     fn wait_results(judged: bool, wake_up_micros: u64) -> WaitResults {

@@ -7,13 +7,13 @@ use std::{env, net::SocketAddr, path::Path, process::Command, process::Stdio, ti
 use anyhow::Context as _;
 
 use super::{
-    Args, BENCH_CUSTOMER, ExecuteLoad, STARTUP_TIMEOUT,
+    Args, ExecuteLoad, STARTUP_TIMEOUT,
     airflow::{TURNS, in_turns},
     openloop::{self, OpenLoopReport, OpenLoopSpec, OpenLoopSummary},
     report::{
         Cell, Check, Report, Row, Summary, failures, mebibytes, millis, ratio, thousands, times,
     },
-    report_first_problem, start_baseline, start_maestro,
+    report_first_problem, start_floor, start_maestro,
 };
 use crate::{
     load,
@@ -227,16 +227,7 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
 /// Loads the contract's floor and the baseline at `baseline` in
 /// alternating turns.
 async fn measure_floor(load: &ExecuteLoad, baseline: SocketAddr) -> anyhow::Result<Floor> {
-    let pipeline = load.pipeline.to_string();
-    let (_floor, addr) = start_baseline(&[
-        "--floor-secret",
-        &load.secret,
-        "--floor-customer",
-        BENCH_CUSTOMER,
-        "--floor-pipeline",
-        &pipeline,
-    ])
-    .await?;
+    let (_floor, addr) = start_floor(&load.secret, &[load.pipeline]).await?;
     println!(
         "== the contract's floor (bare axum doing the contract's own work) on {addr}, in {TURNS} alternating turns with the baseline: {}",
         load.plan()
