@@ -12,8 +12,7 @@ use axum::{
     http::{HeaderValue, header},
     response::{IntoResponse as _, Response},
 };
-use chrono::{Datelike as _, Timelike as _};
-use domain::{Run, RunStatus, Timestamp, format_timestamp};
+use domain::{Run, RunStatus, Timestamp, format_timestamp, timestamp_text};
 
 /// About what one run takes as JSON without parameters, to size the
 /// buffer once.
@@ -108,33 +107,15 @@ fn string(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(&mut *out, text);
 }
 
-/// Appends `at` as a JSON string, as [`format_timestamp`] writes it
-/// (`"2024-12-18T10:30:00.000000+00:00"`), its digits put into a copy of
-/// that text. A year outside 0 to 9999, or a leap second, goes through
-/// [`format_timestamp`] itself.
+/// Appends `at` as a JSON string, as [`format_timestamp`] writes it.
 fn timestamp(out: &mut Vec<u8>, at: &Timestamp) {
-    let (date, time) = (at.date_naive(), at.time());
-    let year = u32::try_from(date.year()).unwrap_or(u32::MAX);
-    if year > 9999 || time.nanosecond() >= 1_000_000_000 {
-        return string(out, &format_timestamp(at));
-    }
-    let mut text = *br#""0000-00-00T00:00:00.000000+00:00""#;
-    digits(&mut text[1..5], year);
-    digits(&mut text[6..8], date.month());
-    digits(&mut text[9..11], date.day());
-    digits(&mut text[12..14], time.hour());
-    digits(&mut text[15..17], time.minute());
-    digits(&mut text[18..20], time.second());
-    digits(&mut text[21..27], time.nanosecond() / 1_000);
-    out.extend_from_slice(&text);
-}
-
-/// Puts the last decimal digits of `value` into `slots`, zero-padded.
-fn digits(slots: &mut [u8], mut value: u32) {
-    for slot in slots.iter_mut().rev() {
-        // A digit, 0 to 9.
-        *slot = b'0' + (value % 10) as u8;
-        value /= 10;
+    match timestamp_text(at) {
+        Some(text) => {
+            out.push(b'"');
+            out.extend_from_slice(text.as_str().as_bytes());
+            out.push(b'"');
+        }
+        None => string(out, &format_timestamp(at)),
     }
 }
 

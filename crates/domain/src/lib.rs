@@ -144,7 +144,7 @@ pub use pipeline::{InvalidPipelineId, Pipeline, PipelineId, PipelineStatus, Pipe
 pub use ports::{Orchestrator, PipelineRepository, RunWatch, TriggerRequest};
 pub use run::{
     InvalidRunId, InvalidRunQuery, InvalidRunStatus, ManualRunClock, Run, RunId, RunPage, RunQuery,
-    RunStatus, Timestamp, format_timestamp,
+    RunStatus, Timestamp, TimestampText, format_timestamp, timestamp_text,
 };
 pub use service::PipelineService;
 pub use trace::{MAX_TRACE_STATE_LEN, SpanId, TraceContext, TraceId, TraceParent};

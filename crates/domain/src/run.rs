@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, Datelike as _, SecondsFormat, TimeDelta, Timelike as _, Utc};
 
 use crate::{PipelineId, RunConf};
 
@@ -13,7 +13,63 @@ pub type Timestamp = DateTime<Utc>;
 /// Formats an instant the way every response does: RFC 3339, UTC written as
 /// `+00:00`, with microseconds (`2024-12-18T10:30:00.000000+00:00`).
 pub fn format_timestamp(at: &Timestamp) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, false)
+    match timestamp_text(at) {
+        Some(text) => text.as_str().to_owned(),
+        None => at.to_rfc3339_opts(SecondsFormat::Micros, false),
+    }
+}
+
+/// The text [`format_timestamp`] writes, made on the stack: the digits
+/// put into a copy of `0000-00-00T00:00:00.000000+00:00`. `None` for a
+/// year outside 0 to 9999 or a leap second, which only chrono writes.
+///
+/// ```
+/// use domain::{format_timestamp, timestamp_text};
+///
+/// let at = "2024-12-18T10:30:00.123456789Z".parse().unwrap();
+/// let text = timestamp_text(&at).unwrap();
+/// assert_eq!(text.as_str(), "2024-12-18T10:30:00.123456+00:00");
+/// assert_eq!(text.as_str(), format_timestamp(&at));
+/// ```
+pub fn timestamp_text(at: &Timestamp) -> Option<TimestampText> {
+    let (date, time) = (at.date_naive(), at.time());
+    let year = u32::try_from(date.year())
+        .ok()
+        .filter(|year| *year <= 9999)?;
+    if time.nanosecond() >= 1_000_000_000 {
+        return None;
+    }
+    let mut text = *b"0000-00-00T00:00:00.000000+00:00";
+    digits(&mut text[0..4], year);
+    digits(&mut text[5..7], date.month());
+    digits(&mut text[8..10], date.day());
+    digits(&mut text[11..13], time.hour());
+    digits(&mut text[14..16], time.minute());
+    digits(&mut text[17..19], time.second());
+    digits(&mut text[20..26], time.nanosecond() / 1_000);
+    Some(TimestampText(text))
+}
+
+/// An instant as [`format_timestamp`] writes it, without an allocation
+/// ([`timestamp_text`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampText([u8; 32]);
+
+impl TimestampText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // ASCII digits and punctuation only, so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// Puts the last decimal digits of `value` into `slots`, zero-padded.
+fn digits(slots: &mut [u8], mut value: u32) {
+    for slot in slots.iter_mut().rev() {
+        // A digit, 0 to 9.
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// The id of one run of a pipeline, as execute returned it
@@ -46,7 +102,14 @@ impl RunId {
     /// The id of a run triggered on demand at `at`: `manual__` and the
     /// instant in RFC 3339 with microseconds, ending in `+00:00`.
     pub fn manual(at: &Timestamp) -> Self {
-        Self(format!("manual__{}", format_timestamp(at)))
+        const PREFIX: &str = "manual__";
+        let mut id = String::with_capacity(PREFIX.len() + 32);
+        id.push_str(PREFIX);
+        match timestamp_text(at) {
+            Some(text) => id.push_str(text.as_str()),
+            None => id.push_str(&format_timestamp(at)),
+        }
+        Self(id)
     }
 
     /// The id as text.
@@ -310,6 +373,61 @@ mod tests {
     fn at(micros: i64) -> Timestamp {
         Utc.timestamp_micros(1_734_517_800_000_000 + micros)
             .unwrap()
+    }
+
+    /// What chrono writes of `at`, the reference of [`format_timestamp`].
+    fn chrono(at: &Timestamp) -> String {
+        at.to_rfc3339_opts(SecondsFormat::Micros, false)
+    }
+
+    #[test]
+    fn instants_are_written_as_chrono_writes_them_across_days_years_and_nanoseconds() {
+        let start = Utc.with_ymd_and_hms(2024, 2, 28, 0, 0, 0).unwrap();
+        let day_and_a_half = (0..86_400 * 3 / 2).step_by(7).map(|second| {
+            start
+                + TimeDelta::seconds(second)
+                + TimeDelta::nanoseconds(second * 13_579 % 1_000_000_000)
+        });
+        let edges = [
+            (0, 1, 1),
+            (1, 1, 1),
+            (999, 12, 31),
+            (1000, 1, 1),
+            (1970, 1, 1),
+            (9999, 12, 31),
+        ]
+        .into_iter()
+        .map(|(year, month, day)| {
+            Utc.with_ymd_and_hms(year, month, day, 23, 59, 59).unwrap()
+                + TimeDelta::nanoseconds(999_999_999)
+        });
+        for at in day_and_a_half.chain(edges) {
+            assert_eq!(format_timestamp(&at), chrono(&at));
+            assert_eq!(timestamp_text(&at).unwrap().as_str(), chrono(&at));
+            assert_eq!(
+                RunId::manual(&at).as_str(),
+                format!("manual__{}", chrono(&at))
+            );
+        }
+    }
+
+    #[test]
+    fn years_past_four_digits_and_leap_seconds_are_left_to_chrono() {
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_micro_opt(23, 59, 59, 1_500_000)
+            .unwrap()
+            .and_utc();
+        let far = Utc.with_ymd_and_hms(12_345, 1, 2, 3, 4, 5).unwrap();
+        let before = Utc.with_ymd_and_hms(-1, 1, 2, 3, 4, 5).unwrap();
+        for at in [leap, far, before] {
+            assert_eq!(timestamp_text(&at), None);
+            assert_eq!(format_timestamp(&at), chrono(&at));
+            assert_eq!(
+                RunId::manual(&at).as_str(),
+                format!("manual__{}", chrono(&at))
+            );
+        }
     }
 
     #[test]
