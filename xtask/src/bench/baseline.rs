@@ -8,6 +8,7 @@
 //! request waiting on a run that ends then, and a count of those waiting.
 
 use std::{
+    borrow::Cow,
     sync::{
         OnceLock,
         atomic::{AtomicUsize, Ordering},
@@ -37,16 +38,17 @@ struct ExecuteBody {
 
 /// The service's success answer, field for field.
 #[derive(Debug, Serialize)]
-struct ExecuteAnswer {
-    status: bool,
-    data: ExecuteData,
+pub(super) struct ExecuteAnswer {
+    pub(super) status: bool,
+    pub(super) data: ExecuteData,
 }
 
 #[derive(Debug, Serialize)]
-struct ExecuteData {
-    message: &'static str,
-    pipeline_id: String,
-    run_id: &'static str,
+pub(super) struct ExecuteData {
+    pub(super) message: &'static str,
+    pub(super) pipeline_id: String,
+    /// Fixed here, made per run by the contract's floor.
+    pub(super) run_id: Cow<'static, str>,
 }
 
 async fn execute(Json(body): Json<ExecuteBody>) -> Json<ExecuteAnswer> {
@@ -57,7 +59,7 @@ async fn execute(Json(body): Json<ExecuteBody>) -> Json<ExecuteAnswer> {
         data: ExecuteData {
             message: "Pipeline execution triggered successfully",
             pipeline_id: body.pipeline_id,
-            run_id: "manual__2024-12-18T10:30:00+00:00",
+            run_id: Cow::Borrowed("manual__2024-12-18T10:30:00+00:00"),
         },
     })
 }

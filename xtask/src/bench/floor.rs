@@ -25,6 +25,7 @@
 //! tasks that serve events and webhooks.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex, RwLock,
@@ -42,11 +43,11 @@ use axum::{
 };
 use chrono::{SecondsFormat, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::baseline::EXECUTE_PATH;
+use super::baseline::{EXECUTE_PATH, ExecuteAnswer, ExecuteData};
 
 /// The runs a pipeline's history keeps, as the memory backend does.
 const HISTORY: usize = 10_000;
@@ -113,19 +114,6 @@ struct Floor {
 struct ExecuteBody {
     pipeline_id: String,
     conf: Option<Box<RawValue>>,
-}
-
-#[derive(Debug, Serialize)]
-struct ExecuteAnswer {
-    status: bool,
-    data: ExecuteData,
-}
-
-#[derive(Debug, Serialize)]
-struct ExecuteData {
-    message: &'static str,
-    pipeline_id: String,
-    run_id: String,
 }
 
 /// What the floor refuses, with the status the service gives.
@@ -235,7 +223,7 @@ impl Floor {
             data: ExecuteData {
                 message: "Pipeline execution triggered successfully",
                 pipeline_id: underscored(pipeline),
-                run_id,
+                run_id: Cow::Owned(run_id),
             },
         })
     }

@@ -175,21 +175,12 @@ async fn measure_conf(args: &Args, maestro: &Path) -> anyhow::Result<ConfResults
     };
     let plain_spec = spec(execute_request(&token, plain_pipeline)?);
     let conf_spec = spec(execute_with_conf(&token, conf_pipeline, &conf)?);
-    let (plain, with_conf) = (plain_spec.clone(), conf_spec.clone());
     println!(
         "== maestro (memory backend) on {addr}, execute without conf and with a 1 KiB conf in alternating turns, each pipeline with a full history of {} runs first: {} each",
         thousands(FULL_HISTORY),
         report::plan(args.warmup, args.conf_requests, args.connections)
     );
-    for side in [&plain, &with_conf] {
-        load::run(&LoadSpec {
-            requests: FULL_HISTORY,
-            warmup: 0,
-            ..side.clone()
-        })
-        .await?;
-    }
-    let (plain, with_conf) = airflow::in_turns(&plain, &with_conf).await?;
+    let (plain, with_conf) = full_history_in_turns(&plain_spec, &conf_spec).await?;
     let conf_read_back = reads_back(addr, &token, conf_pipeline, &conf).await;
     drop(server);
     drop(fixture);
@@ -203,16 +194,8 @@ async fn measure_conf(args: &Args, maestro: &Path) -> anyhow::Result<ConfResults
         addr: floor_addr,
         ..side.clone()
     };
-    let (floor_plain, floor_conf) = (on_floor(&plain_spec), on_floor(&conf_spec));
-    for side in [&floor_plain, &floor_conf] {
-        load::run(&LoadSpec {
-            requests: FULL_HISTORY,
-            warmup: 0,
-            ..side.clone()
-        })
-        .await?;
-    }
-    let (floor_plain, floor_conf) = airflow::in_turns(&floor_plain, &floor_conf).await?;
+    let (floor_plain, floor_conf) =
+        full_history_in_turns(&on_floor(&plain_spec), &on_floor(&conf_spec)).await?;
     drop(floor);
 
     report_first_problem("maestro, execute without conf", &plain);
@@ -229,6 +212,23 @@ async fn measure_conf(args: &Args, maestro: &Path) -> anyhow::Result<ConfResults
         floor_plain: Summary::new(&floor_plain, args.conf_requests),
         floor_conf: Summary::new(&floor_conf, args.conf_requests),
     })
+}
+
+/// Gives each side's pipeline a full history of [`FULL_HISTORY`] runs,
+/// unmeasured, then loads the two sides in alternating turns.
+async fn full_history_in_turns(
+    plain: &LoadSpec,
+    with_conf: &LoadSpec,
+) -> anyhow::Result<(load::LoadReport, load::LoadReport)> {
+    for side in [plain, with_conf] {
+        load::run(&LoadSpec {
+            requests: FULL_HISTORY,
+            warmup: 0,
+            ..side.clone()
+        })
+        .await?;
+    }
+    airflow::in_turns(plain, with_conf).await
 }
 
 /// A `conf` of exactly `bytes` bytes as compact JSON (at least some 200),
