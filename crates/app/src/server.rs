@@ -351,19 +351,10 @@ impl Activity {
 
     /// Bytes came in: on an idle connection, a request has begun.
     fn bytes_arrived(&self) {
-        let idle = matches!(
-            *self
-                .phase
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner()),
-            Phase::Idle(_)
-        );
-        if idle {
-            self.update(|phase| match phase {
-                Phase::Idle(_) => Phase::Head(Instant::now()),
-                other => other,
-            });
-        }
+        self.update(|phase| match phase {
+            Phase::Idle(_) => Phase::Head(Instant::now()),
+            other => other,
+        });
     }
 
     /// A whole head was read and the request handed to the router; the

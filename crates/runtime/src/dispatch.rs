@@ -244,24 +244,32 @@ impl Dispatcher {
 
     /// When `read` brought events and no customer has a webhook: records
     /// the log's head as dispatched, and answers it. Every event up to the
-    /// head was appended before the look at the webhooks, when none wanted
-    /// it; a webhook registered since is told of what comes after. `None`
-    /// when the events are to be dispatched as usual.
+    /// head was appended before the last look at the webhooks, when none
+    /// wanted it; a webhook registered since is told of what comes after.
+    /// `None` when the events are to be dispatched as usual, after one look
+    /// at the webhooks and no read of the head.
     async fn skip_unwatched(&self, read: &FeedRead) -> Result<Option<EventId>, StorageError> {
-        if !matches!(read, FeedRead::Events(events) if !events.is_empty()) {
+        if !matches!(read, FeedRead::Events(events) if !events.is_empty())
+            || !self.unwatched().await?
+        {
             return Ok(None);
         }
-        // The head first: an event after it may be for a webhook made
-        // after the look below.
+        // The head, then a second look: an event after the head may be for
+        // a webhook made after the first look.
         let Some(head) = self.log.head().await? else {
             return Ok(None);
         };
-        if !self.webhooks.customers().await?.is_empty() {
+        if !self.unwatched().await? {
             return Ok(None);
         }
         self.queue.enqueue(&[], &head).await?;
         tracing::debug!(up_to = %head, "no webhooks: events skipped");
         Ok(Some(head))
+    }
+
+    /// Whether no customer has a webhook.
+    async fn unwatched(&self) -> Result<bool, StorageError> {
+        Ok(self.webhooks.customers().await?.is_empty())
     }
 
     /// Enqueues the deliveries of `events` (a page, not empty) and records
