@@ -37,9 +37,18 @@ impl SpanId {
     }
 }
 
-/// Lower-case hexadecimal, as W3C Trace Context writes ids.
-fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    bytes.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+/// Lower-case hexadecimal, as W3C Trace Context writes ids; written on the
+/// stack and passed on at once, since every request's log line has one.
+fn write_hex<const N: usize>(f: &mut fmt::Formatter<'_>, bytes: &[u8; N]) -> fmt::Result {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [[0_u8; 2]; N];
+    for (pair, byte) in text.iter_mut().zip(bytes) {
+        *pair = [
+            DIGITS[usize::from(byte >> 4)],
+            DIGITS[usize::from(byte & 0x0f)],
+        ];
+    }
+    f.write_str(str::from_utf8(text.as_flattened()).expect("hexadecimal digits are ASCII"))
 }
 
 impl fmt::Display for TraceId {
@@ -352,6 +361,20 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn ids_are_written_as_two_lower_case_digits_a_byte(
+            trace in any::<[u8; 16]>(),
+            span in any::<[u8; 8]>(),
+        ) {
+            let digits = |bytes: &[u8]| bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>();
+            if let Some(id) = TraceId::from_bytes(trace) {
+                prop_assert_eq!(id.to_string(), digits(&trace));
+            }
+            if let Some(id) = SpanId::from_bytes(span) {
+                prop_assert_eq!(id.to_string(), digits(&span));
+            }
+        }
+
         #[test]
         fn every_context_reads_back_from_its_traceparent(
             trace in any::<[u8; 16]>(),
