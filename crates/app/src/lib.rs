@@ -7,6 +7,8 @@
 pub mod config;
 mod dev;
 mod events;
+mod log_fields;
+mod log_time;
 mod log_writer;
 mod readiness;
 mod server;

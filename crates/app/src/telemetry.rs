@@ -22,6 +22,8 @@ use tracing_subscriber::{
 
 use crate::{
     LogFormat, TracingArgs,
+    log_fields::TextFields,
+    log_time::LogTime,
     log_writer::{LogGuard, LogWriter, log_writer},
 };
 
@@ -88,11 +90,12 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
     let Some(url) = tracing.traces_url() else {
         let builder = fmt()
             .with_env_filter(filter)
+            .with_timer(LogTime)
             .with_writer(writer)
             .with_ansi(colours());
         // A second initialisation (in tests) keeps the first subscriber.
         let _ = match format {
-            LogFormat::Text => builder.try_init(),
+            LogFormat::Text => builder.fmt_fields(TextFields).try_init(),
             LogFormat::Json => builder
                 .json()
                 .flatten_event(true)
@@ -127,9 +130,12 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
         .with_filter(filter_fn(|meta| {
             meta.is_span() && meta.target().starts_with("adapter_http")
         }));
-    let logs = fmt::layer().with_writer(writer).with_ansi(colours());
+    let logs = fmt::layer()
+        .with_timer(LogTime)
+        .with_writer(writer)
+        .with_ansi(colours());
     let logs = match format {
-        LogFormat::Text => logs.boxed(),
+        LogFormat::Text => logs.fmt_fields(TextFields).boxed(),
         LogFormat::Json => logs
             .json()
             .flatten_event(true)
