@@ -104,10 +104,20 @@ impl LogId {
         })
     }
 
+    /// `<millis>-<seq>`, written on the stack: every change appended
+    /// gets one.
     fn to_event_id(self) -> EventId {
+        let (mut millis, mut seq) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (millis, seq) = (millis.format(self.millis), seq.format(self.seq));
         // Two numbers of at most 20 digits and a dash: always an event id.
-        EventId::parse(&format!("{}-{}", self.millis, self.seq))
-            .unwrap_or_else(|_| unreachable!("a log id is a valid event id"))
+        let mut text = [b'-'; 41];
+        let len = millis.len() + 1 + seq.len();
+        text[..millis.len()].copy_from_slice(millis.as_bytes());
+        text[millis.len() + 1..len].copy_from_slice(seq.as_bytes());
+        str::from_utf8(&text[..len])
+            .ok()
+            .and_then(|text| EventId::parse(text).ok())
+            .unwrap_or_else(|| unreachable!("a log id is a valid event id"))
     }
 }
 
@@ -457,6 +467,19 @@ mod tests {
     fn parts(id: &EventId) -> (u64, u64) {
         let parsed = LogId::parse(id.as_str()).unwrap();
         (parsed.millis, parsed.seq)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_log_id_is_written_as_its_two_numbers_and_reads_back(
+            millis in proptest::prelude::any::<u64>(),
+            seq in proptest::prelude::any::<u64>(),
+        ) {
+            let id = LogId { millis, seq };
+            let event = id.to_event_id();
+            proptest::prop_assert_eq!(event.as_str(), format!("{millis}-{seq}"));
+            proptest::prop_assert_eq!(LogId::parse(event.as_str()), Some(id));
+        }
     }
 
     #[tokio::test(start_paused = true)]
