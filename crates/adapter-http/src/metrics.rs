@@ -5,9 +5,12 @@
 //! deliveries by outcome with the age of the oldest waiting.
 
 use std::{
-    sync::{Arc, atomic::AtomicU64},
+    hash::Hash,
+    sync::{Arc, PoisonError, RwLock, atomic::AtomicU64},
     time::Duration,
 };
+
+use hashbrown::Equivalent;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -25,6 +28,22 @@ struct RequestLabels {
     route: String,
     method: &'static str,
     status: u16,
+}
+
+/// The labels of a request's series, borrowed: hashed as
+/// [`RequestLabels`] is, so that a series is found without copying its
+/// route.
+#[derive(Hash)]
+struct RequestKey<'a> {
+    route: &'a str,
+    method: &'static str,
+    status: u16,
+}
+
+impl Equivalent<RequestLabels> for RequestKey<'_> {
+    fn equivalent(&self, labels: &RequestLabels) -> bool {
+        self.route == labels.route && self.method == labels.method && self.status == labels.status
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,6 +105,43 @@ impl ConnectionClose {
     }
 }
 
+/// The series of some families already made, found again by a fast hash
+/// of their labels, borrowed. A [`Family`] hashes owned labels with SipHash
+/// on every use, and an execute counts in five series: through these it
+/// finds them with one look-up for each pair of families, and copies no
+/// label.
+#[derive(Debug)]
+struct Series<K, V>(RwLock<hashbrown::HashMap<K, V>>);
+
+impl<K, V> Default for Series<K, V> {
+    fn default() -> Self {
+        Self(RwLock::default())
+    }
+}
+
+impl<K: Hash + Eq, V> Series<K, V> {
+    /// Hands `update` the series of `key`, made by `make` the first time.
+    fn update<Q>(&self, key: &Q, make: impl FnOnce() -> (K, V), update: impl FnOnce(&V))
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
+        if let Some(series) = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return update(series);
+        }
+        let mut made = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(series) = made.get(key) {
+            return update(series);
+        }
+        let (labels, series) = make();
+        update(made.entry(labels).or_insert(series));
+    }
+}
+
 /// The service's metrics, cheap to clone, rendered on `/metrics`.
 ///
 /// Every label takes values from a closed set (route templates, not raw
@@ -117,6 +173,10 @@ struct Inner {
     oldest_pending: Gauge<f64, AtomicU64>,
     dispatch_gaps: Counter,
     log_drops: Arc<LogDrops>,
+    /// `requests` and `latency` by the request's labels.
+    request_series: Series<RequestLabels, (Counter, Histogram)>,
+    /// `backend_calls` and `backend_latency` by operation and outcome.
+    backend_series: Series<(&'static str, &'static str), (Counter, Histogram)>,
 }
 
 /// How many log lines the log writer dropped, read at each scrape from
@@ -288,6 +348,8 @@ impl Default for Metrics {
                 rate_limit_fallbacks,
                 connections_open,
                 connections_closed,
+                request_series: Series::default(),
+                backend_series: Series::default(),
             }),
         }
     }
@@ -309,21 +371,31 @@ impl Metrics {
         status: u16,
         latency: Duration,
     ) {
-        let method = known_method(method);
-        self.inner
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                method,
-                status,
-            })
-            .inc();
-        self.inner
-            .latency
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
-            .observe(latency.as_secs_f64());
+        let inner = &self.inner;
+        let key = RequestKey {
+            route,
+            method: known_method(method),
+            status,
+        };
+        inner.request_series.update(
+            &key,
+            || {
+                let labels = RequestLabels {
+                    route: route.to_owned(),
+                    method: key.method,
+                    status,
+                };
+                let latency = inner.latency.get_or_create_owned(&RouteLabels {
+                    route: route.to_owned(),
+                });
+                let requests = inner.requests.get_or_create_owned(&labels);
+                (labels, (requests, latency))
+            },
+            |(requests, histogram)| {
+                requests.inc();
+                histogram.observe(latency.as_secs_f64());
+            },
+        );
     }
 
     /// Counts one run triggered on `backend`.
@@ -354,14 +426,23 @@ impl Metrics {
         outcome: &'static str,
         latency: Duration,
     ) {
-        self.inner
-            .backend_calls
-            .get_or_create(&BackendCallLabels { operation, outcome })
-            .inc();
-        self.inner
-            .backend_latency
-            .get_or_create(&OperationLabels { operation })
-            .observe(latency.as_secs_f64());
+        let inner = &self.inner;
+        inner.backend_series.update(
+            &(operation, outcome),
+            || {
+                let calls = inner
+                    .backend_calls
+                    .get_or_create_owned(&BackendCallLabels { operation, outcome });
+                let latency = inner
+                    .backend_latency
+                    .get_or_create_owned(&OperationLabels { operation });
+                ((operation, outcome), (calls, latency))
+            },
+            |(calls, histogram)| {
+                calls.inc();
+                histogram.observe(latency.as_secs_f64());
+            },
+        );
     }
 
     /// Counts one backend call sent a second time, by how the retry ended
@@ -516,5 +597,38 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE maestro_log_lines_dropped counter\n"));
+    }
+
+    #[test]
+    fn each_series_counts_its_own_requests_and_a_route_times_them_all() {
+        let metrics = Metrics::default();
+        let ms = Duration::from_millis(1);
+        for (route, method, status) in [
+            ("/a/{id}", "GET", 200),
+            ("/a/{id}", "GET", 200),
+            ("/a/{id}", "GET", 404),
+            ("/a/{id}", "BREW", 200),
+            ("/b", "GET", 200),
+        ] {
+            metrics.observe_request(route, method, status, ms);
+        }
+        metrics.observe_backend_call("execute", "ok", ms);
+        metrics.observe_backend_call("execute", "ok", ms);
+        metrics.observe_backend_call("execute", "timeout", ms * 4000);
+        let text = metrics.render();
+        for line in [
+            r#"maestro_http_requests_total{route="/a/{id}",method="GET",status="200"} 2"#,
+            r#"maestro_http_requests_total{route="/a/{id}",method="GET",status="404"} 1"#,
+            r#"maestro_http_requests_total{route="/a/{id}",method="other",status="200"} 1"#,
+            r#"maestro_http_requests_total{route="/b",method="GET",status="200"} 1"#,
+            r#"maestro_http_request_duration_seconds_count{route="/a/{id}"} 4"#,
+            r#"maestro_http_request_duration_seconds_count{route="/b"} 1"#,
+            r#"maestro_backend_calls_total{operation="execute",outcome="ok"} 2"#,
+            r#"maestro_backend_calls_total{operation="execute",outcome="timeout"} 1"#,
+            r#"maestro_backend_call_duration_seconds_count{operation="execute"} 3"#,
+            r#"maestro_backend_call_duration_seconds_bucket{le="3.2768",operation="execute"} 2"#,
+        ] {
+            assert!(text.contains(&format!("\n{line}\n")), "{line} in {text}");
+        }
     }
 }
