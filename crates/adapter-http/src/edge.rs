@@ -282,7 +282,7 @@ impl HttpBody for DeadlineBody {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{sync::Arc, time::Duration};
 
     use axum::{
@@ -303,7 +303,9 @@ mod tests {
     use super::*;
     use crate::Metrics;
 
-    fn state() -> AppState {
+    /// A state over mocks, with a request timeout of 10 s and a body
+    /// timeout of 5 s.
+    pub(crate) fn state() -> AppState {
         let mut auth = MockAuthContext::new();
         auth.expect_authenticate()
             .returning(|_| Ok(Caller::new(CustomerId::parse("acme").unwrap())));

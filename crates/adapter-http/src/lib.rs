@@ -6,17 +6,14 @@
 //! [`router`] builds the whole API over an [`AppState`]; tests call it in
 //! process, and the `maestro` binary serves it.
 
-use std::{any::Any, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::DefaultBodyLimit,
-    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use domain::{AuthContext, Clock, Events, Idempotency, Listeners, PipelineService, Webhooks};
 use tokio::sync::watch;
-use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::{
     Modify, OpenApi,
     openapi::{
@@ -474,18 +471,6 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(routes::metrics))
         .merge(docs)
         .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
-        .layer(CatchPanicLayer::custom(panic_response));
+        .method_not_allowed_fallback(routes::method_not_allowed);
     observe::wrap(routes, &state).with_state(state)
-}
-
-fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    tracing::error!(panic = %message, "handler panicked");
-    error::ApiError::internal().into_response()
 }
