@@ -257,32 +257,32 @@ pub(crate) struct PipelineIdRequest {
 
 /// `200` of execute.
 #[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct ExecuteResponse {
+pub(crate) struct ExecuteResponse<'a> {
     #[schema(schema_with = always_true)]
     status: bool,
-    data: ExecuteData,
+    data: ExecuteData<'a>,
 }
 
 /// What execute triggered.
 #[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct ExecuteData {
+pub(crate) struct ExecuteData<'a> {
     #[schema(schema_with = execute_message)]
     message: &'static str,
     #[schema(schema_with = normalized_pipeline_id_schema)]
-    pipeline_id: String,
+    pipeline_id: &'a str,
     /// The new run's id, to watch it with the run routes.
     #[schema(example = "manual__2024-12-18T10:30:00.000000+00:00")]
-    run_id: String,
+    run_id: &'a str,
 }
 
-impl ExecuteResponse {
-    pub(crate) fn new(run: &Run) -> Self {
+impl<'a> ExecuteResponse<'a> {
+    pub(crate) fn new(run: &'a Run) -> Self {
         Self {
             status: true,
             data: ExecuteData {
                 message: "Pipeline execution triggered successfully",
-                pipeline_id: run.pipeline_id.to_string(),
-                run_id: run.id.to_string(),
+                pipeline_id: run.pipeline_id.as_str(),
+                run_id: run.id.as_str(),
             },
         }
     }

@@ -108,8 +108,8 @@ impl ConnectionClose {
 /// The series of some families already made, found again by a fast hash
 /// of their labels, borrowed. A [`Family`] hashes owned labels with SipHash
 /// on every use, and an execute counts in five series: through these it
-/// finds them with one look-up for each pair of families, and copies no
-/// label.
+/// finds them with one look-up for each pair of families (and one for the
+/// runs triggered), and copies no label.
 #[derive(Debug)]
 struct Series<K, V>(RwLock<hashbrown::HashMap<K, V>>);
 
@@ -177,6 +177,8 @@ struct Inner {
     request_series: Series<RequestLabels, (Counter, Histogram)>,
     /// `backend_calls` and `backend_latency` by operation and outcome.
     backend_series: Series<(&'static str, &'static str), (Counter, Histogram)>,
+    /// `runs_triggered` by backend.
+    triggered_series: Series<&'static str, Counter>,
 }
 
 /// How many log lines the log writer dropped, read at each scrape from
@@ -350,6 +352,7 @@ impl Default for Metrics {
                 connections_closed,
                 request_series: Series::default(),
                 backend_series: Series::default(),
+                triggered_series: Series::default(),
             }),
         }
     }
@@ -400,10 +403,19 @@ impl Metrics {
 
     /// Counts one run triggered on `backend`.
     pub(crate) fn run_triggered(&self, backend: &'static str) {
-        self.inner
-            .runs_triggered
-            .get_or_create(&BackendLabels { backend })
-            .inc();
+        let inner = &self.inner;
+        inner.triggered_series.update(
+            &backend,
+            || {
+                let runs = inner
+                    .runs_triggered
+                    .get_or_create_owned(&BackendLabels { backend });
+                (backend, runs)
+            },
+            |runs| {
+                runs.inc();
+            },
+        );
     }
 
     /// Counts one request refused for its credential.

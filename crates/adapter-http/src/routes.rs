@@ -113,7 +113,7 @@ pub(crate) enum BodyFailures {
     request_body = ExecuteRequest,
     params(IdempotencyKeyParam),
     responses(
-        (status = 200, description = "The run was triggered (or, with `Idempotent-Replayed: true`, the first answer to this key)", body = ExecuteResponse,
+        (status = 200, description = "The run was triggered (or, with `Idempotent-Replayed: true`, the first answer to this key)", body = ExecuteResponse<'_>,
             headers(("Idempotent-Replayed" = String, description = "`true` on an answer given again"))),
         (status = 400, description = "`PipelinePaused` (`Cannot execute paused pipeline. Use /pipeline/unpause first.`), `InvalidConf` (the `conf` is not usable, or the pipeline refused it, naming the parameter), `InvalidPipelineId`, `InvalidRequestBody`, `InvalidIdempotencyKey`, or `{\"detail\": \"pipeline_id is required\"}`", body = ErrorBody,
             headers(("Idempotent-Replayed" = String, description = "`true` on a `PipelinePaused` given again"))),
