@@ -8,7 +8,6 @@ use std::{
 };
 
 use axum::{
-    Json,
     extract::FromRequestParts,
     http::{HeaderName, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
@@ -110,7 +109,7 @@ pub(crate) async fn execute_once(
             // Rendered as the first answer was, from the same outcome, so
             // that the client gets the same bytes; it counts as no new run.
             let mut response = match outcome {
-                Ok(run) => Json(ExecuteResponse::new(&run)).into_response(),
+                Ok(run) => ExecuteResponse::new(&run).into_response(),
                 Err(err) => ApiError::from(err).into_response(),
             };
             response.headers_mut().insert(
