@@ -10,27 +10,56 @@
 //! terminal sequences; errors, with their sources; raw identifiers; every
 //! field when colours are on) is still written by the default formatter.
 
-use std::fmt;
+use std::{cell::RefCell, fmt};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::{
-    field::{MakeVisitor, VisitFmt, VisitOutput},
-    fmt::format::{DefaultVisitor, Writer},
+    field::{RecordFields, VisitOutput},
+    fmt::{
+        FormatFields,
+        format::{DefaultVisitor, Writer},
+    },
 };
 
 /// The field formatter of text lines; see the module's documentation.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct TextFields;
 
-impl<'a> MakeVisitor<Writer<'a>> for TextFields {
-    type Visitor = TextVisitor<'a>;
+thread_local! {
+    /// Where a set of fields is written before it is handed on in one
+    /// piece: a span's fields are kept in a string that would otherwise
+    /// grow five times as they are written.
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+}
 
-    fn make_visitor(&self, target: Writer<'a>) -> TextVisitor<'a> {
-        TextVisitor {
-            writer: target,
-            is_empty: true,
-            result: Ok(()),
+/// The most a thread's scratch keeps between uses.
+const SCRATCH_KEPT: usize = 4096;
+
+impl<'writer> FormatFields<'writer> for TextFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        // The scratch's writer neither colours nor leaves terminal
+        // sequences as they are: for those, write in place.
+        if writer.has_ansi_escapes() || !writer.sanitizes_ansi_escapes() {
+            return TextVisitor::new(writer).visit(&fields);
         }
+        SCRATCH.with(|scratch| {
+            // Taken when a field's own formatting logs: write in place.
+            let Ok(mut text) = scratch.try_borrow_mut() else {
+                return TextVisitor::new(writer.by_ref()).visit(&fields);
+            };
+            text.clear();
+            let written = TextVisitor::new(Writer::new(&mut *text))
+                .visit(&fields)
+                .and_then(|()| writer.write_str(&text));
+            if text.capacity() > SCRATCH_KEPT {
+                *text = String::new();
+            }
+            written
+        })
     }
 }
 
@@ -40,6 +69,16 @@ pub(crate) struct TextVisitor<'a> {
     /// No field is written yet: the next one needs no space before it.
     is_empty: bool,
     result: fmt::Result,
+}
+
+impl<'a> TextVisitor<'a> {
+    fn new(writer: Writer<'a>) -> Self {
+        Self {
+            writer,
+            is_empty: true,
+            result: Ok(()),
+        }
+    }
 }
 
 impl TextVisitor<'_> {
@@ -170,12 +209,6 @@ impl VisitOutput<fmt::Result> for TextVisitor<'_> {
     }
 }
 
-impl VisitFmt for TextVisitor<'_> {
-    fn writer(&mut self) -> &mut dyn fmt::Write {
-        &mut self.writer
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{
@@ -297,6 +330,37 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    /// A value that logs while it is written.
+    struct Chatty;
+
+    impl fmt::Debug for Chatty {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            tracing::info!(inner = "from inside", "written while writing");
+            f.write_str("chatty")
+        }
+    }
+
+    #[test]
+    fn a_value_that_logs_while_it_is_written_is_written_as_by_default() {
+        let written = |fast: bool| {
+            let lines = Lines::default();
+            let builder = tracing_subscriber::fmt()
+                .without_time()
+                .with_ansi(false)
+                .with_writer(lines.clone());
+            let log = || tracing::info!(value = ?Chatty, other = "after", "outer");
+            if fast {
+                tracing::subscriber::with_default(builder.fmt_fields(TextFields).finish(), log);
+            } else {
+                tracing::subscriber::with_default(builder.finish(), log);
+            }
+            String::from_utf8(lines.0.lock().unwrap().clone()).unwrap()
+        };
+        let fast = written(true);
+        assert_eq!(fast, written(false));
+        assert!(fast.contains("value=chatty other=\"after\""), "{fast}");
     }
 
     proptest! {
