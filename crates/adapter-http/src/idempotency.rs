@@ -17,9 +17,9 @@ use tracing::Instrument as _;
 
 use crate::{
     AppState,
-    dto::ExecuteResponse,
     error::{ApiError, ErrorChain},
     routes::execute_answer,
+    run_json,
 };
 
 /// The request header naming the logical request.
@@ -109,7 +109,7 @@ pub(crate) async fn execute_once(
             // Rendered as the first answer was, from the same outcome, so
             // that the client gets the same bytes; it counts as no new run.
             let mut response = match outcome {
-                Ok(run) => ExecuteResponse::new(&run).into_response(),
+                Ok(run) => run_json::answer(run_json::execute(&run)),
                 Err(err) => ApiError::from(err).into_response(),
             };
             response.headers_mut().insert(

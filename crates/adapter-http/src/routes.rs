@@ -152,7 +152,7 @@ pub(crate) fn execute_answer(state: &AppState, outcome: Result<Run, ExecuteError
         Ok(run) => {
             tracing::Span::current().record("run_id", run.id.as_str());
             state.metrics().run_triggered(state.backend());
-            ExecuteResponse::new(&run).into_response()
+            run_json::answer(run_json::execute(&run))
         }
         Err(err) => ApiError::from(err).into_response(),
     }

@@ -1,7 +1,8 @@
 //! Runs written as JSON by hand, for the routes that answer them: the RUN
-//! object of [`RunBody`](crate::dto::RunBody), byte for byte what its
-//! derived serialization writes (the tests compare the two), without its
-//! costs. The derived path escapes every key and every value a byte at a
+//! object of [`RunBody`](crate::dto::RunBody), and execute's answer
+//! ([`ExecuteResponse`](crate::dto::ExecuteResponse)), byte for byte what
+//! their derived serialization writes (the tests compare the two), without
+//! its costs. The derived path escapes every key and every value a byte at a
 //! time and formats each instant into a string of its own; a page of 100
 //! runs spent most of its time there. Here the keys are written as they
 //! are, the pipeline id, status and instants are written from what is
@@ -65,6 +66,25 @@ pub(crate) fn delivery(event_type: &str, run: &Run) -> Vec<u8> {
     out.push(b'}');
     out
 }
+
+/// Execute's answer for `run`, the run it triggered.
+pub(crate) fn execute(run: &Run) -> Vec<u8> {
+    // A run id that needs escapes grows it once.
+    let mut out = Vec::with_capacity(EXECUTE_BYTES + run.id.as_str().len());
+    out.extend_from_slice(
+        br#"{"status":true,"data":{"message":"Pipeline execution triggered successfully","pipeline_id":""#,
+    );
+    // A pipeline id is lowercase hexadecimal digits and underscores.
+    out.extend_from_slice(run.pipeline_id.as_str().as_bytes());
+    out.extend_from_slice(br#"","run_id":"#);
+    string(&mut out, run.id.as_str());
+    out.extend_from_slice(b"}}");
+    out
+}
+
+/// Execute's answer without its run id (with its 36-character pipeline
+/// id, and the quotes around the run id).
+const EXECUTE_BYTES: usize = 143;
 
 fn size_guess(run: &Run) -> usize {
     RUN_BYTES + run.conf.as_json().len() + run.trace.as_ref().map_or(0, String::len)
@@ -198,6 +218,19 @@ mod tests {
             String::from_utf8(derived(&runs)).unwrap()
         );
         assert_eq!(array(&[]), b"[]");
+    }
+
+    #[test]
+    fn executes_answer_is_written_byte_for_byte_as_its_derived_serialization_writes_it() {
+        for one in &runs() {
+            let body = serde_json::to_vec(&crate::dto::ExecuteResponse::new(one)).unwrap();
+            let written = execute(one);
+            assert_eq!(String::from_utf8(written.clone()), String::from_utf8(body));
+            // Sized at once: a 36-character pipeline id, and the run id
+            // with its escapes.
+            let escaped = serde_json::to_string(one.id.as_str()).unwrap().len() - 2;
+            assert_eq!(written.len(), EXECUTE_BYTES + escaped);
+        }
     }
 
     #[test]
