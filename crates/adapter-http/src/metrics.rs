@@ -612,6 +612,25 @@ mod tests {
     }
 
     #[test]
+    fn a_requests_borrowed_labels_hash_as_its_labels_do() {
+        use std::hash::BuildHasher as _;
+
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let key = RequestKey {
+            route: "/a/{id}",
+            method: "GET",
+            status: 200,
+        };
+        let labels = RequestLabels {
+            route: "/a/{id}".to_owned(),
+            method: "GET",
+            status: 200,
+        };
+        assert_eq!(hasher.hash_one(&key), hasher.hash_one(&labels));
+        assert!(key.equivalent(&labels));
+    }
+
+    #[test]
     fn each_series_counts_its_own_requests_and_a_route_times_them_all() {
         let metrics = Metrics::default();
         let ms = Duration::from_millis(1);

@@ -106,8 +106,10 @@ where
     // The matched path is shared, not copied: no allocation per request.
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
+    // The route is called inside the guarded future, so that a panic while
+    // calling it is caught as one while it runs.
     let answer = |request| async move {
-        let Ok(response) = AssertUnwindSafe(route.call(request))
+        let Ok(response) = AssertUnwindSafe(async move { route.call(request).await })
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| Ok(panicked(&*panic)));
