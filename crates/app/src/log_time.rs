@@ -1,28 +1,17 @@
 //! The instant at the head of each log line, as `tracing-subscriber`'s
 //! default timer writes it (`2026-12-02T01:11:34.783912Z`: UTC, to the
-//! microsecond), with its date and time of day written once a second by
-//! each thread rather than figure by figure on every line.
+//! microsecond), written on the stack by the domain's
+//! [`timestamp_text`](domain::timestamp_text) rather than figure by figure
+//! through `core::fmt` on every line.
 
-use std::{
-    cell::Cell,
-    fmt,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{fmt, time::SystemTime};
 
+use chrono::{DateTime, Utc};
 use tracing_subscriber::fmt::{format::Writer, time::FormatTime};
 
 /// The log's timer; see the module's documentation.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct LogTime;
-
-/// `YYYY-MM-DDTHH:MM:SS`, the part of an instant that changes once a
-/// second.
-type Second = [u8; 19];
-
-thread_local! {
-    /// The last second this thread wrote, and its text.
-    static LAST_SECOND: Cell<Option<(u64, Second)>> = const { Cell::new(None) };
-}
 
 impl FormatTime for LogTime {
     fn format_time(&self, writer: &mut Writer<'_>) -> fmt::Result {
@@ -30,53 +19,24 @@ impl FormatTime for LogTime {
     }
 }
 
-/// Writes `instant` as the default timer would.
+/// Writes `instant` as the default timer would: the domain's text of it to
+/// the microsecond, with `Z` for its `+00:00`.
 fn write_instant(writer: &mut impl fmt::Write, instant: SystemTime) -> fmt::Result {
-    let Ok(since_epoch) = instant.duration_since(UNIX_EPOCH) else {
-        // Before 1970: a broken clock, written the long way.
-        return write!(
-            writer,
-            "{}",
-            chrono::DateTime::<chrono::Utc>::from(instant).format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        );
-    };
-    let seconds = since_epoch.as_secs();
-    let second = match LAST_SECOND.get() {
-        Some((last, text)) if last == seconds => text,
-        _ => {
-            let text = second_text(seconds)?;
-            LAST_SECOND.set(Some((seconds, text)));
-            text
+    let instant = DateTime::<Utc>::from(instant);
+    match domain::timestamp_text(&instant) {
+        Some(text) => {
+            let text = text.as_str();
+            writer.write_str(text.strip_suffix("+00:00").unwrap_or(text))?;
+            writer.write_char('Z')
         }
-    };
-    let mut micros = [b'.', b'0', b'0', b'0', b'0', b'0', b'0', b'Z'];
-    let mut left = since_epoch.subsec_micros();
-    for digit in micros[1..7].iter_mut().rev() {
-        *digit = b'0' + u8::try_from(left % 10).expect("a digit");
-        left /= 10;
+        // A year past 9999 or a leap second: written the long way.
+        None => write!(writer, "{}", instant.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
     }
-    writer.write_str(str::from_utf8(&second).map_err(|_| fmt::Error)?)?;
-    writer.write_str(str::from_utf8(&micros).map_err(|_| fmt::Error)?)
-}
-
-/// The text of the second `seconds` after the epoch, or an error for one
-/// that does not fit the format (past the year 9999).
-fn second_text(seconds: u64) -> Result<Second, fmt::Error> {
-    let instant = i64::try_from(seconds)
-        .ok()
-        .and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0))
-        .ok_or(fmt::Error)?;
-    let mut text = String::with_capacity(19);
-    fmt::Write::write_fmt(
-        &mut text,
-        format_args!("{}", instant.format("%Y-%m-%dT%H:%M:%S")),
-    )?;
-    text.into_bytes().try_into().map_err(|_| fmt::Error)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use proptest::prelude::*;
 
