@@ -40,13 +40,21 @@ pub fn timestamp_text(at: &Timestamp) -> Option<TimestampText> {
         return None;
     }
     let mut text = *b"0000-00-00T00:00:00.000000+00:00";
-    digits(&mut text[0..4], year);
-    digits(&mut text[5..7], date.month());
-    digits(&mut text[8..10], date.day());
-    digits(&mut text[11..13], time.hour());
-    digits(&mut text[14..16], time.minute());
-    digits(&mut text[17..19], time.second());
-    digits(&mut text[20..26], time.nanosecond() / 1_000);
+    let micros = time.nanosecond() / 1_000;
+    for (at, pair) in [
+        (0, year / 100),
+        (2, year % 100),
+        (5, date.month()),
+        (8, date.day()),
+        (11, time.hour()),
+        (14, time.minute()),
+        (17, time.second()),
+        (20, micros / 10_000),
+        (22, micros / 100 % 100),
+        (24, micros % 100),
+    ] {
+        text[at..at + 2].copy_from_slice(two_digits(pair));
+    }
     Some(TimestampText(text))
 }
 
@@ -61,15 +69,25 @@ impl TimestampText {
         // ASCII digits and punctuation only, so always UTF-8.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
+
+    /// The text's bytes, for a writer of bytes: the same as
+    /// [`TimestampText::as_str`] without checking that they are UTF-8.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
-/// Puts the last decimal digits of `value` into `slots`, zero-padded.
-fn digits(slots: &mut [u8], mut value: u32) {
-    for slot in slots.iter_mut().rev() {
-        // A digit, 0 to 9.
-        *slot = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
+/// `value`'s two decimal digits, 0 to 99, from a table of them: a page of
+/// runs writes twenty of these per run.
+fn two_digits(value: u32) -> &'static [u8] {
+    const PAIRS: &[u8; 200] = b"\
+        0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let at = value as usize % 100 * 2;
+    &PAIRS[at..at + 2]
 }
 
 /// The id of one run of a pipeline, as execute returned it
