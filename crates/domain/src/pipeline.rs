@@ -9,8 +9,12 @@ use crate::{CustomerId, RunStatus, Timestamp};
 ///
 /// Every response and every message uses this form, whatever form the
 /// client sent.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PipelineId(String);
+///
+/// Held inline, not on the heap: a run carries its pipeline's id, and a
+/// run is copied for each change the feed tells and for each page that
+/// lists it.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PipelineId([u8; PipelineId::LEN]);
 
 /// The raw text was not a pipeline id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,36 +40,43 @@ impl PipelineId {
         if raw.len() != Self::LEN {
             return Err(InvalidPipelineId);
         }
-        let mut normalized = String::with_capacity(Self::LEN);
-        for (index, byte) in raw.bytes().enumerate() {
-            if Self::SEPARATORS.contains(&index) {
+        let mut normalized = [0; Self::LEN];
+        for (index, (slot, byte)) in normalized.iter_mut().zip(raw.bytes()).enumerate() {
+            *slot = if Self::SEPARATORS.contains(&index) {
                 if byte != b'-' && byte != b'_' {
                     return Err(InvalidPipelineId);
                 }
-                normalized.push('_');
+                b'_'
             } else if byte.is_ascii_hexdigit() {
-                normalized.push(char::from(byte.to_ascii_lowercase()));
+                byte.to_ascii_lowercase()
             } else {
                 return Err(InvalidPipelineId);
-            }
+            };
         }
         Ok(Self(normalized))
     }
 
     /// The normalized, underscored form.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Hexadecimal digits and underscores only, so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// The same UUID in the usual hyphenated form, for backends that want it.
     pub fn to_hyphenated(&self) -> String {
-        self.0.replace('_', "-")
+        self.as_str().replace('_', "-")
+    }
+}
+
+impl fmt::Debug for PipelineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PipelineId").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for PipelineId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -189,6 +200,14 @@ mod tests {
     use super::*;
 
     const CANONICAL: &str = "1b33ad2f_33d3_4837_9eeb_83c82c8b909d";
+
+    #[test]
+    fn an_id_reads_as_its_text_in_debug_output_as_it_did_when_held_as_a_string() {
+        let id = PipelineId::parse(CANONICAL).unwrap();
+        assert_eq!(format!("{id:?}"), format!("PipelineId({CANONICAL:?})"));
+        assert_eq!(id.to_string(), CANONICAL);
+        assert_eq!(id.to_hyphenated(), CANONICAL.replace('_', "-"));
+    }
 
     #[test]
     fn the_contract_examples_normalize_to_one_form() {
