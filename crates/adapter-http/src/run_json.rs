@@ -77,7 +77,7 @@ pub(crate) fn execute(run: &Run) -> Vec<u8> {
         br#"{"status":true,"data":{"message":"Pipeline execution triggered successfully","pipeline_id":""#,
     );
     // A pipeline id is lowercase hexadecimal digits and underscores.
-    out.extend_from_slice(run.pipeline_id.as_str().as_bytes());
+    out.extend_from_slice(run.pipeline_id.as_bytes());
     out.extend_from_slice(br#"","run_id":"#);
     string(&mut out, run.id.as_str());
     out.extend_from_slice(b"}}");
@@ -103,7 +103,7 @@ fn write(out: &mut Vec<u8>, run: &Run) {
     string(out, run.id.as_str());
     // A pipeline id is lowercase hexadecimal digits and underscores.
     out.extend_from_slice(br#","pipeline_id":""#);
-    out.extend_from_slice(run.pipeline_id.as_str().as_bytes());
+    out.extend_from_slice(run.pipeline_id.as_bytes());
     out.extend_from_slice(br#"","last_status":""#);
     out.extend_from_slice(match run.status {
         RunStatus::Queued => b"QUEUED",

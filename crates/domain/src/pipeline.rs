@@ -62,6 +62,12 @@ impl PipelineId {
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
+    /// The normalized form's bytes, for a writer of bytes: the same as
+    /// [`PipelineId::as_str`] without checking that they are UTF-8.
+    pub fn as_bytes(&self) -> &[u8; Self::LEN] {
+        &self.0
+    }
+
     /// The same UUID in the usual hyphenated form, for backends that want it.
     pub fn to_hyphenated(&self) -> String {
         self.as_str().replace('_', "-")
@@ -206,6 +212,7 @@ mod tests {
         let id = PipelineId::parse(CANONICAL).unwrap();
         assert_eq!(format!("{id:?}"), format!("PipelineId({CANONICAL:?})"));
         assert_eq!(id.to_string(), CANONICAL);
+        assert_eq!(id.as_bytes(), CANONICAL.as_bytes());
         assert_eq!(id.to_hyphenated(), CANONICAL.replace('_', "-"));
     }
 
