@@ -377,8 +377,8 @@ mod tests {
         tracing::error!(message = text, r#loop = text);
     }
 
-    /// What `log` writes through `fields`, without the instants.
-    fn written<N>(fields: N, ansi: bool, text: &str, number: i64) -> String
+    /// What `logs` writes through `fields`, without the instants.
+    fn through<N>(fields: N, ansi: bool, logs: impl FnOnce()) -> String
     where
         N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static,
     {
@@ -389,8 +389,16 @@ mod tests {
             .with_ansi(ansi)
             .with_writer(lines.clone())
             .finish();
-        tracing::subscriber::with_default(subscriber, || log(text, number));
+        tracing::subscriber::with_default(subscriber, logs);
         String::from_utf8(lines.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// What `log` writes through `fields`, without the instants.
+    fn written<N>(fields: N, ansi: bool, text: &str, number: i64) -> String
+    where
+        N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static,
+    {
+        through(fields, ansi, || log(text, number))
     }
 
     #[test]
@@ -462,15 +470,7 @@ mod tests {
     where
         N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static,
     {
-        let lines = Lines::default();
-        let subscriber = tracing_subscriber::fmt()
-            .fmt_fields(fields)
-            .without_time()
-            .with_ansi(false)
-            .with_writer(lines.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || tracing::info!(latency_ms = value, "m"));
-        String::from_utf8(lines.0.lock().unwrap().clone()).unwrap()
+        through(fields, false, || tracing::info!(latency_ms = value, "m"))
     }
 
     #[test]
