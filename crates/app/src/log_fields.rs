@@ -377,8 +377,18 @@ mod tests {
         tracing::error!(message = text, r#loop = text);
     }
 
-    /// What `logs` writes through `fields`, without the instants.
+    /// What `logs` writes through `fields`, without the instants, with
+    /// colours when `ansi` says, and terminal sequences in messages escaped.
     fn through<N>(fields: N, ansi: bool, logs: impl FnOnce()) -> String
+    where
+        N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static,
+    {
+        through_sanitizing(fields, ansi, true, logs)
+    }
+
+    /// As [`through`], escaping terminal sequences in messages only when
+    /// `sanitize` says.
+    fn through_sanitizing<N>(fields: N, ansi: bool, sanitize: bool, logs: impl FnOnce()) -> String
     where
         N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static,
     {
@@ -387,6 +397,7 @@ mod tests {
             .fmt_fields(fields)
             .without_time()
             .with_ansi(ansi)
+            .with_ansi_sanitization(sanitize)
             .with_writer(lines.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, logs);
@@ -418,6 +429,18 @@ mod tests {
                 // Three lines, whatever new lines the messages hold.
                 assert_eq!(fast.matches("app::log_fields::tests").count(), 3, "{fast}");
             }
+        }
+    }
+
+    #[test]
+    fn messages_are_left_unescaped_as_by_default_when_the_writer_does_not_sanitize() {
+        let text = "red \u{1b}[31m bell \u{7} \u{9b}";
+        for sanitize in [true, false] {
+            let fast = through_sanitizing(TextFields, false, sanitize, || log(text, 1));
+            let default =
+                through_sanitizing(DefaultFields::new(), false, sanitize, || log(text, 1));
+            assert_eq!(fast, default);
+            assert_eq!(fast.contains("\u{1b}[31m"), !sanitize, "{fast}");
         }
     }
 
