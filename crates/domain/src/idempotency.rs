@@ -42,8 +42,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A client-chosen key naming one logical request, scoped to the caller's
 /// customer: 1 to 255 visible ASCII characters (`!` to `~`), taken as they
 /// are.
+///
+/// Shared, not copied, when cloned: a store files a key under several
+/// indexes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IdempotencyKey(String);
+pub struct IdempotencyKey(Arc<str>);
 
 /// The text was not a usable idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,7 +69,7 @@ impl IdempotencyKey {
         {
             return Err(InvalidIdempotencyKey);
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self(raw.into()))
     }
 
     /// The key as text.
