@@ -160,12 +160,14 @@ impl MemoryIdempotencyStore {
     ) -> Result<(), StoreError> {
         let now = self.clock.now();
         let scope = (scope.clone(), key.clone());
-        let mut state = self.lock();
-        let Some(fingerprint) = state.held(&scope, lease, now).map(str::to_owned) else {
-            return Err(StoreError::ClaimLost);
-        };
-        state.insert(scope, fingerprint, status, later(now, retention));
-        Ok(())
+        if self
+            .lock()
+            .replace_claim(&scope, lease, now, status, later(now, retention))
+        {
+            Ok(())
+        } else {
+            Err(StoreError::ClaimLost)
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -187,8 +189,9 @@ impl Default for MemoryIdempotencyStore {
 }
 
 impl State {
+    /// Files a new entry for `scope`, which holds none.
     fn insert(&mut self, scope: Scope, fingerprint: String, status: Status, expires_at: Timestamp) {
-        self.remove(&scope);
+        debug_assert!(!self.entries.contains_key(&scope), "an entry filed twice");
         let seq = self.next_seq;
         self.next_seq += 1;
         self.by_expiry.insert((expires_at, seq), scope.clone());
@@ -232,19 +235,60 @@ impl State {
         });
     }
 
+    /// Replaces the claim on `scope` that `lease` holds with `status` (an
+    /// outcome or a failed attempt, either of which may be forgotten), kept
+    /// until `expires_at`: in place, under the entry's one look-up, its
+    /// count unchanged. False when the lease no longer holds the claim: it
+    /// expired, or another request took it over.
+    fn replace_claim(
+        &mut self,
+        scope: &Scope,
+        lease: &Lease,
+        now: Timestamp,
+        status: Status,
+        expires_at: Timestamp,
+    ) -> bool {
+        debug_assert!(!matches!(status, Status::InFlight { .. }));
+        let Self {
+            entries,
+            by_expiry,
+            by_deadline,
+            customers,
+            by_size,
+            ..
+        } = self;
+        let Some(entry) = entries
+            .get_mut(scope)
+            .filter(|entry| entry.is_held_by(lease, now))
+        else {
+            return false;
+        };
+        let (was, was_forgettable) = ((entry.expires_at, entry.seq), entry.forgettable);
+        by_expiry.remove(&was);
+        if let Status::InFlight { deadline, .. } = entry.status {
+            by_deadline.remove(&(deadline, entry.seq));
+        }
+        let now_kept = (expires_at, entry.seq);
+        *entry = Entry {
+            fingerprint: std::mem::take(&mut entry.fingerprint),
+            status,
+            expires_at,
+            seq: entry.seq,
+            forgettable: true,
+        };
+        by_expiry.insert(now_kept, scope.clone());
+        resize(customers, by_size, &scope.0, |holdings| {
+            if was_forgettable {
+                holdings.forgettable.remove(&was);
+            }
+            holdings.forgettable.insert(now_kept, scope.1.clone());
+        });
+        true
+    }
+
     /// Changes what `customer` holds, keeping [`State::by_size`] in step.
     fn resize(&mut self, customer: &CustomerId, change: impl FnOnce(&mut Holdings)) {
-        let holdings = self.customers.entry(customer.clone()).or_default();
-        if !holdings.forgettable.is_empty() {
-            self.by_size.remove(&(holdings.held, customer.clone()));
-        }
-        change(holdings);
-        if !holdings.forgettable.is_empty() {
-            self.by_size.insert((holdings.held, customer.clone()));
-        }
-        if holdings.held == 0 {
-            self.customers.remove(customer);
-        }
+        resize(&mut self.customers, &mut self.by_size, customer, change);
     }
 
     /// Drops every entry expired at `now`, and makes every claim past its
@@ -319,17 +363,35 @@ impl State {
             None => false,
         }
     }
+}
 
-    /// The fingerprint of the live claim on `scope`, if `lease` still holds
-    /// it: past its deadline too, until another request takes it over.
-    fn held(&self, scope: &Scope, lease: &Lease, now: Timestamp) -> Option<&str> {
-        self.entries
-            .get(scope)
-            .filter(|entry| {
-                entry.expires_at > now
-                    && matches!(&entry.status, Status::InFlight { lease: held, .. } if held == lease)
-            })
-            .map(|entry| entry.fingerprint.as_str())
+/// Changes what `customer` holds in `customers`, keeping `by_size` (see
+/// [`State::by_size`]) in step.
+fn resize(
+    customers: &mut HashMap<CustomerId, Holdings>,
+    by_size: &mut BTreeSet<(usize, CustomerId)>,
+    customer: &CustomerId,
+    change: impl FnOnce(&mut Holdings),
+) {
+    let holdings = customers.entry(customer.clone()).or_default();
+    if !holdings.forgettable.is_empty() {
+        by_size.remove(&(holdings.held, customer.clone()));
+    }
+    change(holdings);
+    if !holdings.forgettable.is_empty() {
+        by_size.insert((holdings.held, customer.clone()));
+    }
+    if holdings.held == 0 {
+        customers.remove(customer);
+    }
+}
+
+impl Entry {
+    /// Whether this is a live claim that `lease` holds: past its deadline
+    /// too, until another request takes it over.
+    fn is_held_by(&self, lease: &Lease, now: Timestamp) -> bool {
+        self.expires_at > now
+            && matches!(&self.status, Status::InFlight { lease: held, .. } if held == lease)
     }
 }
 
@@ -369,7 +431,9 @@ impl IdempotencyStore for MemoryIdempotencyStore {
             },
         };
         // A takeover replaces its entry, so only a new key needs room.
-        if !retry {
+        if retry {
+            state.remove(&scope);
+        } else {
             state.make_room(&scope.0, terms.keys_per_customer, self.max_entries)?;
         }
         let lease = Lease::new(state.next_seq.to_string());
@@ -485,6 +549,95 @@ mod tests {
             .complete(&customer(who), &key(raw), &lease, &ok(raw), retention)
             .await
             .unwrap();
+    }
+
+    /// Checks that every index says what the entries say: their expiries,
+    /// the claims in flight by deadline, each customer's count and entries
+    /// that may be forgotten, and the customers by size.
+    fn assert_consistent(store: &MemoryIdempotencyStore) {
+        let state = store.lock();
+        let mut by_expiry = BTreeMap::new();
+        let mut by_deadline = BTreeMap::new();
+        let mut customers: HashMap<CustomerId, (usize, BTreeMap<When, IdempotencyKey>)> =
+            HashMap::new();
+        for (scope, entry) in &state.entries {
+            let when = (entry.expires_at, entry.seq);
+            by_expiry.insert(when, scope.clone());
+            if let (Status::InFlight { deadline, .. }, false) = (&entry.status, entry.forgettable) {
+                by_deadline.insert((*deadline, entry.seq), scope.clone());
+            }
+            let held = customers.entry(scope.0.clone()).or_default();
+            held.0 += 1;
+            if entry.forgettable {
+                held.1.insert(when, scope.1.clone());
+            }
+        }
+        assert_eq!(state.by_expiry, by_expiry);
+        assert_eq!(state.by_deadline, by_deadline);
+        let kept: HashMap<_, _> = state
+            .customers
+            .iter()
+            .map(|(customer, holdings)| {
+                (
+                    customer.clone(),
+                    (holdings.held, holdings.forgettable.clone()),
+                )
+            })
+            .collect();
+        assert_eq!(kept, customers);
+        let by_size: BTreeSet<_> = customers
+            .iter()
+            .filter(|(_, (_, forgettable))| !forgettable.is_empty())
+            .map(|(customer, (held, _))| (*held, customer.clone()))
+            .collect();
+        assert_eq!(state.by_size, by_size);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_index_follows_the_entries_through_claims_outcomes_failures_and_takeovers() {
+        let store = MemoryIdempotencyStore::default();
+        let outcome = |lease: &Lease, who: &str, raw: &str| {
+            let store = store.clone();
+            let (lease, who, raw) = (lease.clone(), who.to_owned(), raw.to_owned());
+            async move {
+                store
+                    .complete(&customer(&who), &key(&raw), &lease, &ok(&raw), RETENTION)
+                    .await
+            }
+        };
+        // Kept outcomes and a failed attempt, of two customers.
+        keep(&store, "acme", "a", RETENTION).await;
+        keep(&store, "initech", "b", IN_FLIGHT).await;
+        fail(&store, "c", RETENTION).await;
+        assert_consistent(&store);
+        // A claim completed in flight, and one completed past its deadline,
+        // once the store has made it one that may be forgotten.
+        let in_time = acquire(&store, "acme", "d").await;
+        let late = acquire(&store, "initech", "e").await;
+        assert_consistent(&store);
+        outcome(&in_time, "acme", "d").await.unwrap();
+        advance(IN_FLIGHT + Duration::from_secs(1)).await;
+        claim(&store, "umbrella", "f").await.unwrap();
+        assert_consistent(&store);
+        outcome(&late, "initech", "e").await.unwrap();
+        assert_consistent(&store);
+        // A failed attempt taken over by its retry, whose lease then
+        // completes it; the old lease no longer can.
+        let Claim::Retry(retry) = claim(&store, "acme", "c").await.unwrap() else {
+            panic!("expected a retry of the failed attempt");
+        };
+        assert_consistent(&store);
+        outcome(&retry, "acme", "c").await.unwrap();
+        assert!(matches!(
+            outcome(&retry, "acme", "c").await,
+            Err(StoreError::ClaimLost)
+        ));
+        assert_consistent(&store);
+        // Everything expires.
+        advance(RETENTION + IN_FLIGHT).await;
+        claim(&store, "acme", "g").await.unwrap();
+        assert_consistent(&store);
+        assert_eq!(store.len(), 1);
     }
 
     async fn fail(store: &MemoryIdempotencyStore, raw: &str, retention: Duration) {
