@@ -269,13 +269,9 @@ impl State {
             by_deadline.remove(&(deadline, entry.seq));
         }
         let now_kept = (expires_at, entry.seq);
-        *entry = Entry {
-            fingerprint: std::mem::take(&mut entry.fingerprint),
-            status,
-            expires_at,
-            seq: entry.seq,
-            forgettable: true,
-        };
+        entry.status = status;
+        entry.expires_at = expires_at;
+        entry.forgettable = true;
         by_expiry.insert(now_kept, scope.clone());
         resize(customers, by_size, &scope.0, |holdings| {
             if was_forgettable {
