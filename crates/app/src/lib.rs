@@ -8,6 +8,9 @@ pub mod config;
 mod dev;
 mod events;
 mod log_fields;
+mod log_line;
+#[cfg(test)]
+mod log_test;
 mod log_time;
 mod log_writer;
 mod readiness;

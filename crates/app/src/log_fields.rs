@@ -305,38 +305,11 @@ impl VisitOutput<fmt::Result> for TextVisitor<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        io,
-        sync::{Arc, Mutex},
-    };
-
     use proptest::prelude::*;
-    use tracing_subscriber::fmt::{MakeWriter, format::DefaultFields};
+    use tracing_subscriber::fmt::format::DefaultFields;
 
     use super::*;
-
-    /// Lines written to memory.
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Lines {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Lines {
-        type Writer = Self;
-
-        fn make_writer(&'a self) -> Self {
-            self.clone()
-        }
-    }
+    use crate::log_test::Lines;
 
     #[derive(Debug, thiserror::Error)]
     #[error("cannot reach it: \"{0}\"")]
@@ -401,7 +374,7 @@ mod tests {
             .with_writer(lines.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, logs);
-        String::from_utf8(lines.0.lock().unwrap().clone()).unwrap()
+        lines.text()
     }
 
     /// What `log` writes through `fields`, without the instants.
@@ -481,7 +454,7 @@ mod tests {
             } else {
                 tracing::subscriber::with_default(builder.finish(), log);
             }
-            String::from_utf8(lines.0.lock().unwrap().clone()).unwrap()
+            lines.text()
         };
         let fast = written(true);
         assert_eq!(fast, written(false));

@@ -23,6 +23,7 @@ use tracing_subscriber::{
 use crate::{
     LogFormat, TracingArgs,
     log_fields::TextFields,
+    log_line::TextLine,
     log_time::LogTime,
     log_writer::{LogGuard, LogWriter, log_writer},
 };
@@ -95,7 +96,10 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
             .with_ansi(colours());
         // A second initialisation (in tests) keeps the first subscriber.
         let _ = match format {
-            LogFormat::Text => builder.fmt_fields(TextFields).try_init(),
+            LogFormat::Text => builder
+                .fmt_fields(TextFields)
+                .event_format(TextLine::default())
+                .try_init(),
             LogFormat::Json => builder
                 .json()
                 .flatten_event(true)
@@ -135,7 +139,10 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
         .with_writer(writer)
         .with_ansi(colours());
     let logs = match format {
-        LogFormat::Text => logs.fmt_fields(TextFields).boxed(),
+        LogFormat::Text => logs
+            .fmt_fields(TextFields)
+            .event_format(TextLine::default())
+            .boxed(),
         LogFormat::Json => logs
             .json()
             .flatten_event(true)
