@@ -66,9 +66,19 @@ impl FromRequestParts<AppState> for Authenticated {
 /// request has one. Any other scheme counts as no credential.
 fn bearer_token(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+    // What nearly every client sends, told without searching for the space.
+    let token = match value.strip_prefix("Bearer ") {
+        Some(token) => token,
+        None => {
+            let (scheme, token) = value.split_once(' ')?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return None;
+            }
+            token
+        }
+    };
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    (!token.is_empty()).then_some(token)
 }
 
 /// The `pipeline_id` of a JSON body `{"pipeline_id": "..."}`, normalized:
@@ -129,10 +139,14 @@ impl<S: Send + Sync> FromRequest<S> for ExecuteBody {
 /// it: `application/json` or `application/...+json`, in any case, with or
 /// without parameters (`; charset=utf-8`).
 fn says_json(headers: &header::HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-    else {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    // What nearly every client sends, told at once.
+    if value.as_bytes() == b"application/json" {
+        return true;
+    }
+    let Ok(value) = value.to_str() else {
         return false;
     };
     let essence = value.split(';').next().unwrap_or_default().trim();
@@ -394,6 +408,32 @@ mod tests {
     use axum::body::Body;
 
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case_and_any_other_is_no_credential() {
+        let token = |value: &str| {
+            let (parts, ()) = Request::builder()
+                .header(header::AUTHORIZATION, value)
+                .body(())
+                .unwrap()
+                .into_parts();
+            bearer_token(&parts).map(str::to_owned)
+        };
+        for (value, expected) in [
+            ("Bearer abc.def", Some("abc.def")),
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc ", Some("abc")),
+            ("Bearer \tabc", Some("abc")),
+            ("Bearer ", None),
+            ("Bearer   ", None),
+            ("Bearer", None),
+            ("Bearerabc", None),
+            ("Basic abc", None),
+            ("Bearer-x abc", None),
+        ] {
+            assert_eq!(token(value).as_deref(), expected, "{value:?}");
+        }
+    }
 
     #[tokio::test]
     async fn a_body_is_read_as_json_exactly_when_axum_would_read_it_as_json() {
