@@ -203,21 +203,22 @@ const UNMATCHED: &str = "unmatched";
 /// (name, kind, status), is made the child of the caller's span, and its
 /// trace id is OpenTelemetry's.
 fn span(request: &Request, exported: bool) -> Span {
-    let method = request.method();
-    let route = route(request);
-    let request_id = request_id(request.extensions()).unwrap_or_default();
     if !exported {
+        // The fields are read only when the span is on (`RUST_LOG=info`).
         return tracing::info_span!(
             "request",
-            method = %method,
-            route,
-            request_id,
+            method = %request.method(),
+            route = route(request),
+            request_id = request_id(request.extensions()).unwrap_or_default(),
             trace_id = trace::trace_id(request.extensions()).map(tracing::field::display),
             customer = Empty,
             pipeline_id = Empty,
             run_id = Empty,
         );
     }
+    let method = request.method();
+    let route = route(request);
+    let request_id = request_id(request.extensions()).unwrap_or_default();
     let span = tracing::info_span!(
         "request",
         method = %method,
@@ -249,9 +250,16 @@ fn answered(response: &Response, latency: Duration, span: &Span, exported: bool)
     tracing::info!(
         parent: span,
         status,
-        latency_ms = latency.as_secs_f64() * 1000.0,
+        latency_ms = milliseconds(latency),
         "answered"
     );
+}
+
+/// `latency` in milliseconds, to the nanosecond: `0.183013` for 183,013
+/// ns, where its seconds times 1,000 give `0.18301299999999998`.
+fn milliseconds(latency: Duration) -> f64 {
+    // Exact below 2^53 ns (104 days), then divided with one rounding.
+    latency.as_nanos() as f64 / 1e6
 }
 
 #[cfg(test)]
@@ -263,6 +271,26 @@ mod tests {
 
     use super::*;
     use crate::edge::tests::state;
+
+    #[test]
+    fn a_latency_is_logged_in_milliseconds_to_the_nanosecond() {
+        for (nanos, text) in [
+            (183_013, "0.183013"),
+            (183_019, "0.183019"),
+            (1_000, "0.001"),
+            (7, "7e-6"),
+            (1_500_000_000, "1500.0"),
+            (86_399_999_999_999, "86399999.999999"),
+        ] {
+            let ms = milliseconds(Duration::from_nanos(nanos));
+            assert_eq!(format!("{ms:?}"), text);
+        }
+        // What its seconds times 1,000 gave.
+        assert_eq!(
+            format!("{:?}", Duration::from_nanos(183_013).as_secs_f64() * 1000.0),
+            "0.18301299999999998"
+        );
+    }
 
     #[tokio::test]
     async fn a_handler_that_panics_is_answered_500_counted_and_given_its_request_id() {
