@@ -3,9 +3,9 @@
 //! ratios, the service's memory, and the targets.
 //!
 //! Both servers run as child processes of a release build of this xtask,
-//! one after the other, so that each has the machine to itself apart from
-//! the load generator, and both are loaded over the same loopback
-//! connections by the same generator (see `docs/performance.md`).
+//! side by side, and are loaded in alternating turns over the same
+//! loopback connections by the same generator, so that the machine's drift
+//! over a run falls on both alike (see `docs/performance.md`).
 
 use std::{
     env,
