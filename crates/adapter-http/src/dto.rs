@@ -374,10 +374,22 @@ impl ExecuteFields {
     /// # Errors
     /// When `body` is not JSON.
     pub(crate) fn read(body: &[u8]) -> serde_json::Result<Self> {
-        let mut json = serde_json::Deserializer::from_slice(body);
-        let fields = (&mut json).deserialize_any(ExecuteFieldsVisitor {
-            conf: RunConfSeed::with_capacity(body.len()),
-        })?;
+        let conf = RunConfSeed::with_capacity(body.len());
+        // Text checked once as a whole is read without checking each
+        // string again (a `conf`'s strings are most of a large body). A
+        // body that is not text is read as bytes, so that it is refused
+        // with the same error as before.
+        match std::str::from_utf8(body) {
+            Ok(text) => Self::read_from(serde_json::Deserializer::from_str(text), conf),
+            Err(_) => Self::read_from(serde_json::Deserializer::from_slice(body), conf),
+        }
+    }
+
+    fn read_from<'de, R: serde_json::de::Read<'de>>(
+        mut json: serde_json::Deserializer<R>,
+        conf: RunConfSeed,
+    ) -> serde_json::Result<Self> {
+        let fields = (&mut json).deserialize_any(ExecuteFieldsVisitor { conf })?;
         json.end()?;
         Ok(fields)
     }
@@ -867,6 +879,36 @@ mod tests {
         // Not JSON, or not a value JSON can hold, anywhere in the body.
         for body in ["{", r#"{"pipeline_id": "p"} x"#, r#"{"other": 1e400}"#] {
             assert!(read(body).is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_body_read_as_text_reads_and_is_refused_as_when_read_as_bytes() {
+        let bodies: [&[u8]; 12] = [
+            br#"{"pipeline_id": "p", "conf": {"note": "caf\u00e9 \"x\"", "n": [1, 2.5]}}"#,
+            "{\"pipeline_id\": \"p\", \"conf\": {\"é\": \"✓\"}}".as_bytes(),
+            b"{\"pipeline_id\": \"\xff\"}",
+            b"{\"conf\": {\"a\": \"\xc3\"}}",
+            b"{\"conf\": {\"\xe2\x9c\": 1}}",
+            b"{\"pipeline_id\": \"p\"} \xff",
+            b"{\"conf\": {\"a\": \"tab\there\"}}",
+            b"{\"conf\": {\"a\": \"x\"}",
+            b"{\"pipeline_id\": \"p\"} x",
+            b"[\"\xff\"]",
+            b"",
+            br#"{"conf": {"maestro": 1}}"#,
+        ];
+        for body in bodies {
+            let as_bytes = ExecuteFields::read_from(
+                serde_json::Deserializer::from_slice(body),
+                RunConfSeed::with_capacity(body.len()),
+            );
+            assert_eq!(
+                format!("{:?}", ExecuteFields::read(body)),
+                format!("{as_bytes:?}"),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
