@@ -603,10 +603,63 @@ fn write_canonical(out: &mut String, value: &Value) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use serde::de::DeserializeSeed;
     use serde_json::json;
 
     use super::*;
+
+    /// [`needs_no_escape`] a byte at a time.
+    fn needs_no_escape_bytewise(text: &str) -> bool {
+        !text
+            .bytes()
+            .any(|byte| byte < 0x20 || byte == b'"' || byte == b'\\')
+    }
+
+    #[test]
+    fn a_string_needs_escaping_for_a_quote_a_backslash_or_a_control_at_any_place() {
+        for clean in [
+            "",
+            "x",
+            "warehouse.table_01",
+            "é ✓ ~ \u{7f} \u{80} \u{ff}",
+            &"x".repeat(1024),
+        ] {
+            assert!(needs_no_escape(clean), "{clean:?}");
+        }
+        for length in [1, 7, 8, 9, 15, 16, 17, 64, 1023] {
+            for at in 0..length {
+                for bad in ['"', '\\', '\n', '\u{0}', '\u{1f}'] {
+                    let mut text: Vec<char> = std::iter::repeat_n('a', length).collect();
+                    text[at] = bad;
+                    let text: String = text.into_iter().collect();
+                    assert!(!needs_no_escape(&text), "{text:?}");
+                }
+                // The bytes just past the ones it looks for do not count.
+                let mut text: Vec<char> = std::iter::repeat_n('a', length).collect();
+                text[at] = ' ';
+                let text: String = text.into_iter().collect();
+                assert!(needs_no_escape(&text), "{text:?}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn needing_no_escape_is_told_as_a_byte_at_a_time_would(text in any::<String>()) {
+            prop_assert_eq!(needs_no_escape(&text), needs_no_escape_bytewise(&text));
+        }
+
+        #[test]
+        fn needing_no_escape_is_told_for_near_misses(
+            text in proptest::collection::vec(
+                prop_oneof![Just(' '), Just('!'), Just('"'), Just('#'), Just('['), Just('\\'), Just(']'), Just('\u{1f}'), Just('\u{7f}'), Just('é')],
+                0..40,
+            ).prop_map(String::from_iter)
+        ) {
+            prop_assert_eq!(needs_no_escape(&text), needs_no_escape_bytewise(&text));
+        }
+    }
 
     #[test]
     fn null_is_the_empty_conf_and_an_object_is_kept_as_sent() {
