@@ -338,7 +338,7 @@ mod tests {
     use tracing_subscriber::fmt::format::DefaultFields;
 
     use super::*;
-    use crate::log_test::Lines;
+    use crate::log_test::captured;
 
     #[derive(Debug, thiserror::Error)]
     #[error("cannot reach it: \"{0}\"")]
@@ -396,16 +396,16 @@ mod tests {
     where
         N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static,
     {
-        let lines = Lines::default();
-        let subscriber = tracing_subscriber::fmt()
-            .fmt_fields(fields)
-            .without_time()
-            .with_ansi(ansi)
-            .with_ansi_sanitization(sanitize)
-            .with_writer(lines.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, logs);
-        lines.text()
+        let subscriber = |lines| {
+            tracing_subscriber::fmt()
+                .fmt_fields(fields)
+                .without_time()
+                .with_ansi(ansi)
+                .with_ansi_sanitization(sanitize)
+                .with_writer(lines)
+                .finish()
+        };
+        captured(subscriber, logs)
     }
 
     /// What `log` writes through `fields`, without the instants.
@@ -473,22 +473,15 @@ mod tests {
 
     #[test]
     fn a_value_that_logs_while_it_is_written_is_written_as_by_default() {
-        let written = |fast: bool| {
-            let lines = Lines::default();
-            let builder = tracing_subscriber::fmt()
+        let log = || tracing::info!(value = ?Chatty, other = "after", "outer");
+        let builder = |lines| {
+            tracing_subscriber::fmt()
                 .without_time()
                 .with_ansi(false)
-                .with_writer(lines.clone());
-            let log = || tracing::info!(value = ?Chatty, other = "after", "outer");
-            if fast {
-                tracing::subscriber::with_default(builder.fmt_fields(TextFields).finish(), log);
-            } else {
-                tracing::subscriber::with_default(builder.finish(), log);
-            }
-            lines.text()
+                .with_writer(lines)
         };
-        let fast = written(true);
-        assert_eq!(fast, written(false));
+        let fast = captured(|lines| builder(lines).fmt_fields(TextFields).finish(), log);
+        assert_eq!(fast, captured(|lines| builder(lines).finish(), log));
         assert!(fast.contains("value=chatty other=\"after\""), "{fast}");
     }
 

@@ -119,7 +119,7 @@ mod tests {
     use tracing_subscriber::fmt::format::DefaultFields;
 
     use super::*;
-    use crate::{log_fields::TextFields, log_test::Lines};
+    use crate::{log_fields::TextFields, log_test::captured};
 
     /// An instant that is always the same, so that lines compare.
     #[derive(Debug, Clone, Copy)]
@@ -148,16 +148,16 @@ mod tests {
         E: for<'a> FormatEvent<tracing_subscriber::Registry, N> + Send + Sync + 'static,
         N: for<'w> FormatFields<'w> + Send + Sync + 'static,
     {
-        let lines = Lines::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(ansi)
-            .with_max_level(Level::TRACE)
-            .fmt_fields(fields)
-            .event_format(event)
-            .with_writer(lines.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, logs);
-        lines.text()
+        let subscriber = |lines| {
+            tracing_subscriber::fmt()
+                .with_ansi(ansi)
+                .with_max_level(Level::TRACE)
+                .fmt_fields(fields)
+                .event_format(event)
+                .with_writer(lines)
+                .finish()
+        };
+        captured(subscriber, logs)
     }
 
     /// Lines of every level, outside spans, in spans with and without

@@ -1,4 +1,5 @@
-//! What the log's tests share: lines written to memory.
+//! What the log's tests share: lines written to memory, and what a
+//! subscriber writes there.
 
 use std::{
     io,
@@ -10,6 +11,17 @@ use tracing_subscriber::fmt::MakeWriter;
 /// Lines written to memory.
 #[derive(Clone, Default)]
 pub(crate) struct Lines(Arc<Mutex<Vec<u8>>>);
+
+/// What `logs` writes through the subscriber `make` builds around a
+/// writer to memory.
+pub(crate) fn captured<S>(make: impl FnOnce(Lines) -> S, logs: impl FnOnce()) -> String
+where
+    S: tracing::Subscriber + Send + Sync + 'static,
+{
+    let lines = Lines::default();
+    tracing::subscriber::with_default(make(lines.clone()), logs);
+    lines.text()
+}
 
 impl Lines {
     /// Everything written so far.
