@@ -149,7 +149,8 @@ impl Results {
     }
 }
 
-/// Loads the baseline, then the service, and reports both.
+/// Loads the service and the baseline in alternating turns, and reports
+/// both.
 ///
 /// # Errors
 /// When starting or loading a server fails.
