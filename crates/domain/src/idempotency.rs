@@ -34,7 +34,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     Clock, CustomerId, ExecuteError, PipelineId, PipelineService, RequestContext, Run, RunConf,
-    RunId, RunStatus, Timestamp, TriggerRequest, format_timestamp,
+    RunId, RunStatus, Timestamp, TriggerRequest, conf::write_json_string, format_timestamp,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -555,6 +555,11 @@ enum Kept {
     },
 }
 
+/// The room a kept run's record is given at once: its keys, a `manual__`
+/// run id, a pipeline id, a status, two instants and an empty `conf`
+/// take some 230 bytes.
+const KEPT_RUN_BYTES: usize = 256;
+
 /// A run as kept; instants as RFC 3339 text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct KeptRun {
@@ -604,9 +609,42 @@ impl Kept {
         }
     }
 
+    /// The record, as the derived serialization writes it. A run, what
+    /// nearly every record keeps, is written here, each string copied as it
+    /// is when it needs no escape: serde_json escaping them a byte at a
+    /// time was a twentieth of a keyed execute (a test holds the two to the
+    /// same bytes).
     fn encode(&self) -> Vec<u8> {
-        // Serializing plain strings and options cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        let Self::Run(run) = self else {
+            // Serializing plain strings and options cannot fail.
+            return serde_json::to_vec(self).unwrap_or_default();
+        };
+        let mut out =
+            String::with_capacity(KEPT_RUN_BYTES + run.trace.as_ref().map_or(0, String::len));
+        for (key, value) in [
+            (r#"{"kept":"run","id":"#, &run.id),
+            (r#","pipeline_id":"#, &run.pipeline_id),
+            (r#","status":"#, &run.status),
+            (r#","created_at":"#, &run.created_at),
+            (r#","updated_at":"#, &run.updated_at),
+        ] {
+            out.push_str(key);
+            write_json_string(&mut out, value);
+        }
+        out.push_str(r#","trace":"#);
+        match &run.trace {
+            Some(trace) => write_json_string(&mut out, trace),
+            None => out.push_str("null"),
+        }
+        out.push_str(r#","conf":"#);
+        if run.conf.is_empty() {
+            out.push_str("{}");
+        } else {
+            // Serializing a map of JSON values cannot fail.
+            out.push_str(&serde_json::to_string(&run.conf).unwrap_or_default());
+        }
+        out.push('}');
+        out.into_bytes()
     }
 
     /// The outcome a record keeps.

@@ -352,3 +352,67 @@ async fn a_lost_claim_still_answers_with_the_executes_own_outcome() {
         Idempotent::Ran { outcome: Ok(run), record_error: Some(StoreError::ClaimLost) } if run == a_run()
     ));
 }
+
+/// A kept run of any texts: ids, statuses and instants as a store could
+/// hold them, quotes, backslashes, controls and non-ASCII included.
+fn any_kept_run() -> impl proptest::strategy::Strategy<Value = KeptRun> {
+    use proptest::prelude::*;
+    let text = || {
+        prop_oneof![
+            Just(String::new()),
+            "[a-z0-9_:.+-]{1,40}",
+            any::<String>(),
+            "[\"\\\\\u{0}-\u{1f}\u{7f}é✓ a]{0,12}",
+        ]
+    };
+    let conf = proptest::collection::btree_map(
+        text(),
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<i64>().prop_map(serde_json::Value::from),
+            text().prop_map(serde_json::Value::from),
+        ],
+        0..4,
+    );
+    (
+        (text(), text(), text()),
+        (text(), text()),
+        proptest::option::of(text()),
+        conf,
+    )
+        .prop_map(
+            |((id, pipeline_id, status), (created_at, updated_at), trace, conf)| KeptRun {
+                id,
+                pipeline_id,
+                status,
+                created_at,
+                updated_at,
+                trace,
+                conf: conf.into_iter().collect(),
+            },
+        )
+}
+
+proptest::proptest! {
+    #[test]
+    fn a_kept_run_is_encoded_as_its_derived_serialization(run in any_kept_run()) {
+        let kept = Kept::Run(run);
+        let derived = serde_json::to_vec(&kept).unwrap();
+        proptest::prop_assert_eq!(
+            String::from_utf8(kept.encode()).unwrap(),
+            String::from_utf8(derived).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_kept_run_of_a_real_run_is_encoded_as_its_derived_serialization() {
+    let mut with_conf = a_run();
+    with_conf.conf =
+        RunConf::parse(serde_json::json!({"b": [1, "x\"y"], "a": {"z": null}})).unwrap();
+    for run in [a_run(), with_conf] {
+        let kept = Kept::of(&Ok(run.clone())).unwrap();
+        assert_eq!(kept.encode(), serde_json::to_vec(&kept).unwrap());
+        assert_eq!(Kept::decode(&kept.encode()).unwrap().unwrap(), run);
+    }
+}
