@@ -42,15 +42,10 @@ impl<T: FormatTime + Clone> TextLine<T> {
     /// Lines that start with the instant `timer` writes.
     pub(crate) fn with_timer(timer: T) -> Self {
         Self {
-            default: format().with_timer(timer.clone()),
+            default: format::format().with_timer(timer.clone()),
             timer,
         }
     }
-}
-
-/// The default format, as the log's builder makes it.
-fn format() -> Format<Full> {
-    format::format()
 }
 
 /// The level as the default writes it with colours off: padded to five.
@@ -145,7 +140,7 @@ mod tests {
     /// `ansi` says.
     fn through<E, N>(event: E, fields: N, ansi: bool, logs: impl FnOnce()) -> String
     where
-        E: for<'a> FormatEvent<tracing_subscriber::Registry, N> + Send + Sync + 'static,
+        E: FormatEvent<tracing_subscriber::Registry, N> + Send + Sync + 'static,
         N: for<'w> FormatFields<'w> + Send + Sync + 'static,
     {
         let subscriber = |lines| {
@@ -186,7 +181,7 @@ mod tests {
     fn lines_are_written_as_the_default_format_writes_them() {
         for ansi in [false, true] {
             let ours = through(TextLine::with_timer(Fixed), TextFields, ansi, log);
-            let default = through(format().with_timer(Fixed), TextFields, ansi, log);
+            let default = through(format::format().with_timer(Fixed), TextFields, ansi, log);
             assert_eq!(ours, default);
             assert_eq!(ours.lines().count(), 6, "{ours}");
         }
@@ -197,7 +192,12 @@ mod tests {
             false,
             log,
         );
-        let default = through(format().with_timer(Fixed), DefaultFields::new(), false, log);
+        let default = through(
+            format::format().with_timer(Fixed),
+            DefaultFields::new(),
+            false,
+            log,
+        );
         assert_eq!(ours, default);
     }
 
@@ -217,7 +217,12 @@ mod tests {
     fn a_clock_that_cannot_be_read_is_written_as_the_default_writes_it() {
         let event = || tracing::info!("answered");
         let ours = through(TextLine::with_timer(Broken), TextFields, false, event);
-        let default = through(format().with_timer(Broken), TextFields, false, event);
+        let default = through(
+            format::format().with_timer(Broken),
+            TextFields,
+            false,
+            event,
+        );
         assert_eq!(ours, default);
         assert!(ours.starts_with("<unknown time>  INFO "), "{ours}");
     }
@@ -234,7 +239,12 @@ mod tests {
             );
         };
         let ours = through(TextLine::with_timer(Fixed), TextFields, false, record);
-        let default = through(format().with_timer(Fixed), TextFields, false, record);
+        let default = through(
+            format::format().with_timer(Fixed),
+            TextFields,
+            false,
+            record,
+        );
         assert_eq!(ours, default);
         assert!(
             ours.contains(" WARN hyper::proto: connection reset"),
