@@ -10,7 +10,7 @@ use domain::{InvalidRunQuery, PipelineId, RequestContext, RunConf, RunId, RunQue
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{AppState, dto::ExecuteFields, error::ApiError, observe, trace};
+use crate::{AppState, dto::ExecuteFields, error::ApiError, observe, request_log, trace};
 
 /// The largest request body accepted, in bytes.
 pub(crate) const BODY_LIMIT: usize = 64 * 1024;
@@ -37,7 +37,7 @@ impl FromRequestParts<AppState> for Authenticated {
             state.metrics().auth_rejected(err.reason());
             ApiError::invalid_token()
         })?;
-        tracing::Span::current().record("customer", caller.customer().as_str());
+        request_log::record_customer(caller.customer().as_str());
         if let Some(limiter) = state.rate_limiter() {
             // After authentication, so that the limit is the verified
             // customer's: one customer's flood never spends another's quota.
@@ -273,7 +273,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PipelinePath {
             .await
             .map_err(|_| ApiError::invalid_path())?;
         let id = PipelineId::parse(&raw).map_err(|_| ApiError::invalid_pipeline_id())?;
-        tracing::Span::current().record("pipeline_id", id.as_str());
+        request_log::record_pipeline(id.as_str());
         Ok(Self(id))
     }
 }
@@ -299,9 +299,8 @@ impl<S: Send + Sync> FromRequestParts<S> for RunPath {
                 "run_id must be 1 to 250 characters with no control characters",
             )
         })?;
-        let span = tracing::Span::current();
-        span.record("pipeline_id", pipeline.as_str());
-        span.record("run_id", run.as_str());
+        request_log::record_pipeline(pipeline.as_str());
+        request_log::record_run(run.as_str());
         Ok(Self(pipeline, run))
     }
 }

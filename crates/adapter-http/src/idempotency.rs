@@ -18,6 +18,7 @@ use tracing::Instrument as _;
 use crate::{
     AppState,
     error::{ApiError, ErrorChain},
+    request_log,
     routes::execute_answer,
     run_json,
 };
@@ -87,7 +88,11 @@ pub(crate) async fn execute_once(
                 .await
         }
     };
-    let Some(answer) = to_the_end(task.instrument(tracing::Span::current())).await else {
+    let Some(answer) = to_the_end(request_log::carried(
+        task.instrument(tracing::Span::current()),
+    ))
+    .await
+    else {
         // A panic in the use case: the claim is left to expire, since
         // whether a run started is unknown.
         return ApiError::internal().into_response();

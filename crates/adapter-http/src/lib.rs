@@ -35,6 +35,7 @@ mod metrics;
 mod observe;
 pub mod ratelimit;
 mod readiness;
+pub mod request_log;
 mod routes;
 mod run_json;
 mod webhooks;
@@ -47,6 +48,7 @@ pub use edge::{DEFAULT_BODY_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, RequestDeadline};
 pub use metrics::{ConnectionClose, Metrics, OpenConnection};
 use readiness::Readiness;
 pub use readiness::{CheckError, ReadinessCheck};
+pub use request_log::RequestLog;
 pub use trace::{trace_orchestrator, trace_repository};
 
 /// What every handler shares: the use cases, the credential verifier, the
@@ -77,6 +79,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Whether request spans are made for an OpenTelemetry exporter.
     span_export: bool,
+    /// Whether each request is a span in the log, not a [`RequestLog`].
+    request_spans: bool,
 }
 
 /// What the event stream reads: the feed as customers see it, and where a
@@ -132,6 +136,7 @@ impl AppState {
                 webhooks: None,
                 clock: Arc::new(domain::SystemClock),
                 span_export: false,
+                request_spans: false,
             }),
         }
     }
@@ -156,6 +161,7 @@ impl AppState {
             webhooks: inner.webhooks.clone(),
             clock: Arc::clone(&inner.clock),
             span_export: inner.span_export,
+            request_spans: inner.request_spans,
         };
         change(&mut copy);
         Self {
@@ -246,6 +252,18 @@ impl AppState {
         self.with(|inner| inner.span_export = true)
     }
 
+    /// The same state, making each request a `tracing` span named
+    /// `request` with the fields of its [`RequestLog`], for a log format
+    /// that reads the request's context from its span (the library's JSON
+    /// and coloured text formats). Without it (the default), a request's
+    /// context is its [`request_log::current`], which the caller's own
+    /// format writes where the span would be; spans are always made when
+    /// they are exported.
+    #[must_use]
+    pub fn with_request_spans(self) -> Self {
+        self.with(|inner| inner.request_spans = true)
+    }
+
     /// Marks the service as shutting down: `/ready` answers 503 from now on,
     /// so that load balancers stop sending requests while in-flight ones
     /// finish, and every request waiting on a run is answered at once with
@@ -318,6 +336,10 @@ impl AppState {
 
     pub(crate) fn exports_spans(&self) -> bool {
         self.inner.span_export
+    }
+
+    pub(crate) fn request_spans(&self) -> bool {
+        self.inner.request_spans
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {

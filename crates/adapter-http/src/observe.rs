@@ -1,9 +1,10 @@
 //! What every request passes through, in one layer: its request id (the
 //! client's `X-Request-Id` when usable, a fresh UUID otherwise, echoed on
-//! the answer), its place in a distributed trace (`trace::start`), its span
-//! and one access-log line, the request metrics, the edge's limits on the
-//! request (`edge::within_limits`), the body limit, and a 500 for a handler
-//! that panics.
+//! the answer), its place in a distributed trace (`trace::start`), its log
+//! context (a span, or a [`RequestLog`]) and one access-log line, the
+//! request metrics, the edge's limits on the request
+//! (`edge::within_limits`), the body limit, and a 500 for a handler that
+//! panics.
 //!
 //! One layer rather than one for each, and a service of its own rather
 //! than `axum::middleware::from_fn`: every layer of a router boxes the
@@ -31,7 +32,13 @@ use tower::{Layer, Service};
 use tower_http::request_id::RequestId;
 use tracing::{Instrument as _, Span, field::Empty};
 
-use crate::{AppState, edge, error::ApiError, extract::BODY_LIMIT, trace};
+use crate::{
+    AppState, edge,
+    error::ApiError,
+    extract::BODY_LIMIT,
+    request_log::{self, RequestLog, UNMATCHED},
+    trace,
+};
 
 /// The `X-Request-Id` header.
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -91,16 +98,49 @@ where
 }
 
 /// Gives the request its id and its place in its trace, then answers it in
-/// its span under the edge's limits; counts it while in flight and once
-/// answered, logs the answer, and echoes the id on it.
-async fn observe<R>(state: &AppState, mut request: Request, mut route: R) -> Response
+/// its log context (a span, or a [`RequestLog`]) under the edge's limits;
+/// counts it while in flight and once answered, logs the answer, and
+/// echoes the id on it.
+async fn observe<R>(state: &AppState, mut request: Request, route: R) -> Response
 where
     R: Service<Request, Response = Response, Error = Infallible>,
 {
     let id = identify(&mut request);
     trace::start(&mut request);
     let exported = state.exports_spans();
-    let span = span(&request, exported);
+    let mut response = if exported || state.request_spans() {
+        let span = span(&request, exported);
+        let (response, latency) = answer(state, request, route).instrument(span.clone()).await;
+        answered(&response, latency, &span, exported);
+        response
+    } else if tracing::span_enabled!(tracing::Level::INFO) {
+        // The context is made only when the span would have been on
+        // (`RUST_LOG=info`).
+        let log = RequestLog::new(
+            request.method().clone(),
+            request.extensions().get::<MatchedPath>().cloned(),
+            id.clone(),
+            trace::trace_id(request.extensions()),
+        );
+        request_log::scope(Some(log), async {
+            let (response, latency) = answer(state, request, route).await;
+            answered(&response, latency, &Span::none(), false);
+            response
+        })
+        .await
+    } else {
+        answer(state, request, route).await.0
+    };
+    response.headers_mut().entry(&REQUEST_ID).or_insert(id);
+    response
+}
+
+/// Answers the request under the edge's limits, a panic as a 500; counts
+/// it while in flight and once answered; and says how long it took.
+async fn answer<R>(state: &AppState, request: Request, mut route: R) -> (Response, Duration)
+where
+    R: Service<Request, Response = Response, Error = Infallible>,
+{
     let _in_flight = state.metrics().in_flight();
     let started = Instant::now();
     // The matched path is shared, not copied: no allocation per request.
@@ -115,9 +155,7 @@ where
             .unwrap_or_else(|panic| Ok(panicked(&*panic)));
         response
     };
-    let mut response = edge::within_limits(state, request, answer)
-        .instrument(span.clone())
-        .await;
+    let response = edge::within_limits(state, request, answer).await;
     let latency = started.elapsed();
     state.metrics().observe_request(
         matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
@@ -125,9 +163,7 @@ where
         response.status().as_u16(),
         latency,
     );
-    answered(&response, latency, &span, exported);
-    response.headers_mut().entry(&REQUEST_ID).or_insert(id);
-    response
+    (response, latency)
 }
 
 /// The answer of a handler that panicked, logged with what it said: 500,
@@ -194,9 +230,6 @@ fn route(request: &Request) -> &str {
         .map_or(UNMATCHED, MatchedPath::as_str)
 }
 
-/// The route of requests that match none.
-const UNMATCHED: &str = "unmatched";
-
 /// The request's span: its method, route, request id and trace id, and
 /// the customer, pipeline and run that the handlers record as they learn
 /// them. When spans are exported, it also carries what OpenTelemetry reads
@@ -237,8 +270,8 @@ fn span(request: &Request, exported: bool) -> Span {
     span
 }
 
-/// The access log: one line per answer, in the request's span; and, for
-/// an exported span, the answer's status.
+/// The access log: one line per answer, in the request's span or
+/// context; and, for an exported span, the answer's status.
 fn answered(response: &Response, latency: Duration, span: &Span, exported: bool) {
     let status = response.status().as_u16();
     if exported {

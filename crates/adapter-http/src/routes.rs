@@ -24,7 +24,7 @@ use crate::{
     },
     idempotency::{self, IdempotencyKeyHeader},
     readiness::Report,
-    run_json,
+    request_log, run_json,
 };
 
 // The OpenAPI document: a route's `#[utoipa::path]` lists its own answers,
@@ -136,7 +136,7 @@ pub(crate) async fn execute(
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     ExecuteBody { pipeline_id, conf }: ExecuteBody,
 ) -> Result<Response, ApiError> {
-    tracing::Span::current().record("pipeline_id", pipeline_id.as_str());
+    request_log::record_pipeline(pipeline_id.as_str());
     let request = TriggerRequest::new(pipeline_id).with_conf(conf);
     if let Some(key) = key {
         return Ok(idempotency::execute_once(&state, ctx, key, request).await);
@@ -150,7 +150,7 @@ pub(crate) async fn execute(
 pub(crate) fn execute_answer(state: &AppState, outcome: Result<Run, ExecuteError>) -> Response {
     match outcome {
         Ok(run) => {
-            tracing::Span::current().record("run_id", run.id.as_str());
+            request_log::record_run(run.id.as_str());
             state.metrics().run_triggered(state.backend());
             run_json::answer(run_json::execute(&run))
         }
@@ -179,7 +179,7 @@ pub(crate) async fn pause(
     Authenticated(ctx): Authenticated,
     PipelineIdBody(id): PipelineIdBody,
 ) -> Result<Json<ActionResponse>, ApiError> {
-    tracing::Span::current().record("pipeline_id", id.as_str());
+    request_log::record_pipeline(id.as_str());
     state.service().pause(&ctx, &id).await?;
     Ok(Json(ActionResponse::new(
         "Pipeline paused successfully",
@@ -207,7 +207,7 @@ pub(crate) async fn unpause(
     Authenticated(ctx): Authenticated,
     PipelineIdBody(id): PipelineIdBody,
 ) -> Result<Json<ActionResponse>, ApiError> {
-    tracing::Span::current().record("pipeline_id", id.as_str());
+    request_log::record_pipeline(id.as_str());
     state.service().unpause(&ctx, &id).await?;
     Ok(Json(ActionResponse::new(
         "Pipeline unpaused successfully",

@@ -14,6 +14,8 @@ mod log_test;
 mod log_time;
 mod log_writer;
 mod readiness;
+#[cfg(test)]
+mod request_log_test;
 mod server;
 mod telemetry;
 mod wiring;

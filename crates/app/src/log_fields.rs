@@ -17,6 +17,7 @@ use std::{
     fmt::{self, Write as _},
 };
 
+use adapter_http::{RequestLog, request_log::LogValue};
 use tracing::{
     field::{Field, Visit},
     span,
@@ -192,20 +193,68 @@ fn shortest_decimal(buffer: &mut ryu::Buffer, value: f64) -> Option<&str> {
     (figures <= 15).then_some(text)
 }
 
+thread_local! {
+    /// Where the request's part of a line is put together before it is
+    /// written in one piece.
+    static REQUEST: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Writes the request being answered as the default formatter writes its
+/// span, `request{method=POST route="/platform/..." ...}:`, with these
+/// fields' formats.
+pub(crate) fn write_request(writer: &mut Writer<'_>, request: &RequestLog) -> fmt::Result {
+    REQUEST.with(|text| match text.try_borrow_mut() {
+        Ok(mut text) => {
+            text.clear();
+            request_text(&mut *text, request)?;
+            writer.write_str(&text)
+        }
+        // Taken when a field's own formatting logs: write in place.
+        Err(_) => request_text(writer, request),
+    })
+}
+
+fn request_text(writer: &mut impl fmt::Write, request: &RequestLog) -> fmt::Result {
+    writer.write_str(RequestLog::NAME)?;
+    writer.write_char('{')?;
+    let mut first = true;
+    request.fields(|name, value| {
+        if !std::mem::take(&mut first) {
+            writer.write_char(' ')?;
+        }
+        writer.write_str(name)?;
+        writer.write_char('=')?;
+        match value {
+            LogValue::Bare(value) => writer.write_str(value),
+            LogValue::Text(value) => write_quoted(writer, value),
+        }
+    })?;
+    writer.write_str("}:")
+}
+
 /// Writes `value` as `{:?}` writes a string: as it is, in quotes, when it
 /// is printable ASCII without a quote or a backslash (ids, routes, names);
 /// escaped by `core::fmt` otherwise.
-fn write_quoted(writer: &mut Writer<'_>, value: &str) -> fmt::Result {
-    let plain = value
-        .bytes()
-        .all(|byte| matches!(byte, b' '..=b'~') && byte != b'"' && byte != b'\\');
-    if plain {
+fn write_quoted(writer: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    if is_plain(value) {
         writer.write_char('"')?;
         writer.write_str(value)?;
         writer.write_char('"')
     } else {
         write!(writer, "{value:?}")
     }
+}
+
+/// Whether `{:?}` writes `value` as it is: printable ASCII without a quote
+/// or a backslash. (Looked at sixteen bytes at a time, which the compiler
+/// turns into vector instructions.)
+fn is_plain(value: &str) -> bool {
+    let odd = |byte: u8| !matches!(byte, b' '..=b'~') || byte == b'"' || byte == b'\\';
+    let mut chunks = value.as_bytes().chunks_exact(16);
+    chunks
+        .by_ref()
+        .all(|chunk| !chunk.iter().fold(false, |any, &byte| any | odd(byte)))
+        && !chunks.remainder().iter().any(|&byte| odd(byte))
 }
 
 impl Visit for TextVisitor<'_> {
@@ -532,6 +581,19 @@ mod tests {
             value in prop_oneof![any::<f64>(), 1e-4..1e16_f64, 1e-3..1e7_f64, 0.0..10_000.0_f64],
         ) {
             prop_assert_eq!(float(TextFields, value), float(DefaultFields::new(), value));
+        }
+
+        #[test]
+        fn a_value_is_plain_when_each_byte_is_and_then_debug_only_quotes_it(
+            text in "[ -~\"\\\\\\x00-\\x1f\\x7f\u{80}-\u{10ffff}]{0,70}|[a-z0-9_/{}.-]{0,70}",
+        ) {
+            let bytewise = text
+                .bytes()
+                .all(|byte| matches!(byte, b' '..=b'~') && byte != b'"' && byte != b'\\');
+            prop_assert_eq!(is_plain(&text), bytewise);
+            if bytewise {
+                prop_assert_eq!(format!("{text:?}"), format!("\"{text}\""));
+            }
         }
 
         #[test]

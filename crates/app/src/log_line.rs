@@ -6,13 +6,17 @@
 //! The default writes each of those parts through `core::fmt`, styled with
 //! an empty colour style when colours are off: on the access log's line
 //! that was some 2,300 of the 16,000 instructions a request spent on its
-//! log. This format writes the same bytes straight into the line. Lines with colours on (a person at a
-//! terminal) and records from the `log` crate, whose metadata the default
-//! rewrites, are left to the default format.
+//! log. This format writes the same bytes straight into the line. Lines
+//! with colours on (a person at a terminal) are left to the default format.
+//!
+//! A line logged while a request is answered names the request first, from
+//! its [`adapter_http::RequestLog`], as the default names a span.
 
 use std::fmt;
 
+use adapter_http::request_log;
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent as _;
 use tracing_subscriber::{
     fmt::{
         FmtContext, FormatEvent, FormatFields, FormattedFields,
@@ -22,7 +26,7 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-use crate::log_time::LogTime;
+use crate::{log_fields::write_request, log_time::LogTime};
 
 /// The text line's format; see the module's documentation.
 #[derive(Debug, Clone)]
@@ -71,9 +75,10 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
-        // A `log` record names its own target and level in these fields.
-        if writer.has_ansi_escapes() || meta.fields().field("log.target").is_some() {
+        // A `log` record names its own target and level in fields.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        if writer.has_ansi_escapes() {
             return self.default.format_event(ctx, writer, event);
         }
         if self.timer.format_time(&mut writer).is_err() {
@@ -82,8 +87,11 @@ where
         writer.write_char(' ')?;
         writer.write_str(level_text(*meta.level()))?;
         writer.write_char(' ')?;
+        // The request being answered, where a span of it would be: first.
+        let mut seen = request_log::current(|request| write_request(&mut writer, request))
+            .transpose()?
+            .is_some();
         if let Some(scope) = ctx.event_scope() {
-            let mut seen = false;
             for span in scope.from_root() {
                 writer.write_str(span.metadata().name())?;
                 seen = true;
@@ -97,9 +105,9 @@ where
                 }
                 writer.write_char(':')?;
             }
-            if seen {
-                writer.write_char(' ')?;
-            }
+        }
+        if seen {
+            writer.write_char(' ')?;
         }
         writer.write_str(meta.target())?;
         writer.write_str(": ")?;
@@ -228,7 +236,7 @@ mod tests {
     }
 
     #[test]
-    fn a_log_record_is_written_by_the_default_format() {
+    fn a_log_record_is_written_as_the_default_format_writes_it() {
         let record = || {
             tracing_log::LogTracer::new().log(
                 &log::Record::builder()

@@ -166,6 +166,14 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
     })
 }
 
+/// Whether the lines of `format` read each request's context from a span
+/// of its own ([`adapter_http::AppState::with_request_spans`]): JSON
+/// lines, and coloured text lines, which the library writes. Plain text
+/// lines ([`TextLine`]) read it from [`adapter_http::request_log`].
+pub(crate) fn request_spans(format: LogFormat) -> bool {
+    matches!(format, LogFormat::Json) || colours()
+}
+
 /// Whether text lines are coloured: only for a person at a terminal, never
 /// in a file or a log collector.
 fn colours() -> bool {

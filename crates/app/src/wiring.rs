@@ -157,6 +157,8 @@ pub async fn build_with_clock(
     }
     if exported {
         state = state.with_span_export();
+    } else if crate::telemetry::request_spans(config.log_format) {
+        state = state.with_request_spans();
     }
     Ok(Built {
         router: adapter_http::router(state.clone()),

@@ -147,7 +147,7 @@ pub use run::{
     RunStatus, Timestamp, TimestampText, format_timestamp, timestamp_text,
 };
 pub use service::PipelineService;
-pub use trace::{MAX_TRACE_STATE_LEN, SpanId, TraceContext, TraceId, TraceParent};
+pub use trace::{HexId, MAX_TRACE_STATE_LEN, SpanId, TraceContext, TraceId, TraceParent};
 pub use webhooks::{
     DELIVERY_RETRY_WINDOW, Delivery, DeliveryId, DeliveryQueue, InvalidWebhookId,
     InvalidWebhookUrl, MAX_WEBHOOKS_PER_CUSTOMER, NewWebhook, RegisterWebhookError, SendOutcome,

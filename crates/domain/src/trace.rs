@@ -37,23 +37,53 @@ impl SpanId {
     }
 }
 
-/// Lower-case hexadecimal, as W3C Trace Context writes ids; written on the
-/// stack and passed on at once, since every request's log line has one.
-fn write_hex<const N: usize>(f: &mut fmt::Formatter<'_>, bytes: &[u8; N]) -> fmt::Result {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [[0_u8; 2]; N];
-    for (pair, byte) in text.iter_mut().zip(bytes) {
-        *pair = [
-            DIGITS[usize::from(byte >> 4)],
-            DIGITS[usize::from(byte & 0x0f)],
-        ];
+/// An id in lower-case hexadecimal, as W3C Trace Context writes it; on the
+/// stack, since every request's log line has one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HexId<const N: usize>([[u8; 2]; N]);
+
+impl<const N: usize> HexId<N> {
+    fn of(bytes: &[u8; N]) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [[0_u8; 2]; N];
+        for (pair, byte) in text.iter_mut().zip(bytes) {
+            *pair = [
+                DIGITS[usize::from(byte >> 4)],
+                DIGITS[usize::from(byte & 0x0f)],
+            ];
+        }
+        Self(text)
     }
-    f.write_str(str::from_utf8(text.as_flattened()).expect("hexadecimal digits are ASCII"))
+
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        str::from_utf8(self.0.as_flattened()).expect("hexadecimal digits are ASCII")
+    }
+}
+
+impl<const N: usize> fmt::Debug for HexId<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TraceId {
+    /// The id in hexadecimal, as it displays.
+    pub fn hex(&self) -> HexId<16> {
+        HexId::of(&self.0)
+    }
+}
+
+impl SpanId {
+    /// The id in hexadecimal, as it displays.
+    pub fn hex(&self) -> HexId<8> {
+        HexId::of(&self.0)
+    }
 }
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
+        f.write_str(self.hex().as_str())
     }
 }
 
@@ -65,7 +95,7 @@ impl fmt::Debug for TraceId {
 
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
+        f.write_str(self.hex().as_str())
     }
 }
 
