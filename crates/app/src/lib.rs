@@ -8,6 +8,7 @@ pub mod config;
 mod dev;
 mod events;
 mod log_fields;
+mod log_json;
 mod log_line;
 #[cfg(test)]
 mod log_test;

@@ -11,11 +11,15 @@ use axum::{
 use clap::Parser as _;
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
-use tracing_subscriber::fmt::{format::Writer, time::FormatTime};
+use tracing_subscriber::fmt::{
+    format::{JsonFields, Writer},
+    time::FormatTime,
+};
 
 use crate::{
     Cli, Command,
     log_fields::TextFields,
+    log_json::{JsonLine, library_format},
     log_line::TextLine,
     log_test::Lines,
     wiring::{Built, build},
@@ -64,18 +68,53 @@ fn execute(token: &str, request_id: &str) -> axum::http::request::Builder {
         .header("traceparent", TRACEPARENT)
 }
 
-/// The lines the requests below log through `router`, each line's latency
-/// and run ids (fresh for each execute) written as `…`.
-async fn lines_of(router: &Router, token: &str, pipeline: &str, run: &str) -> String {
-    let lines = Lines::default();
-    let subscriber = tracing_subscriber::fmt()
+/// The log's two formats, as the service writes them.
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    Text,
+    Json,
+    /// The library's JSON format, as JSON lines were written with a span
+    /// per request.
+    LibraryJson,
+}
+
+/// A subscriber that writes `format`'s lines to `lines`.
+fn subscriber(format: Format, lines: Lines) -> Box<dyn tracing::Subscriber + Send + Sync> {
+    let builder = tracing_subscriber::fmt()
         .with_ansi(false)
         .with_max_level(tracing::Level::INFO)
-        .fmt_fields(TextFields)
-        .event_format(TextLine::with_timer(Fixed))
-        .with_writer(lines.clone())
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+        .with_writer(lines);
+    match format {
+        Format::Text => Box::new(
+            builder
+                .fmt_fields(TextFields)
+                .event_format(TextLine::with_timer(Fixed))
+                .finish(),
+        ),
+        Format::Json => Box::new(
+            builder
+                .fmt_fields(JsonFields::new())
+                .event_format(JsonLine::with_timer(Fixed))
+                .finish(),
+        ),
+        Format::LibraryJson => Box::new(
+            builder
+                .fmt_fields(JsonFields::new())
+                .event_format(library_format(Fixed))
+                .finish(),
+        ),
+    }
+}
+
+/// The lines the requests below log through `router` in `format`, each
+/// line's latency and fresh run ids (one for each execute) written as `…`.
+async fn lines_of(
+    router: &Router,
+    format: Format,
+    (token, pipeline, run): (&str, &str, &str),
+) -> String {
+    let lines = Lines::default();
+    let _default = tracing::subscriber::set_default(subscriber(format, lines.clone()));
     let body = || Body::from(format!(r#"{{"pipeline_id": "{pipeline}"}}"#));
 
     let (status, _) = send(router, execute(token, "req-ok").body(body()).unwrap()).await;
@@ -113,19 +152,18 @@ async fn lines_of(router: &Router, token: &str, pipeline: &str, run: &str) -> St
     // The first run keeps a name of its own; the executes' fresh ones go.
     let text = lines.text().replace(run, "first-run");
     let text = masked(&text, "latency_ms=", &[' ', '\n']);
-    masked(&text, "run_id=\"manual__", &['}'])
+    let text = masked(&text, "\"latency_ms\":", &[',', '}']);
+    masked(&text, "manual__", &['"'])
 }
 
 /// `text` with what follows each `start`, up to one of `ends`, written as
-/// `…`, and a quoted `start` unquoted.
+/// `…`.
 fn masked(text: &str, start: &str, ends: &[char]) -> String {
-    let name = start.split('=').next().unwrap_or_default();
     let mut out = String::new();
     let mut rest = text;
     while let Some(at) = rest.find(start) {
-        out.push_str(&rest[..at]);
-        out.push_str(name);
-        out.push_str("=…");
+        out.push_str(&rest[..at + start.len()]);
+        out.push('…');
         rest = &rest[at + start.len()..];
         rest = &rest[rest.find(ends).unwrap_or(rest.len())..];
     }
@@ -133,8 +171,8 @@ fn masked(text: &str, start: &str, ends: &[char]) -> String {
     out
 }
 
-#[tokio::test]
-async fn a_requests_lines_are_the_same_with_its_context_as_with_a_span() {
+/// The demo, with a first run of its pipeline.
+async fn demo_with_a_run() -> (Built, String, String, String) {
     let (built, token, pipeline) = demo().await;
     let first = send(
         &built.router,
@@ -145,11 +183,18 @@ async fn a_requests_lines_are_the_same_with_its_context_as_with_a_span() {
     .await
     .1;
     let run = first["data"]["run_id"].as_str().unwrap().to_owned();
+    (built, token, pipeline, run)
+}
+
+#[tokio::test]
+async fn a_requests_lines_are_the_same_with_its_context_as_with_a_span() {
+    let (built, token, pipeline, run) = demo_with_a_run().await;
     let in_context = adapter_http::router(built.state.clone());
     let in_spans = adapter_http::router(built.state.clone().with_request_spans());
 
-    let context = lines_of(&in_context, &token, &pipeline, &run).await;
-    let spans = lines_of(&in_spans, &token, &pipeline, &run).await;
+    let demo = (token.as_str(), pipeline.as_str(), run.as_str());
+    let context = lines_of(&in_context, Format::Text, demo).await;
+    let spans = lines_of(&in_spans, Format::Text, demo).await;
 
     assert_eq!(context, spans);
     let lines: Vec<&str> = context.lines().collect();
@@ -160,7 +205,7 @@ async fn a_requests_lines_are_the_same_with_its_context_as_with_a_span() {
             "2026-12-02T01:11:34.783912Z  INFO request{{method=POST \
              route=\"/platform/pipeline/execute\" request_id=\"req-ok\" \
              trace_id=4bf92f3577b34da6a3ce929d0e0e4736 customer=\"demo\" \
-             pipeline_id=\"{pipeline}\" run_id=…}}: adapter_http::observe: answered \
+             pipeline_id=\"{pipeline}\" run_id=\"manual__…\"}}: adapter_http::observe: answered \
              status=200 latency_ms=…"
         )
     );
@@ -182,4 +227,35 @@ async fn a_requests_lines_are_the_same_with_its_context_as_with_a_span() {
         lines[5].contains("request{method=GET route=\"unmatched\" request_id=\"req-nowhere\""),
         "{context}"
     );
+}
+
+#[tokio::test]
+async fn a_requests_json_lines_are_the_same_with_its_context_as_with_a_span() {
+    let (built, token, pipeline, run) = demo_with_a_run().await;
+    let in_context = adapter_http::router(built.state.clone());
+    let in_spans = adapter_http::router(built.state.clone().with_request_spans());
+    let demo = (token.as_str(), pipeline.as_str(), run.as_str());
+
+    let context = lines_of(&in_context, Format::Json, demo).await;
+    let library = lines_of(&in_spans, Format::LibraryJson, demo).await;
+    let spans = lines_of(&in_spans, Format::Json, demo).await;
+
+    assert_eq!(context, library);
+    assert_eq!(spans, library, "a line with a span is the library's");
+    let lines: Vec<&str> = context.lines().collect();
+    assert_eq!(lines.len(), 6, "{context}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "{{\"timestamp\":\"2026-12-02T01:11:34.783912Z\",\"level\":\"INFO\",\
+             \"message\":\"answered\",\"status\":200,\"latency_ms\":…,\
+             \"target\":\"adapter_http::observe\",\"span\":{{\"customer\":\"demo\",\
+             \"method\":\"POST\",\"pipeline_id\":\"{pipeline}\",\"request_id\":\"req-ok\",\
+             \"route\":\"/platform/pipeline/execute\",\"run_id\":\"manual__…\",\
+             \"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\",\"name\":\"request\"}}}}"
+        )
+    );
+    for line in lines {
+        assert!(line.ends_with(",\"name\":\"request\"}}"), "{line}");
+    }
 }

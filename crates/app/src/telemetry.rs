@@ -16,13 +16,17 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig as _};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing_subscriber::{
-    EnvFilter, Layer as _, filter::filter_fn, fmt, layer::SubscriberExt as _,
+    EnvFilter, Layer as _,
+    filter::filter_fn,
+    fmt::{self, format::JsonFields},
+    layer::SubscriberExt as _,
     util::SubscriberInitExt as _,
 };
 
 use crate::{
     LogFormat, TracingArgs,
     log_fields::TextFields,
+    log_json::JsonLine,
     log_line::TextLine,
     log_time::LogTime,
     log_writer::{LogGuard, LogWriter, log_writer},
@@ -89,7 +93,7 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = stderr_writer();
     let Some(url) = tracing.traces_url() else {
-        let builder = fmt()
+        let builder = fmt::fmt()
             .with_env_filter(filter)
             .with_timer(LogTime)
             .with_writer(writer)
@@ -101,10 +105,8 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
                 .event_format(TextLine::default())
                 .try_init(),
             LogFormat::Json => builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
+                .fmt_fields(JsonFields::new())
+                .event_format(JsonLine::default())
                 .try_init(),
         };
         return Ok(Telemetry {
@@ -144,10 +146,8 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
             .event_format(TextLine::default())
             .boxed(),
         LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLine::default())
             .boxed(),
     };
     // `RUST_LOG` filters the lines only, so that spans are exported even
@@ -167,11 +167,11 @@ pub fn init_tracing(format: LogFormat, tracing: &TracingArgs) -> anyhow::Result<
 }
 
 /// Whether the lines of `format` read each request's context from a span
-/// of its own ([`adapter_http::AppState::with_request_spans`]): JSON
-/// lines, and coloured text lines, which the library writes. Plain text
-/// lines ([`TextLine`]) read it from [`adapter_http::request_log`].
+/// of its own ([`adapter_http::AppState::with_request_spans`]): coloured
+/// text lines, which the library writes. Plain text lines ([`TextLine`])
+/// and JSON lines ([`JsonLine`]) read it from [`adapter_http::request_log`].
 pub(crate) fn request_spans(format: LogFormat) -> bool {
-    matches!(format, LogFormat::Json) || colours()
+    matches!(format, LogFormat::Text) && colours()
 }
 
 /// Whether text lines are coloured: only for a person at a terminal, never
