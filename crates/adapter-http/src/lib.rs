@@ -254,8 +254,8 @@ impl AppState {
 
     /// The same state, making each request a `tracing` span named
     /// `request` with the fields of its [`RequestLog`], for a log format
-    /// that reads the request's context from its span (the library's JSON
-    /// and coloured text formats). Without it (the default), a request's
+    /// that reads the request's context from its span only (the library's
+    /// own formats). Without it (the default), a request's
     /// context is its [`request_log::current`], which the caller's own
     /// format writes where the span would be; spans are always made when
     /// they are exported.

@@ -6,12 +6,12 @@
 //! access line. A span per request carried that context; made, filled and
 //! closed by the log's library, it was some 8,000 of the 13,600
 //! instructions that the access log added to an execute. The context is
-//! now a value of the request's own task (a task-local); the text line
-//! reads it where it would have read the span ([`current`]), and writes the
-//! same bytes.
+//! now a value of the request's own task (a task-local); the log's line
+//! formats read it where they would have read the span ([`current`]), and
+//! write the same bytes.
 //!
-//! Where another format writes the lines (JSON, or text with colours) or
-//! spans are exported, the request is a span, as before
+//! Where a format that only reads spans writes the lines (the library's
+//! coloured text), or spans are exported, the request is a span, as before
 //! ([`crate::AppState::with_request_spans`]). The handlers record the
 //! customer, pipeline and run into whichever the request has.
 
