@@ -40,7 +40,7 @@ pub struct RequestLog {
     learned: RefCell<Learned>,
 }
 
-/// What the handlers record, in the order they learn it.
+/// What the handlers record, listed in the order every route learns it.
 #[derive(Debug, Clone, Default)]
 struct Learned {
     customer: Option<Box<str>>,

@@ -35,9 +35,9 @@ use tracing_subscriber::{
 pub(crate) struct TextFields;
 
 thread_local! {
-    /// Where a set of fields is written before it is handed on in one
-    /// piece: a span's fields are kept in a string that would otherwise
-    /// grow five times as they are written.
+    /// Where a set of fields, or the request's part of a line, is written
+    /// before it is handed on in one piece: a span's fields are kept in a
+    /// string that would otherwise grow five times as they are written.
     static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
@@ -63,20 +63,11 @@ impl<'writer> FormatFields<'writer> for TextFields {
         if writer.has_ansi_escapes() || !writer.sanitizes_ansi_escapes() {
             return TextVisitor::new(writer).visit(&fields);
         }
-        SCRATCH.with(|scratch| {
-            // Taken when a field's own formatting logs: write in place.
-            let Ok(mut text) = scratch.try_borrow_mut() else {
-                return TextVisitor::new(writer.by_ref()).visit(&fields);
-            };
-            text.clear();
-            let written = TextVisitor::new(Writer::new(&mut *text))
-                .visit(&fields)
-                .and_then(|()| writer.write_str(&text));
-            if text.capacity() > SCRATCH_KEPT {
-                *text = String::new();
-            }
-            written
-        })
+        through_scratch(
+            &mut writer,
+            |text| TextVisitor::new(Writer::new(text)).visit(&fields),
+            |writer| TextVisitor::new(writer.by_ref()).visit(&fields),
+        )
     }
 
     /// As the default: a space after the fields already there, then the
@@ -228,24 +219,35 @@ fn write_millionths(writer: &mut Writer<'_>, value: f64) -> Option<fmt::Result> 
     })())
 }
 
-thread_local! {
-    /// Where the request's part of a line is put together before it is
-    /// written in one piece.
-    static REQUEST: RefCell<String> = const { RefCell::new(String::new()) };
-}
-
 /// Writes the request being answered as the default formatter writes its
 /// span, `request{method=POST route="/platform/..." ...}:`, with these
 /// fields' formats.
 pub(crate) fn write_request(writer: &mut Writer<'_>, request: &RequestLog) -> fmt::Result {
-    REQUEST.with(|text| match text.try_borrow_mut() {
-        Ok(mut text) => {
-            text.clear();
-            request_text(&mut *text, request)?;
-            writer.write_str(&text)
+    through_scratch(
+        writer,
+        |text| request_text(text, request),
+        |writer| request_text(writer, request),
+    )
+}
+
+/// Writes what `write` writes into the thread's scratch, then hands it to
+/// `writer` in one piece; has `in_place` write straight to `writer` when
+/// the scratch is taken (a field's own formatting logs).
+fn through_scratch(
+    writer: &mut Writer<'_>,
+    write: impl FnOnce(&mut String) -> fmt::Result,
+    in_place: impl FnOnce(&mut Writer<'_>) -> fmt::Result,
+) -> fmt::Result {
+    SCRATCH.with(|scratch| {
+        let Ok(mut text) = scratch.try_borrow_mut() else {
+            return in_place(writer);
+        };
+        text.clear();
+        let written = write(&mut text).and_then(|()| writer.write_str(&text));
+        if text.capacity() > SCRATCH_KEPT {
+            *text = String::new();
         }
-        // Taken when a field's own formatting logs: write in place.
-        Err(_) => request_text(writer, request),
+        written
     })
 }
 
