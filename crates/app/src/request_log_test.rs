@@ -171,30 +171,51 @@ fn masked(text: &str, start: &str, ends: &[char]) -> String {
     out
 }
 
-/// The demo, with a first run of its pipeline.
-async fn demo_with_a_run() -> (Built, String, String, String) {
-    let (built, token, pipeline) = demo().await;
-    let first = send(
-        &built.router,
-        execute(&token, "req-first")
-            .body(Body::from(format!(r#"{{"pipeline_id": "{pipeline}"}}"#)))
-            .unwrap(),
-    )
-    .await
-    .1;
-    let run = first["data"]["run_id"].as_str().unwrap().to_owned();
-    (built, token, pipeline, run)
+/// The demo with a first run of its pipeline, served twice: each request
+/// in its task's context, and each request a span.
+struct Demo {
+    in_context: Router,
+    in_spans: Router,
+    token: String,
+    pipeline: String,
+    run: String,
+}
+
+impl Demo {
+    async fn new() -> Self {
+        let (built, token, pipeline) = demo().await;
+        let first = send(
+            &built.router,
+            execute(&token, "req-first")
+                .body(Body::from(format!(r#"{{"pipeline_id": "{pipeline}"}}"#)))
+                .unwrap(),
+        )
+        .await
+        .1;
+        let run = first["data"]["run_id"].as_str().unwrap().to_owned();
+        Self {
+            in_context: adapter_http::router(built.state.clone()),
+            in_spans: adapter_http::router(built.state.with_request_spans()),
+            token,
+            pipeline,
+            run,
+        }
+    }
+
+    /// The lines the requests of [`lines_of`] log in `format`, through
+    /// `router`.
+    async fn lines(&self, router: &Router, format: Format) -> String {
+        lines_of(router, format, (&self.token, &self.pipeline, &self.run)).await
+    }
 }
 
 #[tokio::test]
 async fn a_requests_lines_are_the_same_with_its_context_as_with_a_span() {
-    let (built, token, pipeline, run) = demo_with_a_run().await;
-    let in_context = adapter_http::router(built.state.clone());
-    let in_spans = adapter_http::router(built.state.clone().with_request_spans());
+    let demo = Demo::new().await;
+    let pipeline = &demo.pipeline;
 
-    let demo = (token.as_str(), pipeline.as_str(), run.as_str());
-    let context = lines_of(&in_context, Format::Text, demo).await;
-    let spans = lines_of(&in_spans, Format::Text, demo).await;
+    let context = demo.lines(&demo.in_context, Format::Text).await;
+    let spans = demo.lines(&demo.in_spans, Format::Text).await;
 
     assert_eq!(context, spans);
     let lines: Vec<&str> = context.lines().collect();
@@ -231,14 +252,12 @@ async fn a_requests_lines_are_the_same_with_its_context_as_with_a_span() {
 
 #[tokio::test]
 async fn a_requests_json_lines_are_the_same_with_its_context_as_with_a_span() {
-    let (built, token, pipeline, run) = demo_with_a_run().await;
-    let in_context = adapter_http::router(built.state.clone());
-    let in_spans = adapter_http::router(built.state.clone().with_request_spans());
-    let demo = (token.as_str(), pipeline.as_str(), run.as_str());
+    let demo = Demo::new().await;
+    let pipeline = &demo.pipeline;
 
-    let context = lines_of(&in_context, Format::Json, demo).await;
-    let library = lines_of(&in_spans, Format::LibraryJson, demo).await;
-    let spans = lines_of(&in_spans, Format::Json, demo).await;
+    let context = demo.lines(&demo.in_context, Format::Json).await;
+    let library = demo.lines(&demo.in_spans, Format::LibraryJson).await;
+    let spans = demo.lines(&demo.in_spans, Format::Json).await;
 
     assert_eq!(context, library);
     assert_eq!(spans, library, "a line with a span is the library's");
