@@ -13,7 +13,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use domain::{IdempotencyError, IdempotencyKey, Idempotent, RequestContext, TriggerRequest};
-use tracing::Instrument as _;
 
 use crate::{
     AppState,
@@ -88,11 +87,7 @@ pub(crate) async fn execute_once(
                 .await
         }
     };
-    let Some(answer) = to_the_end(request_log::carried(
-        task.instrument(tracing::Span::current()),
-    ))
-    .await
-    else {
+    let Some(answer) = to_the_end(request_log::carried(task)).await else {
         // A panic in the use case: the claim is left to expire, since
         // whether a run started is unknown.
         return ApiError::internal().into_response();

@@ -22,7 +22,7 @@ use axum::{
     http::{HeaderValue, Method},
 };
 use domain::TraceId;
-use tracing::Span;
+use tracing::{Instrument as _, Span};
 
 tokio::task_local! {
     /// The context of the request whose task this is, unless the request
@@ -131,10 +131,11 @@ pub(crate) fn scope<F: Future>(
     REQUEST.scope(log, future)
 }
 
-/// `task`, run in the context of the request that calls this (a copy of
-/// it as it is now), for a task that may go on apart from the request's.
+/// `task`, run in the log context of the request that calls this, for a
+/// task that may go on apart from the request's: in the request's span,
+/// or with a copy of its [`RequestLog`] as it is now.
 pub(crate) fn carried<F: Future>(task: F) -> impl Future<Output = F::Output> {
-    scope(current(RequestLog::clone), task)
+    scope(current(RequestLog::clone), task.instrument(Span::current()))
 }
 
 /// Records the verified customer of the request being answered.
