@@ -190,7 +190,7 @@ fn shortest_decimal(buffer: &mut ryu::Buffer, value: f64) -> Option<&str> {
 /// most 13 figures, so that no other decimal of 15 figures or fewer does,
 /// and it is the shortest. Integer arithmetic, where ryu's search for the
 /// shortest digits was most of the line's float. `None` otherwise.
-fn write_millionths(writer: &mut Writer<'_>, value: f64) -> Option<fmt::Result> {
+pub(crate) fn write_millionths(writer: &mut impl fmt::Write, value: f64) -> Option<fmt::Result> {
     if !(1e-3..1e7).contains(&value) {
         return None;
     }
@@ -233,7 +233,7 @@ pub(crate) fn write_request(writer: &mut Writer<'_>, request: &RequestLog) -> fm
 /// Writes what `write` writes into the thread's scratch, then hands it to
 /// `writer` in one piece; has `in_place` write straight to `writer` when
 /// the scratch is taken (a field's own formatting logs).
-fn through_scratch(
+pub(crate) fn through_scratch(
     writer: &mut Writer<'_>,
     write: impl FnOnce(&mut String) -> fmt::Result,
     in_place: impl FnOnce(&mut Writer<'_>) -> fmt::Result,
@@ -283,15 +283,24 @@ fn write_quoted(writer: &mut impl fmt::Write, value: &str) -> fmt::Result {
 }
 
 /// Whether `{:?}` writes `value` as it is: printable ASCII without a quote
-/// or a backslash. (Looked at sixteen bytes at a time, which the compiler
-/// turns into vector instructions.)
+/// or a backslash.
 fn is_plain(value: &str) -> bool {
-    let odd = |byte: u8| !matches!(byte, b' '..=b'~') || byte == b'"' || byte == b'\\';
-    let mut chunks = value.as_bytes().chunks_exact(16);
-    chunks
-        .by_ref()
-        .all(|chunk| !chunk.iter().fold(false, |any, &byte| any | odd(byte)))
-        && !chunks.remainder().iter().any(|&byte| odd(byte))
+    every_byte(value, |byte| {
+        matches!(byte, b' '..=b'~') && byte != b'"' && byte != b'\\'
+    })
+}
+
+/// Whether every byte of `text` is `kept`. (Looked at sixteen bytes at a
+/// time, without stopping early inside them, which the compiler turns into
+/// vector instructions; the last sixteen, which may overlap the ones
+/// before, close it.)
+pub(crate) fn every_byte(text: &str, kept: impl Fn(u8) -> bool) -> bool {
+    let all = |bytes: &[u8]| bytes.iter().fold(true, |all, &byte| all & kept(byte));
+    let bytes = text.as_bytes();
+    match bytes.len().checked_sub(16) {
+        None => all(bytes),
+        Some(last) => bytes.chunks_exact(16).all(all) && all(&bytes[last..]),
+    }
 }
 
 impl Visit for TextVisitor<'_> {
@@ -614,6 +623,21 @@ mod tests {
             assert_eq!(float(TextFields, value), float(DefaultFields::new(), value));
         }
         assert!(float(TextFields, 0.25).ends_with("m latency_ms=0.25\n"));
+    }
+
+    #[test]
+    fn one_byte_not_kept_is_found_at_any_place_of_any_length() {
+        let kept = |byte: u8| byte != b'"';
+        for length in 0..50 {
+            let plain = "a".repeat(length);
+            assert!(every_byte(&plain, kept), "{length}");
+            for at in 0..length {
+                let mut odd = plain.clone().into_bytes();
+                odd[at] = b'"';
+                let odd = String::from_utf8(odd).unwrap();
+                assert!(!every_byte(&odd, kept), "{odd}");
+            }
+        }
     }
 
     proptest! {
