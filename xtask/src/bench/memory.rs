@@ -72,9 +72,43 @@ struct OpenLoop {
     baseline: OpenLoopSummary,
 }
 
-/// The service with the default logging (`RUST_LOG=info`: one access-log
-/// line a request, to a file) and the baseline, loaded in alternating
-/// turns.
+/// The access log's line formats: text, the default, and JSON, which the
+/// deployments in `deploy/` set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LogLines {
+    Text,
+    Json,
+}
+
+impl LogLines {
+    /// The settings that turn the access log on in this format.
+    fn settings(self) -> &'static str {
+        match self {
+            Self::Text => "RUST_LOG=info",
+            Self::Json => "RUST_LOG=info, MAESTRO_LOG_FORMAT=json",
+        }
+    }
+
+    /// What the service is started with, beside the bench's settings.
+    fn env(self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("RUST_LOG", "info".to_owned())];
+        if self == Self::Json {
+            env.push(("MAESTRO_LOG_FORMAT", "json".to_owned()));
+        }
+        env
+    }
+
+    /// The file the lines go to, in `target/bench`.
+    fn file(self) -> &'static str {
+        match self {
+            Self::Text => "maestro-access.log",
+            Self::Json => "maestro-access.json.log",
+        }
+    }
+}
+
+/// The service with the access log on (one line a request, to a file) and
+/// the baseline, loaded in alternating turns.
 #[derive(Debug, Clone, PartialEq)]
 struct Logged {
     /// The service with the access log.
@@ -124,6 +158,9 @@ struct Results {
     baseline: Summary,
     /// The service with the default logging, on the memory backend.
     logged: Option<Logged>,
+    /// The service with the access log as JSON lines, on the memory
+    /// backend.
+    logged_json: Option<Logged>,
     /// The service's RSS once started, before any request.
     service_rss_idle: Option<u64>,
     /// The service's RSS after the warm-up and the measured phase.
@@ -195,13 +232,14 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
         None => None,
     };
     drop(server);
-    let (floor, logged) = if args.backend.name() == "memory" {
+    let (floor, logged, logged_json) = if args.backend.name() == "memory" {
         (
             Some(measure_floor(&load, baseline_addr).await?),
-            Some(measure_logged(maestro, &load, &setup.env, baseline_addr).await?),
+            Some(measure_logged(maestro, &load, &setup.env, baseline_addr, LogLines::Text).await?),
+            Some(measure_logged(maestro, &load, &setup.env, baseline_addr, LogLines::Json).await?),
         )
     } else {
-        (None, None)
+        (None, None, None)
     };
     drop(setup);
 
@@ -219,6 +257,7 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
         service: Summary::new(&service, args.requests),
         baseline: Summary::new(&baseline, args.requests),
         logged,
+        logged_json,
         service_rss_idle,
         service_rss_after,
         open_loop: open,
@@ -290,8 +329,8 @@ async fn measure_open_loop(
     Ok(report)
 }
 
-/// The service under the same load with `RUST_LOG=info`, its log (one
-/// line a request) written to `target/bench/maestro-access.log` as a log
+/// The service under the same load with the access log on in `lines`, its
+/// log (one line a request) written to a file in `target/bench` as a log
 /// collector would read it, in alternating turns with the baseline at
 /// `baseline`.
 async fn measure_logged(
@@ -299,21 +338,23 @@ async fn measure_logged(
     load: &ExecuteLoad,
     env: &[(&'static str, String)],
     baseline: SocketAddr,
+    lines: LogLines,
 ) -> anyhow::Result<Logged> {
     let dir = crate::project_root().join("target").join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join("maestro-access.log");
+    let path = dir.join(lines.file());
     let log = std::fs::File::create(&path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     let mut env = env.to_vec();
-    env.push(("RUST_LOG", "info".to_owned()));
+    env.extend(lines.env());
     let addr = free_local_addr()?;
     let mut command = super::maestro_command(maestro, addr, &load.secret, &env);
     command.stderr(log);
     let mut server = ChildGuard::spawn("maestro", &mut command)?;
     server.wait_until_healthy(addr, STARTUP_TIMEOUT).await?;
     println!(
-        "== maestro with the access log ({}) on {addr}, in {TURNS} alternating turns with the baseline: {}",
+        "== maestro with the access log ({}, to {}) on {addr}, in {TURNS} alternating turns with the baseline: {}",
+        lines.settings(),
         path.display(),
         load.plan()
     );
@@ -365,26 +406,8 @@ fn checks(results: &Results) -> Vec<Check> {
             ),
             passed: rss.is_some_and(|bytes| bytes < MAX_RSS_BYTES),
         },
-        Check {
-            target: format!(
-                "with the access log on (RUST_LOG=info): throughput >= {MIN_LOGGED_THROUGHPUT_RATIO}x the baseline"
-            ),
-            measured: results.logged.as_ref().map_or_else(
-                || "not measured on this backend".to_owned(),
-                |logged| {
-                    logged
-                        .ratio()
-                        .map_or_else(|| "no baseline throughput".to_owned(), times)
-                },
-            ),
-            passed: results.logged.as_ref().is_none_or(|logged| {
-                logged.service.all_2xx()
-                    && logged.baseline.all_2xx()
-                    && logged
-                        .ratio()
-                        .is_some_and(|ratio| ratio >= MIN_LOGGED_THROUGHPUT_RATIO)
-            }),
-        },
+        logged_check(results.logged.as_ref(), LogLines::Text),
+        logged_check(results.logged_json.as_ref(), LogLines::Json),
         Check {
             target: "the baseline answered every request 2xx".to_owned(),
             measured: failures(&results.baseline),
@@ -433,6 +456,61 @@ fn open_loop_checks(open: &OpenLoop) -> Vec<Check> {
 
 /// The service and the baseline side by side, each row with its ratio,
 /// and the service's memory.
+/// The target for the access log in `lines`: met when its run, judged
+/// against the baseline of its own turns, keeps the share it must.
+fn logged_check(logged: Option<&Logged>, lines: LogLines) -> Check {
+    Check {
+        target: format!(
+            "with the access log on ({}): throughput >= {MIN_LOGGED_THROUGHPUT_RATIO}x the baseline",
+            lines.settings()
+        ),
+        measured: logged.map_or_else(
+            || "not measured on this backend".to_owned(),
+            |logged| {
+                logged
+                    .ratio()
+                    .map_or_else(|| "no baseline throughput".to_owned(), times)
+            },
+        ),
+        passed: logged.is_none_or(|logged| {
+            logged.service.all_2xx()
+                && logged.baseline.all_2xx()
+                && logged
+                    .ratio()
+                    .is_some_and(|ratio| ratio >= MIN_LOGGED_THROUGHPUT_RATIO)
+        }),
+    }
+}
+
+/// The report's rows for the access log in `lines`.
+fn logged_rows(logged: &Logged, lines: LogLines) -> [Row; 2] {
+    let p99 = match lines {
+        LogLines::Text => "p99 latency with the access log",
+        LogLines::Json => "p99 latency with the access log as JSON lines",
+    };
+    [
+        Row::new(
+            format!(
+                "throughput with the access log ({}), in its own turns",
+                lines.settings()
+            ),
+            vec![
+                Cell::Throughput(logged.service.requests_per_second),
+                Cell::Throughput(logged.baseline.requests_per_second),
+                Cell::Ratio(logged.ratio()),
+            ],
+        ),
+        Row::new(
+            p99,
+            vec![
+                Cell::latency(logged.service.p99),
+                Cell::latency(logged.baseline.p99),
+                Cell::latency(logged.service.p99).ratio_to(&Cell::latency(logged.baseline.p99)),
+            ],
+        ),
+    ]
+}
+
 fn report(results: &Results) -> Report {
     let settings = &results.settings;
     let mut rows = Summary::rows(&[&results.service, &results.baseline]);
@@ -440,23 +518,13 @@ fn report(results: &Results) -> Report {
         let ratio = row.cells[0].ratio_to(&row.cells[1]);
         row.cells.push(ratio);
     }
-    if let Some(logged) = &results.logged {
-        rows.push(Row::new(
-            "throughput with the access log (RUST_LOG=info), in its own turns",
-            vec![
-                Cell::Throughput(logged.service.requests_per_second),
-                Cell::Throughput(logged.baseline.requests_per_second),
-                Cell::Ratio(logged.ratio()),
-            ],
-        ));
-        rows.push(Row::new(
-            "p99 latency with the access log",
-            vec![
-                Cell::latency(logged.service.p99),
-                Cell::latency(logged.baseline.p99),
-                Cell::latency(logged.service.p99).ratio_to(&Cell::latency(logged.baseline.p99)),
-            ],
-        ));
+    for (logged, lines) in [
+        (&results.logged, LogLines::Text),
+        (&results.logged_json, LogLines::Json),
+    ] {
+        if let Some(logged) = logged {
+            rows.extend(logged_rows(logged, lines));
+        }
     }
     if let Some(open) = &results.open_loop {
         rows.extend(OpenLoopSummary::rows(&[&open.service, &open.baseline]));
@@ -559,6 +627,10 @@ mod tests {
                 service: summary(42_000.0, 2_500),
                 baseline: summary(50_000.0, 1_000),
             }),
+            logged_json: Some(Logged {
+                service: summary(41_000.0, 2_600),
+                baseline: summary(50_000.0, 1_000),
+            }),
             service_rss_idle: Some(8 * 1024 * 1024),
             service_rss_after: Some(20 * 1024 * 1024),
             open_loop: Some(OpenLoop {
@@ -615,7 +687,22 @@ mod tests {
         assert_eq!(failed(&results).len(), 1);
         // Another backend does not measure it, and misses nothing for it.
         results.logged = None;
+        results.logged_json = None;
         assert_eq!(failed(&results), Vec::<String>::new());
+    }
+
+    #[test]
+    fn json_access_lines_costing_more_than_a_fifth_of_the_baseline_fail_their_own_target() {
+        let mut results = good_run();
+        if let Some(logged) = results.logged_json.as_mut() {
+            logged.service.requests_per_second = 39_999.0;
+        }
+        assert_eq!(
+            failed(&results),
+            [
+                "with the access log on (RUST_LOG=info, MAESTRO_LOG_FORMAT=json): throughput >= 0.8x the baseline"
+            ]
+        );
     }
 
     #[test]
@@ -726,6 +813,9 @@ mod tests {
             "| open-loop p99.9 <= 5.00 ms | 4.00 ms | PASS |",
             "| throughput with the access log (RUST_LOG=info), in its own turns | 42,000 req/s | 50,000 req/s | 0.84x |",
             "| with the access log on (RUST_LOG=info): throughput >= 0.8x the baseline | 0.84x | PASS |",
+            "| throughput with the access log (RUST_LOG=info, MAESTRO_LOG_FORMAT=json), in its own turns | 41,000 req/s | 50,000 req/s | 0.82x |",
+            "| p99 latency with the access log as JSON lines | 2.60 ms | 1.00 ms | 2.60x |",
+            "| with the access log on (RUST_LOG=info, MAESTRO_LOG_FORMAT=json): throughput >= 0.8x the baseline | 0.82x | PASS |",
             "| the contract's floor: throughput, in turns with the baseline | 47,000 req/s | 50,000 req/s | 0.94x |",
         ] {
             assert!(
@@ -733,7 +823,7 @@ mod tests {
                 "{line}\n{markdown}"
             );
         }
-        assert_eq!(markdown.matches("| PASS |").count(), 9, "{markdown}");
+        assert_eq!(markdown.matches("| PASS |").count(), 10, "{markdown}");
         assert!(
             markdown.contains("it keeps 0.94x of the baseline's throughput, and the service 0.90x, 0.96x of the floor."),
             "{markdown}"
