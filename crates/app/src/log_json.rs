@@ -352,17 +352,7 @@ mod tests {
     use tracing_subscriber::fmt::format::JsonFields;
 
     use super::*;
-    use crate::log_test::captured;
-
-    /// An instant that is always the same, so that lines compare.
-    #[derive(Debug, Clone, Copy)]
-    struct Fixed;
-
-    impl FormatTime for Fixed {
-        fn format_time(&self, writer: &mut Writer<'_>) -> fmt::Result {
-            writer.write_str("2026-12-02T01:11:34.783912Z")
-        }
-    }
+    use crate::log_test::{Broken, Fixed, captured};
 
     /// An instant that needs escaping, as no clock writes one.
     #[derive(Debug, Clone, Copy)]
@@ -371,16 +361,6 @@ mod tests {
     impl FormatTime for Odd {
         fn format_time(&self, writer: &mut Writer<'_>) -> fmt::Result {
             writer.write_str("\"then\"\n\\")
-        }
-    }
-
-    /// A timer that fails, as a clock that cannot be read would.
-    #[derive(Debug, Clone, Copy)]
-    struct Broken;
-
-    impl FormatTime for Broken {
-        fn format_time(&self, _: &mut Writer<'_>) -> fmt::Result {
-            Err(fmt::Error)
         }
     }
 

@@ -122,27 +122,10 @@ mod tests {
     use tracing_subscriber::fmt::format::DefaultFields;
 
     use super::*;
-    use crate::{log_fields::TextFields, log_test::captured};
-
-    /// An instant that is always the same, so that lines compare.
-    #[derive(Debug, Clone, Copy)]
-    struct Fixed;
-
-    impl FormatTime for Fixed {
-        fn format_time(&self, writer: &mut Writer<'_>) -> fmt::Result {
-            writer.write_str("2026-12-02T01:11:34.783912Z")
-        }
-    }
-
-    /// A timer that fails, as a clock that cannot be read would.
-    #[derive(Debug, Clone, Copy)]
-    struct Broken;
-
-    impl FormatTime for Broken {
-        fn format_time(&self, _: &mut Writer<'_>) -> fmt::Result {
-            Err(fmt::Error)
-        }
-    }
+    use crate::{
+        log_fields::TextFields,
+        log_test::{Broken, Fixed, captured},
+    };
 
     /// What `logs` writes through `event` and `fields`, with colours when
     /// `ansi` says.

@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::{MakeWriter, format::Writer, time::FormatTime};
 
 /// Lines written to memory.
 #[derive(Clone, Default)]
@@ -46,5 +46,25 @@ impl<'a> MakeWriter<'a> for Lines {
 
     fn make_writer(&'a self) -> Self {
         self.clone()
+    }
+}
+
+/// An instant that is always the same, so that lines compare.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fixed;
+
+impl FormatTime for Fixed {
+    fn format_time(&self, writer: &mut Writer<'_>) -> std::fmt::Result {
+        writer.write_str("2026-12-02T01:11:34.783912Z")
+    }
+}
+
+/// A timer that fails, as a clock that cannot be read would.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Broken;
+
+impl FormatTime for Broken {
+    fn format_time(&self, _: &mut Writer<'_>) -> std::fmt::Result {
+        Err(std::fmt::Error)
     }
 }

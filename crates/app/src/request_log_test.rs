@@ -11,29 +11,16 @@ use axum::{
 use clap::Parser as _;
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
-use tracing_subscriber::fmt::{
-    format::{JsonFields, Writer},
-    time::FormatTime,
-};
+use tracing_subscriber::fmt::format::JsonFields;
 
 use crate::{
     Cli, Command,
     log_fields::TextFields,
     log_json::{JsonLine, library_format},
     log_line::TextLine,
-    log_test::Lines,
+    log_test::{Fixed, Lines},
     wiring::{Built, build},
 };
-
-/// An instant that is always the same, so that lines compare.
-#[derive(Debug, Clone, Copy)]
-struct Fixed;
-
-impl FormatTime for Fixed {
-    fn format_time(&self, writer: &mut Writer<'_>) -> std::fmt::Result {
-        writer.write_str("2026-12-02T01:11:34.783912Z")
-    }
-}
 
 /// The service on the embedded default, with its demo token and pipeline.
 async fn demo() -> (Built, String, String) {
