@@ -184,12 +184,13 @@ fn shortest_decimal(buffer: &mut ryu::Buffer, value: f64) -> Option<&str> {
     (figures <= 15).then_some(text)
 }
 
-/// Writes `value` as `{:?}` writes it when it is a whole number of
-/// millionths from 0.001 to 10^7 (a latency in milliseconds, to the
-/// nanosecond): as that decimal, which rounds back to `value` and has at
-/// most 13 figures, so that no other decimal of 15 figures or fewer does,
-/// and it is the shortest. Integer arithmetic, where ryu's search for the
-/// shortest digits was most of the line's float. `None` otherwise.
+/// Writes `value` as `{:?}` writes it, and as serde_json does, when it is
+/// a whole number of millionths from 0.001 to 10^7 (a latency in
+/// milliseconds, to the nanosecond): as that decimal, which rounds back to
+/// `value` and has at most 13 figures, so that no other decimal of 15
+/// figures or fewer does, and it is the shortest. Integer arithmetic, where
+/// ryu's search for the shortest digits was most of the line's float.
+/// `None` otherwise.
 pub(crate) fn write_millionths(writer: &mut impl fmt::Write, value: f64) -> Option<fmt::Result> {
     if !(1e-3..1e7).contains(&value) {
         return None;
