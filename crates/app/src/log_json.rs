@@ -255,41 +255,23 @@ fn write_string(writer: &mut impl fmt::Write, text: &str) -> fmt::Result {
 
 /// A writer of a JSON string's contents: what is written to it is escaped
 /// as serde_json escapes a string (a quote, a backslash and the control
-/// characters, nothing else), and handed on a stretch at a time.
+/// characters, nothing else) and handed on. Text with none of those, as
+/// almost all is, is handed on as it is; other text is escaped by
+/// serde_json itself, which escapes a character at a time, so that a piece
+/// escaped alone reads as it would within the whole.
 struct Escaped<W>(W);
 
 impl<W: fmt::Write> fmt::Write for Escaped<W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
-        let plain = |byte: u8| byte >= 0x20 && byte != b'"' && byte != b'\\';
-        if every_byte(text, plain) {
+        if every_byte(text, |byte| byte >= 0x20 && byte != b'"' && byte != b'\\') {
             return self.0.write_str(text);
         }
-        let mut rest = 0;
-        for (at, byte) in text.bytes().enumerate() {
-            if plain(byte) {
-                continue;
-            }
-            self.0.write_str(&text[rest..at])?;
-            rest = at + 1;
-            match byte {
-                b'"' => self.0.write_str("\\\"")?,
-                b'\\' => self.0.write_str("\\\\")?,
-                b'\n' => self.0.write_str("\\n")?,
-                b'\r' => self.0.write_str("\\r")?,
-                b'\t' => self.0.write_str("\\t")?,
-                0x08 => self.0.write_str("\\b")?,
-                0x0c => self.0.write_str("\\f")?,
-                control => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
-                    self.0.write_str("\\u00")?;
-                    self.0
-                        .write_char(char::from(HEX[usize::from(control >> 4)]))?;
-                    self.0
-                        .write_char(char::from(HEX[usize::from(control & 0xf)]))?;
-                }
-            }
-        }
-        self.0.write_str(&text[rest..])
+        let quoted = serde_json::to_string(text).map_err(|_| fmt::Error)?;
+        let escaped = quoted
+            .strip_prefix('"')
+            .and_then(|quoted| quoted.strip_suffix('"'))
+            .ok_or(fmt::Error)?;
+        self.0.write_str(escaped)
     }
 }
 
