@@ -176,7 +176,7 @@ impl AppState {
     }
 
     /// The same state, with `/ready` checking `checks` besides the backend,
-    /// their result kept for a second as `clock` tells.
+    /// a round's result fresh for a second as `clock` tells.
     #[must_use]
     pub fn with_readiness_checks(
         self,
@@ -330,7 +330,7 @@ impl AppState {
         self.inner.backend
     }
 
-    pub(crate) fn readiness(&self) -> &Readiness {
+    pub(crate) fn readiness(&self) -> &Arc<Readiness> {
         &self.inner.readiness
     }
 

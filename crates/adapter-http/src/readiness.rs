@@ -1,14 +1,23 @@
 //! What `/ready` checks: the backend, and whatever else the service needs
 //! to do its job ([`ReadinessCheck`]s the binary adds: the token keys,
 //! Redis), run together at most once per interval however many probes
-//! come, their result kept for the probes in between.
+//! come. A probe is answered from the last round at once; only the first
+//! probe waits, for the first round.
 
-use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use domain::{Clock, PipelineService, SystemClock, Timestamp};
 use serde::Serialize;
-use tokio::{sync::Mutex, task::JoinSet};
+use tokio::{sync::watch, task::JoinSet};
 use utoipa::ToSchema;
 
 use crate::error::ErrorChain;
@@ -27,8 +36,8 @@ pub trait ReadinessCheck: Send + Sync + fmt::Debug {
     /// `redis`, never anything taken from the configuration.
     fn name(&self) -> &'static str;
 
-    /// Whether the thing is ready. Should be cheap: a probe at most every
-    /// [`Readiness::INTERVAL`] calls it.
+    /// Whether the thing is ready. Should be cheap: it is called at most
+    /// once per [`Readiness::INTERVAL`], and only while probes come.
     ///
     /// # Errors
     /// Why it is not ready, for the log.
@@ -85,13 +94,20 @@ struct Last {
 }
 
 /// The checks behind `/ready`, with the last round's result.
+///
+/// A probe never waits for a round but the first: it is answered from the
+/// last round, and when that round is older than [`Self::INTERVAL`] it
+/// starts the next one, which answers the probes after it. So a check that
+/// is slow (a shared backend under load) neither makes probes time out nor
+/// counts against the instance, up to [`Self::CHECK_TIMEOUT`]; the price is
+/// that a change is seen one probe later.
 pub(crate) struct Readiness {
     checks: Vec<Arc<dyn ReadinessCheck>>,
     clock: Arc<dyn Clock>,
-    /// Held while a round runs: a probe that comes meanwhile waits for
-    /// that round and takes its result rather than starting another. An
-    /// async lock, since it is held across the checks' awaits.
-    last: Mutex<Option<Last>>,
+    /// The last round, `None` until the first one ends.
+    last: watch::Sender<Option<Last>>,
+    /// Whether a round runs: at most one at a time.
+    running: AtomicBool,
 }
 
 impl fmt::Debug for Readiness {
@@ -103,20 +119,22 @@ impl fmt::Debug for Readiness {
 }
 
 impl Readiness {
-    /// How long a round's result answers probes: a flood of probes makes
-    /// at most one round of checks (one backend health call) per interval.
+    /// How long a round's result is fresh: while probes come, the checks
+    /// run at most once per interval (one backend health call), however
+    /// many probes there are.
     pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 
-    /// The longest one check may take; past it, the check counts as failed,
-    /// so that a probe gets its answer within seconds whatever hangs.
-    pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+    /// The longest one check may take; past it, the check counts as failed.
+    /// No probe waits for it but the first, so it can be longer than a
+    /// probe's own timeout: slow is not down.
+    pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
     /// The backend's check alone, timed by the system clock.
     pub(crate) fn backend(service: PipelineService) -> Self {
         Self::new(service, Vec::new(), Arc::new(SystemClock))
     }
 
-    /// The backend's check and `checks`, the result kept for
+    /// The backend's check and `checks`, a round's result fresh for
     /// [`Self::INTERVAL`] as `clock` tells.
     pub(crate) fn new(
         service: PipelineService,
@@ -128,25 +146,65 @@ impl Readiness {
         Self {
             checks: all,
             clock,
-            last: Mutex::new(None),
+            last: watch::Sender::new(None),
+            running: AtomicBool::new(false),
         }
     }
 
-    /// The last round's report while it is fresh; otherwise a new round's.
-    pub(crate) async fn report(&self) -> Report {
-        let mut last = self.last.lock().await;
-        if let Some(last) = &*last {
-            let age = self.clock.now().signed_duration_since(last.at);
-            if age.to_std().is_ok_and(|age| age < Self::INTERVAL) {
-                return last.report.clone();
+    /// The last round's report, at once; a new round is started when it is
+    /// no longer fresh. The first probe (and those that come with it) waits
+    /// for the first round.
+    pub(crate) async fn report(self: &Arc<Self>) -> Report {
+        let mut rounds = self.last.subscribe();
+        let last = rounds
+            .borrow_and_update()
+            .as_ref()
+            .map(|last| (last.report.clone(), self.is_fresh(last)));
+        match last {
+            Some((report, fresh)) => {
+                if !fresh {
+                    self.start_round();
+                }
+                report
+            }
+            None => {
+                self.start_round();
+                let first = rounds
+                    .wait_for(Option::is_some)
+                    .await
+                    .expect("the sender lives as long as `self`");
+                first
+                    .as_ref()
+                    .map(|last| last.report.clone())
+                    .expect("waited for a round")
             }
         }
-        let report = self.round(last.as_ref().map(|last| &last.report)).await;
-        *last = Some(Last {
-            at: self.clock.now(),
-            report: report.clone(),
+    }
+
+    fn is_fresh(&self, last: &Last) -> bool {
+        let age = self.clock.now().signed_duration_since(last.at);
+        age.to_std().is_ok_and(|age| age < Self::INTERVAL)
+    }
+
+    /// Starts a round in a task of its own unless one runs already.
+    fn start_round(self: &Arc<Self>) {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let readiness = Arc::clone(self);
+        tokio::spawn(async move {
+            let previous = readiness
+                .last
+                .borrow()
+                .as_ref()
+                .map(|last| last.report.clone());
+            let report = readiness.round(previous.as_ref()).await;
+            readiness.last.send_replace(Some(Last {
+                at: readiness.clock.now(),
+                report,
+            }));
+            readiness.running.store(false, Ordering::Release);
         });
-        report
     }
 
     /// Runs every check at once, each within [`Self::CHECK_TIMEOUT`], and
@@ -248,19 +306,26 @@ mod tests {
         )
     }
 
-    fn readiness(healthy: bool, switch: &Arc<Switch>) -> Readiness {
-        Readiness::new(
+    fn readiness(healthy: bool, switch: &Arc<Switch>) -> Arc<Readiness> {
+        Arc::new(Readiness::new(
             service(healthy),
             vec![switch.clone()],
             Arc::new(runtime::TokioClock::start()),
-        )
+        ))
+    }
+
+    /// Waits until the round in flight has ended.
+    async fn round_ended(readiness: &Readiness) {
+        let mut rounds = readiness.last.subscribe();
+        rounds.mark_unchanged();
+        rounds.changed().await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_flood_of_probes_makes_one_round_of_checks_per_interval() {
         let switch = Arc::new(Switch::default());
         switch.up.store(true, Ordering::SeqCst);
-        let readiness = Arc::new(readiness(true, &switch));
+        let readiness = readiness(true, &switch);
         let mut probes = JoinSet::new();
         for _ in 0..100 {
             let readiness = readiness.clone();
@@ -272,8 +337,38 @@ mod tests {
         assert_eq!(switch.calls.load(Ordering::SeqCst), 1);
 
         tokio::time::advance(Readiness::INTERVAL).await;
+        for _ in 0..100 {
+            assert!(readiness.report().await.is_ready());
+        }
+        round_ended(&readiness).await;
+        assert_eq!(switch.calls.load(Ordering::SeqCst), 2);
         readiness.report().await;
         assert_eq!(switch.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_first_round_a_probe_is_answered_at_once_and_a_change_seen_by_the_next() {
+        let switch = Arc::new(Switch::default());
+        switch.up.store(true, Ordering::SeqCst);
+        let readiness = readiness(true, &switch);
+        let started = tokio::time::Instant::now();
+        assert!(readiness.report().await.is_ready());
+        assert!(started.elapsed() > Duration::ZERO, "the first probe waits");
+
+        switch.up.store(false, Ordering::SeqCst);
+        tokio::time::advance(Readiness::INTERVAL).await;
+        let asked = tokio::time::Instant::now();
+        assert!(readiness.report().await.is_ready(), "the last round's");
+        assert_eq!(asked.elapsed(), Duration::ZERO);
+        round_ended(&readiness).await;
+        let report = readiness.report().await;
+        assert_eq!(report.checks["switch"], "unavailable");
+
+        switch.up.store(true, Ordering::SeqCst);
+        tokio::time::advance(Readiness::INTERVAL).await;
+        assert!(!readiness.report().await.is_ready());
+        round_ended(&readiness).await;
+        assert!(readiness.report().await.is_ready());
     }
 
     #[tokio::test(start_paused = true)]
@@ -291,27 +386,58 @@ mod tests {
         assert_eq!(report.checks["backend"], "unavailable");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_check_that_hangs_fails_at_the_check_timeout() {
-        #[derive(Debug)]
-        struct Hangs;
-        #[async_trait]
-        impl ReadinessCheck for Hangs {
-            fn name(&self) -> &'static str {
-                "hangs"
-            }
-            async fn check(&self) -> Result<(), CheckError> {
-                std::future::pending().await
-            }
+    /// A check that answers `ok` after `delay`, or never.
+    #[derive(Debug)]
+    struct Slow(Option<Duration>);
+
+    #[async_trait]
+    impl ReadinessCheck for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
         }
-        let readiness = Readiness::new(
+        async fn check(&self) -> Result<(), CheckError> {
+            match self.0 {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => std::future::pending().await,
+            }
+            Ok(())
+        }
+    }
+
+    fn with_slow(delay: Option<Duration>) -> Arc<Readiness> {
+        Arc::new(Readiness::new(
             service(true),
-            vec![Arc::new(Hangs)],
+            vec![Arc::new(Slow(delay))],
             Arc::new(runtime::TokioClock::start()),
-        );
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_that_hangs_fails_at_the_check_timeout_and_holds_no_probe_after_the_first() {
+        let readiness = with_slow(None);
         let started = tokio::time::Instant::now();
         let report = readiness.report().await;
         assert_eq!(started.elapsed(), Readiness::CHECK_TIMEOUT);
-        assert_eq!(report.checks["hangs"], "unavailable");
+        assert_eq!(report.checks["slow"], "unavailable");
+
+        tokio::time::advance(Readiness::INTERVAL).await;
+        let asked = tokio::time::Instant::now();
+        assert_eq!(readiness.report().await.checks["slow"], "unavailable");
+        assert_eq!(asked.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_slower_than_a_probes_timeout_but_within_the_check_timeout_is_ok() {
+        // Longer than the probes' own timeouts in `deploy/` and the stack
+        // (3 s and 2 s): a backend this slow still serves.
+        let readiness = with_slow(Some(Duration::from_millis(3_500)));
+        assert!(readiness.report().await.is_ready());
+
+        tokio::time::advance(Readiness::INTERVAL).await;
+        let asked = tokio::time::Instant::now();
+        assert!(readiness.report().await.is_ready());
+        assert_eq!(asked.elapsed(), Duration::ZERO);
+        round_ended(&readiness).await;
+        assert!(readiness.report().await.is_ready());
     }
 }

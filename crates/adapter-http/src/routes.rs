@@ -381,8 +381,9 @@ pub(crate) async fn health() -> Json<StatusBody> {
 /// Readiness: the service can do its job. The backend answers, and so do
 /// the token keys and Redis where they are configured; each check is named
 /// in the body, `ok` or `unavailable` (never why: that goes to the log).
-/// The result is kept for a second, so a flood of probes makes at most one
-/// round of checks per second. While the service drains, 503 `draining`
+/// Answered at once from the last round of checks; a round runs at most
+/// once a second while probes come, however many (only the first probe
+/// waits, for the first round). While the service drains, 503 `draining`
 /// at once.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
