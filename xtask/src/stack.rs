@@ -150,9 +150,11 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .collect();
     fs::write(&config, haproxy_config(front, stats, &servers))
         .with_context(|| format!("cannot write {}", config.display()))?;
-    let haproxy = start_haproxy(&haproxy, &config, &dir.join("haproxy.log"))?;
+    let haproxy_log = dir.join("haproxy.log");
+    let haproxy = start_haproxy(&haproxy, &config, &haproxy_log)?;
     let stack = Stack {
         haproxy,
+        haproxy_log,
         instances,
         front,
         stats,
@@ -199,6 +201,7 @@ struct Settings {
 /// HAProxy, the instances, Redis, Airflow and then its PostgreSQL.
 struct Stack {
     haproxy: ChildGuard,
+    haproxy_log: PathBuf,
     instances: Vec<Instance>,
     front: SocketAddr,
     stats: SocketAddr,
@@ -298,6 +301,20 @@ impl Stack {
         }
     }
 
+    /// What HAProxy's log and the instance's own say of the readiness of
+    /// instance `index`, for an error: its last state changes and checks.
+    fn readiness_seen(&self, index: usize) -> String {
+        let instance = &self.instances[index];
+        let server = format!("maestros/{} ", instance.name);
+        format!(
+            "HAProxy's last word on it ({}):\n{}\nits last readiness lines ({}):\n{}",
+            self.haproxy_log.display(),
+            last_lines(&self.haproxy_log, &server, 4),
+            instance.log.display(),
+            last_lines(&instance.log, "readiness", 4),
+        )
+    }
+
     /// The state of each server of the `maestros` backend as HAProxy's
     /// statistics page has it (`UP`, `DOWN`, `UP 1/2` while going down,
     /// ...), by name.
@@ -376,6 +393,25 @@ impl Stack {
                 haproxy_running = false;
             }
         }
+    }
+}
+
+/// The last `count` lines of the file at `path` that contain `needle`,
+/// indented; what went wrong reading it otherwise.
+fn last_lines(path: &Path, needle: &str, count: usize) -> String {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let found: Vec<&str> = text.lines().filter(|line| line.contains(needle)).collect();
+            if found.is_empty() {
+                return "    (none)".to_owned();
+            }
+            found[found.len().saturating_sub(count)..]
+                .iter()
+                .map(|line| format!("    {line}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        Err(err) => format!("    (cannot read it: {err})"),
     }
 }
 
@@ -667,5 +703,23 @@ mod tests {
         assert_eq!(states["maestro-1"], "UP");
         assert_eq!(states["maestro-2"], "DOWN 1/2");
         assert!(server_states("not csv").is_empty());
+    }
+
+    #[test]
+    fn an_error_quotes_the_last_lines_that_name_the_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("haproxy.log");
+        let lines: Vec<String> = (1..=6)
+            .map(|n| format!("Server maestros/maestro-{} is DOWN, check {n}", n % 2 + 1))
+            .collect();
+        fs::write(&log, lines.join("\n")).unwrap();
+        assert_eq!(
+            last_lines(&log, "maestros/maestro-2 ", 2),
+            "    Server maestros/maestro-2 is DOWN, check 3\n    Server maestros/maestro-2 is DOWN, check 5"
+        );
+        assert_eq!(last_lines(&log, "maestro-3", 2), "    (none)");
+        assert!(
+            last_lines(&dir.path().join("missing"), "x", 2).starts_with("    (cannot read it: ")
+        );
     }
 }

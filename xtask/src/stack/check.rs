@@ -428,7 +428,8 @@ async fn restart(stack: &mut Stack, index: usize, settings: &Settings) -> anyhow
     stack.instances[index].start(settings).await?;
     stack
         .wait_until_in_rotation(std::slice::from_ref(&name))
-        .await?;
+        .await
+        .with_context(|| stack.readiness_seen(index))?;
     Ok(Restart {
         name,
         out_of_rotation,
