@@ -311,6 +311,21 @@ mod tests {
         }
 
         #[test]
+        fn a_separator_or_a_digit_out_of_its_place_makes_it_invalid(
+            (raw, _canonical) in uuid_spellings(),
+            position in 0usize..36,
+            replacement in "[0-9a-fA-F_-]",
+        ) {
+            let replacement = replacement.as_bytes()[0];
+            let is_separator = replacement == b'-' || replacement == b'_';
+            prop_assume!(is_separator != PipelineId::SEPARATORS.contains(&position));
+            let mut bytes = raw.into_bytes();
+            bytes[position] = replacement;
+            let mutated = String::from_utf8(bytes).unwrap();
+            prop_assert_eq!(PipelineId::parse(&mutated), Err(InvalidPipelineId));
+        }
+
+        #[test]
         fn arbitrary_text_either_fails_or_yields_the_normal_form(raw in ".{0,40}") {
             if let Ok(id) = PipelineId::parse(&raw) {
                 prop_assert_eq!(id.as_str().len(), 36);
