@@ -124,6 +124,12 @@ impl Readiness {
     /// many probes there are.
     pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 
+    /// How old the last round may be and still answer a probe at once:
+    /// more than a round that times out plus the time between two probes,
+    /// so that regular probes never wait, but not so much that a probe
+    /// after a long quiet is told what was true long ago.
+    pub(crate) const MAX_AGE: Duration = Duration::from_secs(10);
+
     /// The longest one check may take; past it, the check counts as failed.
     /// No probe waits for it but the first, so it can be longer than a
     /// probe's own timeout: slow is not down.
@@ -151,39 +157,43 @@ impl Readiness {
         }
     }
 
-    /// The last round's report, at once; a new round is started when it is
-    /// no longer fresh. The first probe (and those that come with it) waits
-    /// for the first round.
+    /// The last round's report, at once while it is younger than
+    /// [`Self::MAX_AGE`]; a new round is started when it is no longer
+    /// fresh. The first probe, and one after a long quiet, waits for a
+    /// new round instead.
     pub(crate) async fn report(self: &Arc<Self>) -> Report {
         let mut rounds = self.last.subscribe();
         let last = rounds
             .borrow_and_update()
             .as_ref()
-            .map(|last| (last.report.clone(), self.is_fresh(last)));
-        match last {
-            Some((report, fresh)) => {
-                if !fresh {
-                    self.start_round();
-                }
-                report
-            }
-            None => {
+            .map(|last| (last.report.clone(), self.age(last)));
+        if let Some((report, age)) = last
+            && age < Self::MAX_AGE
+        {
+            if age >= Self::INTERVAL {
                 self.start_round();
-                let first = rounds
-                    .wait_for(Option::is_some)
-                    .await
-                    .expect("the sender lives as long as `self`");
-                first
-                    .as_ref()
-                    .map(|last| last.report.clone())
-                    .expect("waited for a round")
             }
+            return report;
         }
+        self.start_round();
+        rounds
+            .changed()
+            .await
+            .expect("the sender lives as long as `self`");
+        rounds
+            .borrow()
+            .as_ref()
+            .map(|last| last.report.clone())
+            .expect("a round has ended")
     }
 
-    fn is_fresh(&self, last: &Last) -> bool {
-        let age = self.clock.now().signed_duration_since(last.at);
-        age.to_std().is_ok_and(|age| age < Self::INTERVAL)
+    /// How long ago `last` ended; zero for a clock that went back.
+    fn age(&self, last: &Last) -> Duration {
+        self.clock
+            .now()
+            .signed_duration_since(last.at)
+            .to_std()
+            .unwrap_or_default()
     }
 
     /// Starts a round in a task of its own unless one runs already.
@@ -369,6 +379,22 @@ mod tests {
         assert!(!readiness.report().await.is_ready());
         round_ended(&readiness).await;
         assert!(readiness.report().await.is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_after_a_long_quiet_waits_for_a_new_round() {
+        let switch = Arc::new(Switch::default());
+        switch.up.store(true, Ordering::SeqCst);
+        let readiness = readiness(true, &switch);
+        assert!(readiness.report().await.is_ready());
+
+        switch.up.store(false, Ordering::SeqCst);
+        tokio::time::advance(Readiness::MAX_AGE).await;
+        let asked = tokio::time::Instant::now();
+        let report = readiness.report().await;
+        assert_eq!(report.checks["switch"], "unavailable");
+        assert!(asked.elapsed() > Duration::ZERO, "it waited for the round");
+        assert_eq!(switch.calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]

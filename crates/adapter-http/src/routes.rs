@@ -382,9 +382,9 @@ pub(crate) async fn health() -> Json<StatusBody> {
 /// the token keys and Redis where they are configured; each check is named
 /// in the body, `ok` or `unavailable` (never why: that goes to the log).
 /// Answered at once from the last round of checks; a round runs at most
-/// once a second while probes come, however many (only the first probe
-/// waits, for the first round). While the service drains, 503 `draining`
-/// at once.
+/// once a second while probes come, however many (only the first probe,
+/// and one after a quiet of 10 s, waits for a new round). While the
+/// service drains, 503 `draining` at once.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
         (status = 200, description = "Ready: every check is `ok`", body = Report,
