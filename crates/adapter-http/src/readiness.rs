@@ -2,7 +2,7 @@
 //! to do its job ([`ReadinessCheck`]s the binary adds: the token keys,
 //! Redis), run together at most once per interval however many probes
 //! come. A probe is answered from the last round at once; only the first
-//! probe waits, for the first round.
+//! probe, and one after a quiet with no probes, waits for a new round.
 
 use std::{
     collections::BTreeMap,
@@ -95,9 +95,10 @@ struct Last {
 
 /// The checks behind `/ready`, with the last round's result.
 ///
-/// A probe never waits for a round but the first: it is answered from the
-/// last round, and when that round is older than [`Self::INTERVAL`] it
-/// starts the next one, which answers the probes after it. So a check that
+/// A probe is answered from the last round, and when that round is older
+/// than [`Self::INTERVAL`] it starts the next one, which answers the probes
+/// after it. Only the first probe, and one that finds the last round older
+/// than [`Self::MAX_AGE`], waits for a new round. So a check that
 /// is slow (a shared backend under load) neither makes probes time out nor
 /// counts against the instance, up to [`Self::CHECK_TIMEOUT`]; the price is
 /// that a change is seen one probe later.
