@@ -292,9 +292,16 @@ impl Stack {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                let seen: Vec<String> = self
+                    .instances
+                    .iter()
+                    .filter(|instance| names.contains(&instance.name))
+                    .map(|instance| self.readiness_seen(instance))
+                    .collect();
                 bail!(
-                    "HAProxy did not see {} up within {UP_TIMEOUT:?} (last: {states:?})",
-                    names.join(" and ")
+                    "HAProxy did not see {} up within {UP_TIMEOUT:?} (last: {states:?})\n{}",
+                    names.join(" and "),
+                    seen.join("\n")
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -302,14 +309,13 @@ impl Stack {
     }
 
     /// What HAProxy's log and the instance's own say of the readiness of
-    /// instance `index`, for an error: its last state changes and checks.
-    fn readiness_seen(&self, index: usize) -> String {
-        let instance = &self.instances[index];
-        let server = format!("maestros/{} ", instance.name);
+    /// `instance`, for an error: its last state changes and checks.
+    fn readiness_seen(&self, instance: &Instance) -> String {
+        let name = &instance.name;
         format!(
-            "HAProxy's last word on it ({}):\n{}\nits last readiness lines ({}):\n{}",
+            "HAProxy's last word on {name} ({}):\n{}\n{name}'s last readiness lines ({}):\n{}",
             self.haproxy_log.display(),
-            last_lines(&self.haproxy_log, &server, 4),
+            last_lines(&self.haproxy_log, &format!("maestros/{name} "), 4),
             instance.log.display(),
             last_lines(&instance.log, "readiness", 4),
         )

@@ -428,8 +428,7 @@ async fn restart(stack: &mut Stack, index: usize, settings: &Settings) -> anyhow
     stack.instances[index].start(settings).await?;
     stack
         .wait_until_in_rotation(std::slice::from_ref(&name))
-        .await
-        .with_context(|| stack.readiness_seen(index))?;
+        .await?;
     Ok(Restart {
         name,
         out_of_rotation,
