@@ -2,14 +2,16 @@
 //! with a fresh key per request, on the in-memory store and on Redis,
 //! against the same run without keys, checked against the targets.
 //!
-//! Each of the three runs gets a fresh `maestro` on the memory backend, with
+//! Each of the four runs gets a fresh `maestro` on the memory backend, with
 //! the same pipeline, token, connections and request counts; only the key
-//! header and `MAESTRO_REDIS_URL` differ. The runs without keys and with
-//! the memory store go in alternating turns, so that the machine's drift
-//! weighs on both sides of their ratio alike; the Redis run follows. Redis
-//! is a throwaway server of the
-//! bench's own, started by `scripts/redis-test-server.sh` and stopped on
-//! every way out.
+//! header and `MAESTRO_REDIS_URL` differ. Each store is measured against
+//! the same deployment without keys, in alternating turns, so that the
+//! machine's drift weighs on both sides of its ratio alike: the memory
+//! store against `maestro` alone, the Redis store against `maestro` with
+//! Redis, where every execute, keyed or not, also takes its rate limit
+//! from Redis and appends its run's changes to the feed there (ADR 0022).
+//! Redis is a throwaway server of the bench's own, started by
+//! `scripts/redis-test-server.sh` and stopped on every way out.
 
 use std::path::Path;
 
@@ -26,15 +28,16 @@ use super::{
 };
 use crate::{
     http::{self, RequestTemplate},
-    load::{self, LoadReport, LoadSpec, UniqueHeader},
+    load::{LoadReport, LoadSpec, UniqueHeader},
     test_server::{self, TestServer},
 };
 
 /// With a fresh key per request on the memory store, throughput must be at
 /// least this share of the run without keys.
 const MIN_MEMORY_STORE_RATIO: f64 = 0.8;
-/// The same on the Redis store, which costs two round trips to Redis per
-/// execute (the claim, then the answer) and shares the CPUs with Redis.
+/// The same on the Redis store against the same deployment without keys:
+/// a key costs two more round trips to Redis per execute (the claim, then
+/// the answer), and Redis shares the CPUs.
 const MIN_REDIS_STORE_RATIO: f64 = 0.6;
 
 /// The header the service reads the key from.
@@ -57,7 +60,10 @@ struct Results {
     plain: Summary,
     /// (b) A fresh key per execute, kept in the service's memory.
     memory_store: Summary,
-    /// (c) A fresh key per execute, kept in Redis.
+    /// (c) Executes without a key, with Redis: the rate limits and the
+    /// feed there.
+    redis_plain: Summary,
+    /// (d) A fresh key per execute, kept in Redis.
     redis_store: Summary,
     /// Whether a repeat of a key of run (b) was answered as a replay.
     memory_store_replays: bool,
@@ -76,20 +82,21 @@ impl Results {
     fn redis_store_ratio(&self) -> Option<f64> {
         ratio(
             self.redis_store.requests_per_second,
-            self.plain.requests_per_second,
+            self.redis_plain.requests_per_second,
         )
     }
 
-    fn runs(&self) -> [(&'static str, &Summary); 3] {
+    fn runs(&self) -> [(&'static str, &Summary); 4] {
         [
             ("without keys", &self.plain),
             ("fresh key, memory store", &self.memory_store),
-            ("fresh key, Redis store", &self.redis_store),
+            ("with Redis, without keys", &self.redis_plain),
+            ("with Redis, fresh key, Redis store", &self.redis_store),
         ]
     }
 }
 
-/// Measures the three runs and reports them.
+/// Measures the four runs and reports them.
 ///
 /// # Errors
 /// When starting Redis or a server, or loading one, fails.
@@ -126,22 +133,37 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
         (plain, (memory_store, replays))
     };
 
-    let (redis_store, redis_store_replays) = {
+    // The same with Redis, against the same deployment without keys.
+    let (redis_plain, (redis_store, redis_store_replays)) = {
         // Dropped at the end of this block, after maestro (declared later,
         // dropped first): Redis is stopped on every way out of the block.
         println!("== starting a throwaway redis-server");
         let (_redis, url) = TestServer::start_in_temp(test_server::REDIS, "maestro-bench-redis-")?;
-        let mut env = keyed_env.clone();
-        env.push(("MAESTRO_REDIS_URL", url));
-        let (_server, addr) = start_maestro(maestro, &load.secret, &env).await?;
-        println!("== maestro, fresh Idempotency-Key per request, Redis store, on {addr}: {plan}");
-        keyed_run(&load.at(addr)).await?
+        let with_redis = |env: &[(&'static str, String)]| {
+            let mut env = env.to_vec();
+            env.push(("MAESTRO_REDIS_URL", url.clone()));
+            env
+        };
+        let (_plain_server, plain_addr) =
+            start_maestro(maestro, &load.secret, &with_redis(&setup.env)).await?;
+        let (_keyed_server, keyed_addr) =
+            start_maestro(maestro, &load.secret, &with_redis(&keyed_env)).await?;
+        println!(
+            "== maestro (memory backend) with Redis, without Idempotency-Key on {plain_addr}, and with a fresh one per request on the Redis store on {keyed_addr}, in {TURNS} alternating turns: {plan}"
+        );
+        let unique = UniqueHeader::fresh(IDEMPOTENCY_KEY);
+        let keyed = load.at(keyed_addr);
+        let (plain, redis_store) =
+            in_turns_with_unique(&load.at(plain_addr), &keyed, Some(&unique)).await?;
+        let replays = replays(&keyed, &unique.part("t0")).await;
+        (plain, (redis_store, replays))
     };
     drop(setup);
 
     for (name, report) in [
         ("maestro without keys", &plain),
         ("maestro with keys, memory store", &memory_store),
+        ("maestro with Redis, without keys", &redis_plain),
         ("maestro with keys, Redis store", &redis_store),
     ] {
         report_first_problem(name, report);
@@ -154,20 +176,11 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
         plain: summary(&plain),
         memory_store: summary(&memory_store),
+        redis_plain: summary(&redis_plain),
         redis_store: summary(&redis_store),
         memory_store_replays,
         redis_store_replays,
     })
-}
-
-/// Loads `spec` with a fresh key per request, then sends the run's first
-/// key again: the answer must be a replay, which shows that the keys
-/// reached the store rather than being ignored.
-async fn keyed_run(spec: &LoadSpec) -> anyhow::Result<(LoadReport, bool)> {
-    let unique = UniqueHeader::fresh(IDEMPOTENCY_KEY);
-    let report = load::run_with_unique_header(spec, &unique).await?;
-    let replays = replays(spec, &unique).await;
-    Ok((report, replays))
 }
 
 /// Whether the first key of the run `unique` was used in is answered 200
@@ -225,13 +238,13 @@ fn checks(results: &Results) -> Vec<Check> {
         },
         Check {
             target: format!(
-                "fresh key, Redis store: throughput >= {MIN_REDIS_STORE_RATIO}x without keys"
+                "fresh key, Redis store: throughput >= {MIN_REDIS_STORE_RATIO}x without keys, with Redis"
             ),
             measured: measured(redis),
             passed: redis.is_some_and(|ratio| ratio >= MIN_REDIS_STORE_RATIO),
         },
         Check {
-            target: "every request of the three runs answered 2xx".to_owned(),
+            target: "every request of the four runs answered 2xx".to_owned(),
             measured: failures,
             passed: results.runs().iter().all(|(_, summary)| summary.all_2xx()),
         },
@@ -247,25 +260,39 @@ fn checks(results: &Results) -> Vec<Check> {
     ]
 }
 
-/// The three runs side by side, with their throughput as a share of the
-/// run without keys.
+/// The four runs side by side, with their throughput as a share of the
+/// same deployment without keys (judged), and of `maestro` without keys or
+/// Redis (shown).
 fn report(results: &Results) -> Report {
     let runs = results.runs();
     let mut rows = Summary::rows(&runs.map(|(_, summary)| summary));
-    let plain = Cell::Throughput(results.plain.requests_per_second);
+    let throughput = |summary: &Summary| Cell::Throughput(summary.requests_per_second);
+    let plain = throughput(&results.plain);
+    let redis_plain = throughput(&results.redis_plain);
+    let same_deployment = [&plain, &plain, &redis_plain, &redis_plain];
     rows.insert(
         1,
         Row::new(
-            "throughput / without keys",
+            "throughput / the same without keys",
             runs.iter()
-                .map(|(_, summary)| Cell::Throughput(summary.requests_per_second).ratio_to(&plain))
+                .zip(same_deployment)
+                .map(|((_, summary), without)| throughput(summary).ratio_to(without))
+                .collect(),
+        ),
+    );
+    rows.insert(
+        2,
+        Row::new(
+            "throughput / without keys or Redis",
+            runs.iter()
+                .map(|(_, summary)| throughput(summary).ratio_to(&plain))
                 .collect(),
         ),
     );
     Report {
         title: "Idempotency-Key".to_owned(),
         setup: format!(
-            "`cargo xtask bench` (`Idempotency-Key` runs, memory backend): {} connections, {} warm-up then {} measured requests per run, a fresh `maestro` per run, without keys and with the memory store in {TURNS} alternating turns, {} CPUs.",
+            "`cargo xtask bench` (`Idempotency-Key` runs, memory backend): {} connections, {} warm-up then {} measured requests per run, a fresh `maestro` per run; without keys and with the memory store in {TURNS} alternating turns, then with Redis (its rate limits and feed) without keys and with the Redis store in {TURNS} alternating turns, {} CPUs.",
             results.connections,
             thousands(results.warmup),
             thousands(results.requests),
@@ -296,7 +323,8 @@ mod tests {
             cpus: 2,
             plain: summary(20_000.0),
             memory_store: summary(18_000.0),
-            redis_store: summary(13_000.0),
+            redis_plain: summary(15_000.0),
+            redis_store: summary(10_000.0),
             memory_store_replays: true,
             redis_store_replays: true,
         }
@@ -324,31 +352,47 @@ mod tests {
     }
 
     #[test]
-    fn the_redis_store_under_0_6x_fails_that_target_alone() {
+    fn the_redis_store_under_0_6x_of_redis_without_keys_fails_that_target_alone() {
         let mut results = good_runs();
-        results.redis_store.requests_per_second = 11_999.0;
+        results.redis_store.requests_per_second = 8_999.0;
         assert_eq!(
             failed(&results),
-            ["fresh key, Redis store: throughput >= 0.6x without keys"]
+            ["fresh key, Redis store: throughput >= 0.6x without keys, with Redis"]
         );
-        results.redis_store.requests_per_second = 12_000.0;
+        results.redis_store.requests_per_second = 9_000.0;
         assert_eq!(failed(&results), Vec::<String>::new());
+        // Judged against the same deployment without keys, not against
+        // `maestro` without Redis.
+        results.redis_plain.requests_per_second = 16_000.0;
+        assert_eq!(
+            failed(&results),
+            ["fresh key, Redis store: throughput >= 0.6x without keys, with Redis"]
+        );
     }
 
     #[test]
-    fn a_run_without_keys_that_answered_nothing_fails_both_ratios() {
-        let mut results = good_runs();
-        results.plain = Summary {
+    fn a_run_without_keys_that_answered_nothing_fails_its_stores_ratio() {
+        let nothing = Summary {
             answered: 0,
             transport_errors: 50_000,
             ..summary(0.0)
         };
+        let mut results = good_runs();
+        results.plain = nothing.clone();
         assert_eq!(
             failed(&results),
             [
                 "fresh key, memory store: throughput >= 0.8x without keys",
-                "fresh key, Redis store: throughput >= 0.6x without keys",
-                "every request of the three runs answered 2xx",
+                "every request of the four runs answered 2xx",
+            ]
+        );
+        let mut results = good_runs();
+        results.redis_plain = nothing;
+        assert_eq!(
+            failed(&results),
+            [
+                "fresh key, Redis store: throughput >= 0.6x without keys, with Redis",
+                "every request of the four runs answered 2xx",
             ]
         );
     }
@@ -359,11 +403,11 @@ mod tests {
         results.redis_store.non_2xx = 1;
         assert_eq!(
             failed(&results),
-            ["every request of the three runs answered 2xx"]
+            ["every request of the four runs answered 2xx"]
         );
         let measured = &checks(&results)[2].measured;
         assert!(
-            measured.contains("fresh key, Redis store: 1 non-2xx, 0 unanswered"),
+            measured.contains("with Redis, fresh key, Redis store: 1 non-2xx, 0 unanswered"),
             "{measured}"
         );
     }
@@ -387,20 +431,29 @@ mod tests {
         let results = good_runs();
         let markdown = report(&results).markdown();
         assert!(
+            markdown.contains(
+                "| | without keys | fresh key, memory store | with Redis, without keys | with Redis, fresh key, Redis store |"
+            ),
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains(
+                "| throughput | 20,000 req/s | 18,000 req/s | 15,000 req/s | 10,000 req/s |"
+            ),
+            "{markdown}"
+        );
+        assert!(
             markdown
-                .contains("| | without keys | fresh key, memory store | fresh key, Redis store |"),
+                .contains("| throughput / the same without keys | 1.00x | 0.90x | 1.00x | 0.67x |"),
             "{markdown}"
         );
         assert!(
-            markdown.contains("| throughput | 20,000 req/s | 18,000 req/s | 13,000 req/s |"),
+            markdown
+                .contains("| throughput / without keys or Redis | 1.00x | 0.90x | 0.75x | 0.50x |"),
             "{markdown}"
         );
         assert!(
-            markdown.contains("| throughput / without keys | 1.00x | 0.90x | 0.65x |"),
-            "{markdown}"
-        );
-        assert!(
-            markdown.contains("| p99 latency | 3.00 ms | 3.00 ms | 3.00 ms |"),
+            markdown.contains("| p99 latency | 3.00 ms | 3.00 ms | 3.00 ms | 3.00 ms |"),
             "{markdown}"
         );
         assert!(
@@ -416,17 +469,18 @@ mod tests {
         results.redis_store.requests_per_second = 2_000.0;
         let text = report(&results).text();
         assert!(
-            text.lines()
-                .any(|line| line.starts_with("throughput / without keys")
+            text.lines().any(
+                |line| line.starts_with("throughput / the same without keys")
                     && line
                         .split_whitespace()
-                        .skip(4)
-                        .eq(["1.00x", "0.90x", "0.10x"])),
+                        .skip(6)
+                        .eq(["1.00x", "0.90x", "1.00x", "0.13x"])
+            ),
             "{text}"
         );
         assert!(
             text.contains(
-                "FAIL  fresh key, Redis store: throughput >= 0.6x without keys (measured: 0.10x)"
+                "FAIL  fresh key, Redis store: throughput >= 0.6x without keys, with Redis (measured: 0.13x)"
             ),
             "{text}"
         );
