@@ -106,7 +106,6 @@ pub(super) async fn run(args: &Args, maestro: &Path) -> anyhow::Result<Report> {
 
 async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
     let load = ExecuteLoad::new(args, args.idempotency_requests)?;
-    let plan = load.plan();
     let setup = Backend::Memory.prepare(load.pipeline)?;
     // Every key of a run stays kept, so that its first is still replayed
     // at the end: the bound on keys per customer (which would forget the
@@ -117,26 +116,13 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
         "10000000".to_owned(),
     ));
 
-    // Without keys and with keys on the memory store in alternating turns,
-    // so that the machine's drift is shared by both sides of the ratio.
-    let (plain, (memory_store, memory_store_replays)) = {
-        let (_plain_server, plain_addr) = start_maestro(maestro, &load.secret, &setup.env).await?;
-        let (_keyed_server, keyed_addr) = start_maestro(maestro, &load.secret, &keyed_env).await?;
-        println!(
-            "== maestro (memory backend) without Idempotency-Key on {plain_addr}, and with a fresh one per request on the memory store on {keyed_addr}, in {TURNS} alternating turns: {plan}"
-        );
-        let unique = UniqueHeader::fresh(IDEMPOTENCY_KEY);
-        let keyed = load.at(keyed_addr);
-        let (plain, memory_store) =
-            in_turns_with_unique(&load.at(plain_addr), &keyed, Some(&unique)).await?;
-        let replays = replays(&keyed, &unique.part("t0")).await;
-        (plain, (memory_store, replays))
-    };
+    let (plain, memory_store, memory_store_replays) =
+        with_and_without_keys(maestro, &load, &setup.env, &keyed_env, "the memory store").await?;
 
     // The same with Redis, against the same deployment without keys.
-    let (redis_plain, (redis_store, redis_store_replays)) = {
-        // Dropped at the end of this block, after maestro (declared later,
-        // dropped first): Redis is stopped on every way out of the block.
+    let (redis_plain, redis_store, redis_store_replays) = {
+        // Dropped at the end of this block, after maestro (started later,
+        // stopped first): Redis is stopped on every way out of the block.
         println!("== starting a throwaway redis-server");
         let (_redis, url) = TestServer::start_in_temp(test_server::REDIS, "maestro-bench-redis-")?;
         let with_redis = |env: &[(&'static str, String)]| {
@@ -144,19 +130,14 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
             env.push(("MAESTRO_REDIS_URL", url.clone()));
             env
         };
-        let (_plain_server, plain_addr) =
-            start_maestro(maestro, &load.secret, &with_redis(&setup.env)).await?;
-        let (_keyed_server, keyed_addr) =
-            start_maestro(maestro, &load.secret, &with_redis(&keyed_env)).await?;
-        println!(
-            "== maestro (memory backend) with Redis, without Idempotency-Key on {plain_addr}, and with a fresh one per request on the Redis store on {keyed_addr}, in {TURNS} alternating turns: {plan}"
-        );
-        let unique = UniqueHeader::fresh(IDEMPOTENCY_KEY);
-        let keyed = load.at(keyed_addr);
-        let (plain, redis_store) =
-            in_turns_with_unique(&load.at(plain_addr), &keyed, Some(&unique)).await?;
-        let replays = replays(&keyed, &unique.part("t0")).await;
-        (plain, (redis_store, replays))
+        with_and_without_keys(
+            maestro,
+            &load,
+            &with_redis(&setup.env),
+            &with_redis(&keyed_env),
+            "the Redis store (both with Redis)",
+        )
+        .await?
     };
     drop(setup);
 
@@ -181,6 +162,32 @@ async fn measure(args: &Args, maestro: &Path) -> anyhow::Result<Results> {
         memory_store_replays,
         redis_store_replays,
     })
+}
+
+/// Loads a `maestro` started with `plain_env` without keys and one started
+/// with `keyed_env` with a fresh key per request, in alternating turns, so
+/// that the machine's drift is shared by both sides of the ratio; then
+/// sends the keyed one's first key again. Their reports, and whether that
+/// repeat was answered as a replay.
+async fn with_and_without_keys(
+    maestro: &Path,
+    load: &ExecuteLoad,
+    plain_env: &[(&'static str, String)],
+    keyed_env: &[(&'static str, String)],
+    store: &str,
+) -> anyhow::Result<(LoadReport, LoadReport, bool)> {
+    let (_plain_server, plain_addr) = start_maestro(maestro, &load.secret, plain_env).await?;
+    let (_keyed_server, keyed_addr) = start_maestro(maestro, &load.secret, keyed_env).await?;
+    println!(
+        "== maestro (memory backend) without Idempotency-Key on {plain_addr}, and with a fresh one per request on {store} on {keyed_addr}, in {TURNS} alternating turns: {}",
+        load.plan()
+    );
+    let unique = UniqueHeader::fresh(IDEMPOTENCY_KEY);
+    let keyed = load.at(keyed_addr);
+    let (plain, with_keys) =
+        in_turns_with_unique(&load.at(plain_addr), &keyed, Some(&unique)).await?;
+    let replays = replays(&keyed, &unique.part("t0")).await;
+    Ok((plain, with_keys, replays))
 }
 
 /// Whether the first key of the run `unique` was used in is answered 200
