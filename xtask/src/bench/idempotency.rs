@@ -273,26 +273,30 @@ fn checks(results: &Results) -> Vec<Check> {
 fn report(results: &Results) -> Report {
     let runs = results.runs();
     let mut rows = Summary::rows(&runs.map(|(_, summary)| summary));
-    let throughput = |summary: &Summary| Cell::Throughput(summary.requests_per_second);
-    let plain = throughput(&results.plain);
-    let redis_plain = throughput(&results.redis_plain);
-    let same_deployment = [&plain, &plain, &redis_plain, &redis_plain];
+    let itself =
+        |summary: &Summary| ratio(summary.requests_per_second, summary.requests_per_second);
     rows.insert(
         1,
         Row::new(
             "throughput / the same without keys",
-            runs.iter()
-                .zip(same_deployment)
-                .map(|((_, summary), without)| throughput(summary).ratio_to(without))
-                .collect(),
+            [
+                itself(&results.plain),
+                results.memory_store_ratio(),
+                itself(&results.redis_plain),
+                results.redis_store_ratio(),
+            ]
+            .into_iter()
+            .map(Cell::Ratio)
+            .collect(),
         ),
     );
+    let plain = Cell::Throughput(results.plain.requests_per_second);
     rows.insert(
         2,
         Row::new(
             "throughput / without keys or Redis",
             runs.iter()
-                .map(|(_, summary)| throughput(summary).ratio_to(&plain))
+                .map(|(_, summary)| Cell::Throughput(summary.requests_per_second).ratio_to(&plain))
                 .collect(),
         ),
     );
