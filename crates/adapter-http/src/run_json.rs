@@ -112,9 +112,17 @@ fn write(out: &mut Vec<u8>, run: &Run) {
         RunStatus::Failed => b"FAILED",
     });
     out.extend_from_slice(br#"","created_at":"#);
+    let created = out.len();
     timestamp(out, &run.created_at);
+    let created = created..out.len();
     out.extend_from_slice(br#","updated_at":"#);
-    timestamp(out, &run.updated_at);
+    if run.updated_at == run.created_at {
+        // A queued run, or one that changed in the instant it was made:
+        // the text just written, again.
+        out.extend_from_within(created);
+    } else {
+        timestamp(out, &run.updated_at);
+    }
     out.extend_from_slice(br#","trace":"#);
     match &run.trace {
         Some(trace) => string(out, trace),
@@ -150,9 +158,10 @@ fn string(out: &mut Vec<u8>, text: &str) {
 fn timestamp(out: &mut Vec<u8>, at: &Timestamp) {
     match timestamp_text(at) {
         Some(text) => {
-            out.push(b'"');
-            out.extend_from_slice(text.as_bytes());
-            out.push(b'"');
+            // The text and its quotes, copied in one piece.
+            let mut quoted = [b'"'; 34];
+            quoted[1..33].copy_from_slice(text.as_bytes());
+            out.extend_from_slice(&quoted);
         }
         None => string(out, &format_timestamp(at)),
     }
@@ -198,8 +207,12 @@ mod tests {
             "nested": {"é": true},
         }))
         .unwrap();
+        // Made and not changed since: one instant, written twice.
+        let mut unchanged = run("unchanged", RunStatus::Queued, at);
+        unchanged.updated_at = unchanged.created_at;
         vec![
             run("queued", RunStatus::Queued, at),
+            unchanged,
             run(
                 "running",
                 RunStatus::Running,
@@ -266,6 +279,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_escape_is_found_wherever_it_sits_in_a_run_id() {
+        for len in [1, 15, 16, 17, 31, 32, 33, 41, 64] {
+            for at in 0..len {
+                for byte in [b'"', b'\\', b'\n', 0x00, 0x1f] {
+                    let mut text = vec![b'a'; len];
+                    text[at] = byte;
+                    let text = String::from_utf8(text).unwrap();
+                    let mut out = Vec::new();
+                    string(&mut out, &text);
+                    assert_eq!(out, serde_json::to_vec(&text).unwrap(), "{text:?}");
+                }
+            }
+            let plain = "a".repeat(len);
+            let mut out = Vec::new();
+            string(&mut out, &plain);
+            assert_eq!(out, format!("\"{plain}\"").into_bytes());
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn any_text_is_written_as_serde_json_writes_it(text in "\\PC*|[\\x00-\\x7f]*") {
@@ -326,7 +359,9 @@ mod tests {
             .unwrap()
             .and_utc();
         for at in [leap, far, before] {
-            let runs = [run("r", RunStatus::Success, at)];
+            let mut unchanged = run("unchanged", RunStatus::Queued, at);
+            unchanged.updated_at = at;
+            let runs = [run("r", RunStatus::Success, at), unchanged];
             assert_eq!(array(&runs), derived(&runs), "{}", format_timestamp(&at));
         }
     }
