@@ -3,10 +3,12 @@
 
 use axum::{
     Json,
+    body::Bytes,
     extract::{FromRequest, FromRequestParts, Path, Query, Request, rejection::JsonRejection},
     http::{StatusCode, header, request::Parts},
 };
 use domain::{InvalidRunQuery, PipelineId, RequestContext, RunConf, RunId, RunQuery, RunStatus};
+use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -115,9 +117,7 @@ impl<S: Send + Sync> FromRequest<S> for ExecuteBody {
         }
         // Read in one pass without building the body's value: its `conf`
         // is checked as it is read.
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|err| json_rejection(err.into()))?;
+        let bytes = whole_body(req).await?;
         match ExecuteFields::read(&bytes) {
             Ok(ExecuteFields::Object { pipeline_id, conf }) => Ok(Self {
                 // The id first: a body without one answers as it always has.
@@ -186,17 +186,9 @@ pub(crate) struct NoBody;
 impl<S: Send + Sync> FromRequest<S> for NoBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
         let json = says_json(req.headers());
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|err| {
-                if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::payload_too_large(BODY_LIMIT)
-                } else {
-                    ApiError::invalid_body("The request body could not be read")
-                }
-            })?;
+        let bytes = whole_body(req).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self);
         }
@@ -215,20 +207,62 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
     }
 }
 
-/// A JSON object body, or the contract's answer to anything else.
+/// A JSON object body, or the contract's answer to anything else: read
+/// as axum's `Json` reads it (its media type first, then the body), each
+/// refusal in the contract's shape.
 pub(crate) async fn json_object<S: Send + Sync>(
     req: Request,
-    state: &S,
+    _: &S,
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let Json(body) = Json::<Value>::from_request(req, state)
-        .await
-        .map_err(json_rejection)?;
+    if !says_json(req.headers()) {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let bytes = whole_body(req).await?;
+    let Json(body) = Json::<Value>::from_bytes(&bytes).map_err(json_rejection)?;
     match body {
         Value::Object(fields) => Ok(fields),
         _ => Err(ApiError::invalid_body(
             "The request body must be a JSON object",
         )),
     }
+}
+
+/// A request's whole body, of at most [`BODY_LIMIT`] bytes: what axum's
+/// `Bytes` reads under a `DefaultBodyLimit` of that size, refused alike
+/// (413 `PayloadTooLarge` past the limit, 400 when it cannot be read),
+/// without boxing the body again behind a limit and gathering its frames
+/// into a list. A body that arrives in one frame, as nearly every one
+/// does, is that frame's bytes, not copied.
+///
+/// Every route's body is read here, so that the limit is held in one
+/// place and no layer sets it on each request.
+async fn whole_body(req: Request) -> Result<Bytes, ApiError> {
+    let mut body = req.into_body();
+    let mut first: Option<Bytes> = None;
+    let mut rest = Vec::new();
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|_| ApiError::invalid_body("The request body could not be read"))?;
+        // Trailers carry nothing a route reads.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        read += data.len();
+        if read > BODY_LIMIT {
+            return Err(ApiError::payload_too_large(BODY_LIMIT));
+        }
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    rest.extend_from_slice(&earlier);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| rest.into()))
 }
 
 /// The body's `pipeline_id`, normalized.
@@ -432,6 +466,80 @@ mod tests {
         ] {
             assert_eq!(token(value).as_deref(), expected, "{value:?}");
         }
+    }
+
+    /// A request whose body arrives in the given frames, then an error if
+    /// `fails`.
+    fn streamed(frames: &[&[u8]], fails: bool) -> Request {
+        let mut items: Vec<Result<Bytes, std::io::Error>> = frames
+            .iter()
+            .map(|frame| Ok(Bytes::copy_from_slice(frame)))
+            .collect();
+        if fails {
+            items.push(Err(std::io::Error::other("connection reset")));
+        }
+        Request::new(Body::from_stream(futures_util::stream::iter(items)))
+    }
+
+    async fn status_of(request: Request) -> StatusCode {
+        match whole_body(request).await {
+            Ok(_) => StatusCode::OK,
+            Err(err) => axum::response::IntoResponse::into_response(err).status(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_whatever_frames_it_arrives_in() {
+        let text = br#"{"pipeline_id": "1b33ad2f-33d3-4837-9eeb-83c82c8b909d"}"#;
+        for first in 0..=text.len() {
+            for second in first..=text.len() {
+                let frames = [&text[..first], &text[first..second], &text[second..]];
+                let read = whole_body(streamed(&frames, false)).await.unwrap();
+                assert_eq!(read.as_ref(), text, "cut at {first} and {second}");
+            }
+        }
+        assert!(whole_body(streamed(&[], false)).await.unwrap().is_empty());
+
+        // A body of one frame is that frame, not a copy of it.
+        let frame = Bytes::from_static(text);
+        let read = whole_body(Request::new(Body::from(frame.clone())))
+            .await
+            .unwrap();
+        assert_eq!(read.as_ptr(), frame.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_413_wherever_the_limit_falls_and_an_unreadable_one_400() {
+        let kib = vec![b'x'; 1024];
+        let at_the_limit = vec![kib.as_slice(); BODY_LIMIT / 1024];
+        let read = whole_body(streamed(&at_the_limit, false)).await.unwrap();
+        assert_eq!(read.len(), BODY_LIMIT);
+
+        let mut past = at_the_limit.clone();
+        past.push(b"x");
+        assert_eq!(
+            status_of(streamed(&past, false)).await,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let whole = vec![b'x'; BODY_LIMIT + 1];
+        assert_eq!(
+            status_of(streamed(&[&whole], false)).await,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        // Past the limit before the body fails: the limit is what is told.
+        assert_eq!(
+            status_of(streamed(&past, true)).await,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+
+        assert_eq!(
+            status_of(streamed(&[b"{}"], true)).await,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status_of(streamed(&[], true)).await,
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[tokio::test]

@@ -3,8 +3,8 @@
 //! the answer), its place in a distributed trace (`trace::start`), its log
 //! context (a span, or a [`RequestLog`]) and one access-log line, the
 //! request metrics, the edge's limits on the request
-//! (`edge::within_limits`), the body limit, and a 500 for a handler that
-//! panics.
+//! (`edge::within_limits`), and a 500 for a handler that panics. The body
+//! limit is held where every body is read (`extract::whole_body`).
 //!
 //! One layer rather than one for each, and a service of its own rather
 //! than `axum::middleware::from_fn`: every layer of a router boxes the
@@ -23,7 +23,7 @@ use std::{
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, MatchedPath, Request},
+    extract::{MatchedPath, Request},
     http::{HeaderName, HeaderValue},
     response::{IntoResponse as _, Response},
 };
@@ -35,7 +35,6 @@ use tracing::{Instrument as _, Span, field::Empty};
 use crate::{
     AppState, edge,
     error::ApiError,
-    extract::BODY_LIMIT,
     request_log::{self, RequestLog, UNMATCHED},
     trace,
 };
@@ -56,18 +55,17 @@ pub(crate) fn wrap(router: Router<AppState>, state: &AppState) -> Router<AppStat
 struct Observed(AppState);
 
 impl<R> Layer<R> for Observed {
-    type Service = Observe<<DefaultBodyLimit as Layer<R>>::Service>;
+    type Service = Observe<R>;
 
     fn layer(&self, route: R) -> Self::Service {
         Observe {
-            route: DefaultBodyLimit::max(BODY_LIMIT).layer(route),
+            route,
             state: self.0.clone(),
         }
     }
 }
 
-/// A route, its body limited to [`BODY_LIMIT`], answered through
-/// [`observe`].
+/// A route answered through [`observe`].
 #[derive(Clone)]
 struct Observe<R> {
     route: R,
