@@ -146,7 +146,11 @@ async fn every_answer_carries_a_request_id_and_a_given_one_is_echoed(backend: Ba
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+    let id = uuid::Uuid::parse_str(&generated).unwrap();
+    assert_eq!(id.get_version(), Some(uuid::Version::Random), "{generated}");
+    assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{generated}");
+    let another = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_ne!(another.headers()["x-request-id"], generated.as_str());
 
     let response = app
         .client

@@ -185,7 +185,8 @@ fn identify(request: &mut Request) -> HeaderValue {
         Some(id) => id.clone(),
         None => {
             let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
-            let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+            let id = uuid::Builder::from_random_bytes(trace::random_id_bytes()).into_uuid();
+            let text = id.hyphenated().encode_lower(&mut text);
             let id = HeaderValue::from_str(text).expect("a UUID is a valid header value");
             request.headers_mut().insert(&REQUEST_ID, id.clone());
             id

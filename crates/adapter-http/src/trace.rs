@@ -10,7 +10,7 @@
 //! layer: the ids are drawn at random in the step that also checks the
 //! request id, and only the request's span and the backends see them.
 
-use std::{str::FromStr as _, sync::Arc};
+use std::{cell::RefCell, str::FromStr as _, sync::Arc};
 
 use async_trait::async_trait;
 use axum::{
@@ -24,6 +24,7 @@ use domain::{
     TriggerRequest,
 };
 use opentelemetry::trace::{self as otel, TraceContextExt as _};
+use rand::{RngCore as _, SeedableRng as _, rngs::SmallRng};
 use tracing::{Instrument as _, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -107,10 +108,29 @@ pub(crate) fn of_request(extensions: &Extensions, exported: bool) -> Option<Trac
     })
 }
 
+thread_local! {
+    /// Each thread's source of ids, seeded from the operating system: a
+    /// fast generator, as OpenTelemetry's own `RandomIdGenerator` uses,
+    /// rather than the cryptographic one, whose block refills were most of
+    /// the cost of a request's three ids. Ids are unique, not secret;
+    /// secrets (a webhook's) come from `rand::random`.
+    static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
+}
+
+/// Random bytes for an id: a trace or span id here, and the request id of
+/// a request that came without one.
+pub(crate) fn random_id_bytes<const N: usize>() -> [u8; N] {
+    IDS.with_borrow_mut(|ids| {
+        let mut bytes = [0; N];
+        ids.fill_bytes(&mut bytes);
+        bytes
+    })
+}
+
 /// A fresh trace id.
 fn random_trace_id() -> TraceId {
     loop {
-        if let Some(id) = TraceId::from_bytes(rand::random()) {
+        if let Some(id) = TraceId::from_bytes(random_id_bytes()) {
             return id;
         }
     }
@@ -119,7 +139,7 @@ fn random_trace_id() -> TraceId {
 /// A fresh span id.
 fn random_span_id() -> SpanId {
     loop {
-        if let Some(id) = SpanId::from_bytes(rand::random()) {
+        if let Some(id) = SpanId::from_bytes(random_id_bytes()) {
             return id;
         }
     }
@@ -337,5 +357,26 @@ impl Orchestrator for Traced<dyn Orchestrator> {
     async fn health(&self) -> Result<(), BackendError> {
         // Readiness probes belong to no request: not worth a trace each.
         self.inner.health().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn ids_drawn_in_turn_and_on_other_threads_all_differ() {
+        let draw = || {
+            (0..1_000)
+                .map(|_| random_id_bytes::<16>())
+                .collect::<Vec<_>>()
+        };
+        let other = std::thread::spawn(draw).join().unwrap();
+        let ids: HashSet<_> = draw().into_iter().chain(other).collect();
+        assert_eq!(ids.len(), 2_000);
+        let span_ids: HashSet<_> = (0..1_000).map(|_| random_span_id()).collect();
+        assert_eq!(span_ids.len(), 1_000);
     }
 }
