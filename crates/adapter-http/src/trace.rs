@@ -118,7 +118,9 @@ thread_local! {
 }
 
 /// Random bytes for an id: a trace or span id here, and the request id of
-/// a request that came without one.
+/// a request that came without one. Unique, not unpredictable: never for
+/// a secret, a token or anything else whose guess would grant something
+/// (ADR 0023).
 pub(crate) fn random_id_bytes<const N: usize>() -> [u8; N] {
     IDS.with_borrow_mut(|ids| {
         let mut bytes = [0; N];
