@@ -33,6 +33,7 @@ mod idempotency;
 mod instrument;
 mod metrics;
 mod observe;
+mod pipeline_json;
 pub mod ratelimit;
 mod readiness;
 pub mod request_log;

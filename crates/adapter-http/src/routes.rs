@@ -23,6 +23,7 @@ use crate::{
         WaitQuery,
     },
     idempotency::{self, IdempotencyKeyHeader},
+    pipeline_json,
     readiness::Report,
     request_log, run_json,
 };
@@ -252,9 +253,9 @@ pub(crate) async fn get_pipeline(
 pub(crate) async fn list_pipelines(
     State(state): State<AppState>,
     Authenticated(ctx): Authenticated,
-) -> Result<Json<Vec<PipelineSummaryBody>>, ApiError> {
+) -> Result<Response, ApiError> {
     let pipelines = state.service().list_pipelines(&ctx).await?;
-    Ok(Json(pipelines.into_iter().map(Into::into).collect()))
+    Ok(run_json::answer(pipeline_json::array(&pipelines)))
 }
 
 /// The runs of one of the caller's pipelines, newest first, as a bare

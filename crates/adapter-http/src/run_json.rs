@@ -135,7 +135,7 @@ fn write(out: &mut Vec<u8>, run: &Run) {
 }
 
 /// Appends `text` as a JSON string, escaped as serde_json escapes it.
-fn string(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn string(out: &mut Vec<u8>, text: &str) {
     // serde_json escapes control characters, quotes and backslashes, and
     // nothing else; a run id (Maestro's own are `manual__` and an instant)
     // seldom holds any, and is then written as it is.
