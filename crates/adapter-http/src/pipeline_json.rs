@@ -11,7 +11,7 @@
 
 use domain::PipelineSummary;
 
-use crate::run_json::string;
+use crate::run_json::{array_of, string, string_or_null};
 
 /// What one pipeline takes as JSON besides its texts and jobs, at most:
 /// its keys and punctuation, the pipeline id, the quotes of three texts,
@@ -22,16 +22,7 @@ const PIPELINE_BYTES: usize = 145;
 
 /// `pipelines` as a JSON array of PIPELINE_SUMMARY objects.
 pub(crate) fn array(pipelines: &[PipelineSummary]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + pipelines.iter().map(size_guess).sum::<usize>());
-    out.push(b'[');
-    for (index, summary) in pipelines.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
-        write(&mut out, summary);
-    }
-    out.push(b']');
-    out
+    array_of(pipelines, size_guess, write)
 }
 
 fn size_guess(summary: &PipelineSummary) -> usize {
@@ -59,10 +50,7 @@ fn write(out: &mut Vec<u8>, summary: &PipelineSummary) {
     out.extend_from_slice(br#","description":"#);
     string(out, &pipeline.description);
     out.extend_from_slice(br#","cron":"#);
-    match &pipeline.cron {
-        Some(cron) => string(out, cron),
-        None => out.extend_from_slice(b"null"),
-    }
+    string_or_null(out, pipeline.cron.as_deref());
     out.extend_from_slice(br#","last_status":"#);
     match summary.last_status {
         Some(status) => {

@@ -35,13 +35,23 @@ pub(crate) fn answer(json: Vec<u8>) -> Response {
 
 /// `runs` as a JSON array of RUN objects.
 pub(crate) fn array(runs: &[Run]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + runs.iter().map(size_guess).sum::<usize>());
+    array_of(runs, size_guess, write)
+}
+
+/// `items` as a JSON array, each written by `write` into a buffer sized
+/// once from `size_guess`.
+pub(crate) fn array_of<T>(
+    items: &[T],
+    size_guess: impl Fn(&T) -> usize,
+    write: impl Fn(&mut Vec<u8>, &T),
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + items.iter().map(size_guess).sum::<usize>());
     out.push(b'[');
-    for (index, run) in runs.iter().enumerate() {
+    for (index, item) in items.iter().enumerate() {
         if index > 0 {
             out.push(b',');
         }
-        write(&mut out, run);
+        write(&mut out, item);
     }
     out.push(b']');
     out
@@ -124,10 +134,7 @@ fn write(out: &mut Vec<u8>, run: &Run) {
         timestamp(out, &run.updated_at);
     }
     out.extend_from_slice(br#","trace":"#);
-    match &run.trace {
-        Some(trace) => string(out, trace),
-        None => out.extend_from_slice(b"null"),
-    }
+    string_or_null(out, run.trace.as_deref());
     // The parameters are kept as compact JSON text, written as it is.
     out.extend_from_slice(br#","conf":"#);
     out.extend_from_slice(run.conf.as_json().as_bytes());
@@ -151,6 +158,14 @@ pub(crate) fn string(out: &mut Vec<u8>, text: &str) {
     } else {
         // Writing a string into a vector cannot fail.
         let _ = serde_json::to_writer(&mut *out, text);
+    }
+}
+
+/// Appends `text` as a JSON string as [`string`] does, or `null` for none.
+pub(crate) fn string_or_null(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => string(out, text),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
