@@ -2,12 +2,12 @@
 //! PIPELINE_SUMMARY objects of
 //! [`PipelineSummaryBody`](crate::dto::PipelineSummaryBody), byte for byte
 //! what their derived serialization writes (the tests compare the two), as
-//! runs are in [`run_json`](crate::run_json). A customer's 1,000
-//! pipelines took some 4,000 instructions each through the derived path:
-//! every id copied into a string of its own through `Display`, every key
-//! and value escaped a byte at a time, and the whole listing dropped
-//! again. Here the keys and the pipeline id are written as they are, and
-//! the texts are copied at once unless they hold something to escape.
+//! runs are in [`run_json`](crate::run_json) (ADR 0018). A customer's
+//! 1,000 pipelines took some 4,000 instructions each through the derived
+//! path: every id copied into a string of its own through `Display` and
+//! dropped again, and every key and value escaped a byte at a time. Here
+//! the keys and the pipeline id are written as they are, and the texts
+//! are copied at once unless they hold something to escape.
 
 use domain::PipelineSummary;
 
