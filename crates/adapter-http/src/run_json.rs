@@ -13,7 +13,7 @@ use axum::{
     http::{HeaderValue, header},
     response::{IntoResponse as _, Response},
 };
-use domain::{Run, RunStatus, Timestamp, format_timestamp, timestamp_text};
+use domain::{Run, Timestamp, format_timestamp, timestamp_text};
 
 /// What one run takes as JSON besides its run id, trace and parameters,
 /// at most: its keys and punctuation, the pipeline id, the longest status,
@@ -115,12 +115,7 @@ fn write(out: &mut Vec<u8>, run: &Run) {
     out.extend_from_slice(br#","pipeline_id":""#);
     out.extend_from_slice(run.pipeline_id.as_bytes());
     out.extend_from_slice(br#"","last_status":""#);
-    out.extend_from_slice(match run.status {
-        RunStatus::Queued => b"QUEUED",
-        RunStatus::Running => b"RUNNING",
-        RunStatus::Success => b"SUCCESS",
-        RunStatus::Failed => b"FAILED",
-    });
+    out.extend_from_slice(run.status.as_str().as_bytes());
     out.extend_from_slice(br#"","created_at":"#);
     let created = out.len();
     timestamp(out, &run.created_at);
@@ -185,7 +180,7 @@ fn timestamp(out: &mut Vec<u8>, at: &Timestamp) {
 #[cfg(test)]
 mod tests {
     use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
-    use domain::{PipelineId, RunConf, RunId};
+    use domain::{PipelineId, RunConf, RunId, RunStatus};
     use serde_json::json;
 
     use super::*;
