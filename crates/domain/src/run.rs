@@ -180,9 +180,14 @@ impl ManualRunClock {
     }
 }
 
+/// `at` without its nanoseconds past the microsecond: the time of day
+/// changed alone, without the date arithmetic of a round trip through
+/// microseconds since the epoch.
 fn truncate_to_micros(at: Timestamp) -> Timestamp {
-    let micros = at.timestamp_micros();
-    DateTime::from_timestamp_micros(micros).unwrap_or(at)
+    let nanos = at.nanosecond() / 1_000 * 1_000;
+    at.naive_utc()
+        .with_nanosecond(nanos)
+        .map_or(at, |naive| naive.and_utc())
 }
 
 /// Where a run is in its life.
@@ -486,6 +491,21 @@ mod tests {
         let (instant, id) = clock.next(now);
         assert_eq!(instant, at(7));
         assert_eq!(id, RunId::manual(&at(7)));
+    }
+
+    proptest::proptest! {
+        /// Truncating the time of day alone gives what a round trip
+        /// through microseconds since the epoch gave, over the years 0 to
+        /// 9999 and every nanosecond.
+        #[test]
+        fn truncation_is_the_round_trip_through_microseconds(
+            seconds in -62_167_219_200i64..253_402_300_800,
+            nanos in 0u32..1_000_000_000,
+        ) {
+            let at = DateTime::from_timestamp(seconds, nanos).unwrap();
+            let round_trip = DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap();
+            proptest::prop_assert_eq!(truncate_to_micros(at), round_trip);
+        }
     }
 
     #[test]
