@@ -31,6 +31,7 @@ mod events;
 mod extract;
 mod idempotency;
 mod instrument;
+mod kept_runs;
 mod metrics;
 mod observe;
 mod pipeline_json;
@@ -70,6 +71,8 @@ struct Inner {
     draining: Arc<watch::Sender<bool>>,
     rate_limiter: Option<ratelimit::RateLimiter>,
     idempotency: Idempotency,
+    /// Finished runs' texts, for list runs and get run.
+    kept_runs: Arc<kept_runs::KeptRuns>,
     readiness: Arc<Readiness>,
     request_timeout: Duration,
     body_timeout: Duration,
@@ -129,6 +132,7 @@ impl AppState {
                 draining: Arc::new(watch::channel(false).0),
                 rate_limiter: None,
                 idempotency,
+                kept_runs: Arc::new(kept_runs::KeptRuns::new()),
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 body_timeout: DEFAULT_BODY_TIMEOUT,
                 waits: limits::PerCustomer::new(limits::DEFAULT_WAITS_PER_CUSTOMER),
@@ -153,6 +157,7 @@ impl AppState {
             draining: Arc::clone(&inner.draining),
             rate_limiter: inner.rate_limiter.clone(),
             idempotency: inner.idempotency.clone(),
+            kept_runs: Arc::clone(&inner.kept_runs),
             readiness: inner.readiness.clone(),
             request_timeout: inner.request_timeout,
             body_timeout: inner.body_timeout,
@@ -303,6 +308,10 @@ impl AppState {
 
     pub(crate) fn waits(&self) -> &Arc<limits::PerCustomer> {
         &self.inner.waits
+    }
+
+    pub(crate) fn kept_runs(&self) -> &kept_runs::KeptRuns {
+        &self.inner.kept_runs
     }
 
     pub(crate) fn service(&self) -> &PipelineService {

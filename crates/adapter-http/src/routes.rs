@@ -281,7 +281,7 @@ pub(crate) async fn list_runs(
     RunsQuery(query): RunsQuery,
 ) -> Result<Response, ApiError> {
     let page = state.service().list_runs(&ctx, &id, &query).await?;
-    let mut answer = run_json::answer(run_json::array(&page.runs));
+    let mut answer = run_json::answer(state.kept_runs().array(&page.runs));
     answer
         .headers_mut()
         .insert("x-total-count", HeaderValue::from(page.total));
@@ -322,7 +322,7 @@ pub(crate) async fn get_run(
 ) -> Result<Response, ApiError> {
     if wait.is_zero() {
         let run = state.service().get_run(&ctx, &id, &run_id).await?;
-        return Ok(run_json::answer(run_json::object(&run)));
+        return Ok(run_json::answer(state.kept_runs().object(&run)));
     }
     let waits = state.waits();
     let _waiting = waits
@@ -340,7 +340,7 @@ pub(crate) async fn get_run(
         .service()
         .wait_for_run(&ctx, &id, &run_id, until)
         .await?;
-    Ok(run_json::answer(run_json::object(&run)))
+    Ok(run_json::answer(state.kept_runs().object(&run)))
 }
 
 /// Cancel a run that has not finished: a queued run never starts, a

@@ -33,7 +33,10 @@ pub(crate) fn answer(json: Vec<u8>) -> Response {
         .into_response()
 }
 
-/// `runs` as a JSON array of RUN objects.
+/// `runs` as a JSON array of RUN objects, each written anew. The routes
+/// answer through [`KeptRuns`](crate::kept_runs::KeptRuns), which the tests
+/// hold to this.
+#[cfg(test)]
 pub(crate) fn array(runs: &[Run]) -> Vec<u8> {
     array_of(runs, size_guess, write)
 }
@@ -98,7 +101,7 @@ pub(crate) fn execute(run: &Run) -> Vec<u8> {
 /// id, and the quotes around the run id).
 const EXECUTE_BYTES: usize = 143;
 
-fn size_guess(run: &Run) -> usize {
+pub(crate) fn size_guess(run: &Run) -> usize {
     RUN_BYTES
         + run.id.as_str().len()
         + run.conf.as_json().len()
@@ -107,8 +110,13 @@ fn size_guess(run: &Run) -> usize {
 
 /// Appends `run` as a RUN object, its fields in [`RunBody`]'s order.
 ///
+/// A field written here must also be compared by
+/// [`KeptRuns`](crate::kept_runs::KeptRuns) before it uses a kept text
+/// (`written_alike`), or a run that differs only in that field would be
+/// answered with another's text.
+///
 /// [`RunBody`]: crate::dto::RunBody
-fn write(out: &mut Vec<u8>, run: &Run) {
+pub(crate) fn write(out: &mut Vec<u8>, run: &Run) {
     out.extend_from_slice(br#"{"pipeline_run_id":"#);
     string(out, run.id.as_str());
     // A pipeline id is lowercase hexadecimal digits and underscores.
