@@ -31,7 +31,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use crate::{AppState, error::ApiError, metrics::ConnectionClose};
+use crate::{AppState, error::ApiError, metrics::ConnectionClose, notes::RequestNotes};
 
 /// The default longest time a request body may take to arrive, counted from
 /// the end of the request head: the contract's 30 s.
@@ -73,7 +73,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// streamed body (Server-Sent Events) is not cut by it once the response
 /// has started. Outside the router's deadline layer (or in a router built
 /// without one) the methods do nothing.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RequestDeadline {
     at: Option<Arc<Deadline>>,
 }
@@ -132,11 +132,9 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestDeadline {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
-        Ok(parts
-            .extensions
-            .get::<Self>()
-            .cloned()
-            .unwrap_or(Self { at: None }))
+        Ok(RequestNotes::of(&parts.extensions)
+            .map(|notes| notes.deadline.clone())
+            .unwrap_or_default())
     }
 }
 
@@ -197,9 +195,9 @@ where
 {
     let timeout = state.request_timeout();
     let deadline = Arc::new(Deadline::new(Instant::now() + timeout));
-    request.extensions_mut().insert(RequestDeadline {
+    RequestNotes::of_mut(request.extensions_mut()).deadline = RequestDeadline {
         at: Some(deadline.clone()),
-    });
+    };
     let answer = answer(request);
     tokio::pin!(answer);
     if let Poll::Ready(response) =

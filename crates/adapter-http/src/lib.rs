@@ -33,6 +33,7 @@ mod idempotency;
 mod instrument;
 mod kept_runs;
 mod metrics;
+mod notes;
 mod observe;
 mod pipeline_json;
 pub mod ratelimit;

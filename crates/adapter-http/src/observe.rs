@@ -35,6 +35,7 @@ use tracing::{Instrument as _, Span, field::Empty};
 use crate::{
     AppState, edge,
     error::ApiError,
+    notes::RequestNotes,
     request_log::{self, RequestLog, UNMATCHED},
     trace,
 };
@@ -177,8 +178,8 @@ fn panicked(panic: &(dyn Any + Send)) -> Response {
 }
 
 /// The request's id: the client's `X-Request-Id` when it is usable, or a
-/// fresh UUID set on the request in its place; kept in the request's
-/// extensions for [`request_id`].
+/// fresh UUID set on the request in its place; noted on the request for
+/// [`request_id`].
 fn identify(request: &mut Request) -> HeaderValue {
     drop_unusable_request_id(request);
     let id = match request.headers().get(&REQUEST_ID) {
@@ -192,15 +193,16 @@ fn identify(request: &mut Request) -> HeaderValue {
             id
         }
     };
-    request.extensions_mut().insert(RequestId::new(id.clone()));
+    RequestNotes::of_mut(request.extensions_mut()).id = Some(RequestId::new(id.clone()));
     id
 }
 
 /// The request's correlation id, as [`observe`] set it: the client's
 /// `X-Request-Id` when it is usable, a fresh UUID otherwise.
 pub(crate) fn request_id(extensions: &axum::http::Extensions) -> Option<&str> {
-    extensions
-        .get::<RequestId>()
+    RequestNotes::of(extensions)?
+        .id
+        .as_ref()
         .and_then(|id| id.header_value().to_str().ok())
 }
 

@@ -28,7 +28,7 @@ use rand::{RngCore as _, SeedableRng as _, rngs::SmallRng};
 use tracing::{Instrument as _, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::instrument::Outcome;
+use crate::{instrument::Outcome, notes::RequestNotes};
 
 /// The W3C `traceparent` header.
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -83,19 +83,22 @@ pub(crate) fn start(request: &mut Request) {
     {
         trace = trace.with_state(state);
     }
-    request.extensions_mut().insert(trace);
+    RequestNotes::of_mut(request.extensions_mut()).trace = Some(trace);
 }
 
 /// The trace id [`start`] gave the request.
 pub(crate) fn trace_id(extensions: &Extensions) -> Option<TraceId> {
-    extensions.get::<TraceContext>().map(TraceContext::trace_id)
+    RequestNotes::of(extensions)?
+        .trace
+        .as_ref()
+        .map(TraceContext::trace_id)
 }
 
 /// The request's place in its trace as the backend should see it: the one
 /// [`start`] gave it or, when spans are exported, the ids of the current
 /// span, the request's exported one.
 pub(crate) fn of_request(extensions: &Extensions, exported: bool) -> Option<TraceContext> {
-    let trace = extensions.get::<TraceContext>()?;
+    let trace = RequestNotes::of(extensions)?.trace.as_ref()?;
     let Some((trace_id, span_id, sampled)) =
         exported.then(|| exported_ids(&Span::current())).flatten()
     else {
