@@ -178,19 +178,17 @@ fn panicked(panic: &(dyn Any + Send)) -> Response {
 }
 
 /// The request's id: the client's `X-Request-Id` when it is usable, or a
-/// fresh UUID set on the request in its place; noted on the request for
-/// [`request_id`].
+/// fresh UUID; noted on the request for [`request_id`], which is what is
+/// logged and passed on. The request's own header is left as it came:
+/// nothing reads it after this.
 fn identify(request: &mut Request) -> HeaderValue {
-    drop_unusable_request_id(request);
-    let id = match request.headers().get(&REQUEST_ID) {
+    let id = match request.headers().get(&REQUEST_ID).filter(|id| usable(id)) {
         Some(id) => id.clone(),
         None => {
             let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
             let id = uuid::Builder::from_random_bytes(trace::random_id_bytes()).into_uuid();
             let text = id.hyphenated().encode_lower(&mut text);
-            let id = HeaderValue::from_str(text).expect("a UUID is a valid header value");
-            request.headers_mut().insert(&REQUEST_ID, id.clone());
-            id
+            HeaderValue::from_str(text).expect("a UUID is a valid header value")
         }
     };
     RequestNotes::of_mut(request.extensions_mut()).id = Some(RequestId::new(id.clone()));
@@ -206,19 +204,11 @@ pub(crate) fn request_id(extensions: &axum::http::Extensions) -> Option<&str> {
         .and_then(|id| id.header_value().to_str().ok())
 }
 
-/// Removes a client's `X-Request-Id` unless it is 1 to 128 visible ASCII
-/// characters, so that what is logged and passed on is safe; the request
-/// then gets a fresh one.
-fn drop_unusable_request_id(request: &mut Request) {
-    let usable = request.headers().get(&REQUEST_ID).is_none_or(|value| {
-        let bytes = value.as_bytes();
-        !bytes.is_empty()
-            && bytes.len() <= MAX_REQUEST_ID_LEN
-            && bytes.iter().all(u8::is_ascii_graphic)
-    });
-    if !usable {
-        request.headers_mut().remove(&REQUEST_ID);
-    }
+/// Whether a client's `X-Request-Id` is safe to log and pass on: 1 to 128
+/// visible ASCII characters. Otherwise the request gets a fresh one.
+fn usable(id: &HeaderValue) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(u8::is_ascii_graphic)
 }
 
 /// The route template a request matched, not its raw path, so that labels
