@@ -242,7 +242,7 @@ const SWEEP_EVERY: u64 = 1024;
 /// request after being forgotten takes a shard's write lock, briefly, to
 /// insert its bucket.
 ///
-/// Memory stays bounded: every [`SWEEP_EVERY`] checks, the check that hits
+/// Memory stays bounded: every 1,024 checks (`SWEEP_EVERY`), the check that hits
 /// the mark forgets every customer whose bucket has refilled (which is
 /// indistinguishable from never having called), and gives memory back when
 /// the map has shrunk to half of its peak. The number of customers held is
