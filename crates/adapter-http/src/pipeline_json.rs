@@ -9,7 +9,7 @@
 //! the keys and the pipeline id are written as they are, and the texts
 //! are copied at once unless they hold something to escape.
 
-use domain::PipelineSummary;
+use domain::{PipelineSummary, RunStatus};
 
 use crate::run_json::{array_of, string, string_or_null};
 
@@ -52,14 +52,7 @@ fn write(out: &mut Vec<u8>, summary: &PipelineSummary) {
     out.extend_from_slice(br#","cron":"#);
     string_or_null(out, pipeline.cron.as_deref());
     out.extend_from_slice(br#","last_status":"#);
-    match summary.last_status {
-        Some(status) => {
-            out.push(b'"');
-            out.extend_from_slice(status.as_str().as_bytes());
-            out.push(b'"');
-        }
-        None => out.extend_from_slice(b"null"),
-    }
+    string_or_null(out, summary.last_status.map(RunStatus::as_str));
     // Jobs are the backend's own JSON, passed through as serde_json writes
     // them.
     out.extend_from_slice(br#","jobs":["#);
@@ -76,7 +69,7 @@ fn write(out: &mut Vec<u8>, summary: &PipelineSummary) {
 #[cfg(test)]
 mod tests {
     use chrono::{DateTime, Utc};
-    use domain::{CustomerId, Pipeline, PipelineId, RunStatus, Timestamp};
+    use domain::{CustomerId, Pipeline, PipelineId, Timestamp};
     use proptest::prelude::*;
     use serde_json::json;
 
