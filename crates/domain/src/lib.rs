@@ -3,7 +3,8 @@
 //!
 //! The crate does no I/O and knows no web framework, HTTP client or async
 //! runtime; its only dependencies are data crates (`chrono`, `serde`,
-//! `serde_json`, `thiserror`, `unicode-properties`) and `async-trait`.
+//! `serde_json`, `sha2`, `thiserror`, `unicode-properties`) and
+//! `async-trait`.
 //! Adapters implement the ports ([`PipelineRepository`], [`Orchestrator`],
 //! [`AuthContext`], [`IdempotencyStore`], [`Clock`]); [`PipelineService`]
 //! and [`Idempotency`] hold them as trait objects, so that the backend is
