@@ -56,9 +56,16 @@ pub struct TokioClock {
 impl TokioClock {
     /// A clock starting at the current wall-clock time.
     pub fn start() -> Self {
+        // The one reading of the wall clock in the service.
+        Self::starting_at(Utc::now())
+    }
+
+    /// A clock that reads `wall_base` now and moves on with tokio's clock
+    /// from there: for tests and simulations that must not depend on
+    /// today's date, nor on the digits of the current time.
+    pub fn starting_at(wall_base: Timestamp) -> Self {
         Self {
-            // The one reading of the wall clock in the service.
-            wall_base: Utc::now(),
+            wall_base,
             instant_base: Instant::now(),
         }
     }

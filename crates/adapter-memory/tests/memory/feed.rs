@@ -9,7 +9,7 @@ use adapter_memory::{
     ACME_CUSTOMER, ACME_PIPELINE_ID, DEMO_CUSTOMER, DEMO_PIPELINE_ID, DEMO_SCHEDULED_PIPELINE_ID,
     MemoryBackend, MemoryChanges, MemoryConfig,
 };
-use chrono::TimeDelta;
+use chrono::{TimeDelta, TimeZone as _, Utc};
 use domain::{
     Caller, Clock, CustomerId, Orchestrator, PipelineId, PipelineRepository, RequestContext, Run,
     RunChange, RunChangeSource, RunId, RunStatus, SourceCursor, Timestamp, TriggerRequest,
@@ -45,9 +45,20 @@ struct Harness {
     source: MemoryChanges,
 }
 
+/// A fixed instant for the harness's clock to start at, `nanos` past a
+/// whole second: what is told at which instant must not depend on the
+/// digits of the time a test happens to run at.
+fn anchor(nanos: u32) -> Timestamp {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + TimeDelta::nanoseconds(nanos.into())
+}
+
 impl Harness {
     fn new(run: Duration) -> Self {
-        let clock = Arc::new(TokioClock::start());
+        Self::starting_at(run, anchor(123_456_789))
+    }
+
+    fn starting_at(run: Duration, at: Timestamp) -> Self {
+        let clock = Arc::new(TokioClock::starting_at(at));
         let backend = MemoryBackend::demo(MemoryConfig {
             run_duration: run,
             ..MemoryConfig::default()
@@ -428,7 +439,15 @@ async fn a_cursor_this_source_cannot_read_starts_from_now() {
 
 #[tokio::test(start_paused = true)]
 async fn an_operation_in_the_instant_the_feed_read_is_told_a_tick_later() {
-    let feed = Harness::new(RUN);
+    // The clock's place within a microsecond decides whether the cancel's
+    // instant, a nanosecond after the read, and the next run's, the next
+    // whole microsecond, can meet: on the last nanosecond of one.
+    for nanos in [0, 1, 500, 998, 999] {
+        told_a_tick_later(Harness::starting_at(RUN, anchor(nanos))).await;
+    }
+}
+
+async fn told_a_tick_later(feed: Harness) {
     let cursor = feed.start().await;
     advance(Duration::from_millis(1)).await;
     let first = feed.trigger(DEMO_PIPELINE_ID).await;
@@ -444,7 +463,11 @@ async fn an_operation_in_the_instant_the_feed_read_is_told_a_tick_later() {
     let third = feed.trigger(DEMO_PIPELINE_ID).await;
     assert!(cancelled.updated_at > feed.now());
     assert!(cancelled.updated_at - feed.now() <= TimeDelta::microseconds(2));
-    assert!(third.created_at > cancelled.updated_at);
+    // The run is made after the cancel, or in the same instant when the
+    // read fell on a microsecond's last nanosecond; changes of one instant
+    // are told in the order of their runs' ids, so the cancel still comes
+    // first (below).
+    assert!(third.created_at >= cancelled.updated_at);
     assert!(third.created_at > first.created_at);
     let started = Instant::now();
     let (changes, _) = feed.all(&cursor).await;
