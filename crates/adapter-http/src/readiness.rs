@@ -37,7 +37,7 @@ pub trait ReadinessCheck: Send + Sync + fmt::Debug {
     fn name(&self) -> &'static str;
 
     /// Whether the thing is ready. Should be cheap: it is called at most
-    /// once a second, and only while probes come.
+    /// once a second (`Readiness::INTERVAL`), and only while probes come.
     ///
     /// # Errors
     /// Why it is not ready, for the log.
